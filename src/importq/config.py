@@ -1,0 +1,80 @@
+"""Service configuration: one pydantic-settings class, environment prefix ``IMPORTQ_``.
+
+Every setting is documented in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_KEY_FILE = "secret-key"
+
+
+class Settings(BaseSettings):
+    """All of importq's settings. Field names map to ``IMPORTQ_<NAME>`` variables."""
+
+    model_config = SettingsConfigDict(env_prefix="IMPORTQ_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset runs an embedded server in data_dir/pg"
+    )
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("importq")),
+        description="Embedded database, local files, outbox, admin token",
+    )
+    public_url: str = Field(default="http://127.0.0.1:8000", description="Base of absolute links")
+    secret_key: str | None = Field(default=None, description="Signs local report links")
+    datasets_file: Path | None = Field(default=None, description="TOML file of extra datasets")
+
+    chunk_size: int = Field(default=50, ge=1, description="Target rows per chunk")
+    max_chunks: int = Field(default=200, ge=1, description="Most chunks per batch")
+    chunk_max_attempts: int = Field(default=3, ge=1, description="Attempts before a chunk fails")
+    worker_concurrency: int = Field(default=4, ge=1, description="Jobs a worker runs at once")
+    max_upload_bytes: int = Field(default=1 << 30, ge=1, description="Largest accepted body")
+
+    report_url_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Report link lifetime, s")
+    retention_days: int = Field(default=30, ge=1, description="Keep staged rows and jobs this long")
+
+    smtp_url: str | None = Field(default=None, description="SMTP server; unset writes .eml files")
+    mail_from: str = Field(default="importq <importq@localhost>", description="From address")
+
+    heartbeat_seconds: float = Field(default=10.0, gt=0, description="Worker heartbeat period")
+    stalled_seconds: float = Field(default=30.0, gt=0, description="Heartbeat age of a dead worker")
+    reconcile_cron: str = Field(default="*/30 * * * * *", description="When reconcile runs")
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.data_dir / "outbox"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+    @cached_property
+    def signing_key(self) -> bytes:
+        """The key for local report links: the setting, else one kept in the data dir.
+
+        A generated key is written once and reused, so links survive a restart.
+        """
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / SECRET_KEY_FILE
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{SECRET_KEY_FILE}.{secrets.token_hex(8)}")
+            tmp.write_text(secrets.token_urlsafe(48))
+            tmp.chmod(0o600)
+            # link() fails when the file exists: of two processes starting at once,
+            # exactly one key wins and both read it back.
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            tmp.unlink()
+        return path.read_text().strip().encode()

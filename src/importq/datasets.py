@@ -1,0 +1,245 @@
+"""Dataset definitions: what a dataset's columns are, how they are checked, its dedup key.
+
+A dataset is declared in TOML (the built-in ``entrances`` ships in
+``importq/builtin/entrances.toml``; ``IMPORTQ_DATASETS_FILE`` adds or overrides others):
+
+    [datasets.<name>]
+    label, table, import_role ("user" | "moderator" | "admin"),
+    dedup_key = [column names], report_columns = [column names]
+    [[datasets.<name>.columns]]
+    name, field (SQL column), type (text|int|float|bool|date|timestamp|enum), required,
+    required_if (another column's name), min, max, min_length, max_length, pattern,
+    pattern_description, values (enum), aliases
+
+This module is pure: it reads TOML text and builds immutable objects. Header matching
+(trimmed, case-insensitive, through aliases) lives here so every upload format shares it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+ROLES = ("user", "moderator", "admin")
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# Columns every target table carries besides the dataset's own.
+RESERVED_FIELDS = frozenset({"target_id", "key_hash", "imported_batch", "imported_line"})
+
+
+class ColumnType(StrEnum):
+    TEXT = "text"
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    DATE = "date"
+    TIMESTAMP = "timestamp"
+    ENUM = "enum"
+
+    @property
+    def sql_type(self) -> str:
+        return _SQL_TYPES[self]
+
+    @property
+    def is_numeric(self) -> bool:
+        return self in (ColumnType.INT, ColumnType.FLOAT)
+
+
+_SQL_TYPES = {
+    ColumnType.TEXT: "text",
+    ColumnType.INT: "bigint",
+    ColumnType.FLOAT: "double precision",
+    ColumnType.BOOL: "boolean",
+    ColumnType.DATE: "date",
+    ColumnType.TIMESTAMP: "timestamptz",
+    ColumnType.ENUM: "text",
+}
+
+
+class DatasetError(ValueError):
+    """A dataset definition is invalid."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    field: str
+    type: ColumnType = ColumnType.TEXT
+    required: bool = False
+    required_if: str | None = None
+    min: float | None = None
+    max: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: re.Pattern[str] | None = None
+    pattern_description: str | None = None
+    values: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeaderMatch:
+    """How an uploaded header lines up with a dataset's columns.
+
+    ``positions`` maps each matched column name to its index in the uploaded header.
+    """
+
+    positions: Mapping[str, int]
+    missing: tuple[str, ...]
+    unknown: tuple[str, ...]
+    duplicated: tuple[str, ...]
+
+
+def normalise_header_name(name: str) -> str:
+    """Trimmed (BOM included) and case-folded: the form header names are compared in."""
+    return name.strip().lstrip("\ufeff").strip().casefold()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    label: str
+    table: str
+    columns: tuple[Column, ...]
+    dedup_key: tuple[str, ...]
+    report_columns: tuple[str, ...] = ()
+    import_role: str = "user"
+    _by_name: Mapping[str, Column] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {c.name: c for c in self.columns})
+
+    def column(self, name: str) -> Column:
+        return self._by_name[name]
+
+    @property
+    def key_columns(self) -> tuple[Column, ...]:
+        return tuple(self._by_name[n] for n in self.dedup_key)
+
+    @property
+    def mandatory_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.required)
+
+    def match_header(self, header: Sequence[str]) -> HeaderMatch:
+        """Line up an uploaded header with the columns (trimmed, case-insensitive, aliases)."""
+        lookup: dict[str, str] = {}
+        for column in self.columns:
+            for alias in (column.name, *column.aliases):
+                lookup[normalise_header_name(alias)] = column.name
+        positions: dict[str, int] = {}
+        seen: set[str] = set()
+        unknown: list[str] = []
+        duplicated: list[str] = []
+        for index, raw in enumerate(header):
+            normalised = normalise_header_name(raw)
+            if normalised in seen:
+                duplicated.append(raw.strip())
+                continue
+            seen.add(normalised)
+            name = lookup.get(normalised)
+            if name is None:
+                unknown.append(raw.strip())
+            elif name in positions:
+                duplicated.append(raw.strip())
+            else:
+                positions[name] = index
+        missing = tuple(n for n in self.mandatory_columns if n not in positions)
+        return HeaderMatch(positions, missing, tuple(unknown), tuple(duplicated))
+
+
+def _column(raw: Mapping[str, Any], where: str) -> Column:
+    known = set(Column.__dataclass_fields__)
+    extra = set(raw) - known
+    if extra:
+        raise DatasetError(f"{where}: unknown keys {sorted(extra)}")
+    try:
+        name = str(raw["name"])
+        field_name = str(raw["field"])
+    except KeyError as missing:
+        raise DatasetError(f"{where}: {missing} is required") from None
+    if not _IDENTIFIER.fullmatch(field_name) or field_name in RESERVED_FIELDS:
+        raise DatasetError(f"{where}: field {field_name!r} is not a usable SQL column name")
+    try:
+        column_type = ColumnType(raw.get("type", "text"))
+    except ValueError:
+        raise DatasetError(f"{where}: unknown type {raw.get('type')!r}") from None
+    pattern = raw.get("pattern")
+    values = tuple(str(v) for v in raw.get("values", ()))
+    if column_type is ColumnType.ENUM and not values:
+        raise DatasetError(f"{where}: an enum column needs `values`")
+    return Column(
+        name=name,
+        field=field_name,
+        type=column_type,
+        required=bool(raw.get("required", False)),
+        required_if=raw.get("required_if"),
+        min=raw.get("min"),
+        max=raw.get("max"),
+        min_length=raw.get("min_length"),
+        max_length=raw.get("max_length"),
+        pattern=re.compile(pattern) if pattern else None,
+        pattern_description=raw.get("pattern_description"),
+        values=values,
+        aliases=tuple(str(a) for a in raw.get("aliases", ())),
+    )
+
+
+def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
+    where = f"dataset {name!r}"
+    columns = tuple(
+        _column(c, f"{where} column {i + 1}") for i, c in enumerate(raw.get("columns", ()))
+    )
+    if not columns:
+        raise DatasetError(f"{where}: no columns")
+    names = [c.name for c in columns]
+    fields = [c.field for c in columns]
+    for label, items in (("column name", names), ("field", fields)):
+        twice = sorted({x for x in items if items.count(x) > 1})
+        if twice:
+            raise DatasetError(f"{where}: {label}s used twice: {twice}")
+    dedup_key = tuple(raw.get("dedup_key", ()))
+    report_columns = tuple(raw.get("report_columns", ()))
+    for listed in (*dedup_key, *report_columns, *(c.required_if for c in columns)):
+        if listed is not None and listed not in names:
+            raise DatasetError(f"{where}: {listed!r} is not one of its columns")
+    if not dedup_key:
+        raise DatasetError(f"{where}: dedup_key is required")
+    table = str(raw.get("table", name))
+    if not _IDENTIFIER.fullmatch(table):
+        raise DatasetError(f"{where}: table {table!r} is not a usable SQL name")
+    role = str(raw.get("import_role", "user"))
+    if role not in ROLES:
+        raise DatasetError(f"{where}: import_role must be one of {ROLES}")
+    return Dataset(
+        name=name,
+        label=str(raw.get("label", name)),
+        table=table,
+        columns=columns,
+        dedup_key=dedup_key,
+        report_columns=report_columns,
+        import_role=role,
+    )
+
+
+def parse_datasets(toml_text: str) -> dict[str, Dataset]:
+    """Build the datasets declared in one TOML document."""
+    try:
+        document = tomllib.loads(toml_text)
+    except tomllib.TOMLDecodeError as error:
+        raise DatasetError(f"datasets file is not valid TOML: {error}") from None
+    declared = document.get("datasets", {})
+    return {name: _dataset(name, raw) for name, raw in declared.items()}
+
+
+def load_datasets(extra_file: Path | None = None) -> dict[str, Dataset]:
+    """The built-in datasets, then those of ``extra_file`` (which may replace them)."""
+    builtin = resources.files("importq.builtin").joinpath("entrances.toml")
+    datasets = parse_datasets(builtin.read_text(encoding="utf-8"))
+    if extra_file is not None:
+        datasets.update(parse_datasets(extra_file.read_text(encoding="utf-8")))
+    return datasets

@@ -1,0 +1,93 @@
+"""``importq migrate``: importq's numbered migrations, procrastinate's schema, target tables.
+
+Runs in one transaction under an advisory lock, so two processes migrating at once
+apply each step once. Applied migrations are recorded in ``importq_migrations``;
+running it again is a no-op. procrastinate's ``schema.sql`` is applied on first install;
+after a procrastinate upgrade its ``sql/migrations/*.sql`` newer than the recorded
+version are applied in order.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import version
+from pathlib import Path
+from typing import LiteralString, cast
+
+from procrastinate.schema import SchemaManager
+from psycopg import AsyncConnection
+
+from importq.datasets import Dataset
+from importq.resources import resource_dir
+from importq.sql import queries
+from importq.targets import ensure_target_table
+
+log = logging.getLogger(__name__)
+
+PROCRASTINATE = "procrastinate"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3])
+
+
+def _procrastinate_migrations(since: str, until: str) -> list[Path]:
+    """procrastinate's migration files for versions in (since, until], in order."""
+    low, high = _version_tuple(since), _version_tuple(until)
+    found = []
+    for path in sorted(Path(SchemaManager.get_migrations_path()).glob("*.sql")):
+        file_version = _version_tuple(path.name.split("_", 1)[0])
+        if low < file_version <= high:
+            found.append(path)
+    return found
+
+
+def _sql_file(path: Path) -> LiteralString:
+    # Migration files ship with the code and are as trusted as it.
+    return cast(LiteralString, path.read_text(encoding="utf-8"))
+
+
+async def migrate(conn: AsyncConnection[object], datasets: dict[str, Dataset]) -> list[str]:
+    """Bring the database up to date; return the names of the steps applied.
+
+    Owns its transaction: everything is applied, or nothing.
+    """
+    applied_now: list[str] = []
+    async with conn.transaction():
+        await conn.execute(queries["lock_migrations"])
+        await conn.execute(queries["create_ledger"])
+        cursor = await conn.execute(queries["applied_migrations"])
+        applied = {str(r[0]): r[1] for r in await cursor.fetchall()}  # type: ignore[index]
+
+        installed = version(PROCRASTINATE)
+        if PROCRASTINATE not in applied:
+            cursor = await conn.execute(queries["procrastinate_installed"])
+            row = await cursor.fetchone()
+            if row is not None and row[0]:  # type: ignore[index]
+                raise RuntimeError(
+                    "procrastinate's schema exists but importq did not record it; "
+                    "record its version in importq_migrations before migrating"
+                )
+            await conn.execute(SchemaManager.get_schema())
+            await conn.execute(queries["record_migration"],
+                               {"name": PROCRASTINATE, "version": installed})
+            applied_now.append(f"{PROCRASTINATE} {installed}")
+        elif applied[PROCRASTINATE] != installed:
+            for path in _procrastinate_migrations(str(applied[PROCRASTINATE]), installed):
+                await conn.execute(_sql_file(path))
+                applied_now.append(f"{PROCRASTINATE} {path.name}")
+            await conn.execute(queries["record_migration"],
+                               {"name": PROCRASTINATE, "version": installed})
+
+        for path in sorted(resource_dir("migrations").glob("[0-9]*.sql")):
+            if path.name not in applied:
+                await conn.execute(_sql_file(path))
+                await conn.execute(queries["record_migration"],
+                                   {"name": path.name, "version": None})
+                applied_now.append(path.name)
+
+        for dataset in datasets.values():
+            await ensure_target_table(conn, dataset)
+    for step in applied_now:
+        log.info("applied %s", step)
+    return applied_now

@@ -1,0 +1,101 @@
+-- Batches: creation, guarded status transitions, counters and reads.
+-- Every transition is one UPDATE … WHERE status = <expected> RETURNING: the caller that
+-- gets a row back made the transition; every other caller gets nothing.
+
+-- name: find_batch_by_idempotency_key
+-- The batch a user already created with this Idempotency-Key, if any.
+SELECT id, total_rows, total_chunks
+FROM batches
+WHERE initiator_id = %(initiator_id)s AND idempotency_key = %(idempotency_key)s;
+
+-- name: insert_batch
+-- A batch is born active, in the transaction that stages its rows.
+INSERT INTO batches (id, dataset, format, file_name, initiator_id, locale, callback_url,
+                     status, header, total_rows, total_chunks, warnings, idempotency_key)
+VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(locale)s,
+        %(callback_url)s, 'active', %(header)s, %(total_rows)s, %(total_chunks)s,
+        %(warnings)s, %(idempotency_key)s);
+
+-- name: count_finished_chunk
+-- Add a finished (done or failed) chunk's outcome to the batch counters; tells whether
+-- it was the batch's last chunk. Runs in the transaction that finishes the chunk.
+UPDATE batches
+SET completed_chunks = completed_chunks + %(done)s,
+    failed_chunks = failed_chunks + %(failed)s,
+    processed_rows = processed_rows + %(successes)s + %(duplicates)s + %(failures)s,
+    successes = successes + %(successes)s,
+    duplicates = duplicates + %(duplicates)s,
+    failures = failures + %(failures)s,
+    updated_at = now()
+WHERE id = %(batch_id)s AND status = 'active'
+RETURNING completed_chunks + failed_chunks = total_chunks AS is_last;
+
+-- name: start_aggregation
+-- The completion guard: exactly one caller moves a fully processed batch to aggregating.
+UPDATE batches
+SET status = 'aggregating', updated_at = now()
+WHERE id = %(batch_id)s AND status = 'active'
+  AND completed_chunks + failed_chunks = total_chunks
+RETURNING id;
+
+-- name: record_batch_error
+-- Note why the batch is not moving (storage down…) without changing its status.
+UPDATE batches SET last_error = %(error)s, updated_at = now() WHERE id = %(batch_id)s;
+
+-- name: finish_batch
+-- aggregating → completed | failed, with the result. Only one aggregation gets a row.
+UPDATE batches
+SET status = CASE WHEN failed_chunks = total_chunks THEN 'failed' ELSE 'completed' END,
+    result = %(result)s,
+    report_paths = %(report_paths)s,
+    reports_expire_at = %(reports_expire_at)s,
+    last_error = NULL,
+    completed_at = now(),
+    updated_at = now()
+WHERE id = %(batch_id)s AND status = 'aggregating'
+RETURNING status;
+
+-- name: get_batch
+-- One batch with everything the API and the aggregation read.
+SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, status, header,
+       total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
+       successes, duplicates, failures, result, warnings, last_error, report_paths,
+       reports_expire_at, created_at, updated_at, completed_at
+FROM batches
+WHERE id = %(batch_id)s;
+
+-- name: list_batches
+-- A page of batches, newest first; NULL filters match everything.
+SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, status, header,
+       total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
+       successes, duplicates, failures, result, warnings, last_error, report_paths,
+       reports_expire_at, created_at, updated_at, completed_at,
+       count(*) OVER () AS total
+FROM batches
+WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(dataset)s::text IS NULL OR dataset = %(dataset)s)
+ORDER BY created_at DESC, id
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: count_batches
+-- How many batches match the list filters (for a page past the end).
+SELECT count(*)
+FROM batches
+WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
+  AND (%(status)s::text IS NULL OR status = %(status)s)
+  AND (%(dataset)s::text IS NULL OR dataset = %(dataset)s);
+
+-- name: batches_waiting_for_completion
+-- Active batches whose every chunk is finished: their completion check was missed.
+SELECT id FROM batches
+WHERE status = 'active' AND completed_chunks + failed_chunks = total_chunks;
+
+-- name: batches_stuck_aggregating
+-- Batches in aggregating with no aggregate job waiting or running.
+SELECT b.id FROM batches b
+WHERE b.status = 'aggregating'
+  AND NOT EXISTS (
+      SELECT 1 FROM procrastinate_jobs j
+      WHERE j.task_name = 'aggregate' AND j.status IN ('todo', 'doing')
+        AND j.args ->> 'batch_id' = b.id::text);

@@ -1,0 +1,53 @@
+-- Notifications and deliveries (email, webhook).
+
+-- name: insert_notification
+-- One notification of a type per batch; a second insert is a no-op.
+INSERT INTO notifications (user_id, type, batch_id, payload)
+VALUES (%(user_id)s, %(type)s, %(batch_id)s, %(payload)s)
+ON CONFLICT (type, batch_id) DO NOTHING;
+
+-- name: list_notifications
+-- A page of a user's notifications, newest first.
+SELECT id, type, batch_id, payload, created_at, read_at, count(*) OVER () AS total
+FROM notifications
+WHERE user_id = %(user_id)s AND (NOT %(unread)s OR read_at IS NULL)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s OFFSET %(offset)s;
+
+-- name: count_notifications
+-- How many of a user's notifications match, and how many are unread.
+SELECT count(*) FILTER (WHERE NOT %(unread)s OR read_at IS NULL) AS total,
+       count(*) FILTER (WHERE read_at IS NULL) AS unread
+FROM notifications WHERE user_id = %(user_id)s;
+
+-- name: mark_notification_read
+-- Mark one of a user's notifications read (reading twice keeps the first time).
+UPDATE notifications SET read_at = coalesce(read_at, now())
+WHERE id = %(id)s AND user_id = %(user_id)s
+RETURNING id;
+
+-- name: mark_all_notifications_read
+-- Mark all of a user's notifications read.
+UPDATE notifications SET read_at = now() WHERE user_id = %(user_id)s AND read_at IS NULL;
+
+-- name: insert_delivery
+-- A message the batch owes, with its stable id; created once.
+INSERT INTO deliveries (batch_id, channel, message_id)
+VALUES (%(batch_id)s, %(channel)s, %(message_id)s)
+ON CONFLICT DO NOTHING;
+
+-- name: lock_delivery
+-- Lock a delivery while sending it, so two jobs never send the same message at once.
+SELECT message_id, sent_at, attempts FROM deliveries
+WHERE batch_id = %(batch_id)s AND channel = %(channel)s
+FOR UPDATE;
+
+-- name: delivery_sent
+-- Record a successful send: never sent again after this.
+UPDATE deliveries SET sent_at = now(), attempts = attempts + 1, last_error = NULL
+WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
+
+-- name: delivery_failed
+-- Record a failed attempt.
+UPDATE deliveries SET attempts = attempts + 1, last_error = %(error)s
+WHERE batch_id = %(batch_id)s AND channel = %(channel)s;

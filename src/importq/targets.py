@@ -1,0 +1,85 @@
+"""Dataset target tables: their DDL and the statements that insert into them.
+
+The statements are templates in ``sql/schema.sql``, completed here with the dataset's
+identifiers through ``psycopg.sql`` (identifiers quoted, never interpolated as text).
+Key columns use the "C" collation so the insert's sort order is the index's order.
+"""
+
+from __future__ import annotations
+
+from psycopg import AsyncConnection, sql
+
+from importq.datasets import Column, ColumnType, Dataset
+from importq.sql import queries
+
+
+class TargetTableError(RuntimeError):
+    """A dataset's target table exists but lacks columns the dataset needs."""
+
+
+def _column_ddl(column: Column, key_fields: set[str]) -> sql.Composable:
+    collate = sql.SQL(' COLLATE "C"') if column.field in key_fields else sql.SQL("")
+    not_null = sql.SQL(" NOT NULL") if column.field in key_fields else sql.SQL("")
+    return sql.SQL("{} {}{}{}").format(
+        sql.Identifier(column.field), sql.SQL(column.type.sql_type), collate, not_null
+    )
+
+
+def _key(dataset: Dataset) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c.field) for c in dataset.key_columns)
+
+
+def _fields(dataset: Dataset) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c.field) for c in dataset.columns)
+
+
+async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -> None:
+    """Create the target table if missing, else check it has the dataset's columns."""
+    key_fields = {c.field for c in dataset.key_columns}
+    ddl = sql.SQL(queries["create_target_table"]).format(
+        table=sql.Identifier(dataset.table),
+        columns=sql.SQL(",\n    ").join(_column_ddl(c, key_fields) for c in dataset.columns),
+        index=sql.Identifier(f"{dataset.table}_dedup_key"),
+        key=_key(dataset),
+    )
+    await conn.execute(ddl)
+    cursor = await conn.execute(queries["table_columns"], {"table": dataset.table})
+    present = {str(row[0]) for row in await cursor.fetchall()}  # type: ignore[index]
+    needed = {"target_id", "key_hash", "imported_batch", "imported_line"}
+    needed |= {c.field for c in dataset.columns}
+    absent = sorted(needed - present)
+    if absent:
+        raise TargetTableError(
+            f"table {dataset.table!r} of dataset {dataset.name!r} lacks columns {absent}"
+        )
+
+
+def bulk_insert_statement(dataset: Dataset) -> sql.Composed:
+    """INSERT of a chunk's winners from parallel arrays, in dedup-index order."""
+    arrays = sql.SQL(", ").join(
+        sql.SQL("%({})s::{}[]").format(sql.SQL(f"c{i}"), sql.SQL(c.type.sql_type))
+        for i, c in enumerate(dataset.columns)
+    )
+    return sql.SQL(queries["insert_targets"]).format(
+        table=sql.Identifier(dataset.table),
+        fields=_fields(dataset),
+        arrays=arrays,
+        key=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c.field))
+                               for c in dataset.key_columns),
+    )
+
+
+def single_insert_statement(dataset: Dataset) -> sql.Composed:
+    """INSERT of one winner, for the row-by-row fallback."""
+    values = sql.SQL(", ").join(
+        sql.SQL("%({})s::{}").format(sql.SQL(f"c{i}"), sql.SQL(c.type.sql_type))
+        for i, c in enumerate(dataset.columns)
+    )
+    return sql.SQL(queries["insert_target"]).format(
+        table=sql.Identifier(dataset.table), fields=_fields(dataset), values=values
+    )
+
+
+def is_text(column: Column) -> bool:
+    """Whether a column's values travel as text (text and enum columns)."""
+    return column.type in (ColumnType.TEXT, ColumnType.ENUM)
