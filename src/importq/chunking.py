@@ -33,27 +33,43 @@ def effective_chunk_size(total_rows: int, chunk_size: int, max_chunks: int) -> i
     return max(chunk_size, math.ceil(total_rows / max_chunks))
 
 
-def chunk_bounds(sorted_hashes: Iterable[int], size: int) -> list[ChunkBound]:
-    """Chunk boundaries over hashes given in ascending order (one per row)."""
-    if size < 1:
-        raise ValueError("chunk size must be at least 1")
-    bounds: list[ChunkBound] = []
-    start: int | None = None
-    count = 0
-    previous: int | None = None
-    for value in sorted_hashes:
+class ChunkCutter:
+    """Cuts chunks from hashes fed one at a time in ascending order (streaming form)."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("chunk size must be at least 1")
+        self._size = size
+        self._bounds: list[ChunkBound] = []
+        self._start: int | None = None
+        self._count = 0
+        self._previous: int | None = None
+
+    def add(self, value: int) -> None:
+        previous = self._previous
         if previous is not None and value < previous:
             raise ValueError("hashes must be sorted")
-        if start is None:
-            start = value
-        elif count >= size and value != previous:
-            bounds.append(ChunkBound(start, count))
-            start, count = value, 0
-        count += 1
-        previous = value
-    if start is not None:
-        bounds.append(ChunkBound(start, count))
-    return bounds
+        if self._start is None:
+            self._start = value
+        elif self._count >= self._size and value != previous:
+            self._bounds.append(ChunkBound(self._start, self._count))
+            self._start, self._count = value, 0
+        self._count += 1
+        self._previous = value
+
+    def bounds(self) -> list[ChunkBound]:
+        """The chunks so far, the open one included."""
+        if self._start is None:
+            return list(self._bounds)
+        return [*self._bounds, ChunkBound(self._start, self._count)]
+
+
+def chunk_bounds(sorted_hashes: Iterable[int], size: int) -> list[ChunkBound]:
+    """Chunk boundaries over hashes given in ascending order (one per row)."""
+    cutter = ChunkCutter(size)
+    for value in sorted_hashes:
+        cutter.add(value)
+    return cutter.bounds()
 
 
 def chunk_of(hash_value: int, bounds: list[ChunkBound]) -> int:

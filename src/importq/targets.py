@@ -64,8 +64,9 @@ def bulk_insert_statement(dataset: Dataset) -> sql.Composed:
         table=sql.Identifier(dataset.table),
         fields=_fields(dataset),
         arrays=arrays,
-        key=sql.SQL(", ").join(sql.SQL("r.{}").format(sql.Identifier(c.field))
-                               for c in dataset.key_columns),
+        key=sql.SQL(", ").join(
+            sql.SQL("r.{}").format(sql.Identifier(c.field)) for c in dataset.key_columns
+        ),
     )
 
 

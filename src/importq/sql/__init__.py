@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import LiteralString, cast
+from typing import LiteralString
 
 _HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
@@ -25,7 +25,7 @@ def _load(directory: Path) -> dict[str, LiteralString]:
             while lines and lines[0].startswith("--"):
                 lines.pop(0)  # the description
             # Queries ship with the package, so they are as trusted as code.
-            found[name] = cast(LiteralString, "\n".join(lines).strip().rstrip(";"))
+            found[name] = "\n".join(lines).strip().rstrip(";")
     return found
 
 

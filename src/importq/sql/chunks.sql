@@ -38,7 +38,8 @@ RETURNING chunk_no;
 -- name: count_chunk_attempt
 -- Record a failed attempt (in its own transaction, after the chunk's rolled back).
 UPDATE chunks SET attempts = attempts + 1, error = %(error)s
-WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo';
+WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
+RETURNING attempts;
 
 -- name: row_results_in_line_order
 -- Every row result of a batch, in line order: the input of the reports.
@@ -49,3 +50,12 @@ FROM row_results WHERE batch_id = %(batch_id)s ORDER BY line;
 -- Drop staged rows of batches finished before the cutoff.
 DELETE FROM staged_rows s USING batches b
 WHERE s.batch_id = b.id AND b.completed_at < %(cutoff)s;
+
+-- name: copy_staged_rows
+-- Stream an upload's rows into staging (binary COPY: uuid, int4, int8, text, text[]).
+COPY staged_rows (batch_id, line, key_hash, problem, "values") FROM STDIN (FORMAT BINARY);
+
+-- name: copy_row_results
+-- Stream a chunk's row results (binary COPY: uuid, int4, text, text, text, text[]).
+COPY row_results (batch_id, line, outcome, message, target_id, "values")
+FROM STDIN (FORMAT BINARY);

@@ -1,0 +1,133 @@
+"""Aggregation: the one run per batch that writes the reports and announces the end.
+
+Entered only by the winner of the completion guard (``active → aggregating``). It
+streams ``row_results`` in line order into the reports, stores them, then in one
+transaction moves ``aggregating → completed | failed`` with the result, creates the
+``IMPORT_COMPLETE`` notification and the email delivery, and defers ``send_email``.
+Safe to run again: uploads replace what a failed run stored, and the final transition
+is guarded, so a second run that loses it creates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from importq import batches
+from importq.datasets import Dataset
+from importq.mail import message_id
+from importq.reports import FILE_NAMES, KINDS, ReportLayout, ReportWriter
+from importq.services import Services
+from importq.sql import queries
+
+REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
+
+
+class AccountingError(RuntimeError):
+    """The row results do not add up to the batch's rows: never finish such a batch."""
+
+
+def report_path(batch_id: uuid.UUID | str, kind: str) -> str:
+    return f"reports/{batch_id}/{FILE_NAMES[kind]}"
+
+
+def download_name(dataset: str, batch_id: uuid.UUID | str, kind: str) -> str:
+    return f"{dataset}-{batch_id}-{FILE_NAMES[kind]}"
+
+
+async def _write_reports(
+    services: Services, batch: dict[str, Any], dataset: Dataset, directory: Path
+) -> tuple[dict[str, Path], int]:
+    writer = ReportWriter(directory, ReportLayout.for_batch(dataset, batch["header"]))
+    seen = 0
+    async with (
+        services.pool.connection() as conn,
+        conn.transaction(),
+        conn.cursor(name=f"results_{batch['id'].hex}") as cursor,
+    ):
+        cursor.itersize = 10_000
+        await cursor.execute(queries["row_results_in_line_order"], {"batch_id": batch["id"]})
+        async for line, outcome, message, target_id, values in cursor:
+            writer.add(line, outcome, message, target_id, values)
+            seen += 1
+            if seen % 50_000 == 0:
+                await asyncio.sleep(0)  # let the API breathe during a big batch
+    return writer.close(), seen
+
+
+def report_links(
+    services: Services, batch: dict[str, Any], paths: dict[str, str], expires_at: datetime
+) -> dict[str, str | None]:
+    """Fresh links for a batch's stored reports; null for a report that was not written."""
+    return {
+        kind: services.storage.link(
+            paths[kind],
+            expires_at=expires_at,
+            download_name=download_name(batch["dataset"], batch["id"], kind),
+        )
+        if kind in paths
+        else None
+        for kind in KINDS
+    }
+
+
+async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
+    """Finish an aggregating batch; its final status, or None when there was nothing to do."""
+    async with services.pool.connection() as conn:
+        batch = await batches.get_batch(conn, batch_id)
+    if batch is None or batch["status"] != "aggregating":
+        return None
+    dataset = services.datasets[batch["dataset"]]
+    with tempfile.TemporaryDirectory(prefix="importq-reports-") as directory:
+        written, seen = await _write_reports(services, batch, dataset, Path(directory))
+        if seen != batch["total_rows"] or batch["processed_rows"] != batch["total_rows"]:
+            raise AccountingError(
+                f"batch {batch_id}: {seen} row results and {batch['processed_rows']} processed "
+                f"rows for {batch['total_rows']} rows"
+            )
+        paths = {kind: report_path(batch_id, kind) for kind in written}
+        for kind, file in written.items():
+            await services.storage.put_file(paths[kind], file, content_type=REPORT_CONTENT_TYPE)
+
+    expires_at = datetime.now(UTC) + timedelta(seconds=services.settings.report_url_ttl)
+    summary = {
+        "successes": batch["successes"],
+        "duplicates": batch["duplicates"],
+        "failures": batch["failures"],
+    }
+    result = {"reportUrls": report_links(services, batch, paths, expires_at), "summary": summary}
+    async with services.pool.connection() as conn, conn.transaction():
+        status = await batches.finish_batch(
+            conn, batch_id, result=result, report_paths=paths, reports_expire_at=expires_at
+        )
+        if status is None:
+            return None
+        await conn.execute(
+            queries["insert_notification"],
+            {
+                "user_id": batch["initiator_id"],
+                "type": "IMPORT_COMPLETE",
+                "batch_id": batch_id,
+                "payload": json.dumps(
+                    {
+                        "batchId": str(batch_id),
+                        "dataset": batch["dataset"],
+                        "status": status,
+                        "fileName": batch["file_name"],
+                        "summary": summary,
+                        "statusUrl": f"/api/v1/jobs/{batch_id}",
+                    }
+                ),
+            },
+        )
+        await conn.execute(
+            queries["insert_delivery"],
+            {"batch_id": batch_id, "channel": "email", "message_id": message_id(str(batch_id))},
+        )
+        await services.queue.defer_email(conn, batch_id)
+    return status

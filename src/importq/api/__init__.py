@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): routes, schemas, auth dependency, assembled in ``app.py``."""

@@ -1,0 +1,34 @@
+"""``GET /files/<path>``: local-storage downloads through signed, expiring links (no token)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+
+from importq.api.auth import ServicesDep
+from importq.errors import Refusal
+from importq.storage import StorageError
+
+router = APIRouter()
+
+
+@router.get("/files/{path:path}")
+async def download(
+    path: str,
+    services: ServicesDep,
+    expires: Annotated[int, Query()],
+    name: Annotated[str, Query(max_length=255)],
+    signature: Annotated[str, Query(max_length=128)],
+) -> FileResponse:
+    storage = services.storage
+    if not storage.verify(path, expires, name, signature):
+        raise Refusal(403, "link_invalid", "This link is not valid or has expired.")
+    try:
+        file = storage.resolve(path)
+    except StorageError:
+        raise Refusal(404, "not_found", "No such file.") from None
+    if not file.is_file():
+        raise Refusal(404, "not_found", "The file no longer exists.")
+    return FileResponse(file, media_type="text/csv; charset=utf-8", filename=name)

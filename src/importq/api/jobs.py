@@ -1,0 +1,72 @@
+"""Reading batches: ``GET /api/v1/jobs/{batchId}`` and ``GET /api/v1/jobs``.
+
+Access: the initiator, moderators and admins; anyone else gets 403, an unknown or
+malformed id 404.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from importq import batches
+from importq.accounts import User
+from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.schemas import ErrorBody, Job, Page, Status
+from importq.errors import Refusal
+from importq.services import Services
+
+router = APIRouter()
+
+
+def parse_batch_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise Refusal(404, "not_found", f"There is no batch {raw!r}.") from None
+
+
+async def readable_batch(services: Services, user: User, raw_id: str) -> dict[str, Any]:
+    """The batch if ``user`` may read it; 404 unknown, 403 someone else's."""
+    batch_id = parse_batch_id(raw_id)
+    async with services.pool.connection() as conn:
+        batch = await batches.get_batch(conn, batch_id)
+    if batch is None:
+        raise Refusal(404, "not_found", f"There is no batch {raw_id}.")
+    if batch["initiator_id"] != user.id and not user.sees_all_batches:
+        raise Refusal(403, "forbidden", "This batch belongs to another user.")
+    return batch
+
+
+@router.get(
+    "/api/v1/jobs/{batch_id}",
+    response_model=Job,
+    responses={code: {"model": ErrorBody} for code in (401, 403, 404)},
+)
+async def get_job(batch_id: str, user: CurrentUser, services: ServicesDep) -> Job:
+    return Job.from_row(await readable_batch(services, user, batch_id))
+
+
+@router.get("/api/v1/jobs", response_model=Page[Job])
+async def list_jobs(
+    user: CurrentUser,
+    services: ServicesDep,
+    status: Status | None = None,
+    dataset: str | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    pageSize: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Page[Job]:
+    async with services.pool.connection() as conn:
+        rows, total = await batches.list_batches(
+            conn,
+            initiator_id=None if user.sees_all_batches else user.id,
+            status=status,
+            dataset=dataset,
+            page=page,
+            page_size=pageSize,
+        )
+    return Page[Job](
+        items=[Job.from_row(r) for r in rows], total=total, page=page, pageSize=pageSize
+    )

@@ -1,0 +1,122 @@
+"""Batch state: the guarded transitions, the counters, and reads.
+
+Every function takes a connection and runs inside the caller's transaction; the caller
+commits. Status moves only forward:
+
+    active ──(last chunk counted; completion guard)──▶ aggregating ──▶ completed | failed
+
+Each transition is a single ``UPDATE … WHERE status = <expected> RETURNING``: of any
+number of concurrent callers exactly one gets a row back and owns what follows (one
+aggregation, one notification, one email). Counters change only in the transaction that
+finishes a chunk, so progress reads are O(1) and never run ahead of the row results.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from importq.sql import queries
+
+FINISHED = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class ChunkTally:
+    """A finished chunk's contribution to its batch's counters."""
+
+    successes: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    failed: bool = False
+
+
+async def count_finished_chunk(
+    conn: AsyncConnection[Any], batch_id: uuid.UUID, tally: ChunkTally
+) -> bool:
+    """Add a chunk's tally to the batch; True when it was the batch's last chunk."""
+    cursor = await conn.execute(
+        queries["count_finished_chunk"],
+        {
+            "batch_id": batch_id,
+            "done": 0 if tally.failed else 1,
+            "failed": 1 if tally.failed else 0,
+            "successes": tally.successes,
+            "duplicates": tally.duplicates,
+            "failures": tally.failures,
+        },
+    )
+    row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
+async def start_aggregation(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> bool:
+    """The completion guard ``active → aggregating``; True for the one caller that won."""
+    cursor = await conn.execute(queries["start_aggregation"], {"batch_id": batch_id})
+    return await cursor.fetchone() is not None
+
+
+async def finish_batch(
+    conn: AsyncConnection[Any],
+    batch_id: uuid.UUID,
+    *,
+    result: dict[str, Any],
+    report_paths: dict[str, str],
+    reports_expire_at: datetime | None,
+) -> str | None:
+    """``aggregating → completed | failed``; the new status, or None if another finished it."""
+    cursor = await conn.execute(
+        queries["finish_batch"],
+        {
+            "batch_id": batch_id,
+            "result": json.dumps(result),
+            "report_paths": json.dumps(report_paths),
+            "reports_expire_at": reports_expire_at,
+        },
+    )
+    row = await cursor.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def record_error(conn: AsyncConnection[Any], batch_id: uuid.UUID, error: str) -> None:
+    """Note why a batch is not moving, leaving its status alone."""
+    await conn.execute(queries["record_batch_error"], {"batch_id": batch_id, "error": error})
+
+
+async def get_batch(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(queries["get_batch"], {"batch_id": batch_id})
+        return await cursor.fetchone()
+
+
+async def list_batches(
+    conn: AsyncConnection[Any],
+    *,
+    initiator_id: int | None,
+    status: str | None,
+    dataset: str | None,
+    page: int,
+    page_size: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of batches, newest first, and how many match in all."""
+    params = {
+        "initiator_id": initiator_id,
+        "status": status,
+        "dataset": dataset,
+        "limit": page_size,
+        "offset": (page - 1) * page_size,
+    }
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(queries["list_batches"], params)
+        rows = await cursor.fetchall()
+        if rows:
+            return rows, int(rows[0]["total"])
+        await cursor.execute(queries["count_batches"], params)
+        counted = await cursor.fetchone()
+        return [], int(counted["count"]) if counted else 0

@@ -1,0 +1,248 @@
+"""The ``importq`` command: serve, worker, migrate, users, import."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from importq import accounts
+from importq.config import Settings
+from importq.datasets import ROLES, load_datasets
+from importq.db import database_url
+from importq.schema import migrate
+
+log = logging.getLogger("importq")
+ADMIN_TOKEN_FILE = "admin-token"
+EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+
+
+@contextlib.asynccontextmanager
+async def _connection(settings: Settings) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async with await psycopg.AsyncConnection.connect(database_url(settings)) as conn:
+        yield conn
+
+
+async def _migrate(settings: Settings) -> list[str]:
+    async with _connection(settings) as conn:
+        return await migrate(conn, load_datasets(settings.datasets_file))
+
+
+async def _bootstrap_admin(settings: Settings) -> None:
+    """On first start with no admin: create ``admin`` and keep its token in the data dir."""
+    async with _connection(settings) as conn, conn.transaction():
+        if await accounts.admin_exists(conn):
+            return
+        _, token = await accounts.create_user(conn, "admin", role="admin")
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(token + "\n")
+    path.chmod(0o600)
+    log.warning("created user 'admin'; its API token is in %s", path)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from importq.api.app import create_app
+
+    asyncio.run(_migrate(settings))
+    asyncio.run(_bootstrap_admin(settings))
+    app = create_app(settings, run_worker_in_process=True, worker_concurrency=args.concurrency)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from importq.services import open_services
+    from importq.worker.tasks import run_worker
+
+    async def run() -> None:
+        async with open_services(settings) as services:
+            await run_worker(services, concurrency=args.concurrency or settings.worker_concurrency)
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+def _migrate_command(args: argparse.Namespace, settings: Settings) -> int:
+    applied = asyncio.run(_migrate(settings))
+    print("\n".join(applied) if applied else "database is up to date")
+    return EXIT_OK
+
+
+def _users(args: argparse.Namespace, settings: Settings) -> int:
+    async def run() -> str | None:
+        async with _connection(settings) as conn, conn.transaction():
+            if args.users_command == "create":
+                _, token = await accounts.create_user(
+                    conn, args.name, role=args.role, email=args.email, locale=args.locale
+                )
+                return token
+            return await accounts.token_for_existing(conn, args.name)
+
+    asyncio.run(_migrate(settings))
+    try:
+        token = asyncio.run(run())
+    except accounts.UserExists as error:
+        print(f"importq: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if token is None:
+        print(f"importq: there is no user {args.name!r}", file=sys.stderr)
+        return EXIT_FAILED
+    print(token)
+    return EXIT_OK
+
+
+def _default_token(settings: Settings) -> str | None:
+    if os.environ.get("IMPORTQ_TOKEN"):
+        return os.environ["IMPORTQ_TOKEN"]
+    path = settings.data_dir / ADMIN_TOKEN_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+class _ProgressFile:
+    """A file wrapper that reports upload progress to stderr as it is read."""
+
+    def __init__(self, path: Path, show: bool) -> None:
+        self._handle = path.open("rb")
+        self._size = path.stat().st_size
+        self._sent = 0
+        self._show = show and self._size > 1 << 20
+
+    def __iter__(self) -> Any:
+        while block := self._handle.read(1 << 20):
+            self._sent += len(block)
+            if self._show:
+                print(f"\ruploading {self._sent * 100 // self._size:3d}%", end="", file=sys.stderr)
+            yield block
+        if self._show:
+            print(file=sys.stderr)
+        self._handle.close()
+
+
+def _bar(done: int, total: int, width: int = 30) -> str:
+    filled = width * done // total if total else width
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} rows"
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    token = args.token or _default_token(settings)
+    if not token:
+        print("importq: no token: pass --token or set IMPORTQ_TOKEN", file=sys.stderr)
+        return EXIT_REFUSED
+    base = (args.url or settings.public_url).rstrip("/")
+    path = Path(args.file)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/csv"}
+    with httpx.Client(
+        base_url=base,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(30, read=600),
+    ) as client:
+        response = client.post(
+            f"/api/v1/{args.dataset}/import-rows",
+            params={"fileName": path.name},
+            content=_ProgressFile(path, sys.stderr.isatty()),
+            headers=headers,
+        )
+        if response.status_code != 202:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            print(f"importq: refused ({response.status_code}): {detail}", file=sys.stderr)
+            return EXIT_REFUSED
+        accepted = response.json()
+        print(accepted["batchId"])
+        if not args.wait:
+            return EXIT_OK
+        return _wait(client, accepted)
+
+
+def _wait(client: httpx.Client, accepted: dict[str, Any]) -> int:
+    while True:
+        job = client.get(accepted["statusUrl"]).raise_for_status().json()
+        progress = job["progress"]
+        print(
+            f"\r{_bar(progress['processedRows'], progress['totalRows'])} {job['status']}",
+            end="",
+            file=sys.stderr,
+        )
+        if job["status"] in ("completed", "failed", "cancelled"):
+            print(file=sys.stderr)
+            break
+        time.sleep(0.5)
+    summary = job["result"]["summary"] if job["result"] else {}
+    print(f"status: {job['status']}")
+    for name in ("successes", "duplicates", "failures"):
+        print(f"{name}: {summary.get(name, 0)}")
+    for kind, url in (job["result"] or {}).get("reportUrls", {}).items():
+        if url:
+            print(f"{kind} report: {url}")
+    return EXIT_OK if job["status"] == "completed" else EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="importq", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="migrate, then run the API and a worker")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--concurrency", type=int, default=None)
+    serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser("worker", help="run queue workers only")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.set_defaults(handler=_worker)
+
+    commands.add_parser("migrate", help="bring the database up to date").set_defaults(
+        handler=_migrate_command
+    )
+
+    users = commands.add_parser("users", help="manage users and tokens")
+    user_commands = users.add_subparsers(dest="users_command", required=True)
+    create = user_commands.add_parser("create", help="create a user, print its token")
+    create.add_argument("name")
+    create.add_argument("--role", choices=ROLES, default="user")
+    create.add_argument("--email", default=None)
+    create.add_argument("--locale", default="en")
+    token = user_commands.add_parser("token", help="issue another token, print it")
+    token.add_argument("name")
+    users.set_defaults(handler=_users)
+
+    upload = commands.add_parser("import", help="upload a file to a running service")
+    upload.add_argument("file")
+    upload.add_argument("--dataset", required=True)
+    upload.add_argument("--url", default=None)
+    upload.add_argument("--token", default=None)
+    upload.add_argument("--wait", action="store_true")
+    upload.set_defaults(handler=_import)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    settings = Settings()
+    code: int = args.handler(args, settings)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The completion email: rendered from ``templates/email`` in the initiator's locale, then
+written to the outbox folder or sent over SMTP.
+
+Rendering is jinja2 with babel's gettext (``{% trans %}``), numbers and dates formatted
+by babel for the locale, ``dir="rtl"`` for right-to-left locales, autoescaping on.
+Every message carries a ``Message-ID`` derived from the batch id; the outbox file is
+named by it, so writing the same message twice leaves one file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import smtplib
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_decimal
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from importq.i18n import RTL_LOCALES, babel_locale, translations
+from importq.resources import resource_dir
+
+REPORT_LABELS = {"success": "Imported rows", "duplicates": "Duplicates", "failures": "Failures"}
+
+
+class MailError(RuntimeError):
+    """The message could not be handed over; retry later."""
+
+
+def message_id(batch_id: str) -> str:
+    return f"<import-{batch_id}@importq>"
+
+
+@dataclass(frozen=True)
+class CompletionFacts:
+    """What the email says about a finished batch."""
+
+    batch_id: str
+    status: str
+    dataset_label: str
+    file_name: str | None
+    total: int
+    successes: int
+    duplicates: int
+    failures: int
+    completed_at: datetime
+    report_urls: Mapping[str, str | None]
+    reports_expire_at: datetime | None
+    batch_url: str
+
+
+def _environment(locale: str) -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(resource_dir("templates") / "email"),
+        autoescape=select_autoescape(["html.j2"]),
+        extensions=["jinja2.ext.i18n"],
+        keep_trailing_newline=True,
+    )
+    env.install_gettext_translations(translations(locale), newstyle=True)  # type: ignore[attr-defined]
+    return env
+
+
+def render_completion_email(
+    facts: CompletionFacts, *, locale: str, to: str, sender: str
+) -> EmailMessage:
+    """Build the email (subject, plain text and HTML parts) in ``locale``."""
+    env = _environment(locale)
+    gettext = translations(locale).gettext
+    where = babel_locale(locale)
+    failed = facts.status == "failed"
+    subject = (
+        gettext("Import failed: %(name)s") if failed else gettext("Import complete: %(name)s")
+    ) % {"name": facts.file_name or facts.dataset_label}
+    context: dict[str, Any] = {
+        "locale": locale,
+        "direction": "rtl" if locale in RTL_LOCALES else "ltr",
+        "align": "right" if locale in RTL_LOCALES else "left",
+        "subject": subject,
+        "failed": failed,
+        "dataset_label": facts.dataset_label,
+        "file_name": facts.file_name or "—",
+        "batch_id": facts.batch_id,
+        "batch_url": facts.batch_url,
+        "completed_at": format_datetime(facts.completed_at, "long", tzinfo=UTC, locale=where),
+        "total": format_decimal(facts.total, locale=where),
+        "successes": format_decimal(facts.successes, locale=where),
+        "duplicates": format_decimal(facts.duplicates, locale=where),
+        "failures": format_decimal(facts.failures, locale=where),
+        "reports": [
+            {"label": gettext(label), "url": facts.report_urls.get(kind)}
+            for kind, label in REPORT_LABELS.items()
+            if facts.report_urls.get(kind)
+        ],
+        "reports_expire": (
+            format_date(facts.reports_expire_at, "long", locale=where)
+            if facts.reports_expire_at
+            else ""
+        ),
+    }
+    message = EmailMessage()
+    message["Subject"] = subject
+    message["From"] = sender
+    message["To"] = to
+    message["Date"] = formatdate(localtime=False, usegmt=True)
+    message["Message-ID"] = message_id(facts.batch_id)
+    message["Content-Language"] = locale
+    message.set_content(env.get_template("import_complete.txt.j2").render(context))
+    message.add_alternative(
+        env.get_template("import_complete.html.j2").render(context), subtype="html"
+    )
+    return message
+
+
+def outbox_file(outbox: Path, message: EmailMessage) -> Path:
+    name = str(message["Message-ID"]).strip("<>").replace("@", "_at_").replace("/", "_")
+    return outbox / f"{name}.eml"
+
+
+def _write_outbox(outbox: Path, message: EmailMessage) -> None:
+    outbox.mkdir(parents=True, exist_ok=True)
+    target = outbox_file(outbox, message)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    partial.write_bytes(bytes(message))
+    partial.replace(target)
+
+
+def _send_smtp(url: str, message: EmailMessage) -> None:
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    context = ssl.create_default_context()
+    client: smtplib.SMTP
+    if parts.scheme == "smtps":
+        client = smtplib.SMTP_SSL(host, parts.port or 465, context=context, timeout=30)
+    elif parts.scheme in ("smtp", "smtp+plain"):
+        client = smtplib.SMTP(
+            host, parts.port or (587 if parts.scheme == "smtp" else 25), timeout=30
+        )
+    else:
+        raise MailError(f"unsupported SMTP URL scheme {parts.scheme!r}")
+    with client:
+        if parts.scheme == "smtp":
+            client.ehlo()
+            if not client.has_extn("starttls"):
+                raise MailError(f"{host} does not offer STARTTLS; refusing to send credentials")
+            client.starttls(context=context)
+        if user:
+            client.login(user, password or "")
+        client.send_message(message)
+
+
+async def deliver(message: EmailMessage, *, smtp_url: str | None, outbox: Path) -> None:
+    """Hand the message over: SMTP when configured, else a file in the outbox."""
+    try:
+        if smtp_url:
+            await asyncio.to_thread(_send_smtp, smtp_url, message)
+        else:
+            await asyncio.to_thread(_write_outbox, outbox, message)
+    except (OSError, smtplib.SMTPException) as error:
+        raise MailError(str(error)) from error

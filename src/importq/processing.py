@@ -1,0 +1,226 @@
+"""Processing one chunk: validate, de-duplicate, insert, record every row's outcome.
+
+:func:`process_chunk` owns one transaction that does all of a chunk's work: lock the
+chunk (a second delivery of the job waits, then sees it done and does nothing), read its
+rows in line order, apply the row rules, insert the winners in dedup-index order with
+``ON CONFLICT DO NOTHING`` (a key already stored makes the row a duplicate), COPY one
+row result per row, mark the chunk done and add its tally to the batch. A crash anywhere
+rolls all of it back, so a retry starts from a clean chunk.
+
+A database error on the fast path (a value the column type refuses…) falls back to one
+savepoint per row, so the bad row fails alone. :func:`fail_chunk` is the end of a chunk
+that kept failing: every row of it is recorded as a failure with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+
+from importq.batches import ChunkTally, count_finished_chunk
+from importq.datasets import Dataset
+from importq.queue import JobQueue
+from importq.row_rules import StagedRow, Winner, decide, key_hash, normalise
+from importq.sql import queries
+from importq.targets import bulk_insert_statement, single_insert_statement
+
+log = logging.getLogger(__name__)
+
+ALREADY_EXISTS = "already exists"
+_ROW_RESULT_COPY = (
+    'COPY row_results (batch_id, line, outcome, message, target_id, "values") '
+    "FROM STDIN (FORMAT BINARY)"
+)
+ResultRow = tuple[int, str, str | None, str | None, Sequence[str | None]]
+
+
+async def _lock_chunk(
+    conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_no: int
+) -> dict[str, Any] | None:
+    cursor = await conn.execute(queries["lock_chunk"], {"batch_id": batch_id, "chunk_no": chunk_no})
+    row = await cursor.fetchone()
+    if row is None:
+        return None
+    names = [d.name for d in cursor.description or ()]
+    return dict(zip(names, row, strict=True))
+
+
+async def _chunk_rows(
+    conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk: Mapping[str, Any]
+) -> list[StagedRow]:
+    cursor = await conn.execute(
+        queries["chunk_rows"],
+        {"batch_id": batch_id, "hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]},
+    )
+    return [StagedRow(line, values, problem) for line, values, problem in await cursor.fetchall()]
+
+
+def _insert_params(
+    dataset: Dataset, batch_id: uuid.UUID, winners: Sequence[Winner]
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "batch_id": batch_id,
+        "key_hash": [key_hash(w.key, w.line) for w in winners],
+        "line": [w.line for w in winners],
+    }
+    for index in range(len(dataset.columns)):
+        params[f"c{index}"] = [w.record[index] for w in winners]
+    return params
+
+
+async def _insert_winners(
+    conn: AsyncConnection[Any], dataset: Dataset, batch_id: uuid.UUID, winners: Sequence[Winner]
+) -> tuple[dict[int, str], dict[int, str]]:
+    """Insert the winners; return target ids by line, and database failures by line."""
+    if not winners:
+        return {}, {}
+    try:
+        async with conn.transaction():
+            cursor = await conn.execute(
+                bulk_insert_statement(dataset), _insert_params(dataset, batch_id, winners)
+            )
+            return {line: str(target) for line, target in await cursor.fetchall()}, {}
+    except (psycopg.DataError, psycopg.IntegrityError) as error:
+        log.info("chunk insert of batch %s fell back to row by row: %s", batch_id, error)
+    statement = single_insert_statement(dataset)
+    inserted: dict[int, str] = {}
+    failed: dict[int, str] = {}
+    for winner in winners:
+        params = _insert_params(dataset, batch_id, [winner])
+        single = {k: (v[0] if isinstance(v, list) else v) for k, v in params.items()}
+        try:
+            async with conn.transaction():
+                cursor = await conn.execute(statement, single)
+                row = await cursor.fetchone()
+        except (psycopg.DataError, psycopg.IntegrityError) as error:
+            detail = error.diag.message_primary or str(error)
+            failed[winner.line] = f"database refused the row: {detail}"
+            continue
+        if row is not None:
+            inserted[winner.line] = str(row[1])
+    return inserted, failed
+
+
+async def _write_results(
+    conn: AsyncConnection[Any], batch_id: uuid.UUID, results: Sequence[ResultRow]
+) -> None:
+    async with conn.cursor().copy(queries["copy_row_results"]) as copy:
+        copy.set_types(["uuid", "int4", "text", "text", "text", "text[]"])
+        for line, outcome, message, target_id, values in results:
+            await copy.write_row((batch_id, line, outcome, message, target_id, values))
+
+
+async def _finish(
+    conn: AsyncConnection[Any],
+    queue: JobQueue,
+    batch_id: uuid.UUID,
+    chunk_no: int,
+    tally: ChunkTally,
+    error: str | None = None,
+) -> None:
+    await conn.execute(
+        queries["finish_chunk"],
+        {
+            "batch_id": batch_id,
+            "chunk_no": chunk_no,
+            "status": "failed" if tally.failed else "done",
+            "error": error,
+        },
+    )
+    if await count_finished_chunk(conn, batch_id, tally):
+        await queue.defer_completion_check(conn, batch_id)
+
+
+async def process_chunk(
+    conn: AsyncConnection[Any],
+    queue: JobQueue,
+    datasets: Mapping[str, Dataset],
+    batch_id: uuid.UUID,
+    chunk_no: int,
+) -> bool:
+    """Do a chunk's work in one transaction; False when there was nothing to do."""
+    async with conn.transaction():
+        chunk = await _lock_chunk(conn, batch_id, chunk_no)
+        if chunk is None or chunk["status"] != "todo" or chunk["batch_status"] != "active":
+            return False
+        dataset = datasets[chunk["dataset"]]
+        positions = dataset.match_header(chunk["header"]).positions
+        rows = await _chunk_rows(conn, batch_id, chunk)
+        values_by_line = {row.line: row.values for row in rows}
+        winners, rejected = decide(dataset, positions, rows)
+        inserted, refused = await _insert_winners(conn, dataset, batch_id, winners)
+
+        report_positions = [positions.get(name) for name in dataset.report_columns]
+        results: list[ResultRow] = []
+        for winner in winners:
+            uploaded = values_by_line[winner.line]
+            if winner.line in inserted:
+                report = [
+                    normalise(uploaded[p]) if p is not None else None for p in report_positions
+                ]
+                results.append(
+                    (winner.line, "success", None, inserted[winner.line], [*winner.key, *report])
+                )
+            elif winner.line in refused:
+                results.append((winner.line, "failure", refused[winner.line], None, list(uploaded)))
+            else:
+                results.append((winner.line, "duplicate", ALREADY_EXISTS, None, list(uploaded)))
+        results.extend(
+            (r.line, r.outcome, r.message, None, list(values_by_line[r.line])) for r in rejected
+        )
+        results.sort(key=lambda result: result[0])
+        await _write_results(conn, batch_id, results)
+        outcomes = [result[1] for result in results]
+        tally = ChunkTally(
+            successes=outcomes.count("success"),
+            duplicates=outcomes.count("duplicate"),
+            failures=outcomes.count("failure"),
+        )
+        await _finish(conn, queue, batch_id, chunk_no, tally)
+    return True
+
+
+async def record_attempt(
+    conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_no: int, error: str
+) -> int:
+    """Count a failed attempt in its own transaction; the attempts so far (0 if finished)."""
+    async with conn.transaction():
+        cursor = await conn.execute(
+            queries["count_chunk_attempt"],
+            {"batch_id": batch_id, "chunk_no": chunk_no, "error": error},
+        )
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def fail_chunk(
+    conn: AsyncConnection[Any],
+    queue: JobQueue,
+    batch_id: uuid.UUID,
+    chunk_no: int,
+    reason: str,
+) -> bool:
+    """Give up on a chunk: every row becomes a failure with ``reason``. Owns the transaction."""
+    async with conn.transaction():
+        chunk = await _lock_chunk(conn, batch_id, chunk_no)
+        if chunk is None or chunk["status"] != "todo" or chunk["batch_status"] != "active":
+            return False
+        rows = await _chunk_rows(conn, batch_id, chunk)
+        message = f"the chunk could not be processed: {reason}"
+        await _write_results(
+            conn, batch_id, [(r.line, "failure", message, None, list(r.values)) for r in rows]
+        )
+        await _finish(
+            conn,
+            queue,
+            batch_id,
+            chunk_no,
+            ChunkTally(failures=len(rows), failed=True),
+            error=reason,
+        )
+    return True

@@ -1,0 +1,67 @@
+"""The job queue: procrastinate on importq's own database, and every deferral.
+
+Queues: ``chunks`` (one ``process_chunk`` job per chunk), ``completion``
+(``check_completion`` with ``queueing_lock`` = batch id, then ``aggregate``),
+``messages`` (``send_email``) and ``maintenance`` (``reconcile``). Jobs are deferred by
+task name on the caller's connection, inside the caller's transaction, so a job exists
+if and only if the state change that asked for it committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import procrastinate
+from procrastinate import exceptions as procrastinate_errors
+from psycopg import AsyncConnection
+
+CHUNKS = "chunks"
+COMPLETION = "completion"
+MESSAGES = "messages"
+MAINTENANCE = "maintenance"
+QUEUES = (CHUNKS, COMPLETION, MESSAGES, MAINTENANCE)
+
+
+def create_queue_app() -> procrastinate.App:
+    """A procrastinate app without a pool; open it with ``open_async(pool=…)``."""
+    return procrastinate.App(connector=procrastinate.PsycopgConnector())
+
+
+class JobQueue:
+    """Defers importq's jobs; every method takes the connection whose transaction owns it."""
+
+    def __init__(self, app: procrastinate.App) -> None:
+        self.app = app
+
+    async def defer_chunks(
+        self, conn: AsyncConnection[Any], batch_id: uuid.UUID, total_chunks: int
+    ) -> None:
+        deferrer = self.app.configure_task("process_chunk", connection=conn, queue=CHUNKS)
+        jobs: list[dict[str, Any]] = [
+            {"batch_id": str(batch_id), "chunk_no": n} for n in range(total_chunks)
+        ]
+        await deferrer.batch_defer_async(*jobs)
+
+    async def defer_completion_check(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
+        """Defer the batch's completion check unless one is already waiting.
+
+        A taken queueing lock aborts the statement, so the deferral runs in a savepoint
+        that is rolled back alone; a waiting check will see the same committed state.
+        """
+        deferrer = self.app.configure_task(
+            "check_completion", connection=conn, queue=COMPLETION, queueing_lock=str(batch_id)
+        )
+        try:
+            async with conn.transaction():
+                await deferrer.defer_async(batch_id=str(batch_id))
+        except procrastinate_errors.AlreadyEnqueued:
+            pass
+
+    async def defer_aggregate(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
+        deferrer = self.app.configure_task("aggregate", connection=conn, queue=COMPLETION)
+        await deferrer.defer_async(batch_id=str(batch_id))
+
+    async def defer_email(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
+        deferrer = self.app.configure_task("send_email", connection=conn, queue=MESSAGES)
+        await deferrer.defer_async(batch_id=str(batch_id))

@@ -1,0 +1,75 @@
+"""Recovery after failures no job can see: what ``reconcile`` does, periodically.
+
+- Jobs of dead workers (no heartbeat for ``IMPORTQ_STALLED_SECONDS``) are retried.
+  procrastinate's ``retry_job`` ignores retry strategies, so a chunk job counts the lost
+  attempt on its chunk and, at the cap, the chunk is failed instead: a chunk that kills
+  its worker cannot loop forever.
+- Active batches whose every chunk is finished get their completion check again, and
+  batches stuck in ``aggregating`` with no aggregate job get one (a storage outage).
+- Staged rows of batches finished longer than ``IMPORTQ_RETENTION_DAYS`` ago, and
+  finished jobs as old, are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from procrastinate.jobs import Status
+
+from importq.processing import fail_chunk, record_attempt
+from importq.services import Services
+from importq.sql import queries
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = "the worker stopped while processing the chunk"
+
+
+async def _recover_stalled_jobs(services: Services) -> None:
+    manager = services.queue.app.job_manager
+    stalled = await manager.get_stalled_jobs(
+        seconds_since_heartbeat=services.settings.stalled_seconds
+    )
+    for job in stalled:
+        log.warning("retrying job %s (%s) of a stalled worker", job.id, job.task_name)
+        if job.task_name != "process_chunk":
+            await manager.retry_job(job)
+            continue
+        batch_id = uuid.UUID(str(job.task_kwargs["batch_id"]))
+        chunk_no = int(str(job.task_kwargs["chunk_no"]))
+        async with services.pool.connection() as conn:
+            attempts = await record_attempt(conn, batch_id, chunk_no, WORKER_LOST)
+            if attempts >= services.settings.chunk_max_attempts:
+                await fail_chunk(conn, services.queue, batch_id, chunk_no, WORKER_LOST)
+                await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+            else:
+                await manager.retry_job(job)
+
+
+async def _redefer_missed_steps(services: Services) -> None:
+    async with services.pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(queries["batches_waiting_for_completion"])
+        for (batch_id,) in await cursor.fetchall():
+            await services.queue.defer_completion_check(conn, batch_id)
+        cursor = await conn.execute(queries["batches_stuck_aggregating"])
+        for (batch_id,) in await cursor.fetchall():
+            log.info("re-deferring the aggregation of batch %s", batch_id)
+            await services.queue.defer_aggregate(conn, batch_id)
+
+
+async def _purge(services: Services) -> None:
+    days = services.settings.retention_days
+    async with services.pool.connection() as conn, conn.transaction():
+        await conn.execute(
+            queries["purge_staged_rows"], {"cutoff": datetime.now(UTC) - timedelta(days=days)}
+        )
+    await services.queue.app.job_manager.delete_old_jobs(nb_hours=days * 24, include_failed=True)
+
+
+async def reconcile(services: Services) -> None:
+    """One pass of every recovery step."""
+    await _recover_stalled_jobs(services)
+    await _redefer_missed_steps(services)
+    await _purge(services)

@@ -1,0 +1,133 @@
+"""The three CSV reports of a batch: successes, duplicates, failures.
+
+Formatting is pure; :class:`ReportWriter` streams rows into files as they come (rows
+arrive in line order, each goes to exactly one report). Files are UTF-8 with BOM, CRLF,
+RFC 4180 quoting, so Excel opens them right; text cells that a spreadsheet would run as
+a formula are prefixed with ``'``; cells of numeric columns stay numbers.
+
+- ``successes.csv``: ``line``, the key columns, ``targetId``, the report columns;
+- ``duplicates.csv`` / ``failures.csv``: ``line``, ``message``, every uploaded column
+  under its uploaded header, so the file can be fixed and uploaded again.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from _csv import Writer
+
+from importq.datasets import Dataset
+
+KINDS = ("success", "duplicates", "failures")
+OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
+FILE_NAMES = {
+    "success": "successes.csv",
+    "duplicates": "duplicates.csv",
+    "failures": "failures.csv",
+}
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def safe_cell(value: str | None, numeric: bool) -> str:
+    """A cell as written: numbers of numeric columns as they are, formulas neutralised."""
+    if value is None:
+        return ""
+    if numeric and _NUMBER.fullmatch(value):
+        return value
+    if value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+@dataclass(frozen=True)
+class ReportLayout:
+    """Headers and numeric-column flags of a batch's reports."""
+
+    key_count: int
+    success_header: list[str]
+    success_numeric: list[bool]
+    rejected_header: list[str]
+    rejected_numeric: list[bool]
+
+    @classmethod
+    def for_batch(cls, dataset: Dataset, uploaded_header: Sequence[str]) -> ReportLayout:
+        positions = dataset.match_header(list(uploaded_header)).positions
+        numeric_at = {i for name, i in positions.items() if dataset.column(name).type.is_numeric}
+        return cls(
+            key_count=len(dataset.dedup_key),
+            success_header=["line", *dataset.dedup_key, "targetId", *dataset.report_columns],
+            success_numeric=[True]
+            + [dataset.column(n).type.is_numeric for n in dataset.dedup_key]
+            + [True]
+            + [dataset.column(n).type.is_numeric for n in dataset.report_columns],
+            rejected_header=["line", "message", *uploaded_header],
+            rejected_numeric=[True, False] + [i in numeric_at for i in range(len(uploaded_header))],
+        )
+
+
+def success_values(key: Sequence[str], report_values: Sequence[str | None]) -> list[str | None]:
+    """What a success row stores for its report: key columns, then report columns."""
+    return [*key, *report_values]
+
+
+class ReportWriter:
+    """Writes row results into up to three report files in ``directory``.
+
+    A report with no rows is never created. Call :meth:`close` once, at the end.
+    """
+
+    def __init__(self, directory: Path, layout: ReportLayout) -> None:
+        self._directory = directory
+        self._layout = layout
+        self._files: dict[str, TextIO] = {}
+        self._writers: dict[str, Writer] = {}
+        self.counts = dict.fromkeys(KINDS, 0)
+
+    def _writer(self, kind: str) -> Writer:
+        writer = self._writers.get(kind)
+        if writer is None:
+            handle = (self._directory / FILE_NAMES[kind]).open(
+                "w", encoding="utf-8-sig", newline=""
+            )
+            self._files[kind] = handle
+            writer = csv.writer(handle, lineterminator="\r\n")
+            header = (
+                self._layout.success_header if kind == "success" else self._layout.rejected_header
+            )
+            writer.writerow(header)
+            self._writers[kind] = writer
+        return writer
+
+    def add(
+        self,
+        line: int,
+        outcome: str,
+        message: str | None,
+        target_id: str | None,
+        values: Sequence[str | None],
+    ) -> None:
+        kind = OUTCOME_KIND[outcome]
+        if kind == "success":
+            key_count = self._layout.key_count
+            cells = [str(line), *values[:key_count], target_id, *values[key_count:]]
+            numeric = self._layout.success_numeric
+        else:
+            cells = [str(line), message, *values]
+            numeric = self._layout.rejected_numeric
+        self._writer(kind).writerow(
+            [safe_cell(c, numeric[i] if i < len(numeric) else False) for i, c in enumerate(cells)]
+        )
+        self.counts[kind] += 1
+
+    def close(self) -> dict[str, Path]:
+        """Close the files; return the written reports by kind."""
+        for handle in self._files.values():
+            handle.close()
+        return {kind: self._directory / FILE_NAMES[kind] for kind in self._files}

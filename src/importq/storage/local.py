@@ -1,0 +1,79 @@
+"""Local directory storage, served by the API through HMAC-signed, expiring links.
+
+A link is ``{public_url}/files/{path}?expires=<unix>&name=<download name>&signature=<hex>``
+where the signature is HMAC-SHA256 over ``path``, ``expires`` and ``name``; it needs no
+token. Files are written to a temporary name and renamed, so a reader never sees half.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote, urlencode
+
+from importq.storage import StorageError
+
+
+class LocalStorage:
+    def __init__(self, root: Path, *, public_url: str, signing_key: bytes) -> None:
+        self.root = root
+        self._public_url = public_url.rstrip("/")
+        self._key = signing_key
+
+    def resolve(self, path: str) -> Path:
+        """The file for ``path``; refuses paths that would leave the root."""
+        relative = PurePosixPath(path)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise StorageError(f"invalid storage path {path!r}")
+        return self.root.joinpath(*relative.parts)
+
+    async def put_file(self, path: str, source: Path, *, content_type: str) -> None:
+        target = self.resolve(path)
+
+        def copy() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            shutil.copyfile(source, partial)
+            partial.replace(target)
+
+        try:
+            await asyncio.to_thread(copy)
+        except OSError as error:
+            raise StorageError(f"cannot write {path}: {error}") from error
+
+    def signature(self, path: str, expires: int, name: str) -> str:
+        message = f"{path}\n{expires}\n{name}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).hexdigest()
+
+    def link(self, path: str, *, download_name: str, expires_at: datetime) -> str:
+        expires = int(expires_at.timestamp())
+        query = urlencode(
+            {
+                "expires": expires,
+                "name": download_name,
+                "signature": self.signature(path, expires, download_name),
+            }
+        )
+        return f"{self._public_url}/files/{quote(path)}?{query}"
+
+    def verify(self, path: str, expires: int, name: str, signature: str) -> bool:
+        """Whether a link's signature is genuine and it has not expired."""
+        expected = self.signature(path, expires, name)
+        return hmac.compare_digest(expected, signature) and expires >= time.time()
+
+    async def delete_prefix(self, prefix: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.resolve(prefix), True)
+
+    async def check(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StorageError(str(error)) from error
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"{self.root} is not writable")

@@ -1,0 +1,134 @@
+"""Reading uploads into rows: a header and, per record, its line and values.
+
+Pure parsing over file objects and decoded JSON: no database. The staging step consumes
+the rows as they are produced, so a file is never held whole in memory.
+
+``line`` is the row number a spreadsheet shows: the header is 1; each CSV record is
+one row however many physical lines its quoted cells span; blank records are skipped
+but keep their number; a JSON row's line is its index + 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from importq.errors import Refusal
+from importq.row_rules import StagedRow, Value
+
+# csv's default limit (128 KiB) would reject long descriptions with an obscure error.
+csv.field_size_limit(16 * 1024 * 1024)
+
+
+@dataclass
+class ParsedUpload:
+    """An upload's header and a one-pass iterator over its data rows."""
+
+    header: list[str]
+    rows: Iterator[StagedRow]
+
+
+def empty_upload() -> Refusal:
+    return Refusal(400, "empty_data", "The upload has no data rows.")
+
+
+def _ragged(values: Sequence[str], width: int) -> str | None:
+    if len(values) == width:
+        return None
+    return f"expected {width} fields, found {len(values)}"
+
+
+def read_csv(binary: IO[bytes], *, delimiter: str = ",") -> ParsedUpload:
+    """Parse a UTF-8 CSV (a leading BOM is dropped). Decoding errors raise Refusal."""
+    text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="", errors="strict")
+    reader = csv.reader(text, delimiter=delimiter, strict=False)
+    position = {"record": 1}
+
+    def records() -> Iterator[list[str]]:
+        try:
+            yield from reader
+        except UnicodeDecodeError as error:
+            raise Refusal(
+                400,
+                "bad_encoding",
+                f"The file is not valid UTF-8 near line {position['record'] + 1}: "
+                f"byte 0x{error.object[error.start]:02x} cannot be decoded.",
+                line=position["record"] + 1,
+            ) from None
+        except csv.Error as error:
+            raise Refusal(
+                400,
+                "bad_csv",
+                f"Line {position['record'] + 1}: {error}",
+                line=position["record"] + 1,
+            ) from None
+
+    stream = records()
+    header: list[str] | None = None
+    for record in stream:
+        if record:
+            header = record
+            break
+        position["record"] += 1
+    if header is None:
+        raise Refusal(400, "empty_data", "The upload is empty: no header and no rows.")
+
+    def rows() -> Iterator[StagedRow]:
+        for record in stream:
+            position["record"] += 1
+            if not record or (len(record) == 1 and not record[0].strip() and len(header) > 1):
+                continue
+            values: list[Value] = list(record)
+            yield StagedRow(position["record"], values, _ragged(record, len(header)))
+
+    return ParsedUpload(header, rows())
+
+
+def _json_cell(column: str, value: Any) -> tuple[Value, str | None]:
+    if value is None:
+        return None, f"{column}: null is not a value"
+    if isinstance(value, dict | list):
+        return None, f"{column}: nested values are not accepted"
+    if isinstance(value, bool):
+        return ("true" if value else "false"), None
+    if isinstance(value, str):
+        return value, None
+    return json.dumps(value), None
+
+
+def read_json_rows(data: Sequence[Any]) -> ParsedUpload:
+    """Rows of a ``{"data": [...]}`` body: the first row's keys are the header."""
+    if not data:
+        raise empty_upload()
+    first = data[0]
+    if not isinstance(first, Mapping) or not first:
+        raise Refusal(400, "bad_json", "data[0] must be an object with at least one column.")
+    header = [str(k) for k in first]
+    known = set(header)
+
+    def rows() -> Iterator[StagedRow]:
+        for index, item in enumerate(data):
+            line = index + 2
+            if not isinstance(item, Mapping):
+                yield StagedRow(line, [], "the row is not an object")
+                continue
+            values: list[Value] = []
+            problems: list[str] = []
+            for column in header:
+                if column not in item:
+                    values.append(None)
+                    continue
+                value, problem = _json_cell(column, item[column])
+                values.append(value)
+                if problem:
+                    problems.append(problem)
+            extra = [str(k) for k in item if k not in known]
+            if extra:
+                problems.append(f"columns not in the first row: {', '.join(extra)}")
+            yield StagedRow(line, values, "; ".join(problems) or None)
+
+    return ParsedUpload(header, rows())

@@ -1,0 +1,1 @@
+"""The queue worker: importq's tasks on procrastinate."""

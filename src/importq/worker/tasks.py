@@ -1,0 +1,113 @@
+"""importq's procrastinate tasks and the worker that runs them.
+
+Tasks are thin: each takes the process's :class:`Services` from the job context and
+calls the module that owns the work (processing, aggregation, delivery). Retries:
+
+- ``process_chunk`` counts its failed attempts on the chunk row; at
+  ``IMPORTQ_CHUNK_MAX_ATTEMPTS`` the chunk is failed (its rows recorded as failures)
+  and the job ends successfully, so the batch can finish.
+- ``aggregate`` and ``send_email`` retry with exponential backoff; a storage outage
+  leaves the batch ``aggregating`` with ``lastError`` set until it passes.
+- ``reconcile`` (periodic) recovers what a dead worker left: see :mod:`importq.recovery`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import procrastinate
+from procrastinate import JobContext, RetryStrategy
+
+from importq import batches
+from importq.aggregation import aggregate as aggregate_batch
+from importq.delivery import send_completion_email
+from importq.processing import fail_chunk, record_attempt
+from importq.processing import process_chunk as process_one_chunk
+from importq.queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES, QUEUES
+from importq.recovery import reconcile as reconcile_once
+from importq.services import Services
+
+log = logging.getLogger(__name__)
+
+# Chunk retries stop at the chunk's own attempt cap; this only bounds a runaway.
+CHUNK_RETRY = RetryStrategy(max_attempts=50, wait=1, exponential_wait=2)
+BACKOFF = RetryStrategy(max_attempts=20, wait=1, exponential_wait=2)
+
+
+def _services(context: JobContext) -> Services:
+    services: Services = context.additional_context["services"]
+    return services
+
+
+async def process_chunk(context: JobContext, batch_id: str, chunk_no: int) -> None:
+    services = _services(context)
+    batch = uuid.UUID(batch_id)
+    async with services.pool.connection() as conn:
+        try:
+            await process_one_chunk(conn, services.queue, services.datasets, batch, chunk_no)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {error}"
+            attempts = await record_attempt(conn, batch, chunk_no, reason)
+            log.warning("chunk %s/%s attempt %s failed: %s", batch_id, chunk_no, attempts, reason)
+            if attempts >= services.settings.chunk_max_attempts:
+                await fail_chunk(conn, services.queue, batch, chunk_no, reason)
+                return
+            raise
+
+
+async def check_completion(context: JobContext, batch_id: str) -> None:
+    services = _services(context)
+    batch = uuid.UUID(batch_id)
+    async with services.pool.connection() as conn, conn.transaction():
+        if await batches.start_aggregation(conn, batch):
+            await services.queue.defer_aggregate(conn, batch)
+
+
+async def aggregate(context: JobContext, batch_id: str) -> None:
+    services = _services(context)
+    batch = uuid.UUID(batch_id)
+    try:
+        await aggregate_batch(services, batch)
+    except Exception as error:
+        async with services.pool.connection() as conn:
+            await batches.record_error(conn, batch, f"aggregation: {type(error).__name__}: {error}")
+        raise
+
+
+async def send_email(context: JobContext, batch_id: str) -> None:
+    await send_completion_email(_services(context), uuid.UUID(batch_id))
+
+
+async def reconcile(context: JobContext, timestamp: int) -> None:
+    await reconcile_once(_services(context))
+
+
+def register_tasks(app: procrastinate.App, *, reconcile_cron: str) -> None:
+    """Register importq's tasks on ``app`` (once per app)."""
+    app.task(name="process_chunk", queue=CHUNKS, pass_context=True, retry=CHUNK_RETRY)(
+        process_chunk
+    )
+    app.task(name="check_completion", queue=COMPLETION, pass_context=True, retry=BACKOFF)(
+        check_completion
+    )
+    app.task(name="aggregate", queue=COMPLETION, pass_context=True, retry=BACKOFF)(aggregate)
+    app.task(name="send_email", queue=MESSAGES, pass_context=True, retry=BACKOFF)(send_email)
+    task = app.task(name="reconcile", queue=MAINTENANCE, pass_context=True)(reconcile)
+    app.periodic(cron=reconcile_cron, periodic_id="reconcile")(task)
+
+
+async def run_worker(services: Services, *, concurrency: int, **options: Any) -> None:
+    """Run a worker on every importq queue until cancelled."""
+    app = services.queue.app
+    if "process_chunk" not in app.tasks:
+        register_tasks(app, reconcile_cron=services.settings.reconcile_cron)
+    await app.run_worker_async(
+        queues=list(QUEUES),
+        concurrency=concurrency,
+        additional_context={"services": services},
+        update_heartbeat_interval=services.settings.heartbeat_seconds,
+        stalled_worker_timeout=services.settings.stalled_seconds,
+        **options,
+    )
