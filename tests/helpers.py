@@ -1,0 +1,91 @@
+"""Shared test helpers: entrance rows, CSV text, waiting for a batch."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from typing import Any
+
+import httpx
+
+HEADER = [
+    "id",
+    "rdf:type",
+    "dct:rights/cc:attributionName",
+    "dct:rights/karstlink:licenseType",
+    "gn:countryCode",
+    "w3geo:latitude",
+    "w3geo:longitude",
+    "rdfs:label/dc:language",
+]
+
+
+def entrance(
+    ident: str,
+    *,
+    author: str = "FFS",
+    latitude: str = "45.5",
+    longitude: str = "5.25",
+    country: str = "FR",
+    **extra: str,
+) -> dict[str, str]:
+    row = {
+        "id": ident,
+        "rdf:type": "karstlink:UndergroundCavity",
+        "dct:rights/cc:attributionName": author,
+        "dct:rights/karstlink:licenseType": "CC-BY-SA",
+        "gn:countryCode": country,
+        "w3geo:latitude": latitude,
+        "w3geo:longitude": longitude,
+        "rdfs:label/dc:language": "fra",
+    }
+    row.update(extra)
+    return row
+
+
+def csv_text(rows: list[dict[str, str]], header: list[str] | None = None) -> str:
+    out = io.StringIO()
+    columns = header or list(rows[0])
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def read_csv_report(raw: bytes) -> list[list[str]]:
+    assert raw.startswith(b"\xef\xbb\xbf"), "reports start with a UTF-8 BOM"
+    text = raw.decode("utf-8-sig")
+    return list(csv.reader(io.StringIO(text, newline="")))
+
+
+async def wait_for_batch(
+    client: httpx.AsyncClient,
+    batch_id: str,
+    *,
+    until: tuple[str, ...] = ("completed", "failed", "cancelled"),
+    timeout: float = 60,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.get(f"/api/v1/jobs/{batch_id}")
+        response.raise_for_status()
+        job: dict[str, Any] = response.json()
+        if job["status"] in until:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} still {job['status']}: {job}")
+        await asyncio.sleep(0.1)
+
+
+async def post_rows(
+    client: httpx.AsyncClient, rows: list[dict[str, str]], dataset: str = "entrances"
+) -> httpx.Response:
+    return await client.post(f"/api/v1/{dataset}/import-rows", json={"data": rows})
+
+
+async def download(client: httpx.AsyncClient, url: str) -> bytes:
+    response = await client.get(url.removeprefix("http://importq.test"))
+    response.raise_for_status()
+    return response.content

@@ -1,0 +1,189 @@
+"""The import pipeline end to end on real PostgreSQL, with a real queue worker."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+from email import policy
+
+import httpx
+import pytest
+
+from helpers import csv_text, download, entrance, post_rows, read_csv_report, wait_for_batch
+from importq.services import Services
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+async def test_rows_end_in_the_right_reports(client: httpx.AsyncClient, services: Services) -> None:
+    rows = [
+        entrance("a1"),  # 2 success
+        entrance("a2", latitude="91"),  # 3 failure
+        entrance("a1"),  # 4 duplicate of line 2
+        entrance("a3", country="FRA"),  # 5 failure
+        entrance("a3"),  # 6 success: the failed row did not claim the key
+        entrance("a1", author="Other"),  # 7 success: the key includes the author
+        entrance("a4", latitude="=1+1"),  # 8 failure, formula neutralised in the report
+        entrance("a3", latitude="-12.5"),  # 9 duplicate of line 6
+    ]
+    response = await post_rows(client, rows)
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["totalRows"] == 8
+    assert accepted["statusUrl"] == f"/api/v1/jobs/{accepted['batchId']}"
+
+    job = await wait_for_batch(client, accepted["batchId"])
+    assert job["status"] == "completed"
+    assert job["result"]["summary"] == {"successes": 3, "duplicates": 2, "failures": 3}
+    assert job["progress"]["processedRows"] == 8
+    assert job["progress"]["completedChunks"] == job["progress"]["totalChunks"]
+
+    urls = job["result"]["reportUrls"]
+    successes = read_csv_report(await download(client, urls["success"]))
+    assert successes[0] == [
+        "line",
+        "id",
+        "dct:rights/cc:attributionName",
+        "targetId",
+        "w3geo:latitude",
+        "w3geo:longitude",
+    ]
+    assert [(r[0], r[1], r[2]) for r in successes[1:]] == [
+        ("2", "a1", "FFS"),
+        ("6", "a3", "FFS"),
+        ("7", "a1", "Other"),
+    ]
+    assert all(r[3].isdigit() for r in successes[1:])
+
+    failures = read_csv_report(await download(client, urls["failures"]))
+    assert failures[0][:3] == ["line", "message", "id"]
+    assert [(r[0], r[1]) for r in failures[1:]] == [
+        ("3", "w3geo:latitude: 91 is above 90"),
+        ("5", 'gn:countryCode: "FRA" is not two letters'),
+        ("8", 'w3geo:latitude: "=1+1" is not a number'),
+    ]
+    latitude = failures[0].index("w3geo:latitude")
+    assert failures[3][latitude] == "'=1+1"
+
+    duplicates = read_csv_report(await download(client, urls["duplicates"]))
+    assert [(r[0], r[1]) for r in duplicates[1:]] == [
+        ("4", "duplicate of line 2"),
+        ("9", "duplicate of line 6"),
+    ]
+    assert duplicates[2][duplicates[0].index("w3geo:latitude")] == "-12.5"
+
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT source_id, attribution_name, latitude FROM entrances ORDER BY imported_line"
+        )
+        assert await cursor.fetchall() == [
+            ("a1", "FFS", 45.5),
+            ("a3", "FFS", 45.5),
+            ("a1", "Other", 45.5),
+        ]
+
+
+async def test_report_files_use_crlf_and_quote_per_rfc4180(client: httpx.AsyncClient) -> None:
+    rows = [entrance("q1", **{"rdfs:label": 'Grotte "du" Loup, sud'}), entrance("q2", latitude="x")]
+    job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
+    raw = await download(client, job["result"]["reportUrls"]["failures"])
+    assert raw.count(b"\r\n") == 2 and b"\n" not in raw.replace(b"\r\n", b"")
+    assert job["result"]["reportUrls"]["duplicates"] is None
+
+
+async def test_keys_already_in_the_table_are_duplicates_across_batches(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await post_rows(client, [entrance("k1"), entrance("k2")])
+    await wait_for_batch(client, first.json()["batchId"])
+    second = await post_rows(client, [entrance("k2"), entrance("k3"), entrance(" k1 ")])
+    job = await wait_for_batch(client, second.json()["batchId"])
+    assert job["result"]["summary"] == {"successes": 1, "duplicates": 2, "failures": 0}
+    duplicates = read_csv_report(await download(client, job["result"]["reportUrls"]["duplicates"]))
+    assert [(r[0], r[1]) for r in duplicates[1:]] == [
+        ("2", "already exists"),
+        ("4", "already exists"),
+    ]
+
+
+async def test_conditional_columns_are_required_together(client: httpx.AsyncClient) -> None:
+    title = "karstlink:hasDescriptionDocument/dct:title"
+    rows = [
+        entrance(
+            "c1",
+            **{
+                title: "Topo",
+                "karstlink:hasDescriptionDocument/dct:creator": "",
+                "karstlink:hasDescriptionDocument/dc:language": "fra",
+            },
+        ),
+        entrance(
+            "c2",
+            **{
+                title: "",
+                "karstlink:hasDescriptionDocument/dct:creator": "",
+                "karstlink:hasDescriptionDocument/dc:language": "",
+            },
+        ),
+    ]
+    job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    assert [(r[0], r[1]) for r in failures[1:]] == [
+        ("2", f"karstlink:hasDescriptionDocument/dct:creator: missing (required with {title})")
+    ]
+
+
+async def test_whitespace_only_values_count_as_missing(client: httpx.AsyncClient) -> None:
+    rows = [entrance("w1", **{"gn:countryCode": "   "})]
+    job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    assert failures[1][1] == "gn:countryCode: missing"
+
+
+async def test_csv_body_lines_follow_spreadsheet_rows(client: httpx.AsyncClient) -> None:
+    rows = [entrance("m1", **{"rdfs:label": "two\nlines"}), entrance("m2", latitude="200")]
+    body = csv_text(rows)
+    lines = body.split("\r\n")
+    body = "\r\n".join([lines[0], lines[1], "", lines[2], ""])  # a blank record, then row 4
+    response = await client.post(
+        "/api/v1/entrances/import-rows", content=body.encode(), headers={"Content-Type": "text/csv"}
+    )
+    assert response.status_code == 202, response.text
+    job = await wait_for_batch(client, response.json()["batchId"])
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    # header = 1, the two-line record = 2, the blank record = 3, the bad row = 4
+    assert failures[1][:2] == ["4", "w3geo:latitude: 200 is above 90"]
+    successes = read_csv_report(await download(client, job["result"]["reportUrls"]["success"]))
+    assert successes[1][:2] == ["2", "m1"]
+
+
+async def test_completion_creates_notification_and_email(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    response = await post_rows(client, [entrance("n1"), entrance("n2", latitude="-100")])
+    batch_id = response.json()["batchId"]
+    job = await wait_for_batch(client, batch_id)
+
+    notifications = (await client.get("/api/v1/notifications")).json()
+    assert notifications["total"] == 1 and notifications["unreadCount"] == 1
+    item = notifications["items"][0]
+    assert item["type"] == "IMPORT_COMPLETE" and item["batchId"] == batch_id
+    assert item["payload"]["summary"] == job["result"]["summary"]
+
+    outbox = services.settings.outbox_dir
+    for _ in range(100):
+        if list(outbox.glob("*.eml")):
+            break
+        await asyncio.sleep(0.05)
+    files = list(outbox.glob("*.eml"))
+    assert len(files) == 1
+    message = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert message["To"] == "alice@example.org"
+    assert message["Subject"] == "Import complete: Entrances"
+    assert message["Message-ID"] == f"<import-{batch_id}@importq>"
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Imported: 1" in text and "Failures: 1" in text
+    assert job["result"]["reportUrls"]["failures"] in text.replace("=\n", "")
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert 'dir="ltr"' in html
