@@ -65,9 +65,9 @@ async def wait_for_batch(
     batch_id: str,
     *,
     until: tuple[str, ...] = ("completed", "failed", "cancelled"),
-    timeout: float = 60,
+    seconds: float = 60,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds
     while True:
         response = await client.get(f"/api/v1/jobs/{batch_id}")
         response.raise_for_status()
