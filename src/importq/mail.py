@@ -10,9 +10,9 @@ named by it, so writing the same message twice leaves one file.
 from __future__ import annotations
 
 import asyncio
-import os
 import smtplib
 import ssl
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -128,7 +128,7 @@ def outbox_file(outbox: Path, message: EmailMessage) -> Path:
 def _write_outbox(outbox: Path, message: EmailMessage) -> None:
     outbox.mkdir(parents=True, exist_ok=True)
     target = outbox_file(outbox, message)
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
     partial.write_bytes(bytes(message))
     partial.replace(target)
 

@@ -29,9 +29,9 @@ WHERE batch_id = %(batch_id)s AND key_hash >= %(hash_from)s
 ORDER BY line;
 
 -- name: finish_chunk
--- todo → done | failed. Only a todo chunk moves.
+-- todo → done | failed. Only a todo chunk moves; the error of an earlier attempt stays.
 UPDATE chunks
-SET status = %(status)s, error = %(error)s, attempts = attempts + 1
+SET status = %(status)s, error = coalesce(%(error)s, error), attempts = attempts + 1
 WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
 RETURNING chunk_no;
 

@@ -13,6 +13,7 @@ import hmac
 import os
 import shutil
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlencode
@@ -38,7 +39,7 @@ class LocalStorage:
 
         def copy() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+            partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
             shutil.copyfile(source, partial)
             partial.replace(target)
 

@@ -1,0 +1,302 @@
+"""Races and crashes, tested by doing them: concurrent completion checks, two worker
+processes on one batch, a worker killed with SIGKILL in the middle of a chunk."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from procrastinate.job_context import JobContext
+from procrastinate.jobs import Job
+
+from helpers import entrance, post_rows, wait_for_batch
+from importq.datasets import load_datasets
+from importq.processing import fail_chunk, process_chunk
+from importq.row_rules import StagedRow, decide
+from importq.services import Services
+from importq.uploads import read_json_rows
+from importq.worker import tasks
+
+
+def job_context(services: Services, task_name: str, **kwargs: Any) -> JobContext:
+    """The context a worker would hand the task, for calling a task function directly."""
+    job = Job(
+        id=0, queue="test", lock=None, queueing_lock=None, task_name=task_name, task_kwargs=kwargs
+    )
+    return JobContext(
+        app=services.queue.app,
+        job=job,
+        start_timestamp=time.time(),
+        additional_context={"services": services},
+        abort_reason=lambda: None,
+    )
+
+
+async def _staged_batch(client: httpx.AsyncClient, rows: list[dict[str, str]]) -> tuple[str, int]:
+    response = await post_rows(client, rows)
+    assert response.status_code == 202, response.text
+    return response.json()["batchId"], response.json()["totalChunks"]
+
+
+async def _jobs(services: Services, task_name: str) -> int:
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = %s", (task_name,)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _race_to_the_end(services: Services, batch_id: str) -> list[bool]:
+    """50 completion checks, then 50 aggregations, then 50 email sends, all at once."""
+    tasks.register_tasks(services.queue.app, reconcile_cron=services.settings.reconcile_cron)
+    context = job_context(services, "check_completion", batch_id=batch_id)
+    await asyncio.gather(*(tasks.check_completion(context, batch_id) for _ in range(50)))
+    assert await _jobs(services, "aggregate") == 1
+    await asyncio.gather(*(tasks.aggregate(context, batch_id) for _ in range(50)))
+    assert await _jobs(services, "send_email") == 1
+    from importq.delivery import send_completion_email
+
+    return await asyncio.gather(
+        *(send_completion_email(services, uuid.UUID(batch_id)) for _ in range(50))
+    )
+
+
+async def _count(services: Services, query: str, *params: Any) -> int:
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(query, params)  # type: ignore[arg-type]
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_fifty_completion_checks_aggregate_once(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    rows = [entrance(f"r{i}") for i in range(35)] + [entrance("r1"), entrance("bad", latitude="x")]
+    batch_id, total_chunks = await _staged_batch(client, rows)
+    assert total_chunks > 1
+    for chunk_no in range(total_chunks):
+        async with services.pool.connection() as conn:
+            assert await process_chunk(
+                conn, services.queue, services.datasets, uuid.UUID(batch_id), chunk_no
+            )
+
+    sent = await _race_to_the_end(services, batch_id)
+
+    assert sent.count(True) == 1
+    job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+    assert job["status"] == "completed"
+    assert job["result"]["summary"] == {"successes": 35, "duplicates": 1, "failures": 1}
+    assert (
+        await _count(services, "SELECT count(*) FROM notifications WHERE batch_id = %s", batch_id)
+        == 1
+    )
+    assert (
+        await _count(services, "SELECT attempts FROM deliveries WHERE batch_id = %s", batch_id) == 1
+    )
+    assert len(list(services.settings.outbox_dir.glob("*.eml"))) == 1
+
+
+async def test_a_batch_whose_every_chunk_failed_ends_failed_with_its_email(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    batch_id, total_chunks = await _staged_batch(client, [entrance(f"f{i}") for i in range(25)])
+    for chunk_no in range(total_chunks):
+        async with services.pool.connection() as conn:
+            assert await fail_chunk(
+                conn, services.queue, uuid.UUID(batch_id), chunk_no, "RuntimeError: boom"
+            )
+
+    sent = await _race_to_the_end(services, batch_id)
+
+    assert sent.count(True) == 1
+    job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+    assert job["status"] == "failed"
+    assert job["progress"]["failures"] == 25 and job["failedChunks"] == total_chunks
+    assert job["result"]["reportUrls"]["failures"] is not None
+    assert job["result"]["reportUrls"]["success"] is None
+    (eml,) = services.settings.outbox_dir.glob("*.eml")
+    assert b"Subject: Import failed: Entrances" in eml.read_bytes()
+
+
+# --- worker processes --------------------------------------------------------------
+
+
+def _worker_env(services: Services) -> dict[str, str]:
+    settings = services.settings
+    assert settings.database_url is not None
+    return {
+        **os.environ,
+        "IMPORTQ_DATABASE_URL": settings.database_url,
+        "IMPORTQ_DATA_DIR": str(settings.data_dir),
+        "IMPORTQ_SECRET_KEY": settings.secret_key or "",
+        "IMPORTQ_PUBLIC_URL": settings.public_url,
+        "IMPORTQ_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
+        "IMPORTQ_STALLED_SECONDS": str(settings.stalled_seconds),
+        "IMPORTQ_RECONCILE_CRON": settings.reconcile_cron,
+    }
+
+
+@pytest.fixture
+def spawn_worker(services: Services, tmp_path: Path) -> Iterator[Any]:
+    """Start ``importq worker`` processes; all are stopped at the end of the test."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(concurrency: int = 2) -> subprocess.Popen[bytes]:
+        log = (tmp_path / f"worker-{len(started)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "importq.cli", "worker", "--concurrency", str(concurrency)],
+            env=_worker_env(services),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        started.append(process)
+        return process
+
+    yield spawn
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in started:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _expected_outcomes(rows: list[dict[str, str]]) -> Counter[str]:
+    dataset = load_datasets()["entrances"]
+    upload = read_json_rows(rows)
+    positions = dataset.match_header(upload.header).positions
+    staged: list[StagedRow] = list(upload.rows)
+    winners, rejected = decide(dataset, positions, staged)
+    return Counter(
+        {
+            "successes": len(winners),
+            "duplicates": sum(r.outcome == "duplicate" for r in rejected),
+            "failures": sum(r.outcome == "failure" for r in rejected),
+        }
+    )
+
+
+def _mixed_rows(count: int) -> list[dict[str, str]]:
+    rows = []
+    for i in range(count):
+        if i % 17 == 5:
+            rows.append(entrance(f"m{i}", latitude="95"))
+        elif i % 11 == 3:
+            rows.append(entrance(f"m{i // 2}"))
+        else:
+            rows.append(entrance(f"m{i}"))
+    return rows
+
+
+async def test_two_worker_processes_give_exact_counts(
+    client: httpx.AsyncClient,
+    services: Services,
+    spawn_worker: Any,
+) -> None:
+    spawn_worker()
+    spawn_worker()
+    rows = _mixed_rows(1500)
+    batch_id, total_chunks = await _staged_batch(client, rows)
+    assert total_chunks >= 100
+
+    job = await wait_for_batch(client, batch_id, seconds=120)
+
+    expected = _expected_outcomes(rows)
+    assert job["status"] == "completed"
+    assert job["result"]["summary"] == dict(expected)
+    assert await _count(services, "SELECT count(*) FROM entrances") == expected["successes"]
+    assert await _count(
+        services, "SELECT count(*) FROM row_results WHERE batch_id = %s", batch_id
+    ) == len(rows)
+    assert (
+        await _count(
+            services,
+            "SELECT count(DISTINCT worker_id) FROM procrastinate_jobs "
+            "WHERE task_name = 'process_chunk'",
+        )
+        == 2
+    )
+
+
+async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
+    client: httpx.AsyncClient,
+    services: Services,
+    spawn_worker: Any,
+) -> None:
+    # Every insert into the target table sleeps, so a chunk's transaction is open long
+    # enough to kill its worker inside it.
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN PERFORM pg_sleep(0.4); RETURN NULL; END $$"
+        )
+        await conn.execute(
+            "CREATE TRIGGER slow BEFORE INSERT ON entrances "
+            "FOR EACH STATEMENT EXECUTE FUNCTION slow_insert()"
+        )
+    rows = _mixed_rows(200)
+    batch_id, total_chunks = await _staged_batch(client, rows)
+    victim = spawn_worker(concurrency=1)
+
+    deadline = time.monotonic() + 60
+    while True:
+        done = await _count(
+            services,
+            "SELECT count(*) FROM chunks WHERE batch_id = %s AND status = 'done'",
+            batch_id,
+        )
+        sleeping = await _count(
+            services,
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO \"entrances\"%%'",
+        )
+        if done >= 2 and sleeping == 1:
+            break
+        assert time.monotonic() < deadline, "the worker never got going"
+        await asyncio.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    in_flight = await _count(
+        services,
+        "SELECT count(*) FROM procrastinate_jobs "
+        "WHERE task_name = 'process_chunk' AND status = 'doing'",
+    )
+    assert in_flight == 1
+
+    spawn_worker()
+    job = await wait_for_batch(client, batch_id, seconds=120)
+
+    expected = _expected_outcomes(rows)
+    assert job["status"] == "completed"
+    assert job["result"]["summary"] == dict(expected)
+    assert await _count(services, "SELECT count(*) FROM entrances") == expected["successes"]
+    assert await _count(
+        services, "SELECT count(*) FROM row_results WHERE batch_id = %s", batch_id
+    ) == len(rows)
+    # The lost attempt is on record, and the chunk was processed again.
+    assert (
+        await _count(
+            services,
+            "SELECT count(*) FROM chunks WHERE batch_id = %s "
+            "AND error = 'the worker stopped while processing the chunk' AND attempts = 2",
+            batch_id,
+        )
+        == 1
+    )
