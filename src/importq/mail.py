@@ -29,7 +29,17 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from importq.i18n import RTL_LOCALES, babel_locale, translations
 from importq.resources import resource_dir
 
-REPORT_LABELS = {"success": "Imported rows", "duplicates": "Duplicates", "failures": "Failures"}
+
+def N_(message: str) -> str:
+    """Mark a string for extraction; it is translated where it is used."""
+    return message
+
+
+REPORT_LABELS = {
+    "success": N_("Imported rows"),
+    "duplicates": N_("Duplicates"),
+    "failures": N_("Failures"),
+}
 
 
 class MailError(RuntimeError):
