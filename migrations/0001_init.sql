@@ -68,26 +68,28 @@ CREATE TABLE chunks (
     PRIMARY KEY (batch_id, chunk_no)
 );
 
--- Rows exactly as uploaded, aligned with batches.header. `problem` is set when the
--- row could not be read as a record (ragged, nested JSON value…): it becomes a failure.
+-- Rows exactly as uploaded: `values` is a JSON array of strings (or null) aligned with
+-- batches.header (json, not text[]: it is encoded and decoded in C on both sides, which
+-- keeps staging close to COPY speed). `problem` is set when the row could not be read
+-- as a record (ragged, nested JSON value…): it becomes a failure.
 CREATE TABLE staged_rows (
     batch_id  uuid NOT NULL,
     line      integer NOT NULL,
     key_hash  bigint NOT NULL,
     problem   text,
-    "values"  text[] NOT NULL
+    "values"  json NOT NULL
 );
 CREATE INDEX staged_rows_batch_hash ON staged_rows (batch_id, key_hash);
 
 -- Exactly one outcome per staged row: the primary key makes a second one impossible.
--- `values` holds what its report prints after the fixed columns.
+-- `values` (a JSON array) holds what its report prints after the fixed columns.
 CREATE TABLE row_results (
     batch_id   uuid NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
     line       integer NOT NULL,
     outcome    text NOT NULL CHECK (outcome IN ('success', 'duplicate', 'failure')),
     message    text,
     target_id  text,
-    "values"   text[] NOT NULL,
+    "values"   json NOT NULL,
     PRIMARY KEY (batch_id, line)
 );
 

@@ -46,6 +46,11 @@ class ColumnType(StrEnum):
         return _SQL_TYPES[self]
 
     @property
+    def copy_type(self) -> str:
+        """The type name binary COPY uses for values of this type."""
+        return _COPY_TYPES[self]
+
+    @property
     def is_numeric(self) -> bool:
         return self in (ColumnType.INT, ColumnType.FLOAT)
 
@@ -55,6 +60,17 @@ _SQL_TYPES = {
     ColumnType.INT: "bigint",
     ColumnType.FLOAT: "double precision",
     ColumnType.BOOL: "boolean",
+    ColumnType.DATE: "date",
+    ColumnType.TIMESTAMP: "timestamptz",
+    ColumnType.ENUM: "text",
+}
+
+
+_COPY_TYPES = {
+    ColumnType.TEXT: "text",
+    ColumnType.INT: "int8",
+    ColumnType.FLOAT: "float8",
+    ColumnType.BOOL: "bool",
     ColumnType.DATE: "date",
     ColumnType.TIMESTAMP: "timestamptz",
     ColumnType.ENUM: "text",

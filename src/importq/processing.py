@@ -25,17 +25,13 @@ from psycopg import AsyncConnection
 from importq.batches import ChunkTally, count_finished_chunk
 from importq.datasets import Dataset
 from importq.queue import JobQueue
-from importq.row_rules import StagedRow, Winner, decide, key_hash, normalise
+from importq.row_rules import StagedRow, Winner, decide, normalise
 from importq.sql import queries
-from importq.targets import bulk_insert_statement, single_insert_statement
+from importq.targets import target_statements
 
 log = logging.getLogger(__name__)
 
 ALREADY_EXISTS = "already exists"
-_ROW_RESULT_COPY = (
-    'COPY row_results (batch_id, line, outcome, message, target_id, "values") '
-    "FROM STDIN (FORMAT BINARY)"
-)
 ResultRow = tuple[int, str, str | None, str | None, Sequence[str | None]]
 
 
@@ -52,50 +48,55 @@ async def _lock_chunk(
 
 async def _chunk_rows(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk: Mapping[str, Any]
-) -> list[StagedRow]:
+) -> tuple[list[StagedRow], dict[int, int]]:
+    """A chunk's staged rows in line order, and their key hashes by line."""
     cursor = await conn.execute(
         queries["chunk_rows"],
         {"batch_id": batch_id, "hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]},
     )
-    return [StagedRow(line, values, problem) for line, values, problem in await cursor.fetchall()]
-
-
-def _insert_params(
-    dataset: Dataset, batch_id: uuid.UUID, winners: Sequence[Winner]
-) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "batch_id": batch_id,
-        "key_hash": [key_hash(w.key, w.line) for w in winners],
-        "line": [w.line for w in winners],
-    }
-    for index in range(len(dataset.columns)):
-        params[f"c{index}"] = [w.record[index] for w in winners]
-    return params
+    rows: list[StagedRow] = []
+    hashes: dict[int, int] = {}
+    for line, hashed, values, problem in await cursor.fetchall():
+        rows.append(StagedRow(line, values, problem))
+        hashes[line] = hashed
+    return rows, hashes
 
 
 async def _insert_winners(
-    conn: AsyncConnection[Any], dataset: Dataset, batch_id: uuid.UUID, winners: Sequence[Winner]
+    conn: AsyncConnection[Any],
+    dataset: Dataset,
+    batch_id: uuid.UUID,
+    winners: Sequence[Winner],
+    hashes: Mapping[int, int],
 ) -> tuple[dict[int, str], dict[int, str]]:
-    """Insert the winners; return target ids by line, and database failures by line."""
+    """Insert the winners; return target ids by line, and database failures by line.
+
+    The winners are COPYed into a temporary table, then moved with one INSERT … SELECT
+    in dedup-index order. If that INSERT hits a database error, each row is moved in a
+    savepoint of its own so the bad one fails alone.
+    """
     if not winners:
         return {}, {}
+    statements = target_statements(dataset)
+    await conn.execute(statements.create_incoming)
+    async with conn.cursor().copy(statements.copy_incoming) as copy:
+        copy.set_types(list(statements.copy_types))
+        for winner in winners:
+            await copy.write_row((hashes[winner.line], winner.line, *winner.record))
     try:
         async with conn.transaction():
-            cursor = await conn.execute(
-                bulk_insert_statement(dataset), _insert_params(dataset, batch_id, winners)
-            )
+            cursor = await conn.execute(statements.insert, {"batch_id": batch_id, "line": None})
             return {line: str(target) for line, target in await cursor.fetchall()}, {}
     except (psycopg.DataError, psycopg.IntegrityError) as error:
         log.info("chunk insert of batch %s fell back to row by row: %s", batch_id, error)
-    statement = single_insert_statement(dataset)
     inserted: dict[int, str] = {}
     failed: dict[int, str] = {}
     for winner in winners:
-        params = _insert_params(dataset, batch_id, [winner])
-        single = {k: (v[0] if isinstance(v, list) else v) for k, v in params.items()}
         try:
             async with conn.transaction():
-                cursor = await conn.execute(statement, single)
+                cursor = await conn.execute(
+                    statements.insert, {"batch_id": batch_id, "line": winner.line}
+                )
                 row = await cursor.fetchone()
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             detail = error.diag.message_primary or str(error)
@@ -110,7 +111,7 @@ async def _write_results(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, results: Sequence[ResultRow]
 ) -> None:
     async with conn.cursor().copy(queries["copy_row_results"]) as copy:
-        copy.set_types(["uuid", "int4", "text", "text", "text", "text[]"])
+        copy.set_types(["uuid", "int4", "text", "text", "text", "json"])
         for line, outcome, message, target_id, values in results:
             await copy.write_row((batch_id, line, outcome, message, target_id, values))
 
@@ -150,10 +151,10 @@ async def process_chunk(
             return False
         dataset = datasets[chunk["dataset"]]
         positions = dataset.match_header(chunk["header"]).positions
-        rows = await _chunk_rows(conn, batch_id, chunk)
+        rows, hashes = await _chunk_rows(conn, batch_id, chunk)
         values_by_line = {row.line: row.values for row in rows}
         winners, rejected = decide(dataset, positions, rows)
-        inserted, refused = await _insert_winners(conn, dataset, batch_id, winners)
+        inserted, refused = await _insert_winners(conn, dataset, batch_id, winners, hashes)
 
         report_positions = [positions.get(name) for name in dataset.report_columns]
         results: list[ResultRow] = []
@@ -210,7 +211,7 @@ async def fail_chunk(
         chunk = await _lock_chunk(conn, batch_id, chunk_no)
         if chunk is None or chunk["status"] != "todo" or chunk["batch_status"] != "active":
             return False
-        rows = await _chunk_rows(conn, batch_id, chunk)
+        rows, _ = await _chunk_rows(conn, batch_id, chunk)
         message = f"the chunk could not be processed: {reason}"
         await _write_results(
             conn, batch_id, [(r.line, "failure", message, None, list(r.values)) for r in rows]

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
+from typing import NamedTuple
 
 from importq.datasets import Column, ColumnType, Dataset
 
@@ -26,6 +26,7 @@ Coerced = str | int | float | bool | date | datetime | None
 
 _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
 
@@ -49,91 +50,166 @@ def key_hash(key: tuple[str, ...] | None, line: int) -> int:
     return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "big", signed=True)
 
 
-def _check_number(column: Column, text: str) -> tuple[Coerced, str | None]:
-    if column.type is ColumnType.INT:
-        if not _INT.fullmatch(text):
-            return None, f'"{text}" is not a whole number'
-        number: float = int(text)
-    else:
-        if not _FLOAT.fullmatch(text):
-            return None, f'"{text}" is not a number'
-        number = float(text)
-        if not math.isfinite(number):
-            return None, f'"{text}" is out of range'
+Converter = Callable[[str], tuple[Coerced, str | None]]
+
+
+def _in_range(column: Column, text: str, number: float) -> str | None:
     if column.min is not None and number < column.min:
-        return None, f"{text} is below {_plain(column.min)}"
+        return f"{text} is below {_plain(column.min)}"
     if column.max is not None and number > column.max:
-        return None, f"{text} is above {_plain(column.max)}"
-    return number, None
+        return f"{text} is above {_plain(column.max)}"
+    return None
 
 
 def _plain(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else str(number)
 
 
-def _check_text(column: Column, text: str) -> str | None:
-    if column.min_length is not None and len(text) < column.min_length:
-        return f"is shorter than {column.min_length} characters"
-    if column.max_length is not None and len(text) > column.max_length:
-        return f"is longer than {column.max_length} characters"
-    if column.pattern is not None and not column.pattern.fullmatch(text):
-        return f'"{text}" is not {column.pattern_description or "in the expected form"}'
-    if column.type is ColumnType.ENUM and text not in column.values:
-        return f'"{text}" is not one of {", ".join(column.values)}'
-    return None
+def _int_converter(column: Column) -> Converter:
+    def convert(text: str) -> tuple[Coerced, str | None]:
+        if not _INT.fullmatch(text):
+            return None, f'"{text}" is not a whole number'
+        number = int(text)
+        if not _INT64_MIN <= number <= _INT64_MAX:
+            return None, f"{text} is out of range"
+        return number, _in_range(column, text, number)
+
+    return convert
 
 
-def coerce(column: Column, text: str) -> tuple[Coerced, str | None]:
-    """Turn a non-empty normalised cell into the column's type: (value, problem)."""
-    if column.type.is_numeric:
-        return _check_number(column, text)
+def _float_converter(column: Column) -> Converter:
+    def convert(text: str) -> tuple[Coerced, str | None]:
+        if not _FLOAT.fullmatch(text):
+            return None, f'"{text}" is not a number'
+        number = float(text)
+        if not math.isfinite(number):
+            return None, f'"{text}" is out of range'
+        return number, _in_range(column, text, number)
+
+    return convert
+
+
+def _bool(text: str) -> tuple[Coerced, str | None]:
+    lowered = text.casefold()
+    if lowered in _TRUE or lowered in _FALSE:
+        return lowered in _TRUE, None
+    return None, f'"{text}" is not true or false'
+
+
+def _date(text: str) -> tuple[Coerced, str | None]:
+    try:
+        return date.fromisoformat(text), None
+    except ValueError:
+        return None, f'"{text}" is not a date (YYYY-MM-DD)'
+
+
+def _timestamp(text: str) -> tuple[Coerced, str | None]:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None, f'"{text}" is not a timestamp (ISO 8601)'
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
+
+
+def _plain_text(text: str) -> tuple[Coerced, str | None]:
+    return text, ("contains a NUL character" if "\x00" in text else None)
+
+
+def _text_converter(column: Column) -> Converter:
+    def convert(text: str) -> tuple[Coerced, str | None]:
+        if "\x00" in text:
+            return text, "contains a NUL character"
+        if column.min_length is not None and len(text) < column.min_length:
+            return text, f"is shorter than {column.min_length} characters"
+        if column.max_length is not None and len(text) > column.max_length:
+            return text, f"is longer than {column.max_length} characters"
+        if column.pattern is not None and not column.pattern.fullmatch(text):
+            expected = column.pattern_description or "in the expected form"
+            return text, f'"{text}" is not {expected}'
+        if column.type is ColumnType.ENUM and text not in column.values:
+            return text, f'"{text}" is not one of {", ".join(column.values)}'
+        return text, None
+
+    return convert
+
+
+def converter(column: Column) -> Converter:
+    """The function that turns a non-empty normalised cell of ``column`` into its type:
+    ``(value, problem)``, problem None when the cell is valid."""
+    if column.type is ColumnType.INT:
+        return _int_converter(column)
+    if column.type is ColumnType.FLOAT:
+        return _float_converter(column)
     if column.type is ColumnType.BOOL:
-        lowered = text.casefold()
-        if lowered in _TRUE or lowered in _FALSE:
-            return lowered in _TRUE, None
-        return None, f'"{text}" is not true or false'
+        return _bool
     if column.type is ColumnType.DATE:
-        try:
-            return date.fromisoformat(text), None
-        except ValueError:
-            return None, f'"{text}" is not a date (YYYY-MM-DD)'
+        return _date
     if column.type is ColumnType.TIMESTAMP:
-        try:
-            moment = datetime.fromisoformat(text)
-        except ValueError:
-            return None, f'"{text}" is not a timestamp (ISO 8601)'
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
-    return text, _check_text(column, text)
+        return _timestamp
+    constrained = (column.min_length, column.max_length, column.pattern) != (None, None, None)
+    if constrained or column.type is ColumnType.ENUM:
+        return _text_converter(column)
+    return _plain_text
 
 
-def check_row(
-    dataset: Dataset, positions: Mapping[str, int], values: Sequence[Value]
-) -> tuple[tuple[Coerced, ...], list[str]]:
-    """Validate one row: its coerced record (dataset column order) and its problems."""
-    cells = {
-        c.name: normalise(values[positions[c.name]]) if c.name in positions else ""
-        for c in dataset.columns
-    }
-    record: list[Coerced] = []
-    problems: list[str] = []
-    for column in dataset.columns:
-        text = cells[column.name]
-        if not text:
-            record.append(None)
-            if column.required:
-                problems.append(f"{column.name}: missing")
-            elif column.required_if is not None and cells[column.required_if]:
-                problems.append(f"{column.name}: missing (required with {column.required_if})")
-            continue
-        value, problem = coerce(column, text)
-        record.append(value)
-        if problem is not None:
-            problems.append(f"{column.name}: {problem}")
-    return tuple(record), problems
+class RowChecker:
+    """Validates the rows of one upload: the dataset's columns are lined up with the
+    uploaded header once, then each row is checked against that plan.
+
+    ``check`` returns the coerced record (in dataset column order, ``None`` for empty
+    cells) and the problems, each ``<column>: <problem>``. An empty or whitespace-only
+    value counts as missing.
+    """
+
+    def __init__(self, dataset: Dataset, positions: Mapping[str, int]) -> None:
+        self._width = len(dataset.columns)
+        # Only columns present in the upload are read; absent ones stay None (a
+        # mandatory column is never absent: the header check refused such an upload).
+        self._plan = [
+            (index, column.name, positions[column.name], column.required, converter(column))
+            for index, column in enumerate(dataset.columns)
+            if column.name in positions
+        ]
+        self._absent_required = [
+            f"{column.name}: missing"
+            for column in dataset.columns
+            if column.required and column.name not in positions
+        ]
+        by_name = {column.name: i for i, column in enumerate(dataset.columns)}
+        self._conditions = [
+            (
+                i,
+                by_name[column.required_if],
+                f"{column.name}: missing (required with {column.required_if})",
+            )
+            for i, column in enumerate(dataset.columns)
+            if column.required_if is not None
+        ]
+
+    def check(self, values: Sequence[Value]) -> tuple[tuple[Coerced, ...], list[str]]:
+        width = len(values)
+        record: list[Coerced] = [None] * self._width
+        filled = [False] * self._width
+        problems = list(self._absent_required)
+        for index, name, position, required, convert in self._plan:
+            raw = values[position] if position < width else None
+            text = raw.strip() if raw else ""
+            if not text:
+                if required:
+                    problems.append(f"{name}: missing")
+                continue
+            filled[index] = True
+            value, problem = convert(text)
+            record[index] = value
+            if problem is not None:
+                problems.append(f"{name}: {problem}")
+        for index, source, message in self._conditions:
+            if filled[source] and not filled[index]:
+                problems.append(message)
+        return tuple(record), problems
 
 
-@dataclass(frozen=True)
-class StagedRow:
+class StagedRow(NamedTuple):
     """A row as staged: its line, its uploaded values, and a reading problem if any."""
 
     line: int
@@ -141,8 +217,7 @@ class StagedRow:
     problem: str | None = None
 
 
-@dataclass(frozen=True)
-class Winner:
+class Winner(NamedTuple):
     """A valid row that claims its key: to be inserted unless the key is already stored."""
 
     line: int
@@ -150,8 +225,7 @@ class Winner:
     record: tuple[Coerced, ...]
 
 
-@dataclass(frozen=True)
-class Rejected:
+class Rejected(NamedTuple):
     """A row that will not be inserted, with the reason its report shows."""
 
     line: int
@@ -164,6 +238,7 @@ def decide(
 ) -> tuple[list[Winner], list[Rejected]]:
     """Apply the row rules to rows given in line order (one chunk's, or any subset)."""
     key_positions = [positions.get(name) for name in dataset.dedup_key]
+    checker = RowChecker(dataset, positions)
     first_line: dict[tuple[str, ...], int] = {}
     winners: list[Winner] = []
     rejected: list[Rejected] = []
@@ -175,7 +250,7 @@ def decide(
         if row.problem is not None:
             rejected.append(Rejected(row.line, "failure", row.problem))
             continue
-        record, problems = check_row(dataset, positions, row.values)
+        record, problems = checker.check(row.values)
         if problems:
             rejected.append(Rejected(row.line, "failure", "; ".join(problems)))
             continue

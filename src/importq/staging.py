@@ -97,10 +97,8 @@ async def _copy_rows(
     key_positions: list[int | None],
 ) -> int:
     total = 0
-    async with conn.cursor().copy(
-        'COPY staged_rows (batch_id, line, key_hash, problem, "values") FROM STDIN (FORMAT BINARY)'
-    ) as copy:
-        copy.set_types(["uuid", "int4", "int8", "text", "text[]"])
+    async with conn.cursor().copy(queries["copy_staged_rows"]) as copy:
+        copy.set_types(["uuid", "int4", "int8", "text", "json"])
         for row in upload.rows:
             key = None if row.problem else row_key(row.values, key_positions)
             await copy.write_row(

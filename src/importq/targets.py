@@ -7,9 +7,12 @@ Key columns use the "C" collation so the insert's sort order is the index's orde
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
+
 from psycopg import AsyncConnection, sql
 
-from importq.datasets import Column, ColumnType, Dataset
+from importq.datasets import Column, Dataset
 from importq.sql import queries
 
 
@@ -54,33 +57,37 @@ async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -
         )
 
 
-def bulk_insert_statement(dataset: Dataset) -> sql.Composed:
-    """INSERT of a chunk's winners from parallel arrays, in dedup-index order."""
-    arrays = sql.SQL(", ").join(
-        sql.SQL("%({})s::{}[]").format(sql.SQL(f"c{i}"), sql.SQL(c.type.sql_type))
-        for i, c in enumerate(dataset.columns)
-    )
-    return sql.SQL(queries["insert_targets"]).format(
-        table=sql.Identifier(dataset.table),
-        fields=_fields(dataset),
-        arrays=arrays,
-        key=sql.SQL(", ").join(
-            sql.SQL("r.{}").format(sql.Identifier(c.field)) for c in dataset.key_columns
+def _incoming(dataset: Dataset) -> sql.Identifier:
+    return sql.Identifier(f"incoming_{dataset.table}")
+
+
+@dataclass(frozen=True)
+class TargetStatements:
+    """The statements that move a chunk's winners into a dataset's target table."""
+
+    create_incoming: sql.Composed
+    copy_incoming: sql.Composed
+    insert: sql.Composed
+    copy_types: tuple[str, ...]
+
+
+@lru_cache(maxsize=64)
+def target_statements(dataset: Dataset) -> TargetStatements:
+    key_fields = {c.field for c in dataset.key_columns}
+    incoming = _incoming(dataset)
+    return TargetStatements(
+        create_incoming=sql.SQL(queries["create_incoming"]).format(
+            incoming=incoming,
+            columns=sql.SQL(",\n    ").join(_column_ddl(c, key_fields) for c in dataset.columns),
         ),
+        copy_incoming=sql.SQL(queries["copy_incoming"]).format(
+            incoming=incoming, fields=_fields(dataset)
+        ),
+        insert=sql.SQL(queries["insert_targets"]).format(
+            table=sql.Identifier(dataset.table),
+            incoming=incoming,
+            fields=_fields(dataset),
+            key=_key(dataset),
+        ),
+        copy_types=("int8", "int4", *(c.type.copy_type for c in dataset.columns)),
     )
-
-
-def single_insert_statement(dataset: Dataset) -> sql.Composed:
-    """INSERT of one winner, for the row-by-row fallback."""
-    values = sql.SQL(", ").join(
-        sql.SQL("%({})s::{}").format(sql.SQL(f"c{i}"), sql.SQL(c.type.sql_type))
-        for i, c in enumerate(dataset.columns)
-    )
-    return sql.SQL(queries["insert_target"]).format(
-        table=sql.Identifier(dataset.table), fields=_fields(dataset), values=values
-    )
-
-
-def is_text(column: Column) -> bool:
-    """Whether a column's values travel as text (text and enum columns)."""
-    return column.type in (ColumnType.TEXT, ColumnType.ENUM)

@@ -22,7 +22,7 @@ FOR UPDATE OF c;
 
 -- name: chunk_rows
 -- A chunk's staged rows in line order (the first valid row of a key wins).
-SELECT line, "values", problem
+SELECT line, key_hash, "values", problem
 FROM staged_rows
 WHERE batch_id = %(batch_id)s AND key_hash >= %(hash_from)s
   AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
@@ -52,10 +52,10 @@ DELETE FROM staged_rows s USING batches b
 WHERE s.batch_id = b.id AND b.completed_at < %(cutoff)s;
 
 -- name: copy_staged_rows
--- Stream an upload's rows into staging (binary COPY: uuid, int4, int8, text, text[]).
+-- Stream an upload's rows into staging (binary COPY: uuid, int4, int8, text, json).
 COPY staged_rows (batch_id, line, key_hash, problem, "values") FROM STDIN (FORMAT BINARY);
 
 -- name: copy_row_results
--- Stream a chunk's row results (binary COPY: uuid, int4, text, text, text, text[]).
+-- Stream a chunk's row results (binary COPY: uuid, int4, text, text, text, json).
 COPY row_results (batch_id, line, outcome, message, target_id, "values")
 FROM STDIN (FORMAT BINARY);

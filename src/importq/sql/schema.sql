@@ -43,19 +43,25 @@ CREATE TABLE IF NOT EXISTS {table} (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} (key_hash, {key});
 
--- name: insert_targets
--- A chunk's winning rows, in dedup-index order; keys already stored are skipped
--- (psycopg.sql template: {table}, {fields}, {arrays}, {key}).
-INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
-SELECT r.key_hash, %(batch_id)s, r.line, {fields}
-FROM unnest(%(key_hash)s::bigint[], %(line)s::int[], {arrays}) AS r(key_hash, line, {fields})
-ORDER BY r.key_hash, {key}
-ON CONFLICT DO NOTHING
-RETURNING imported_line, target_id;
+-- name: create_incoming
+-- A chunk's winning rows on their way in (psycopg.sql template: {incoming}, {columns}).
+CREATE TEMP TABLE {incoming} (
+    key_hash  bigint NOT NULL,
+    line      integer NOT NULL,
+    {columns}
+) ON COMMIT DROP;
 
--- name: insert_target
--- One winning row, for the row-by-row path after the fast path hit a database error.
+-- name: copy_incoming
+-- Stream a chunk's winners into the temp table (template: {incoming}, {fields}).
+COPY {incoming} (key_hash, line, {fields}) FROM STDIN (FORMAT BINARY);
+
+-- name: insert_targets
+-- Move the winners (all, or the one of %(line)s) into the target table in dedup-index
+-- order; keys already stored are skipped (template: {table}, {incoming}, {fields}, {key}).
 INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
-VALUES (%(key_hash)s, %(batch_id)s, %(line)s, {values})
+SELECT key_hash, %(batch_id)s, line, {fields}
+FROM {incoming}
+WHERE %(line)s::integer IS NULL OR line = %(line)s
+ORDER BY key_hash, {key}
 ON CONFLICT DO NOTHING
 RETURNING imported_line, target_id;
