@@ -225,6 +225,11 @@ def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
             raise DatasetError(f"{where}: {listed!r} is not one of its columns")
     if not dedup_key:
         raise DatasetError(f"{where}: dedup_key is required")
+    by_name = {c.name: c for c in columns}
+    optional_key = [name for name in dedup_key if not by_name[name].required]
+    if optional_key:
+        # A valid row must have a whole key: the key's unique index is what dedups.
+        raise DatasetError(f"{where}: dedup_key columns must be required: {optional_key}")
     table = str(raw.get("table", name))
     if not _IDENTIFIER.fullmatch(table):
         raise DatasetError(f"{where}: table {table!r} is not a usable SQL name")

@@ -13,7 +13,6 @@ a formula are prefixed with ``'``; cells of numeric columns stay numbers.
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     from _csv import Writer
 
 from importq.datasets import Dataset
+from importq.row_rules import NUMBER
 
 KINDS = ("success", "duplicates", "failures")
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
@@ -32,14 +32,13 @@ FILE_NAMES = {
     "failures": "failures.csv",
 }
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_NUMBER = re.compile(r"\s*[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?\s*")
 
 
 def safe_cell(value: str | None, numeric: bool) -> str:
     """A cell as written: numbers of numeric columns as they are, formulas neutralised."""
     if value is None:
         return ""
-    if numeric and _NUMBER.fullmatch(value):
+    if numeric and NUMBER.fullmatch(value.strip()):
         return value
     if value.startswith(_FORMULA_START):
         return "'" + value

@@ -24,8 +24,9 @@ from importq.datasets import Column, ColumnType, Dataset
 Value = str | None
 Coerced = str | int | float | bool | date | datetime | None
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_INT = re.compile(r"[+-]?[0-9]+")
+# A number as importq reads it (and reports write it): ASCII digits, a dot for decimals.
+NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
@@ -79,7 +80,7 @@ def _int_converter(column: Column) -> Converter:
 
 def _float_converter(column: Column) -> Converter:
     def convert(text: str) -> tuple[Coerced, str | None]:
-        if not _FLOAT.fullmatch(text):
+        if not NUMBER.fullmatch(text):
             return None, f'"{text}" is not a number'
         number = float(text)
         if not math.isfinite(number):
