@@ -83,8 +83,10 @@ CREATE INDEX staged_rows_batch_hash ON staged_rows (batch_id, key_hash);
 
 -- Exactly one outcome per staged row: the primary key makes a second one impossible.
 -- `values` (a JSON array) holds what its report prints after the fixed columns.
+-- No foreign key to batches: a per-row check would cost as much as the row itself;
+-- rows are written only by the chunk transaction of an existing batch.
 CREATE TABLE row_results (
-    batch_id   uuid NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+    batch_id   uuid NOT NULL,
     line       integer NOT NULL,
     outcome    text NOT NULL CHECK (outcome IN ('success', 'duplicate', 'failure')),
     message    text,

@@ -25,7 +25,7 @@ from psycopg import AsyncConnection
 from importq.batches import ChunkTally, count_finished_chunk
 from importq.datasets import Dataset
 from importq.queue import JobQueue
-from importq.row_rules import StagedRow, Winner, decide, normalise
+from importq.row_rules import StagedRow, Winner, decide, encode_values, normalise
 from importq.sql import queries
 from importq.targets import target_statements
 
@@ -111,9 +111,11 @@ async def _write_results(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, results: Sequence[ResultRow]
 ) -> None:
     async with conn.cursor().copy(queries["copy_row_results"]) as copy:
-        copy.set_types(["uuid", "int4", "text", "text", "text", "json"])
+        copy.set_types(["uuid", "int4", "text", "text", "text", "text"])
         for line, outcome, message, target_id, values in results:
-            await copy.write_row((batch_id, line, outcome, message, target_id, values))
+            await copy.write_row(
+                (batch_id, line, outcome, message, target_id, encode_values(values))
+            )
 
 
 async def _finish(

@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +31,11 @@ NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
+
+
+# JSON as staged_rows and row_results store it. COPY sends it pre-encoded as text: the
+# binary wire format of `json` is its text, and encoding here skips a slow dumper.
+encode_values = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def normalise(value: Value) -> str:

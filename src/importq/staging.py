@@ -21,7 +21,7 @@ from psycopg import AsyncConnection, errors
 from importq.chunking import ChunkBound, ChunkCutter, effective_chunk_size
 from importq.datasets import Dataset
 from importq.errors import Refusal
-from importq.row_rules import key_hash, row_key
+from importq.row_rules import encode_values, key_hash, row_key
 from importq.sql import queries
 from importq.uploads import ParsedUpload, empty_upload
 
@@ -98,11 +98,17 @@ async def _copy_rows(
 ) -> int:
     total = 0
     async with conn.cursor().copy(queries["copy_staged_rows"]) as copy:
-        copy.set_types(["uuid", "int4", "int8", "text", "json"])
+        copy.set_types(["uuid", "int4", "int8", "text", "text"])
         for row in upload.rows:
             key = None if row.problem else row_key(row.values, key_positions)
             await copy.write_row(
-                (batch_id, row.line, key_hash(key, row.line), row.problem, row.values)
+                (
+                    batch_id,
+                    row.line,
+                    key_hash(key, row.line),
+                    row.problem,
+                    encode_values(row.values),
+                )
             )
             total += 1
     return total
