@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import orjson
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from importq.config import Settings
@@ -52,4 +54,10 @@ def create_pool(url: str, *, max_size: int = 10) -> Pool:
         max_size=max_size,
         open=False,
         check=AsyncConnectionPool.check_connection,
+        configure=_configure,
     )
+
+
+async def _configure(conn: AsyncConnection[TupleRow]) -> None:
+    # Row values travel as JSON arrays; orjson reads them several times faster.
+    set_json_loads(orjson.loads, conn)

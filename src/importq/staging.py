@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, errors
 
 from importq.chunking import ChunkBound, ChunkCutter, effective_chunk_size
 from importq.datasets import Dataset
 from importq.errors import Refusal
-from importq.row_rules import encode_values, key_hash, row_key
+from importq.row_rules import Value, encode_values, key_hash, row_key
 from importq.sql import queries
 from importq.uploads import ParsedUpload, empty_upload
 
@@ -90,6 +91,20 @@ async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> Staged
     return None if row is None else StagedBatch(row[0], row[1], row[2])
 
 
+def _encoded(values: Sequence[Value]) -> tuple[str, str | None]:
+    """A row's values as stored, and a problem when PostgreSQL could not keep them as text."""
+    try:
+        encoded = encode_values(values)
+    except orjson.JSONEncodeError:  # a lone surrogate from a JSON body
+        cleaned = [v.encode("utf-8", "replace").decode() if v else v for v in values]
+        return encode_values(cleaned), "a value is not valid Unicode text"
+    # orjson writes NUL as \u0000; confirm on the values (the escape may be literal text).
+    if "\\u0000" in encoded and any("\x00" in v for v in values if v):
+        cleaned = [v.replace("\x00", "") if v else v for v in values]
+        return encode_values(cleaned), "a value contains a NUL character"
+    return encoded, None
+
+
 async def _copy_rows(
     conn: AsyncConnection[Any],
     batch_id: uuid.UUID,
@@ -99,17 +114,11 @@ async def _copy_rows(
     total = 0
     async with conn.cursor().copy(queries["copy_staged_rows"]) as copy:
         copy.set_types(["uuid", "int4", "int8", "text", "text"])
-        for row in upload.rows:
-            key = None if row.problem else row_key(row.values, key_positions)
-            await copy.write_row(
-                (
-                    batch_id,
-                    row.line,
-                    key_hash(key, row.line),
-                    row.problem,
-                    encode_values(row.values),
-                )
-            )
+        for line, values, problem in upload.rows:
+            encoded, unreadable = _encoded(values)
+            problem = problem or unreadable
+            key = None if problem else row_key(values, key_positions)
+            await copy.write_row((batch_id, line, key_hash(key, line), problem, encoded))
             total += 1
     return total
 
