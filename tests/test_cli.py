@@ -1,0 +1,155 @@
+"""The ``importq`` command, run as a user would: real processes, a real server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import csv_text, entrance
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "IMPORTQ_DATABASE_URL": database_url,
+        "IMPORTQ_DATA_DIR": str(tmp_path / "data"),
+        "IMPORTQ_CHUNK_SIZE": "5",
+    }
+
+
+def importq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "importq.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_migrate_twice_is_a_no_op(cli_env: dict[str, str]) -> None:
+    # The test database is migrated already, so even the first run has nothing to do.
+    first = importq(cli_env, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "database is up to date"
+
+
+def test_users_create_prints_only_the_token(cli_env: dict[str, str]) -> None:
+    created = importq(
+        cli_env,
+        "users",
+        "create",
+        "bob",
+        "--role",
+        "moderator",
+        "--email",
+        "bob@example.org",
+        "--locale",
+        "fr",
+    )
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    assert len(created.stdout.splitlines()) == 1 and len(token) >= 40
+
+    again = importq(cli_env, "users", "create", "bob")
+    assert again.returncode == 1
+    assert "exists already" in again.stderr
+
+    another = importq(cli_env, "users", "token", "bob")
+    assert another.returncode == 0 and another.stdout.strip() not in ("", token)
+    assert importq(cli_env, "users", "token", "nobody").returncode == 1
+
+
+@pytest.fixture
+def served(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``importq serve`` on a free port, healthy."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**cli_env, "IMPORTQ_PUBLIC_URL": url}
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "importq.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "importq serve did not become healthy"
+            time.sleep(0.2)
+        yield url, env
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_serve_creates_the_admin_and_import_waits_for_the_result(
+    served: tuple[str, dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    url, env = served
+    token_file = Path(env["IMPORTQ_DATA_DIR"]) / "admin-token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    upload = tmp_path / "caves.csv"
+    rows = [entrance(f"cli{i}") for i in range(12)] + [
+        entrance("cli1"),
+        entrance("x", latitude="99"),
+    ]
+    upload.write_text(csv_text(rows))
+
+    done = importq(env, "import", str(upload), "--dataset", "entrances", "--url", url, "--wait")
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "status: completed" in lines
+    assert "successes: 12" in lines and "duplicates: 1" in lines and "failures: 1" in lines
+    assert any(line.startswith("failures report: http") for line in lines)
+    job = httpx.get(
+        f"{url}/api/v1/jobs/{lines[0]}",
+        headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
+    ).json()
+    assert job["fileName"] == "caves.csv" and job["status"] == "completed"
+
+
+def test_import_exit_codes_for_refusals(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    url, env = served
+    upload = tmp_path / "bad.csv"
+    upload.write_text("id,name\n1,x\n")
+    refused = importq(env, "import", str(upload), "--dataset", "entrances", "--url", url)
+    assert refused.returncode == 2
+    assert "Mandatory columns are missing" in refused.stderr
+
+    upload.write_text(csv_text([entrance("t1")]))
+    no_token = importq(
+        {**env, "IMPORTQ_DATA_DIR": str(tmp_path / "elsewhere")},
+        "import",
+        str(upload),
+        "--dataset",
+        "entrances",
+        "--url",
+        url,
+    )
+    assert no_token.returncode == 2
