@@ -35,15 +35,20 @@ ALREADY_EXISTS = "already exists"
 ResultRow = tuple[int, str, str | None, str | None, Sequence[str | None]]
 
 
-async def _lock_chunk(
+async def _claim_chunk(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_no: int
 ) -> dict[str, Any] | None:
+    """Lock the chunk for this transaction; None when it has nothing left to do (already
+    finished by an earlier delivery of its job, or its batch is no longer active)."""
     cursor = await conn.execute(queries["lock_chunk"], {"batch_id": batch_id, "chunk_no": chunk_no})
     row = await cursor.fetchone()
     if row is None:
         return None
     names = [d.name for d in cursor.description or ()]
-    return dict(zip(names, row, strict=True))
+    chunk = dict(zip(names, row, strict=True))
+    if chunk["status"] != "todo" or chunk["batch_status"] != "active":
+        return None
+    return chunk
 
 
 async def _chunk_rows(
@@ -148,8 +153,8 @@ async def process_chunk(
 ) -> bool:
     """Do a chunk's work in one transaction; False when there was nothing to do."""
     async with conn.transaction():
-        chunk = await _lock_chunk(conn, batch_id, chunk_no)
-        if chunk is None or chunk["status"] != "todo" or chunk["batch_status"] != "active":
+        chunk = await _claim_chunk(conn, batch_id, chunk_no)
+        if chunk is None:
             return False
         dataset = datasets[chunk["dataset"]]
         positions = dataset.match_header(chunk["header"]).positions
@@ -210,8 +215,8 @@ async def fail_chunk(
 ) -> bool:
     """Give up on a chunk: every row becomes a failure with ``reason``. Owns the transaction."""
     async with conn.transaction():
-        chunk = await _lock_chunk(conn, batch_id, chunk_no)
-        if chunk is None or chunk["status"] != "todo" or chunk["batch_status"] != "active":
+        chunk = await _claim_chunk(conn, batch_id, chunk_no)
+        if chunk is None:
             return False
         rows, _ = await _chunk_rows(conn, batch_id, chunk)
         message = f"the chunk could not be processed: {reason}"
