@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain, repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
@@ -36,13 +37,13 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 def safe_cell(value: str | None, numeric: bool) -> str:
     """A cell as written: numbers of numeric columns as they are, formulas neutralised."""
-    if value is None:
+    if not value:
         return ""
+    if not value.startswith(_FORMULA_START):
+        return value  # the common case, decided by one C call
     if numeric and NUMBER.fullmatch(value.strip()):
         return value
-    if value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
+    return "'" + value
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,9 @@ class ReportWriter:
         else:
             cells = [str(line), message, *values]
             numeric = self._layout.rejected_numeric
-        self._writer(kind).writerow(
-            [safe_cell(c, numeric[i] if i < len(numeric) else False) for i, c in enumerate(cells)]
-        )
+        # zip stops at the shorter: cells past the header (a ragged row) are text.
+        flags = chain(numeric, repeat(False))
+        self._writer(kind).writerow([safe_cell(c, n) for c, n in zip(cells, flags, strict=False)])
         self.counts[kind] += 1
 
     def close(self) -> dict[str, Path]:

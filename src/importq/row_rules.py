@@ -47,10 +47,15 @@ def normalise(value: Value) -> str:
 
 def row_key(values: Sequence[Value], key_positions: Sequence[int | None]) -> tuple[str, ...] | None:
     """The normalised dedup key of a row, or ``None`` when any part of it is empty."""
-    key = tuple(
-        normalise(values[p]) if p is not None and p < len(values) else "" for p in key_positions
-    )
-    return None if "" in key else key
+    width = len(values)
+    key = []
+    for position in key_positions:
+        raw = values[position] if position is not None and position < width else None
+        part = raw.strip() if raw else ""
+        if not part:
+            return None
+        key.append(part)
+    return tuple(key)
 
 
 def key_hash(key: tuple[str, ...] | None, line: int) -> int:

@@ -77,13 +77,18 @@ def read_csv(binary: IO[bytes], *, delimiter: str = ",") -> ParsedUpload:
     if header is None:
         raise Refusal(400, "empty_data", "The upload is empty: no header and no rows.")
 
+    width = len(header)
+
     def rows() -> Iterator[StagedRow]:
+        line = position["record"]
         for record in stream:
-            position["record"] += 1
-            if not record or (len(record) == 1 and not record[0].strip() and len(header) > 1):
-                continue
-            values: list[Value] = list(record)
-            yield StagedRow(position["record"], values, _ragged(record, len(header)))
+            line += 1
+            position["record"] = line
+            if len(record) == width:
+                yield StagedRow(line, record, None)
+            elif record and (len(record) > 1 or record[0].strip() or width == 1):
+                yield StagedRow(line, record, _ragged(record, width))
+            # else: a blank record, skipped but counted
 
     return ParsedUpload(header, rows())
 
