@@ -10,6 +10,7 @@ nothing of the upload remains.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
@@ -25,6 +26,8 @@ from importq.errors import Refusal
 from importq.row_rules import Value, encode_values, key_hash, row_key
 from importq.sql import queries
 from importq.uploads import ParsedUpload, empty_upload
+
+YIELD_EVERY = 5_000
 
 # Defers the chunk jobs of a new batch on the staging connection (see worker.tasks).
 DeferChunks = Callable[[AsyncConnection[Any], uuid.UUID, int], Coroutine[Any, Any, None]]
@@ -120,6 +123,10 @@ async def _copy_rows(
             key = None if problem else row_key(values, key_positions)
             await copy.write_row((batch_id, line, key_hash(key, line), problem, encoded))
             total += 1
+            if total % YIELD_EVERY == 0:
+                # Parsing is CPU-bound: let the event loop run (worker heartbeats, other
+                # requests) so a big upload never makes its process look dead.
+                await asyncio.sleep(0)
     return total
 
 
