@@ -10,6 +10,7 @@ but keep their number; a JSON row's line is its index + 2.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -42,8 +43,49 @@ def _ragged(values: Sequence[str], width: int) -> str | None:
     return f"expected {width} fields, found {len(values)}"
 
 
+def check_utf8(binary: IO[bytes], *, block_size: int = 1 << 20) -> None:
+    """Refuse a file that is not valid UTF-8, naming the byte offset and the line.
+
+    One streaming pass before parsing (decoding is C-fast), so the error can say exactly
+    where the bad byte is; the file is rewound afterwards.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    offset = 0
+    newlines = 0
+    while block := binary.read(block_size):
+        try:
+            decoder.decode(block)
+        except UnicodeDecodeError as error:
+            # error.object is the bytes held back from the last block (an unfinished
+            # multi-byte sequence, never a newline) followed by this block.
+            bad = offset - (len(error.object) - len(block)) + error.start
+            line = newlines + error.object[: error.start].count(b"\n") + 1
+            raise Refusal(
+                400,
+                "bad_encoding",
+                f"The file is not valid UTF-8: byte 0x{error.object[error.start]:02x} at "
+                f"offset {bad} (line {line}) cannot be decoded.",
+                line=line,
+                offset=bad,
+            ) from None
+        offset += len(block)
+        newlines += block.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise Refusal(
+            400,
+            "bad_encoding",
+            f"The file is not valid UTF-8: it ends inside a character (offset {offset}).",
+            line=newlines + 1,
+            offset=offset,
+        ) from None
+    binary.seek(0)
+
+
 def read_csv(binary: IO[bytes], *, delimiter: str = ",") -> ParsedUpload:
-    """Parse a UTF-8 CSV (a leading BOM is dropped). Decoding errors raise Refusal."""
+    """Parse a UTF-8 CSV (a leading BOM is dropped); refuse bad encoding or broken quoting."""
+    check_utf8(binary)
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="", errors="strict")
     reader = csv.reader(text, delimiter=delimiter, strict=False)
     position = {"record": 1}
@@ -51,14 +93,6 @@ def read_csv(binary: IO[bytes], *, delimiter: str = ",") -> ParsedUpload:
     def records() -> Iterator[list[str]]:
         try:
             yield from reader
-        except UnicodeDecodeError as error:
-            raise Refusal(
-                400,
-                "bad_encoding",
-                f"The file is not valid UTF-8 near line {position['record'] + 1}: "
-                f"byte 0x{error.object[error.start]:02x} cannot be decoded.",
-                line=position["record"] + 1,
-            ) from None
         except csv.Error as error:
             raise Refusal(
                 400,

@@ -7,14 +7,16 @@ malformed id 404.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from importq import batches
 from importq.accounts import User
+from importq.aggregation import report_links
 from importq.api.auth import CurrentUser, ServicesDep
-from importq.api.schemas import ErrorBody, Job, Page, Status
+from importq.api.schemas import ErrorBody, Job, Page, ReportLinks, ReportUrls, Status
 from importq.errors import Refusal
 from importq.services import Services
 
@@ -70,3 +72,20 @@ async def list_jobs(
     return Page[Job](
         items=[Job.from_row(r) for r in rows], total=total, page=page, pageSize=pageSize
     )
+
+
+@router.post(
+    "/api/v1/jobs/{batch_id}/report-links",
+    response_model=ReportLinks,
+    responses={code: {"model": ErrorBody} for code in (401, 403, 404, 409)},
+)
+async def refresh_report_links(
+    batch_id: str, user: CurrentUser, services: ServicesDep
+) -> ReportLinks:
+    """Fresh links to a finished batch's reports (old ones may have expired)."""
+    batch = await readable_batch(services, user, batch_id)
+    if batch["report_paths"] is None:
+        raise Refusal(409, "no_reports", f"The batch has no reports yet: it is {batch['status']}.")
+    expires_at = datetime.now(UTC) + timedelta(seconds=services.settings.report_url_ttl)
+    links = report_links(services, batch, batch["report_paths"], expires_at)
+    return ReportLinks(reportUrls=ReportUrls(**links), expiresAt=expires_at)

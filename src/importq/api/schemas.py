@@ -40,6 +40,11 @@ class ReportUrls(BaseModel):
     failures: str | None
 
 
+class ReportLinks(BaseModel):
+    reportUrls: ReportUrls
+    expiresAt: Timestamp
+
+
 class Summary(BaseModel):
     successes: int
     duplicates: int
