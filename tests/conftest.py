@@ -53,8 +53,11 @@ def server_url() -> str:
 
 @pytest.fixture(scope="session")
 def template_db(server_url: str, worker_id: str) -> Iterator[str]:
-    """A migrated database for this xdist worker, copied for each test."""
-    name = f"importq_template_{worker_id}"
+    """A migrated database for this xdist worker, copied for each test.
+
+    The name is unique to this session, so two test runs on one server never share it.
+    """
+    name = f"importq_template_{worker_id}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server_url, autocommit=True) as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
@@ -67,6 +70,10 @@ def template_db(server_url: str, worker_id: str) -> Iterator[str]:
 
     asyncio.run(apply())
     yield name
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
 @pytest.fixture
