@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import json
 from email import policy
 
 import httpx
@@ -187,3 +188,39 @@ async def test_completion_creates_notification_and_email(
     assert job["result"]["reportUrls"]["failures"] in text.replace("=\n", "")
     html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
     assert 'dir="ltr"' in html
+
+
+async def test_values_postgresql_cannot_store_fail_their_row_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    rows = [
+        entrance("u1", **{"rdfs:label": "nul\x00byte"}),
+        entrance("u2", **{"rdfs:label": "lone \ud800 surrogate"}),
+        entrance("u3"),
+    ]
+    body = json.dumps({"data": rows}).encode()  # json escapes keep the surrogate
+    response = await client.post(
+        "/api/v1/entrances/import-rows", content=body, headers={"Content-Type": "application/json"}
+    )
+    job = await wait_for_batch(client, response.json()["batchId"])
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    assert [(r[0], r[1]) for r in failures[1:]] == [
+        ("2", "a value contains a NUL character"),
+        ("3", "a value is not valid Unicode text"),
+    ]
+    assert job["result"]["summary"]["successes"] == 1
+
+
+async def test_a_row_the_database_refuses_fails_alone(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    async with services.pool.connection() as conn:
+        await conn.execute("ALTER TABLE entrances ADD CONSTRAINT no_equator CHECK (latitude <> 0)")
+    rows = [entrance("d1"), entrance("d2", latitude="0"), entrance("d3"), entrance("d1")]
+    job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
+    assert job["result"]["summary"] == {"successes": 2, "duplicates": 1, "failures": 1}
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    assert failures[1][0] == "3"
+    assert failures[1][1].startswith("database refused the row: ")
+    assert "no_equator" in failures[1][1]
