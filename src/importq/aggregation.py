@@ -25,6 +25,7 @@ from importq.services import Services
 from importq.sql import queries
 
 REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
+FETCH_ROWS = 10_000
 
 
 class AccountingError(RuntimeError):
@@ -49,11 +50,9 @@ async def _write_reports(
         conn.transaction(),
         conn.cursor(name=f"results_{batch['id'].hex}") as cursor,
     ):
-        cursor.itersize = 10_000
         await cursor.execute(queries["row_results_in_line_order"], {"batch_id": batch["id"]})
-        async for line, outcome, message, target_id, values in cursor:
-            writer.add(line, outcome, message, target_id, values)
-            seen += 1
+        while results := await cursor.fetchmany(FETCH_ROWS):
+            seen += writer.add(results)
     return writer.close(), seen
 
 

@@ -13,7 +13,7 @@ a formula are prefixed with ``'``; cells of numeric columns stay numbers.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
@@ -26,6 +26,8 @@ from importq.datasets import Dataset
 from importq.row_rules import NUMBER
 
 KINDS = ("success", "duplicates", "failures")
+# line, outcome, message, target id, values: a row_results row as the reports read it.
+RowResult = tuple[int, str, str | None, str | None, Sequence[str | None]]
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
 FILE_NAMES = {
     "success": "successes.csv",
@@ -105,26 +107,32 @@ class ReportWriter:
             self._writers[kind] = writer
         return writer
 
-    def add(
-        self,
-        line: int,
-        outcome: str,
-        message: str | None,
-        target_id: str | None,
-        values: Sequence[str | None],
-    ) -> None:
-        kind = OUTCOME_KIND[outcome]
-        if kind == "success":
-            key_count = self._layout.key_count
-            cells = [str(line), *values[:key_count], target_id, *values[key_count:]]
-            numeric = self._layout.success_numeric
-        else:
-            cells = [str(line), message, *values]
-            numeric = self._layout.rejected_numeric
-        # zip stops at the shorter: cells past the header (a ragged row) are text.
-        flags = chain(numeric, repeat(False))
-        self._writer(kind).writerow([safe_cell(c, n) for c, n in zip(cells, flags, strict=False)])
-        self.counts[kind] += 1
+    def add(self, results: Iterable[RowResult]) -> int:
+        """Write row results (in line order) to their reports; how many were written."""
+        key_count = self._layout.key_count
+        success_numeric = self._layout.success_numeric
+        rejected_numeric = self._layout.rejected_numeric
+        written = 0
+        for line, outcome, message, target_id, values in results:
+            kind = OUTCOME_KIND[outcome]
+            if kind == "success":
+                cells = [str(line), *values[:key_count], target_id, *values[key_count:]]
+                numeric = success_numeric
+            else:
+                cells = [str(line), message, *values]
+                numeric = rejected_numeric
+            # Most cells need no change: test that in C before calling safe_cell. zip
+            # stops at the shorter: cells past the header (a ragged row) are text.
+            flags = chain(numeric, repeat(False))
+            self._writer(kind).writerow(
+                [
+                    safe_cell(c, n) if c is None or c.startswith(_FORMULA_START) else c
+                    for c, n in zip(cells, flags, strict=False)
+                ]
+            )
+            self.counts[kind] += 1
+            written += 1
+        return written
 
     def close(self) -> dict[str, Path]:
         """Close the files; return the written reports by kind."""
