@@ -82,7 +82,8 @@ CREATE TABLE staged_rows (
 CREATE INDEX staged_rows_batch_hash ON staged_rows (batch_id, key_hash);
 
 -- Exactly one outcome per staged row: the primary key makes a second one impossible.
--- `values` (a JSON array) holds what its report prints after the fixed columns.
+-- `record` is the row as its report prints it (a CSV record, CRLF included), formatted
+-- by the chunk job, so the aggregation only orders and concatenates.
 -- No foreign key to batches: a per-row check would cost as much as the row itself;
 -- rows are written only by the chunk transaction of an existing batch.
 CREATE TABLE row_results (
@@ -91,7 +92,7 @@ CREATE TABLE row_results (
     outcome    text NOT NULL CHECK (outcome IN ('success', 'duplicate', 'failure')),
     message    text,
     target_id  text,
-    "values"   json NOT NULL,
+    record     text NOT NULL,
     PRIMARY KEY (batch_id, line)
 );
 

@@ -119,7 +119,12 @@ async def test_a_batch_whose_every_chunk_failed_ends_failed_with_its_email(
     for chunk_no in range(total_chunks):
         async with services.pool.connection() as conn:
             assert await fail_chunk(
-                conn, services.queue, uuid.UUID(batch_id), chunk_no, "RuntimeError: boom"
+                conn,
+                services.queue,
+                services.datasets,
+                uuid.UUID(batch_id),
+                chunk_no,
+                "RuntimeError: boom",
             )
 
     sent = await _race_to_the_end(services, batch_id)

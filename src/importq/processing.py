@@ -25,7 +25,8 @@ from psycopg import AsyncConnection
 from importq.batches import ChunkTally, count_finished_chunk
 from importq.datasets import Dataset
 from importq.queue import JobQueue
-from importq.row_rules import StagedRow, Winner, decide, encode_values, normalise
+from importq.reports import RecordFormatter, ReportLayout
+from importq.row_rules import StagedRow, Winner, decide, normalise
 from importq.sql import queries
 from importq.targets import target_statements
 
@@ -113,13 +114,25 @@ async def _insert_winners(
 
 
 async def _write_results(
-    conn: AsyncConnection[Any], batch_id: uuid.UUID, results: Sequence[ResultRow]
+    conn: AsyncConnection[Any],
+    batch_id: uuid.UUID,
+    formatter: RecordFormatter,
+    results: Sequence[ResultRow],
 ) -> None:
+    """COPY one row result per row, each with the CSV record its report will print."""
+    record = formatter.record
     async with conn.cursor().copy(queries["copy_row_results"]) as copy:
         copy.set_types(["uuid", "int4", "text", "text", "text", "text"])
         for line, outcome, message, target_id, values in results:
             await copy.write_row(
-                (batch_id, line, outcome, message, target_id, encode_values(values))
+                (
+                    batch_id,
+                    line,
+                    outcome,
+                    message,
+                    target_id,
+                    record(line, outcome, message, target_id, values),
+                )
             )
 
 
@@ -182,7 +195,8 @@ async def process_chunk(
             (r.line, r.outcome, r.message, None, list(values_by_line[r.line])) for r in rejected
         )
         results.sort(key=lambda result: result[0])
-        await _write_results(conn, batch_id, results)
+        layout = ReportLayout.for_batch(dataset, chunk["header"])
+        await _write_results(conn, batch_id, RecordFormatter(layout), results)
         outcomes = [result[1] for result in results]
         tally = ChunkTally(
             successes=outcomes.count("success"),
@@ -209,6 +223,7 @@ async def record_attempt(
 async def fail_chunk(
     conn: AsyncConnection[Any],
     queue: JobQueue,
+    datasets: Mapping[str, Dataset],
     batch_id: uuid.UUID,
     chunk_no: int,
     reason: str,
@@ -220,8 +235,12 @@ async def fail_chunk(
             return False
         rows, _ = await _chunk_rows(conn, batch_id, chunk)
         message = f"the chunk could not be processed: {reason}"
+        layout = ReportLayout.for_batch(datasets[chunk["dataset"]], chunk["header"])
         await _write_results(
-            conn, batch_id, [(r.line, "failure", message, None, list(r.values)) for r in rows]
+            conn,
+            batch_id,
+            RecordFormatter(layout),
+            [(r.line, "failure", message, None, list(r.values)) for r in rows],
         )
         await _finish(
             conn,

@@ -42,7 +42,9 @@ async def _recover_stalled_jobs(services: Services) -> None:
         async with services.pool.connection() as conn:
             attempts = await record_attempt(conn, batch_id, chunk_no, WORKER_LOST)
             if attempts >= services.settings.chunk_max_attempts:
-                await fail_chunk(conn, services.queue, batch_id, chunk_no, WORKER_LOST)
+                await fail_chunk(
+                    conn, services.queue, services.datasets, batch_id, chunk_no, WORKER_LOST
+                )
                 await manager.finish_job(job, status=Status.FAILED, delete_job=False)
             else:
                 await manager.retry_job(job)

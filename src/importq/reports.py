@@ -17,17 +17,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
-
-if TYPE_CHECKING:
-    from _csv import Writer
+from typing import TextIO
 
 from importq.datasets import Dataset
 from importq.row_rules import NUMBER
 
 KINDS = ("success", "duplicates", "failures")
-# line, outcome, message, target id, values: a row_results row as the reports read it.
-RowResult = tuple[int, str, str | None, str | None, Sequence[str | None]]
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
 FILE_NAMES = {
     "success": "successes.csv",
@@ -74,13 +69,59 @@ class ReportLayout:
         )
 
 
-def success_values(key: Sequence[str], report_values: Sequence[str | None]) -> list[str | None]:
-    """What a success row stores for its report: key columns, then report columns."""
-    return [*key, *report_values]
+class _LastWrite:
+    """A file-like sink that keeps the last string written (csv writes a row at once)."""
+
+    last = ""
+
+    def write(self, text: str) -> int:
+        self.last = text
+        return len(text)
+
+
+class RecordFormatter:
+    """Formats a row result as the CSV record its report prints, CRLF included.
+
+    Chunk jobs format their rows as they finish them, so the aggregation only has to
+    put records in line order into the right file.
+    """
+
+    def __init__(self, layout: ReportLayout) -> None:
+        self._layout = layout
+        self._sink = _LastWrite()
+        self._writer = csv.writer(self._sink, lineterminator="\r\n")
+
+    def record(
+        self,
+        line: int,
+        outcome: str,
+        message: str | None,
+        target_id: str | None,
+        values: Sequence[str | None],
+    ) -> str:
+        """``values``: for a success the key then the report columns; else every
+        uploaded column."""
+        if outcome == "success":
+            key_count = self._layout.key_count
+            cells = [str(line), *values[:key_count], target_id, *values[key_count:]]
+            numeric = self._layout.success_numeric
+        else:
+            cells = [str(line), message, *values]
+            numeric = self._layout.rejected_numeric
+        # Most cells need no change: test that in C before calling safe_cell. zip stops
+        # at the shorter: cells past the header (a ragged row) are text.
+        flags = chain(numeric, repeat(False))
+        self._writer.writerow(
+            [
+                safe_cell(c, n) if c is None or c.startswith(_FORMULA_START) else c
+                for c, n in zip(cells, flags, strict=False)
+            ]
+        )
+        return self._sink.last
 
 
 class ReportWriter:
-    """Writes row results into up to three report files in ``directory``.
+    """Writes formatted records into up to three report files in ``directory``.
 
     A report with no rows is never created. Call :meth:`close` once, at the end.
     """
@@ -89,47 +130,27 @@ class ReportWriter:
         self._directory = directory
         self._layout = layout
         self._files: dict[str, TextIO] = {}
-        self._writers: dict[str, Writer] = {}
         self.counts = dict.fromkeys(KINDS, 0)
 
-    def _writer(self, kind: str) -> Writer:
-        writer = self._writers.get(kind)
-        if writer is None:
+    def _file(self, kind: str) -> TextIO:
+        handle = self._files.get(kind)
+        if handle is None:
             handle = (self._directory / FILE_NAMES[kind]).open(
                 "w", encoding="utf-8-sig", newline=""
             )
-            self._files[kind] = handle
-            writer = csv.writer(handle, lineterminator="\r\n")
             header = (
                 self._layout.success_header if kind == "success" else self._layout.rejected_header
             )
-            writer.writerow(header)
-            self._writers[kind] = writer
-        return writer
+            csv.writer(handle, lineterminator="\r\n").writerow(header)
+            self._files[kind] = handle
+        return handle
 
-    def add(self, results: Iterable[RowResult]) -> int:
-        """Write row results (in line order) to their reports; how many were written."""
-        key_count = self._layout.key_count
-        success_numeric = self._layout.success_numeric
-        rejected_numeric = self._layout.rejected_numeric
+    def add(self, records: Iterable[tuple[str, str]]) -> int:
+        """Append ``(outcome, record)`` pairs, in line order; how many were written."""
         written = 0
-        for line, outcome, message, target_id, values in results:
+        for outcome, record in records:
             kind = OUTCOME_KIND[outcome]
-            if kind == "success":
-                cells = [str(line), *values[:key_count], target_id, *values[key_count:]]
-                numeric = success_numeric
-            else:
-                cells = [str(line), message, *values]
-                numeric = rejected_numeric
-            # Most cells need no change: test that in C before calling safe_cell. zip
-            # stops at the shorter: cells past the header (a ragged row) are text.
-            flags = chain(numeric, repeat(False))
-            self._writer(kind).writerow(
-                [
-                    safe_cell(c, n) if c is None or c.startswith(_FORMULA_START) else c
-                    for c, n in zip(cells, flags, strict=False)
-                ]
-            )
+            self._file(kind).write(record)
             self.counts[kind] += 1
             written += 1
         return written

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import NamedTuple
 
-import orjson
-
 from importq.datasets import Column, ColumnType, Dataset
 
 Value = str | None
@@ -32,12 +30,6 @@ NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
-
-
-def encode_values(values: Sequence[Value]) -> str:
-    """JSON as staged_rows and row_results store it. COPY sends it pre-encoded as text
-    (the binary wire format of ``json`` is its text): orjson is ~10x the stdlib here."""
-    return orjson.dumps(values).decode()
 
 
 def normalise(value: Value) -> str:

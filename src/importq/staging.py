@@ -23,7 +23,7 @@ from psycopg import AsyncConnection, errors
 from importq.chunking import ChunkBound, ChunkCutter, effective_chunk_size
 from importq.datasets import Dataset
 from importq.errors import Refusal
-from importq.row_rules import Value, encode_values, key_hash, row_key
+from importq.row_rules import Value, key_hash, row_key
 from importq.sql import queries
 from importq.uploads import ParsedUpload, empty_upload
 
@@ -92,6 +92,12 @@ async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> Staged
     )
     row = await cursor.fetchone()
     return None if row is None else StagedBatch(row[0], row[1], row[2])
+
+
+def encode_values(values: Sequence[Value]) -> str:
+    """A row's values as staged_rows stores them: a JSON array. COPY sends it as text
+    (the binary wire format of ``json`` is its text); orjson is ~10x the stdlib here."""
+    return orjson.dumps(values).decode()
 
 
 def _encoded(values: Sequence[Value]) -> tuple[str, str | None]:

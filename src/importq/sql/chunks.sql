@@ -43,7 +43,7 @@ RETURNING attempts;
 
 -- name: row_results_in_line_order
 -- Every row result of a batch, in line order: the input of the reports.
-SELECT line, outcome, message, target_id, "values"
+SELECT outcome, record
 FROM row_results WHERE batch_id = %(batch_id)s ORDER BY line;
 
 -- name: purge_staged_rows
@@ -56,6 +56,6 @@ WHERE s.batch_id = b.id AND b.completed_at < %(cutoff)s;
 COPY staged_rows (batch_id, line, key_hash, problem, "values") FROM STDIN (FORMAT BINARY);
 
 -- name: copy_row_results
--- Stream a chunk's row results (binary COPY: uuid, int4, text, text, text, json).
-COPY row_results (batch_id, line, outcome, message, target_id, "values")
+-- Stream a chunk's row results (binary COPY: uuid, int4, text, text, text, text).
+COPY row_results (batch_id, line, outcome, message, target_id, record)
 FROM STDIN (FORMAT BINARY);

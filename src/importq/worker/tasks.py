@@ -52,7 +52,7 @@ async def process_chunk(context: JobContext, batch_id: str, chunk_no: int) -> No
             attempts = await record_attempt(conn, batch, chunk_no, reason)
             log.warning("chunk %s/%s attempt %s failed: %s", batch_id, chunk_no, attempts, reason)
             if attempts >= services.settings.chunk_max_attempts:
-                await fail_chunk(conn, services.queue, batch, chunk_no, reason)
+                await fail_chunk(conn, services.queue, services.datasets, batch, chunk_no, reason)
                 return
             raise
 
