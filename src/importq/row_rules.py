@@ -53,7 +53,11 @@ def row_key(values: Sequence[Value], key_positions: Sequence[int | None]) -> tup
 def key_hash(key: tuple[str, ...] | None, line: int) -> int:
     """A stable signed 64-bit hash of a key; a keyless row hashes its line (a group of one)."""
     material = b"\x00line:%d" % line if key is None else "\x1f".join(key).encode()
-    return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "big", signed=True)
+    return _from_bytes(_blake2b(material, digest_size=8).digest(), "big", signed=True)
+
+
+_blake2b = hashlib.blake2b
+_from_bytes = int.from_bytes
 
 
 Converter = Callable[[str], tuple[Coerced, str | None]]

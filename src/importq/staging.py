@@ -142,10 +142,10 @@ async def _cut_chunks(
     """One ordered scan of the staged hashes, streamed through a server-side cursor."""
     cutter = ChunkCutter(size)
     async with conn.cursor(name=f"hashes_{batch_id.hex}") as cursor:
-        cursor.itersize = 20_000
         await cursor.execute(queries["staged_hashes_in_order"], {"batch_id": batch_id})
-        async for (value,) in cursor:
-            cutter.add(value)
+        while hashes := await cursor.fetchmany(20_000):
+            for (value,) in hashes:
+                cutter.add(value)
     return cutter.bounds()
 
 

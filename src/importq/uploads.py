@@ -88,41 +88,36 @@ def read_csv(binary: IO[bytes], *, delimiter: str = ",") -> ParsedUpload:
     check_utf8(binary)
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="", errors="strict")
     reader = csv.reader(text, delimiter=delimiter, strict=False)
-    position = {"record": 1}
 
-    def records() -> Iterator[list[str]]:
-        try:
-            yield from reader
-        except csv.Error as error:
-            raise Refusal(
-                400,
-                "bad_csv",
-                f"Line {position['record'] + 1}: {error}",
-                line=position["record"] + 1,
-            ) from None
+    def broken(error: csv.Error, line: int) -> Refusal:
+        return Refusal(400, "bad_csv", f"Line {line}: {error}", line=line)
 
-    stream = records()
     header: list[str] | None = None
-    for record in stream:
-        if record:
-            header = record
-            break
-        position["record"] += 1
+    first_line = 0
+    try:
+        for record in reader:
+            first_line += 1
+            if record:
+                header = record
+                break
+    except csv.Error as error:
+        raise broken(error, first_line + 1) from None
     if header is None:
         raise Refusal(400, "empty_data", "The upload is empty: no header and no rows.")
-
     width = len(header)
 
     def rows() -> Iterator[StagedRow]:
-        line = position["record"]
-        for record in stream:
-            line += 1
-            position["record"] = line
-            if len(record) == width:
-                yield StagedRow(line, record, None)
-            elif record and (len(record) > 1 or record[0].strip() or width == 1):
-                yield StagedRow(line, record, _ragged(record, width))
-            # else: a blank record, skipped but counted
+        line = first_line
+        try:
+            for record in reader:
+                line += 1
+                if len(record) == width:
+                    yield StagedRow(line, record, None)
+                elif record and (len(record) > 1 or record[0].strip() or width == 1):
+                    yield StagedRow(line, record, _ragged(record, width))
+                # else: a blank record, skipped but counted
+        except csv.Error as error:
+            raise broken(error, line + 1) from None
 
     return ParsedUpload(header, rows())
 
