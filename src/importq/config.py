@@ -15,6 +15,8 @@ import platformdirs
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from importq.uploads import UploadLimits
+
 SECRET_KEY_FILE = "secret-key"
 
 
@@ -39,6 +41,13 @@ class Settings(BaseSettings):
     chunk_max_attempts: int = Field(default=3, ge=1, description="Attempts before a chunk fails")
     worker_concurrency: int = Field(default=4, ge=1, description="Jobs a worker runs at once")
     max_upload_bytes: int = Field(default=1 << 30, ge=1, description="Largest accepted body")
+    max_rows: int = Field(default=20_000_000, ge=1, description="Most data rows in an upload")
+    max_columns: int = Field(default=500, ge=1, description="Most columns in an upload")
+    max_cell_chars: int = Field(default=32_767, ge=1, description="Longest cell, characters")
+
+    @property
+    def upload_limits(self) -> UploadLimits:
+        return UploadLimits(self.max_rows, self.max_columns, self.max_cell_chars)
 
     report_url_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Report link lifetime, s")
     retention_days: int = Field(default=30, ge=1, description="Keep staged rows and jobs this long")

@@ -21,8 +21,31 @@ from typing import IO, Any
 from importq.errors import Refusal
 from importq.row_rules import StagedRow, Value
 
-# csv's default limit (128 KiB) would reject long descriptions with an obscure error.
-csv.field_size_limit(16 * 1024 * 1024)
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """How big an upload may be; each refusal names the limit and its value (413)."""
+
+    max_rows: int = 20_000_000
+    max_columns: int = 500
+    max_cell_chars: int = 32_767  # Excel's own limit for a cell
+
+    def too_many_rows(self) -> Refusal:
+        return Refusal(
+            413,
+            "too_many_rows",
+            f"The upload has more than {self.max_rows} data rows, the limit.",
+            limit=self.max_rows,
+        )
+
+    def cell_too_long(self, line: int) -> Refusal:
+        return Refusal(
+            413,
+            "cell_too_long",
+            f"Line {line} has a cell longer than {self.max_cell_chars} characters, the limit.",
+            limit=self.max_cell_chars,
+            line=line,
+        )
 
 
 @dataclass
@@ -31,6 +54,27 @@ class ParsedUpload:
 
     header: list[str]
     rows: Iterator[StagedRow]
+
+
+def within_limits(upload: ParsedUpload, limits: UploadLimits) -> ParsedUpload:
+    """Refuse a header wider than the limit now, and a row past the row limit when it
+    comes (staging is one transaction, so nothing of a refused upload remains).
+    Readers check cell lengths themselves, where it is cheapest."""
+    if len(upload.header) > limits.max_columns:
+        raise Refusal(
+            413,
+            "too_many_columns",
+            f"The header has {len(upload.header)} columns; the limit is {limits.max_columns}.",
+            limit=limits.max_columns,
+        )
+
+    def rows() -> Iterator[StagedRow]:
+        for count, row in enumerate(upload.rows, start=1):
+            if count > limits.max_rows:
+                raise limits.too_many_rows()
+            yield row
+
+    return ParsedUpload(upload.header, rows())
 
 
 def empty_upload() -> Refusal:
@@ -83,13 +127,20 @@ def check_utf8(binary: IO[bytes], *, block_size: int = 1 << 20) -> None:
     binary.seek(0)
 
 
-def read_csv(binary: IO[bytes], *, delimiter: str = ",") -> ParsedUpload:
+def read_csv(
+    binary: IO[bytes], *, delimiter: str = ",", limits: UploadLimits = UploadLimits()
+) -> ParsedUpload:
     """Parse a UTF-8 CSV (a leading BOM is dropped); refuse bad encoding or broken quoting."""
     check_utf8(binary)
+    # The csv module enforces the cell limit in C (the setting is process-wide, and
+    # every upload of a process shares the same limits).
+    csv.field_size_limit(limits.max_cell_chars)
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="", errors="strict")
     reader = csv.reader(text, delimiter=delimiter, strict=False)
 
     def broken(error: csv.Error, line: int) -> Refusal:
+        if "field larger than field limit" in str(error):
+            return limits.cell_too_long(line)
         return Refusal(400, "bad_csv", f"Line {line}: {error}", line=line)
 
     header: list[str] | None = None
@@ -134,7 +185,7 @@ def _json_cell(column: str, value: Any) -> tuple[Value, str | None]:
     return json.dumps(value), None
 
 
-def read_json_rows(data: Sequence[Any]) -> ParsedUpload:
+def read_json_rows(data: Sequence[Any], *, limits: UploadLimits = UploadLimits()) -> ParsedUpload:
     """Rows of a ``{"data": [...]}`` body: the first row's keys are the header."""
     if not data:
         raise empty_upload()
@@ -157,6 +208,8 @@ def read_json_rows(data: Sequence[Any]) -> ParsedUpload:
                     values.append(None)
                     continue
                 value, problem = _json_cell(column, item[column])
+                if value is not None and len(value) > limits.max_cell_chars:
+                    raise limits.cell_too_long(line)
                 values.append(value)
                 if problem:
                     problems.append(problem)

@@ -20,7 +20,13 @@ from importq.api.schemas import Accepted, ErrorBody
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
 from importq.staging import BatchRequest, stage_batch
-from importq.uploads import ParsedUpload, read_csv, read_json_rows
+from importq.uploads import (
+    ParsedUpload,
+    UploadLimits,
+    read_csv,
+    read_json_rows,
+    within_limits,
+)
 
 router = APIRouter()
 
@@ -49,17 +55,19 @@ async def _spool(request: Request, limit: int) -> IO[bytes]:
     return spool
 
 
-def _json_upload(spool: IO[bytes]) -> ParsedUpload:
+def _json_upload(spool: IO[bytes], limits: UploadLimits) -> ParsedUpload:
     try:
         body = json.load(spool)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise Refusal(400, "bad_json", f"The body is not valid JSON: {error}") from None
     if not isinstance(body, dict) or not isinstance(body.get("data"), list):
         raise Refusal(400, "bad_json", 'The body must be an object {"data": [{column: value}, …]}.')
-    return read_json_rows(body["data"])
+    return read_json_rows(body["data"], limits=limits)
 
 
-async def _multipart_upload(request: Request, limit: int) -> tuple[ParsedUpload, str]:
+async def _multipart_upload(
+    request: Request, limit: int, limits: UploadLimits
+) -> tuple[ParsedUpload, str]:
     form = await request.form(max_files=1)
     upload = form.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
@@ -76,7 +84,7 @@ async def _multipart_upload(request: Request, limit: int) -> tuple[ParsedUpload,
             f"send {', '.join(CSV_EXTENSIONS)}.",
             accepted=list(CSV_EXTENSIONS),
         )
-    return read_csv(upload.file, delimiter=CSV_EXTENSIONS[extension]), name
+    return read_csv(upload.file, delimiter=CSV_EXTENSIONS[extension], limits=limits), name
 
 
 @router.post(
@@ -108,12 +116,13 @@ async def import_rows(
 
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     file_name = fileName
+    limits = services.settings.upload_limits
     if media_type == "application/json":
-        upload, fmt = _json_upload(await _spool(request, limit)), "json"
+        upload, fmt = _json_upload(await _spool(request, limit), limits), "json"
     elif media_type in CSV_TYPES:
-        upload, fmt = read_csv(await _spool(request, limit)), "csv"
+        upload, fmt = read_csv(await _spool(request, limit), limits=limits), "csv"
     elif media_type == "multipart/form-data":
-        (upload, file_name), fmt = await _multipart_upload(request, limit), "csv"
+        (upload, file_name), fmt = await _multipart_upload(request, limit, limits), "csv"
     else:
         raise Refusal(
             415,
@@ -134,7 +143,7 @@ async def import_rows(
         staged = await stage_batch(
             conn,
             batch_request,
-            upload,
+            within_limits(upload, limits),
             chunk_size=services.settings.chunk_size,
             max_chunks=services.settings.max_chunks,
             defer_chunks=services.queue.defer_chunks,
