@@ -24,6 +24,14 @@ from importq.schema import migrate
 
 log = logging.getLogger("importq")
 ADMIN_TOKEN_FILE = "admin-token"
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+# The body type `importq import` sends for a file extension, with default query options.
+UPLOAD_TYPES: dict[str, tuple[str, dict[str, str]]] = {
+    ".csv": ("text/csv", {}),
+    ".txt": ("text/csv", {}),
+    ".tsv": ("text/csv", {"delimiter": "tab"}),
+    ".xlsx": (XLSX_TYPE, {}),
+}
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 
 
@@ -145,7 +153,20 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_REFUSED
     base = (args.url or settings.public_url).rstrip("/")
     path = Path(args.file)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/csv"}
+    kind = UPLOAD_TYPES.get(path.suffix.lower())
+    if kind is None:
+        print(
+            f"importq: cannot upload {path.suffix or 'a file without extension'}; "
+            f"use one of {', '.join(UPLOAD_TYPES)}",
+            file=sys.stderr,
+        )
+        return EXIT_REFUSED
+    content_type, default_params = kind
+    params = {"fileName": path.name, **default_params}
+    for name in ("encoding", "delimiter", "sheet"):
+        if getattr(args, name):
+            params[name] = getattr(args, name)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
     with httpx.Client(
         base_url=base,
         headers={"Authorization": f"Bearer {token}"},
@@ -153,7 +174,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     ) as client:
         response = client.post(
             f"/api/v1/{args.dataset}/import-rows",
-            params={"fileName": path.name},
+            params=params,
             content=_ProgressFile(path, sys.stderr.isatty()),
             headers=headers,
         )
@@ -223,12 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("name")
     users.set_defaults(handler=_users)
 
-    upload = commands.add_parser("import", help="upload a file to a running service")
+    upload = commands.add_parser(
+        "import", help="upload a CSV, TSV or XLSX file to a running service"
+    )
     upload.add_argument("file")
     upload.add_argument("--dataset", required=True)
     upload.add_argument("--url", default=None)
     upload.add_argument("--token", default=None)
     upload.add_argument("--wait", action="store_true")
+    upload.add_argument("--encoding", default=None, help="CSV encoding (default: detected)")
+    upload.add_argument("--delimiter", default=None, help="CSV delimiter (default: sniffed)")
+    upload.add_argument("--sheet", default=None, help="XLSX sheet (default: the first)")
     upload.set_defaults(handler=_import)
     return parser
 
