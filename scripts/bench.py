@@ -1,10 +1,12 @@
 """End-to-end import benchmark against a plain COPY of the same file, in one run.
 
-    python scripts/bench.py --rows 1000000 [--workers 0] [--database-url URL] [--no-write]
+    python scripts/bench.py --rows 1000000 [--format csv|xlsx] [--workers 0]
+                            [--database-url URL] [--no-write]
 
-Generates an entrances CSV (cached under bench-data/), then on the same PostgreSQL:
-1. the yardstick: ``COPY … FROM STDIN (FORMAT csv, HEADER)`` of the file into a bare
-   table of text columns;
+Generates an entrances file (CSV, or XLSX with ``--format xlsx``; cached under
+bench-data/), then on the same PostgreSQL:
+1. the yardstick: ``COPY … FROM STDIN (FORMAT csv, HEADER)`` of the same rows as CSV
+   into a bare table of text columns;
 2. importq: starts ``importq serve`` (plus ``--workers`` extra ``importq worker``
    processes) on a fresh data dir, POSTs the file, and times until the batch is
    ``completed``, sampling the resident memory of the importq processes.
@@ -46,6 +48,7 @@ RESULTS = ROOT / "docs" / "benchmarks.md"
 @dataclass
 class Run:
     rows: int
+    format: str
     file_mb: float
     copy_seconds: float
     accept_seconds: float
@@ -96,7 +99,13 @@ class MemorySampler(threading.Thread):
             time.sleep(0.1)
 
 
-def run_import(env: dict[str, str], csv_path: Path, rows: int, workers: int) -> Run:
+CONTENT_TYPES = {
+    "csv": "text/csv",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+
+
+def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Run:
     port = _free_port()
     env = {**env, "IMPORTQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     logs = Path(env["IMPORTQ_DATA_DIR"])
@@ -132,16 +141,17 @@ def run_import(env: dict[str, str], csv_path: Path, rows: int, workers: int) -> 
         sampler = MemorySampler([p.pid for p in processes])
         sampler.start()
         headers = {"Authorization": f"Bearer {token}"}
+        kind = upload.suffix.lstrip(".")
         with (
             httpx.Client(base_url=base, headers=headers, timeout=600) as client,
-            csv_path.open("rb") as handle,
+            upload.open("rb") as handle,
         ):
             started = time.perf_counter()
             response = client.post(
                 "/api/v1/entrances/import-rows",
                 content=handle,
-                params={"fileName": csv_path.name},
-                headers={"Content-Type": "text/csv"},
+                params={"fileName": upload.name},
+                headers={"Content-Type": CONTENT_TYPES[kind]},
             )
             accepted = time.perf_counter() - started
             response.raise_for_status()
@@ -158,7 +168,8 @@ def run_import(env: dict[str, str], csv_path: Path, rows: int, workers: int) -> 
             raise SystemExit(f"the batch ended {job['status']}: {job}")
         return Run(
             rows=rows,
-            file_mb=csv_path.stat().st_size / 1e6,
+            format=kind,
+            file_mb=upload.stat().st_size / 1e6,
             copy_seconds=0,
             accept_seconds=accepted,
             import_seconds=elapsed,
@@ -188,17 +199,22 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}"
 
 
-TIME_BAR = 10.0  # × the COPY time
-MEMORY_BAR_MB = 400
+TIME_BAR = 10.0  # × the COPY time, for 1M CSV rows (issue 3)
+MEMORY_BAR_MB = 400  # for every run (issues 3 and 4)
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
 
 
 def record(run: Run, command: str, server: str) -> None:
     ratio = run.import_seconds / run.copy_seconds
-    bar = (
-        f"no worse than {TIME_BAR:g}× the COPY time: "
-        f"{'met' if ratio <= TIME_BAR else 'NOT met'}; resident memory under "
-        f"{MEMORY_BAR_MB} MB: {'met' if run.peak_rss_mb < MEMORY_BAR_MB else 'NOT met'}."
-    )
+    bars = [
+        f"resident memory under {MEMORY_BAR_MB} MB: {_verdict(run.peak_rss_mb < MEMORY_BAR_MB)}"
+    ]
+    if run.format == "csv" and run.rows == 1_000_000:
+        bars.insert(0, f"no worse than {TIME_BAR:g}× the COPY time: {_verdict(ratio <= TIME_BAR)}")
+    bar = "; ".join(bars) + "."
     outcome = ", ".join(f"{run.summary[k]:,} {k}" for k in ("successes", "duplicates", "failures"))
     measures = [
         (
@@ -219,7 +235,7 @@ def record(run: Run, command: str, server: str) -> None:
     ]
     section = "\n".join(
         [
-            f"## {run.rows:,} entrance rows, CSV ({run.file_mb:.0f} MB)",
+            f"## {run.rows:,} entrance rows, {run.format.upper()} ({run.file_mb:.0f} MB)",
             "",
             f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {server}.",
             "",
@@ -258,6 +274,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--format", choices=sorted(CONTENT_TYPES), default="csv")
     parser.add_argument("--workers", type=int, default=0, help="extra worker processes")
     parser.add_argument(
         "--database-url", default=None, help="a server to use instead of a fresh embedded one"
@@ -267,9 +284,11 @@ def main() -> None:
 
     DATA.mkdir(exist_ok=True)
     csv_path = DATA / f"entrances-{args.rows}.csv"
-    if not csv_path.exists():
-        print(f"generating {csv_path} …", flush=True)
-        generate(csv_path, args.rows)
+    upload = DATA / f"entrances-{args.rows}.{args.format}"
+    for path in {csv_path, upload}:
+        if not path.exists():
+            print(f"generating {path} …", flush=True)
+            generate(path, args.rows)
 
     data_dir = DATA / "run"
     if data_dir.exists():
@@ -294,7 +313,7 @@ def main() -> None:
 
     copy_seconds = baseline_copy(url, csv_path)
     print(f"COPY baseline: {copy_seconds:.2f} s", flush=True)
-    run = run_import(env, csv_path, args.rows, args.workers)
+    run = run_import(env, upload, args.rows, args.workers)
     run.copy_seconds = copy_seconds
     print(
         f"importq: 202 after {run.accept_seconds:.2f} s, completed after "

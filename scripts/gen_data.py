@@ -1,6 +1,7 @@
 """Generate an entrances CSV in Grottocenter's format, deterministically.
 
-    python scripts/gen_data.py ROWS OUT.csv [--duplicates 0.05] [--failures 0.03] [--seed 1]
+    python scripts/gen_data.py ROWS OUT.csv|OUT.xlsx [--duplicates 0.05] [--failures 0.03]
+                               [--seed 1]
 
 About ``--duplicates`` of the rows repeat an earlier row's key and ``--failures`` of them
 carry a validation error (a latitude out of range, a bad country code, a missing column).
@@ -11,7 +12,9 @@ from __future__ import annotations
 import argparse
 import csv
 import random
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 HEADER = [
     "id",
@@ -29,43 +32,57 @@ COUNTRIES = ["FR", "ES", "IT", "CH", "AT", "DE", "BE", "SI", "HR", "GR"]
 AUTHORS = ["Grottocenter", "FFS", "UIS", "Club Alpin", "Speleo Club"]
 
 
-def generate(
-    path: Path, count: int, *, duplicates: float = 0.05, failures: float = 0.03, seed: int = 1
-) -> None:
-    """Write ``count`` data rows to ``path``."""
+def entrance_rows(
+    count: int, *, duplicates: float = 0.05, failures: float = 0.03, seed: int = 1
+) -> Iterator[list[str | float]]:
+    """``count`` data rows; latitude and longitude are numbers, the rest text."""
     rng = random.Random(seed)
+    for number in range(1, count + 1):
+        entrance = number
+        if number > 10 and rng.random() < duplicates:
+            entrance = rng.randrange(1, number)
+        latitude = round(rng.uniform(-89.9, 89.9), 6)
+        country = COUNTRIES[entrance % len(COUNTRIES)]
+        label = f"Entrance {entrance}"
+        if rng.random() < failures:
+            kind = rng.randrange(3)
+            if kind == 0:
+                latitude = round(rng.uniform(90.5, 120), 4)
+            elif kind == 1:
+                country = "FRA"
+            else:
+                label = ""  # rdfs:label is optional: blank the language below instead
+        yield [
+            f"ent-{entrance}",
+            "karstlink:UndergroundCavity",
+            AUTHORS[entrance % len(AUTHORS)],
+            "CC-BY-SA",
+            country,
+            latitude,
+            round(rng.uniform(-179.9, 179.9), 6),
+            label,
+            "fra" if label else "",
+            f"Generated entrance number {number}, with a description of moderate length.",
+        ]
+
+
+def generate(path: Path, count: int, **options: Any) -> None:
+    """Write ``count`` data rows to ``path``: CSV, or XLSX when the name ends in .xlsx."""
+    rows = entrance_rows(count, **options)
+    if path.suffix == ".xlsx":
+        from openpyxl import Workbook
+
+        book = Workbook(write_only=True)
+        sheet = book.create_sheet("entrances")
+        sheet.append(HEADER)
+        for row in rows:
+            sheet.append(row)
+        book.save(path)
+        return
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(HEADER)
-        for number in range(1, count + 1):
-            entrance = number
-            if number > 10 and rng.random() < duplicates:
-                entrance = rng.randrange(1, number)
-            latitude = f"{rng.uniform(-89.9, 89.9):.6f}"
-            country = COUNTRIES[entrance % len(COUNTRIES)]
-            label = f"Entrance {entrance}"
-            if rng.random() < failures:
-                kind = rng.randrange(3)
-                if kind == 0:
-                    latitude = f"{rng.uniform(90.5, 120):.4f}"
-                elif kind == 1:
-                    country = "FRA"
-                else:
-                    label = ""  # rdfs:label is optional: blank the language below instead
-            writer.writerow(
-                [
-                    f"ent-{entrance}",
-                    "karstlink:UndergroundCavity",
-                    AUTHORS[entrance % len(AUTHORS)],
-                    "CC-BY-SA",
-                    country,
-                    latitude,
-                    f"{rng.uniform(-179.9, 179.9):.6f}",
-                    label,
-                    "fra" if label else "",
-                    f"Generated entrance number {number}, with a description of moderate length.",
-                ]
-            )
+        writer.writerows(rows)
 
 
 def main() -> None:
