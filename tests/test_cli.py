@@ -153,3 +153,40 @@ def test_import_exit_codes_for_refusals(served: tuple[str, dict[str, str]], tmp_
         url,
     )
     assert no_token.returncode == 2
+
+
+def test_serve_on_embedded_defaults_runs_and_stops_its_own_postgres(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMPORTQ_")}
+    env["IMPORTQ_DATA_DIR"] = str(data_dir)
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "importq.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                if health.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, "importq serve did not become healthy"
+            time.sleep(0.3)
+        assert health.json()["components"]["database"] == "ok"
+        assert (data_dir / "pg" / "PG_VERSION").exists()
+        assert (data_dir / "admin-token").exists()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    postmaster = data_dir / "pg" / "postmaster.pid"
+    deadline = time.monotonic() + 15
+    while postmaster.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not postmaster.exists(), "the embedded PostgreSQL outlived importq serve"
