@@ -306,3 +306,31 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
         )
         == 1
     )
+
+
+async def test_a_chunk_processed_in_slices_decides_like_a_whole_file(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    # One chunk (chunk size above the row count), read three rows at a time: a key's
+    # first valid row and its duplicates fall in different slices.
+    rows = _mixed_rows(40)
+    rows[30] = entrance("m4")  # a duplicate far from its first line
+    response = await client.post(
+        "/api/v1/entrances/import-rows", json={"data": rows}, params={"fileName": "slices.json"}
+    )
+    batch_id = response.json()["batchId"]
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE chunks SET hash_to = NULL WHERE batch_id = %s AND chunk_no = 0", (batch_id,)
+        )
+        await conn.execute("DELETE FROM chunks WHERE batch_id = %s AND chunk_no > 0", (batch_id,))
+        await conn.execute("UPDATE batches SET total_chunks = 1 WHERE id = %s", (batch_id,))
+        await conn.commit()
+        assert await process_chunk(
+            conn, services.queue, services.datasets, uuid.UUID(batch_id), 0, slice_rows=3
+        )
+    sent = await _race_to_the_end(services, batch_id)
+    assert sent.count(True) == 1
+    job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+    await _assert_every_row_accounted_once(services, job, rows)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -26,13 +27,15 @@ from importq.batches import ChunkTally, count_finished_chunk
 from importq.datasets import Dataset
 from importq.queue import JobQueue
 from importq.reports import RecordFormatter, ReportLayout
-from importq.row_rules import StagedRow, Winner, decide, normalise
+from importq.row_rules import Decider, Rejected, StagedRow, Winner, normalise
 from importq.sql import queries
 from importq.targets import target_statements
 
 log = logging.getLogger(__name__)
 
 ALREADY_EXISTS = "already exists"
+# Rows of a chunk held in memory at once; a chunk of any size streams through.
+SLICE_ROWS = 5_000
 ResultRow = tuple[int, str, str | None, str | None, Sequence[str | None]]
 
 
@@ -52,20 +55,29 @@ async def _claim_chunk(
     return chunk
 
 
-async def _chunk_rows(
-    conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk: Mapping[str, Any]
-) -> tuple[list[StagedRow], dict[int, int]]:
-    """A chunk's staged rows in line order, and their key hashes by line."""
-    cursor = await conn.execute(
-        queries["chunk_rows"],
-        {"batch_id": batch_id, "hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]},
-    )
-    rows: list[StagedRow] = []
-    hashes: dict[int, int] = {}
-    for line, hashed, values, problem in await cursor.fetchall():
-        rows.append(StagedRow(line, values, problem))
-        hashes[line] = hashed
-    return rows, hashes
+async def _chunk_slices(
+    conn: AsyncConnection[Any],
+    batch_id: uuid.UUID,
+    chunk: Mapping[str, Any],
+    slice_rows: int = SLICE_ROWS,
+) -> AsyncIterator[tuple[list[StagedRow], dict[int, int]]]:
+    """A chunk's staged rows in line order, a slice at a time, with their key hashes.
+
+    Streamed through a server-side cursor, so a big chunk never sits whole in memory.
+    """
+    name = f"chunk_{batch_id.hex}_{chunk['chunk_no']}"
+    async with conn.cursor(name=name) as cursor:
+        await cursor.execute(
+            queries["chunk_rows"],
+            {"batch_id": batch_id, "hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]},
+        )
+        while fetched := await cursor.fetchmany(slice_rows):
+            rows: list[StagedRow] = []
+            hashes: dict[int, int] = {}
+            for line, hashed, values, problem in fetched:
+                rows.append(StagedRow(line, values, problem))
+                hashes[line] = hashed
+            yield rows, hashes
 
 
 async def _insert_winners(
@@ -85,6 +97,7 @@ async def _insert_winners(
         return {}, {}
     statements = target_statements(dataset)
     await conn.execute(statements.create_incoming)
+    await conn.execute(statements.clear_incoming)
     async with conn.cursor().copy(statements.copy_incoming) as copy:
         copy.set_types(list(statements.copy_types))
         for winner in winners:
@@ -157,12 +170,45 @@ async def _finish(
         await queue.defer_completion_check(conn, batch_id)
 
 
+def _results(
+    dataset: Dataset,
+    positions: Mapping[str, int],
+    rows: Sequence[StagedRow],
+    winners: Sequence[Winner],
+    rejected: Sequence[Rejected],
+    inserted: Mapping[int, str],
+    refused: Mapping[int, str],
+) -> list[ResultRow]:
+    """One result per row of a slice, in line order."""
+    values_by_line = {row.line: row.values for row in rows}
+    report_positions = [positions.get(name) for name in dataset.report_columns]
+    results: list[ResultRow] = []
+    for winner in winners:
+        uploaded = values_by_line[winner.line]
+        if winner.line in inserted:
+            report = [normalise(uploaded[p]) if p is not None else None for p in report_positions]
+            results.append(
+                (winner.line, "success", None, inserted[winner.line], [*winner.key, *report])
+            )
+        elif winner.line in refused:
+            results.append((winner.line, "failure", refused[winner.line], None, list(uploaded)))
+        else:
+            results.append((winner.line, "duplicate", ALREADY_EXISTS, None, list(uploaded)))
+    results.extend(
+        (r.line, r.outcome, r.message, None, list(values_by_line[r.line])) for r in rejected
+    )
+    results.sort(key=lambda result: result[0])
+    return results
+
+
 async def process_chunk(
     conn: AsyncConnection[Any],
     queue: JobQueue,
     datasets: Mapping[str, Dataset],
     batch_id: uuid.UUID,
     chunk_no: int,
+    *,
+    slice_rows: int = SLICE_ROWS,
 ) -> bool:
     """Do a chunk's work in one transaction; False when there was nothing to do."""
     async with conn.transaction():
@@ -171,37 +217,19 @@ async def process_chunk(
             return False
         dataset = datasets[chunk["dataset"]]
         positions = dataset.match_header(chunk["header"]).positions
-        rows, hashes = await _chunk_rows(conn, batch_id, chunk)
-        values_by_line = {row.line: row.values for row in rows}
-        winners, rejected = decide(dataset, positions, rows)
-        inserted, refused = await _insert_winners(conn, dataset, batch_id, winners, hashes)
-
-        report_positions = [positions.get(name) for name in dataset.report_columns]
-        results: list[ResultRow] = []
-        for winner in winners:
-            uploaded = values_by_line[winner.line]
-            if winner.line in inserted:
-                report = [
-                    normalise(uploaded[p]) if p is not None else None for p in report_positions
-                ]
-                results.append(
-                    (winner.line, "success", None, inserted[winner.line], [*winner.key, *report])
-                )
-            elif winner.line in refused:
-                results.append((winner.line, "failure", refused[winner.line], None, list(uploaded)))
-            else:
-                results.append((winner.line, "duplicate", ALREADY_EXISTS, None, list(uploaded)))
-        results.extend(
-            (r.line, r.outcome, r.message, None, list(values_by_line[r.line])) for r in rejected
-        )
-        results.sort(key=lambda result: result[0])
-        layout = ReportLayout.for_batch(dataset, chunk["header"])
-        await _write_results(conn, batch_id, RecordFormatter(layout), results)
-        outcomes = [result[1] for result in results]
+        formatter = RecordFormatter(ReportLayout.for_batch(dataset, chunk["header"]))
+        decider = Decider(dataset, positions)
+        outcomes: Counter[str] = Counter()
+        async for rows, hashes in _chunk_slices(conn, batch_id, chunk, slice_rows):
+            winners, rejected = decider.decide(rows)
+            inserted, refused = await _insert_winners(conn, dataset, batch_id, winners, hashes)
+            results = _results(dataset, positions, rows, winners, rejected, inserted, refused)
+            await _write_results(conn, batch_id, formatter, results)
+            outcomes.update(result[1] for result in results)
         tally = ChunkTally(
-            successes=outcomes.count("success"),
-            duplicates=outcomes.count("duplicate"),
-            failures=outcomes.count("failure"),
+            successes=outcomes["success"],
+            duplicates=outcomes["duplicate"],
+            failures=outcomes["failure"],
         )
         await _finish(conn, queue, batch_id, chunk_no, tally)
     return True
@@ -233,21 +261,18 @@ async def fail_chunk(
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
             return False
-        rows, _ = await _chunk_rows(conn, batch_id, chunk)
         message = f"the chunk could not be processed: {reason}"
         layout = ReportLayout.for_batch(datasets[chunk["dataset"]], chunk["header"])
-        await _write_results(
-            conn,
-            batch_id,
-            RecordFormatter(layout),
-            [(r.line, "failure", message, None, list(r.values)) for r in rows],
-        )
-        await _finish(
-            conn,
-            queue,
-            batch_id,
-            chunk_no,
-            ChunkTally(failures=len(rows), failed=True),
-            error=reason,
-        )
+        formatter = RecordFormatter(layout)
+        failures = 0
+        async for rows, _ in _chunk_slices(conn, batch_id, chunk):
+            await _write_results(
+                conn,
+                batch_id,
+                formatter,
+                [(r.line, "failure", message, None, list(r.values)) for r in rows],
+            )
+            failures += len(rows)
+        tally = ChunkTally(failures=failures, failed=True)
+        await _finish(conn, queue, batch_id, chunk_no, tally, error=reason)
     return True

@@ -313,36 +313,47 @@ class Rejected(NamedTuple):
     message: str
 
 
+class Decider:
+    """Applies the row rules to one chunk's rows, fed in line order in any number of
+    slices: the first valid line of each key is remembered across slices."""
+
+    def __init__(self, dataset: Dataset, positions: Mapping[str, int]) -> None:
+        self._key_positions = [positions.get(name) for name in dataset.dedup_key]
+        self._checker = RowChecker(dataset, positions)
+        self._first_line: dict[tuple[str, ...], int] = {}
+        self._previous = 0
+
+    def decide(self, rows: Sequence[StagedRow]) -> tuple[list[Winner], list[Rejected]]:
+        for row in rows:
+            if row.line <= self._previous:
+                raise ValueError("rows must come in increasing line order")
+            self._previous = row.line
+        readable = [row for row in rows if row.problem is None]
+        checked = iter(self._checker.check([row.values for row in readable]))
+        first_line = self._first_line
+        winners: list[Winner] = []
+        rejected: list[Rejected] = []
+        for row in rows:
+            if row.problem is not None:
+                rejected.append(Rejected(row.line, "failure", row.problem))
+                continue
+            record, problems = next(checked)
+            if problems:
+                rejected.append(Rejected(row.line, "failure", "; ".join(problems)))
+                continue
+            key = row_key(row.values, self._key_positions)
+            assert key is not None, "a valid row has every key column"
+            if key in first_line:
+                message = f"duplicate of line {first_line[key]}"
+                rejected.append(Rejected(row.line, "duplicate", message))
+                continue
+            first_line[key] = row.line
+            winners.append(Winner(row.line, key, record))
+        return winners, rejected
+
+
 def decide(
     dataset: Dataset, positions: Mapping[str, int], rows: Iterable[StagedRow]
 ) -> tuple[list[Winner], list[Rejected]]:
     """Apply the row rules to rows given in line order (one chunk's, or any subset)."""
-    key_positions = [positions.get(name) for name in dataset.dedup_key]
-    checker = RowChecker(dataset, positions)
-    rows = list(rows)
-    previous = 0
-    for row in rows:
-        if row.line <= previous:
-            raise ValueError("rows must come in increasing line order")
-        previous = row.line
-    readable = [row for row in rows if row.problem is None]
-    checked = iter(checker.check([row.values for row in readable]))
-    first_line: dict[tuple[str, ...], int] = {}
-    winners: list[Winner] = []
-    rejected: list[Rejected] = []
-    for row in rows:
-        if row.problem is not None:
-            rejected.append(Rejected(row.line, "failure", row.problem))
-            continue
-        record, problems = next(checked)
-        if problems:
-            rejected.append(Rejected(row.line, "failure", "; ".join(problems)))
-            continue
-        key = row_key(row.values, key_positions)
-        assert key is not None, "a valid row has every key column"
-        if key in first_line:
-            rejected.append(Rejected(row.line, "duplicate", f"duplicate of line {first_line[key]}"))
-            continue
-        first_line[key] = row.line
-        winners.append(Winner(row.line, key, record))
-    return winners, rejected
+    return Decider(dataset, positions).decide(list(rows))

@@ -66,6 +66,7 @@ class TargetStatements:
     """The statements that move a chunk's winners into a dataset's target table."""
 
     create_incoming: sql.Composed
+    clear_incoming: sql.Composed
     copy_incoming: sql.Composed
     insert: sql.Composed
     copy_types: tuple[str, ...]
@@ -80,6 +81,7 @@ def target_statements(dataset: Dataset) -> TargetStatements:
             incoming=incoming,
             columns=sql.SQL(",\n    ").join(_column_ddl(c, key_fields) for c in dataset.columns),
         ),
+        clear_incoming=sql.SQL(queries["clear_incoming"]).format(incoming=incoming),
         copy_incoming=sql.SQL(queries["copy_incoming"]).format(
             incoming=incoming, fields=_fields(dataset)
         ),

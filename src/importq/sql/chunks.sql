@@ -15,7 +15,7 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
 -- name: lock_chunk
 -- Lock a chunk for its transaction; a second delivery of the same job waits here and
 -- then sees the chunk is no longer todo.
-SELECT c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header, b.status AS batch_status
+SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header, b.status AS batch_status
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;

@@ -44,12 +44,17 @@ CREATE TABLE IF NOT EXISTS {table} (
 CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} (key_hash, {key});
 
 -- name: create_incoming
--- A chunk's winning rows on their way in (psycopg.sql template: {incoming}, {columns}).
-CREATE TEMP TABLE {incoming} (
+-- A chunk's winning rows on their way in, one slice at a time (psycopg.sql template:
+-- {incoming}, {columns}); the first slice of a transaction creates it.
+CREATE TEMP TABLE IF NOT EXISTS {incoming} (
     key_hash  bigint NOT NULL,
     line      integer NOT NULL,
     {columns}
 ) ON COMMIT DROP;
+
+-- name: clear_incoming
+-- Empty the temp table for the next slice (template: {incoming}).
+TRUNCATE {incoming};
 
 -- name: copy_incoming
 -- Stream a chunk's winners into the temp table (template: {incoming}, {fields}).
