@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import dataclass
 from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -25,15 +26,57 @@ from importq.uploads import (
     UploadLimits,
     read_csv,
     read_json_rows,
+    resolve_delimiter,
+    resolve_encoding,
     within_limits,
 )
+from importq.xlsx import read_xlsx
 
 router = APIRouter()
 
 SPOOL_IN_MEMORY = 4 * 1024 * 1024
-CSV_TYPES = ("text/csv", "text/plain", "application/csv")
-CSV_EXTENSIONS = {".csv": ",", ".txt": ",", ".tsv": "\t"}
-ACCEPTED_TYPES = "application/json, text/csv, multipart/form-data (field 'file': .csv, .tsv, .txt)"
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+# Raw body types, and multipart file extensions: (format, delimiter; None = sniffed).
+BODY_TYPES: dict[str, tuple[str, str | None]] = {
+    "text/csv": ("csv", None),
+    "text/plain": ("csv", None),
+    "application/csv": ("csv", None),
+    "text/tab-separated-values": ("csv", "\t"),
+    XLSX_TYPE: ("xlsx", None),
+}
+FILE_EXTENSIONS: dict[str, tuple[str, str | None]] = {
+    ".csv": ("csv", None),
+    ".txt": ("csv", None),
+    ".tsv": ("csv", "\t"),
+    ".xlsx": ("xlsx", None),
+}
+ACCEPTED_TYPES = (
+    f"application/json, {', '.join(BODY_TYPES)}, or multipart/form-data with a field "
+    f"'file' ({', '.join(FILE_EXTENSIONS)})"
+)
+
+
+@dataclass(frozen=True)
+class FileOptions:
+    """How to read an uploaded file: the query options and the limits in force."""
+
+    limits: UploadLimits
+    encoding: str | None = None
+    delimiter: str | None = None
+    sheet: str | None = None
+
+
+def _read_file(
+    binary: IO[bytes], fmt: str, default_delimiter: str | None, options: FileOptions
+) -> ParsedUpload:
+    if fmt == "xlsx":
+        return read_xlsx(binary, sheet=options.sheet, limits=options.limits)
+    return read_csv(
+        binary,
+        delimiter=options.delimiter or default_delimiter,
+        encoding=options.encoding,
+        limits=options.limits,
+    )
 
 
 def _too_large(limit: int) -> Refusal:
@@ -66,8 +109,8 @@ def _json_upload(spool: IO[bytes], limits: UploadLimits) -> ParsedUpload:
 
 
 async def _multipart_upload(
-    request: Request, limit: int, limits: UploadLimits
-) -> tuple[ParsedUpload, str]:
+    request: Request, limit: int, options: FileOptions
+) -> tuple[ParsedUpload, str, str]:
     form = await request.form(max_files=1)
     upload = form.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
@@ -76,15 +119,16 @@ async def _multipart_upload(
         raise _too_large(limit)
     name = upload.filename
     extension = name[name.rfind(".") :].lower() if "." in name else ""
-    if extension not in CSV_EXTENSIONS:
+    if extension not in FILE_EXTENSIONS:
         raise Refusal(
             415,
             "unsupported_type",
             f"Files of type {extension or 'unknown'} are not accepted; "
-            f"send {', '.join(CSV_EXTENSIONS)}.",
-            accepted=list(CSV_EXTENSIONS),
+            f"send {', '.join(FILE_EXTENSIONS)}.",
+            accepted=list(FILE_EXTENSIONS),
         )
-    return read_csv(upload.file, delimiter=CSV_EXTENSIONS[extension], limits=limits), name
+    fmt, delimiter = FILE_EXTENSIONS[extension]
+    return _read_file(upload.file, fmt, delimiter, options), name, fmt
 
 
 @router.post(
@@ -100,6 +144,9 @@ async def import_rows(
     services: ServicesDep,
     callbackUrl: Annotated[str | None, Query(max_length=2000)] = None,
     fileName: Annotated[str | None, Query(max_length=255)] = None,
+    encoding: Annotated[str | None, Query(max_length=40)] = None,
+    delimiter: Annotated[str | None, Query(max_length=10)] = None,
+    sheet: Annotated[str | None, Query(max_length=31)] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> Any:
     definition = services.datasets.get(dataset)
@@ -117,12 +164,19 @@ async def import_rows(
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     file_name = fileName
     limits = services.settings.upload_limits
+    # Refuse unusable options before reading a byte of the body.
+    if encoding is not None:
+        resolve_encoding(encoding)
+    if delimiter is not None:
+        resolve_delimiter(delimiter)
+    options = FileOptions(limits, encoding=encoding, delimiter=delimiter, sheet=sheet)
     if media_type == "application/json":
         upload, fmt = _json_upload(await _spool(request, limit), limits), "json"
-    elif media_type in CSV_TYPES:
-        upload, fmt = read_csv(await _spool(request, limit), limits=limits), "csv"
+    elif media_type in BODY_TYPES:
+        fmt, default_delimiter = BODY_TYPES[media_type]
+        upload = _read_file(await _spool(request, limit), fmt, default_delimiter, options)
     elif media_type == "multipart/form-data":
-        (upload, file_name), fmt = await _multipart_upload(request, limit, limits), "csv"
+        upload, file_name, fmt = await _multipart_upload(request, limit, options)
     else:
         raise Refusal(
             415,
