@@ -190,3 +190,38 @@ def test_serve_on_embedded_defaults_runs_and_stops_its_own_postgres(tmp_path: Pa
     while postmaster.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not postmaster.exists(), "the embedded PostgreSQL outlived importq serve"
+
+
+def test_import_sends_xlsx_with_its_sheet(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    from openpyxl import Workbook
+
+    from helpers import HEADER
+
+    url, env = served
+    book = Workbook()
+    book.active.title = "readme"
+    sheet = book.create_sheet("caves")
+    sheet.append(HEADER)
+    for i in range(3):
+        row = entrance(f"xl{i}")
+        sheet.append([row[name] for name in HEADER])
+    upload = tmp_path / "caves.xlsx"
+    book.save(upload)
+
+    done = importq(
+        env,
+        "import",
+        str(upload),
+        "--dataset",
+        "entrances",
+        "--url",
+        url,
+        "--sheet",
+        "caves",
+        "--wait",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "successes: 3" in done.stdout.splitlines()
