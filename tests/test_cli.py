@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -76,34 +78,40 @@ def test_users_create_prints_only_the_token(cli_env: dict[str, str]) -> None:
     assert importq(cli_env, "users", "token", "nobody").returncode == 1
 
 
-@pytest.fixture
-def served(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """``importq serve`` on a free port, healthy."""
+@contextlib.contextmanager
+def serving(env: dict[str, str], log: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``importq serve`` on a free port; yields its URL and its healthy /health body."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**cli_env, "IMPORTQ_PUBLIC_URL": url}
-    log = (tmp_path / "serve.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "importq.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
+        env={**env, "IMPORTQ_PUBLIC_URL": url},
+        stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while True:
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                health = httpx.get(f"{url}/health", timeout=2)
+                if health.status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
+            assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "importq serve did not become healthy"
             time.sleep(0.2)
-        yield url, env
+        yield url, health.json()
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def served(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """``importq serve`` on a free port, healthy, and the environment to talk to it."""
+    with serving(cli_env, tmp_path / "serve.log") as (url, _):
+        yield url, {**cli_env, "IMPORTQ_PUBLIC_URL": url}
 
 
 def test_serve_creates_the_admin_and_import_waits_for_the_result(
@@ -159,32 +167,10 @@ def test_serve_on_embedded_defaults_runs_and_stops_its_own_postgres(tmp_path: Pa
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMPORTQ_")}
     env["IMPORTQ_DATA_DIR"] = str(data_dir)
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "importq.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            assert time.monotonic() < deadline, "importq serve did not become healthy"
-            time.sleep(0.3)
-        assert health.json()["components"]["database"] == "ok"
+    with serving(env, tmp_path / "serve.log") as (_, health):
+        assert health["components"]["database"] == "ok"
         assert (data_dir / "pg" / "PG_VERSION").exists()
         assert (data_dir / "admin-token").exists()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     postmaster = data_dir / "pg" / "postmaster.pid"
     deadline = time.monotonic() + 15
     while postmaster.exists() and time.monotonic() < deadline:
