@@ -21,7 +21,7 @@ import orjson
 from psycopg import AsyncConnection, errors
 
 from importq.chunking import ChunkBound, ChunkCutter, effective_chunk_size
-from importq.datasets import Dataset
+from importq.datasets import Dataset, HeaderMatch
 from importq.errors import Refusal
 from importq.row_rules import Value, key_hash, row_key
 from importq.sql import queries
@@ -53,10 +53,10 @@ class BatchRequest:
     idempotency_key: str | None = None
 
 
-def check_header(dataset: Dataset, header: list[str]) -> dict[str, int]:
+def check_header(dataset: Dataset, header: list[str]) -> HeaderMatch:
     """Match the header; refuse duplicates and missing mandatory columns.
 
-    Returns the column positions; unknown columns are left for the warnings.
+    Unknown columns are ignored; :func:`header_warnings` lists them for the batch.
     """
     match = dataset.match_header(header)
     if match.duplicated:
@@ -73,14 +73,13 @@ def check_header(dataset: Dataset, header: list[str]) -> dict[str, int]:
             f"Mandatory columns are missing: {', '.join(match.missing)}.",
             columns=list(match.missing),
         )
-    return dict(match.positions)
+    return match
 
 
-def header_warnings(dataset: Dataset, header: list[str]) -> list[str]:
-    unknown = dataset.match_header(header).unknown
-    if not unknown:
+def header_warnings(dataset: Dataset, match: HeaderMatch) -> list[str]:
+    if not match.unknown:
         return []
-    return [f"Columns not in dataset {dataset.name} were ignored: {', '.join(unknown)}."]
+    return [f"Columns not in dataset {dataset.name} were ignored: {', '.join(match.unknown)}."]
 
 
 async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> StagedBatch | None:
@@ -159,7 +158,8 @@ async def stage_batch(
     defer_chunks: DeferChunks,
 ) -> StagedBatch:
     """Stage an upload as a new active batch (see the module docstring). Owns the transaction."""
-    positions = check_header(request.dataset, upload.header)
+    match = check_header(request.dataset, upload.header)
+    positions = match.positions
     existing = await _existing(conn, request)
     if existing is not None:
         return existing
@@ -185,7 +185,7 @@ async def stage_batch(
                     "header": upload.header,
                     "total_rows": total,
                     "total_chunks": len(bounds),
-                    "warnings": json.dumps(header_warnings(request.dataset, upload.header)),
+                    "warnings": json.dumps(header_warnings(request.dataset, match)),
                     "idempotency_key": request.idempotency_key,
                 },
             )
