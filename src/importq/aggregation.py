@@ -23,6 +23,7 @@ from importq.mail import message_id
 from importq.reports import FILE_NAMES, KINDS, ReportLayout, ReportWriter
 from importq.services import Services
 from importq.sql import queries
+from importq.webhooks import WEBHOOK, delivery_id
 
 REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
 FETCH_ROWS = 10_000
@@ -126,4 +127,10 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
             {"batch_id": batch_id, "channel": "email", "message_id": message_id(str(batch_id))},
         )
         await services.queue.defer_email(conn, batch_id)
+        if batch["callback_url"]:
+            await conn.execute(
+                queries["insert_delivery"],
+                {"batch_id": batch_id, "channel": WEBHOOK, "message_id": delivery_id(batch_id)},
+            )
+            await services.queue.defer_webhook(conn, batch_id)
     return status

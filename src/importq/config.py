@@ -55,9 +55,28 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(default=None, description="SMTP server; unset writes .eml files")
     mail_from: str = Field(default="importq <importq@localhost>", description="From address")
 
+    webhook_secret: str | None = Field(
+        default=None, description="Signs webhooks; unset uses the secret key"
+    )
+    webhook_allow_hosts: str = Field(
+        default="", description="Comma-separated hosts webhooks may reach though private"
+    )
+    webhook_timeout: float = Field(default=10.0, gt=0, description="Seconds per webhook POST")
+    webhook_max_attempts: int = Field(default=8, ge=1, description="Webhook tries, backoff")
+
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="Worker heartbeat period")
     stalled_seconds: float = Field(default=30.0, gt=0, description="Heartbeat age of a dead worker")
     reconcile_cron: str = Field(default="*/30 * * * * *", description="When reconcile runs")
+
+    @property
+    def webhook_key(self) -> bytes:
+        return self.webhook_secret.encode() if self.webhook_secret else self.signing_key
+
+    @property
+    def webhook_allowed(self) -> frozenset[str]:
+        return frozenset(
+            h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip()
+        )
 
     @property
     def outbox_dir(self) -> Path:
@@ -87,3 +106,11 @@ class Settings(BaseSettings):
                 os.link(tmp, path)
             tmp.unlink()
         return path.read_text().strip().encode()
+
+    smtp_ca_file: Path | None = Field(
+        default=None, description="PEM CA certificates trusted for SMTP TLS instead of the system's"
+    )
+    smtp_timeout: float = Field(default=30.0, gt=0, description="SMTP socket timeout, seconds")
+    mail_max_attempts: int = Field(
+        default=16, ge=1, description="Attempts to send an email before giving up (about 18 h)"
+    )

@@ -4,7 +4,8 @@ A dataset is declared in TOML (the built-in ``entrances`` ships in
 ``importq/builtin/entrances.toml``; ``IMPORTQ_DATASETS_FILE`` adds or overrides others):
 
     [datasets.<name>]
-    label, table, import_role ("user" | "moderator" | "admin"),
+    label, table, import_role ("user" | "moderator" | "admin"), callback_url (a default
+    webhook for its batches),
     dedup_key = [column names], report_columns = [column names]
     [[datasets.<name>.columns]]
     name, field (SQL column), type (text|int|float|bool|date|timestamp|enum), required,
@@ -125,6 +126,7 @@ class Dataset:
     dedup_key: tuple[str, ...]
     report_columns: tuple[str, ...] = ()
     import_role: str = "user"
+    callback_url: str | None = None
     _by_name: Mapping[str, Column] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -244,6 +246,7 @@ def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
         dedup_key=dedup_key,
         report_columns=report_columns,
         import_role=role,
+        callback_url=raw.get("callback_url"),
     )
 
 

@@ -1,17 +1,14 @@
-"""Sending what a finished batch owes its initiator: the completion email.
-
-The ``deliveries`` row is locked while the message is handed over, so two jobs never
-send it at once, and once ``sent_at`` is recorded it is never sent again. A send that
-fails raises (the job retries with backoff); it never touches the batch's status.
-"""
+"""The completion email: what :func:`deliver_once` hands over on the ``email`` channel."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from importq import batches
+from importq.deliveries import PermanentFailure, deliver_once
 from importq.i18n import resolve_locale
 from importq.mail import CompletionFacts, deliver, render_completion_email
 from importq.services import Services
@@ -20,33 +17,19 @@ from importq.sql import queries
 EMAIL = "email"
 
 
-async def send_completion_email(services: Services, batch_id: uuid.UUID) -> bool:
+async def send_completion_email(
+    services: Services, batch_id: uuid.UUID, *, last_attempt: bool = False
+) -> bool:
     """Send the batch's email unless it was sent; True when this call sent it."""
     settings = services.settings
-    async with services.pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(
-            queries["lock_delivery"], {"batch_id": batch_id, "channel": EMAIL}
-        )
-        delivery = await cursor.fetchone()
-        if delivery is None or delivery[1] is not None:
-            return False
-        batch = await batches.get_batch(conn, batch_id)
-        assert batch is not None and batch["result"] is not None
+
+    async def send(conn: AsyncConnection[Any], batch: dict[str, Any], message_id: str) -> None:
         async with conn.cursor(row_factory=dict_row) as users:
             await users.execute(queries["user_by_id"], {"user_id": batch["initiator_id"]})
             user = await users.fetchone()
-        assert user is not None
+        assert user is not None and batch["result"] is not None
         if not user["email"] and settings.smtp_url:
-            await conn.execute(
-                queries["delivery_failed"],
-                {
-                    "batch_id": batch_id,
-                    "channel": EMAIL,
-                    "error": f"user {user['name']} has no email address",
-                },
-            )
-            return False
-        locale = resolve_locale(user["locale"], batch["locale"])
+            raise PermanentFailure(f"user {user['name']} has no email address")
         dataset = services.datasets.get(batch["dataset"])
         facts = CompletionFacts(
             batch_id=str(batch_id),
@@ -63,8 +46,17 @@ async def send_completion_email(services: Services, batch_id: uuid.UUID) -> bool
             batch_url=f"{settings.public_url.rstrip('/')}/api/v1/jobs/{batch_id}",
         )
         message = render_completion_email(
-            facts, locale=locale, to=user["email"] or user["name"], sender=settings.mail_from
+            facts,
+            locale=resolve_locale(user["locale"], batch["locale"]),
+            to=user["email"] or user["name"],
+            sender=settings.mail_from,
         )
-        await deliver(message, smtp_url=settings.smtp_url, outbox=settings.outbox_dir)
-        await conn.execute(queries["delivery_sent"], {"batch_id": batch_id, "channel": EMAIL})
-    return True
+        await deliver(
+            message,
+            smtp_url=settings.smtp_url,
+            outbox=settings.outbox_dir,
+            ca_file=settings.smtp_ca_file,
+            smtp_timeout=settings.smtp_timeout,
+        )
+
+    return await deliver_once(services, batch_id, EMAIL, send, last_attempt=last_attempt)

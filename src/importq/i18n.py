@@ -33,7 +33,7 @@ def resolve_locale(*candidates: str | None) -> str:
     for candidate in candidates:
         if not candidate:
             continue
-        for tag in (candidate, candidate.replace("-", "_").split("_")[0]):
+        for tag in (candidate, candidate.replace("-", "_").split("_")[0].lower()):
             if tag in known:
                 return tag
     return DEFAULT_LOCALE

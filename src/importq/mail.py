@@ -122,11 +122,12 @@ def render_completion_email(
     message["To"] = to
     message["Date"] = formatdate(localtime=False, usegmt=True)
     message["Message-ID"] = message_id(facts.batch_id)
-    message["Content-Language"] = locale
     message.set_content(env.get_template("import_complete.txt.j2").render(context))
     message.add_alternative(
         env.get_template("import_complete.html.j2").render(context), subtype="html"
     )
+    # After add_alternative, which moves every Content-* header into the first part.
+    message["Content-Language"] = locale
     return message
 
 
@@ -143,38 +144,83 @@ def _write_outbox(outbox: Path, message: EmailMessage) -> None:
     partial.replace(target)
 
 
-def _send_smtp(url: str, message: EmailMessage) -> None:
+SMTP_SCHEMES = {"smtps": 465, "smtp": 587, "smtp+plain": 25}
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """Certificate and host name verified; ``ca_file`` replaces the system's CAs."""
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+def _send_smtp(
+    url: str, message: EmailMessage, *, ca_file: Path | None = None, timeout: float = 30.0
+) -> None:
+    """Send over SMTP: ``smtps://`` implicit TLS, ``smtp://`` only after STARTTLS,
+    ``smtp+plain://`` without TLS (a local relay; credentials are refused there).
+
+    Credentials are only ever sent over a verified TLS connection.
+    """
     parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    user = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    context = ssl.create_default_context()
-    client: smtplib.SMTP
-    if parts.scheme == "smtps":
-        client = smtplib.SMTP_SSL(host, parts.port or 465, context=context, timeout=30)
-    elif parts.scheme in ("smtp", "smtp+plain"):
-        client = smtplib.SMTP(
-            host, parts.port or (587 if parts.scheme == "smtp" else 25), timeout=30
-        )
-    else:
+    scheme = parts.scheme.lower()
+    if scheme not in SMTP_SCHEMES:
         raise MailError(f"unsupported SMTP URL scheme {parts.scheme!r}")
-    with client:
-        if parts.scheme == "smtp":
+    try:
+        port = parts.port or SMTP_SCHEMES[scheme]
+    except ValueError as error:
+        raise MailError("the SMTP URL has an invalid port") from error
+    host = parts.hostname
+    if not host:
+        raise MailError("the SMTP URL has no host")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else ""
+    if scheme == "smtp+plain" and user:
+        raise MailError(
+            "smtp+plain:// has no TLS: refusing to send credentials (use smtp:// or smtps://)"
+        )
+    context = _tls_context(ca_file) if scheme != "smtp+plain" else None
+    client: smtplib.SMTP
+    if scheme == "smtps":
+        client = smtplib.SMTP_SSL(host, port, context=context, timeout=timeout)
+    else:
+        client = smtplib.SMTP(host, port, timeout=timeout)
+    try:
+        if scheme == "smtp":
             client.ehlo()
             if not client.has_extn("starttls"):
-                raise MailError(f"{host} does not offer STARTTLS; refusing to send credentials")
+                raise MailError(f"{host} does not offer STARTTLS; refusing to send")
             client.starttls(context=context)
+            client.ehlo()
         if user:
-            client.login(user, password or "")
+            client.login(user, password)
         client.send_message(message)
+    except BaseException:
+        client.close()
+        raise
+    # The message was handed over when DATA was accepted: a failing QUIT changes nothing.
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
 
 
-async def deliver(message: EmailMessage, *, smtp_url: str | None, outbox: Path) -> None:
-    """Hand the message over: SMTP when configured, else a file in the outbox."""
+async def deliver(
+    message: EmailMessage,
+    *,
+    smtp_url: str | None,
+    outbox: Path,
+    ca_file: Path | None = None,
+    smtp_timeout: float = 30.0,
+) -> None:
+    """Hand the message over: SMTP when configured, else a file in the outbox.
+
+    Raises :class:`MailError` when it could not be handed over (retry later).
+    """
     try:
         if smtp_url:
-            await asyncio.to_thread(_send_smtp, smtp_url, message)
+            await asyncio.to_thread(
+                _send_smtp, smtp_url, message, ca_file=ca_file, timeout=smtp_timeout
+            )
         else:
             await asyncio.to_thread(_write_outbox, outbox, message)
-    except (OSError, smtplib.SMTPException) as error:
-        raise MailError(str(error)) from error
+    except (OSError, smtplib.SMTPException, UnicodeError) as error:
+        raise MailError(f"{type(error).__name__}: {error}") from error

@@ -2,9 +2,9 @@
 
 Queues: ``chunks`` (one ``process_chunk`` job per chunk), ``completion``
 (``check_completion`` with ``queueing_lock`` = batch id, then ``aggregate``),
-``messages`` (``send_email``) and ``maintenance`` (``reconcile``). Jobs are deferred by
-task name on the caller's connection, inside the caller's transaction, so a job exists
-if and only if the state change that asked for it committed.
+``messages`` (``send_email``, ``deliver_webhook``) and ``maintenance`` (``reconcile``).
+Jobs are deferred by task name on the caller's connection, inside the caller's
+transaction, so a job exists if and only if the state change that asked for it committed.
 """
 
 from __future__ import annotations
@@ -64,4 +64,8 @@ class JobQueue:
 
     async def defer_email(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
         deferrer = self.app.configure_task("send_email", connection=conn, queue=MESSAGES)
+        await deferrer.defer_async(batch_id=str(batch_id))
+
+    async def defer_webhook(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
+        deferrer = self.app.configure_task("deliver_webhook", connection=conn, queue=MESSAGES)
         await deferrer.defer_async(batch_id=str(batch_id))

@@ -12,6 +12,7 @@ import json
 import tempfile
 from dataclasses import dataclass
 from typing import IO, Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Header, Query, Request
 from starlette.datastructures import UploadFile
@@ -184,13 +185,18 @@ async def import_rows(
             f"Content type {media_type or '(none)'} is not accepted; send {ACCEPTED_TYPES}.",
         )
 
+    callback_url = callbackUrl or definition.callback_url
+    if callback_url is not None:
+        parts = urlsplit(callback_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Refusal(400, "bad_callback_url", "callbackUrl must be an http(s) URL.")
     batch_request = BatchRequest(
         dataset=definition,
         initiator_id=user.id,
         format=fmt,
         file_name=file_name,
         locale=resolve_locale(*parse_accept_language(request.headers.get("accept-language"))),
-        callback_url=callbackUrl,
+        callback_url=callback_url,
         idempotency_key=idempotency_key,
     )
     async with services.pool.connection() as conn:

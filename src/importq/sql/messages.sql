@@ -51,3 +51,14 @@ WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
 -- Record a failed attempt.
 UPDATE deliveries SET attempts = attempts + 1, last_error = %(error)s
 WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
+
+-- name: record_delivery_attempt
+-- Log one attempt (its number is the deliveries row's attempts after counting it).
+INSERT INTO delivery_attempts (batch_id, channel, attempt, status_code, error)
+SELECT batch_id, channel, attempts, %(status_code)s, %(error)s
+FROM deliveries WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
+
+-- name: clear_delivery_error_on_batch
+-- The message went out after all: drop the batch's note that it had failed.
+UPDATE batches SET last_error = NULL, updated_at = now()
+WHERE id = %(batch_id)s AND starts_with(last_error, %(prefix)s);

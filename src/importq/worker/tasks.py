@@ -8,6 +8,9 @@ calls the module that owns the work (processing, aggregation, delivery). Retries
   and the job ends successfully, so the batch can finish.
 - ``aggregate`` and ``send_email`` retry with exponential backoff; a storage outage
   leaves the batch ``aggregating`` with ``lastError`` set until it passes.
+- ``send_email`` and ``deliver_webhook`` retry with backoff up to
+  ``IMPORTQ_MAIL_MAX_ATTEMPTS`` / ``IMPORTQ_WEBHOOK_MAX_ATTEMPTS`` runs; the last one
+  records its failure on the batch.
 - ``reconcile`` (periodic) recovers what a dead worker left: see :mod:`importq.recovery`.
 """
 
@@ -28,12 +31,14 @@ from importq.processing import process_chunk as process_one_chunk
 from importq.queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES, QUEUES
 from importq.recovery import reconcile as reconcile_once
 from importq.services import Services
+from importq.webhooks import deliver_batch_webhook
 
 log = logging.getLogger(__name__)
 
 # Chunk retries stop at the chunk's own attempt cap; this only bounds a runaway.
 CHUNK_RETRY = RetryStrategy(max_attempts=50, wait=1, exponential_wait=2)
-BACKOFF = RetryStrategy(max_attempts=20, wait=1, exponential_wait=2)
+BACKOFF_RETRIES = 20
+BACKOFF = RetryStrategy(max_attempts=BACKOFF_RETRIES, wait=1, exponential_wait=2)
 
 
 def _services(context: JobContext) -> Services:
@@ -76,8 +81,23 @@ async def aggregate(context: JobContext, batch_id: str) -> None:
         raise
 
 
+def _last_attempt(context: JobContext, cap: int) -> bool:
+    """Whether this run is the last a message gets. The cap is the setting's (at most
+    BACKOFF's runs): the last attempt records its failure on the batch and ends the job
+    instead of raising. ``job.attempts`` counts the earlier runs."""
+    return context.job.attempts + 1 >= min(cap, BACKOFF_RETRIES + 1)
+
+
 async def send_email(context: JobContext, batch_id: str) -> None:
-    await send_completion_email(_services(context), uuid.UUID(batch_id))
+    services = _services(context)
+    last = _last_attempt(context, services.settings.mail_max_attempts)
+    await send_completion_email(services, uuid.UUID(batch_id), last_attempt=last)
+
+
+async def deliver_webhook(context: JobContext, batch_id: str) -> None:
+    services = _services(context)
+    last = _last_attempt(context, services.settings.webhook_max_attempts)
+    await deliver_batch_webhook(services, uuid.UUID(batch_id), last_attempt=last)
 
 
 async def reconcile(context: JobContext, timestamp: int) -> None:
@@ -94,6 +114,9 @@ def register_tasks(app: procrastinate.App, *, reconcile_cron: str) -> None:
     )
     app.task(name="aggregate", queue=COMPLETION, pass_context=True, retry=BACKOFF)(aggregate)
     app.task(name="send_email", queue=MESSAGES, pass_context=True, retry=BACKOFF)(send_email)
+    app.task(name="deliver_webhook", queue=MESSAGES, pass_context=True, retry=BACKOFF)(
+        deliver_webhook
+    )
     task = app.task(name="reconcile", queue=MAINTENANCE, pass_context=True)(reconcile)
     app.periodic(cron=reconcile_cron, periodic_id="reconcile")(task)
 

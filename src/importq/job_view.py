@@ -1,0 +1,90 @@
+"""The job JSON of the HTTP contract: what ``GET /api/v1/jobs/{id}`` answers and what a
+webhook posts. Pure pydantic, shared by the API and the worker."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, PlainSerializer
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Timestamp = Annotated[datetime, PlainSerializer(_utc, return_type=str)]
+Status = Literal["pending", "active", "aggregating", "completed", "failed", "cancelled"]
+
+
+class Progress(BaseModel):
+    totalChunks: int
+    completedChunks: int
+    totalRows: int
+    processedRows: int
+    successes: int
+    duplicates: int
+    failures: int
+
+
+class ReportUrls(BaseModel):
+    success: str | None
+    duplicates: str | None
+    failures: str | None
+
+
+class Summary(BaseModel):
+    successes: int
+    duplicates: int
+    failures: int
+
+
+class Result(BaseModel):
+    reportUrls: ReportUrls
+    summary: Summary
+
+
+class Job(BaseModel):
+    batchId: uuid.UUID
+    type: Literal["csv-import"] = "csv-import"
+    dataset: str
+    status: Status
+    progress: Progress
+    result: Result | None
+    createdAt: Timestamp
+    updatedAt: Timestamp
+    completedAt: Timestamp | None
+    format: str
+    fileName: str | None
+    failedChunks: int
+    warnings: list[str]
+    lastError: str | None
+    reportsExpireAt: Timestamp | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        return cls(
+            batchId=row["id"],
+            dataset=row["dataset"],
+            status=row["status"],
+            progress=Progress(
+                totalChunks=row["total_chunks"],
+                completedChunks=row["completed_chunks"] + row["failed_chunks"],
+                totalRows=row["total_rows"],
+                processedRows=row["processed_rows"],
+                successes=row["successes"],
+                duplicates=row["duplicates"],
+                failures=row["failures"],
+            ),
+            result=Result.model_validate(row["result"]) if row["result"] else None,
+            createdAt=row["created_at"],
+            updatedAt=row["updated_at"],
+            completedAt=row["completed_at"],
+            format=row["format"],
+            fileName=row["file_name"],
+            failedChunks=row["failed_chunks"],
+            warnings=row["warnings"],
+            lastError=row["last_error"],
+            reportsExpireAt=row["reports_expire_at"],
+        )

@@ -1,0 +1,124 @@
+"""Webhooks: a finished batch's job JSON POSTed to its ``callbackUrl``, signed.
+
+Headers: ``X-Importq-Timestamp`` (unix seconds), ``X-Importq-Signature:
+sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` with ``IMPORTQ_WEBHOOK_SECRET``, and
+``X-Importq-Delivery`` — the same id on every attempt, so a receiver can drop repeats
+(delivery over a network is at-least-once). A 2xx answer is a success, recorded, and the
+webhook is never sent again. Every attempt is logged in ``delivery_attempts``.
+
+A destination that resolves to a private, loopback, link-local, multicast or reserved
+address is refused (and not retried) unless its host is listed in
+``IMPORTQ_WEBHOOK_ALLOW_HOSTS``; redirects are not followed, so a public URL cannot
+bounce the request inward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import socket
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from psycopg import AsyncConnection
+
+from importq.deliveries import PermanentFailure, deliver_once
+from importq.job_view import Job
+from importq.services import Services
+
+WEBHOOK = "webhook"
+
+
+class WebhookRefused(PermanentFailure):
+    """The destination may not be reached: never retried."""
+
+
+class WebhookFailed(Exception):
+    """The receiver did not take the delivery (network error, timeout, non-2xx)."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def delivery_id(batch_id: uuid.UUID | str) -> str:
+    return f"webhook-{batch_id}"
+
+
+def signature(key: bytes, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>`` of ``"<timestamp>.<body>"``: what a receiver recomputes."""
+    return "sha256=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _forbidden(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+async def check_destination(url: str, allowed_hosts: frozenset[str]) -> None:
+    """Refuse URLs that are not http(s) or that resolve inward (see the module docstring)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookRefused(f"{url!r} is not an http(s) URL")
+    host = parts.hostname.lower()
+    if host in allowed_hosts:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+        )
+    except OSError as error:
+        raise WebhookFailed(f"cannot resolve {host}: {error}") from error
+    inward = sorted({str(info[4][0]) for info in infos if _forbidden(str(info[4][0]))})
+    if inward:
+        raise WebhookRefused(
+            f"{host} resolves to a private or local address ({', '.join(inward)}); "
+            "allow it with IMPORTQ_WEBHOOK_ALLOW_HOSTS"
+        )
+
+
+async def _post(services: Services, url: str, ident: str, body: bytes) -> int:
+    stamp = str(int(time.time()))
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "importq-webhook",
+        "X-Importq-Delivery": ident,
+        "X-Importq-Timestamp": stamp,
+        "X-Importq-Signature": signature(services.settings.webhook_key, stamp, body),
+    }
+    try:
+        async with httpx.AsyncClient(
+            timeout=services.settings.webhook_timeout, follow_redirects=False
+        ) as client:
+            response = await client.post(url, content=body, headers=headers)
+    except httpx.HTTPError as error:
+        raise WebhookFailed(f"{type(error).__name__}: {error}") from error
+    if not 200 <= response.status_code < 300:
+        raise WebhookFailed(f"the receiver answered {response.status_code}", response.status_code)
+    return response.status_code
+
+
+async def deliver_batch_webhook(
+    services: Services, batch_id: uuid.UUID, *, last_attempt: bool = False
+) -> bool:
+    """POST the batch's job JSON unless already delivered; True when this call did."""
+
+    async def send(conn: AsyncConnection[Any], batch: dict[str, Any], ident: str) -> int:
+        assert batch["callback_url"]
+        await check_destination(batch["callback_url"], services.settings.webhook_allowed)
+        body = Job.from_row(batch).model_dump_json().encode()
+        return await _post(services, batch["callback_url"], ident, body)
+
+    return await deliver_once(services, batch_id, WEBHOOK, send, last_attempt=last_attempt)

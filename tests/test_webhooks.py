@@ -1,0 +1,210 @@
+"""Webhooks: signed, retried with backoff, recorded, delivered once, never inward."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import make_settings
+from helpers import entrance, wait_for_batch
+from importq.config import Settings
+from importq.services import Services
+from importq.webhooks import deliver_batch_webhook
+
+
+class Receiver:
+    """A minimal HTTP server on loopback that answers with the given statuses in turn."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.port = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)
+        }
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.requests.append((headers, body))
+        status = self.statuses.pop(0) if self.statuses else 200
+        writer.write(
+            f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/import"
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    found = Receiver()
+    server = await asyncio.start_server(found._handle, "127.0.0.1", 0)
+    found.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield found
+
+
+@pytest.fixture
+def allow_hosts() -> str:
+    return "127.0.0.1"
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path, allow_hosts: str) -> Settings:
+    return make_settings(
+        database_url,
+        tmp_path / "data",
+        webhook_allow_hosts=allow_hosts,
+        webhook_secret="hook-secret",
+        webhook_max_attempts=3,
+    )
+
+
+async def _import(client: httpx.AsyncClient, url: str) -> str:
+    response = await client.post(
+        "/api/v1/entrances/import-rows",
+        params={"callbackUrl": url},
+        json={"data": [entrance("w1"), entrance("w2", latitude="99")]},
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["batchId"])
+
+
+async def _rows(services: Services, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(query, params)  # type: ignore[arg-type]
+        return list(await cursor.fetchall())
+
+
+async def _wait_for(predicate: Any, seconds: float = 30) -> None:
+    """Poll ``predicate`` (sync or async) every 0.1 s until it holds."""
+    for _ in range(int(seconds * 10)):
+        held = predicate()
+        if asyncio.iscoroutine(held):
+            held = await held
+        if held:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the condition never held")
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_failing_receiver_gets_the_signed_delivery_on_the_third_try(
+    client: httpx.AsyncClient,
+    services: Services,
+    receiver: Receiver,
+) -> None:
+    receiver.statuses = [500, 503]
+    batch_id = await _import(client, receiver.url)
+    job = await wait_for_batch(client, batch_id)
+    await _wait_for(lambda: len(receiver.requests) == 3)
+
+    ids = {headers["x-importq-delivery"] for headers, _ in receiver.requests}
+    assert ids == {f"webhook-{batch_id}"}
+    for headers, body in receiver.requests:
+        stamp = headers["x-importq-timestamp"]
+        expected = hmac.new(b"hook-secret", stamp.encode() + b"." + body, hashlib.sha256)
+        assert headers["x-importq-signature"] == "sha256=" + expected.hexdigest()
+    delivered = json.loads(receiver.requests[-1][1])
+    assert delivered["batchId"] == batch_id and delivered["status"] == "completed"
+    assert delivered["result"] == job["result"]
+    attempts = await _rows(
+        services,
+        "SELECT attempt, status_code FROM delivery_attempts "
+        "WHERE batch_id = %s AND channel = 'webhook' ORDER BY attempt",
+        batch_id,
+    )
+    assert attempts == [(1, 500), (2, 503), (3, 200)]
+    sent = await _rows(
+        services,
+        "SELECT sent_at IS NOT NULL, attempts FROM deliveries "
+        "WHERE batch_id = %s AND channel = 'webhook'",
+        batch_id,
+    )
+    assert sent == [(True, 3)]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fifty_deliveries_at_once_post_once(
+    client: httpx.AsyncClient,
+    services: Services,
+    receiver: Receiver,
+) -> None:
+    receiver.statuses = [500] * 100  # the worker's own attempt fails and waits to retry
+    batch_id = await _import(client, receiver.url)
+    await wait_for_batch(client, batch_id)
+    await _wait_for(lambda: len(receiver.requests) >= 1)
+    receiver.statuses = []
+    sent = await asyncio.gather(
+        *(deliver_batch_webhook(services, uuid.UUID(batch_id)) for _ in range(50)),
+        return_exceptions=True,
+    )
+    assert sent.count(True) == 1
+    assert len(receiver.requests) == 2  # the failed first try, then exactly one delivery
+
+
+@pytest.mark.parametrize("allow_hosts", [""])
+@pytest.mark.usefixtures("worker")
+async def test_an_inward_callback_is_refused_and_recorded(
+    client: httpx.AsyncClient,
+    services: Services,
+    receiver: Receiver,
+) -> None:
+    batch_id = await _import(client, receiver.url)
+    await wait_for_batch(client, batch_id)
+
+    async def last_error() -> str | None:
+        job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+        return job["lastError"]
+
+    async def recorded() -> bool:
+        return (await last_error() or "").startswith("webhook:")
+
+    await _wait_for(recorded, 20)
+    assert "resolves to a private or local address (127.0.0.1)" in (await last_error() or "")
+    assert receiver.requests == []
+    job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+    assert job["status"] == "completed"
+
+
+async def test_the_last_failed_attempt_is_recorded_on_the_batch(
+    client: httpx.AsyncClient,
+    services: Services,
+    receiver: Receiver,
+) -> None:
+    receiver.statuses = [500, 500]
+    batch_id = await _import(client, receiver.url)
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            "INSERT INTO deliveries (batch_id, channel, message_id) VALUES (%s, 'webhook', %s)",
+            (batch_id, f"webhook-{batch_id}"),
+        )
+    with pytest.raises(Exception, match="answered 500"):
+        await deliver_batch_webhook(services, uuid.UUID(batch_id))
+    assert not await deliver_batch_webhook(services, uuid.UUID(batch_id), last_attempt=True)
+    job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+    assert job["lastError"] == "webhook: the receiver answered 500"
+    assert job["status"] == "active"  # a webhook never changes the batch's status
+
+
+async def test_a_callback_url_that_is_not_http_is_refused(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/entrances/import-rows",
+        params={"callbackUrl": "file:///etc/passwd"},
+        json={"data": [entrance("x")]},
+    )
+    assert response.status_code == 400 and response.json()["code"] == "bad_callback_url"
