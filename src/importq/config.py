@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     max_chunks: int = Field(default=200, ge=1, description="Most chunks per batch")
     chunk_max_attempts: int = Field(default=3, ge=1, description="Attempts before a chunk fails")
     worker_concurrency: int = Field(default=4, ge=1, description="Jobs a worker runs at once")
-    max_upload_bytes: int = Field(default=1 << 30, ge=1, description="Largest accepted body")
+    max_upload_bytes: int = Field(default=8 << 30, ge=1, description="Largest accepted body")
     max_rows: int = Field(default=20_000_000, ge=1, description="Most data rows in an upload")
     max_columns: int = Field(default=500, ge=1, description="Most columns in an upload")
     max_cell_chars: int = Field(default=32_767, ge=1, description="Longest cell, characters")
