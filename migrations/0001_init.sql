@@ -6,7 +6,8 @@ CREATE TABLE users (
     name        text NOT NULL UNIQUE,
     role        text NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'moderator', 'admin')),
     email       text,
-    locale      text NOT NULL DEFAULT 'en',
+    -- NULL: no preference; emails then follow the import request's Accept-Language.
+    locale      text,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
+from helpers import Receiver
 from importq import accounts
 from importq.api.app import create_app
 from importq.config import Settings
@@ -103,6 +104,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "stalled_seconds": 3,
         "reconcile_cron": "* * * * * */1",
         "public_url": "http://importq.test",
+        "webhook_allow_hosts": "127.0.0.1",  # the tests' webhook receivers are on loopback
     }
     values.update(overrides)
     return Settings(**values)
@@ -158,3 +160,13 @@ async def client(app_client: httpx.AsyncClient, user_token: str) -> httpx.AsyncC
     """An HTTP client authenticated as the ordinary user ``alice``."""
     app_client.headers["Authorization"] = f"Bearer {user_token}"
     return app_client
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on loopback (see helpers.Receiver)."""
+    found = Receiver()
+    server = await asyncio.start_server(found._handle, "127.0.0.1", 0)
+    found.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield found

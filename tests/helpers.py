@@ -89,3 +89,31 @@ async def download(client: httpx.AsyncClient, url: str) -> bytes:
     response = await client.get(url.removeprefix("http://importq.test"))
     response.raise_for_status()
     return response.content
+
+
+class Receiver:
+    """A minimal HTTP server on loopback that answers with the given statuses in turn."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        self.port = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")[1:]
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)
+        }
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        self.requests.append((headers, body))
+        status = self.statuses.pop(0) if self.statuses else 200
+        writer.write(
+            f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        writer.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks/import"

@@ -4,6 +4,7 @@ processes on one batch, a worker killed with SIGKILL in the middle of a chunk.""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -20,12 +21,14 @@ import pytest
 from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job
 
-from helpers import entrance, post_rows, wait_for_batch
+from helpers import Receiver, entrance, wait_for_batch
 from importq.datasets import load_datasets
+from importq.delivery import send_completion_email
 from importq.processing import fail_chunk, process_chunk
 from importq.row_rules import StagedRow, decide
 from importq.services import Services
 from importq.uploads import read_json_rows
+from importq.webhooks import deliver_batch_webhook
 from importq.worker import tasks
 
 
@@ -43,8 +46,13 @@ def job_context(services: Services, task_name: str, **kwargs: Any) -> JobContext
     )
 
 
-async def _staged_batch(client: httpx.AsyncClient, rows: list[dict[str, str]]) -> tuple[str, int]:
-    response = await post_rows(client, rows)
+async def _staged_batch(
+    client: httpx.AsyncClient, rows: list[dict[str, str]], callback_url: str | None = None
+) -> tuple[str, int]:
+    params = {"callbackUrl": callback_url} if callback_url else {}
+    response = await client.post(
+        "/api/v1/entrances/import-rows", json={"data": rows}, params=params
+    )
     assert response.status_code == 202, response.text
     return response.json()["batchId"], response.json()["totalChunks"]
 
@@ -60,18 +68,18 @@ async def _jobs(services: Services, task_name: str) -> int:
 
 
 async def _race_to_the_end(services: Services, batch_id: str) -> list[bool]:
-    """50 completion checks, then 50 aggregations, then 50 email sends, all at once."""
+    """50 completion checks, then 50 aggregations, then 50 email sends and 50 webhook
+    deliveries, all at once; what the email sends returned."""
     tasks.register_tasks(services.queue.app, reconcile_cron=services.settings.reconcile_cron)
     context = job_context(services, "check_completion", batch_id=batch_id)
     await asyncio.gather(*(tasks.check_completion(context, batch_id) for _ in range(50)))
     assert await _jobs(services, "aggregate") == 1
     await asyncio.gather(*(tasks.aggregate(context, batch_id) for _ in range(50)))
     assert await _jobs(services, "send_email") == 1
-    from importq.delivery import send_completion_email
-
-    return await asyncio.gather(
-        *(send_completion_email(services, uuid.UUID(batch_id)) for _ in range(50))
-    )
+    batch = uuid.UUID(batch_id)
+    hooks = await asyncio.gather(*(deliver_batch_webhook(services, batch) for _ in range(50)))
+    assert hooks.count(True) == (1 if await _jobs(services, "deliver_webhook") else 0)
+    return await asyncio.gather(*(send_completion_email(services, batch) for _ in range(50)))
 
 
 async def _count(services: Services, query: str, *params: Any) -> int:
@@ -85,9 +93,10 @@ async def _count(services: Services, query: str, *params: Any) -> int:
 async def test_fifty_completion_checks_aggregate_once(
     client: httpx.AsyncClient,
     services: Services,
+    receiver: Receiver,
 ) -> None:
     rows = [entrance(f"r{i}") for i in range(35)] + [entrance("r1"), entrance("bad", latitude="x")]
-    batch_id, total_chunks = await _staged_batch(client, rows)
+    batch_id, total_chunks = await _staged_batch(client, rows, receiver.url)
     assert total_chunks > 1
     for chunk_no in range(total_chunks):
         async with services.pool.connection() as conn:
@@ -109,13 +118,16 @@ async def test_fifty_completion_checks_aggregate_once(
         await _count(services, "SELECT attempts FROM deliveries WHERE batch_id = %s", batch_id) == 1
     )
     assert len(list(services.settings.outbox_dir.glob("*.eml"))) == 1
+    assert [json.loads(body)["status"] for _, body in receiver.requests] == ["completed"]
 
 
 async def test_a_batch_whose_every_chunk_failed_ends_failed_with_its_email(
     client: httpx.AsyncClient,
     services: Services,
+    receiver: Receiver,
 ) -> None:
-    batch_id, total_chunks = await _staged_batch(client, [entrance(f"f{i}") for i in range(25)])
+    rows = [entrance(f"f{i}") for i in range(25)]
+    batch_id, total_chunks = await _staged_batch(client, rows, receiver.url)
     for chunk_no in range(total_chunks):
         async with services.pool.connection() as conn:
             assert await fail_chunk(
@@ -137,6 +149,7 @@ async def test_a_batch_whose_every_chunk_failed_ends_failed_with_its_email(
     assert job["result"]["reportUrls"]["success"] is None
     (eml,) = services.settings.outbox_dir.glob("*.eml")
     assert b"Subject: Import failed: Entrances" in eml.read_bytes()
+    assert [json.loads(body)["status"] for _, body in receiver.requests] == ["failed"]
 
 
 # --- worker processes --------------------------------------------------------------

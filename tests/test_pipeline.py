@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from helpers import csv_text, download, entrance, post_rows, read_csv_report, wait_for_batch
+from importq import accounts
 from importq.services import Services
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -224,3 +225,30 @@ async def test_a_row_the_database_refuses_fails_alone(
     assert failures[1][0] == "3"
     assert failures[1][1].startswith("database refused the row: ")
     assert "no_equator" in failures[1][1]
+
+
+@pytest.mark.parametrize(("user_locale", "expected"), [(None, "de"), ("fr", "fr")])
+async def test_the_email_speaks_the_users_locale_else_the_uploads_accept_language(
+    app_client: httpx.AsyncClient,
+    services: Services,
+    user_locale: str | None,
+    expected: str,
+) -> None:
+    async with services.pool.connection() as conn:
+        _, token = await accounts.create_user(
+            conn, "polyglot", email="p@example.org", locale=user_locale
+        )
+    response = await app_client.post(
+        "/api/v1/entrances/import-rows",
+        json={"data": [entrance("l1")]},
+        headers={"Authorization": f"Bearer {token}", "Accept-Language": "de-CH, en;q=0.5"},
+    )
+    app_client.headers["Authorization"] = f"Bearer {token}"
+    await wait_for_batch(app_client, response.json()["batchId"])
+    for _ in range(100):
+        files = list(services.settings.outbox_dir.glob("*.eml"))
+        if files:
+            break
+        await asyncio.sleep(0.05)
+    message = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
+    assert message["Content-Language"] == expected

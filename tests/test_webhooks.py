@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,47 +14,10 @@ import httpx
 import pytest
 
 from conftest import make_settings
-from helpers import entrance, wait_for_batch
+from helpers import Receiver, entrance, wait_for_batch
 from importq.config import Settings
 from importq.services import Services
 from importq.webhooks import deliver_batch_webhook
-
-
-class Receiver:
-    """A minimal HTTP server on loopback that answers with the given statuses in turn."""
-
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.port = 0
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")[1:]
-        headers = {
-            k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)
-        }
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.requests.append((headers, body))
-        status = self.statuses.pop(0) if self.statuses else 200
-        writer.write(
-            f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
-        )
-        await writer.drain()
-        writer.close()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/import"
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    found = Receiver()
-    server = await asyncio.start_server(found._handle, "127.0.0.1", 0)
-    found.port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield found
 
 
 @pytest.fixture

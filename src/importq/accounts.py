@@ -23,7 +23,7 @@ class User:
     name: str
     role: str
     email: str | None
-    locale: str
+    locale: str | None
 
     def has_role(self, lowest: str) -> bool:
         """Whether this user's role is ``lowest`` or above (user < moderator < admin)."""
@@ -56,7 +56,7 @@ async def create_user(
     *,
     role: str = "user",
     email: str | None = None,
-    locale: str = "en",
+    locale: str | None = None,
 ) -> tuple[int, str]:
     """Create a user and its first token; raises UserExists for a taken name."""
     if role not in ROLES:

@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--role", choices=ROLES, default="user")
     create.add_argument("--email", default=None)
-    create.add_argument("--locale", default="en")
+    create.add_argument(
+        "--locale", default=None, help="email language (default: the upload's Accept-Language)"
+    )
     token = user_commands.add_parser("token", help="issue another token, print it")
     token.add_argument("name")
     users.set_defaults(handler=_users)
