@@ -166,6 +166,8 @@ def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Ru
         sampler.join()
         if job["status"] != "completed":
             raise SystemExit(f"the batch ended {job['status']}: {job}")
+        if job["progress"]["totalRows"] != rows:
+            raise SystemExit(f"the file held {job['progress']['totalRows']} rows, not {rows}")
         return Run(
             rows=rows,
             format=kind,
@@ -288,7 +290,10 @@ def main() -> None:
     for path in {csv_path, upload}:
         if not path.exists():
             print(f"generating {path} …", flush=True)
-            generate(path, args.rows)
+            # Written under a temporary name: an interrupted run leaves no short file.
+            partial = path.with_name(f"partial-{path.name}")
+            generate(partial, args.rows)
+            partial.rename(path)
 
     data_dir = DATA / "run"
     if data_dir.exists():
