@@ -24,8 +24,6 @@ from psycopg.rows import dict_row
 
 from importq.sql import queries
 
-FINISHED = ("completed", "failed", "cancelled")
-
 
 @dataclass(frozen=True)
 class ChunkTally:

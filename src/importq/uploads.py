@@ -247,12 +247,6 @@ def check_encoding(
     binary.seek(start)
 
 
-def check_utf8(binary: IO[bytes], *, block_size: int = 1 << 20) -> None:
-    """Refuse a file that is not valid UTF-8, naming the byte offset and the line; the
-    file is rewound afterwards."""
-    check_encoding(binary, "utf-8", block_size=block_size)
-
-
 def looks_like_cp1252(binary: IO[bytes], *, block_size: int = 1 << 20) -> bool:
     """Whether a file that is not UTF-8 reads as Windows-1252 text (see :func:`read_csv`).
 
