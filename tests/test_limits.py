@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -74,3 +75,40 @@ async def test_a_cell_longer_than_the_limit_is_refused_with_its_line(
         body = response.json()
         assert body["code"] == "cell_too_long" and body["limit"] == 40 and body["line"] == 3
     assert await _nothing_staged(services)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_a_body_one_byte_over_the_limit_is_refused_and_one_at_it_accepted(
+    database_url: str,
+    tmp_path: Path,
+    streamed: bool,
+) -> None:
+    from conftest import new_user
+    from importq.api.app import create_app
+    from importq.services import open_services
+
+    body = csv_text([entrance("edge")]).encode()
+    settings = make_settings(database_url, tmp_path / "edge", max_upload_bytes=len(body))
+
+    async def parts(data: bytes) -> Any:
+        yield data[: len(data) // 2]
+        yield data[len(data) // 2 :]
+
+    async with open_services(settings) as services:
+        app = create_app(settings)
+        app.state.services = services
+        _, token = await new_user(services, "edge")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://importq.test",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+        ) as client:
+            over = body + b"\n"
+            refused = await client.post(
+                "/api/v1/entrances/import-rows", content=parts(over) if streamed else over
+            )
+            accepted = await client.post(
+                "/api/v1/entrances/import-rows", content=parts(body) if streamed else body
+            )
+        assert refused.status_code == 413 and refused.json()["limit"] == len(body)
+        assert accepted.status_code == 202, accepted.text
