@@ -105,6 +105,7 @@ def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settin
         "reconcile_cron": "* * * * * */1",
         "public_url": "http://importq.test",
         "webhook_allow_hosts": "127.0.0.1",  # the tests' webhook receivers are on loopback
+        "azure_storage_connection_string": None,  # local storage unless a test says not
     }
     values.update(overrides)
     return Settings(**values)

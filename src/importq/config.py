@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from importq.uploads import UploadLimits
@@ -67,6 +67,23 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="Worker heartbeat period")
     stalled_seconds: float = Field(default=30.0, gt=0, description="Heartbeat age of a dead worker")
     reconcile_cron: str = Field(default="*/30 * * * * *", description="When reconcile runs")
+
+    azure_storage_connection_string: str | None = Field(
+        default=None,
+        # The SDK's standard variable, without the IMPORTQ_ prefix (the prefixed name and
+        # the field name work too, so Settings(azure_storage_connection_string=…) does).
+        validation_alias=AliasChoices(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            "IMPORTQ_AZURE_STORAGE_CONNECTION_STRING",
+            "azure_storage_connection_string",
+        ),
+        description="Azure Blob connection string with an account key; unset stores locally",
+    )
+    azure_container: str = Field(
+        default="importq",
+        pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$",
+        description="Azure Blob container of the reports, created when missing",
+    )
 
     @property
     def webhook_key(self) -> bytes:

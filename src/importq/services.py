@@ -14,6 +14,7 @@ from importq.config import Settings
 from importq.datasets import Dataset, load_datasets
 from importq.db import Pool, create_pool, database_url
 from importq.queue import JobQueue, create_queue_app
+from importq.storage import Storage
 from importq.storage.local import LocalStorage
 
 
@@ -22,29 +23,42 @@ class Services:
     settings: Settings
     pool: Pool
     datasets: dict[str, Dataset]
-    storage: LocalStorage
+    storage: Storage
     queue: JobQueue
+
+
+def open_storage(settings: Settings) -> Storage:
+    """Azure Blob when ``AZURE_STORAGE_CONNECTION_STRING`` is set, else the local directory."""
+    if settings.azure_storage_connection_string:
+        from importq.storage.azure import AzureStorage
+
+        return AzureStorage(
+            settings.azure_storage_connection_string, container=settings.azure_container
+        )
+    return LocalStorage(
+        settings.files_dir, public_url=settings.public_url, signing_key=settings.signing_key
+    )
 
 
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[Services]:
-    """Open the pool and the queue app on it; close both on exit."""
+    """Open the pool, the storage and the queue app on the pool; close them all on exit."""
     datasets = load_datasets(settings.datasets_file)
-    pool = create_pool(database_url(settings), max_size=pool_size)
-    await pool.open(wait=True, timeout=60)
-    app = create_queue_app()
+    storage = open_storage(settings)
     try:
-        async with app.open_async(pool=pool):
-            yield Services(
-                settings=settings,
-                pool=pool,
-                datasets=datasets,
-                storage=LocalStorage(
-                    settings.files_dir,
-                    public_url=settings.public_url,
-                    signing_key=settings.signing_key,
-                ),
-                queue=JobQueue(app),
-            )
+        pool = create_pool(database_url(settings), max_size=pool_size)
+        await pool.open(wait=True, timeout=60)
+        try:
+            app = create_queue_app()
+            async with app.open_async(pool=pool):
+                yield Services(
+                    settings=settings,
+                    pool=pool,
+                    datasets=datasets,
+                    storage=storage,
+                    queue=JobQueue(app),
+                )
+        finally:
+            await pool.close()
     finally:
-        await pool.close()
+        await storage.close()

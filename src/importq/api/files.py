@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from importq.api.auth import ServicesDep
 from importq.errors import Refusal
 from importq.storage import StorageError
+from importq.storage.local import LocalStorage
 
 router = APIRouter()
 
@@ -23,6 +24,8 @@ async def download(
     signature: Annotated[str, Query(max_length=128)],
 ) -> FileResponse:
     storage = services.storage
+    if not isinstance(storage, LocalStorage):  # Azure links point at Azure, not here
+        raise Refusal(404, "not_found", "No such file.")
     if not storage.verify(path, expires, name, signature):
         raise Refusal(403, "link_invalid", "This link is not valid or has expired.")
     try:

@@ -2,6 +2,10 @@
 
 Paths are relative and ``/``-separated (``reports/<batchId>/failures.csv``). A link is a
 URL anyone holding it may download from until it expires.
+
+Backends: :class:`importq.storage.local.LocalStorage` (a directory served by the API) and
+:class:`importq.storage.azure.AzureStorage` (Azure Blob, SAS links), chosen by
+:func:`importq.services.open_storage`.
 """
 
 from __future__ import annotations
@@ -27,3 +31,6 @@ class Storage(Protocol):
 
     async def check(self) -> None:
         """Raise StorageError when the backend is unusable (for /health)."""
+
+    async def close(self) -> None:
+        """Release connections; the storage is not used after this."""

@@ -78,3 +78,6 @@ class LocalStorage:
             raise StorageError(str(error)) from error
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"{self.root} is not writable")
+
+    async def close(self) -> None:
+        """Nothing to release: files are opened per operation."""

@@ -1,0 +1,554 @@
+"""Both storage backends behave the same: every test here that takes ``storage_backend``
+runs once on local storage and once on Azure Blob storage (Azurite, started by this
+module from ``.cache/node``, where ``scripts/test`` installs it).
+
+What "the same" means: each report downloaded through its link is byte for byte the
+file the report writer produces for the batch (recomputed from the database, so the
+check does not depend on the order in which chunks took their target ids), the parsed
+reports are identical for both backends, links expire and are refreshed the same way,
+and ``/health`` reports storage as its own component. The storage-outage test runs on
+Azure only: it stops and restarts the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from email import policy
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from azure.storage.blob.aio import BlobServiceClient
+
+from conftest import ROOT, make_settings, new_user
+from helpers import entrance, post_rows, read_csv_report, wait_for_batch
+from importq import batches
+from importq.aggregation import _write_reports, download_name, report_path
+from importq.api.app import create_app
+from importq.config import Settings
+from importq.recovery import reconcile
+from importq.services import Services, open_storage
+from importq.storage.azure import AzureStorage
+from importq.storage.local import LocalStorage
+from importq.worker.tasks import run_worker
+
+BASE_URL = "http://importq.test"
+AZURITE_VERSION = "3.37.0"  # the version scripts/test installs
+AZURITE = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "azurite-blob"
+# Azurite's well-known development account (public, documented by Microsoft).
+ACCOUNT = "devstoreaccount1"
+ACCOUNT_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+CSV_TYPE = "text/csv; charset=utf-8"
+
+
+# ------------------------------------------------------------------------ Azurite
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _answers(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Azurite:
+    """``azurite-blob`` on a loopback port, its blobs kept in ``location`` so that a
+    restart (same port, same location) finds them again."""
+
+    def __init__(self, location: Path) -> None:
+        self.location = location
+        self.port = _free_port()
+        self.log = location.parent / f"{location.name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint={self.endpoint};"
+        )
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, timeout: float = 60) -> None:
+        assert not self.running, "Azurite is already running"
+        command = [
+            str(AZURITE),
+            "--skipApiVersionCheck",
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(self.port),
+            "--location",
+            str(self.location),
+            "--silent",
+        ]
+        with self.log.open("ab") as log:
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while not _answers(self.port):
+            if self._process.poll() is not None:
+                raise RuntimeError(f"Azurite exited: {self.log.read_text(errors='replace')}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Azurite did not answer on port {self.port} in {timeout} s")
+            time.sleep(0.1)
+
+    def stop(self, *, keep_blobs: bool = False) -> None:
+        """Down for good when this returns.
+
+        ``keep_blobs``: SIGTERM first, and SIGKILL only after a grace period longer than
+        Azurite's metadata autosave (5 s; it saves to a temporary file and renames it), so
+        whatever was stored before is found again by the next start on this location.
+        Otherwise SIGKILL at once: a crash, and the last seconds of metadata may be lost.
+        """
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        # Its own session: the signal reaches node and anything it started, nothing else.
+        if keep_blobs:
+            os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=7)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    if not AZURITE.is_file():
+        if shutil.which("npm") is None:
+            pytest.skip("npm is not installed, so scripts/test could not install Azurite")
+        pytest.fail(
+            f"Azurite is not installed in {AZURITE.parents[2]}: run scripts/test, or "
+            f"npm install --prefix .cache/node azurite@{AZURITE_VERSION}"
+        )
+    server = Azurite(tmp_path_factory.mktemp("azurite") / "blobs")
+    server.start()
+    yield server
+    server.stop()
+
+
+@contextlib.asynccontextmanager
+async def stopped(server: Azurite, *, keep_blobs: bool = False) -> AsyncIterator[None]:
+    """Azurite down for the block; up again (same port, same location) after it."""
+    await asyncio.to_thread(server.stop, keep_blobs=keep_blobs)
+    try:
+        yield
+    finally:
+        if not server.running:
+            await asyncio.to_thread(server.start)
+
+
+# ----------------------------------------------------------------- both backends
+
+
+@pytest.fixture(params=["local", "azure"])
+def storage_backend(request: pytest.FixtureRequest) -> str:
+    backend: str = request.param
+    return backend
+
+
+@pytest.fixture
+def settings(
+    database_url: str, tmp_path: Path, storage_backend: str, request: pytest.FixtureRequest
+) -> Settings:
+    """Local storage, or Azurite with a container of the test's own."""
+    overrides: dict[str, Any] = {"azure_storage_connection_string": None}
+    if storage_backend == "azure":
+        server: Azurite = request.getfixturevalue("azurite")
+        overrides = {
+            "azure_storage_connection_string": server.connection_string,
+            "azure_container": f"test-{uuid.uuid4().hex}",
+        }
+    return make_settings(database_url, tmp_path / "data", **overrides)
+
+
+@pytest.fixture
+async def anonymous(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with no token: what a person holding a link has."""
+    async with _api_client(services, None) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def _api_client(services: Services, token: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(services.settings)
+    app.state.services = services
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=headers
+    ) as client:
+        yield client
+
+
+async def fetch(anonymous: httpx.AsyncClient, url: str) -> httpx.Response:
+    """GET a report link: local links through the API, SAS links straight from storage."""
+    if url.startswith(f"{BASE_URL}/"):
+        return await anonymous.get(url.removeprefix(BASE_URL))
+    async with httpx.AsyncClient(timeout=30) as plain:
+        return await plain.get(url)
+
+
+async def written_reports(services: Services, batch_id: str) -> dict[str, bytes]:
+    """The reports the report writer makes for a finished batch, recomputed now."""
+    async with services.pool.connection() as conn:
+        batch = await batches.get_batch(conn, uuid.UUID(batch_id))
+    assert batch is not None
+    with tempfile.TemporaryDirectory() as directory:
+        files, _ = await _write_reports(
+            services, batch, services.datasets[batch["dataset"]], Path(directory)
+        )
+        return {kind: file.read_bytes() for kind, file in files.items()}
+
+
+async def outbox_messages(services: Services, count: int, seconds: float = 30) -> list[Path]:
+    """The outbox's .eml files once there are ``count`` (or the deadline passed)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        files = sorted(services.settings.outbox_dir.glob("*.eml"))
+        if len(files) >= count or time.monotonic() > deadline:
+            return files
+        await asyncio.sleep(0.1)
+
+
+ROWS = [
+    entrance("s1", **{"rdfs:label": "Puits"}),  # 2 success
+    entrance("s2", latitude="91", **{"rdfs:label": ""}),  # 3 failure
+    entrance("s1", **{"rdfs:label": "Puits bis"}),  # 4 duplicate of line 2
+    entrance("s3", **{"rdfs:label": 'Grotte "du" Loup, sud'}),  # 5 success, quoted
+    entrance("s4", latitude="=1+1", **{"rdfs:label": ""}),  # 6 failure, formula
+    entrance("s5", **{"rdfs:label": "Gouffre Berger — été"}),  # 7 success, non-ASCII
+]
+
+
+async def test_reports_download_through_their_links_byte_for_byte(
+    client: httpx.AsyncClient,
+    anonymous: httpx.AsyncClient,
+    services: Services,
+    worker: asyncio.Task[None],
+    storage_backend: str,
+) -> None:
+    response = await post_rows(client, ROWS)
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["batchId"]
+    job = await wait_for_batch(client, batch_id)
+    assert job["status"] == "completed"
+    assert job["result"]["summary"] == {"successes": 3, "duplicates": 1, "failures": 2}
+
+    urls = job["result"]["reportUrls"]
+    if storage_backend == "azure":
+        container = services.settings.azure_container
+        for url in urls.values():
+            assert url.startswith("http://127.0.0.1:") and f"/{container}/reports/" in url
+            assert "sp=r&" in url  # read-only
+    else:
+        assert all(url.startswith(f"{BASE_URL}/files/reports/") for url in urls.values())
+
+    expected = await written_reports(services, batch_id)
+    assert set(expected) == {"success", "duplicates", "failures"}
+    downloads: dict[str, bytes] = {}
+    for kind, url in urls.items():
+        got = await fetch(anonymous, url)
+        assert got.status_code == 200, got.text
+        assert got.headers["content-type"] == CSV_TYPE
+        name = download_name("entrances", batch_id, kind)
+        assert f'filename="{name}"' in got.headers["content-disposition"]
+        assert got.headers["content-disposition"].startswith("attachment")
+        downloads[kind] = got.content
+    assert downloads == expected
+
+    # The same content whichever the backend (target ids aside, which the database gives).
+    successes = read_csv_report(downloads["success"])
+    assert [(r[0], r[1]) for r in successes[1:]] == [("2", "s1"), ("5", "s3"), ("7", "s5")]
+    failures = read_csv_report(downloads["failures"])
+    assert [(r[0], r[1]) for r in failures[1:]] == [
+        ("3", "w3geo:latitude: 91 is above 90"),
+        ("6", 'w3geo:latitude: "=1+1" is not a number'),
+    ]
+    assert failures[2][failures[0].index("w3geo:latitude")] == "'=1+1"
+    duplicates = read_csv_report(downloads["duplicates"])
+    assert [(r[0], r[1]) for r in duplicates[1:]] == [("4", "duplicate of line 2")]
+
+    # The email carries the same links.
+    (message_file,) = await outbox_messages(services, 1)
+    message = email.message_from_bytes(message_file.read_bytes(), policy=policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    for url in urls.values():
+        assert url in text
+
+
+async def test_a_large_file_is_stored_in_blocks_and_served_whole(
+    services: Services, anonymous: httpx.AsyncClient, tmp_path: Path, storage_backend: str
+) -> None:
+    """20 MiB: past the single-request size, so Azure gets it as streamed blocks."""
+    source = tmp_path / "large.csv"
+    source.write_bytes(os.urandom(20 << 20))
+    path = f"reports/{uuid.uuid4()}/successes.csv"
+    await services.storage.put_file(path, source, content_type=CSV_TYPE)
+    await services.storage.put_file(path, source, content_type=CSV_TYPE)  # idempotent
+    expires_at = datetime.now(UTC) + timedelta(minutes=5)
+    url = services.storage.link(path, download_name="large.csv", expires_at=expires_at)
+    got = await fetch(anonymous, url)
+    assert got.status_code == 200
+    assert got.content == source.read_bytes()
+
+    if storage_backend == "azure":
+        connection_string = services.settings.azure_storage_connection_string
+        assert connection_string is not None
+        async with BlobServiceClient.from_connection_string(connection_string) as service:
+            blob = service.get_blob_client(services.settings.azure_container, path)
+            committed, _ = await blob.get_block_list("committed")
+        assert len(committed) == 5  # 4 MiB blocks
+
+    await services.storage.delete_prefix(path.rsplit("/", 1)[0])
+    assert (await fetch(anonymous, url)).status_code == 404
+    await services.storage.delete_prefix("reports/nothing-here")  # no error
+
+
+async def test_an_expired_link_is_refused_and_a_refreshed_one_works(
+    client: httpx.AsyncClient,
+    anonymous: httpx.AsyncClient,
+    services: Services,
+    worker: asyncio.Task[None],
+) -> None:
+    batch_id = (await post_rows(client, [entrance("x1"), entrance("x2", latitude="x")])).json()[
+        "batchId"
+    ]
+    job = await wait_for_batch(client, batch_id)
+    assert job["result"]["reportUrls"]["duplicates"] is None
+    expected = await written_reports(services, batch_id)
+
+    expired = services.storage.link(
+        report_path(batch_id, "failures"),
+        download_name=download_name("entrances", batch_id, "failures"),
+        expires_at=datetime.now(UTC) - timedelta(minutes=5),
+    )
+    refused = await fetch(anonymous, expired)
+    assert refused.status_code == 403
+    assert b"w3geo" not in refused.content
+
+    response = await client.post(f"/api/v1/jobs/{batch_id}/report-links")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["reportUrls"]["duplicates"] is None
+    expires_at = datetime.fromisoformat(body["expiresAt"])
+    assert expires_at > datetime.now(UTC) + timedelta(days=6)
+    for kind in ("success", "failures"):
+        got = await fetch(anonymous, body["reportUrls"][kind])
+        assert got.status_code == 200, got.text
+        assert got.content == expected[kind]
+
+
+async def test_another_user_cannot_obtain_links(
+    client: httpx.AsyncClient, services: Services, worker: asyncio.Task[None]
+) -> None:
+    batch_id = (await post_rows(client, [entrance("o1")])).json()["batchId"]
+    await wait_for_batch(client, batch_id)
+    _, token = await new_user(services, "bob")
+    async with _api_client(services, token) as bob:
+        refused = await bob.post(f"/api/v1/jobs/{batch_id}/report-links")
+        assert refused.status_code == 403
+        assert refused.json()["code"] == "forbidden"
+        assert (await bob.get(f"/api/v1/jobs/{batch_id}")).status_code == 403
+
+
+async def test_health_reports_storage_as_its_own_component(
+    anonymous: httpx.AsyncClient,
+    services: Services,
+    storage_backend: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    response = await anonymous.get("/health")
+    assert response.status_code == 200, response.text
+    assert response.json()["components"]["storage"] == "ok"
+
+    if storage_backend == "azure":
+        server: Azurite = request.getfixturevalue("azurite")
+        async with stopped(server):
+            response = await anonymous.get("/health")
+    else:
+        files = services.settings.files_dir
+        shutil.rmtree(files, ignore_errors=True)
+        files.write_text("not a directory")
+        try:
+            response = await anonymous.get("/health")
+        finally:
+            files.unlink()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["components"]["storage"].startswith("error: ")
+    assert body["components"]["database"] == "ok"
+
+    response = await anonymous.get("/health")
+    assert response.status_code == 200
+    assert response.json()["components"]["storage"] == "ok"
+
+
+# ------------------------------------------------------------------ Azure only
+
+
+@pytest.mark.parametrize("storage_backend", ["azure"], indirect=True)
+async def test_the_azure_blob_has_its_content_settings(
+    client: httpx.AsyncClient, services: Services, worker: asyncio.Task[None], azurite: Azurite
+) -> None:
+    """Stored properties, not only the SAS response overrides: a download through any
+    other route (portal, azcopy) gets CSV as UTF-8 too."""
+    batch_id = (await post_rows(client, [entrance("b1")])).json()["batchId"]
+    job = await wait_for_batch(client, batch_id)
+    assert job["result"]["reportUrls"]["failures"] is None
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        blob = service.get_blob_client(
+            services.settings.azure_container, report_path(batch_id, "success")
+        )
+        properties = await blob.get_blob_properties()
+    assert properties.content_settings.content_type == CSV_TYPE
+    assert properties.content_settings.content_disposition == 'attachment; filename="successes.csv"'
+    assert properties.blob_type == "BlockBlob"
+
+
+@pytest.mark.parametrize("storage_backend", ["azure"], indirect=True)
+async def test_a_storage_outage_holds_the_batch_until_storage_is_back(
+    client: httpx.AsyncClient,
+    anonymous: httpx.AsyncClient,
+    services: Services,
+    azurite: Azurite,
+    tmp_path: Path,
+) -> None:
+    """Azurite down while the batch aggregates: the batch waits in ``aggregating`` with the
+    error visible; Azurite back (same port, same blobs): the batch completes once, with one
+    notification and one email."""
+    rows = [entrance("z1"), entrance("z2", latitude="200"), entrance("z1")]
+    batch_id = (await post_rows(client, rows)).json()["batchId"]
+    # Something stored before the outage, to show that the restart keeps the blobs.
+    marker = tmp_path / "marker.csv"
+    marker.write_bytes(b"kept,across\r\na,restart\r\n")
+    await services.storage.put_file("reports/marker/m.csv", marker, content_type=CSV_TYPE)
+    marker_url = services.storage.link(
+        "reports/marker/m.csv",
+        download_name="m.csv",
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+    task = asyncio.create_task(run_worker(services, concurrency=4, install_signal_handlers=False))
+    try:
+        async with stopped(azurite, keep_blobs=True):
+            job = await _wait_for(client, batch_id, lambda job: bool(job["lastError"]), seconds=60)
+            assert job["status"] == "aggregating"
+            assert job["lastError"].startswith("aggregation: StorageError: ")
+            assert "Azure Blob storage" in job["lastError"]
+            health = await anonymous.get("/health")
+            assert health.status_code == 503
+            assert health.json()["components"]["storage"].startswith("error: ")
+            assert (await client.get("/api/v1/notifications")).json()["total"] == 0
+
+        assert (await fetch(anonymous, marker_url)).content == marker.read_bytes()
+        job = await wait_for_batch(client, batch_id, seconds=120)
+        assert job["status"] == "completed"
+        assert job["lastError"] is None
+        assert job["result"]["summary"] == {"successes": 1, "duplicates": 1, "failures": 1}
+        expected = await written_reports(services, batch_id)
+        for kind, url in job["result"]["reportUrls"].items():
+            got = await fetch(anonymous, url)
+            assert got.status_code == 200
+            assert got.content == expected[kind]
+
+        # Later passes of the recovery find nothing to redo.
+        await reconcile(services)
+        await outbox_messages(services, 1)
+        await asyncio.sleep(2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    assert len(await outbox_messages(services, 2, seconds=0)) == 1
+    notifications = (await client.get("/api/v1/notifications")).json()
+    assert notifications["total"] == 1
+    assert notifications["items"][0]["batchId"] == batch_id
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM notifications WHERE batch_id = %s", (uuid.UUID(batch_id),)
+        )
+        assert await cursor.fetchone() == (1,)
+
+
+async def _wait_for(
+    client: httpx.AsyncClient, batch_id: str, done: Any, *, seconds: float
+) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        job: dict[str, Any] = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+        if done(job):
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} never got there: {job}")
+        await asyncio.sleep(0.1)
+
+
+# ------------------------------------------------------------------ configuration
+
+
+async def test_the_connection_string_variable_selects_azure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    connection_string = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:1/{ACCOUNT};"
+    )
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    assert isinstance(open_storage(Settings(data_dir=tmp_path)), LocalStorage)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string)
+    monkeypatch.setenv("IMPORTQ_AZURE_CONTAINER", "reports-box")
+    settings = Settings(data_dir=tmp_path)
+    assert settings.azure_storage_connection_string == connection_string
+    storage = open_storage(settings)
+    assert isinstance(storage, AzureStorage) and storage.container == "reports-box"
+    url = storage.link(
+        "reports/b/failures.csv",
+        download_name="entrances-b-failures.csv",
+        expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+    assert url.startswith(f"http://127.0.0.1:1/{ACCOUNT}/reports-box/reports/b/failures.csv?")
+    assert "se=2030-01-01T00%3A00%3A00Z" in url and "sp=r&" in url
+    assert "rscd=attachment%3B%20filename%3D%22entrances-b-failures.csv%22" in url
+    await storage.close()
+
+
+def test_a_connection_string_without_an_account_key_is_refused() -> None:
+    sas_only = (
+        "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2024&sig=x"
+    )
+    with pytest.raises(ValueError, match="needs an account key"):
+        AzureStorage(sas_only, container="importq")
