@@ -252,3 +252,41 @@ async def test_the_email_speaks_the_users_locale_else_the_uploads_accept_languag
         await asyncio.sleep(0.05)
     message = email.message_from_bytes(files[0].read_bytes(), policy=policy.default)
     assert message["Content-Language"] == expected
+
+
+async def test_the_upload_is_kept_and_everything_stored_is_purged_after_retention(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    from importq.recovery import reconcile
+
+    body = csv_text([entrance("p1"), entrance("p2", latitude="x")]).encode()
+    response = await client.post(
+        "/api/v1/entrances/import-rows", content=body, headers={"Content-Type": "text/csv"}
+    )
+    batch_id = response.json()["batchId"]
+    job = await wait_for_batch(client, batch_id)
+    kept = services.settings.files_dir / "uploads" / batch_id / "upload.csv"
+    assert kept.read_bytes() == body
+    reports = services.settings.files_dir / "reports" / batch_id
+    assert sorted(p.name for p in reports.iterdir()) == ["failures.csv", "successes.csv"]
+    notification = (await client.get("/api/v1/notifications")).json()["items"][0]
+    assert notification["payload"]["reportUrls"] == job["result"]["reportUrls"]
+
+    await reconcile(services)  # within retention: nothing goes
+    assert kept.exists() and reports.exists()
+
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE batches SET completed_at = now() - interval '40 days' WHERE id = %s",
+            (batch_id,),
+        )
+    await reconcile(services)
+    assert not kept.parent.exists() and not reports.exists()
+    refreshed = await client.post(f"/api/v1/jobs/{batch_id}/report-links")
+    assert refreshed.status_code == 409 and refreshed.json()["code"] == "no_reports"
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM staged_rows WHERE batch_id = %s", (batch_id,)
+        )
+        assert await cursor.fetchone() == (0,)

@@ -10,6 +10,7 @@ import pytest
 from openpyxl import Workbook
 
 from helpers import HEADER, download, entrance, read_csv_report, wait_for_batch
+from importq.services import Services
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -125,7 +126,7 @@ async def test_a_multipart_xlsx_with_a_sheet_named(client: httpx.AsyncClient) ->
     assert unknown.json()["sheets"] == ["notes", "data"]
 
 
-async def test_a_multipart_tsv(client: httpx.AsyncClient) -> None:
+async def test_a_multipart_tsv(client: httpx.AsyncClient, services: Services) -> None:
     text = "\t".join(HEADER) + "\n" + "\t".join(entrance("t1").values()) + "\n"
     response = await client.post(
         "/api/v1/entrances/import-rows", files={"file": ("caves.tsv", text.encode(), "text/plain")}
@@ -133,6 +134,8 @@ async def test_a_multipart_tsv(client: httpx.AsyncClient) -> None:
     assert response.status_code == 202, response.text
     job = await wait_for_batch(client, response.json()["batchId"])
     assert job["result"]["summary"]["successes"] == 1
+    kept = services.settings.files_dir / "uploads" / job["batchId"] / "upload.csv"
+    assert kept.read_bytes() == text.encode()  # multipart uploads are kept too
 
 
 async def test_unknown_columns_are_ignored_and_listed_as_a_warning(

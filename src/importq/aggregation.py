@@ -118,6 +118,8 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
                         "fileName": batch["file_name"],
                         "summary": summary,
                         "statusUrl": f"/api/v1/jobs/{batch_id}",
+                        "reportUrls": result["reportUrls"],
+                        "reportsExpireAt": expires_at.isoformat().replace("+00:00", "Z"),
                     }
                 ),
             },

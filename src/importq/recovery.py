@@ -6,8 +6,8 @@
   its worker cannot loop forever.
 - Active batches whose every chunk is finished get their completion check again, and
   batches stuck in ``aggregating`` with no aggregate job get one (a storage outage).
-- Staged rows of batches finished longer than ``IMPORTQ_RETENTION_DAYS`` ago, and
-  finished jobs as old, are deleted.
+- Staged rows, stored reports and kept uploads of batches finished longer than
+  ``IMPORTQ_RETENTION_DAYS`` ago, and finished jobs as old, are deleted.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from procrastinate.jobs import Status
 from importq.processing import fail_chunk, record_attempt
 from importq.services import Services
 from importq.sql import queries
+from importq.storage import StorageError
 
 log = logging.getLogger(__name__)
 
 WORKER_LOST = "the worker stopped while processing the chunk"
+PURGE_BATCHES = 100  # per reconcile run
 
 
 async def _recover_stalled_jobs(services: Services) -> None:
@@ -63,11 +65,30 @@ async def _redefer_missed_steps(services: Services) -> None:
 
 async def _purge(services: Services) -> None:
     days = services.settings.retention_days
+    cutoff = datetime.now(UTC) - timedelta(days=days)
     async with services.pool.connection() as conn, conn.transaction():
-        await conn.execute(
-            queries["purge_staged_rows"], {"cutoff": datetime.now(UTC) - timedelta(days=days)}
-        )
+        await conn.execute(queries["purge_staged_rows"], {"cutoff": cutoff})
+    await _purge_stored_files(services, cutoff)
     await services.queue.app.job_manager.delete_old_jobs(nb_hours=days * 24, include_failed=True)
+
+
+async def _purge_stored_files(services: Services, cutoff: datetime) -> None:
+    """Delete the reports and kept upload of batches finished before ``cutoff``; a batch
+    is marked only once its files are gone, so a storage outage just delays it."""
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            queries["batches_to_purge"], {"cutoff": cutoff, "limit": PURGE_BATCHES}
+        )
+        batch_ids = [row[0] for row in await cursor.fetchall()]
+    for batch_id in batch_ids:
+        try:
+            for prefix in (f"reports/{batch_id}", f"uploads/{batch_id}"):
+                await services.storage.delete_prefix(prefix)
+        except StorageError as error:
+            log.warning("stored files of batch %s not purged yet: %s", batch_id, error)
+            return
+        async with services.pool.connection() as conn:
+            await conn.execute(queries["mark_batch_purged"], {"batch_id": batch_id})
 
 
 async def reconcile(services: Services) -> None:

@@ -38,6 +38,7 @@ class StagedBatch:
     batch_id: uuid.UUID
     total_rows: int
     total_chunks: int
+    created: bool = True  # False: an earlier request with the same Idempotency-Key made it
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> Staged
         {"initiator_id": request.initiator_id, "idempotency_key": request.idempotency_key},
     )
     row = await cursor.fetchone()
-    return None if row is None else StagedBatch(row[0], row[1], row[2])
+    return None if row is None else StagedBatch(row[0], row[1], row[2], created=False)
 
 
 def encode_values(values: Sequence[Value]) -> str:

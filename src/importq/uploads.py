@@ -463,6 +463,9 @@ def read_csv(
                 # else: a blank record, skipped but counted
         except csv.Error as error:
             raise broken(error, line + 1) from None
+        finally:
+            # Leave the file open: the caller keeps a copy of the upload afterwards.
+            text.detach()
 
     return ParsedUpload(header, rows(), encoding=codec, delimiter=chosen)
 

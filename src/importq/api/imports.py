@@ -9,19 +9,23 @@ leaves nothing behind.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
+import uuid
 from dataclasses import dataclass
 from typing import IO, Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request
 from starlette.datastructures import UploadFile
 
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.schemas import Accepted, ErrorBody
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
+from importq.services import Services
 from importq.staging import BatchRequest, stage_batch
+from importq.storage import StorageError
 from importq.uploads import (
     ParsedUpload,
     UploadLimits,
@@ -34,6 +38,8 @@ from importq.uploads import (
 from importq.xlsx import read_xlsx
 
 router = APIRouter()
+
+log = logging.getLogger(__name__)
 
 SPOOL_IN_MEMORY = 4 * 1024 * 1024
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -50,6 +56,11 @@ FILE_EXTENSIONS: dict[str, tuple[str, str | None]] = {
     ".txt": ("csv", None),
     ".tsv": ("csv", "\t"),
     ".xlsx": ("xlsx", None),
+}
+UPLOAD_CONTENT_TYPES = {
+    "csv": "text/csv",
+    "json": "application/json",
+    "xlsx": XLSX_TYPE,
 }
 ACCEPTED_TYPES = (
     f"application/json, {', '.join(BODY_TYPES)}, or multipart/form-data with a field "
@@ -78,6 +89,19 @@ def _read_file(
         encoding=options.encoding,
         limits=options.limits,
     )
+
+
+async def keep_upload(services: Services, batch_id: uuid.UUID, fmt: str, source: IO[bytes]) -> None:
+    """Keep the uploaded file in storage under ``uploads/<batchId>/`` for the retention
+    period (after the 202: the rows are staged already, so this copy is for the record
+    and never holds the answer up); the periodic clean-up deletes it."""
+    path = f"uploads/{batch_id}/upload.{fmt}"
+    try:
+        await services.storage.put_file(path, source, content_type=UPLOAD_CONTENT_TYPES[fmt])
+    except (StorageError, OSError, ValueError) as error:
+        log.warning("the upload of batch %s was not kept: %s", batch_id, error)
+    finally:
+        source.close()
 
 
 def _too_large(limit: int) -> Refusal:
@@ -111,7 +135,7 @@ def _json_upload(spool: IO[bytes], limits: UploadLimits) -> ParsedUpload:
 
 async def _multipart_upload(
     request: Request, limit: int, options: FileOptions
-) -> tuple[ParsedUpload, str, str]:
+) -> tuple[ParsedUpload, IO[bytes], str, str]:
     form = await request.form(max_files=1)
     upload = form.get("file")
     if not isinstance(upload, UploadFile) or not upload.filename:
@@ -129,7 +153,7 @@ async def _multipart_upload(
             accepted=list(FILE_EXTENSIONS),
         )
     fmt, delimiter = FILE_EXTENSIONS[extension]
-    return _read_file(upload.file, fmt, delimiter, options), name, fmt
+    return _read_file(upload.file, fmt, delimiter, options), upload.file, name, fmt
 
 
 @router.post(
@@ -143,6 +167,7 @@ async def import_rows(
     request: Request,
     user: CurrentUser,
     services: ServicesDep,
+    background: BackgroundTasks,
     callbackUrl: Annotated[str | None, Query(max_length=2000)] = None,
     fileName: Annotated[str | None, Query(max_length=255)] = None,
     encoding: Annotated[str | None, Query(max_length=40)] = None,
@@ -172,12 +197,14 @@ async def import_rows(
         resolve_delimiter(delimiter)
     options = FileOptions(limits, encoding=encoding, delimiter=delimiter, sheet=sheet)
     if media_type == "application/json":
-        upload, fmt = _json_upload(await _spool(request, limit), limits), "json"
+        source = await _spool(request, limit)
+        upload, fmt = _json_upload(source, limits), "json"
     elif media_type in BODY_TYPES:
         fmt, default_delimiter = BODY_TYPES[media_type]
-        upload = _read_file(await _spool(request, limit), fmt, default_delimiter, options)
+        source = await _spool(request, limit)
+        upload = _read_file(source, fmt, default_delimiter, options)
     elif media_type == "multipart/form-data":
-        upload, file_name, fmt = await _multipart_upload(request, limit, options)
+        upload, source, file_name, fmt = await _multipart_upload(request, limit, options)
     else:
         raise Refusal(
             415,
@@ -208,6 +235,8 @@ async def import_rows(
             max_chunks=services.settings.max_chunks,
             defer_chunks=services.queue.defer_chunks,
         )
+    if staged.created:
+        background.add_task(keep_upload, services, staged.batch_id, fmt, source)
     return Accepted(
         batchId=staged.batch_id,
         totalRows=staged.total_rows,

@@ -99,3 +99,15 @@ WHERE b.status = 'aggregating'
       SELECT 1 FROM procrastinate_jobs j
       WHERE j.task_name = 'aggregate' AND j.status IN ('todo', 'doing')
         AND j.args ->> 'batch_id' = b.id::text);
+
+-- name: batches_to_purge
+-- Finished batches past retention whose stored files are still there, oldest first.
+SELECT id FROM batches
+WHERE purged_at IS NULL AND completed_at < %(cutoff)s
+ORDER BY completed_at
+LIMIT %(limit)s;
+
+-- name: mark_batch_purged
+-- The batch's stored files are gone: no more links to them.
+UPDATE batches SET purged_at = now(), report_paths = NULL, updated_at = now()
+WHERE id = %(batch_id)s;

@@ -10,9 +10,22 @@ Backends: :class:`importq.storage.local.LocalStorage` (a directory served by the
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
+
+# What put_file stores: a file by path, or an open binary stream.
+Source = Path | IO[bytes]
+
+
+def open_source(source: Source) -> contextlib.AbstractContextManager[IO[bytes]]:
+    """The source as a binary stream at its start; a path is opened (and closed after),
+    a stream is rewound and left open for its owner."""
+    if isinstance(source, Path):
+        return source.open("rb")
+    source.seek(0)
+    return contextlib.nullcontext(source)
 
 
 class StorageError(RuntimeError):
@@ -20,8 +33,9 @@ class StorageError(RuntimeError):
 
 
 class Storage(Protocol):
-    async def put_file(self, path: str, source: Path, *, content_type: str) -> None:
-        """Store ``source`` at ``path``, replacing what was there (idempotent)."""
+    async def put_file(self, path: str, source: Source, *, content_type: str) -> None:
+        """Store ``source`` (a file, or an open binary stream read from its start) at
+        ``path``, replacing what was there (idempotent)."""
 
     def link(self, path: str, *, download_name: str, expires_at: datetime) -> str:
         """A download URL for ``path`` valid until ``expires_at``."""

@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime
-from pathlib import Path
 from urllib.parse import quote
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobSasPermissions, ContentSettings, generate_blob_sas
 from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
-from importq.storage import StorageError
+from importq.storage import Source, StorageError, open_source
 
 # What a failed call may raise: the SDK's errors (it wraps the transport's), and reading
 # the source file (TimeoutError and ConnectionError are OSErrors).
@@ -110,7 +109,7 @@ class AzureStorage:
                 pass
             self._container_ready = True
 
-    async def put_file(self, path: str, source: Path, *, content_type: str) -> None:
+    async def put_file(self, path: str, source: Source, *, content_type: str) -> None:
         settings = ContentSettings(
             content_type=content_type,
             content_disposition=content_disposition(path.rsplit("/", 1)[-1]),
@@ -127,10 +126,10 @@ class AzureStorage:
         except ERRORS as error:
             raise StorageError(f"cannot upload {path} to Azure Blob storage: {error}") from error
 
-    async def _upload(self, path: str, source: Path, settings: ContentSettings) -> None:
+    async def _upload(self, path: str, source: Source, settings: ContentSettings) -> None:
         """Stream ``source`` in blocks; the SDK commits the block list at the end, so a
         failed upload never replaces what was there."""
-        with source.open("rb") as stream:
+        with open_source(source) as stream:
             await self._container.upload_blob(
                 path,
                 stream,

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from urllib.parse import quote, urlencode
 
-from importq.storage import StorageError
+from importq.storage import Source, StorageError, open_source
 
 
 class LocalStorage:
@@ -34,13 +34,14 @@ class LocalStorage:
             raise StorageError(f"invalid storage path {path!r}")
         return self.root.joinpath(*relative.parts)
 
-    async def put_file(self, path: str, source: Path, *, content_type: str) -> None:
+    async def put_file(self, path: str, source: Source, *, content_type: str) -> None:
         target = self.resolve(path)
 
         def copy() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            shutil.copyfile(source, partial)
+            with open_source(source) as stream, partial.open("wb") as out:
+                shutil.copyfileobj(stream, out, 1 << 20)
             partial.replace(target)
 
         try:
