@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
+import json
 import os
 import shutil
 import signal
@@ -306,6 +307,18 @@ async def test_reports_download_through_their_links_byte_for_byte(
     text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     for url in urls.values():
         assert url in text
+
+    # The notification too, and the upload itself is kept in the same storage.
+    notification = (await client.get("/api/v1/notifications")).json()["items"][0]
+    assert notification["payload"]["reportUrls"] == urls
+    kept = services.storage.link(
+        f"uploads/{batch_id}/upload.json",
+        download_name="upload.json",
+        expires_at=datetime.now(UTC) + timedelta(minutes=5),
+    )
+    uploaded = await fetch(anonymous, kept)
+    assert uploaded.status_code == 200
+    assert json.loads(uploaded.content) == {"data": ROWS}
 
 
 async def test_a_large_file_is_stored_in_blocks_and_served_whole(
