@@ -21,9 +21,8 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
-from helpers import Receiver
+from helpers import Receiver, api_client
 from importq import accounts
-from importq.api.app import create_app
 from importq.config import Settings
 from importq.datasets import load_datasets
 from importq.db import embedded_database_url
@@ -135,10 +134,7 @@ async def worker(services: Services) -> AsyncIterator[asyncio.Task[None]]:
 @pytest.fixture
 async def app_client(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client on the API (no token); the API uses the test's services."""
-    app = create_app(services.settings)
-    app.state.services = services
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://importq.test") as client:
+    async with api_client(services, None) as client:
         yield client
 
 

@@ -1,14 +1,19 @@
-"""Shared test helpers: entrance rows, CSV text, waiting for a batch."""
+"""Shared test helpers: entrance rows, CSV text, API clients, waiting for a batch."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import httpx
+
+if TYPE_CHECKING:
+    from importq.services import Services
 
 HEADER = [
     "id",
@@ -117,3 +122,20 @@ class Receiver:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hooks/import"
+
+
+BASE_URL = "http://importq.test"
+
+
+@contextlib.asynccontextmanager
+async def api_client(services: Services, token: str | None) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the API of ``services``, with ``token`` (or none)."""
+    from importq.api.app import create_app
+
+    app = create_app(services.settings)
+    app.state.services = services
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=headers
+    ) as client:
+        yield client

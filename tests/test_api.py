@@ -19,14 +19,20 @@ import httpx
 import pytest
 
 from conftest import make_settings, new_user
-from helpers import csv_text, download, entrance, post_rows, read_csv_report, wait_for_batch
-from importq.api.app import create_app
+from helpers import (
+    BASE_URL,
+    api_client,
+    csv_text,
+    download,
+    entrance,
+    post_rows,
+    read_csv_report,
+    wait_for_batch,
+)
 from importq.config import Settings
 from importq.services import Services
 from importq.targets import ensure_target_table
 from importq.worker.tasks import run_worker
-
-BASE_URL = "http://importq.test"
 
 EXTRA_DATASETS = """
 [datasets.caves]
@@ -108,18 +114,6 @@ async def services(services: Services) -> Services:
         for name in ("caves", "vault"):
             await ensure_target_table(conn, services.datasets[name])
     return services
-
-
-@contextlib.asynccontextmanager
-async def api_client(services: Services, token: str | None) -> AsyncIterator[httpx.AsyncClient]:
-    """Another HTTP client on the API, with ``token`` (or none)."""
-    app = create_app(services.settings)
-    app.state.services = services
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=headers
-    ) as client:
-        yield client
 
 
 @contextlib.asynccontextmanager

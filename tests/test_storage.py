@@ -35,10 +35,9 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
 from conftest import ROOT, make_settings, new_user
-from helpers import entrance, post_rows, read_csv_report, wait_for_batch
+from helpers import BASE_URL, api_client, entrance, post_rows, read_csv_report, wait_for_batch
 from importq import batches
 from importq.aggregation import _write_reports, download_name, report_path
-from importq.api.app import create_app
 from importq.config import Settings
 from importq.recovery import reconcile
 from importq.services import Services, open_storage
@@ -46,7 +45,6 @@ from importq.storage.azure import AzureStorage
 from importq.storage.local import LocalStorage
 from importq.worker.tasks import run_worker
 
-BASE_URL = "http://importq.test"
 AZURITE_VERSION = "3.37.0"  # the version scripts/test installs
 AZURITE = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "azurite-blob"
 # Azurite's well-known development account (public, documented by Microsoft).
@@ -198,18 +196,7 @@ def settings(
 @pytest.fixture
 async def anonymous(services: Services) -> AsyncIterator[httpx.AsyncClient]:
     """A client with no token: what a person holding a link has."""
-    async with _api_client(services, None) as client:
-        yield client
-
-
-@contextlib.asynccontextmanager
-async def _api_client(services: Services, token: str | None) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(services.settings)
-    app.state.services = services
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=headers
-    ) as client:
+    async with api_client(services, None) as client:
         yield client
 
 
@@ -389,7 +376,7 @@ async def test_another_user_cannot_obtain_links(
     batch_id = (await post_rows(client, [entrance("o1")])).json()["batchId"]
     await wait_for_batch(client, batch_id)
     _, token = await new_user(services, "bob")
-    async with _api_client(services, token) as bob:
+    async with api_client(services, token) as bob:
         refused = await bob.post(f"/api/v1/jobs/{batch_id}/report-links")
         assert refused.status_code == 403
         assert refused.json()["code"] == "forbidden"
