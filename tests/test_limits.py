@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import make_settings
-from helpers import csv_text, entrance, post_rows
+from conftest import make_settings, new_user
+from helpers import api_client, csv_text, entrance, post_rows
 from importq.config import Settings
-from importq.services import Services
+from importq.services import Services, open_services
 
 
 @pytest.fixture
@@ -83,10 +83,6 @@ async def test_a_body_one_byte_over_the_limit_is_refused_and_one_at_it_accepted(
     tmp_path: Path,
     streamed: bool,
 ) -> None:
-    from conftest import new_user
-    from importq.api.app import create_app
-    from importq.services import open_services
-
     body = csv_text([entrance("edge")]).encode()
     settings = make_settings(database_url, tmp_path / "edge", max_upload_bytes=len(body))
 
@@ -95,14 +91,9 @@ async def test_a_body_one_byte_over_the_limit_is_refused_and_one_at_it_accepted(
         yield data[len(data) // 2 :]
 
     async with open_services(settings) as services:
-        app = create_app(settings)
-        app.state.services = services
         _, token = await new_user(services, "edge")
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://importq.test",
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
-        ) as client:
+        async with api_client(services, token) as client:
+            client.headers["Content-Type"] = "text/csv"
             over = body + b"\n"
             refused = await client.post(
                 "/api/v1/entrances/import-rows", content=parts(over) if streamed else over
@@ -112,3 +103,14 @@ async def test_a_body_one_byte_over_the_limit_is_refused_and_one_at_it_accepted(
             )
         assert refused.status_code == 413 and refused.json()["limit"] == len(body)
         assert accepted.status_code == 202, accepted.text
+
+
+async def test_a_json_body_has_its_own_lower_limit(database_url: str, tmp_path: Path) -> None:
+    settings = make_settings(database_url, tmp_path / "json", max_json_bytes=300)
+    async with open_services(settings) as services:
+        _, token = await new_user(services, "json")
+        async with api_client(services, token) as client:
+            big = await post_rows(client, [entrance(f"j{i}") for i in range(3)])
+            small_csv = await _post_csv(client, csv_text([entrance(f"j{i}") for i in range(3)]))
+    assert big.status_code == 413 and big.json()["limit"] == 300
+    assert small_csv.status_code == 202  # files are not held to the JSON limit

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     chunk_max_attempts: int = Field(default=3, ge=1, description="Attempts before a chunk fails")
     worker_concurrency: int = Field(default=4, ge=1, description="Jobs a worker runs at once")
     max_upload_bytes: int = Field(default=8 << 30, ge=1, description="Largest accepted body")
+    max_json_bytes: int = Field(
+        default=256 << 20, ge=1, description="Largest JSON body (parsed whole, unlike files)"
+    )
     max_rows: int = Field(default=20_000_000, ge=1, description="Most data rows in an upload")
     max_columns: int = Field(default=500, ge=1, description="Most columns in an upload")
     max_cell_chars: int = Field(default=32_767, ge=1, description="Longest cell, characters")

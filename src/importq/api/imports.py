@@ -185,7 +185,7 @@ async def import_rows(
     limit = services.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise _too_large(limit)  # JSON's own, lower limit is enforced while spooling
 
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     file_name = fileName
@@ -197,7 +197,8 @@ async def import_rows(
         resolve_delimiter(delimiter)
     options = FileOptions(limits, encoding=encoding, delimiter=delimiter, sheet=sheet)
     if media_type == "application/json":
-        source = await _spool(request, limit)
+        # A JSON body is parsed whole, so it has a limit of its own; files stream.
+        source = await _spool(request, min(limit, services.settings.max_json_bytes))
         upload, fmt = _json_upload(source, limits), "json"
     elif media_type in BODY_TYPES:
         fmt, default_delimiter = BODY_TYPES[media_type]
@@ -237,6 +238,8 @@ async def import_rows(
         )
     if staged.created:
         background.add_task(keep_upload, services, staged.batch_id, fmt, source)
+    else:
+        source.close()
     return Accepted(
         batchId=staged.batch_id,
         totalRows=staged.total_rows,
