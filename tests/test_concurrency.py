@@ -347,3 +347,38 @@ async def test_a_chunk_processed_in_slices_decides_like_a_whole_file(
     assert sent.count(True) == 1
     job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
     await _assert_every_row_accounted_once(services, job, rows)
+
+
+async def test_reconcile_leaves_a_chunk_its_worker_still_holds(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    from importq.recovery import ChunkStillHeld, _count_lost_attempt
+
+    batch_id, _ = await _staged_batch(client, [entrance(f"h{i}") for i in range(25)])
+    batch = uuid.UUID(batch_id)
+    async with services.pool.connection() as holder, holder.transaction():
+        # A live worker inside chunk 0's transaction, whose heartbeat was merely late.
+        await holder.execute(
+            "SELECT 1 FROM chunks WHERE batch_id = %s AND chunk_no = 0 FOR UPDATE", (batch_id,)
+        )
+        with pytest.raises(ChunkStillHeld):
+            await _count_lost_attempt(services, batch, 0)
+        assert await _count_lost_attempt(services, batch, 1) == 1  # a free chunk is counted
+    async with services.pool.connection() as conn:
+        assert await process_chunk(conn, services.queue, services.datasets, batch, 0)
+    assert await _count_lost_attempt(services, batch, 0) is None  # finished: nothing lost
+
+
+def test_backoff_never_waits_more_than_ten_minutes() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    late = Job(
+        id=1, queue="q", lock=None, queueing_lock=None, task_name="t", task_kwargs={}, attempts=19
+    )
+    decision = tasks.BACKOFF.get_retry_decision(exception=RuntimeError(), job=late)
+    assert decision is not None and decision.retry_at is not None
+    assert decision.retry_at <= datetime.now(UTC) + timedelta(seconds=tasks.MAX_WAIT_SECONDS)
+    early = tasks.BACKOFF.get_retry_decision(exception=RuntimeError(), job=late.evolve(attempts=0))
+    assert early is not None and early.retry_at is not None
+    assert early.retry_at <= datetime.now(UTC) + timedelta(seconds=4)

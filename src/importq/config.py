@@ -38,7 +38,9 @@ class Settings(BaseSettings):
 
     chunk_size: int = Field(default=50, ge=1, description="Target rows per chunk")
     max_chunks: int = Field(default=200, ge=1, description="Most chunks per batch")
-    chunk_max_attempts: int = Field(default=3, ge=1, description="Attempts before a chunk fails")
+    chunk_max_attempts: int = Field(
+        default=3, ge=1, le=50, description="Attempts before a chunk fails"
+    )
     worker_concurrency: int = Field(default=4, ge=1, description="Jobs a worker runs at once")
     max_upload_bytes: int = Field(default=8 << 30, ge=1, description="Largest accepted body")
     max_json_bytes: int = Field(

@@ -16,9 +16,10 @@ import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from procrastinate.jobs import Status
+from procrastinate.jobs import Job, Status
+from procrastinate.manager import JobManager
 
-from importq.processing import fail_chunk, record_attempt
+from importq.processing import fail_chunk
 from importq.services import Services
 from importq.sql import queries
 from importq.storage import StorageError
@@ -29,27 +30,61 @@ WORKER_LOST = "the worker stopped while processing the chunk"
 PURGE_BATCHES = 100  # per reconcile run
 
 
+async def _retry(manager: JobManager, job: Job) -> None:
+    # A job may have moved on since it was listed (finished, or its twin already waits
+    # under the same queueing lock): that is no reason to stop the other recovery steps.
+    try:
+        await manager.retry_job(job)
+    except Exception as error:
+        log.info("job %s was not retried: %s", job.id, error)
+
+
+class ChunkStillHeld(Exception):
+    """The chunk's row is locked: its worker is alive, only its heartbeat was late."""
+
+
+async def _count_lost_attempt(services: Services, batch_id: uuid.UUID, chunk_no: int) -> int | None:
+    """Count the lost attempt; None when the chunk is finished or its worker holds it."""
+    params = {"batch_id": batch_id, "chunk_no": chunk_no, "error": WORKER_LOST}
+    async with services.pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(queries["count_lost_chunk_attempt"], params)
+        row = await cursor.fetchone()
+        if row is not None:
+            return int(row[0])
+        cursor = await conn.execute(queries["chunk_status"], params)
+        status = await cursor.fetchone()
+    if status is not None and status[0] == "todo":
+        raise ChunkStillHeld
+    return None
+
+
 async def _recover_stalled_jobs(services: Services) -> None:
     manager = services.queue.app.job_manager
     stalled = await manager.get_stalled_jobs(
         seconds_since_heartbeat=services.settings.stalled_seconds
     )
     for job in stalled:
-        log.warning("retrying job %s (%s) of a stalled worker", job.id, job.task_name)
         if job.task_name != "process_chunk":
-            await manager.retry_job(job)
+            log.warning("retrying job %s (%s) of a stalled worker", job.id, job.task_name)
+            await _retry(manager, job)
             continue
         batch_id = uuid.UUID(str(job.task_kwargs["batch_id"]))
         chunk_no = int(str(job.task_kwargs["chunk_no"]))
-        async with services.pool.connection() as conn:
-            attempts = await record_attempt(conn, batch_id, chunk_no, WORKER_LOST)
-            if attempts >= services.settings.chunk_max_attempts:
+        try:
+            attempts = await _count_lost_attempt(services, batch_id, chunk_no)
+        except ChunkStillHeld:
+            continue
+        log.warning("retrying chunk job %s of a stalled worker", job.id)
+        if attempts is not None and attempts >= services.settings.chunk_max_attempts:
+            async with services.pool.connection() as conn:
                 await fail_chunk(
                     conn, services.queue, services.datasets, batch_id, chunk_no, WORKER_LOST
                 )
-                await manager.finish_job(job, status=Status.FAILED, delete_job=False)
-            else:
-                await manager.retry_job(job)
+            await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+        else:
+            # Attempts counted, or the chunk finished before its job did: the re-run
+            # does the work, or nothing, and ends the job.
+            await _retry(manager, job)
 
 
 async def _redefer_missed_steps(services: Services) -> None:
@@ -82,6 +117,9 @@ async def _purge_stored_files(services: Services, cutoff: datetime) -> None:
         batch_ids = [row[0] for row in await cursor.fetchall()]
     for batch_id in batch_ids:
         try:
+            async with services.pool.connection() as conn:
+                # No new links to files about to go, before they go.
+                await conn.execute(queries["forget_batch_reports"], {"batch_id": batch_id})
             for prefix in (f"reports/{batch_id}", f"uploads/{batch_id}"):
                 await services.storage.delete_prefix(prefix)
         except StorageError as error:

@@ -21,7 +21,8 @@ class TargetTableError(RuntimeError):
 
 
 def _column_ddl(column: Column, key_fields: set[str]) -> sql.Composable:
-    collate = sql.SQL(' COLLATE "C"') if column.field in key_fields else sql.SQL("")
+    textual = column.type.sql_type == "text"
+    collate = sql.SQL(' COLLATE "C"') if column.field in key_fields and textual else sql.SQL("")
     not_null = sql.SQL(" NOT NULL") if column.field in key_fields else sql.SQL("")
     return sql.SQL("{} {}{}{}").format(
         sql.Identifier(column.field), sql.SQL(column.type.sql_type), collate, not_null

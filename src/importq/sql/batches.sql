@@ -107,7 +107,10 @@ WHERE purged_at IS NULL AND completed_at < %(cutoff)s
 ORDER BY completed_at
 LIMIT %(limit)s;
 
+-- name: forget_batch_reports
+-- Before a batch's stored files are deleted: no more links are signed for them.
+UPDATE batches SET report_paths = NULL, updated_at = now() WHERE id = %(batch_id)s;
+
 -- name: mark_batch_purged
--- The batch's stored files are gone: no more links to them.
-UPDATE batches SET purged_at = now(), report_paths = NULL, updated_at = now()
-WHERE id = %(batch_id)s;
+-- The batch's stored files are gone.
+UPDATE batches SET purged_at = now(), updated_at = now() WHERE id = %(batch_id)s;

@@ -59,3 +59,17 @@ COPY staged_rows (batch_id, line, key_hash, problem, "values") FROM STDIN (FORMA
 -- Stream a chunk's row results (binary COPY: uuid, int4, text, text, text, text).
 COPY row_results (batch_id, line, outcome, message, target_id, record)
 FROM STDIN (FORMAT BINARY);
+
+-- name: count_lost_chunk_attempt
+-- Count the attempt a dead worker lost, in its own transaction. Nothing happens (no row
+-- back) when the chunk is finished, or locked: then its worker is alive after all.
+UPDATE chunks c SET attempts = c.attempts + 1, error = %(error)s
+FROM (SELECT batch_id, chunk_no FROM chunks
+      WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
+      FOR UPDATE SKIP LOCKED) AS free
+WHERE c.batch_id = free.batch_id AND c.chunk_no = free.chunk_no
+RETURNING c.attempts;
+
+-- name: chunk_status
+-- A chunk's status (todo, done, failed).
+SELECT status FROM chunks WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s;

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import procrastinate
+import psycopg
 from procrastinate import JobContext, RetryStrategy
+from procrastinate.jobs import Job
+from procrastinate.retry import RetryDecision
 
 from importq import batches
 from importq.aggregation import aggregate as aggregate_batch
@@ -35,10 +39,25 @@ from importq.webhooks import deliver_batch_webhook
 
 log = logging.getLogger(__name__)
 
+MAX_WAIT_SECONDS = 600
+
+
+class CappedBackoff(RetryStrategy):
+    """Exponential backoff whose wait never exceeds ``MAX_WAIT_SECONDS``: after a long
+    outage (storage, mail server) the next retry comes within minutes of its end."""
+
+    def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
+        decision = super().get_retry_decision(exception=exception, job=job)
+        if decision is None or decision.retry_at is None:
+            return decision
+        latest = datetime.now(UTC) + timedelta(seconds=MAX_WAIT_SECONDS)
+        return RetryDecision(retry_at=latest) if decision.retry_at > latest else decision
+
+
 # Chunk retries stop at the chunk's own attempt cap; this only bounds a runaway.
-CHUNK_RETRY = RetryStrategy(max_attempts=50, wait=1, exponential_wait=2)
+CHUNK_RETRY = CappedBackoff(max_attempts=50, wait=1, exponential_wait=2)
 BACKOFF_RETRIES = 20
-BACKOFF = RetryStrategy(max_attempts=BACKOFF_RETRIES, wait=1, exponential_wait=2)
+BACKOFF = CappedBackoff(max_attempts=BACKOFF_RETRIES, wait=1, exponential_wait=2)
 
 
 def _services(context: JobContext) -> Services:
@@ -52,6 +71,10 @@ async def process_chunk(context: JobContext, batch_id: str, chunk_no: int) -> No
     async with services.pool.connection() as conn:
         try:
             await process_one_chunk(conn, services.queue, services.datasets, batch, chunk_no)
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+            # A deadlock with another batch's chunk inserting the same keys: the chunk
+            # did nothing wrong, so the retry does not count against its attempts.
+            raise
         except Exception as error:
             reason = f"{type(error).__name__}: {error}"
             attempts = await record_attempt(conn, batch, chunk_no, reason)
