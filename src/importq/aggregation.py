@@ -58,10 +58,12 @@ async def _write_reports(
 
 
 def report_links(
-    services: Services, batch: dict[str, Any], paths: dict[str, str], expires_at: datetime
-) -> dict[str, str | None]:
-    """Fresh links for a batch's stored reports; null for a report that was not written."""
-    return {
+    services: Services, batch: dict[str, Any], paths: dict[str, str]
+) -> tuple[dict[str, str | None], datetime]:
+    """Fresh links for a batch's stored reports (null for a report that was not written),
+    valid for ``IMPORTQ_REPORT_URL_TTL``; and when they expire."""
+    expires_at = datetime.now(UTC) + timedelta(seconds=services.settings.report_url_ttl)
+    links = {
         kind: services.storage.link(
             paths[kind],
             expires_at=expires_at,
@@ -71,6 +73,7 @@ def report_links(
         else None
         for kind in KINDS
     }
+    return links, expires_at
 
 
 async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
@@ -91,13 +94,13 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
         for kind, file in written.items():
             await services.storage.put_file(paths[kind], file, content_type=REPORT_CONTENT_TYPE)
 
-    expires_at = datetime.now(UTC) + timedelta(seconds=services.settings.report_url_ttl)
+    links, expires_at = report_links(services, batch, paths)
     summary = {
         "successes": batch["successes"],
         "duplicates": batch["duplicates"],
         "failures": batch["failures"],
     }
-    result = {"reportUrls": report_links(services, batch, paths, expires_at), "summary": summary}
+    result = {"reportUrls": links, "summary": summary}
     async with services.pool.connection() as conn, conn.transaction():
         status = await batches.finish_batch(
             conn, batch_id, result=result, report_paths=paths, reports_expire_at=expires_at

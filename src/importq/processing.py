@@ -238,7 +238,8 @@ async def process_chunk(
 async def record_attempt(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_no: int, error: str
 ) -> int:
-    """Count a failed attempt in its own transaction; the attempts so far (0 if finished)."""
+    """Count a failed or lost attempt in its own transaction; the attempts so far, or 0
+    when nothing was counted (the chunk is finished, or another transaction holds it)."""
     async with conn.transaction():
         cursor = await conn.execute(
             queries["count_chunk_attempt"],

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
 
-from importq.processing import fail_chunk
+from importq.processing import fail_chunk, record_attempt
 from importq.services import Services
 from importq.sql import queries
 from importq.storage import StorageError
@@ -44,13 +44,13 @@ class ChunkStillHeld(Exception):
 
 
 async def _count_lost_attempt(services: Services, batch_id: uuid.UUID, chunk_no: int) -> int | None:
-    """Count the lost attempt; None when the chunk is finished or its worker holds it."""
-    params = {"batch_id": batch_id, "chunk_no": chunk_no, "error": WORKER_LOST}
-    async with services.pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(queries["count_lost_chunk_attempt"], params)
-        row = await cursor.fetchone()
-        if row is not None:
-            return int(row[0])
+    """Count the lost attempt; None when the chunk is finished; ChunkStillHeld when its
+    worker holds it."""
+    async with services.pool.connection() as conn:
+        attempts = await record_attempt(conn, batch_id, chunk_no, WORKER_LOST)
+        if attempts:
+            return attempts
+        params = {"batch_id": batch_id, "chunk_no": chunk_no}
         cursor = await conn.execute(queries["chunk_status"], params)
         status = await cursor.fetchone()
     if status is not None and status[0] == "todo":

@@ -7,7 +7,6 @@ malformed id 404.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
@@ -86,6 +85,5 @@ async def refresh_report_links(
     batch = await readable_batch(services, user, batch_id)
     if batch["report_paths"] is None:
         raise Refusal(409, "no_reports", f"The batch has no reports yet: it is {batch['status']}.")
-    expires_at = datetime.now(UTC) + timedelta(seconds=services.settings.report_url_ttl)
-    links = report_links(services, batch, batch["report_paths"], expires_at)
+    links, expires_at = report_links(services, batch, batch["report_paths"])
     return ReportLinks(reportUrls=ReportUrls(**links), expiresAt=expires_at)

@@ -35,12 +35,6 @@ SET status = %(status)s, error = coalesce(%(error)s, error), attempts = attempts
 WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
 RETURNING chunk_no;
 
--- name: count_chunk_attempt
--- Record a failed attempt (in its own transaction, after the chunk's rolled back).
-UPDATE chunks SET attempts = attempts + 1, error = %(error)s
-WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
-RETURNING attempts;
-
 -- name: row_results_in_line_order
 -- Every row result of a batch, in line order: the input of the reports.
 SELECT outcome, record
@@ -60,9 +54,9 @@ COPY staged_rows (batch_id, line, key_hash, problem, "values") FROM STDIN (FORMA
 COPY row_results (batch_id, line, outcome, message, target_id, record)
 FROM STDIN (FORMAT BINARY);
 
--- name: count_lost_chunk_attempt
--- Count the attempt a dead worker lost, in its own transaction. Nothing happens (no row
--- back) when the chunk is finished, or locked: then its worker is alive after all.
+-- name: count_chunk_attempt
+-- Count a failed or lost attempt, in its own transaction. Nothing happens (no row back)
+-- when the chunk is finished, or locked: then another delivery of its job is at work.
 UPDATE chunks c SET attempts = c.attempts + 1, error = %(error)s
 FROM (SELECT batch_id, chunk_no FROM chunks
       WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
