@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import httpx
 import pytest
+from psycopg import sql
 
 from conftest import make_settings, new_user
 from helpers import (
@@ -31,6 +33,7 @@ from helpers import (
 )
 from importq.config import Settings
 from importq.services import Services
+from importq.staged import SCHEMA, table_name
 from importq.targets import ensure_target_table
 from importq.worker.tasks import run_worker
 
@@ -140,6 +143,25 @@ async def running_worker(services: Services) -> AsyncIterator[None]:
 async def count_rows(services: Services, table: str) -> int:
     async with services.pool.connection() as conn:
         cursor = await conn.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 (fixed names)
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def staged_tables(services: Services) -> list[str]:
+    """The staged tables (one per staged batch), by name."""
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (SCHEMA,)
+        )
+        return [name for (name,) in await cursor.fetchall()]
+
+
+async def count_staged_rows(services: Services, batch_id: str) -> int:
+    """The rows in a batch's staged table."""
+    table = sql.Identifier(SCHEMA, table_name(uuid.UUID(batch_id)))
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table))
         row = await cursor.fetchone()
     assert row is not None
     return int(row[0])
@@ -394,8 +416,9 @@ async def test_refused_requests_create_nothing(
     refusals.append((await post_rows(app_client, [good]), 401))
     assert [r.status_code for r, _ in refusals] == [status for _, status in refusals]
     assert refusals[4][0].json()["code"] == "bad_encoding"
-    for table in ("batches", "chunks", "staged_rows", "procrastinate_jobs"):
+    for table in ("batches", "chunks", "procrastinate_jobs"):
         assert await count_rows(services, table) == 0, table
+    assert await staged_tables(services) == []
 
 
 @pytest.mark.parametrize("good_rows", [3, 300])
@@ -422,7 +445,9 @@ async def test_same_idempotency_key_returns_the_same_batch(
     assert first.status_code == second.status_code == 202, second.text
     assert first.json() == second.json()
     assert await count_rows(services, "batches") == 1
-    assert await count_rows(services, "staged_rows") == 2
+    batch_id = first.json()["batchId"]
+    assert await staged_tables(services) == [table_name(uuid.UUID(batch_id))]
+    assert await count_staged_rows(services, batch_id) == 2
 
     other = await client.post(
         "/api/v1/entrances/import-rows", json=rows, headers={"Idempotency-Key": "upload-2024-002"}
@@ -444,7 +469,9 @@ async def test_concurrent_posts_with_the_same_idempotency_key_make_one_batch(
     assert [r.status_code for r in responses] == [202] * 5, [r.text for r in responses]
     assert len({r.json()["batchId"] for r in responses}) == 1
     assert await count_rows(services, "batches") == 1
-    assert await count_rows(services, "staged_rows") == 40
+    batch_id = responses[0].json()["batchId"]
+    assert await staged_tables(services) == [table_name(uuid.UUID(batch_id))]
+    assert await count_staged_rows(services, batch_id) == 40
 
 
 async def test_idempotency_keys_belong_to_one_user(

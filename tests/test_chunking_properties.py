@@ -1,12 +1,16 @@
 """Property tests of the affinity-chunking rule (pure functions, no database).
 
 Rows are (line, key-or-None) with unique lines and keys from a small alphabet, so keys
-collide often. Each row is hashed with ``row_rules.key_hash``, the sorted hashes are cut
-with ``chunking.chunk_bounds`` and each row is placed with ``chunking.chunk_of``.
+collide often. Each row is hashed with :func:`key_hash`, a stable signed 64-bit hash
+standing in for the SQL one staging uses (``StagedTable.key_hash``: the chunking
+functions only see ints), the sorted hashes are cut with ``chunking.chunk_bounds`` and
+each row is placed with ``chunking.chunk_of``. ``test_staging_chunks.py`` checks the
+SQL hash and the chunks staging writes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from collections import Counter, defaultdict
@@ -16,7 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from importq.chunking import ChunkBound, ChunkCutter, chunk_bounds, chunk_of, effective_chunk_size
-from importq.row_rules import key_hash
 
 Key = tuple[str, ...]
 Row = tuple[int, Key | None]
@@ -34,6 +37,12 @@ def row_lists(draw: st.DrawFn) -> list[Row]:
     """Rows with unique lines (in no particular order), about a third of them keyless."""
     lines = draw(st.lists(st.integers(min_value=2, max_value=1_000_000), unique=True, max_size=150))
     return [(line, draw(maybe_key)) for line in lines]
+
+
+def key_hash(key: Key | None, line: int) -> int:
+    """A stable signed 64-bit hash of a key; a keyless row hashes its line (a group of one)."""
+    material = b"\x00line:%d" % line if key is None else "\x1f".join(key).encode()
+    return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "big", signed=True)
 
 
 def hashes_of(rows: list[Row]) -> list[int]:

@@ -12,6 +12,7 @@ from conftest import make_settings, new_user
 from helpers import api_client, csv_text, entrance, post_rows
 from importq.config import Settings
 from importq.services import Services, open_services
+from importq.staged import SCHEMA
 
 
 @pytest.fixture
@@ -22,9 +23,12 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 
 async def _nothing_staged(services: Services) -> bool:
+    """No batch, and no staged table (one is created per batch staged)."""
     async with services.pool.connection() as conn:
         cursor = await conn.execute(
-            "SELECT (SELECT count(*) FROM batches) + (SELECT count(*) FROM staged_rows)"
+            "SELECT (SELECT count(*) FROM batches)"
+            " + (SELECT count(*) FROM pg_tables WHERE schemaname = %s)",
+            (SCHEMA,),
         )
         row = await cursor.fetchone()
     return row is not None and row[0] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import json
+import uuid
 from email import policy
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from helpers import csv_text, download, entrance, post_rows, read_csv_report, wait_for_batch
 from importq import accounts
 from importq.services import Services
+from importq.staged import SCHEMA, table_name
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -273,8 +275,17 @@ async def test_the_upload_is_kept_and_everything_stored_is_purged_after_retentio
     notification = (await client.get("/api/v1/notifications")).json()["items"][0]
     assert notification["payload"]["reportUrls"] == job["result"]["reportUrls"]
 
+    staged_table = f"{SCHEMA}.{table_name(uuid.UUID(batch_id))}"
+
+    async def staged_table_exists() -> bool:
+        async with services.pool.connection() as conn:
+            cursor = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (staged_table,))
+            row = await cursor.fetchone()
+        return row == (True,)
+
     await reconcile(services)  # within retention: nothing goes
     assert kept.exists() and reports.exists()
+    assert await staged_table_exists()
 
     async with services.pool.connection() as conn:
         await conn.execute(
@@ -285,8 +296,4 @@ async def test_the_upload_is_kept_and_everything_stored_is_purged_after_retentio
     assert not kept.parent.exists() and not reports.exists()
     refreshed = await client.post(f"/api/v1/jobs/{batch_id}/report-links")
     assert refreshed.status_code == 409 and refreshed.json()["code"] == "no_reports"
-    async with services.pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT count(*) FROM staged_rows WHERE batch_id = %s", (batch_id,)
-        )
-        assert await cursor.fetchone() == (0,)
+    assert not await staged_table_exists()

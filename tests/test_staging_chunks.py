@@ -1,8 +1,10 @@
 """The chunks staging writes to PostgreSQL agree with the pure chunking rule.
 
-``stage_batch`` hashes rows while COPYing them and cuts the chunks from an ordered scan
-of ``staged_rows``; here the same rows go through ``row_rules`` and ``chunking`` in
-Python, and both results must be equal.
+``stage_batch`` COPYs the rows into the batch's staged table and cuts the chunks from an
+ordered scan of their SQL hash (``StagedTable.key_hash``); here the same hashes, read
+back from that table, go through ``chunking`` in Python, and both results must be equal.
+The hash must group rows as ``row_rules`` keys them, so SQL's ``importq_trim`` must trim
+exactly what Python's ``str.strip()`` trims.
 """
 
 from __future__ import annotations
@@ -11,25 +13,33 @@ import random
 from collections import defaultdict
 from typing import Any
 
+from psycopg import sql
+
 from conftest import new_user
 from helpers import entrance
 from importq.chunking import chunk_bounds, chunk_of, effective_chunk_size
-from importq.row_rules import key_hash, row_key
+from importq.row_rules import row_key
 from importq.services import Services
-from importq.sql import queries
+from importq.staged import StagedTable
 from importq.staging import BatchRequest, stage_batch
+from importq.targets import chunk_statements
 from importq.uploads import read_json_rows
 
 CHUNK_SIZE = 7
 
 
+# Keys that differ only in what trimming must (or must not) change: "e7" three ways, and
+# two keys of their own ("E7": case is kept; a zero-width space is not whitespace).
+FIXED_IDS = ["e7", "\u00a0e7\u3000", "\x1fe7\u2029", "E7", "e7\u200b"]
+
+
 def upload_rows(count: int) -> list[dict[str, Any]]:
     """Entrances whose keys repeat (with padding), some keyless, some with a problem."""
     rnd = random.Random(20240611)
-    rows: list[dict[str, Any]] = []
-    for _ in range(count):
+    rows: list[dict[str, Any]] = [entrance(ident) for ident in FIXED_IDS]
+    for _ in range(count - len(rows)):
         ident = f"e{rnd.randrange(60)}"
-        pad = rnd.choice(["", "", " ", "\t"])
+        pad = rnd.choice(["", "", " ", "\t", "\u00a0", "\u3000 "])
         row: dict[str, Any] = entrance(pad + ident + pad, author=rnd.choice(["FFS", "Other"]))
         roll = rnd.random()
         if roll < 0.08:
@@ -57,50 +67,58 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
             defer_chunks=services.queue.defer_chunks,
         )
 
-    # The same rows, by the pure functions.
+    # The same rows, keyed by row_rules in Python.
     upload = read_json_rows(data)
+    uploaded = {row.line: row for row in upload.rows}
     positions = dataset.match_header(upload.header).positions
     key_positions = [positions.get(name) for name in dataset.dedup_key]
-    keys: dict[int, tuple[str, ...] | None] = {}
-    hashes: dict[int, int] = {}
-    for row in upload.rows:
-        keys[row.line] = None if row.problem else row_key(row.values, key_positions)
-        hashes[row.line] = key_hash(keys[row.line], row.line)
-    assert len(hashes) == 300
+    keys: dict[int, tuple[str, ...] | None] = {
+        line: None if row.problem else row_key(row.values, key_positions)
+        for line, row in uploaded.items()
+    }
+    assert len(keys) == 300
     assert any(k is None for k in keys.values())
     assert len({k for k in keys.values() if k is not None}) < 300 - 50, "keys repeat"
-    size = effective_chunk_size(len(hashes), CHUNK_SIZE, services.settings.max_chunks)
-    assert size == CHUNK_SIZE
-    bounds = chunk_bounds(sorted(hashes.values()), size)
-    expected_chunks = [
-        (k, b.hash_from, bounds[k + 1].hash_from if k + 1 < len(bounds) else None, b.row_count)
-        for k, b in enumerate(bounds)
-    ]
+    table = StagedTable.of(staged.batch_id, dataset, upload.header)
+    statements = chunk_statements(table, upload.header)
 
     async with services.pool.connection() as conn:
+        # Every row's chunking hash, as SQL computes it over the staged table.
+        cursor = await conn.execute(
+            sql.SQL("SELECT line, {hash} FROM {table}").format(
+                hash=table.key_hash, table=table.name
+            )
+        )
+        hashes: dict[int, int] = dict(await cursor.fetchall())
+        cursor = await conn.execute(table.hashes_in_order())
+        in_order = [value for (value,) in await cursor.fetchall()]
+        # The hash target tables store: of the key normalised as row_rules normalises
+        # it, parts joined by U+001F; of "line N" for a row without a key.
+        lines = sorted(keys)
+        cursor = await conn.execute(
+            "SELECT m.line, hashtextextended(m.material, 0)"
+            " FROM unnest(%s::int[], %s::text[]) AS m(line, material)",
+            (lines, [f"line {n}" if keys[n] is None else "\x1f".join(keys[n]) for n in lines]),
+        )
+        expected_hashes: dict[int, int] = dict(await cursor.fetchall())
         cursor = await conn.execute(
             "SELECT total_rows, total_chunks, status FROM batches WHERE id = %s",
             (staged.batch_id,),
         )
-        assert await cursor.fetchone() == (300, len(bounds), "active")
+        batch = await cursor.fetchone()
         cursor = await conn.execute(
             "SELECT chunk_no, hash_from, hash_to, row_count FROM chunks"
             " WHERE batch_id = %s ORDER BY chunk_no",
             (staged.batch_id,),
         )
         chunks = await cursor.fetchall()
-        cursor = await conn.execute(
-            "SELECT line, key_hash FROM staged_rows WHERE batch_id = %s", (staged.batch_id,)
-        )
-        staged_hashes: dict[int, int] = dict(await cursor.fetchall())
         # The worker's own query reads each chunk's rows by its hash range.
-        lines_of_chunk: dict[int, list[int]] = {}
+        rows_of_chunk: dict[int, list[tuple[Any, ...]]] = {}
         for chunk_no, hash_from, hash_to, _ in chunks:
             cursor = await conn.execute(
-                queries["chunk_rows"],
-                {"batch_id": staged.batch_id, "hash_from": hash_from, "hash_to": hash_to},
+                statements.chunk_rows, {"hash_from": hash_from, "hash_to": hash_to}
             )
-            lines_of_chunk[chunk_no] = [row[0] for row in await cursor.fetchall()]
+            rows_of_chunk[chunk_no] = await cursor.fetchall()
         cursor = await conn.execute(
             "SELECT count(*) FROM procrastinate_jobs"
             " WHERE task_name = 'process_chunk' AND args->>'batch_id' = %s",
@@ -108,24 +126,60 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
         )
         deferred = (await cursor.fetchone() or (0,))[0]
 
+    assert sorted(hashes) == sorted(keys)
+    assert hashes == expected_hashes
+    assert in_order == sorted(hashes.values())
+    # Rows of one normalised key share a hash; different keys, and keyless rows, do not.
+    lines_of_hash: dict[int, set[int]] = defaultdict(set)
+    for line, value in hashes.items():
+        lines_of_hash[value].add(line)
+    for line, key in keys.items():
+        sharing = lines_of_hash[hashes[line]]
+        if key is None:
+            assert sharing == {line}, (line, sharing)
+        else:
+            assert {keys[other] for other in sharing} == {key}, (line, key, sharing)
+    assert len({key for key in keys.values() if key is not None}) == len(
+        {hashes[line] for line, key in keys.items() if key is not None}
+    )
+    fixed = [hashes[line] for line in range(2, 2 + len(FIXED_IDS))]
+    assert fixed[0] == fixed[1] == fixed[2], "trimmed as str.strip() trims"
+    assert len(set(fixed[2:])) == 3, "case and a zero-width space are kept"
+
+    size = effective_chunk_size(len(hashes), CHUNK_SIZE, services.settings.max_chunks)
+    assert size == CHUNK_SIZE
+    bounds = chunk_bounds(sorted(hashes.values()), size)
+    expected_chunks = [
+        (k, b.hash_from, bounds[k + 1].hash_from if k + 1 < len(bounds) else None, b.row_count)
+        for k, b in enumerate(bounds)
+    ]
+    assert batch == (300, len(bounds), "active")
     assert (staged.total_rows, staged.total_chunks) == (300, len(bounds))
     assert chunks == expected_chunks
-    assert staged_hashes == hashes
     assert deferred == len(bounds)
 
     # Each staged row falls in exactly one chunk's [hash_from, hash_to) range: the one
     # chunk_of() names, and the one the worker's query returns it in.
     chunk_of_line: dict[int, int] = {}
-    for line, value in staged_hashes.items():
+    for line, value in hashes.items():
         holding = [
             no for no, low, high, _ in chunks if low <= value and (high is None or value < high)
         ]
         assert holding == [chunk_of(value, bounds)], (line, value, holding)
         chunk_of_line[line] = holding[0]
-    for chunk_no, lines in lines_of_chunk.items():
-        assert lines == sorted(line for line, no in chunk_of_line.items() if no == chunk_no)
-        assert len(lines) == chunks[chunk_no][3]
-    assert sorted(line for lines in lines_of_chunk.values() for line in lines) == sorted(hashes)
+    for chunk_no, rows in rows_of_chunk.items():
+        lines_read = [row[0] for row in rows]
+        assert lines_read == sorted(line for line, no in chunk_of_line.items() if no == chunk_no)
+        assert len(rows) == chunks[chunk_no][3]
+    assert sorted(row[0] for rows in rows_of_chunk.values() for row in rows) == sorted(hashes)
+
+    # The worker reads each row's problem and, at read_positions, its cells as uploaded.
+    for rows in rows_of_chunk.values():
+        for line, problem, *cells in rows:
+            row = uploaded[line]
+            assert problem == row.problem, line
+            for name, at in statements.read_positions.items():
+                assert cells[at] == row.values[positions[name]], (line, name)
 
     # Rows of one key, padded or not, valid or not, are staged in one chunk.
     chunks_of_key: dict[tuple[str, ...], set[int]] = defaultdict(set)
@@ -133,3 +187,71 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
         if key is not None:
             chunks_of_key[key].add(chunk_of_line[line])
     assert all(len(found) == 1 for found in chunks_of_key.values())
+
+
+# Every character str.strip() trims, and characters next to them that it keeps.
+WHITESPACE = [chr(c) for c in range(0x110000) if chr(c).isspace()]
+KEPT = [
+    "a",
+    "é",
+    "\u200b",  # zero-width space: not whitespace
+    "\u200c",
+    "\u200d",
+    "\u2060",
+    "\ufeff",
+    "\u180e",  # whitespace in Unicode before 6.3, not for str.isspace()
+    "\u00ad",
+    "\x1b",
+    "\x7f",
+    "\x84",
+    "\x86",
+    "\u3001",
+    "\U0001f600",
+    ",",
+    "'",
+    "\\",
+    "%",
+    "_",
+]
+
+
+def strings_to_trim() -> list[str]:
+    strings = [
+        "",
+        "\u00a0a\u3000",
+        "\x1fa b\x1c",
+        "a\u200b",
+        "\u200b a \u200b",
+        "".join(WHITESPACE),
+        "".join(WHITESPACE) + "a" + "".join(reversed(WHITESPACE)),
+    ]
+    for space in WHITESPACE:
+        strings += [space, space * 2, f"{space}a", f"a{space}", f"{space}a{space}b{space}"]
+    for kept in KEPT:
+        strings += [kept, f" {kept}\u3000", f"\u2028{kept}a{kept}\x85"]
+    rnd = random.Random(4180)
+    alphabet = WHITESPACE + KEPT
+    for _ in range(2_000):
+        strings.append("".join(rnd.choices(alphabet, k=rnd.randrange(9))))
+    return strings
+
+
+async def test_importq_trim_trims_exactly_what_str_strip_trims(services: Services) -> None:
+    assert len(WHITESPACE) > 20 and not any(c.isspace() for c in KEPT)
+    strings = strings_to_trim()
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT importq_trim(x) FROM unnest(%s::text[]) WITH ORDINALITY AS t(x, n) ORDER BY n",
+            (strings,),
+        )
+        trimmed = [value for (value,) in await cursor.fetchall()]
+        cursor = await conn.execute("SELECT importq_trim(NULL)")
+        assert await cursor.fetchone() == (None,)
+    assert len(trimmed) == len(strings)
+    wrong = [
+        (value, got, value.strip())
+        for value, got in zip(strings, trimmed, strict=True)
+        if got != value.strip()
+    ]
+    assert wrong == []
+    assert sum(value.strip() != value for value in strings) > 1_000, "most strings get trimmed"

@@ -26,7 +26,7 @@ from importq.sql import queries
 from importq.webhooks import WEBHOOK, delivery_id
 
 REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
-FETCH_ROWS = 10_000
+FETCH_BLOCKS = 16  # of up to 4,096 records each
 
 
 class AccountingError(RuntimeError):
@@ -51,9 +51,9 @@ async def _write_reports(
         conn.transaction(),
         conn.cursor(name=f"results_{batch['id'].hex}") as cursor,
     ):
-        await cursor.execute(queries["row_results_in_line_order"], {"batch_id": batch["id"]})
-        while results := await cursor.fetchmany(FETCH_ROWS):
-            seen += writer.add(results)
+        await cursor.execute(queries["report_blocks"], {"batch_id": batch["id"]})
+        while blocks := await cursor.fetchmany(FETCH_BLOCKS):
+            seen += writer.add(blocks)
     return writer.close(), seen
 
 

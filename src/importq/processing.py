@@ -2,21 +2,24 @@
 
 :func:`process_chunk` owns one transaction that does all of a chunk's work: lock the
 chunk (a second delivery of the job waits, then sees it done and does nothing), read its
-rows in line order, apply the row rules, insert the winners in dedup-index order with
-``ON CONFLICT DO NOTHING`` (a key already stored makes the row a duplicate), COPY one
-row result per row, mark the chunk done and add its tally to the batch. A crash anywhere
-rolls all of it back, so a retry starts from a clean chunk.
+rows in line order (only the cells the row rules need), apply the row rules in Python,
+and write down only the rows they turn away (``importq_decisions``). One statement
+(``settle_chunk``) then does every write: it inserts the winners in dedup-index order with
+``ON CONFLICT DO NOTHING`` (a key already stored makes the row a duplicate) and records
+one row result per row with its report record. Then the chunk is marked done and its
+tally added to the batch. A crash anywhere rolls all of it back, so a retry starts from
+a clean chunk.
 
-A database error on the fast path (a value the column type refuses…) falls back to one
-savepoint per row, so the bad row fails alone. :func:`fail_chunk` is the end of a chunk
-that kept failing: every row of it is recorded as a failure with the reason.
+A database error in that statement (a value the column type refuses…) is found row by
+row: each winner is inserted alone in a savepoint that is always rolled back, the rows
+refused become failures, and the statement runs again. :func:`fail_chunk` is the end of a
+chunk that kept failing: the same statement records every row as a failure.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -26,17 +29,15 @@ from psycopg import AsyncConnection
 from importq.batches import ChunkTally, count_finished_chunk
 from importq.datasets import Dataset
 from importq.queue import JobQueue
-from importq.reports import RecordFormatter, ReportLayout
-from importq.row_rules import Decider, Rejected, StagedRow, Winner, normalise
+from importq.row_rules import Decider, Rejected, StagedRow
 from importq.sql import queries
-from importq.targets import target_statements
+from importq.staged import StagedTable
+from importq.targets import ChunkStatements, chunk_statements
 
 log = logging.getLogger(__name__)
 
-ALREADY_EXISTS = "already exists"
 # Rows of a chunk held in memory at once; a chunk of any size streams through.
 SLICE_ROWS = 5_000
-ResultRow = tuple[int, str, str | None, str | None, Sequence[str | None]]
 
 
 async def _claim_chunk(
@@ -55,97 +56,85 @@ async def _claim_chunk(
     return chunk
 
 
+def _statements(
+    datasets: Mapping[str, Dataset], batch_id: uuid.UUID, chunk: Mapping[str, Any]
+) -> ChunkStatements:
+    dataset = datasets[chunk["dataset"]]
+    return chunk_statements(StagedTable.of(batch_id, dataset, chunk["header"]), chunk["header"])
+
+
 async def _chunk_slices(
     conn: AsyncConnection[Any],
-    batch_id: uuid.UUID,
+    statements: ChunkStatements,
     chunk: Mapping[str, Any],
-    slice_rows: int = SLICE_ROWS,
-) -> AsyncIterator[tuple[list[StagedRow], dict[int, int]]]:
-    """A chunk's staged rows in line order, a slice at a time, with their key hashes.
+    slice_rows: int,
+) -> AsyncIterator[list[StagedRow]]:
+    """A chunk's rows in line order, a slice at a time, with the cells the rules read.
 
     Streamed through a server-side cursor, so a big chunk never sits whole in memory.
     """
-    name = f"chunk_{batch_id.hex}_{chunk['chunk_no']}"
+    name = f"chunk_{chunk['chunk_no']}"
     async with conn.cursor(name=name) as cursor:
         await cursor.execute(
-            queries["chunk_rows"],
-            {"batch_id": batch_id, "hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]},
+            statements.chunk_rows,
+            {"hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]},
         )
         while fetched := await cursor.fetchmany(slice_rows):
-            rows: list[StagedRow] = []
-            hashes: dict[int, int] = {}
-            for line, hashed, values, problem in fetched:
-                rows.append(StagedRow(line, values, problem))
-                hashes[line] = hashed
-            yield rows, hashes
+            yield [StagedRow(row[0], row[2:], row[1]) for row in fetched]
 
 
-async def _insert_winners(
+async def _write_decisions(conn: AsyncConnection[Any], rejected: Sequence[Rejected]) -> None:
+    if not rejected:
+        return
+    async with conn.cursor().copy(queries["copy_decisions"]) as copy:
+        copy.set_types(["int4", "text", "text"])
+        for row in rejected:
+            await copy.write_row(row)
+
+
+async def _settle(
     conn: AsyncConnection[Any],
-    dataset: Dataset,
+    statements: ChunkStatements,
     batch_id: uuid.UUID,
-    winners: Sequence[Winner],
-    hashes: Mapping[int, int],
-) -> tuple[dict[int, str], dict[int, str]]:
-    """Insert the winners; return target ids by line, and database failures by line.
+    chunk: Mapping[str, Any],
+    give_up: str | None = None,
+) -> ChunkTally:
+    """Run ``settle_chunk`` (in a savepoint, so a database error leaves the chunk's
+    transaction usable); the chunk's tally."""
+    params = {
+        "batch_id": batch_id,
+        "hash_from": chunk["hash_from"],
+        "hash_to": chunk["hash_to"],
+        "give_up": give_up,
+    }
+    async with conn.transaction():
+        cursor = await conn.execute(statements.settle, params)
+        counts = dict(await cursor.fetchall())
+    return ChunkTally(
+        successes=counts.get("success", 0),
+        duplicates=counts.get("duplicate", 0),
+        failures=counts.get("failure", 0),
+        failed=give_up is not None,
+    )
 
-    The winners are COPYed into a temporary table, then moved with one INSERT … SELECT
-    in dedup-index order. If that INSERT hits a database error, each row is moved in a
-    savepoint of its own so the bad one fails alone.
-    """
-    if not winners:
-        return {}, {}
-    statements = target_statements(dataset)
-    await conn.execute(statements.create_incoming)
-    await conn.execute(statements.clear_incoming)
-    async with conn.cursor().copy(statements.copy_incoming) as copy:
-        copy.set_types(list(statements.copy_types))
-        for winner in winners:
-            await copy.write_row((hashes[winner.line], winner.line, *winner.record))
-    try:
-        async with conn.transaction():
-            cursor = await conn.execute(statements.insert, {"batch_id": batch_id, "line": None})
-            return {line: str(target) for line, target in await cursor.fetchall()}, {}
-    except (psycopg.DataError, psycopg.IntegrityError) as error:
-        log.info("chunk insert of batch %s fell back to row by row: %s", batch_id, error)
-    inserted: dict[int, str] = {}
-    failed: dict[int, str] = {}
-    for winner in winners:
+
+async def _refuse_bad_winners(
+    conn: AsyncConnection[Any],
+    statements: ChunkStatements,
+    batch_id: uuid.UUID,
+    winners: Sequence[int],
+) -> None:
+    """Insert each winner alone, always rolled back; the ones the target table refuses
+    become failures with the database's reason."""
+    for line in winners:
         try:
-            async with conn.transaction():
-                cursor = await conn.execute(
-                    statements.insert, {"batch_id": batch_id, "line": winner.line}
-                )
-                row = await cursor.fetchone()
+            async with conn.transaction(force_rollback=True):
+                await conn.execute(statements.probe, {"batch_id": batch_id, "line": line})
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             detail = error.diag.message_primary or str(error)
-            failed[winner.line] = f"database refused the row: {detail}"
-            continue
-        if row is not None:
-            inserted[winner.line] = str(row[1])
-    return inserted, failed
-
-
-async def _write_results(
-    conn: AsyncConnection[Any],
-    batch_id: uuid.UUID,
-    formatter: RecordFormatter,
-    results: Sequence[ResultRow],
-) -> None:
-    """COPY one row result per row, each with the CSV record its report will print."""
-    record = formatter.record
-    async with conn.cursor().copy(queries["copy_row_results"]) as copy:
-        copy.set_types(["uuid", "int4", "text", "text", "text", "text"])
-        for line, outcome, message, target_id, values in results:
-            await copy.write_row(
-                (
-                    batch_id,
-                    line,
-                    outcome,
-                    message,
-                    target_id,
-                    record(line, outcome, message, target_id, values),
-                )
+            await conn.execute(
+                queries["add_decision"],
+                {"line": line, "message": f"database refused the row: {detail}"},
             )
 
 
@@ -170,35 +159,10 @@ async def _finish(
         await queue.defer_completion_check(conn, batch_id)
 
 
-def _results(
-    dataset: Dataset,
-    positions: Mapping[str, int],
-    rows: Sequence[StagedRow],
-    winners: Sequence[Winner],
-    rejected: Sequence[Rejected],
-    inserted: Mapping[int, str],
-    refused: Mapping[int, str],
-) -> list[ResultRow]:
-    """One result per row of a slice, in line order."""
-    values_by_line = {row.line: row.values for row in rows}
-    report_positions = [positions.get(name) for name in dataset.report_columns]
-    results: list[ResultRow] = []
-    for winner in winners:
-        uploaded = values_by_line[winner.line]
-        if winner.line in inserted:
-            report = [normalise(uploaded[p]) if p is not None else None for p in report_positions]
-            results.append(
-                (winner.line, "success", None, inserted[winner.line], [*winner.key, *report])
-            )
-        elif winner.line in refused:
-            results.append((winner.line, "failure", refused[winner.line], None, list(uploaded)))
-        else:
-            results.append((winner.line, "duplicate", ALREADY_EXISTS, None, list(uploaded)))
-    results.extend(
-        (r.line, r.outcome, r.message, None, list(values_by_line[r.line])) for r in rejected
-    )
-    results.sort(key=lambda result: result[0])
-    return results
+async def _prepare(conn: AsyncConnection[Any]) -> None:
+    await conn.execute(queries["create_decisions"])
+    # Timestamps without an offset are UTC, as the row rules read them.
+    await conn.execute("SET LOCAL TIME ZONE 'UTC'")
 
 
 async def process_chunk(
@@ -216,21 +180,22 @@ async def process_chunk(
         if chunk is None:
             return False
         dataset = datasets[chunk["dataset"]]
-        positions = dataset.match_header(chunk["header"]).positions
-        formatter = RecordFormatter(ReportLayout.for_batch(dataset, chunk["header"]))
-        decider = Decider(dataset, positions)
-        outcomes: Counter[str] = Counter()
-        async for rows, hashes in _chunk_slices(conn, batch_id, chunk, slice_rows):
-            winners, rejected = decider.decide(rows)
-            inserted, refused = await _insert_winners(conn, dataset, batch_id, winners, hashes)
-            results = _results(dataset, positions, rows, winners, rejected, inserted, refused)
-            await _write_results(conn, batch_id, formatter, results)
-            outcomes.update(result[1] for result in results)
-        tally = ChunkTally(
-            successes=outcomes["success"],
-            duplicates=outcomes["duplicate"],
-            failures=outcomes["failure"],
-        )
+        statements = _statements(datasets, batch_id, chunk)
+        await _prepare(conn)
+        decider = Decider(dataset, statements.read_positions)
+        winners: list[int] = []
+        async for rows in _chunk_slices(conn, statements, chunk, slice_rows):
+            chosen, rejected = decider.decide(rows)
+            winners.extend(winner.line for winner in chosen)
+            await _write_decisions(conn, rejected)
+        try:
+            tally = await _settle(conn, statements, batch_id, chunk)
+        except (psycopg.DataError, psycopg.IntegrityError) as error:
+            log.info(
+                "chunk %s of batch %s: finding the rows refused: %s", chunk_no, batch_id, error
+            )
+            await _refuse_bad_winners(conn, statements, batch_id, winners)
+            tally = await _settle(conn, statements, batch_id, chunk)
         await _finish(conn, queue, batch_id, chunk_no, tally)
     return True
 
@@ -262,18 +227,9 @@ async def fail_chunk(
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
             return False
+        await _prepare(conn)
+        statements = _statements(datasets, batch_id, chunk)
         message = f"the chunk could not be processed: {reason}"
-        layout = ReportLayout.for_batch(datasets[chunk["dataset"]], chunk["header"])
-        formatter = RecordFormatter(layout)
-        failures = 0
-        async for rows, _ in _chunk_slices(conn, batch_id, chunk):
-            await _write_results(
-                conn,
-                batch_id,
-                formatter,
-                [(r.line, "failure", message, None, list(r.values)) for r in rows],
-            )
-            failures += len(rows)
-        tally = ChunkTally(failures=failures, failed=True)
+        tally = await _settle(conn, statements, batch_id, chunk, give_up=message)
         await _finish(conn, queue, batch_id, chunk_no, tally, error=reason)
     return True

@@ -22,6 +22,7 @@ from procrastinate.manager import JobManager
 from importq.processing import fail_chunk, record_attempt
 from importq.services import Services
 from importq.sql import queries
+from importq.staged import drop_staged_table
 from importq.storage import StorageError
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,11 @@ async def _redefer_missed_steps(services: Services) -> None:
 async def _purge(services: Services) -> None:
     days = services.settings.retention_days
     cutoff = datetime.now(UTC) - timedelta(days=days)
-    async with services.pool.connection() as conn, conn.transaction():
-        await conn.execute(queries["purge_staged_rows"], {"cutoff": cutoff})
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(queries["staged_tables_to_drop"], {"cutoff": cutoff})
+        for (name,) in await cursor.fetchall():
+            async with conn.transaction():
+                await conn.execute(drop_staged_table(name))
     await _purge_stored_files(services, cutoff)
     await services.queue.app.job_manager.delete_old_jobs(nb_hours=days * 24, include_failed=True)
 

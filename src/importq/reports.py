@@ -1,9 +1,11 @@
 """The three CSV reports of a batch: successes, duplicates, failures.
 
-Formatting is pure; :class:`ReportWriter` streams rows into files as they come (rows
-arrive in line order, each goes to exactly one report). Files are UTF-8 with BOM, CRLF,
-RFC 4180 quoting, so Excel opens them right; text cells that a spreadsheet would run as
-a formula are prefixed with ``'``; cells of numeric columns stay numbers.
+Each row's CSV record is formatted by SQL (:func:`record_sql`, used by the chunk
+statement that settles the row), so the aggregation only puts records in line order into
+the right file (:class:`ReportWriter`). Files are UTF-8 with BOM, CRLF, RFC 4180 quoting,
+so Excel opens them right; text cells that a spreadsheet would run as a formula are
+prefixed with ``'``; cells of numeric columns stay numbers (``importq_report_cell`` in
+``migrations/0004_staged_tables.sql``).
 
 - ``successes.csv``: ``line``, the key columns, ``targetId``, the report columns;
 - ``duplicates.csv`` / ``failures.csv``: ``line``, ``message``, every uploaded column
@@ -15,12 +17,13 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain, repeat
 from pathlib import Path
 from typing import TextIO
 
+from psycopg import sql
+
 from importq.datasets import Dataset
-from importq.row_rules import NUMBER
+from importq.staged import cell, trimmed
 
 KINDS = ("success", "duplicates", "failures")
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
@@ -29,18 +32,6 @@ FILE_NAMES = {
     "duplicates": "duplicates.csv",
     "failures": "failures.csv",
 }
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def safe_cell(value: str | None, numeric: bool) -> str:
-    """A cell as written: numbers of numeric columns as they are, formulas neutralised."""
-    if not value:
-        return ""
-    if not value.startswith(_FORMULA_START):
-        return value  # the common case, decided by one C call
-    if numeric and NUMBER.fullmatch(value.strip()):
-        return value
-    return "'" + value
 
 
 @dataclass(frozen=True)
@@ -69,55 +60,45 @@ class ReportLayout:
         )
 
 
-class _LastWrite:
-    """A file-like sink that keeps the last string written (csv writes a row at once)."""
-
-    last = ""
-
-    def write(self, text: str) -> int:
-        self.last = text
-        return len(text)
+def _cell(expression: sql.Composable, numeric: bool) -> sql.Composed:
+    return sql.SQL("importq_report_cell({}, {})").format(expression, sql.Literal(numeric))
 
 
-class RecordFormatter:
-    """Formats a row result as the CSV record its report prints, CRLF included.
+def _record(fields: Sequence[sql.Composable], tail: sql.Composable) -> sql.Composed:
+    # || rather than concat_ws: a function takes at most 100 arguments.
+    joined = sql.SQL(" || ',' || ").join(fields)
+    return sql.SQL("({} || {} || {})").format(joined, tail, sql.Literal("\r\n"))
 
-    Chunk jobs format their rows as they finish them, so the aggregation only has to
-    put records in line order into the right file.
-    """
 
-    def __init__(self, layout: ReportLayout) -> None:
-        self._layout = layout
-        self._sink = _LastWrite()
-        self._writer = csv.writer(self._sink, lineterminator="\r\n")
+# Cells past the header (a ragged row) print after the others, as text.
+_EXTRA_CELLS = sql.SQL(
+    "CASE WHEN extra IS NULL THEN '' ELSE (SELECT string_agg(',' || "
+    "importq_report_cell(x, false), '' ORDER BY n) FROM unnest(extra) WITH ORDINALITY "
+    "AS e(x, n)) END"
+)
 
-    def record(
-        self,
-        line: int,
-        outcome: str,
-        message: str | None,
-        target_id: str | None,
-        values: Sequence[str | None],
-    ) -> str:
-        """``values``: for a success the key then the report columns; else every
-        uploaded column."""
-        if outcome == "success":
-            key_count = self._layout.key_count
-            cells = [str(line), *values[:key_count], target_id, *values[key_count:]]
-            numeric = self._layout.success_numeric
-        else:
-            cells = [str(line), message, *values]
-            numeric = self._layout.rejected_numeric
-        # Most cells need no change: test that in C before calling safe_cell. zip stops
-        # at the shorter: cells past the header (a ragged row) are text.
-        flags = chain(numeric, repeat(False))
-        self._writer.writerow(
-            [
-                safe_cell(c, n) if c is None or c.startswith(_FORMULA_START) else c
-                for c, n in zip(cells, flags, strict=False)
-            ]
-        )
-        return self._sink.last
+
+def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, sql.Composed]:
+    """The SQL expressions of a row's report record, CRLF included: for a success, and
+    for a duplicate or failure. They read a staged row's cells (``c<n>``), its trimmed
+    cells (``t<n>``), ``line``, ``extra``, ``message`` and ``target_id``."""
+    layout = ReportLayout.for_batch(dataset, header)
+    positions = dataset.match_header(list(header)).positions
+
+    def trimmed_cell(name: str) -> sql.Composable:
+        return trimmed(positions[name]) if name in positions else sql.NULL
+
+    line = sql.SQL("line::text")
+    names = [*dataset.dedup_key, None, *dataset.report_columns]
+    success = [line] + [
+        sql.SQL("target_id::text") if name is None else _cell(trimmed_cell(name), numeric)
+        for name, numeric in zip(names, layout.success_numeric[1:], strict=True)
+    ]
+    rejected = [line, _cell(sql.Identifier("message"), False)] + [
+        _cell(cell(position), numeric)
+        for position, numeric in enumerate(layout.rejected_numeric[2:])
+    ]
+    return _record(success, sql.SQL("''")), _record(rejected, _EXTRA_CELLS)
 
 
 class ReportWriter:
@@ -145,14 +126,15 @@ class ReportWriter:
             self._files[kind] = handle
         return handle
 
-    def add(self, records: Iterable[tuple[str, str]]) -> int:
-        """Append ``(outcome, record)`` pairs, in line order; how many were written."""
+    def add(self, blocks: Iterable[tuple[str, str, int]]) -> int:
+        """Append ``(outcome, records, how many)`` blocks, in line order; how many
+        records were written."""
         written = 0
-        for outcome, record in records:
+        for outcome, records, count in blocks:
             kind = OUTCOME_KIND[outcome]
-            self._file(kind).write(record)
-            self.counts[kind] += 1
-            written += 1
+            self._file(kind).write(records)
+            self.counts[kind] += count
+            written += count
         return written
 
     def close(self) -> dict[str, Path]:

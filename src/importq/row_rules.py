@@ -7,12 +7,12 @@ Invariants:
   and the problem, and does not claim its key;
 - among valid rows of one key (in line order) the first wins, the later ones are
   ``duplicate of line N``;
-- keys are normalised once, by :func:`normalise`, for hashing and for dedup alike.
+- keys are normalised by :func:`normalise` (surrounding whitespace trimmed), as SQL's
+  ``importq_trim`` normalises them for the chunking hash and the target table.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,16 +48,6 @@ def row_key(values: Sequence[Value], key_positions: Sequence[int | None]) -> tup
             return None
         key.append(part)
     return tuple(key)
-
-
-def key_hash(key: tuple[str, ...] | None, line: int) -> int:
-    """A stable signed 64-bit hash of a key; a keyless row hashes its line (a group of one)."""
-    material = b"\x00line:%d" % line if key is None else "\x1f".join(key).encode()
-    return _from_bytes(_blake2b(material, digest_size=8).digest(), "big", signed=True)
-
-
-_blake2b = hashlib.blake2b
-_from_bytes = int.from_bytes
 
 
 Converter = Callable[[str], tuple[Coerced, str | None]]

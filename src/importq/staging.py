@@ -1,31 +1,36 @@
 """Staging an upload: COPY its rows, cut the chunks, create the batch, defer the jobs.
 
-``stage_batch`` owns its transaction, and everything happens inside it: the rows are
-COPYed into ``staged_rows`` as they are parsed (each with the hash of its normalised
-dedup key), the chunk boundaries are read from one ordered scan of those hashes, and the
-batch, its chunks and one ``process_chunk`` job per chunk are inserted. When it returns,
-the batch is durable and every row of it will end in exactly one report; when it raises,
-nothing of the upload remains.
+``stage_batch`` owns its transaction, and everything happens inside it: the batch's
+staged table is created (:mod:`importq.staged`), the rows are COPYed into it as they are
+parsed, its primary key and hash index are built, the chunk boundaries are read from one
+ordered scan of the hashes, and the batch, its chunks and one ``process_chunk`` job per
+chunk are inserted. When it returns, the batch is durable and every row of it will end
+in exactly one report; when it raises, nothing of the upload remains (the table too:
+PostgreSQL's DDL is transactional).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import psycopg
 from psycopg import AsyncConnection, errors
 
 from importq.chunking import ChunkBound, ChunkCutter, effective_chunk_size
 from importq.datasets import Dataset, HeaderMatch
 from importq.errors import Refusal
-from importq.row_rules import Value, key_hash, row_key
+from importq.row_rules import Value
 from importq.sql import queries
-from importq.uploads import ParsedUpload, empty_upload
+from importq.staged import StagedTable
+from importq.uploads import CsvSource, NotClean, ParsedUpload, empty_upload
+
+log = logging.getLogger(__name__)
 
 YIELD_EVERY = 5_000
 
@@ -94,40 +99,38 @@ async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> Staged
     return None if row is None else StagedBatch(row[0], row[1], row[2], created=False)
 
 
-def encode_values(values: Sequence[Value]) -> str:
-    """A row's values as staged_rows stores them: a JSON array. COPY sends it as text
-    (the binary wire format of ``json`` is its text); orjson is ~10x the stdlib here."""
-    return orjson.dumps(values).decode()
-
-
-def _encoded(values: Sequence[Value]) -> tuple[str, str | None]:
-    """A row's values as stored, and a problem when PostgreSQL could not keep them as text."""
+def _unreadable(cells: Sequence[Value]) -> tuple[list[Value], str] | None:
+    """Cells PostgreSQL cannot keep as text, cleaned, with the problem; None when fine."""
+    if any(cell and "\x00" in cell for cell in cells):
+        return [cell.replace("\x00", "") if cell else cell for cell in cells], (
+            "a value contains a NUL character"
+        )
     try:
-        encoded = encode_values(values)
-    except orjson.JSONEncodeError:  # a lone surrogate from a JSON body
-        cleaned = [v.encode("utf-8", "replace").decode() if v else v for v in values]
-        return encode_values(cleaned), "a value is not valid Unicode text"
-    # orjson writes NUL as \u0000; confirm on the values (the escape may be literal text).
-    if "\\u0000" in encoded and any("\x00" in v for v in values if v):
-        cleaned = [v.replace("\x00", "") if v else v for v in values]
-        return encode_values(cleaned), "a value contains a NUL character"
-    return encoded, None
+        for cell in cells:
+            if cell:
+                cell.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a JSON body
+        cleaned = [cell.encode("utf-8", "replace").decode() if cell else cell for cell in cells]
+        return cleaned, "a value is not valid Unicode text"
+    return None
 
 
-async def _copy_rows(
-    conn: AsyncConnection[Any],
-    batch_id: uuid.UUID,
-    upload: ParsedUpload,
-    key_positions: list[int | None],
-) -> int:
+async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: ParsedUpload) -> int:
+    """COPY the rows importq read into the staged table; how many there were."""
+    width = table.width
+    padding: list[Value] = [None] * width
     total = 0
-    async with conn.cursor().copy(queries["copy_staged_rows"]) as copy:
-        copy.set_types(["uuid", "int4", "int8", "text", "text"])
+    async with conn.cursor().copy(table.copy_rows()) as copy:
+        copy.set_types(table.copy_types())
         for line, values, problem in upload.rows:
-            encoded, unreadable = _encoded(values)
-            problem = problem or unreadable
-            key = None if problem else row_key(values, key_positions)
-            await copy.write_row((batch_id, line, key_hash(key, line), problem, encoded))
+            cells = list(values[:width]) if len(values) >= width else [*values, *padding][:width]
+            extra = list(values[width:]) or None
+            unreadable = _unreadable([*cells, *(extra or ())])
+            if unreadable is not None:
+                cleaned, reason = unreadable
+                cells, extra = cleaned[:width], cleaned[width:] or None
+                problem = problem or reason
+            await copy.write_row((line, problem, extra, *cells))
             total += 1
             if total % YIELD_EVERY == 0:
                 # Parsing is CPU-bound: let the event loop run (worker heartbeats, other
@@ -136,13 +139,40 @@ async def _copy_rows(
     return total
 
 
+async def _copy_clean_csv(
+    conn: AsyncConnection[Any], table: StagedTable, source: CsvSource
+) -> int | None:
+    """COPY a CSV file's records straight into the staged table, parsed by PostgreSQL;
+    how many there were, or None (nothing staged) when the file is not clean enough for
+    PostgreSQL to read it as importq would (see :class:`CsvSource`)."""
+    position = source.binary.tell()
+    try:
+        async with conn.transaction(), conn.cursor() as cursor:
+            async with cursor.copy(table.copy_csv(source.delimiter)) as copy:
+                for block in source.blocks():
+                    await copy.write(block)
+            total = cursor.rowcount
+    except (NotClean, psycopg.DataError) as error:
+        log.info("batch %s is read by importq: %s", table.batch_id, error)
+        source.binary.seek(position)  # where the Python reader left it
+        return None
+    limits = source.limits
+    if total > limits.max_rows:
+        raise limits.too_many_rows()
+    cursor = await conn.execute(table.first_long_cell(), {"limit": limits.max_cell_chars})
+    long = await cursor.fetchone()
+    if long is not None and long[0] is not None:
+        raise limits.cell_too_long(long[0])
+    return total
+
+
 async def _cut_chunks(
-    conn: AsyncConnection[Any], batch_id: uuid.UUID, size: int
+    conn: AsyncConnection[Any], table: StagedTable, size: int
 ) -> list[ChunkBound]:
     """One ordered scan of the staged hashes, streamed through a server-side cursor."""
     cutter = ChunkCutter(size)
-    async with conn.cursor(name=f"hashes_{batch_id.hex}") as cursor:
-        await cursor.execute(queries["staged_hashes_in_order"], {"batch_id": batch_id})
+    async with conn.cursor(name=f"hashes_{table.batch_id.hex}") as cursor:
+        await cursor.execute(table.hashes_in_order())
         while hashes := await cursor.fetchmany(20_000):
             for (value,) in hashes:
                 cutter.add(value)
@@ -160,19 +190,25 @@ async def stage_batch(
 ) -> StagedBatch:
     """Stage an upload as a new active batch (see the module docstring). Owns the transaction."""
     match = check_header(request.dataset, upload.header)
-    positions = match.positions
     existing = await _existing(conn, request)
     if existing is not None:
         return existing
-    key_positions = [positions.get(name) for name in request.dataset.dedup_key]
     batch_id = uuid.uuid4()
+    table = StagedTable(batch_id, len(upload.header), request.dataset, dict(match.positions))
     try:
         async with conn.transaction():
-            total = await _copy_rows(conn, batch_id, upload, key_positions)
+            await conn.execute(table.create_incoming())
+            total = None
+            if upload.source is not None:
+                total = await _copy_clean_csv(conn, table, upload.source)
+            if total is None:
+                total = await _copy_rows(conn, table, upload)
             if total == 0:
                 raise empty_upload()
+            for statement in table.create():
+                await conn.execute(statement)
             size = effective_chunk_size(total, chunk_size, max_chunks)
-            bounds = await _cut_chunks(conn, batch_id, size)
+            bounds = await _cut_chunks(conn, table, size)
             await conn.execute(
                 queries["insert_batch"],
                 {

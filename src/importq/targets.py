@@ -1,19 +1,22 @@
-"""Dataset target tables: their DDL and the statements that insert into them.
+"""Dataset target tables: their DDL, and the statements that settle a chunk into them.
 
-The statements are templates in ``sql/schema.sql``, completed here with the dataset's
-identifiers through ``psycopg.sql`` (identifiers quoted, never interpolated as text).
-Key columns use the "C" collation so the insert's sort order is the index's order.
+The statements are templates in ``sql/schema.sql`` and ``sql/chunks.sql``, completed
+here with the dataset's identifiers through ``psycopg.sql`` (identifiers quoted, never
+interpolated as text). Key columns use the "C" collation so the insert's sort order is
+the index's order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from psycopg import AsyncConnection, sql
 
 from importq.datasets import Column, Dataset
+from importq.reports import record_sql
 from importq.sql import queries
+from importq.staged import StagedTable, cell, trimmed
 
 
 class TargetTableError(RuntimeError):
@@ -58,39 +61,60 @@ async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -
         )
 
 
-def _incoming(dataset: Dataset) -> sql.Identifier:
-    return sql.Identifier(f"incoming_{dataset.table}")
+def _value(column: Column, positions: Mapping[str, int]) -> sql.Composable:
+    """A column's value from a staged row's trimmed cell: empty as NULL, cast to the
+    column's type (the row rules checked it casts)."""
+    if column.name not in positions:
+        return sql.NULL
+    value = sql.SQL("NULLIF({}, '')").format(trimmed(positions[column.name]))
+    if column.type.sql_type == "text":
+        return value
+    return sql.SQL("{}::{}").format(value, sql.SQL(column.type.sql_type))
 
 
 @dataclass(frozen=True)
-class TargetStatements:
-    """The statements that move a chunk's winners into a dataset's target table."""
+class ChunkStatements:
+    """The statements that settle a batch's chunks (``sql/chunks.sql`` templates)."""
 
-    create_incoming: sql.Composed
-    clear_incoming: sql.Composed
-    copy_incoming: sql.Composed
-    insert: sql.Composed
-    copy_types: tuple[str, ...]
+    chunk_rows: sql.Composed
+    settle: sql.Composed
+    probe: sql.Composed
+    #: Dataset column name → index in a chunk_rows row's values (after line, problem).
+    read_positions: dict[str, int]
 
 
-@lru_cache(maxsize=64)
-def target_statements(dataset: Dataset) -> TargetStatements:
-    key_fields = {c.field for c in dataset.key_columns}
-    incoming = _incoming(dataset)
-    return TargetStatements(
-        create_incoming=sql.SQL(queries["create_incoming"]).format(
-            incoming=incoming,
-            columns=sql.SQL(",\n    ").join(_column_ddl(c, key_fields) for c in dataset.columns),
+def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStatements:
+    dataset = staged.dataset
+    positions = staged.positions
+    read = sorted(set(positions.values()))
+    values = [_value(c, positions) for c in dataset.columns]
+    order = [sql.SQL("key_hash")] + [
+        sql.SQL('{} COLLATE "C"').format(values[dataset.columns.index(c)])
+        if c.type.sql_type == "text"
+        else values[dataset.columns.index(c)]
+        for c in dataset.key_columns
+    ]
+    success_record, rejected_record = record_sql(dataset, header)
+    parts = {
+        "staged": staged.name,
+        "trimmed": sql.SQL(", ").join(
+            sql.SQL("importq_trim({}) AS {}").format(cell(p), trimmed(p)) for p in read
         ),
-        clear_incoming=sql.SQL(queries["clear_incoming"]).format(incoming=incoming),
-        copy_incoming=sql.SQL(queries["copy_incoming"]).format(
-            incoming=incoming, fields=_fields(dataset)
+        "table": sql.Identifier(dataset.table),
+        "fields": _fields(dataset),
+        "values": sql.SQL(", ").join(values),
+    }
+    return ChunkStatements(
+        chunk_rows=sql.SQL(queries["chunk_rows"]).format(
+            table=staged.name,
+            cells=sql.SQL(", ").join(cell(p) for p in read),
         ),
-        insert=sql.SQL(queries["insert_targets"]).format(
-            table=sql.Identifier(dataset.table),
-            incoming=incoming,
-            fields=_fields(dataset),
-            key=_key(dataset),
+        settle=sql.SQL(queries["settle_chunk"]).format(
+            **parts,
+            order=sql.SQL(", ").join(order),
+            success_record=success_record,
+            rejected_record=rejected_record,
         ),
-        copy_types=("int8", "int4", *(c.type.copy_type for c in dataset.columns)),
+        probe=sql.SQL(queries["probe_row"]).format(**parts),
+        read_positions={name: read.index(p) for name, p in positions.items()},
     )

@@ -1,10 +1,6 @@
 -- Chunks and their rows: staging, claiming, results.
 -- A chunk goes todo → done or todo → failed, once; both are final.
 
--- name: staged_hashes_in_order
--- Every staged row's key hash of a batch, ascending: the input of chunk_bounds().
-SELECT key_hash FROM staged_rows WHERE batch_id = %(batch_id)s ORDER BY key_hash;
-
 -- name: insert_chunks
 -- The chunks of a new batch, from parallel arrays.
 INSERT INTO chunks (batch_id, chunk_no, hash_from, hash_to, row_count)
@@ -21,12 +17,78 @@ WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
 
 -- name: chunk_rows
--- A chunk's staged rows in line order (the first valid row of a key wins).
-SELECT line, key_hash, "values", problem
-FROM staged_rows
-WHERE batch_id = %(batch_id)s AND key_hash >= %(hash_from)s
-  AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
+-- A chunk's rows in line order: line, problem, then the cells the row rules read
+-- (template {table}, {cells}).
+SELECT line, problem, {cells}
+FROM {table}
+WHERE key_hash >= %(hash_from)s AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
 ORDER BY line;
+
+-- name: create_decisions
+-- The rows of a chunk the row rules turned away, with the reason (failures and in-file
+-- duplicates); every other row of the chunk is a winner. Gone at commit.
+CREATE TEMP TABLE IF NOT EXISTS importq_decisions (
+    line     integer PRIMARY KEY,
+    outcome  text NOT NULL CHECK (outcome IN ('duplicate', 'failure')),
+    message  text NOT NULL
+) ON COMMIT DROP;
+
+-- name: copy_decisions
+-- Stream the decisions of a slice of a chunk (binary COPY: int4, text, text).
+COPY importq_decisions (line, outcome, message) FROM STDIN (FORMAT BINARY);
+
+-- name: add_decision
+-- A winner the target table refused: a failure with the database's reason.
+INSERT INTO importq_decisions (line, outcome, message)
+VALUES (%(line)s, 'failure', %(message)s);
+
+-- name: settle_chunk
+-- All of a chunk's writes in one statement: insert the winners in dedup-index order (a
+-- key already stored makes the row a duplicate, "already exists"), then one row result
+-- per row of the chunk with the CSV record its report prints, and the tally.
+-- %(give_up)s set: nothing is inserted and every row is a failure with that message.
+-- Template: {staged}, {trimmed} (the dataset's cells trimmed once, as t<position>),
+-- {table}, {fields}, {values} (the dataset's columns cast
+-- from the cells), {order} (the dedup index's order), {success_record}, {rejected_record}.
+WITH chunk AS MATERIALIZED (
+    SELECT s.*, {trimmed}, d.outcome AS decided, d.message AS reason
+    FROM {staged} s LEFT JOIN importq_decisions d ON d.line = s.line
+    WHERE s.key_hash >= %(hash_from)s
+      AND (%(hash_to)s::bigint IS NULL OR s.key_hash < %(hash_to)s)
+), inserted AS (
+    INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
+    SELECT key_hash, %(batch_id)s, line, {values}
+    FROM chunk
+    WHERE decided IS NULL AND %(give_up)s::text IS NULL
+    ORDER BY {order}
+    ON CONFLICT DO NOTHING
+    RETURNING imported_line, target_id
+), outcomes AS (
+    SELECT c.*, i.target_id,
+           CASE WHEN %(give_up)s::text IS NOT NULL THEN 'failure'
+                WHEN c.decided IS NOT NULL THEN c.decided
+                WHEN i.target_id IS NOT NULL THEN 'success'
+                ELSE 'duplicate' END AS outcome,
+           CASE WHEN %(give_up)s::text IS NOT NULL THEN %(give_up)s::text
+                WHEN c.decided IS NOT NULL THEN c.reason
+                WHEN i.target_id IS NULL THEN 'already exists' END AS message
+    FROM chunk c LEFT JOIN inserted i ON i.imported_line = c.line
+), results AS (
+    INSERT INTO row_results (batch_id, line, outcome, message, target_id, record)
+    SELECT %(batch_id)s, line, outcome, message, target_id::text,
+           CASE WHEN outcome = 'success' THEN {success_record} ELSE {rejected_record} END
+    FROM outcomes
+    RETURNING outcome
+)
+SELECT outcome, count(*) FROM results GROUP BY outcome;
+
+-- name: probe_row
+-- Insert one winner alone (in a savepoint that is rolled back): does the target table
+-- accept it? Template as settle_chunk.
+INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
+SELECT key_hash, %(batch_id)s, line, {values}
+FROM (SELECT *, {trimmed} FROM {staged} WHERE line = %(line)s) AS s
+ON CONFLICT DO NOTHING;
 
 -- name: finish_chunk
 -- todo → done | failed. Only a todo chunk moves; the error of an earlier attempt stays.
@@ -35,24 +97,14 @@ SET status = %(status)s, error = coalesce(%(error)s, error), attempts = attempts
 WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
 RETURNING chunk_no;
 
--- name: row_results_in_line_order
--- Every row result of a batch, in line order: the input of the reports.
-SELECT outcome, record
-FROM row_results WHERE batch_id = %(batch_id)s ORDER BY line;
-
--- name: purge_staged_rows
--- Drop staged rows of batches finished before the cutoff.
-DELETE FROM staged_rows s USING batches b
-WHERE s.batch_id = b.id AND b.completed_at < %(cutoff)s;
-
--- name: copy_staged_rows
--- Stream an upload's rows into staging (binary COPY: uuid, int4, int8, text, json).
-COPY staged_rows (batch_id, line, key_hash, problem, "values") FROM STDIN (FORMAT BINARY);
-
--- name: copy_row_results
--- Stream a chunk's row results (binary COPY: uuid, int4, text, text, text, text).
-COPY row_results (batch_id, line, outcome, message, target_id, record)
-FROM STDIN (FORMAT BINARY);
+-- name: report_blocks
+-- A batch's report records in line order, in blocks of consecutive lines by outcome:
+-- appended in this order, each report file is in line order.
+SELECT outcome, string_agg(record, '' ORDER BY line), count(*)
+FROM row_results
+WHERE batch_id = %(batch_id)s
+GROUP BY line / 4096, outcome
+ORDER BY line / 4096;
 
 -- name: count_chunk_attempt
 -- Count a failed or lost attempt, in its own transaction. Nothing happens (no row back)

@@ -42,31 +42,3 @@ CREATE TABLE IF NOT EXISTS {table} (
     imported_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {table} (key_hash, {key});
-
--- name: create_incoming
--- A chunk's winning rows on their way in, one slice at a time (psycopg.sql template:
--- {incoming}, {columns}); the first slice of a transaction creates it.
-CREATE TEMP TABLE IF NOT EXISTS {incoming} (
-    key_hash  bigint NOT NULL,
-    line      integer NOT NULL,
-    {columns}
-) ON COMMIT DROP;
-
--- name: clear_incoming
--- Empty the temp table for the next slice (template: {incoming}).
-TRUNCATE {incoming};
-
--- name: copy_incoming
--- Stream a chunk's winners into the temp table (template: {incoming}, {fields}).
-COPY {incoming} (key_hash, line, {fields}) FROM STDIN (FORMAT BINARY);
-
--- name: insert_targets
--- Move the winners (all, or the one of %(line)s) into the target table in dedup-index
--- order; keys already stored are skipped (template: {table}, {incoming}, {fields}, {key}).
-INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
-SELECT key_hash, %(batch_id)s, line, {fields}
-FROM {incoming}
-WHERE %(line)s::integer IS NULL OR line = %(line)s
-ORDER BY key_hash, {key}
-ON CONFLICT DO NOTHING
-RETURNING imported_line, target_id;

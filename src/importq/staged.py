@@ -1,0 +1,127 @@
+"""A batch's staged rows: one table per batch, ``importq_staging.b_<batch id hex>``.
+
+Columns: ``key_hash``, ``line`` (primary key: the row number a spreadsheet shows),
+``problem`` (why the row could not be read as a record; it becomes a failure), ``extra``
+(cells past the header's width, kept for the failure report), then ``c0 … c<n-1>``: the
+cells exactly as uploaded, aligned with the uploaded header.
+
+Rows are COPYed into a temporary table in file order first, then written to the batch's
+table sorted by ``key_hash``: a chunk is a hash range, so its rows are neighbours on
+disk. The hash is of the normalised dedup key, computed by SQL
+(:meth:`StagedTable.key_hash`): rows of one key share a hash, so they share a chunk; a
+row without a whole key hashes its line and is a group of one. The target table stores
+the same hash, so the expression must never change.
+
+This module only composes statements (``sql/staging.sql`` templates completed with
+``psycopg.sql``); staging and processing run them in their own transactions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from functools import cached_property
+
+from psycopg import sql
+
+from importq.datasets import Dataset
+from importq.sql import queries
+
+SCHEMA = "importq_staging"
+# Joins key parts before hashing: U+001F, which a trimmed part never starts or ends with.
+KEY_SEPARATOR = " || E'\\x1f' || "
+
+
+def table_name(batch_id: uuid.UUID) -> str:
+    return f"b_{batch_id.hex}"
+
+
+def drop_staged_table(name: str) -> sql.Composed:
+    return sql.SQL(queries["drop_staged_table"]).format(table=sql.Identifier(SCHEMA, name))
+
+
+def cell(position: int) -> sql.Identifier:
+    """The staged column of the uploaded header's column ``position``."""
+    return sql.Identifier(f"c{position}")
+
+
+def trimmed(position: int) -> sql.Identifier:
+    """That cell trimmed (``importq_trim``), as the chunk statement names it."""
+    return sql.Identifier(f"t{position}")
+
+
+@dataclass(frozen=True)
+class StagedTable:
+    """The staged table of one batch, and the statements over it.
+
+    ``positions``: dataset column name → index in the uploaded header.
+    """
+
+    batch_id: uuid.UUID
+    width: int
+    dataset: Dataset
+    positions: dict[str, int]
+
+    @classmethod
+    def of(cls, batch_id: uuid.UUID, dataset: Dataset, header: list[str]) -> StagedTable:
+        return cls(batch_id, len(header), dataset, dict(dataset.match_header(header).positions))
+
+    @property
+    def name(self) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, table_name(self.batch_id))
+
+    @cached_property
+    def key_hash(self) -> sql.Composed:
+        """The chunking hash of a row (an expression over the table's columns)."""
+        parts = [
+            sql.SQL("importq_trim({})").format(cell(self.positions[name]))
+            for name in self.dataset.dedup_key
+        ]
+        return sql.SQL(queries["staged_key_hash"]).format(
+            key=sql.SQL(KEY_SEPARATOR).join(parts),
+            complete=sql.SQL(" AND ").join(sql.SQL("{} <> ''").format(p) for p in parts),
+        )
+
+    def create_incoming(self) -> sql.Composed:
+        """The temporary table an upload's rows are COPYed into, in file order."""
+        return sql.SQL(queries["create_incoming"]).format(
+            cells=sql.SQL(",\n    ").join(
+                sql.SQL("{} text").format(cell(p)) for p in range(self.width)
+            )
+        )
+
+    def copy_rows(self) -> sql.Composed:
+        """Binary COPY of ``(line, problem, extra, c0 … c<n-1>)`` rows."""
+        return sql.SQL(queries["copy_incoming_rows"]).format(cells=self._cells())
+
+    def copy_types(self) -> list[str]:
+        return ["int4", "text", "text[]", *["text"] * self.width]
+
+    def copy_csv(self, delimiter: str) -> sql.Composed:
+        """COPY of a CSV file's data records (the header already read) straight in."""
+        return sql.SQL(queries["copy_incoming_csv"]).format(
+            cells=self._cells(), delimiter=sql.Literal(delimiter)
+        )
+
+    def first_long_cell(self) -> sql.Composed:
+        """The first incoming line with a cell longer than ``%(limit)s`` characters."""
+        long = sql.SQL(" OR ").join(
+            sql.SQL("(octet_length({c}) > %(limit)s AND length({c}) > %(limit)s)").format(c=cell(p))
+            for p in range(self.width)
+        )
+        return sql.SQL(queries["incoming_long_cell"]).format(long=long)
+
+    def create(self) -> list[sql.Composed]:
+        """The batch's table from the incoming rows, in hash order, with its indexes."""
+        return [
+            sql.SQL(queries["create_staged_table"]).format(
+                table=self.name, hash=self.key_hash, cells=self._cells()
+            ),
+            sql.SQL(queries["index_staged_table"]).format(table=self.name),
+        ]
+
+    def hashes_in_order(self) -> sql.Composed:
+        return sql.SQL(queries["staged_hashes_in_order"]).format(table=self.name)
+
+    def _cells(self) -> sql.Composable:
+        return sql.SQL(", ").join(cell(p) for p in range(self.width))
