@@ -10,6 +10,11 @@ BEGIN
 END
 $$;
 DROP TABLE staged_rows;
+-- Row results move to one table per batch too (importq_staging.r_<batch id hex>): a
+-- chunk's results land in line order of hash, not of line, and an index on the line
+-- made each insert touch a random page (it was half the cost of a chunk); a batch's
+-- results now go with one DROP at the purge as well.
+DROP TABLE row_results;
 CREATE SCHEMA importq_staging;
 
 -- Surrounding whitespace trimmed, as Python's str.strip() trims it (every character for

@@ -148,6 +148,11 @@ async def count_rows(services: Services, table: str) -> int:
     return int(row[0])
 
 
+def batch_tables(batch_id: str) -> list[str]:
+    """The tables of one batch: its staged rows and its row results."""
+    return sorted([table_name(uuid.UUID(batch_id)), f"r_{uuid.UUID(batch_id).hex}"])
+
+
 async def staged_tables(services: Services) -> list[str]:
     """The staged tables (one per staged batch), by name."""
     async with services.pool.connection() as conn:
@@ -446,7 +451,7 @@ async def test_same_idempotency_key_returns_the_same_batch(
     assert first.json() == second.json()
     assert await count_rows(services, "batches") == 1
     batch_id = first.json()["batchId"]
-    assert await staged_tables(services) == [table_name(uuid.UUID(batch_id))]
+    assert await staged_tables(services) == batch_tables(batch_id)
     assert await count_staged_rows(services, batch_id) == 2
 
     other = await client.post(
@@ -470,7 +475,7 @@ async def test_concurrent_posts_with_the_same_idempotency_key_make_one_batch(
     assert len({r.json()["batchId"] for r in responses}) == 1
     assert await count_rows(services, "batches") == 1
     batch_id = responses[0].json()["batchId"]
-    assert await staged_tables(services) == [table_name(uuid.UUID(batch_id))]
+    assert await staged_tables(services) == batch_tables(batch_id)
     assert await count_staged_rows(services, batch_id) == 40
 
 

@@ -214,7 +214,7 @@ async def written_reports(services: Services, batch_id: str) -> dict[str, bytes]
         batch = await batches.get_batch(conn, uuid.UUID(batch_id))
     assert batch is not None
     with tempfile.TemporaryDirectory() as directory:
-        files, _ = await _write_reports(
+        files = await _write_reports(
             services, batch, services.datasets[batch["dataset"]], Path(directory)
         )
         return {kind: file.read_bytes() for kind, file in files.items()}

@@ -1,7 +1,8 @@
 """Aggregation: the one run per batch that writes the reports and announces the end.
 
 Entered only by the winner of the completion guard (``active → aggregating``). It
-streams ``row_results`` in line order into the reports, stores them, then in one
+checks the batch's row results account for every line exactly once, streams them in
+line order into the reports, stores them, then in one
 transaction moves ``aggregating → completed | failed`` with the result, creates the
 ``IMPORT_COMPLETE`` notification and the email delivery, and defers ``send_email``.
 Safe to run again: uploads replace what a failed run stored, and the final transition
@@ -17,12 +18,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from psycopg import sql
+
 from importq import batches
 from importq.datasets import Dataset
 from importq.mail import message_id
 from importq.reports import FILE_NAMES, KINDS, ReportLayout, ReportWriter
 from importq.services import Services
 from importq.sql import queries
+from importq.staged import results_table
 from importq.webhooks import WEBHOOK, delivery_id
 
 REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
@@ -43,18 +47,27 @@ def download_name(dataset: str, batch_id: uuid.UUID | str, kind: str) -> str:
 
 async def _write_reports(
     services: Services, batch: dict[str, Any], dataset: Dataset, directory: Path
-) -> tuple[dict[str, Path], int]:
+) -> dict[str, Path]:
+    """Write the batch's reports, once its results account for every row exactly once."""
     writer = ReportWriter(directory, ReportLayout.for_batch(dataset, batch["header"]))
-    seen = 0
     async with (
         services.pool.connection() as conn,
         conn.transaction(),
         conn.cursor(name=f"results_{batch['id'].hex}") as cursor,
     ):
-        await cursor.execute(queries["report_blocks"], {"batch_id": batch["id"]})
+        results = results_table(batch["id"])
+        counted = await conn.execute(sql.SQL(queries["count_results"]).format(results=results))
+        found, lines = await counted.fetchone() or (0, 0)
+        if not found == lines == batch["total_rows"] == batch["processed_rows"]:
+            raise AccountingError(
+                f"batch {batch['id']}: {found} row results for {lines} lines, "
+                f"{batch['processed_rows']} processed rows, {batch['total_rows']} rows"
+            )
+        await conn.execute(queries["sort_memory"])
+        await cursor.execute(sql.SQL(queries["report_blocks"]).format(results=results))
         while blocks := await cursor.fetchmany(FETCH_BLOCKS):
-            seen += writer.add(blocks)
-    return writer.close(), seen
+            writer.add(blocks)
+    return writer.close()
 
 
 def report_links(
@@ -84,12 +97,7 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
         return None
     dataset = services.datasets[batch["dataset"]]
     with tempfile.TemporaryDirectory(prefix="importq-reports-") as directory:
-        written, seen = await _write_reports(services, batch, dataset, Path(directory))
-        if seen != batch["total_rows"] or batch["processed_rows"] != batch["total_rows"]:
-            raise AccountingError(
-                f"batch {batch_id}: {seen} row results and {batch['processed_rows']} processed "
-                f"rows for {batch['total_rows']} rows"
-            )
+        written = await _write_reports(services, batch, dataset, Path(directory))
         paths = {kind: report_path(batch_id, kind) for kind in written}
         for kind, file in written.items():
             await services.storage.put_file(paths[kind], file, content_type=REPORT_CONTENT_TYPE)

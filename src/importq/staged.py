@@ -36,6 +36,10 @@ def table_name(batch_id: uuid.UUID) -> str:
     return f"b_{batch_id.hex}"
 
 
+def results_table(batch_id: uuid.UUID) -> sql.Identifier:
+    return sql.Identifier(SCHEMA, f"r_{batch_id.hex}")
+
+
 def drop_staged_table(name: str) -> sql.Composed:
     return sql.SQL(queries["drop_staged_table"]).format(table=sql.Identifier(SCHEMA, name))
 
@@ -69,6 +73,11 @@ class StagedTable:
     @property
     def name(self) -> sql.Identifier:
         return sql.Identifier(SCHEMA, table_name(self.batch_id))
+
+    @property
+    def results(self) -> sql.Identifier:
+        """The batch's row results: ``importq_staging.r_<batch id hex>``."""
+        return results_table(self.batch_id)
 
     @cached_property
     def key_hash(self) -> sql.Composed:
@@ -112,12 +121,14 @@ class StagedTable:
         return sql.SQL(queries["incoming_long_cell"]).format(long=long)
 
     def create(self) -> list[sql.Composed]:
-        """The batch's table from the incoming rows, in hash order, with its indexes."""
+        """The batch's table from the incoming rows, in hash order, with its indexes;
+        and its empty results table."""
         return [
             sql.SQL(queries["create_staged_table"]).format(
                 table=self.name, hash=self.key_hash, cells=self._cells()
             ),
             sql.SQL(queries["index_staged_table"]).format(table=self.name),
+            sql.SQL(queries["create_results_table"]).format(results=self.results),
         ]
 
     def hashes_in_order(self) -> sql.Composed:

@@ -205,6 +205,7 @@ async def stage_batch(
                 total = await _copy_rows(conn, table, upload)
             if total == 0:
                 raise empty_upload()
+            await conn.execute(queries["sort_memory"])
             for statement in table.create():
                 await conn.execute(statement)
             size = effective_chunk_size(total, chunk_size, max_chunks)

@@ -97,6 +97,7 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
     success_record, rejected_record = record_sql(dataset, header)
     parts = {
         "staged": staged.name,
+        "results": staged.results,
         "trimmed": sql.SQL(", ").join(
             sql.SQL("importq_trim({}) AS {}").format(cell(p), trimmed(p)) for p in read
         ),

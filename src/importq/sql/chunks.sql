@@ -47,7 +47,7 @@ VALUES (%(line)s, 'failure', %(message)s);
 -- key already stored makes the row a duplicate, "already exists"), then one row result
 -- per row of the chunk with the CSV record its report prints, and the tally.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
--- Template: {staged}, {trimmed} (the dataset's cells trimmed once, as t<position>),
+-- Template: {staged}, {results}, {trimmed} (the dataset's cells trimmed once, as t<position>),
 -- {table}, {fields}, {values} (the dataset's columns cast
 -- from the cells), {order} (the dedup index's order), {success_record}, {rejected_record}.
 WITH chunk AS MATERIALIZED (
@@ -74,8 +74,8 @@ WITH chunk AS MATERIALIZED (
                 WHEN i.target_id IS NULL THEN 'already exists' END AS message
     FROM chunk c LEFT JOIN inserted i ON i.imported_line = c.line
 ), results AS (
-    INSERT INTO row_results (batch_id, line, outcome, message, target_id, record)
-    SELECT %(batch_id)s, line, outcome, message, target_id::text,
+    INSERT INTO {results} (line, outcome, message, target_id, record)
+    SELECT line, outcome, message, target_id::text,
            CASE WHEN outcome = 'success' THEN {success_record} ELSE {rejected_record} END
     FROM outcomes
     RETURNING outcome
@@ -99,12 +99,15 @@ RETURNING chunk_no;
 
 -- name: report_blocks
 -- A batch's report records in line order, in blocks of consecutive lines by outcome:
--- appended in this order, each report file is in line order.
+-- appended in this order, each report file is in line order (template {results}).
 SELECT outcome, string_agg(record, '' ORDER BY line), count(*)
-FROM row_results
-WHERE batch_id = %(batch_id)s
+FROM {results}
 GROUP BY line / 4096, outcome
 ORDER BY line / 4096;
+
+-- name: count_results
+-- How many results a batch has, and for how many distinct lines (template {results}).
+SELECT count(*), count(DISTINCT line) FROM {results};
 
 -- name: count_chunk_attempt
 -- Count a failed or lost attempt, in its own transaction. Nothing happens (no row back)

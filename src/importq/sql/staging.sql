@@ -25,6 +25,11 @@ COPY importq_incoming ({cells}) FROM STDIN (FORMAT csv, DELIMITER {delimiter}, E
 -- length is known without reading the text, and is never less than the length).
 SELECT min(line) FROM importq_incoming WHERE {long};
 
+-- name: sort_memory
+-- Memory for the one big sort of a batch's rows (staging, then its reports), so it runs
+-- in memory rather than through temporary files; for this transaction only.
+SET LOCAL work_mem = '512MB';
+
 -- name: create_staged_table
 -- The batch's rows in hash order, so a chunk (a hash range) is a few neighbouring pages
 -- (template {table}, {hash}, {cells}).
@@ -38,6 +43,18 @@ ORDER BY 1, 2;
 ALTER TABLE {table} ADD PRIMARY KEY (line);
 CREATE INDEX ON {table} (key_hash);
 
+-- name: create_results_table
+-- Where the chunks of the batch record one result per row, each with the CSV record its
+-- report prints (template {results}). No index: the results are read once, by the
+-- aggregation, which sorts them and checks that every line has exactly one.
+CREATE TABLE {results} (
+    line       integer NOT NULL,
+    outcome    text NOT NULL CHECK (outcome IN ('success', 'duplicate', 'failure')),
+    message    text,
+    target_id  text,
+    record     text NOT NULL
+);
+
 -- name: staged_key_hash
 -- A row's chunking hash (template {key}: the normalised key parts joined by U+001F;
 -- {complete}: every part non-empty). hashtextextended is the function hash partitioning
@@ -50,11 +67,12 @@ CASE WHEN problem IS NULL AND {complete} THEN hashtextextended({key}, 0)
 SELECT key_hash FROM {table} ORDER BY key_hash;
 
 -- name: staged_tables_to_drop
--- Staged tables of batches that finished before the cutoff.
+-- Staged rows and row results of batches that finished before the cutoff.
 SELECT t.tablename
-FROM pg_tables t JOIN batches b ON t.tablename = 'b_' || replace(b.id::text, '-', '')
+FROM pg_tables t
+JOIN batches b ON substr(t.tablename, 3) = replace(b.id::text, '-', '')
 WHERE t.schemaname = 'importq_staging' AND b.completed_at < %(cutoff)s;
 
 -- name: drop_staged_table
--- A finished batch's staged rows, gone (template {table}).
+-- A finished batch's staged rows or row results, gone (template {table}).
 DROP TABLE IF EXISTS {table};
