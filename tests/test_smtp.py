@@ -189,14 +189,31 @@ async def _delivery(services: Services, batch_id: str) -> dict[str, Any]:
     return {"attempts": row[0], "sent_at": row[1], "last_error": row[2]}
 
 
-async def _failed_once(services: Services, batch_id: str, seconds: float = 15) -> dict[str, Any]:
-    """Wait for the worker's first send to fail (the server is down)."""
+async def _delivery_once(
+    services: Services,
+    batch_id: str,
+    ready: Callable[[dict[str, Any]], bool],
+    seconds: float = 15,
+) -> dict[str, Any]:
+    """Wait for the worker to record what ``ready`` looks for (it records a send after
+    the server has the message, so the inbox alone does not tell)."""
     deadline = time.monotonic() + seconds
-    while (delivery := await _delivery(services, batch_id))["attempts"] < 1:
+    while not ready(delivery := await _delivery(services, batch_id)):
         if time.monotonic() > deadline:
-            raise AssertionError(f"no send attempt recorded: {delivery}")
+            raise AssertionError(f"not recorded in time: {delivery}")
         await asyncio.sleep(0.05)
     return delivery
+
+
+async def _failed_once(services: Services, batch_id: str) -> dict[str, Any]:
+    """Wait for the worker's first send to fail (the server is down)."""
+    return await _delivery_once(services, batch_id, lambda delivery: delivery["attempts"] >= 1)
+
+
+async def _sent(services: Services, batch_id: str) -> dict[str, Any]:
+    return await _delivery_once(
+        services, batch_id, lambda delivery: delivery["sent_at"] is not None
+    )
 
 
 async def _stop(worker: asyncio.Task[None]) -> None:
@@ -253,8 +270,7 @@ async def test_one_message_per_batch_in_the_initiators_language(
     assert english.message["Subject"] == "Import complete: Entrances"
     assert english.message["Content-Language"] == "en"
     assert not english.tls  # smtp+plain://
-    delivery = await _delivery(services, batch_ids[0])
-    assert delivery["attempts"] == 1 and delivery["sent_at"] is not None
+    assert (await _sent(services, batch_ids[0]))["attempts"] == 1
     if not french:
         pytest.skip("locales/fr/LC_MESSAGES/importq.po is missing: the French half did not run")
     (other,) = (
@@ -288,7 +304,7 @@ async def test_starttls_then_credentials_with_a_private_ca(
     assert received.tls and received.authenticated
     assert [data for _, data in authenticator.attempts] == [(LOGIN.encode(), PASSWORD.encode())]
     assert received.message["Message-ID"] == f"<import-{batch_id}@importq>"
-    assert (await _delivery(services, batch_id))["sent_at"] is not None
+    await _sent(services, batch_id)
 
 
 async def test_smtp_without_starttls_is_refused_before_any_credentials(
