@@ -306,6 +306,7 @@ def main() -> None:
         with psycopg.connect(url, autocommit=True) as conn:
             for table in ("entrances", "importq_migrations"):
                 conn.execute(f"DROP TABLE IF EXISTS {table} CASCADE")  # type: ignore[arg-type]
+            conn.execute("DROP SCHEMA IF EXISTS importq_staging CASCADE")
             conn.execute("DROP SCHEMA public CASCADE")
             conn.execute("CREATE SCHEMA public")
         server = "PostgreSQL at --database-url"

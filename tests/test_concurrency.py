@@ -26,12 +26,13 @@ from helpers import Receiver, entrance, wait_for_batch
 from importq.datasets import load_datasets
 from importq.delivery import send_completion_email
 from importq.processing import fail_chunk, process_chunk
-from importq.row_rules import StagedRow, decide
+from importq.row_rules import StagedRow
 from importq.services import Services
 from importq.staged import results_table
 from importq.uploads import read_json_rows
 from importq.webhooks import deliver_batch_webhook
 from importq.worker import tasks
+from rules_model import decide
 
 
 def job_context(services: Services, task_name: str, **kwargs: Any) -> JobContext:

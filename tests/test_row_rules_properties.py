@@ -1,4 +1,4 @@
-"""Property and example tests of ``row_rules.decide`` with the built-in ``entrances`` dataset.
+"""Property and example tests of the row rules' model (``rules_model.decide``) with the built-in ``entrances`` dataset.
 
 Pure functions, no database. Rows are entrances whose ids and authors come from a small
 set (so keys repeat), some made invalid on purpose (a bad latitude, an empty mandatory
@@ -20,15 +20,8 @@ from hypothesis import strategies as st
 from helpers import HEADER, entrance
 from importq.chunking import chunk_bounds, chunk_of
 from importq.datasets import Dataset, DatasetError, load_datasets, parse_datasets
-from importq.row_rules import (
-    Rejected,
-    StagedRow,
-    Value,
-    Winner,
-    decide,
-    normalise,
-    row_key,
-)
+from importq.row_rules import StagedRow, Value
+from rules_model import Rejected, Winner, decide, normalise, row_key
 
 PROPERTIES = settings(max_examples=200, deadline=None)
 

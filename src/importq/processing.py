@@ -1,17 +1,18 @@
 """Processing one chunk: validate, de-duplicate, insert, record every row's outcome.
 
 :func:`process_chunk` owns one transaction that does all of a chunk's work: lock the
-chunk (a second delivery of the job waits, then sees it done and does nothing), read its
-rows in line order (only the cells the row rules need), apply the row rules in Python,
-and write down only the rows they turn away (``importq_decisions``). One statement
-(``settle_chunk``) then does every write: it inserts the winners in dedup-index order with
-``ON CONFLICT DO NOTHING`` (a key already stored makes the row a duplicate) and records
-one row result per row with its report record. Then the chunk is marked done and its
-tally added to the batch. A crash anywhere rolls all of it back, so a retry starts from
-a clean chunk.
+chunk (a second delivery of the job waits, then sees it done and does nothing), screen
+its rows in SQL (:mod:`importq.screen`), read the rows the screen does not pass (only
+the cells the row rules need) and check them in Python, writing down the failures
+(``importq_failures``). One statement (``settle_chunk``) then does every write: among the
+valid rows the first line of each key wins, the winners are inserted in dedup-index order
+with ``ON CONFLICT DO NOTHING`` (a key already stored makes the row a duplicate), and
+one row result per row is recorded with its report record. Then the chunk is marked
+done and its tally added to the batch. A crash anywhere rolls all of it back, so a retry
+starts from a clean chunk.
 
 A database error in that statement (a value the column type refuses…) is found row by
-row: each winner is inserted alone in a savepoint that is always rolled back, the rows
+row: each valid row is inserted alone in a savepoint that is always rolled back, the rows
 refused become failures, and the statement runs again. :func:`fail_chunk` is the end of a
 chunk that kept failing: the same statement records every row as a failure.
 """
@@ -29,7 +30,7 @@ from psycopg import AsyncConnection
 from importq.batches import ChunkTally, count_finished_chunk
 from importq.datasets import Dataset
 from importq.queue import JobQueue
-from importq.row_rules import Decider, Rejected, StagedRow
+from importq.row_rules import RowChecker, StagedRow
 from importq.sql import queries
 from importq.staged import StagedTable
 from importq.targets import ChunkStatements, chunk_statements
@@ -63,33 +64,44 @@ def _statements(
     return chunk_statements(StagedTable.of(batch_id, dataset, chunk["header"]), chunk["header"])
 
 
-async def _chunk_slices(
+async def _bad_values(
+    conn: AsyncConnection[Any], statements: ChunkStatements, chunk: Mapping[str, Any]
+) -> dict[str, list[str]]:
+    """The values of the chunk's columns judged by value that their converter refuses."""
+    if statements.judged_values is None:
+        return {}
+    cursor = await conn.execute(statements.judged_values, _range(chunk))
+    return statements.screen.bad_values(await cursor.fetchall())
+
+
+async def _suspect_slices(
     conn: AsyncConnection[Any],
     statements: ChunkStatements,
     chunk: Mapping[str, Any],
+    bad_values: Mapping[str, list[str]],
     slice_rows: int,
 ) -> AsyncIterator[list[StagedRow]]:
-    """A chunk's rows in line order, a slice at a time, with the cells the rules read.
-
-    Streamed through a server-side cursor, so a big chunk never sits whole in memory.
-    """
+    """The chunk's rows the screen does not pass, in line order, a slice at a time, with
+    the cells the rules read. Streamed through a server-side cursor, so a chunk of any
+    size never sits whole in memory."""
     name = f"chunk_{chunk['chunk_no']}"
     async with conn.cursor(name=name) as cursor:
-        await cursor.execute(
-            statements.chunk_rows,
-            {"hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]},
-        )
+        await cursor.execute(statements.suspect_rows, {**_range(chunk), **bad_values})
         while fetched := await cursor.fetchmany(slice_rows):
             yield [StagedRow(row[0], row[2:], row[1]) for row in fetched]
 
 
-async def _write_decisions(conn: AsyncConnection[Any], rejected: Sequence[Rejected]) -> None:
-    if not rejected:
+async def _write_failures(conn: AsyncConnection[Any], failures: Sequence[tuple[int, str]]) -> None:
+    if not failures:
         return
-    async with conn.cursor().copy(queries["copy_decisions"]) as copy:
-        copy.set_types(["int4", "text", "text"])
-        for row in rejected:
+    async with conn.cursor().copy(queries["copy_failures"]) as copy:
+        copy.set_types(["int4", "text"])
+        for row in failures:
             await copy.write_row(row)
+
+
+def _range(chunk: Mapping[str, Any]) -> dict[str, Any]:
+    return {"hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]}
 
 
 async def _settle(
@@ -101,12 +113,7 @@ async def _settle(
 ) -> ChunkTally:
     """Run ``settle_chunk`` (in a savepoint, so a database error leaves the chunk's
     transaction usable); the chunk's tally."""
-    params = {
-        "batch_id": batch_id,
-        "hash_from": chunk["hash_from"],
-        "hash_to": chunk["hash_to"],
-        "give_up": give_up,
-    }
+    params = {**_range(chunk), "batch_id": batch_id, "give_up": give_up}
     async with conn.transaction():
         cursor = await conn.execute(statements.settle, params)
         counts = dict(await cursor.fetchall())
@@ -118,22 +125,23 @@ async def _settle(
     )
 
 
-async def _refuse_bad_winners(
+async def _refuse_bad_rows(
     conn: AsyncConnection[Any],
     statements: ChunkStatements,
     batch_id: uuid.UUID,
-    winners: Sequence[int],
+    chunk: Mapping[str, Any],
 ) -> None:
-    """Insert each winner alone, always rolled back; the ones the target table refuses
-    become failures with the database's reason."""
-    for line in winners:
+    """Insert each valid row of the chunk alone, always rolled back; the ones the target
+    table refuses become failures with the database's reason."""
+    cursor = await conn.execute(statements.valid_lines, _range(chunk))
+    for (line,) in await cursor.fetchall():
         try:
             async with conn.transaction(force_rollback=True):
                 await conn.execute(statements.probe, {"batch_id": batch_id, "line": line})
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             detail = error.diag.message_primary or str(error)
             await conn.execute(
-                queries["add_decision"],
+                queries["add_failure"],
                 {"line": line, "message": f"database refused the row: {detail}"},
             )
 
@@ -160,7 +168,7 @@ async def _finish(
 
 
 async def _prepare(conn: AsyncConnection[Any]) -> None:
-    await conn.execute(queries["create_decisions"])
+    await conn.execute(queries["create_failures"])
     # Timestamps without an offset are UTC, as the row rules read them.
     await conn.execute("SET LOCAL TIME ZONE 'UTC'")
 
@@ -182,19 +190,17 @@ async def process_chunk(
         dataset = datasets[chunk["dataset"]]
         statements = _statements(datasets, batch_id, chunk)
         await _prepare(conn)
-        decider = Decider(dataset, statements.read_positions)
-        winners: list[int] = []
-        async for rows in _chunk_slices(conn, statements, chunk, slice_rows):
-            chosen, rejected = decider.decide(rows)
-            winners.extend(winner.line for winner in chosen)
-            await _write_decisions(conn, rejected)
+        checker = RowChecker(dataset, statements.read_positions)
+        bad_values = await _bad_values(conn, statements, chunk)
+        async for rows in _suspect_slices(conn, statements, chunk, bad_values, slice_rows):
+            await _write_failures(conn, checker.failures(rows))
         try:
             tally = await _settle(conn, statements, batch_id, chunk)
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             log.info(
                 "chunk %s of batch %s: finding the rows refused: %s", chunk_no, batch_id, error
             )
-            await _refuse_bad_winners(conn, statements, batch_id, winners)
+            await _refuse_bad_rows(conn, statements, batch_id, chunk)
             tally = await _settle(conn, statements, batch_id, chunk)
         await _finish(conn, queue, batch_id, chunk_no, tally)
     return True

@@ -1,4 +1,4 @@
-"""Row rules: validate and coerce a staged row, and decide which rows of a key win.
+"""Row rules: validate and coerce a staged row.
 
 Pure functions over plain data (no I/O), shared by the chunk worker and the tests.
 
@@ -6,16 +6,18 @@ Invariants:
 - validation comes first: a row that fails validation gets a message naming the column
   and the problem, and does not claim its key;
 - among valid rows of one key (in line order) the first wins, the later ones are
-  ``duplicate of line N``;
-- keys are normalised by :func:`normalise` (surrounding whitespace trimmed), as SQL's
-  ``importq_trim`` normalises them for the chunking hash and the target table.
+  ``duplicate of line N``: SQL applies this rule (``settle_chunk`` in
+  ``sql/chunks.sql``), on keys trimmed by ``importq_trim`` exactly as ``str.strip``
+  trims them;
+- SQL screens a chunk's rows first (:mod:`importq.screen`); this module checks the rows
+  the screen does not pass, and alone words their problems.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import NamedTuple
 
@@ -30,24 +32,6 @@ NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
-
-
-def normalise(value: Value) -> str:
-    """Surrounding whitespace trimmed, otherwise exact; ``None`` reads as empty."""
-    return "" if value is None else value.strip()
-
-
-def row_key(values: Sequence[Value], key_positions: Sequence[int | None]) -> tuple[str, ...] | None:
-    """The normalised dedup key of a row, or ``None`` when any part of it is empty."""
-    width = len(values)
-    key = []
-    for position in key_positions:
-        raw = values[position] if position is not None and position < width else None
-        part = raw.strip() if raw else ""
-        if not part:
-            return None
-        key.append(part)
-    return tuple(key)
 
 
 Converter = Callable[[str], tuple[Coerced, str | None]]
@@ -184,6 +168,14 @@ def _screen(column: Column) -> Callable[[list[str]], list[Coerced]] | None:
     return None
 
 
+class StagedRow(NamedTuple):
+    """A row as staged: its line, its uploaded values, and a reading problem if any."""
+
+    line: int
+    values: Sequence[Value]
+    problem: str | None = None
+
+
 class RowChecker:
     """Validates the rows of one upload: the dataset's columns are lined up with the
     uploaded header once, then rows are checked against that plan a column at a time
@@ -226,6 +218,21 @@ class RowChecker:
             for i, column in enumerate(dataset.columns)
             if column.required_if is not None
         ]
+
+    def failures(self, rows: Sequence[StagedRow]) -> list[tuple[int, str]]:
+        """The rows that fail, as ``(line, message)``: a row's reading problem, else its
+        validation problems joined by ``; ``."""
+        readable = [row for row in rows if row.problem is None]
+        checked = iter(self.check([row.values for row in readable]))
+        failed: list[tuple[int, str]] = []
+        for row in rows:
+            if row.problem is not None:
+                failed.append((row.line, row.problem))
+                continue
+            _, problems = next(checked)
+            if problems:
+                failed.append((row.line, "; ".join(problems)))
+        return failed
 
     def check(self, rows: Sequence[Sequence[Value]]) -> list[tuple[tuple[Coerced, ...], list[str]]]:
         count = len(rows)
@@ -277,73 +284,3 @@ class RowChecker:
 
 _NO_PROBLEMS: list[str] = []  # shared and never mutated: callers only read problems
 _EMPTY: tuple[Coerced, str | None] = (None, None)
-
-
-class StagedRow(NamedTuple):
-    """A row as staged: its line, its uploaded values, and a reading problem if any."""
-
-    line: int
-    values: Sequence[Value]
-    problem: str | None = None
-
-
-class Winner(NamedTuple):
-    """A valid row that claims its key: to be inserted unless the key is already stored."""
-
-    line: int
-    key: tuple[str, ...]
-    record: tuple[Coerced, ...]
-
-
-class Rejected(NamedTuple):
-    """A row that will not be inserted, with the reason its report shows."""
-
-    line: int
-    outcome: str  # "duplicate" | "failure"
-    message: str
-
-
-class Decider:
-    """Applies the row rules to one chunk's rows, fed in line order in any number of
-    slices: the first valid line of each key is remembered across slices."""
-
-    def __init__(self, dataset: Dataset, positions: Mapping[str, int]) -> None:
-        self._key_positions = [positions.get(name) for name in dataset.dedup_key]
-        self._checker = RowChecker(dataset, positions)
-        self._first_line: dict[tuple[str, ...], int] = {}
-        self._previous = 0
-
-    def decide(self, rows: Sequence[StagedRow]) -> tuple[list[Winner], list[Rejected]]:
-        for row in rows:
-            if row.line <= self._previous:
-                raise ValueError("rows must come in increasing line order")
-            self._previous = row.line
-        readable = [row for row in rows if row.problem is None]
-        checked = iter(self._checker.check([row.values for row in readable]))
-        first_line = self._first_line
-        winners: list[Winner] = []
-        rejected: list[Rejected] = []
-        for row in rows:
-            if row.problem is not None:
-                rejected.append(Rejected(row.line, "failure", row.problem))
-                continue
-            record, problems = next(checked)
-            if problems:
-                rejected.append(Rejected(row.line, "failure", "; ".join(problems)))
-                continue
-            key = row_key(row.values, self._key_positions)
-            assert key is not None, "a valid row has every key column"
-            if key in first_line:
-                message = f"duplicate of line {first_line[key]}"
-                rejected.append(Rejected(row.line, "duplicate", message))
-                continue
-            first_line[key] = row.line
-            winners.append(Winner(row.line, key, record))
-        return winners, rejected
-
-
-def decide(
-    dataset: Dataset, positions: Mapping[str, int], rows: Iterable[StagedRow]
-) -> tuple[list[Winner], list[Rejected]]:
-    """Apply the row rules to rows given in line order (one chunk's, or any subset)."""
-    return Decider(dataset, positions).decide(list(rows))

@@ -15,6 +15,7 @@ from psycopg import AsyncConnection, sql
 
 from importq.datasets import Column, Dataset
 from importq.reports import record_sql
+from importq.screen import Screen
 from importq.sql import queries
 from importq.staged import StagedTable, cell, trimmed
 
@@ -76,10 +77,14 @@ def _value(column: Column, positions: Mapping[str, int]) -> sql.Composable:
 class ChunkStatements:
     """The statements that settle a batch's chunks (``sql/chunks.sql`` templates)."""
 
-    chunk_rows: sql.Composed
+    screen: Screen
+    #: None when no column is judged by value.
+    judged_values: sql.Composed | None
+    suspect_rows: sql.Composed
     settle: sql.Composed
+    valid_lines: sql.Composed
     probe: sql.Composed
-    #: Dataset column name → index in a chunk_rows row's values (after line, problem).
+    #: Dataset column name → index in a suspect_rows row's values (after line, problem).
     read_positions: dict[str, int]
 
 
@@ -95,6 +100,7 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         for c in dataset.key_columns
     ]
     success_record, rejected_record = record_sql(dataset, header)
+    screen = Screen.of(dataset, positions)
     parts = {
         "staged": staged.name,
         "results": staged.results,
@@ -105,17 +111,32 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         "fields": _fields(dataset),
         "values": sql.SQL(", ").join(values),
     }
+    pairs = sql.SQL(", ").join(
+        sql.SQL("({}, {})").format(sql.Literal(p), trimmed(p)) for p in screen.judged
+    )
     return ChunkStatements(
-        chunk_rows=sql.SQL(queries["chunk_rows"]).format(
-            table=staged.name,
+        screen=screen,
+        judged_values=(
+            sql.SQL(queries["judged_values"]).format(**parts, pairs=pairs)
+            if screen.judged
+            else None
+        ),
+        suspect_rows=sql.SQL(queries["suspect_rows"]).format(
+            **parts,
             cells=sql.SQL(", ").join(cell(p) for p in read),
+            passes=screen.passes,
         ),
         settle=sql.SQL(queries["settle_chunk"]).format(
             **parts,
+            key=sql.SQL(", ").join(
+                sql.SQL('{} COLLATE "C"').format(trimmed(positions[name]))
+                for name in dataset.dedup_key
+            ),
             order=sql.SQL(", ").join(order),
             success_record=success_record,
             rejected_record=rejected_record,
         ),
+        valid_lines=sql.SQL(queries["valid_lines"]).format(**parts),
         probe=sql.SQL(queries["probe_row"]).format(**parts),
         read_positions={name: read.index(p) for name, p in positions.items()},
     )

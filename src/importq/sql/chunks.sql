@@ -16,61 +16,82 @@ FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
 
--- name: chunk_rows
--- A chunk's rows in line order: line, problem, then the cells the row rules read
--- (template {table}, {cells}).
+-- name: judged_values
+-- The distinct values of a chunk's columns judged by value (importq.screen), trimmed
+-- and non-empty (template {staged}, {trimmed}, {pairs}: "(position, t<position>)", …).
+-- MATERIALIZED here and below: each cell is trimmed once, not once per use.
+WITH s AS MATERIALIZED (
+    SELECT {trimmed} FROM {staged}
+    WHERE key_hash >= %(hash_from)s AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
+)
+SELECT DISTINCT j.position, j.value
+FROM s CROSS JOIN LATERAL (VALUES {pairs}) AS j(position, value)
+WHERE j.value <> '';
+
+-- name: suspect_rows
+-- The rows of a chunk the screen does not pass, in line order: line, problem, then the
+-- cells the row rules read (template {staged}, {trimmed}, {cells}, {passes}).
+WITH s AS MATERIALIZED (
+    SELECT *, {trimmed} FROM {staged}
+    WHERE key_hash >= %(hash_from)s AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
+)
 SELECT line, problem, {cells}
-FROM {table}
-WHERE key_hash >= %(hash_from)s AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
+FROM s
+WHERE problem IS NOT NULL OR NOT coalesce({passes}, false)
 ORDER BY line;
 
--- name: create_decisions
--- The rows of a chunk the row rules turned away, with the reason (failures and in-file
--- duplicates); every other row of the chunk is a winner. Gone at commit.
-CREATE TEMP TABLE IF NOT EXISTS importq_decisions (
+-- name: create_failures
+-- The rows of a chunk the row rules failed, with the reason; every other row of the
+-- chunk is valid. Gone at commit.
+CREATE TEMP TABLE IF NOT EXISTS importq_failures (
     line     integer PRIMARY KEY,
-    outcome  text NOT NULL CHECK (outcome IN ('duplicate', 'failure')),
     message  text NOT NULL
 ) ON COMMIT DROP;
 
--- name: copy_decisions
--- Stream the decisions of a slice of a chunk (binary COPY: int4, text, text).
-COPY importq_decisions (line, outcome, message) FROM STDIN (FORMAT BINARY);
+-- name: copy_failures
+-- Stream the failures of a slice of a chunk (binary COPY: int4, text).
+COPY importq_failures (line, message) FROM STDIN (FORMAT BINARY);
 
--- name: add_decision
--- A winner the target table refused: a failure with the database's reason.
-INSERT INTO importq_decisions (line, outcome, message)
-VALUES (%(line)s, 'failure', %(message)s);
+-- name: add_failure
+-- A valid row the target table refused: a failure with the database's reason.
+INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 
 -- name: settle_chunk
--- All of a chunk's writes in one statement: insert the winners in dedup-index order (a
--- key already stored makes the row a duplicate, "already exists"), then one row result
--- per row of the chunk with the CSV record its report prints, and the tally.
+-- All of a chunk's writes in one statement. Among its valid rows (no failure recorded)
+-- the first line of each key wins and the later ones are duplicates of it; the winners
+-- are inserted in dedup-index order (a key already stored makes the row a duplicate,
+-- "already exists"); then one row result per row of the chunk with the CSV record its
+-- report prints, and the tally.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
 -- Template: {staged}, {results}, {trimmed} (the dataset's cells trimmed once, as t<position>),
--- {table}, {fields}, {values} (the dataset's columns cast
+-- {key} (the trimmed key cells), {table}, {fields}, {values} (the dataset's columns cast
 -- from the cells), {order} (the dedup index's order), {success_record}, {rejected_record}.
-WITH chunk AS MATERIALIZED (
-    SELECT s.*, {trimmed}, d.outcome AS decided, d.message AS reason
-    FROM {staged} s LEFT JOIN importq_decisions d ON d.line = s.line
+WITH trimmed AS (
+    SELECT s.*, {trimmed}, f.message AS failure
+    FROM {staged} s LEFT JOIN importq_failures f ON f.line = s.line
     WHERE s.key_hash >= %(hash_from)s
       AND (%(hash_to)s::bigint IS NULL OR s.key_hash < %(hash_to)s)
+), chunk AS MATERIALIZED (
+    SELECT *, CASE WHEN failure IS NULL
+                   THEN min(line) OVER (PARTITION BY failure IS NULL, key_hash, {key}) END AS first
+    FROM trimmed
 ), inserted AS (
     INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
     SELECT key_hash, %(batch_id)s, line, {values}
     FROM chunk
-    WHERE decided IS NULL AND %(give_up)s::text IS NULL
+    WHERE first = line AND %(give_up)s::text IS NULL
     ORDER BY {order}
     ON CONFLICT DO NOTHING
     RETURNING imported_line, target_id
 ), outcomes AS (
     SELECT c.*, i.target_id,
-           CASE WHEN %(give_up)s::text IS NOT NULL THEN 'failure'
-                WHEN c.decided IS NOT NULL THEN c.decided
+           CASE WHEN %(give_up)s::text IS NOT NULL OR c.failure IS NOT NULL THEN 'failure'
+                WHEN c.first < c.line THEN 'duplicate'
                 WHEN i.target_id IS NOT NULL THEN 'success'
                 ELSE 'duplicate' END AS outcome,
            CASE WHEN %(give_up)s::text IS NOT NULL THEN %(give_up)s::text
-                WHEN c.decided IS NOT NULL THEN c.reason
+                WHEN c.failure IS NOT NULL THEN c.failure
+                WHEN c.first < c.line THEN 'duplicate of line ' || c.first
                 WHEN i.target_id IS NULL THEN 'already exists' END AS message
     FROM chunk c LEFT JOIN inserted i ON i.imported_line = c.line
 ), results AS (
@@ -81,6 +102,15 @@ WITH chunk AS MATERIALIZED (
     RETURNING outcome
 )
 SELECT outcome, count(*) FROM results GROUP BY outcome;
+
+-- name: valid_lines
+-- The lines of a chunk's rows with no failure recorded, in line order (template {staged}).
+SELECT s.line
+FROM {staged} s LEFT JOIN importq_failures f ON f.line = s.line
+WHERE s.key_hash >= %(hash_from)s
+  AND (%(hash_to)s::bigint IS NULL OR s.key_hash < %(hash_to)s)
+  AND f.line IS NULL
+ORDER BY s.line;
 
 -- name: probe_row
 -- Insert one winner alone (in a savepoint that is rolled back): does the target table
