@@ -1,4 +1,5 @@
-"""Property and example tests of the row rules' model (``rules_model.decide``) with the built-in ``entrances`` dataset.
+"""Property and example tests of the row rules' model (``rules_model.decide``) with the
+built-in ``entrances`` dataset.
 
 Pure functions, no database. Rows are entrances whose ids and authors come from a small
 set (so keys repeat), some made invalid on purpose (a bad latitude, an empty mandatory

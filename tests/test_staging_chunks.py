@@ -18,12 +18,12 @@ from psycopg import sql
 from conftest import new_user
 from helpers import entrance
 from importq.chunking import chunk_bounds, chunk_of, effective_chunk_size
-from importq.row_rules import row_key
 from importq.services import Services
-from importq.staged import StagedTable
+from importq.staged import StagedTable, cell
 from importq.staging import BatchRequest, stage_batch
 from importq.targets import chunk_statements
 from importq.uploads import read_json_rows
+from rules_model import row_key
 
 CHUNK_SIZE = 7
 
@@ -112,13 +112,19 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
             (staged.batch_id,),
         )
         chunks = await cursor.fetchall()
-        # The worker's own query reads each chunk's rows by its hash range.
+        # The worker's own statement gathers each chunk's rows by its hash range.
+        read = sorted(set(positions.values()))
+        chunk_rows = sql.SQL("SELECT line, problem, {} FROM importq_chunk ORDER BY line").format(
+            sql.SQL(", ").join(cell(p) for p in read)
+        )
         rows_of_chunk: dict[int, list[tuple[Any, ...]]] = {}
         for chunk_no, hash_from, hash_to, _ in chunks:
-            cursor = await conn.execute(
-                statements.chunk_rows, {"hash_from": hash_from, "hash_to": hash_to}
-            )
-            rows_of_chunk[chunk_no] = await cursor.fetchall()
+            async with conn.transaction(force_rollback=True):
+                await conn.execute(
+                    statements.create_chunk, {"hash_from": hash_from, "hash_to": hash_to}
+                )
+                cursor = await conn.execute(chunk_rows)
+                rows_of_chunk[chunk_no] = await cursor.fetchall()
         cursor = await conn.execute(
             "SELECT count(*) FROM procrastinate_jobs"
             " WHERE task_name = 'process_chunk' AND args->>'batch_id' = %s",

@@ -65,12 +65,12 @@ def _statements(
 
 
 async def _bad_values(
-    conn: AsyncConnection[Any], statements: ChunkStatements, chunk: Mapping[str, Any]
+    conn: AsyncConnection[Any], statements: ChunkStatements
 ) -> dict[str, list[str]]:
     """The values of the chunk's columns judged by value that their converter refuses."""
     if statements.judged_values is None:
         return {}
-    cursor = await conn.execute(statements.judged_values, _range(chunk))
+    cursor = await conn.execute(statements.judged_values)
     return statements.screen.bad_values(await cursor.fetchall())
 
 
@@ -86,7 +86,7 @@ async def _suspect_slices(
     size never sits whole in memory."""
     name = f"chunk_{chunk['chunk_no']}"
     async with conn.cursor(name=name) as cursor:
-        await cursor.execute(statements.suspect_rows, {**_range(chunk), **bad_values})
+        await cursor.execute(statements.suspect_rows, bad_values)
         while fetched := await cursor.fetchmany(slice_rows):
             yield [StagedRow(row[0], row[2:], row[1]) for row in fetched]
 
@@ -100,20 +100,15 @@ async def _write_failures(conn: AsyncConnection[Any], failures: Sequence[tuple[i
             await copy.write_row(row)
 
 
-def _range(chunk: Mapping[str, Any]) -> dict[str, Any]:
-    return {"hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]}
-
-
 async def _settle(
     conn: AsyncConnection[Any],
     statements: ChunkStatements,
     batch_id: uuid.UUID,
-    chunk: Mapping[str, Any],
     give_up: str | None = None,
 ) -> ChunkTally:
     """Run ``settle_chunk`` (in a savepoint, so a database error leaves the chunk's
     transaction usable); the chunk's tally."""
-    params = {**_range(chunk), "batch_id": batch_id, "give_up": give_up}
+    params = {"batch_id": batch_id, "give_up": give_up}
     async with conn.transaction():
         cursor = await conn.execute(statements.settle, params)
         counts = dict(await cursor.fetchall())
@@ -129,11 +124,10 @@ async def _refuse_bad_rows(
     conn: AsyncConnection[Any],
     statements: ChunkStatements,
     batch_id: uuid.UUID,
-    chunk: Mapping[str, Any],
 ) -> None:
     """Insert each valid row of the chunk alone, always rolled back; the ones the target
     table refuses become failures with the database's reason."""
-    cursor = await conn.execute(statements.valid_lines, _range(chunk))
+    cursor = await conn.execute(statements.valid_lines)
     for (line,) in await cursor.fetchall():
         try:
             async with conn.transaction(force_rollback=True):
@@ -167,10 +161,16 @@ async def _finish(
         await queue.defer_completion_check(conn, batch_id)
 
 
-async def _prepare(conn: AsyncConnection[Any]) -> None:
-    await conn.execute(queries["create_failures"])
+async def _prepare(
+    conn: AsyncConnection[Any], statements: ChunkStatements, chunk: Mapping[str, Any]
+) -> None:
+    """The chunk's rows and its failures, in temporary tables of this transaction."""
     # Timestamps without an offset are UTC, as the row rules read them.
     await conn.execute("SET LOCAL TIME ZONE 'UTC'")
+    await conn.execute(
+        statements.create_chunk, {"hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]}
+    )
+    await conn.execute(queries["create_failures"])
 
 
 async def process_chunk(
@@ -189,19 +189,19 @@ async def process_chunk(
             return False
         dataset = datasets[chunk["dataset"]]
         statements = _statements(datasets, batch_id, chunk)
-        await _prepare(conn)
+        await _prepare(conn, statements, chunk)
         checker = RowChecker(dataset, statements.read_positions)
-        bad_values = await _bad_values(conn, statements, chunk)
+        bad_values = await _bad_values(conn, statements)
         async for rows in _suspect_slices(conn, statements, chunk, bad_values, slice_rows):
             await _write_failures(conn, checker.failures(rows))
         try:
-            tally = await _settle(conn, statements, batch_id, chunk)
+            tally = await _settle(conn, statements, batch_id)
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             log.info(
                 "chunk %s of batch %s: finding the rows refused: %s", chunk_no, batch_id, error
             )
-            await _refuse_bad_rows(conn, statements, batch_id, chunk)
-            tally = await _settle(conn, statements, batch_id, chunk)
+            await _refuse_bad_rows(conn, statements, batch_id)
+            tally = await _settle(conn, statements, batch_id)
         await _finish(conn, queue, batch_id, chunk_no, tally)
     return True
 
@@ -233,9 +233,9 @@ async def fail_chunk(
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
             return False
-        await _prepare(conn)
         statements = _statements(datasets, batch_id, chunk)
+        await _prepare(conn, statements, chunk)
         message = f"the chunk could not be processed: {reason}"
-        tally = await _settle(conn, statements, batch_id, chunk, give_up=message)
+        tally = await _settle(conn, statements, batch_id, give_up=message)
         await _finish(conn, queue, batch_id, chunk_no, tally, error=reason)
     return True

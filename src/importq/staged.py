@@ -1,13 +1,13 @@
 """A batch's staged rows: one table per batch, ``importq_staging.b_<batch id hex>``.
 
-Columns: ``key_hash``, ``line`` (primary key: the row number a spreadsheet shows),
-``problem`` (why the row could not be read as a record; it becomes a failure), ``extra``
-(cells past the header's width, kept for the failure report), then ``c0 … c<n-1>``: the
-cells exactly as uploaded, aligned with the uploaded header.
+Columns: ``line`` (the row number a spreadsheet shows, unique), ``problem`` (why the row
+could not be read as a record; it becomes a failure), ``extra`` (cells past the header's
+width, kept for the failure report), ``c0 … c<n-1>`` (the cells exactly as uploaded,
+aligned with the uploaded header), then ``key_hash``.
 
-Rows are COPYed into a temporary table in file order first, then written to the batch's
-table sorted by ``key_hash``: a chunk is a hash range, so its rows are neighbours on
-disk. The hash is of the normalised dedup key, computed by SQL
+Rows are COPYed straight into the batch's table, in file order; ``key_hash`` is a
+generated column, computed as each row arrives, and indexed once all are in: a chunk is
+a hash range, found through that index. The hash is of the normalised dedup key
 (:meth:`StagedTable.key_hash`): rows of one key share a hash, so they share a chunk; a
 row without a whole key hashes its line and is a group of one. The target table stores
 the same hash, so the expression must never change.
@@ -91,45 +91,43 @@ class StagedTable:
             complete=sql.SQL(" AND ").join(sql.SQL("{} <> ''").format(p) for p in parts),
         )
 
-    def create_incoming(self) -> sql.Composed:
-        """The temporary table an upload's rows are COPYed into, in file order."""
-        return sql.SQL(queries["create_incoming"]).format(
-            cells=sql.SQL(",\n    ").join(
-                sql.SQL("{} text").format(cell(p)) for p in range(self.width)
-            )
-        )
+    def create(self) -> list[sql.Composed]:
+        """The batch's staged table, and its empty results table."""
+        return [
+            sql.SQL(queries["create_staged_table"]).format(
+                table=self.name,
+                cells=sql.SQL(",\n    ").join(
+                    sql.SQL("{} text").format(cell(p)) for p in range(self.width)
+                ),
+                hash=self.key_hash,
+            ),
+            sql.SQL(queries["create_results_table"]).format(results=self.results),
+        ]
 
     def copy_rows(self) -> sql.Composed:
         """Binary COPY of ``(line, problem, extra, c0 … c<n-1>)`` rows."""
-        return sql.SQL(queries["copy_incoming_rows"]).format(cells=self._cells())
+        return sql.SQL(queries["copy_staged_rows"]).format(table=self.name, cells=self._cells())
 
     def copy_types(self) -> list[str]:
         return ["int4", "text", "text[]", *["text"] * self.width]
 
     def copy_csv(self, delimiter: str) -> sql.Composed:
         """COPY of a CSV file's data records (the header already read) straight in."""
-        return sql.SQL(queries["copy_incoming_csv"]).format(
-            cells=self._cells(), delimiter=sql.Literal(delimiter)
+        return sql.SQL(queries["copy_staged_csv"]).format(
+            table=self.name, cells=self._cells(), delimiter=sql.Literal(delimiter)
         )
 
     def first_long_cell(self) -> sql.Composed:
-        """The first incoming line with a cell longer than ``%(limit)s`` characters."""
+        """The first staged line with a cell longer than ``%(limit)s`` characters."""
         long = sql.SQL(" OR ").join(
             sql.SQL("(octet_length({c}) > %(limit)s AND length({c}) > %(limit)s)").format(c=cell(p))
             for p in range(self.width)
         )
-        return sql.SQL(queries["incoming_long_cell"]).format(long=long)
+        return sql.SQL(queries["staged_long_cell"]).format(table=self.name, long=long)
 
-    def create(self) -> list[sql.Composed]:
-        """The batch's table from the incoming rows, in hash order, with its indexes;
-        and its empty results table."""
-        return [
-            sql.SQL(queries["create_staged_table"]).format(
-                table=self.name, hash=self.key_hash, cells=self._cells()
-            ),
-            sql.SQL(queries["index_staged_table"]).format(table=self.name),
-            sql.SQL(queries["create_results_table"]).format(results=self.results),
-        ]
+    def index(self) -> sql.Composed:
+        """The hash index the chunks find their rows by; built once every row is in."""
+        return sql.SQL(queries["index_staged_table"]).format(table=self.name)
 
     def hashes_in_order(self) -> sql.Composed:
         return sql.SQL(queries["staged_hashes_in_order"]).format(table=self.name)

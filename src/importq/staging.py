@@ -1,12 +1,13 @@
 """Staging an upload: COPY its rows, cut the chunks, create the batch, defer the jobs.
 
 ``stage_batch`` owns its transaction, and everything happens inside it: the batch's
-staged table is created (:mod:`importq.staged`), the rows are COPYed into it as they are
-parsed, its primary key and hash index are built, the chunk boundaries are read from one
-ordered scan of the hashes, and the batch, its chunks and one ``process_chunk`` job per
-chunk are inserted. When it returns, the batch is durable and every row of it will end
-in exactly one report; when it raises, nothing of the upload remains (the table too:
-PostgreSQL's DDL is transactional).
+staged table is created (:mod:`importq.staged`), the rows are COPYed into it (by
+PostgreSQL's own CSV reader when the file is clean enough, else as importq parses them),
+its hash index is built, the chunk boundaries are read from one ordered scan of the
+hashes, and the batch, its chunks and one ``process_chunk`` job per chunk are inserted.
+When it returns, the batch is durable and every row of it will end in exactly one
+report; when it raises, nothing of the upload remains (the table too: PostgreSQL's DDL
+is transactional).
 """
 
 from __future__ import annotations
@@ -197,7 +198,8 @@ async def stage_batch(
     table = StagedTable(batch_id, len(upload.header), request.dataset, dict(match.positions))
     try:
         async with conn.transaction():
-            await conn.execute(table.create_incoming())
+            for statement in table.create():
+                await conn.execute(statement)
             total = None
             if upload.source is not None:
                 total = await _copy_clean_csv(conn, table, upload.source)
@@ -205,9 +207,8 @@ async def stage_batch(
                 total = await _copy_rows(conn, table, upload)
             if total == 0:
                 raise empty_upload()
+            await conn.execute(table.index())
             await conn.execute(queries["sort_memory"])
-            for statement in table.create():
-                await conn.execute(statement)
             size = effective_chunk_size(total, chunk_size, max_chunks)
             bounds = await _cut_chunks(conn, table, size)
             await conn.execute(

@@ -79,6 +79,7 @@ class ChunkStatements:
 
     screen: Screen
     #: None when no column is judged by value.
+    create_chunk: sql.Composed
     judged_values: sql.Composed | None
     suspect_rows: sql.Composed
     settle: sql.Composed
@@ -116,6 +117,7 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
     )
     return ChunkStatements(
         screen=screen,
+        create_chunk=sql.SQL(queries["create_chunk"]).format(**parts),
         judged_values=(
             sql.SQL(queries["judged_values"]).format(**parts, pairs=pairs)
             if screen.judged

@@ -16,27 +16,26 @@ FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
 
+-- name: create_chunk
+-- A chunk's rows, with the cells the row rules read trimmed once (t<position>), for the
+-- statements below; gone at commit (template {staged}, {trimmed}).
+CREATE TEMP TABLE importq_chunk ON COMMIT DROP AS
+SELECT s.*, {trimmed}
+FROM {staged} s
+WHERE key_hash >= %(hash_from)s AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s);
+
 -- name: judged_values
--- The distinct values of a chunk's columns judged by value (importq.screen), trimmed
--- and non-empty (template {staged}, {trimmed}, {pairs}: "(position, t<position>)", …).
--- MATERIALIZED here and below: each cell is trimmed once, not once per use.
-WITH s AS MATERIALIZED (
-    SELECT {trimmed} FROM {staged}
-    WHERE key_hash >= %(hash_from)s AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
-)
+-- The distinct values of the chunk's columns judged by value (importq.screen), trimmed
+-- and non-empty (template {pairs}: "(position, t<position>)", …).
 SELECT DISTINCT j.position, j.value
-FROM s CROSS JOIN LATERAL (VALUES {pairs}) AS j(position, value)
+FROM importq_chunk CROSS JOIN LATERAL (VALUES {pairs}) AS j(position, value)
 WHERE j.value <> '';
 
 -- name: suspect_rows
--- The rows of a chunk the screen does not pass, in line order: line, problem, then the
--- cells the row rules read (template {staged}, {trimmed}, {cells}, {passes}).
-WITH s AS MATERIALIZED (
-    SELECT *, {trimmed} FROM {staged}
-    WHERE key_hash >= %(hash_from)s AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
-)
+-- The rows of the chunk the screen does not pass, in line order: line, problem, then
+-- the cells the row rules read (template {cells}, {passes}).
 SELECT line, problem, {cells}
-FROM s
+FROM importq_chunk
 WHERE problem IS NOT NULL OR NOT coalesce({passes}, false)
 ORDER BY line;
 
@@ -63,18 +62,14 @@ INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 -- "already exists"); then one row result per row of the chunk with the CSV record its
 -- report prints, and the tally.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
--- Template: {staged}, {results}, {trimmed} (the dataset's cells trimmed once, as t<position>),
--- {key} (the trimmed key cells), {table}, {fields}, {values} (the dataset's columns cast
--- from the cells), {order} (the dedup index's order), {success_record}, {rejected_record}.
-WITH trimmed AS (
-    SELECT s.*, {trimmed}, f.message AS failure
-    FROM {staged} s LEFT JOIN importq_failures f ON f.line = s.line
-    WHERE s.key_hash >= %(hash_from)s
-      AND (%(hash_to)s::bigint IS NULL OR s.key_hash < %(hash_to)s)
-), chunk AS MATERIALIZED (
-    SELECT *, CASE WHEN failure IS NULL
-                   THEN min(line) OVER (PARTITION BY failure IS NULL, key_hash, {key}) END AS first
-    FROM trimmed
+-- Template: {results}, {key} (the trimmed key cells), {table}, {fields}, {values} (the
+-- dataset's columns cast from the trimmed cells), {order} (the dedup index's order),
+-- {success_record}, {rejected_record}.
+WITH chunk AS MATERIALIZED (
+    SELECT c.*, f.message AS failure,
+           CASE WHEN f.message IS NULL THEN
+               min(c.line) OVER (PARTITION BY f.message IS NULL, c.key_hash, {key}) END AS first
+    FROM importq_chunk c LEFT JOIN importq_failures f ON f.line = c.line
 ), inserted AS (
     INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
     SELECT key_hash, %(batch_id)s, line, {values}
@@ -104,20 +99,18 @@ WITH trimmed AS (
 SELECT outcome, count(*) FROM results GROUP BY outcome;
 
 -- name: valid_lines
--- The lines of a chunk's rows with no failure recorded, in line order (template {staged}).
-SELECT s.line
-FROM {staged} s LEFT JOIN importq_failures f ON f.line = s.line
-WHERE s.key_hash >= %(hash_from)s
-  AND (%(hash_to)s::bigint IS NULL OR s.key_hash < %(hash_to)s)
-  AND f.line IS NULL
-ORDER BY s.line;
+-- The lines of the chunk's rows with no failure recorded, in line order.
+SELECT c.line
+FROM importq_chunk c LEFT JOIN importq_failures f ON f.line = c.line
+WHERE f.line IS NULL
+ORDER BY c.line;
 
 -- name: probe_row
--- Insert one winner alone (in a savepoint that is rolled back): does the target table
--- accept it? Template as settle_chunk.
+-- Insert one valid row of the chunk alone (in a savepoint that is rolled back): does the
+-- target table accept it? Template as settle_chunk.
 INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
 SELECT key_hash, %(batch_id)s, line, {values}
-FROM (SELECT *, {trimmed} FROM {staged} WHERE line = %(line)s) AS s
+FROM importq_chunk WHERE line = %(line)s
 ON CONFLICT DO NOTHING;
 
 -- name: finish_chunk
