@@ -42,6 +42,9 @@ class Settings(BaseSettings):
         default=3, ge=1, le=50, description="Attempts before a chunk fails"
     )
     worker_concurrency: int = Field(default=4, ge=1, description="Jobs a worker runs at once")
+    worker_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often an idle worker looks for jobs unannounced"
+    )
     max_upload_bytes: int = Field(default=8 << 30, ge=1, description="Largest accepted body")
     max_json_bytes: int = Field(
         default=256 << 20, ge=1, description="Largest JSON body (parsed whole, unlike files)"

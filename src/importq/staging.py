@@ -3,8 +3,8 @@
 ``stage_batch`` owns its transaction, and everything happens inside it: the batch's
 staged table is created (:mod:`importq.staged`), the rows are COPYed into it (by
 PostgreSQL's own CSV reader when the file is clean enough, else as importq parses them),
-its hash index is built, the chunk boundaries are read from one ordered scan of the
-hashes, and the batch, its chunks and one ``process_chunk`` job per chunk are inserted.
+the chunk boundaries are read from one ordered scan of the hashes, its hash index is
+built, and the batch, its chunks and one ``process_chunk`` job per chunk are inserted.
 When it returns, the batch is durable and every row of it will end in exactly one
 report; when it raises, nothing of the upload remains (the table too: PostgreSQL's DDL
 is transactional).
@@ -207,10 +207,12 @@ async def stage_batch(
                 total = await _copy_rows(conn, table, upload)
             if total == 0:
                 raise empty_upload()
-            await conn.execute(table.index())
             await conn.execute(queries["sort_memory"])
             size = effective_chunk_size(total, chunk_size, max_chunks)
+            # Before the index: a new table's index would be read with a heap visit per
+            # row (no visibility map yet), where a scan and an in-memory sort are fast.
             bounds = await _cut_chunks(conn, table, size)
+            await conn.execute(table.index())
             await conn.execute(
                 queries["insert_batch"],
                 {

@@ -154,6 +154,11 @@ async def run_worker(services: Services, *, concurrency: int, **options: Any) ->
         concurrency=concurrency,
         additional_context={"services": services},
         update_heartbeat_interval=services.settings.heartbeat_seconds,
+        # A new job announces itself, but procrastinate's worker can miss an announcement
+        # that arrives while it is fetching (it clears the event after the fetch), and then
+        # waits a whole polling interval: the hops of a batch's end (last chunk → check →
+        # aggregate → email) are kept short by polling often.
+        fetch_job_polling_interval=services.settings.worker_poll_seconds,
         stalled_worker_timeout=services.settings.stalled_seconds,
         **options,
     )
