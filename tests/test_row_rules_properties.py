@@ -385,6 +385,8 @@ def failure(message: str) -> Rejected:
         ({LATITUDE: "=1+1"}, 'w3geo:latitude: "=1+1" is not a number'),
         ({LATITUDE: "nan"}, 'w3geo:latitude: "nan" is not a number'),
         ({LATITUDE: "1e999"}, 'w3geo:latitude: "1e999" is out of range'),
+        # Too small for a double: not zero, and PostgreSQL would refuse to store it.
+        ({LATITUDE: "-1E-400"}, 'w3geo:latitude: "-1E-400" is out of range'),
         ({"gn:countryCode": "FRA"}, 'gn:countryCode: "FRA" is not two letters'),
         ({"gn:countryCode": "F1"}, 'gn:countryCode: "F1" is not two letters'),
         ({LATITUDE: ""}, "w3geo:latitude: missing"),

@@ -61,12 +61,18 @@ def _int_converter(column: Column) -> Converter:
     return convert
 
 
+def _underflows(text: str, number: float) -> bool:
+    """A number too small for a double, read as zero (PostgreSQL refuses it)."""
+    mantissa = text.lower().partition("e")[0]
+    return number == 0 and any(digit in mantissa for digit in "123456789")
+
+
 def _float_converter(column: Column) -> Converter:
     def convert(text: str) -> tuple[Coerced, str | None]:
         if not NUMBER.fullmatch(text):
             return None, f'"{text}" is not a number'
         number = float(text)
-        if not math.isfinite(number):
+        if not math.isfinite(number) or _underflows(text, number):
             return None, f'"{text}" is out of range'
         return number, _in_range(column, text, number)
 
@@ -147,8 +153,13 @@ def _screen(column: Column) -> Callable[[list[str]], list[Coerced]] | None:
             parsed = [parse(t) if t and match(t) else None for t in texts]
             # v - v == 0 is False for inf and nan, which are out of range.
             return [
-                v if v is not None and lowest <= v <= highest and v - v == 0 else None
-                for v in parsed
+                v
+                if v is not None
+                and lowest <= v <= highest
+                and v - v == 0
+                and (v != 0 or not _underflows(t, v))
+                else None
+                for v, t in zip(parsed, texts, strict=True)
             ]
 
         return numbers

@@ -16,6 +16,11 @@ FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
 
+-- name: drop_chunk_tables
+-- The temporary tables of an earlier chunk, when this transaction is nested in one that
+-- processed it (a savepoint's commit does not drop them).
+DROP TABLE IF EXISTS importq_chunk, importq_failures;
+
 -- name: create_chunk
 -- A chunk's rows, with the cells the row rules read trimmed once (t<position>), for the
 -- statements below; gone at commit (template {staged}, {trimmed}).
@@ -42,7 +47,7 @@ ORDER BY line;
 -- name: create_failures
 -- The rows of a chunk the row rules failed, with the reason; every other row of the
 -- chunk is valid. Gone at commit.
-CREATE TEMP TABLE IF NOT EXISTS importq_failures (
+CREATE TEMP TABLE importq_failures (
     line     integer PRIMARY KEY,
     message  text NOT NULL
 ) ON COMMIT DROP;

@@ -1,0 +1,139 @@
+"""The row rules as the service applies them (screen and dedup in SQL, the check of the
+suspect rows in Python) against their model, ``rules_model.decide``.
+
+Property test on real PostgreSQL: generated rows (keys that repeat with padding, values
+valid and not, numbers the screen must leave to Python, reading problems) are staged,
+every chunk is processed, and each row's outcome and message, and the rows inserted,
+must be exactly what the model decides for the whole file.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from psycopg import sql
+
+from conftest import new_user
+from importq.datasets import Dataset, load_datasets
+from importq.processing import process_chunk
+from importq.row_rules import StagedRow, converter
+from importq.services import Services
+from importq.staged import results_table
+from importq.staging import BatchRequest, stage_batch
+from importq.uploads import ParsedUpload
+from rules_model import decide, normalise
+from test_row_rules_properties import LATITUDE, scenarios
+
+DATASET: Dataset = load_datasets()["entrances"]
+
+# Values the screen must pass or leave to Python, valid or not by the rules.
+EDGE_LATITUDES = [
+    "+5",
+    "5.",
+    "0000000000000000000000000000000045",  # over 30 characters: Python decides
+    "90.00000000000000000001",  # a double rounds it to 90
+    "90.0000000001",
+    "1e1",
+    "-1E-400",
+    "1e400",
+    "٣",  # an Arabic-Indic digit: not a number here
+    "Infinity",
+    " -90 ",
+]
+EDGE_COUNTRIES = ["FR", "fr", "FRA", " ES ", "E", "ÉS"]
+
+
+@st.composite
+def edged(draw: st.DrawFn) -> tuple[list[str], list[StagedRow]]:
+    """A header and rows in line order, some with an edge latitude or country code."""
+    positions, cases = draw(scenarios(min_size=1))
+    header = [""] * len(positions)
+    for name, position in positions.items():
+        header[position] = name
+    rows = []
+    for case in cases:
+        values = list(case.row.values)
+        if draw(st.integers(0, 3)) == 0:
+            values[positions[LATITUDE]] = draw(st.sampled_from(EDGE_LATITUDES))
+        if draw(st.integers(0, 3)) == 0:
+            values[positions["gn:countryCode"]] = draw(st.sampled_from(EDGE_COUNTRIES))
+        rows.append(StagedRow(case.row.line, values, case.row.problem))
+    return header, rows
+
+
+async def _stage(services: Services, header: list[str], rows: list[StagedRow]) -> uuid.UUID:
+    user_id = (await new_user(services, f"rules-{uuid.uuid4().hex[:8]}"))[0]
+    request = BatchRequest(dataset=DATASET, initiator_id=user_id, format="csv")
+    upload = ParsedUpload(header=header, rows=iter(rows))
+    async with services.pool.connection() as conn:
+        staged = await stage_batch(
+            conn,
+            request,
+            upload,
+            chunk_size=4,  # several chunks, a key's rows still in one
+            max_chunks=services.settings.max_chunks,
+            defer_chunks=services.queue.defer_chunks,
+        )
+        cursor = await conn.execute(
+            "SELECT chunk_no FROM chunks WHERE batch_id = %s ORDER BY chunk_no DESC",
+            (staged.batch_id,),
+        )
+        for (chunk_no,) in await cursor.fetchall():  # in any order: each is on its own
+            assert await process_chunk(
+                conn, services.queue, services.datasets, staged.batch_id, chunk_no, slice_rows=2
+            )
+    return staged.batch_id
+
+
+def _expected(
+    header: list[str], rows: list[StagedRow]
+) -> Iterator[tuple[int, str, str | None, tuple[str, ...] | None]]:
+    positions = dict(DATASET.match_header(header).positions)
+    winners, rejected = decide(DATASET, positions, rows)
+    for winner in winners:
+        yield winner.line, "success", None, winner.key
+    for row in rejected:
+        yield row.line, row.outcome, row.message, None
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(edged())
+async def test_the_service_decides_every_row_as_the_model_does(
+    services: Services, case: tuple[list[str], list[StagedRow]]
+) -> None:
+    header, rows = case
+    async with services.pool.connection() as conn:
+        await conn.execute("TRUNCATE entrances")  # each example starts from an empty table
+    batch_id = await _stage(services, header, rows)
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            sql.SQL("SELECT line, outcome, message FROM {} ORDER BY line").format(
+                results_table(batch_id)
+            )
+        )
+        results = await cursor.fetchall()
+        cursor = await conn.execute(
+            "SELECT imported_line, source_id, attribution_name FROM entrances"
+            " WHERE imported_batch = %s ORDER BY imported_line",
+            (batch_id,),
+        )
+        inserted = await cursor.fetchall()
+    expected = sorted(_expected(header, rows))
+    assert results == [(line, outcome, message) for line, outcome, message, _ in expected]
+    assert inserted == [(line, *key) for line, _, _, key in expected if key is not None]
+
+
+def test_the_edge_values_are_valid_and_invalid_alike() -> None:
+    """Among the edge values some pass the rules and some do not, so the property sees
+    the screen leave valid rows to Python as well as invalid ones."""
+    for name, values in ((LATITUDE, EDGE_LATITUDES), ("gn:countryCode", EDGE_COUNTRIES)):
+        convert = converter(DATASET.column(name))
+        assert convert is not None
+        assert {convert(normalise(text))[1] is None for text in values} == {True, False}
