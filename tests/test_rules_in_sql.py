@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from conftest import new_user
-from importq.datasets import Dataset, load_datasets
+from importq.datasets import Dataset, load_datasets, parse_datasets
 from importq.processing import process_chunk
 from importq.row_rules import StagedRow, converter
+from importq.screen import Screen
 from importq.services import Services
-from importq.staged import results_table
+from importq.staged import results_table, trimmed
 from importq.staging import BatchRequest, stage_batch
 from importq.uploads import ParsedUpload
 from rules_model import decide, normalise
@@ -137,3 +138,131 @@ def test_the_edge_values_are_valid_and_invalid_alike() -> None:
         convert = converter(DATASET.column(name))
         assert convert is not None
         assert {convert(normalise(text))[1] is None for text in values} == {True, False}
+
+
+SCREENED = parse_datasets(
+    """
+[datasets.probe]
+dedup_key = ["key"]
+[[datasets.probe.columns]]
+name = "key"
+field = "key"
+required = true
+[[datasets.probe.columns]]
+name = "count"
+field = "count"
+type = "int"
+min = -5
+max = 1e19  # beyond a bigint: the length alone keeps 19 digits out
+[[datasets.probe.columns]]
+name = "depth"
+field = "depth"
+type = "float"
+min = -0.5
+max = 1e300
+[[datasets.probe.columns]]
+name = "code"
+field = "code"
+min_length = 2
+max_length = 3
+[[datasets.probe.columns]]
+name = "ref"
+field = "ref"
+pattern = "[A-Z]{2}-[0-9]+"
+[[datasets.probe.columns]]
+name = "kind"
+field = "kind"
+type = "enum"
+values = ["pit", "cave"]
+[[datasets.probe.columns]]
+name = "open"
+field = "open"
+type = "bool"
+[[datasets.probe.columns]]
+name = "found"
+field = "found"
+type = "date"
+[[datasets.probe.columns]]
+name = "seen"
+field = "seen"
+type = "timestamp"
+"""
+)["probe"]
+
+# Per column: values of every shape, valid and not.
+PROBES = {
+    "count": [
+        "0",
+        "-5",
+        "-6",
+        "+17",
+        "999999999999999999",
+        "9999999999999999999",
+        "1000000000000000000",
+        "1000000000000000001",
+        "1e3",
+        "1.0",
+        "٣",
+        " 7 ",
+        "x",
+    ],
+    "depth": [
+        "0",
+        "-0.5",
+        "-0.51",
+        "1e300",
+        "1e301",
+        "5.",
+        ".5",
+        "+.5",
+        "-1e-400",
+        "1e-310",
+        "nan",
+        "inf",
+        "0" * 40,
+        "1" * 31,
+        "1_000",
+        "٣",
+    ],
+    "code": ["ab", "abc", "a", "abcd", "é\u0301", "  ab  ", "日本"],
+    "ref": ["AB-1", "ab-1", "AB-", "AB-12x", "ÀB-1"],
+    "kind": ["pit", "cave", "Pit", "pits", "cave "],
+    "open": ["true", "T", "yes", "0", "maybe", "ｙes", "yeſ", "FALSE"],
+    "found": ["2024-02-29", "2023-02-29", "20240229", "2024-W09-4", "24-1-1"],
+    "seen": ["2024-02-29T10:00:00", "2024-02-29 10:00:00+02:00", "2024-02-29", "noon"],
+}
+
+
+async def test_the_screen_passes_no_value_its_column_refuses(services: Services) -> None:
+    positions = {column.name: p for p, column in enumerate(SCREENED.columns)}
+    screen = Screen.of(SCREENED, positions)
+    cells = sql.SQL(", ").join(
+        sql.SQL("{}::text AS {}").format(sql.Placeholder(f"v{p}"), trimmed(p))
+        for p in positions.values()
+    )
+    query = sql.SQL("SELECT coalesce({}, false) FROM (SELECT {}) AS s").format(screen.passes, cells)
+    passed: dict[str, set[str]] = {}
+    async with services.pool.connection() as conn:
+        for name, values in PROBES.items():
+            column = SCREENED.column(name)
+            convert = converter(column)
+            assert convert is not None
+            for value in values:
+                text = normalise(value)
+                row = {f"v{p}": "k" for p in positions.values()} | {f"v{positions[name]}": text}
+                for other in PROBES:  # every other column empty, which each allows
+                    if other != name:
+                        row[f"v{positions[other]}"] = ""
+                judged = screen.bad_values([(p, row[f"v{p}"]) for p in screen.judged])
+                cursor = await conn.execute(query, row | judged)
+                (passes,) = await cursor.fetchone() or (None,)
+                valid = convert(text)[1] is None
+                assert not passes or valid, (name, value)
+                if passes:
+                    passed.setdefault(name, set()).add(value)
+    # The screen is not a wall: plain valid values of every column get through.
+    assert passed["count"] >= {"0", "-5", "+17", "999999999999999999"}
+    assert passed["depth"] >= {"0", "-0.5", "5.", ".5", "+.5"}
+    assert passed["code"] >= {"ab", "abc", "  ab  "}
+    assert {"AB-1"} <= passed["ref"] and {"pit", "cave"} <= passed["kind"]
+    assert passed["open"] >= {"true", "T", "0", "FALSE"} and "2024-02-29" in passed["found"]

@@ -11,8 +11,8 @@ an exponent is left to Python), never more: that is its one invariant, and
 Per column present in the upload, on its trimmed cell ``t<position>``:
 
 - empty (or absent from a short row): passes unless the column is required;
-- int: at most a sign and 18 digits (so it fits a bigint), within min/max compared
-  exactly;
+- int: at most 18 characters, sign included (so it fits a bigint), within min/max
+  compared exactly;
 - float: plain decimal notation in at most 30 characters (never out of a double's
   range), within min/max compared as doubles, as Python compares them;
 - text: within its length bounds (PostgreSQL and Python both count code points);
@@ -38,7 +38,7 @@ from importq.staged import trimmed
 # Patterns without bounded repeats ({1,18}), which PostgreSQL's regex engine runs five
 # times slower; the length bound is a separate test.
 _INT = sql.Literal("^[+-]?[0-9]+$")
-_INT_LONGEST = 19  # a sign and 18 digits: within a bigint
+_INT_LONGEST = 18  # so at most 18 digits: within a bigint
 _FLOAT = sql.Literal(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
 _FLOAT_LONGEST = 30  # never beyond a double's range, nor below its smallest
 
