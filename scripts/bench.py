@@ -245,14 +245,20 @@ def record(run: Run, rounds: list[Run], command: str, server: str) -> None:
     ]
     section = "\n".join(
         [
-            f"## {run.rows:,} entrance rows, {run.format.upper()} ({run.file_mb:.0f} MB)",
+            # The heading names the section a rerun replaces: no measured value in it.
+            f"## {run.rows:,} entrance rows, {run.format.upper()}",
             "",
-            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {server}.",
+            f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {server}; "
+            f"the file: {run.file_mb:.0f} MB.",
             "",
             f"Command: `{command}`",
             "",
-            f"Medians of {len(rounds)} rounds (the peak memory: the highest); each round "
-            "starts from an empty database.",
+            (
+                "One round"
+                if len(rounds) == 1
+                else f"Medians of {len(rounds)} rounds (the peak memory: the highest)"
+            )
+            + ", from an empty database.",
             "",
             "| measure | value |",
             "|---|---|",

@@ -161,6 +161,24 @@ async def test_csv_body_lines_follow_spreadsheet_rows(client: httpx.AsyncClient)
     assert successes[1][:2] == ["2", "m1"]
 
 
+async def test_blank_lines_before_the_header_count_and_are_not_data(
+    client: httpx.AsyncClient,
+) -> None:
+    body = "\n" + csv_text([entrance("b1"), entrance("b2", latitude="200")]).replace("\r\n", "\n")
+    response = await client.post(
+        "/api/v1/entrances/import-rows", content=body.encode(), headers={"Content-Type": "text/csv"}
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["totalRows"] == 2
+    job = await wait_for_batch(client, response.json()["batchId"])
+    assert job["result"]["summary"] == {"successes": 1, "duplicates": 0, "failures": 1}
+    # blank = 1, header = 2, rows = 3 and 4
+    successes = read_csv_report(await download(client, job["result"]["reportUrls"]["success"]))
+    assert successes[1][:2] == ["3", "b1"]
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    assert failures[1][:2] == ["4", "w3geo:latitude: 200 is above 90"]
+
+
 async def test_completion_creates_notification_and_email(
     client: httpx.AsyncClient,
     services: Services,

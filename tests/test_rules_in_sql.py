@@ -161,6 +161,12 @@ type = "float"
 min = -0.5
 max = 1e300
 [[datasets.probe.columns]]
+name = "weight"
+field = "weight"
+type = "float"
+min = -9007199254740995  # whole numbers no double equals: the screen steps inside
+max = 9223372036854775807
+[[datasets.probe.columns]]
 name = "code"
 field = "code"
 min_length = 2
@@ -224,6 +230,15 @@ PROBES = {
         "1_000",
         "٣",
     ],
+    "weight": [
+        "9223372036854775808",
+        "9223372036854775807",
+        "9223372036854774784",
+        "-9007199254740995",
+        "-9007199254740996",
+        "-9007199254740994",
+        "0",
+    ],
     "code": ["ab", "abc", "a", "abcd", "é\u0301", "  ab  ", "日本"],
     "ref": ["AB-1", "ab-1", "AB-", "AB-12x", "ÀB-1"],
     "kind": ["pit", "cave", "Pit", "pits", "cave "],
@@ -263,6 +278,7 @@ async def test_the_screen_passes_no_value_its_column_refuses(services: Services)
     # The screen is not a wall: plain valid values of every column get through.
     assert passed["count"] >= {"0", "-5", "+17", "999999999999999999"}
     assert passed["depth"] >= {"0", "-0.5", "5.", ".5", "+.5"}
+    assert passed["weight"] >= {"9223372036854774784", "-9007199254740994", "0"}
     assert passed["code"] >= {"ab", "abc", "  ab  "}
     assert {"AB-1"} <= passed["ref"] and {"pit", "cave"} <= passed["kind"]
     assert passed["open"] >= {"true", "T", "0", "FALSE"} and "2024-02-29" in passed["found"]

@@ -20,11 +20,13 @@ Per column present in the upload, on its trimmed cell ``t<position>``:
   *judged by value*: its chunk's distinct values go through the column's converter
   once, and a row holding a value found wanting (``%(bad_<position>)s``) is a suspect;
 - a conditional column: its source filled and it empty makes the row a suspect;
-- a row with a reading problem is a suspect.
+- a row with a reading problem is a suspect, and so is every row when a required column
+  is absent from the upload.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -44,16 +46,23 @@ _FLOAT_LONGEST = 30  # never beyond a double's range, nor below its smallest
 
 
 def _bounds(value: sql.Composable, column: Column, as_type: str) -> sql.Composable:
-    def literal(bound: float) -> sql.Composable:
-        if as_type == "numeric":  # the bound's exact binary value, as Python compares ints
+    """``min <= value <= max``, as Python compares the converted value with the bounds:
+    an int exactly; a double with a bound that may be an int no double equals, so that
+    bound becomes the nearest double inside it (the same test for any double)."""
+
+    def literal(bound: float, inward: float) -> sql.Composable:
+        if as_type == "numeric":  # the bound's exact value, as Python compares ints
             return sql.SQL("{}::numeric").format(sql.Literal(str(Decimal(bound))))
-        return sql.SQL("{}::float8").format(sql.Literal(repr(float(bound))))
+        double = float(bound)
+        if double * inward < bound * inward:  # rounded outward (compared exactly): step in
+            double = math.nextafter(double, inward * math.inf)
+        return sql.SQL("{}::float8").format(sql.Literal(repr(double)))
 
     checks = []
     if column.min is not None:
-        checks.append(sql.SQL("{} >= {}").format(value, literal(column.min)))
+        checks.append(sql.SQL("{} >= {}").format(value, literal(column.min, 1)))
     if column.max is not None:
-        checks.append(sql.SQL("{} <= {}").format(value, literal(column.max)))
+        checks.append(sql.SQL("{} <= {}").format(value, literal(column.max, -1)))
     return sql.SQL(" AND ").join(checks) if checks else sql.SQL("true")
 
 
@@ -108,6 +117,10 @@ class Screen:
     def of(cls, dataset: Dataset, positions: Mapping[str, int]) -> Screen:
         checks: list[sql.Composable] = []
         judged: dict[int, Converter] = {}
+        if any(c.required and c.name not in positions for c in dataset.columns):
+            # Only when the dataset gained a required column after the batch was staged:
+            # Python fails every row ("missing").
+            checks.append(sql.SQL("false"))
         for column in dataset.columns:
             if column.name not in positions:
                 continue

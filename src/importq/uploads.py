@@ -555,7 +555,10 @@ def read_csv(
         rows(),
         encoding=codec,
         delimiter=chosen,
-        source=_csv_source(binary, codec, start, chosen, width, limits),
+        # Blank records before the header: PostgreSQL would read the header as data.
+        source=_csv_source(binary, codec, start, chosen, width, limits)
+        if first_line == 1
+        else None,
     )
 
 
