@@ -376,6 +376,35 @@ async def test_reconcile_leaves_a_chunk_its_worker_still_holds(
     assert await _count_lost_attempt(services, batch, 0) is None  # finished: nothing lost
 
 
+async def test_reconcile_gives_a_chunk_left_without_a_job_a_new_one(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    from importq.recovery import reconcile
+
+    rows = [entrance(f"o{i}") for i in range(25)]
+    batch_id, total_chunks = await _staged_batch(client, rows)
+    assert total_chunks > 2
+    jobs_of = (
+        "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'process_chunk'"
+        " AND status IN ('todo', 'doing') AND args->>'batch_id' = %s"
+        " AND (args->>'chunk_no')::int = %s"
+    )
+    async with services.pool.connection() as conn:
+        # Chunk 0 finished; chunk 1's job is gone (it ended failed and was cleaned up).
+        assert await process_chunk(conn, services.queue, services.datasets, uuid.UUID(batch_id), 0)
+        await conn.execute(
+            "DELETE FROM procrastinate_jobs WHERE task_name = 'process_chunk'"
+            " AND args->>'batch_id' = %s AND (args->>'chunk_no')::int IN (0, 1)",
+            (batch_id,),
+        )
+    await reconcile(services)
+    await reconcile(services)  # a second pass finds the new job and adds none
+    assert await _count(services, jobs_of, batch_id, 0) == 0  # done: nothing to redo
+    for chunk_no in range(1, total_chunks):
+        assert await _count(services, jobs_of, batch_id, chunk_no) == 1
+
+
 def test_backoff_never_waits_more_than_ten_minutes() -> None:
     from datetime import UTC, datetime, timedelta
 

@@ -10,6 +10,7 @@ transaction, so a job exists if and only if the state change that asked for it c
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import procrastinate
@@ -37,10 +38,14 @@ class JobQueue:
     async def defer_chunks(
         self, conn: AsyncConnection[Any], batch_id: uuid.UUID, total_chunks: int
     ) -> None:
+        """One ``process_chunk`` job per chunk of a new batch."""
+        await self.defer_chunk_jobs(conn, batch_id, range(total_chunks))
+
+    async def defer_chunk_jobs(
+        self, conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_nos: Iterable[int]
+    ) -> None:
         deferrer = self.app.configure_task("process_chunk", connection=conn, queue=CHUNKS)
-        jobs: list[dict[str, Any]] = [
-            {"batch_id": str(batch_id), "chunk_no": n} for n in range(total_chunks)
-        ]
+        jobs: list[dict[str, Any]] = [{"batch_id": str(batch_id), "chunk_no": n} for n in chunk_nos]
         await deferrer.batch_defer_async(*jobs)
 
     async def defer_completion_check(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:

@@ -4,8 +4,11 @@
   procrastinate's ``retry_job`` ignores retry strategies, so a chunk job counts the lost
   attempt on its chunk and, at the cap, the chunk is failed instead: a chunk that kills
   its worker cannot loop forever.
-- Active batches whose every chunk is finished get their completion check again, and
-  batches stuck in ``aggregating`` with no aggregate job get one (a storage outage).
+- Active batches whose every chunk is finished get their completion check again,
+  batches stuck in ``aggregating`` with no aggregate job get one (a storage outage), and
+  todo chunks with no job waiting or running get a new one (their job ended failed when
+  even failing the chunk kept failing, e.g. a long database outage): a batch never stays
+  active with nobody at work on it.
 - Staged rows, stored reports and kept uploads of batches finished longer than
   ``IMPORTQ_RETENTION_DAYS`` ago, and finished jobs as old, are deleted.
 """
@@ -97,6 +100,13 @@ async def _redefer_missed_steps(services: Services) -> None:
         for (batch_id,) in await cursor.fetchall():
             log.info("re-deferring the aggregation of batch %s", batch_id)
             await services.queue.defer_aggregate(conn, batch_id)
+        cursor = await conn.execute(queries["chunks_without_job"])
+        orphans: dict[uuid.UUID, list[int]] = {}
+        for batch_id, chunk_no in await cursor.fetchall():
+            orphans.setdefault(batch_id, []).append(chunk_no)
+        for batch_id, chunk_nos in orphans.items():
+            log.warning("re-deferring chunks %s of batch %s: no job was left", chunk_nos, batch_id)
+            await services.queue.defer_chunk_jobs(conn, batch_id, chunk_nos)
 
 
 async def _purge(services: Services) -> None:

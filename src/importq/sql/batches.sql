@@ -100,6 +100,19 @@ WHERE b.status = 'aggregating'
       WHERE j.task_name = 'aggregate' AND j.status IN ('todo', 'doing')
         AND j.args ->> 'batch_id' = b.id::text);
 
+-- name: chunks_without_job
+-- Todo chunks of active batches with no process_chunk job waiting or running: their job
+-- was lost, or ended failed when even failing the chunk kept failing.
+SELECT c.batch_id, c.chunk_no
+FROM chunks c JOIN batches b ON b.id = c.batch_id
+WHERE b.status = 'active' AND c.status = 'todo'
+  AND NOT EXISTS (
+      SELECT 1 FROM procrastinate_jobs j
+      WHERE j.task_name = 'process_chunk' AND j.status IN ('todo', 'doing')
+        AND j.args ->> 'batch_id' = c.batch_id::text
+        AND (j.args ->> 'chunk_no')::int = c.chunk_no)
+ORDER BY c.batch_id, c.chunk_no;
+
 -- name: batches_to_purge
 -- Finished batches past retention whose stored files are still there, oldest first.
 SELECT id FROM batches
