@@ -479,6 +479,28 @@ async def test_concurrent_posts_with_the_same_idempotency_key_make_one_batch(
     assert await count_staged_rows(services, batch_id) == 40
 
 
+async def test_an_idempotency_key_reused_for_a_different_upload_is_422(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    headers = {"Idempotency-Key": "upload-2024-003", "Content-Type": "text/csv"}
+    body = csv_text([entrance("k1"), entrance("k2")]).encode()
+    first = await client.post("/api/v1/entrances/import-rows", content=body, headers=headers)
+    assert first.status_code == 202, first.text
+    batch_id = first.json()["batchId"]
+    # The same bytes again, then once with its file name given: a retry, then not one.
+    again = await client.post("/api/v1/entrances/import-rows", content=body, headers=headers)
+    assert again.json() == first.json()
+    for changed, params in ((body.replace(b"k2", b"k3"), {}), (body, {"fileName": "x.csv"})):
+        response = await client.post(
+            "/api/v1/entrances/import-rows", content=changed, headers=headers, params=params
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "idempotency_key_reused"
+        assert response.json()["batchId"] == batch_id
+        assert batch_id in response.json()["detail"]
+    assert await count_rows(services, "batches") == 1
+
+
 async def test_idempotency_keys_belong_to_one_user(
     client: httpx.AsyncClient, services: Services
 ) -> None:

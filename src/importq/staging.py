@@ -58,6 +58,8 @@ class BatchRequest:
     locale: str = "en"
     callback_url: str | None = None
     idempotency_key: str | None = None
+    #: With an idempotency key: what the request asked for (see ``api.imports``).
+    request_digest: bytes | None = None
 
 
 def check_header(dataset: Dataset, header: list[str]) -> HeaderMatch:
@@ -90,6 +92,8 @@ def header_warnings(dataset: Dataset, match: HeaderMatch) -> list[str]:
 
 
 async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> StagedBatch | None:
+    """The batch an earlier request with the same Idempotency-Key created, if any; a
+    different request reusing the key is refused (422)."""
     if request.idempotency_key is None:
         return None
     cursor = await conn.execute(
@@ -97,7 +101,18 @@ async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> Staged
         {"initiator_id": request.initiator_id, "idempotency_key": request.idempotency_key},
     )
     row = await cursor.fetchone()
-    return None if row is None else StagedBatch(row[0], row[1], row[2], created=False)
+    if row is None:
+        return None
+    batch_id, total_rows, total_chunks, digest = row
+    if None not in (digest, request.request_digest) and bytes(digest) != request.request_digest:
+        raise Refusal(
+            422,
+            "idempotency_key_reused",
+            f"This Idempotency-Key already made batch {batch_id} from a different "
+            "upload; send a new key for a new upload.",
+            batchId=str(batch_id),
+        )
+    return StagedBatch(batch_id, total_rows, total_chunks, created=False)
 
 
 def _unreadable(cells: Sequence[Value]) -> tuple[list[Value], str] | None:
@@ -228,6 +243,7 @@ async def stage_batch(
                     "total_chunks": len(bounds),
                     "warnings": json.dumps(header_warnings(request.dataset, match)),
                     "idempotency_key": request.idempotency_key,
+                    "request_digest": request.request_digest,
                 },
             )
             await conn.execute(

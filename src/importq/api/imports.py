@@ -8,6 +8,8 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import logging
 import tempfile
@@ -104,6 +106,18 @@ async def keep_upload(services: Services, batch_id: uuid.UUID, fmt: str, source:
         source.close()
 
 
+def _request_digest(body: IO[bytes], options: list[str | None]) -> bytes:
+    """SHA-256 of what an upload asks for: its options, then its whole body (read from the
+    start; the file is left where it was). Tells a retry from a different upload."""
+    digest = hashlib.sha256(json.dumps(options).encode() + b"\n")
+    position = body.tell()
+    body.seek(0)
+    while block := body.read(1 << 20):
+        digest.update(block)
+    body.seek(position)
+    return digest.digest()
+
+
 def _too_large(limit: int) -> Refusal:
     return Refusal(
         413, "too_large", f"The upload is larger than the limit of {limit} bytes.", limit=limit
@@ -160,7 +174,7 @@ async def _multipart_upload(
     "/api/v1/{dataset}/import-rows",
     status_code=202,
     response_model=Accepted,
-    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 503)},
+    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 503)},
 )
 async def import_rows(
     dataset: str,
@@ -218,6 +232,10 @@ async def import_rows(
         parts = urlsplit(callback_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise Refusal(400, "bad_callback_url", "callbackUrl must be an http(s) URL.")
+    digest = None
+    if idempotency_key is not None:
+        asked = [dataset, fmt, file_name, callback_url, encoding, delimiter, sheet]
+        digest = await asyncio.to_thread(_request_digest, source, asked)
     batch_request = BatchRequest(
         dataset=definition,
         initiator_id=user.id,
@@ -226,6 +244,7 @@ async def import_rows(
         locale=resolve_locale(*parse_accept_language(request.headers.get("accept-language"))),
         callback_url=callback_url,
         idempotency_key=idempotency_key,
+        request_digest=digest,
     )
     async with services.pool.connection() as conn:
         staged = await stage_batch(

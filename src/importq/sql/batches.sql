@@ -3,18 +3,20 @@
 -- gets a row back made the transition; every other caller gets nothing.
 
 -- name: find_batch_by_idempotency_key
--- The batch a user already created with this Idempotency-Key, if any.
-SELECT id, total_rows, total_chunks
+-- The batch a user already created with this Idempotency-Key, if any, and the digest of
+-- the request that created it.
+SELECT id, total_rows, total_chunks, request_digest
 FROM batches
 WHERE initiator_id = %(initiator_id)s AND idempotency_key = %(idempotency_key)s;
 
 -- name: insert_batch
 -- A batch is born active, in the transaction that stages its rows.
 INSERT INTO batches (id, dataset, format, file_name, initiator_id, locale, callback_url,
-                     status, header, total_rows, total_chunks, warnings, idempotency_key)
+                     status, header, total_rows, total_chunks, warnings, idempotency_key,
+                     request_digest)
 VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(locale)s,
         %(callback_url)s, 'active', %(header)s, %(total_rows)s, %(total_chunks)s,
-        %(warnings)s, %(idempotency_key)s);
+        %(warnings)s, %(idempotency_key)s, %(request_digest)s);
 
 -- name: count_finished_chunk
 -- Add a finished (done or failed) chunk's outcome to the batch counters; tells whether
