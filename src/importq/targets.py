@@ -78,8 +78,8 @@ class ChunkStatements:
     """The statements that settle a batch's chunks (``sql/chunks.sql`` templates)."""
 
     screen: Screen
-    #: None when no column is judged by value.
     create_chunk: sql.Composed
+    #: None when no column is judged by value.
     judged_values: sql.Composed | None
     suspect_rows: sql.Composed
     settle: sql.Composed
