@@ -64,18 +64,13 @@ class Decider:
             if row.line <= self._previous:
                 raise ValueError("rows must come in increasing line order")
             self._previous = row.line
-        readable = [row for row in rows if row.problem is None]
-        checked = iter(self._checker.check([row.values for row in readable]))
         first_line = self._first_line
         winners: list[Winner] = []
         rejected: list[Rejected] = []
-        for row in rows:
-            if row.problem is not None:
-                rejected.append(Rejected(row.line, "failure", row.problem))
-                continue
-            record, problems = next(checked)
-            if problems:
-                rejected.append(Rejected(row.line, "failure", "; ".join(problems)))
+        for row, (record, message) in zip(rows, self._checker.verdicts(rows), strict=True):
+            if record is None:
+                assert message is not None
+                rejected.append(Rejected(row.line, "failure", message))
                 continue
             key = row_key(row.values, self._key_positions)
             assert key is not None, "a valid row has every key column"

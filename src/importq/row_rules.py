@@ -230,20 +230,29 @@ class RowChecker:
             if column.required_if is not None
         ]
 
-    def failures(self, rows: Sequence[StagedRow]) -> list[tuple[int, str]]:
-        """The rows that fail, as ``(line, message)``: a row's reading problem, else its
-        validation problems joined by ``; ``."""
+    def verdicts(
+        self, rows: Sequence[StagedRow]
+    ) -> list[tuple[tuple[Coerced, ...] | None, str | None]]:
+        """Per row, ``(record, None)`` when it is valid, else ``(None, message)``: its
+        reading problem, or its validation problems joined by ``; ``."""
         readable = [row for row in rows if row.problem is None]
         checked = iter(self.check([row.values for row in readable]))
-        failed: list[tuple[int, str]] = []
+        verdicts: list[tuple[tuple[Coerced, ...] | None, str | None]] = []
         for row in rows:
             if row.problem is not None:
-                failed.append((row.line, row.problem))
+                verdicts.append((None, row.problem))
                 continue
-            _, problems = next(checked)
-            if problems:
-                failed.append((row.line, "; ".join(problems)))
-        return failed
+            record, problems = next(checked)
+            verdicts.append((None, "; ".join(problems)) if problems else (record, None))
+        return verdicts
+
+    def failures(self, rows: Sequence[StagedRow]) -> list[tuple[int, str]]:
+        """The rows that fail, as ``(line, message)`` (see :meth:`verdicts`)."""
+        return [
+            (row.line, message)
+            for row, (_, message) in zip(rows, self.verdicts(rows), strict=True)
+            if message is not None
+        ]
 
     def check(self, rows: Sequence[Sequence[Value]]) -> list[tuple[tuple[Coerced, ...], list[str]]]:
         count = len(rows)
