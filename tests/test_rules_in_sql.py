@@ -4,7 +4,8 @@ suspect rows in Python) against their model, ``rules_model.decide``.
 Property test on real PostgreSQL: generated rows (keys that repeat with padding, values
 valid and not, numbers the screen must leave to Python, reading problems) are staged,
 every chunk is processed, and each row's outcome and message, and the rows inserted,
-must be exactly what the model decides for the whole file.
+must be exactly what the model decides for the whole file, some of its keys being in the
+table already.
 """
 
 from __future__ import annotations
@@ -89,15 +90,36 @@ async def _stage(services: Services, header: list[str], rows: list[StagedRow]) -
     return staged.batch_id
 
 
+def _winner_keys(header: list[str], rows: list[StagedRow]) -> list[tuple[str, ...]]:
+    positions = dict(DATASET.match_header(header).positions)
+    return sorted({winner.key for winner in decide(DATASET, positions, rows)[0]})
+
+
 def _expected(
-    header: list[str], rows: list[StagedRow]
+    header: list[str], rows: list[StagedRow], stored: set[tuple[str, ...]]
 ) -> Iterator[tuple[int, str, str | None, tuple[str, ...] | None]]:
+    """The model's outcome of every row, ``stored`` being the keys in the table before."""
     positions = dict(DATASET.match_header(header).positions)
     winners, rejected = decide(DATASET, positions, rows)
     for winner in winners:
-        yield winner.line, "success", None, winner.key
+        if winner.key in stored:
+            yield winner.line, "duplicate", "already exists", None
+        else:
+            yield winner.line, "success", None, winner.key
     for row in rejected:
         yield row.line, row.outcome, row.message, None
+
+
+async def _store_keys(services: Services, keys: set[tuple[str, ...]]) -> None:
+    """Rows of an earlier import: the target table holds these keys, hashed as staging
+    hashes them."""
+    async with services.pool.connection() as conn:
+        for source_id, attribution in keys:
+            await conn.execute(
+                "INSERT INTO entrances (key_hash, source_id, attribution_name)"
+                " VALUES (hashtextextended(%s || E'\\x1f' || %s, 0), %s, %s)",
+                (source_id, attribution, source_id, attribution),
+            )
 
 
 @settings(
@@ -105,13 +127,16 @@ def _expected(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(edged())
+@given(edged(), st.data())
 async def test_the_service_decides_every_row_as_the_model_does(
-    services: Services, case: tuple[list[str], list[StagedRow]]
+    services: Services, case: tuple[list[str], list[StagedRow]], data: st.DataObject
 ) -> None:
     header, rows = case
+    winner_keys = _winner_keys(header, rows)
+    stored = data.draw(st.sets(st.sampled_from(winner_keys)) if winner_keys else st.just(set()))
     async with services.pool.connection() as conn:
-        await conn.execute("TRUNCATE entrances")  # each example starts from an empty table
+        await conn.execute("TRUNCATE entrances")  # each example starts from its own table
+    await _store_keys(services, stored)
     batch_id = await _stage(services, header, rows)
     async with services.pool.connection() as conn:
         cursor = await conn.execute(
@@ -126,7 +151,7 @@ async def test_the_service_decides_every_row_as_the_model_does(
             (batch_id,),
         )
         inserted = await cursor.fetchall()
-    expected = sorted(_expected(header, rows))
+    expected = sorted(_expected(header, rows, stored))
     assert results == [(line, outcome, message) for line, outcome, message, _ in expected]
     assert inserted == [(line, *key) for line, _, _, key in expected if key is not None]
 

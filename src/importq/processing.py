@@ -4,10 +4,11 @@
 chunk (a second delivery of the job waits, then sees it done and does nothing), screen
 its rows in SQL (:mod:`importq.screen`), read the rows the screen does not pass (only
 the cells the row rules need) and check them in Python, writing down the failures
-(``importq_failures``). One statement (``settle_chunk``) then does every write: among the
-valid rows the first line of each key wins, the winners are inserted in dedup-index order
-with ``ON CONFLICT DO NOTHING`` (a key already stored makes the row a duplicate), and
-one row result per row is recorded with its report record. Then the chunk is marked
+(``importq_failures``). One statement (``settle_chunk``) then does every write: the valid
+rows are inserted in dedup-index order, a key's rows in line order, with ``ON CONFLICT DO
+NOTHING``, so the first valid line of each key is the one inserted (a key already stored
+makes it a duplicate, "already exists"), every other valid row is a duplicate of that
+first line, and one row result per row is recorded with its report record. Then the chunk is marked
 done and its tally added to the batch. A crash anywhere rolls all of it back, so a retry
 starts from a clean chunk.
 

@@ -73,6 +73,12 @@ def _value(column: Column, positions: Mapping[str, int]) -> sql.Composable:
     return sql.SQL("{}::{}").format(value, sql.SQL(column.type.sql_type))
 
 
+def _winner_key(index: int) -> sql.Identifier:
+    """A key column of a row the chunk statement inserted, as it returns it (named apart
+    from the chunk's own columns)."""
+    return sql.Identifier(f"winner_k{index}")
+
+
 @dataclass(frozen=True)
 class ChunkStatements:
     """The statements that settle a batch's chunks (``sql/chunks.sql`` templates)."""
@@ -94,11 +100,10 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
     positions = staged.positions
     read = sorted(set(positions.values()))
     values = [_value(c, positions) for c in dataset.columns]
+    key_values = [values[dataset.columns.index(c)] for c in dataset.key_columns]
     order = [sql.SQL("key_hash")] + [
-        sql.SQL('{} COLLATE "C"').format(values[dataset.columns.index(c)])
-        if c.type.sql_type == "text"
-        else values[dataset.columns.index(c)]
-        for c in dataset.key_columns
+        sql.SQL('{} COLLATE "C"').format(value) if c.type.sql_type == "text" else value
+        for c, value in zip(dataset.key_columns, key_values, strict=True)
     ]
     success_record, rejected_record = record_sql(dataset, header)
     screen = Screen.of(dataset, positions)
@@ -130,11 +135,16 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         ),
         settle=sql.SQL(queries["settle_chunk"]).format(
             **parts,
-            key=sql.SQL(", ").join(
-                sql.SQL('{} COLLATE "C"').format(trimmed(positions[name]))
-                for name in dataset.dedup_key
-            ),
             order=sql.SQL(", ").join(order),
+            key_values=sql.SQL(", ").join(key_values),
+            winner_keys=sql.SQL(", ").join(
+                sql.SQL("{} AS {}").format(sql.Identifier(c.field), _winner_key(i))
+                for i, c in enumerate(dataset.key_columns)
+            ),
+            same_key=sql.SQL(" AND ").join(
+                sql.SQL("w.{} = {}").format(_winner_key(i), value)
+                for i, value in enumerate(key_values)
+            ),
             success_record=success_record,
             rejected_record=rejected_record,
         ),

@@ -61,39 +61,52 @@ COPY importq_failures (line, message) FROM STDIN (FORMAT BINARY);
 INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 
 -- name: settle_chunk
--- All of a chunk's writes in one statement. Among its valid rows (no failure recorded)
--- the first line of each key wins and the later ones are duplicates of it; the winners
--- are inserted in dedup-index order (a key already stored makes the row a duplicate,
--- "already exists"); then one row result per row of the chunk with the CSV record its
+-- All of a chunk's writes in one statement. Its valid rows (no failure recorded) are
+-- inserted in dedup-index order and, within a key, in line order, with ON CONFLICT DO
+-- NOTHING: so the first valid line of each key is the one inserted, unless the key was
+-- stored before. A valid row not inserted is a duplicate: of the line inserted with its
+-- key in this statement, or, when none was, of the first such row of its key (that one:
+-- "already exists"). Then one row result per row of the chunk with the CSV record its
 -- report prints, and the tally.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
--- Template: {results}, {key} (the trimmed key cells), {table}, {fields}, {values} (the
--- dataset's columns cast from the trimmed cells), {order} (the dedup index's order),
--- {success_record}, {rejected_record}.
-WITH chunk AS MATERIALIZED (
-    SELECT c.*, f.message AS failure,
-           CASE WHEN f.message IS NULL THEN
-               min(c.line) OVER (PARTITION BY f.message IS NULL, c.key_hash, {key}) END AS first
-    FROM importq_chunk c LEFT JOIN importq_failures f ON f.line = c.line
-), inserted AS (
+-- Template: {results}, {table}, {fields}, {values} (the dataset's columns cast from the
+-- trimmed cells), {order} (the dedup index's order), {key_values} (the key columns'
+-- values), {winner_keys} ("<key field> AS winner_k<i>", …), {same_key} (a chunk row c
+-- has the key of an inserted row w), {success_record}, {rejected_record}.
+WITH inserted AS (
     INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
     SELECT key_hash, %(batch_id)s, line, {values}
-    FROM chunk
-    WHERE first = line AND %(give_up)s::text IS NULL
-    ORDER BY {order}
+    FROM importq_chunk c
+    WHERE %(give_up)s::text IS NULL
+      AND NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
+    ORDER BY {order}, line
     ON CONFLICT DO NOTHING
-    RETURNING imported_line, target_id
+    RETURNING imported_line AS winner_line, target_id, key_hash AS winner_hash, {winner_keys}
+), losers AS (
+    -- Valid rows not inserted, few: the line each is a duplicate of (NULL: "already exists").
+    SELECT c.line,
+           coalesce(w.winner_line,
+                    nullif(min(c.line) OVER (PARTITION BY c.key_hash, {key_values}), c.line))
+               AS first
+    FROM importq_chunk c
+    LEFT JOIN inserted w ON w.winner_hash = c.key_hash AND {same_key}
+    WHERE %(give_up)s::text IS NULL
+      AND NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
+      AND NOT EXISTS (SELECT FROM inserted i WHERE i.winner_line = c.line)
 ), outcomes AS (
     SELECT c.*, i.target_id,
-           CASE WHEN %(give_up)s::text IS NOT NULL OR c.failure IS NOT NULL THEN 'failure'
-                WHEN c.first < c.line THEN 'duplicate'
+           CASE WHEN %(give_up)s::text IS NOT NULL OR f.message IS NOT NULL THEN 'failure'
                 WHEN i.target_id IS NOT NULL THEN 'success'
                 ELSE 'duplicate' END AS outcome,
            CASE WHEN %(give_up)s::text IS NOT NULL THEN %(give_up)s::text
-                WHEN c.failure IS NOT NULL THEN c.failure
-                WHEN c.first < c.line THEN 'duplicate of line ' || c.first
-                WHEN i.target_id IS NULL THEN 'already exists' END AS message
-    FROM chunk c LEFT JOIN inserted i ON i.imported_line = c.line
+                WHEN f.message IS NOT NULL THEN f.message
+                WHEN i.target_id IS NOT NULL THEN NULL
+                WHEN l.first IS NOT NULL THEN 'duplicate of line ' || l.first
+                ELSE 'already exists' END AS message
+    FROM importq_chunk c
+    LEFT JOIN importq_failures f ON f.line = c.line
+    LEFT JOIN inserted i ON i.winner_line = c.line
+    LEFT JOIN losers l ON l.line = c.line
 ), results AS (
     INSERT INTO {results} (line, outcome, message, target_id, record)
     SELECT line, outcome, message, target_id::text,
