@@ -9,17 +9,20 @@ exactly what Python's ``str.strip()`` trims.
 
 from __future__ import annotations
 
+import json
 import random
+import uuid
 from collections import defaultdict
 from typing import Any
 
+import httpx
 from psycopg import sql
 
 from conftest import new_user
-from helpers import entrance
+from helpers import csv_text, entrance
 from importq.chunking import chunk_bounds, chunk_of, effective_chunk_size
 from importq.services import Services
-from importq.staged import StagedTable, cell
+from importq.staged import StagedTable, cell, table_name
 from importq.staging import BatchRequest, stage_batch
 from importq.targets import chunk_statements
 from importq.uploads import read_json_rows
@@ -261,3 +264,34 @@ async def test_importq_trim_trims_exactly_what_str_strip_trims(services: Service
     ]
     assert wrong == []
     assert sum(value.strip() != value for value in strings) > 1_000, "most strings get trimmed"
+
+
+async def test_staged_rows_are_written_frozen_whichever_reader_staged_them(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    """COPY … FREEZE on every path (PostgreSQL's CSV reader; importq's, for JSON and for
+    a CSV PostgreSQL gave up on half-way): every page of the staged table is all-visible,
+    so the chunks that read it never write a page back just to set hint bits."""
+    rows = [entrance(f"f{n}") for n in range(400)]
+    clean = csv_text(rows)
+    ragged = clean + "f400,too,many" + ",x" * 20 + "\r\n"  # PostgreSQL's COPY refuses it
+    uploads = [
+        ("text/csv", clean.encode(), 400),
+        ("text/csv", ragged.encode(), 401),
+        ("application/json", json.dumps({"data": rows}).encode(), 400),
+    ]
+    for content_type, body, total in uploads:
+        response = await client.post(
+            "/api/v1/entrances/import-rows", content=body, headers={"Content-Type": content_type}
+        )
+        assert response.status_code == 202, response.text
+        assert response.json()["totalRows"] == total
+        batch_id = uuid.UUID(response.json()["batchId"])
+        async with services.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT relpages, relallvisible FROM pg_class WHERE oid = %s::regclass",
+                (f"importq_staging.{table_name(batch_id)}",),
+            )
+            pages, all_visible = await cursor.fetchone() or (0, -1)
+        assert pages > 0
+        assert all_visible == pages, f"{content_type} upload of {total} rows"

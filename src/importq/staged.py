@@ -5,7 +5,8 @@ could not be read as a record; it becomes a failure), ``extra`` (cells past the 
 width, kept for the failure report), ``c0 … c<n-1>`` (the cells exactly as uploaded,
 aligned with the uploaded header), then ``key_hash``.
 
-Rows are COPYed straight into the batch's table, in file order; ``key_hash`` is a
+Rows are COPYed straight into the batch's table, in file order, frozen (``COPY …
+FREEZE``: the table is created in the COPY's own subtransaction); ``key_hash`` is a
 generated column, computed as each row arrives, and indexed once all are in: a chunk is
 a hash range, found through that index. The hash is of the normalised dedup key
 (:meth:`StagedTable.key_hash`): rows of one key share a hash, so they share a chunk; a

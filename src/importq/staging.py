@@ -131,8 +131,17 @@ def _unreadable(cells: Sequence[Value]) -> tuple[list[Value], str] | None:
     return None
 
 
+async def _create_tables(conn: AsyncConnection[Any], table: StagedTable) -> None:
+    """The batch's staged and results tables, in the caller's (sub)transaction: the one
+    that COPYs the rows, as COPY … FREEZE requires."""
+    for statement in table.create():
+        await conn.execute(statement)
+
+
 async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: ParsedUpload) -> int:
-    """COPY the rows importq read into the staged table; how many there were."""
+    """Create the batch's tables and COPY the rows importq read into the staged table;
+    how many there were."""
+    await _create_tables(conn, table)
     width = table.width
     padding: list[Value] = [None] * width
     total = 0
@@ -163,7 +172,10 @@ async def _copy_clean_csv(
     PostgreSQL to read it as importq would (see :class:`CsvSource`)."""
     position = source.binary.tell()
     try:
+        # The tables are created in the savepoint, for the COPY's FREEZE: a file that
+        # is not clean after all leaves nothing behind.
         async with conn.transaction(), conn.cursor() as cursor:
+            await _create_tables(conn, table)
             async with cursor.copy(table.copy_csv(source.delimiter)) as copy:
                 for block in source.blocks():
                     await copy.write(block)
@@ -213,8 +225,6 @@ async def stage_batch(
     table = StagedTable(batch_id, len(upload.header), request.dataset, dict(match.positions))
     try:
         async with conn.transaction():
-            for statement in table.create():
-                await conn.execute(statement)
             total = None
             if upload.source is not None:
                 total = await _copy_clean_csv(conn, table, upload.source)

@@ -15,11 +15,15 @@ CREATE TABLE {table} (
 
 -- name: copy_staged_rows
 -- Rows read by importq (binary COPY: int4, text, text[], text…; template {table}, {cells}).
-COPY {table} (line, problem, extra, {cells}) FROM STDIN (FORMAT BINARY);
+-- FREEZE, as in copy_staged_csv.
+COPY {table} (line, problem, extra, {cells}) FROM STDIN (FORMAT BINARY, FREEZE);
 
 -- name: copy_staged_csv
 -- A clean CSV file's records, parsed by PostgreSQL (template {table}, {cells}, {delimiter}).
-COPY {table} ({cells}) FROM STDIN (FORMAT csv, DELIMITER {delimiter}, ENCODING 'UTF8');
+-- FREEZE (the table is new in this subtransaction): rows are written visible to all,
+-- so the chunks that read them never write a page back to set its hint bits; with each
+-- page holding rows of many chunks, that was each page written again for every chunk.
+COPY {table} ({cells}) FROM STDIN (FORMAT csv, DELIMITER {delimiter}, ENCODING 'UTF8', FREEZE);
 
 -- name: staged_long_cell
 -- The first line with a cell longer than %(limit)s characters, if any (template {table},
