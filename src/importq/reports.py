@@ -88,10 +88,17 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
     def trimmed_cell(name: str) -> sql.Composable:
         return trimmed(positions[name]) if name in positions else sql.NULL
 
+    def success_cell(name: str, numeric: bool) -> sql.Composable:
+        # A success's numbers passed the row rules, and a valid number prints as itself
+        # (tests/test_report_cells.py): no need to format it.
+        if numeric:
+            return sql.SQL("coalesce({}, '')").format(trimmed_cell(name))
+        return _cell(trimmed_cell(name), numeric)
+
     line = sql.SQL("line::text")
     names = [*dataset.dedup_key, None, *dataset.report_columns]
     success = [line] + [
-        sql.SQL("target_id::text") if name is None else _cell(trimmed_cell(name), numeric)
+        sql.SQL("target_id::text") if name is None else success_cell(name, numeric)
         for name, numeric in zip(names, layout.success_numeric[1:], strict=True)
     ]
     rejected = [line, _cell(sql.Identifier("message"), False)] + [
