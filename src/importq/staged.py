@@ -84,13 +84,10 @@ class StagedTable:
     def key_hash(self) -> sql.Composed:
         """The chunking hash of a row (an expression over the table's columns)."""
         parts = [
-            sql.SQL("importq_trim({})").format(cell(self.positions[name]))
+            sql.SQL("nullif(importq_trim({}), '')").format(cell(self.positions[name]))
             for name in self.dataset.dedup_key
         ]
-        return sql.SQL(queries["staged_key_hash"]).format(
-            key=sql.SQL(KEY_SEPARATOR).join(parts),
-            complete=sql.SQL(" AND ").join(sql.SQL("{} <> ''").format(p) for p in parts),
-        )
+        return sql.SQL(queries["staged_key_hash"]).format(key=sql.SQL(KEY_SEPARATOR).join(parts))
 
     def create(self) -> list[sql.Composed]:
         """The batch's staged table, and its empty results table."""

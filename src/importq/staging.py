@@ -234,10 +234,8 @@ async def stage_batch(
                 raise empty_upload()
             await conn.execute(queries["sort_memory"])
             size = effective_chunk_size(total, chunk_size, max_chunks)
-            # Before the index: a new table's index would be read with a heap visit per
-            # row (no visibility map yet), where a scan and an in-memory sort are fast.
-            bounds = await _cut_chunks(conn, table, size)
             await conn.execute(table.index())
+            bounds = await _cut_chunks(conn, table, size)
             await conn.execute(
                 queries["insert_batch"],
                 {

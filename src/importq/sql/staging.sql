@@ -32,13 +32,14 @@ COPY {table} ({cells}) FROM STDIN (FORMAT csv, DELIMITER {delimiter}, ENCODING '
 SELECT min(line) FROM {table} WHERE {long};
 
 -- name: sort_memory
--- Memory for the big sorts of a batch's rows (its hashes at staging, its results at
+-- Memory for the big sorts of a batch's rows (its hash index at staging, its results at
 -- aggregation), so they run in memory rather than through temporary files; for this
 -- transaction only.
-SET LOCAL work_mem = '512MB';
+SELECT set_config('work_mem', '512MB', true), set_config('maintenance_work_mem', '512MB', true);
 
 -- name: index_staged_table
--- A chunk is a hash range: its rows are found through this index (template {table}).
+-- A chunk is a hash range: its rows are found through this index (template {table});
+-- staging reads the chunk bounds from it too.
 CREATE INDEX ON {table} (key_hash);
 
 -- name: create_results_table
@@ -54,14 +55,16 @@ CREATE TABLE {results} (
 );
 
 -- name: staged_key_hash
--- A row's chunking hash (template {key}: the normalised key parts joined by U+001F;
--- {complete}: every part non-empty). hashtextextended is the function hash partitioning
--- relies on, so it stays the same across PostgreSQL versions; target tables store it.
-CASE WHEN problem IS NULL AND {complete} THEN hashtextextended({key}, 0)
-     ELSE hashtextextended('line ' || line::text, 0) END
+-- A row's chunking hash (template {key}: the key parts, each trimmed and NULL when
+-- empty, joined by U+001F: NULL when a part is missing). hashtextextended is the
+-- function hash partitioning relies on, so it stays the same across PostgreSQL
+-- versions; target tables store it. Each part is trimmed once: this runs as every row
+-- arrives.
+hashtextextended(coalesce(CASE WHEN problem IS NULL THEN {key} END, 'line ' || line::text), 0)
 
 -- name: staged_hashes_in_order
--- Every row's hash, ascending: the input of chunk_bounds() (template {table}).
+-- Every row's hash, ascending: the input of chunk_bounds() (template {table}). Read
+-- from the hash index, all its pages visible (the rows were COPYed frozen).
 SELECT key_hash FROM {table} ORDER BY key_hash;
 
 -- name: staged_tables_to_drop
