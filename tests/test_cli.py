@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from helpers import csv_text, entrance
+from importq.config import Settings
+from importq.db import embedded_database_url
 
 
 def _free_port() -> int:
@@ -176,6 +179,27 @@ def test_serve_on_embedded_defaults_runs_and_stops_its_own_postgres(tmp_path: Pa
     while postmaster.exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not postmaster.exists(), "the embedded PostgreSQL outlived importq serve"
+
+
+def test_the_embedded_server_runs_with_the_shared_buffers_asked_for(tmp_path: Path) -> None:
+    """Set and applied by a restart on first start; a second start asking the same
+    leaves the server running as it is."""
+    url = embedded_database_url(tmp_path / "pg", "144MB")
+    query = "SELECT current_setting('shared_buffers'), pg_postmaster_start_time()"
+    with psycopg.connect(url) as conn:
+        size, started = conn.execute(query).fetchone() or (None, None)
+    assert size == "144MB"
+    assert embedded_database_url(tmp_path / "pg", "144MB") == url
+    with psycopg.connect(url) as conn:
+        assert conn.execute(query).fetchone() == (size, started)
+
+
+def test_shared_buffers_auto_is_a_quarter_of_memory_within_bounds() -> None:
+    auto = Settings(embedded_shared_buffers="auto").shared_buffers
+    assert auto.endswith("MB") and 128 <= int(auto[:-2]) <= 2048
+    assert Settings(embedded_shared_buffers="512MB").shared_buffers == "512MB"
+    with pytest.raises(ValueError):
+        Settings(embedded_shared_buffers="lots")
 
 
 def test_import_sends_xlsx_with_its_sheet(

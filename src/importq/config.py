@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         default_factory=lambda: Path(platformdirs.user_data_dir("importq")),
         description="Embedded database, local files, outbox, admin token",
     )
+    embedded_shared_buffers: str = Field(
+        default="auto",
+        pattern=r"^(auto|[0-9]+ ?(kB|MB|GB))$",
+        description="The embedded server's shared_buffers; auto: a quarter of the memory, "
+        "128MB to 2GB",
+    )
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base of absolute links")
     secret_key: str | None = Field(default=None, description="Signs local report links")
     datasets_file: Path | None = Field(default=None, description="TOML file of extra datasets")
@@ -52,6 +58,14 @@ class Settings(BaseSettings):
     max_rows: int = Field(default=20_000_000, ge=1, description="Most data rows in an upload")
     max_columns: int = Field(default=500, ge=1, description="Most columns in an upload")
     max_cell_chars: int = Field(default=32_767, ge=1, description="Longest cell, characters")
+
+    @property
+    def shared_buffers(self) -> str:
+        """The embedded server's shared_buffers, as PostgreSQL reads a memory size."""
+        if self.embedded_shared_buffers != "auto":
+            return self.embedded_shared_buffers
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return f"{min(max(memory // 4, 128 << 20), 2 << 30) >> 20}MB"
 
     @property
     def upload_limits(self) -> UploadLimits:

