@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -353,6 +354,77 @@ async def test_a_chunk_processed_in_slices_decides_like_a_whole_file(
     assert sent.count(True) == 1
     job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
     await _assert_every_row_accounted_once(services, job, rows)
+
+
+async def test_two_batches_storing_one_key_at_once_store_it_once(
+    client: httpx.AsyncClient,
+    services: Services,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Batch 2's chunk inserts keys batch 1's open transaction holds: its plain insert
+    waits, fails once batch 1 commits, and the guarded statement makes them duplicates
+    (without probing the chunk row by row, the path of rows the database refuses)."""
+    caplog.set_level(logging.INFO, logger="importq.processing")
+    rows = [entrance(f"race-{n}") for n in range(3)]
+    first, _ = await _staged_batch(client, rows)
+    second, _ = await _staged_batch(client, [*rows, entrance("race-new")])
+    chunks: dict[str, list[int]] = {}
+    async with services.pool.connection() as conn:
+        for batch_id in (first, second):
+            cursor = await conn.execute(
+                "SELECT chunk_no FROM chunks WHERE batch_id = %s ORDER BY chunk_no", (batch_id,)
+            )
+            chunks[batch_id] = [n for (n,) in await cursor.fetchall()]
+
+    async def process_all(conn: Any, batch_id: str) -> None:
+        for chunk_no in chunks[batch_id]:
+            await process_chunk(
+                conn, services.queue, services.datasets, uuid.UUID(batch_id), chunk_no
+            )
+
+    async with services.pool.connection() as holder, services.pool.connection() as racer:
+        async with holder.transaction():  # batch 1's chunks, done but not committed
+            await process_all(holder, first)
+            racing = asyncio.create_task(process_all(racer, second))
+            holder_pid = holder.info.backend_pid
+            deadline = time.monotonic() + 10
+            while True:  # until batch 2's insert waits on batch 1's transaction
+                async with services.pool.connection() as probe:
+                    cursor = await probe.execute(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE %s = ANY(pg_blocking_pids(pid))",
+                        (holder_pid,),
+                    )
+                    (waiting,) = await cursor.fetchone() or (0,)
+                if waiting:
+                    break
+                assert time.monotonic() < deadline, "batch 2 never waited on batch 1"
+                await asyncio.sleep(0.05)
+        await racing
+
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT source_id, count(*) FROM entrances WHERE source_id LIKE 'race-%%'"
+            " GROUP BY source_id ORDER BY source_id"
+        )
+        assert await cursor.fetchall() == [
+            ("race-0", 1),
+            ("race-1", 1),
+            ("race-2", 1),
+            ("race-new", 1),
+        ]
+        cursor = await conn.execute(
+            sql.SQL("SELECT line, outcome, message FROM {} ORDER BY line").format(
+                results_table(uuid.UUID(second))
+            )
+        )
+        assert await cursor.fetchall() == [
+            (2, "duplicate", "already exists"),
+            (3, "duplicate", "already exists"),
+            (4, "duplicate", "already exists"),
+            (5, "success", None),
+        ]
+    assert not [r for r in caplog.records if "finding the rows refused" in r.getMessage()]
 
 
 async def test_reconcile_leaves_a_chunk_its_worker_still_holds(

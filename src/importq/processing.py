@@ -4,13 +4,13 @@
 chunk (a second delivery of the job waits, then sees it done and does nothing), screen
 its rows in SQL (:mod:`importq.screen`), read the rows the screen does not pass (only
 the cells the row rules need) and check them in Python, writing down the failures
-(``importq_failures``). One statement (``settle_chunk``) then does every write: the valid
-rows are inserted in dedup-index order, a key's rows in line order, with ``ON CONFLICT DO
-NOTHING``, so the first valid line of each key is the one inserted (a key already stored
-makes it a duplicate, "already exists"), every other valid row is a duplicate of that
-first line, and one row result per row is recorded with its report record. Then the chunk is marked
-done and its tally added to the batch. A crash anywhere rolls all of it back, so a retry
-starts from a clean chunk.
+(``importq_failures``). One statement (``settle_chunk``) then does every write: the first
+valid line of each key is inserted unless the key is stored already ("already exists"),
+every other valid row is a duplicate of that first line, and one row result per row is
+recorded with its report record. A key another batch stores at the same moment makes
+that plain insert fail; the statement then runs again with ``ON CONFLICT DO NOTHING``.
+Then the chunk is marked done and its tally added to the batch. A crash anywhere rolls
+all of it back, so a retry starts from a clean chunk.
 
 A database error in that statement (a value the column type refuses…) is found row by
 row: each valid row is inserted alone in a savepoint that is always rolled back, the rows
@@ -108,11 +108,17 @@ async def _settle(
     give_up: str | None = None,
 ) -> ChunkTally:
     """Run ``settle_chunk`` (in a savepoint, so a database error leaves the chunk's
-    transaction usable); the chunk's tally."""
+    transaction usable); the chunk's tally. When another batch stores one of the chunk's
+    keys meanwhile, the plain insert fails and the guarded statement runs instead."""
     params = {"batch_id": batch_id, "give_up": give_up}
-    async with conn.transaction():
-        cursor = await conn.execute(statements.settle, params)
-        counts = dict(await cursor.fetchall())
+    try:
+        async with conn.transaction():
+            cursor = await conn.execute(statements.settle, params)
+            counts = dict(await cursor.fetchall())
+    except psycopg.errors.UniqueViolation:
+        async with conn.transaction():
+            cursor = await conn.execute(statements.settle_guarded, params)
+            counts = dict(await cursor.fetchall())
     return ChunkTally(
         successes=counts.get("success", 0),
         duplicates=counts.get("duplicate", 0),

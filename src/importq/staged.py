@@ -50,9 +50,11 @@ def cell(position: int) -> sql.Identifier:
     return sql.Identifier(f"c{position}")
 
 
-def trimmed(position: int) -> sql.Identifier:
-    """That cell trimmed (``importq_trim``), as the chunk statement names it."""
-    return sql.Identifier(f"t{position}")
+def trimmed(position: int, row: str | None = None) -> sql.Identifier:
+    """That cell trimmed (``importq_trim``), as the chunk statement names it; qualified
+    by the chunk row's alias ``row``, if given."""
+    name = f"t{position}"
+    return sql.Identifier(row, name) if row is not None else sql.Identifier(name)
 
 
 @dataclass(frozen=True)

@@ -62,12 +62,13 @@ async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -
         )
 
 
-def _value(column: Column, positions: Mapping[str, int]) -> sql.Composable:
+def _value(column: Column, positions: Mapping[str, int], row: str | None = None) -> sql.Composable:
     """A column's value from a staged row's trimmed cell: empty as NULL, cast to the
-    column's type (the row rules checked it casts)."""
+    column's type (the row rules checked it casts). ``row``: the chunk row's alias, where
+    another table's columns could hide the cell's name."""
     if column.name not in positions:
         return sql.NULL
-    value = sql.SQL("NULLIF({}, '')").format(trimmed(positions[column.name]))
+    value = sql.SQL("NULLIF({}, '')").format(trimmed(positions[column.name], row))
     if column.type.sql_type == "text":
         return value
     return sql.SQL("{}::{}").format(value, sql.SQL(column.type.sql_type))
@@ -89,6 +90,8 @@ class ChunkStatements:
     judged_values: sql.Composed | None
     suspect_rows: sql.Composed
     settle: sql.Composed
+    #: settle with ON CONFLICT DO NOTHING: when another batch stored a key meanwhile.
+    settle_guarded: sql.Composed
     valid_lines: sql.Composed
     probe: sql.Composed
     #: Dataset column name → index in a suspect_rows row's values (after line, problem).
@@ -120,6 +123,25 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
     pairs = sql.SQL(", ").join(
         sql.SQL("({}, {})").format(sql.Literal(p), trimmed(p)) for p in screen.judged
     )
+    settle = sql.SQL(queries["settle_chunk"])
+    settle_parts = {
+        **parts,
+        "order": sql.SQL(", ").join(order),
+        "key_values": sql.SQL(", ").join(key_values),
+        "winner_keys": sql.SQL(", ").join(
+            sql.SQL("{} AS {}").format(sql.Identifier(c.field), _winner_key(i))
+            for i, c in enumerate(dataset.key_columns)
+        ),
+        "same_key": sql.SQL(" AND ").join(
+            sql.SQL("w.{} = {}").format(_winner_key(i), value) for i, value in enumerate(key_values)
+        ),
+        "stored_key": sql.SQL(" AND ").join(
+            sql.SQL("t.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
+            for c in dataset.key_columns
+        ),
+        "success_record": success_record,
+        "rejected_record": rejected_record,
+    }
     return ChunkStatements(
         screen=screen,
         create_chunk=sql.SQL(queries["create_chunk"]).format(**parts),
@@ -133,21 +155,8 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
             cells=sql.SQL(", ").join(cell(p) for p in read),
             passes=screen.passes,
         ),
-        settle=sql.SQL(queries["settle_chunk"]).format(
-            **parts,
-            order=sql.SQL(", ").join(order),
-            key_values=sql.SQL(", ").join(key_values),
-            winner_keys=sql.SQL(", ").join(
-                sql.SQL("{} AS {}").format(sql.Identifier(c.field), _winner_key(i))
-                for i, c in enumerate(dataset.key_columns)
-            ),
-            same_key=sql.SQL(" AND ").join(
-                sql.SQL("w.{} = {}").format(_winner_key(i), value)
-                for i, value in enumerate(key_values)
-            ),
-            success_record=success_record,
-            rejected_record=rejected_record,
-        ),
+        settle=settle.format(**settle_parts, on_conflict=sql.SQL("")),
+        settle_guarded=settle.format(**settle_parts, on_conflict=sql.SQL("ON CONFLICT DO NOTHING")),
         valid_lines=sql.SQL(queries["valid_lines"]).format(**parts),
         probe=sql.SQL(queries["probe_row"]).format(**parts),
         read_positions={name: read.index(p) for name, p in positions.items()},

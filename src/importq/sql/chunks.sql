@@ -61,26 +61,30 @@ COPY importq_failures (line, message) FROM STDIN (FORMAT BINARY);
 INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 
 -- name: settle_chunk
--- All of a chunk's writes in one statement. Its valid rows (no failure recorded) are
--- inserted in dedup-index order and, within a key, in line order, with ON CONFLICT DO
--- NOTHING: so the first valid line of each key is the one inserted, unless the key was
--- stored before. A valid row not inserted is a duplicate: of the line inserted with its
--- key in this statement, or, when none was, of the first such row of its key (that one:
--- "already exists"). Then one row result per row of the chunk with the CSV record its
--- report prints, and the tally.
+-- All of a chunk's writes in one statement. Of its valid rows (no failure recorded),
+-- the first line of each key whose key is not stored yet is inserted (DISTINCT ON over
+-- the dedup index's order, then line). A valid row not inserted is a duplicate: of the
+-- line inserted with its key in this statement, or, when none was, of the first such
+-- row of its key (that one: "already exists"). Then one row result per row of the chunk
+-- with the CSV record its report prints, and the tally.
+-- A key another batch stores meanwhile makes the plain insert fail (unique violation):
+-- the statement is then run again with {on_conflict} "ON CONFLICT DO NOTHING", which
+-- costs more on every row (speculative insertion), so it is not the first try.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
 -- Template: {results}, {table}, {fields}, {values} (the dataset's columns cast from the
 -- trimmed cells), {order} (the dedup index's order), {key_values} (the key columns'
 -- values), {winner_keys} ("<key field> AS winner_k<i>", …), {same_key} (a chunk row c
--- has the key of an inserted row w), {success_record}, {rejected_record}.
+-- has the key of an inserted row w), {stored_key} (… of a stored row t), {on_conflict},
+-- {success_record}, {rejected_record}.
 WITH inserted AS (
     INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
-    SELECT key_hash, %(batch_id)s, line, {values}
+    SELECT DISTINCT ON ({order}) key_hash, %(batch_id)s, line, {values}
     FROM importq_chunk c
     WHERE %(give_up)s::text IS NULL
       AND NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
+      AND NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key})
     ORDER BY {order}, line
-    ON CONFLICT DO NOTHING
+    {on_conflict}
     RETURNING imported_line AS winner_line, target_id, key_hash AS winner_hash, {winner_keys}
 ), losers AS (
     -- Valid rows not inserted, few: the line each is a duplicate of (NULL: "already exists").
