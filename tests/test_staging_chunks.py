@@ -295,3 +295,60 @@ async def test_staged_rows_are_written_frozen_whichever_reader_staged_them(
             pages, all_visible = await cursor.fetchone() or (0, -1)
         assert pages > 0
         assert all_visible == pages, f"{content_type} upload of {total} rows"
+
+
+async def test_a_chunk_trims_its_cells_exactly_as_str_strip(services: Services) -> None:
+    """The chunk's trimmed cells (t<p>) are str.strip() of each cell, whether its row is
+    one the whole-row test finds padded or not: strings to trim sit in every column,
+    among rows with nothing to trim and rows with one padded cell."""
+    strings = strings_to_trim()
+    dataset = services.datasets["entrances"]
+    header = [column.name for column in dataset.columns]
+    rnd = random.Random(20261127)
+    rows: list[dict[str, Any]] = []
+    for index, value in enumerate(strings):
+        row = {name: f"v{index}-{n}" for n, name in enumerate(header)}
+        row[rnd.choice(header)] = value
+        if rnd.random() < 0.5:
+            row[rnd.choice(header)] = rnd.choice(strings)
+        rows.append(row)
+    user_id = (await new_user(services, "trimmer"))[0]
+    request = BatchRequest(dataset=dataset, initiator_id=user_id, format="json")
+    async with services.pool.connection() as conn:
+        staged = await stage_batch(
+            conn,
+            request,
+            read_json_rows(rows),
+            chunk_size=500,
+            max_chunks=services.settings.max_chunks,
+            defer_chunks=services.queue.defer_chunks,
+        )
+    upload = read_json_rows(rows)
+    table = StagedTable.of(staged.batch_id, dataset, upload.header)
+    statements = chunk_statements(table, upload.header)
+    read = sorted(set(table.positions.values()))
+    columns = sql.SQL(", ").join(
+        sql.SQL("{}, {}").format(cell(p), sql.Identifier(f"t{p}")) for p in read
+    )
+    found: list[tuple[str | None, str | None]] = []
+    padded: set[bool] = set()
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT chunk_no, hash_from, hash_to FROM chunks WHERE batch_id = %s",
+            (staged.batch_id,),
+        )
+        for _, hash_from, hash_to in await cursor.fetchall():
+            async with conn.transaction(force_rollback=True):
+                await conn.execute(
+                    statements.create_chunk, {"hash_from": hash_from, "hash_to": hash_to}
+                )
+                cursor = await conn.execute(
+                    sql.SQL("SELECT padded, {} FROM importq_chunk").format(columns)
+                )
+                for row in await cursor.fetchall():
+                    padded.add(row[0])
+                    found.extend(zip(row[1::2], row[2::2], strict=True))
+    assert padded == {True, False}
+    assert len(found) == len(rows) * len(read)
+    wrong = [(raw, got) for raw, got in found if got != (None if raw is None else raw.strip())]
+    assert wrong == []

@@ -114,7 +114,10 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         "staged": staged.name,
         "results": staged.results,
         "trimmed": sql.SQL(", ").join(
-            sql.SQL("importq_trim({}) AS {}").format(cell(p), trimmed(p)) for p in read
+            sql.SQL("CASE WHEN padded THEN importq_trim({c}) ELSE {c} END AS {t}").format(
+                c=cell(p), t=trimmed(p)
+            )
+            for p in read
         ),
         "table": sql.Identifier(dataset.table),
         "fields": _fields(dataset),
@@ -144,7 +147,9 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
     }
     return ChunkStatements(
         screen=screen,
-        create_chunk=sql.SQL(queries["create_chunk"]).format(**parts),
+        create_chunk=sql.SQL(queries["create_chunk"]).format(
+            **parts, cells=sql.SQL(", ").join(cell(p) for p in read)
+        ),
         judged_values=(
             sql.SQL(queries["judged_values"]).format(**parts, pairs=pairs)
             if screen.judged
