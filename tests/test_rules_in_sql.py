@@ -304,6 +304,6 @@ async def test_the_screen_passes_no_value_its_column_refuses(services: Services)
     assert passed["count"] >= {"0", "-5", "+17", "999999999999999999"}
     assert passed["depth"] >= {"0", "-0.5", "5.", ".5", "+.5"}
     assert passed["weight"] >= {"9223372036854774784", "-9007199254740994", "0"}
-    assert passed["code"] >= {"ab", "abc", "  ab  "}
+    assert passed["code"] >= {"ab", "abc", "  ab  ", "日本"}  # 6 bytes, 2 characters
     assert {"AB-1"} <= passed["ref"] and {"pit", "cave"} <= passed["kind"]
     assert passed["open"] >= {"true", "T", "0", "FALSE"} and "2024-02-29" in passed["found"]

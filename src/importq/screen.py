@@ -50,14 +50,26 @@ def _bounds(value: sql.Composable, column: Column, as_type: str) -> sql.Composab
     an int exactly; a double with a bound that may be an int no double equals, so that
     bound becomes the nearest double inside it (the same test for any double)."""
 
+    def double(bound: float, inward: float) -> float:
+        rounded = float(bound)
+        if rounded * inward < bound * inward:  # rounded outward (compared exactly): step in
+            rounded = math.nextafter(rounded, inward * math.inf)
+        return rounded
+
     def literal(bound: float, inward: float) -> sql.Composable:
         if as_type == "numeric":  # the bound's exact value, as Python compares ints
             return sql.SQL("{}::numeric").format(sql.Literal(str(Decimal(bound))))
-        double = float(bound)
-        if double * inward < bound * inward:  # rounded outward (compared exactly): step in
-            double = math.nextafter(double, inward * math.inf)
-        return sql.SQL("{}::float8").format(sql.Literal(repr(double)))
+        return sql.SQL("{}::float8").format(sql.Literal(repr(double(bound, inward))))
 
+    if as_type == "float8" and column.min is not None and column.max is not None:
+        low, high = double(column.min, 1), double(column.max, -1)
+        above = math.nextafter(high, math.inf)
+        if low <= high and math.isfinite(low) and math.isfinite(above):
+            # One cast rather than two: bucket 1 of the thresholds [low, the double after
+            # high] holds exactly low <= value <= high (the array form only compares;
+            # the other computes a quotient, which can round a value near high out).
+            thresholds = sql.Literal(f"{{{low!r},{above!r}}}")
+            return sql.SQL("width_bucket({}, {}::float8[]) = 1").format(value, thresholds)
     checks = []
     if column.min is not None:
         checks.append(sql.SQL("{} >= {}").format(value, literal(column.min, 1)))
@@ -81,7 +93,12 @@ def _lengths(t: sql.Composable, column: Column) -> sql.Composable:
     if column.min_length is not None:
         checks.append(sql.SQL("char_length({}) >= {}").format(t, sql.Literal(column.min_length)))
     if column.max_length is not None:
-        checks.append(sql.SQL("char_length({}) <= {}").format(t, sql.Literal(column.max_length)))
+        # The byte length is known without reading the text, and never less than the length.
+        checks.append(
+            sql.SQL("(octet_length({t}) <= {n} OR char_length({t}) <= {n})").format(
+                t=t, n=sql.Literal(column.max_length)
+            )
+        )
     return sql.SQL(" AND ").join(checks) if checks else sql.SQL("true")
 
 
