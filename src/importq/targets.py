@@ -148,7 +148,9 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
     return ChunkStatements(
         screen=screen,
         create_chunk=sql.SQL(queries["create_chunk"]).format(
-            **parts, cells=sql.SQL(", ").join(cell(p) for p in read)
+            **parts,
+            cells=sql.SQL(", ").join(cell(p) for p in read),
+            all_cells=sql.SQL(", ").join(cell(p) for p in range(staged.width)),
         ),
         judged_values=(
             sql.SQL(queries["judged_values"]).format(**parts, pairs=pairs)

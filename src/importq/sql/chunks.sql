@@ -23,15 +23,17 @@ DROP TABLE IF EXISTS importq_chunk, importq_failures;
 
 -- name: create_chunk
 -- A chunk's rows, with the cells the row rules read trimmed once (t<position>), for the
--- statements below; gone at commit (template {staged}, {cells}: "c0, c1, …", {trimmed}:
--- per cell "CASE WHEN padded THEN importq_trim(c<p>) ELSE c<p> END AS t<p>").
+-- statements below; gone at commit (template {staged}, {cells}: the cells read, "c0, c1,
+-- …", {trimmed}: per cell read "CASE WHEN padded THEN importq_trim(c<p>) ELSE c<p> END AS
+-- t<p>", {all_cells}: every cell). The columns every statement reads come first: a row
+-- is decoded from its start up to the last column a statement needs.
 -- Most rows have no cell to trim, and one test of the whole row costs less than
 -- trimming each cell: "padded" is true when some cell might start or end with
 -- whitespace (a character importq_trim trims, next to a boundary of the joined cells;
 -- it may be a U+001F inside a cell, and then the row is trimmed for nothing).
 -- OFFSET 0 keeps the test one per row rather than copied into each cell's CASE.
 CREATE TEMP TABLE importq_chunk ON COMMIT DROP AS
-SELECT s.*, {trimmed}
+SELECT line, key_hash, problem, {trimmed}, padded, {all_cells}, extra
 FROM (
     SELECT s.*,
            concat_ws(E'\x1f', {cells}) ~ E'(^|\x1f)[\t-\r\x1c- \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]|[\t-\r\x1c- \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](\x1f|$)'
