@@ -20,6 +20,7 @@ chunk that kept failing: the same statement records every row as a failure.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -61,8 +62,16 @@ async def _claim_chunk(
 def _statements(
     datasets: Mapping[str, Dataset], batch_id: uuid.UUID, chunk: Mapping[str, Any]
 ) -> ChunkStatements:
-    dataset = datasets[chunk["dataset"]]
-    return chunk_statements(StagedTable.of(batch_id, dataset, chunk["header"]), chunk["header"])
+    return _batch_statements(batch_id, datasets[chunk["dataset"]], tuple(chunk["header"]))
+
+
+@functools.lru_cache(maxsize=32)
+def _batch_statements(
+    batch_id: uuid.UUID, dataset: Dataset, header: tuple[str, ...]
+) -> ChunkStatements:
+    """The statements of a batch's chunks, composed once per batch (a worker runs many
+    chunks of the same batch in a row)."""
+    return chunk_statements(StagedTable.of(batch_id, dataset, list(header)), list(header))
 
 
 async def _bad_values(
