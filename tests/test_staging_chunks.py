@@ -23,7 +23,7 @@ from helpers import csv_text, entrance
 from importq.chunking import chunk_bounds, chunk_of, effective_chunk_size
 from importq.services import Services
 from importq.staged import StagedTable, cell, table_name
-from importq.staging import BatchRequest, stage_batch
+from importq.staging import BatchRequest, StagedBatch, stage_batch
 from importq.targets import chunk_statements
 from importq.uploads import read_json_rows
 from rules_model import row_key
@@ -55,20 +55,29 @@ def upload_rows(count: int) -> list[dict[str, Any]]:
     return rows
 
 
-async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None:
-    data = upload_rows(300)
-    dataset = services.datasets["entrances"]
-    user_id = (await new_user(services, "stager"))[0]
-    request = BatchRequest(dataset=dataset, initiator_id=user_id, format="json")
+async def _stage_json(
+    services: Services, user: str, rows: list[dict[str, Any]], chunk_size: int
+) -> StagedBatch:
+    """Entrance rows staged as a JSON upload by a new user, chunks of ``chunk_size``."""
+    user_id = (await new_user(services, user))[0]
+    request = BatchRequest(
+        dataset=services.datasets["entrances"], initiator_id=user_id, format="json"
+    )
     async with services.pool.connection() as conn:
-        staged = await stage_batch(
+        return await stage_batch(
             conn,
             request,
-            read_json_rows(data),
-            chunk_size=CHUNK_SIZE,
+            read_json_rows(rows),
+            chunk_size=chunk_size,
             max_chunks=services.settings.max_chunks,
             defer_chunks=services.queue.defer_chunks,
         )
+
+
+async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None:
+    data = upload_rows(300)
+    dataset = services.datasets["entrances"]
+    staged = await _stage_json(services, "stager", data, CHUNK_SIZE)
 
     # The same rows, keyed by row_rules in Python.
     upload = read_json_rows(data)
@@ -312,17 +321,7 @@ async def test_a_chunk_trims_its_cells_exactly_as_str_strip(services: Services) 
         if rnd.random() < 0.5:
             row[rnd.choice(header)] = rnd.choice(strings)
         rows.append(row)
-    user_id = (await new_user(services, "trimmer"))[0]
-    request = BatchRequest(dataset=dataset, initiator_id=user_id, format="json")
-    async with services.pool.connection() as conn:
-        staged = await stage_batch(
-            conn,
-            request,
-            read_json_rows(rows),
-            chunk_size=500,
-            max_chunks=services.settings.max_chunks,
-            defer_chunks=services.queue.defer_chunks,
-        )
+    staged = await _stage_json(services, "trimmer", rows, 500)
     upload = read_json_rows(rows)
     table = StagedTable.of(staged.batch_id, dataset, upload.header)
     statements = chunk_statements(table, upload.header)
