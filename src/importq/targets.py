@@ -123,8 +123,9 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         "fields": _fields(dataset),
         "values": sql.SQL(", ").join(values),
     }
-    pairs = sql.SQL(", ").join(
-        sql.SQL("({}, {})").format(sql.Literal(p), trimmed(p)) for p in screen.judged
+    judged = sql.SQL(" UNION ALL ").join(
+        sql.SQL(queries["judged_values"]).format(position=sql.Literal(p), value=trimmed(p))
+        for p in screen.judged
     )
     settle = sql.SQL(queries["settle_chunk"])
     settle_parts = {
@@ -152,11 +153,7 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
             cells=sql.SQL(", ").join(cell(p) for p in read),
             all_cells=sql.SQL(", ").join(cell(p) for p in range(staged.width)),
         ),
-        judged_values=(
-            sql.SQL(queries["judged_values"]).format(**parts, pairs=pairs)
-            if screen.judged
-            else None
-        ),
+        judged_values=judged if screen.judged else None,
         suspect_rows=sql.SQL(queries["suspect_rows"]).format(
             **parts,
             cells=sql.SQL(", ").join(cell(p) for p in read),

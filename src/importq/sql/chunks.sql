@@ -44,11 +44,11 @@ FROM (
 ) s;
 
 -- name: judged_values
--- The distinct values of the chunk's columns judged by value (importq.screen), trimmed
--- and non-empty (template {pairs}: "(position, t<position>)", …).
-SELECT DISTINCT j.position, j.value
-FROM importq_chunk CROSS JOIN LATERAL (VALUES {pairs}) AS j(position, value)
-WHERE j.value <> '';
+-- The distinct values of one of the chunk's columns judged by value (importq.screen),
+-- trimmed and non-empty, with its position (template {position}, {value}: t<position>);
+-- the columns' queries are joined by UNION ALL (a GROUP BY each: half the cost of one
+-- DISTINCT over all of them).
+SELECT {position}, {value} FROM importq_chunk WHERE {value} <> '' GROUP BY {value}
 
 -- name: suspect_rows
 -- The rows of the chunk the screen does not pass, in line order: line, problem, then
