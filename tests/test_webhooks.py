@@ -17,7 +17,7 @@ from conftest import make_settings
 from helpers import Receiver, entrance, wait_for_batch
 from importq.config import Settings
 from importq.services import Services
-from importq.webhooks import deliver_batch_webhook
+from importq.webhooks import check_destination, deliver_batch_webhook, pinned_request
 
 
 @pytest.fixture
@@ -170,3 +170,31 @@ async def test_a_callback_url_that_is_not_http_is_refused(client: httpx.AsyncCli
         json={"data": [entrance("x")]},
     )
     assert response.status_code == 400 and response.json()["code"] == "bad_callback_url"
+
+
+async def test_a_delivery_goes_to_the_address_that_was_checked(receiver: Receiver) -> None:
+    """The request is sent to the checked address, whatever the name resolves to by
+    then: here a name that resolves nowhere reaches the receiver on loopback, with the
+    URL's host as its Host header."""
+    url = f"http://hooks.invalid:{receiver.port}/hooks/import"
+    async with httpx.AsyncClient() as client:
+        request = pinned_request(client, url, "127.0.0.1", {"X-Test": "1"}, b"{}")
+        response = await client.send(request)
+    assert response.status_code == 200
+    [(headers, body)] = receiver.requests
+    assert headers["host"] == f"hooks.invalid:{receiver.port}"
+    assert (headers["x-test"], body) == ("1", b"{}")
+
+
+async def test_https_keeps_the_urls_host_for_tls_and_an_allowed_host_is_not_pinned() -> None:
+    async with httpx.AsyncClient() as client:
+        pinned = pinned_request(client, "https://hooks.example:8443/h", "192.0.2.7", {}, b"")
+        assert str(pinned.url) == "https://192.0.2.7:8443/h"
+        assert pinned.headers["host"] == "hooks.example:8443"
+        assert pinned.extensions["sni_hostname"] == "hooks.example"
+        allowed = pinned_request(client, "https://hooks.example/h", None, {}, b"")
+        assert str(allowed.url) == "https://hooks.example/h"
+        assert "sni_hostname" not in allowed.extensions
+    assert await check_destination("https://hooks.example/h", frozenset({"hooks.example"})) is None
+    # A public address is sent to as checked (a literal needs no DNS).
+    assert await check_destination("http://8.8.8.8:8080/h", frozenset()) == "8.8.8.8"

@@ -9,7 +9,9 @@ webhook is never sent again. Every attempt is logged in ``delivery_attempts``.
 A destination that resolves to a private, loopback, link-local, multicast or reserved
 address is refused (and not retried) unless its host is listed in
 ``IMPORTQ_WEBHOOK_ALLOW_HOSTS``; redirects are not followed, so a public URL cannot
-bounce the request inward.
+bounce the request inward. The request goes to the address that was checked (its Host
+header, and for HTTPS the name sent and verified in TLS, are the URL's host): a name
+that resolves differently a moment later cannot turn it inward either.
 """
 
 from __future__ import annotations
@@ -67,14 +69,15 @@ def _forbidden(address: str) -> bool:
     )
 
 
-async def check_destination(url: str, allowed_hosts: frozenset[str]) -> None:
-    """Refuse URLs that are not http(s) or that resolve inward (see the module docstring)."""
+async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | None:
+    """Refuse URLs that are not http(s) or that resolve inward (see the module docstring);
+    the address to send to, or None for an allowed host (sent wherever it resolves)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookRefused(f"{url!r} is not an http(s) URL")
     host = parts.hostname.lower()
     if host in allowed_hosts:
-        return
+        return None
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
@@ -87,9 +90,27 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> None:
             f"{host} resolves to a private or local address ({', '.join(inward)}); "
             "allow it with IMPORTQ_WEBHOOK_ALLOW_HOSTS"
         )
+    return str(infos[0][4][0])
 
 
-async def _post(services: Services, url: str, ident: str, body: bytes) -> int:
+def pinned_request(
+    client: httpx.AsyncClient, url: str, address: str | None, headers: dict[str, str], body: bytes
+) -> httpx.Request:
+    """A POST of ``body`` to ``url``, sent to ``address`` when given: the URL's host
+    stays the Host header and, for HTTPS, the TLS name (SNI and certificate check)."""
+    target = httpx.URL(url)
+    extensions: dict[str, str] = {}
+    if address is not None:
+        headers = {**headers, "Host": target.netloc.decode("ascii")}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.host
+        target = target.copy_with(host=address)
+    return client.build_request(
+        "POST", target, content=body, headers=headers, extensions=extensions
+    )
+
+
+async def _post(services: Services, url: str, address: str | None, ident: str, body: bytes) -> int:
     stamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
@@ -102,7 +123,7 @@ async def _post(services: Services, url: str, ident: str, body: bytes) -> int:
         async with httpx.AsyncClient(
             timeout=services.settings.webhook_timeout, follow_redirects=False
         ) as client:
-            response = await client.post(url, content=body, headers=headers)
+            response = await client.send(pinned_request(client, url, address, headers, body))
     except httpx.HTTPError as error:
         raise WebhookFailed(f"{type(error).__name__}: {error}") from error
     if not 200 <= response.status_code < 300:
@@ -117,8 +138,9 @@ async def deliver_batch_webhook(
 
     async def send(conn: AsyncConnection[Any], batch: dict[str, Any], ident: str) -> int:
         assert batch["callback_url"]
-        await check_destination(batch["callback_url"], services.settings.webhook_allowed)
+        url = batch["callback_url"]
+        address = await check_destination(url, services.settings.webhook_allowed)
         body = Job.from_row(batch).model_dump_json().encode()
-        return await _post(services, batch["callback_url"], ident, body)
+        return await _post(services, url, address, ident, body)
 
     return await deliver_once(services, batch_id, WEBHOOK, send, last_attempt=last_attempt)
