@@ -434,7 +434,8 @@ async def test_the_azure_blob_has_its_content_settings(
         )
         properties = await blob.get_blob_properties()
     assert properties.content_settings.content_type == CSV_TYPE
-    assert properties.content_settings.content_disposition == 'attachment; filename="successes.csv"'
+    name = f"entrances-{batch_id}-successes.csv"  # as its links name it
+    assert properties.content_settings.content_disposition == f'attachment; filename="{name}"'
     assert properties.blob_type == "BlockBlob"
 
 

@@ -100,7 +100,12 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
         written = await _write_reports(services, batch, dataset, Path(directory))
         paths = {kind: report_path(batch_id, kind) for kind in written}
         for kind, file in written.items():
-            await services.storage.put_file(paths[kind], file, content_type=REPORT_CONTENT_TYPE)
+            await services.storage.put_file(
+                paths[kind],
+                file,
+                content_type=REPORT_CONTENT_TYPE,
+                download_name=download_name(dataset.name, batch_id, kind),
+            )
 
     links, expires_at = report_links(services, batch, paths)
     summary = {

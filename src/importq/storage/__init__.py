@@ -33,9 +33,12 @@ class StorageError(RuntimeError):
 
 
 class Storage(Protocol):
-    async def put_file(self, path: str, source: Source, *, content_type: str) -> None:
+    async def put_file(
+        self, path: str, source: Source, *, content_type: str, download_name: str | None = None
+    ) -> None:
         """Store ``source`` (a file, or an open binary stream read from its start) at
-        ``path``, replacing what was there (idempotent)."""
+        ``path``, replacing what was there (idempotent). ``download_name``: the name a
+        download gets (default: the path's last part), where the store keeps one."""
 
     def link(self, path: str, *, download_name: str, expires_at: datetime) -> str:
         """A download URL for ``path`` valid until ``expires_at``."""

@@ -109,10 +109,12 @@ class AzureStorage:
                 pass
             self._container_ready = True
 
-    async def put_file(self, path: str, source: Source, *, content_type: str) -> None:
+    async def put_file(
+        self, path: str, source: Source, *, content_type: str, download_name: str | None = None
+    ) -> None:
         settings = ContentSettings(
             content_type=content_type,
-            content_disposition=content_disposition(path.rsplit("/", 1)[-1]),
+            content_disposition=content_disposition(download_name or path.rsplit("/", 1)[-1]),
         )
         try:
             try:

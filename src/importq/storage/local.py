@@ -34,7 +34,10 @@ class LocalStorage:
             raise StorageError(f"invalid storage path {path!r}")
         return self.root.joinpath(*relative.parts)
 
-    async def put_file(self, path: str, source: Source, *, content_type: str) -> None:
+    async def put_file(
+        self, path: str, source: Source, *, content_type: str, download_name: str | None = None
+    ) -> None:
+        # Files keep no name of their own here: each link names its download.
         target = self.resolve(path)
 
         def copy() -> None:
