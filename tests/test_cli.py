@@ -194,12 +194,27 @@ def test_the_embedded_server_runs_with_the_shared_buffers_asked_for(tmp_path: Pa
         assert conn.execute(query).fetchone() == (size, started)
 
 
+def test_shared_buffers_the_machine_cannot_give_leave_the_server_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """Accepted by ALTER SYSTEM, refused at start: the server starts again with the
+    value it had, and the setting is gone from postgresql.auto.conf."""
+    url = embedded_database_url(tmp_path / "pg", "4000GB")
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SHOW shared_buffers").fetchone() == ("128MB",)
+    assert "shared_buffers" not in (tmp_path / "pg" / "postgresql.auto.conf").read_text()
+    # PostgreSQL's own range check refuses a value outright: nothing is recorded.
+    assert embedded_database_url(tmp_path / "pg", "100000000GB") == url
+    assert "shared_buffers" not in (tmp_path / "pg" / "postgresql.auto.conf").read_text()
+
+
 def test_shared_buffers_auto_is_a_quarter_of_memory_within_bounds() -> None:
     auto = Settings(embedded_shared_buffers="auto").shared_buffers
     assert auto.endswith("MB") and 128 <= int(auto[:-2]) <= 2048
     assert Settings(embedded_shared_buffers="512MB").shared_buffers == "512MB"
-    with pytest.raises(ValueError):
-        Settings(embedded_shared_buffers="lots")
+    for refused in ("lots", "8MB", "512kB"):
+        with pytest.raises(ValueError):
+            Settings(embedded_shared_buffers=refused)
 
 
 def test_import_sends_xlsx_with_its_sheet(

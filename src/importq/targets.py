@@ -74,6 +74,17 @@ def _value(column: Column, positions: Mapping[str, int], row: str | None = None)
     return sql.SQL("{}::{}").format(value, sql.SQL(column.type.sql_type))
 
 
+def _joined(cells: Sequence[sql.Composable]) -> sql.Composable:
+    """The cells joined by U+0001 (a NULL cell left out), in groups of 99: a function
+    takes at most 100 arguments."""
+
+    def concat(parts: Sequence[sql.Composable]) -> sql.Composable:
+        return sql.SQL("concat_ws(E'\\x01', {})").format(sql.SQL(", ").join(parts))
+
+    groups = [concat(cells[start : start + 99]) for start in range(0, len(cells), 99)]
+    return groups[0] if len(groups) == 1 else concat(groups)
+
+
 def _winner_key(index: int) -> sql.Identifier:
     """A key column of a row the chunk statement inserted, as it returns it (named apart
     from the chunk's own columns)."""
@@ -150,7 +161,7 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         screen=screen,
         create_chunk=sql.SQL(queries["create_chunk"]).format(
             **parts,
-            cells=sql.SQL(", ").join(cell(p) for p in read),
+            joined=_joined([cell(p) for p in read]),
             all_cells=sql.SQL(", ").join(cell(p) for p in range(staged.width)),
         ),
         judged_values=judged if screen.judged else None,

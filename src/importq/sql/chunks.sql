@@ -23,20 +23,20 @@ DROP TABLE IF EXISTS importq_chunk, importq_failures;
 
 -- name: create_chunk
 -- A chunk's rows, with the cells the row rules read trimmed once (t<position>), for the
--- statements below; gone at commit (template {staged}, {cells}: the cells read, "c0, c1,
--- …", {trimmed}: per cell read "CASE WHEN padded THEN importq_trim(c<p>) ELSE c<p> END AS
--- t<p>", {all_cells}: every cell). The columns every statement reads come first: a row
--- is decoded from its start up to the last column a statement needs.
+-- statements below; gone at commit (template {staged}, {joined}: the cells read joined
+-- by U+0001, {trimmed}: per cell read "CASE WHEN padded THEN importq_trim(c<p>) ELSE
+-- c<p> END AS t<p>", {all_cells}: every cell). The columns every statement reads come
+-- first: a row is decoded from its start up to the last column a statement needs.
 -- Most rows have no cell to trim, and one test of the whole row costs less than
 -- trimming each cell: "padded" is true when some cell might start or end with
 -- whitespace (a character importq_trim trims, next to a boundary of the joined cells;
--- it may be a U+001F inside a cell, and then the row is trimmed for nothing).
+-- a U+0001 inside a cell can only make a row trimmed for nothing).
 -- OFFSET 0 keeps the test one per row rather than copied into each cell's CASE.
 CREATE TEMP TABLE importq_chunk ON COMMIT DROP AS
 SELECT line, key_hash, problem, {trimmed}, padded, {all_cells}, extra
 FROM (
     SELECT s.*,
-           concat_ws(E'\x1f', {cells}) ~ E'(^|\x1f)[\t-\r\x1c- \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]|[\t-\r\x1c- \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](\x1f|$)'
+           {joined} ~ E'(^|\x01)[\t-\r\x1c- \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]|[\t-\r\x1c- \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](\x01|$)'
                AS padded
     FROM {staged} s
     WHERE key_hash >= %(hash_from)s AND (%(hash_to)s::bigint IS NULL OR key_hash < %(hash_to)s)
@@ -91,13 +91,18 @@ INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 -- has the key of an inserted row w), {stored_key} (… of a stored row t), {on_conflict},
 -- {success_record}, {rejected_record}.
 WITH inserted AS (
+    -- The values are cast for the rows inserted only (in the subquery's order, the dedup
+    -- index's): a later row of a key is a duplicate whatever PostgreSQL makes of it.
     INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
-    SELECT DISTINCT ON ({order}) key_hash, %(batch_id)s, line, {values}
-    FROM importq_chunk c
-    WHERE %(give_up)s::text IS NULL
-      AND NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
-      AND NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key})
-    ORDER BY {order}, line
+    SELECT key_hash, %(batch_id)s, line, {values}
+    FROM (
+        SELECT DISTINCT ON ({order}) *
+        FROM importq_chunk c
+        WHERE %(give_up)s::text IS NULL
+          AND NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
+          AND NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key})
+        ORDER BY {order}, line
+    ) AS c
     {on_conflict}
     RETURNING imported_line AS winner_line, target_id, key_hash AS winner_hash, {winner_keys}
 ), losers AS (
