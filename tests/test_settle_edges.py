@@ -1,17 +1,21 @@
-"""Chunks of datasets unlike the built-in one, end to end on PostgreSQL: a dataset wider
-than a SQL function's 100 arguments, and a value the row rules accept but PostgreSQL
-refuses on a row that is a duplicate anyway."""
+"""Where the row rules and PostgreSQL meet, end to end: a dataset wider than a SQL
+function's 100 arguments, a value the rules accept but PostgreSQL refuses on a row that
+is a duplicate anyway, and the date and time forms both read alike."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from conftest import new_user
 from importq.datasets import Dataset, parse_datasets
 from importq.processing import process_chunk
+from importq.row_rules import _bool, _date, _timestamp
 from importq.services import Services
 from importq.staged import results_table
 from importq.staging import BatchRequest, stage_batch
@@ -89,13 +93,59 @@ async def test_a_dataset_wider_than_a_functions_arguments_is_imported(
         assert await cursor.fetchall() == [("padded", "r0-119"), ("padded", "r1-119")]
 
 
-async def test_a_later_row_of_a_key_is_its_duplicate_whatever_postgresql_makes_of_it(
-    services: Services,
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(
+            st.datetimes(min_value=datetime(1000, 1, 2), max_value=datetime(9999, 12, 30)),
+            st.sampled_from(
+                ["%Y-%m-%dT%H:%M:%S.%f", "%Y%m%dT%H%M%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
+            ),
+            st.one_of(
+                st.sampled_from(["", "Z", "-0530", "+01"]),
+                st.builds(
+                    "{}{:02d}:{:02d}".format,
+                    st.sampled_from("+-"),
+                    st.integers(0, 23),
+                    st.integers(0, 59),
+                ),
+            ),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+async def test_the_dates_and_times_the_rules_accept_postgresql_reads_alike(
+    services: Services, moments: list[tuple[datetime, str, str]]
 ) -> None:
-    """Python reads 2024-W01-1 as a date, PostgreSQL does not: only the row inserted
-    has its values cast, so the second row is a duplicate, not a refused row."""
-    rows = [{"key": "e1", "found": "2024-01-02"}, {"key": "e1", "found": "2024-W01-1"}]
-    assert await _import(services, DATED, rows) == [
-        (2, "success", None),
-        (3, "duplicate", "duplicate of line 2"),
+    """The stored value is PostgreSQL's reading of the text: every form the rules
+    accept must be one it reads as the same instant (an offset-less one as UTC)."""
+    written = [
+        moment.strftime(form) + ("" if form == "%Y-%m-%d" else offset)
+        for moment, form, offset in moments
     ]
+    accepted = [
+        (text, value) for text in written for value, problem in [_timestamp(text)] if not problem
+    ]
+    texts = [text for text, _ in accepted]
+    async with services.pool.connection() as conn, conn.transaction():
+        await conn.execute("SET LOCAL TIME ZONE 'UTC'")
+        cursor = await conn.execute(
+            "SELECT t::timestamptz FROM unnest(%s::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n",
+            (texts,),
+        )
+        read = [value for (value,) in await cursor.fetchall()]
+    assert read == [value for _, value in accepted], texts
+
+
+def test_forms_postgresql_reads_otherwise_are_refused_by_the_rules() -> None:
+    for text in ("2024-W01-1", "2024W011", "2024-W01"):
+        assert _date(text)[1] is not None, text
+    for text in ("2024-01-01T10", "2024-01-01T10:00:00,5", "2024-W01-1T10:00"):
+        assert _timestamp(text)[1] is not None, text
+    assert _timestamp("2024-01-01T10:00+16:00")[1] == (
+        '"2024-01-01T10:00+16:00" has a UTC offset beyond 15:59:59'
+    )
+    assert _date("20240102")[1] is None and _timestamp("20240101T100000")[1] is None
+    assert _timestamp("2024-01-01T10:00-15:59")[1] is None
+    assert _bool("yeſ")[1] is not None and _bool("YES") == (True, None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
 from importq.datasets import Column, ColumnType, Dataset
@@ -80,24 +80,44 @@ def _float_converter(column: Column) -> Converter:
 
 
 def _bool(text: str) -> tuple[Coerced, str | None]:
-    lowered = text.casefold()
+    # ASCII only, as PostgreSQL reads booleans ("yeſ" folds to "yes" in Python alone).
+    lowered = text.lower() if text.isascii() else ""
     if lowered in _TRUE or lowered in _FALSE:
         return lowered in _TRUE, None
     return None, f'"{text}" is not true or false'
 
 
+# The ISO 8601 forms PostgreSQL reads as Python does (the stored value is PostgreSQL's
+# reading of the text): no week dates (2024-W01-1), no hour-only times, no decimal comma,
+# an offset written like its time (PostgreSQL misreads 20240101T1000-01:00), no UTC
+# offset of 16 hours or more.
+_DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}"
+_TIME = r"[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}(?::[0-9]{2}){0,2})?"
+_BASIC_TIME = r"[0-9]{4}(?:[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}(?:[0-9]{2})?)?"
+DATE_FORM = re.compile(_DATE)
+TIMESTAMP_FORM = re.compile(rf"(?:{_DATE})(?:[T ](?:{_TIME}|{_BASIC_TIME}))?")
+_LONGEST_OFFSET = timedelta(hours=16)
+
+
 def _date(text: str) -> tuple[Coerced, str | None]:
     try:
-        return date.fromisoformat(text), None
+        if DATE_FORM.fullmatch(text):
+            return date.fromisoformat(text), None
     except ValueError:
-        return None, f'"{text}" is not a date (YYYY-MM-DD)'
+        pass
+    return None, f'"{text}" is not a date (YYYY-MM-DD)'
 
 
 def _timestamp(text: str) -> tuple[Coerced, str | None]:
     try:
-        moment = datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text) if TIMESTAMP_FORM.fullmatch(text) else None
     except ValueError:
+        moment = None
+    if moment is None:
         return None, f'"{text}" is not a timestamp (ISO 8601)'
+    offset = moment.utcoffset()
+    if offset is not None and abs(offset) >= _LONGEST_OFFSET:
+        return None, f'"{text}" has a UTC offset beyond 15:59:59'
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)), None
 
 
