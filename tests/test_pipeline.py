@@ -247,6 +247,27 @@ async def test_a_row_the_database_refuses_fails_alone(
     assert "no_equator" in failures[1][1]
 
 
+async def test_rows_the_database_refuses_among_many_fail_and_the_next_of_their_key_wins(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    """Refused rows are tracked down by halving groups of rows: adjacent ones, a lone one
+    far off, and a later row of a refused row's key, which is then the key's first."""
+    async with services.pool.connection() as conn:
+        await conn.execute("ALTER TABLE entrances ADD CONSTRAINT no_equator CHECK (latitude <> 0)")
+    rows = [entrance(f"m{n}") for n in range(60)]
+    for n in (5, 6, 40):
+        rows[n] = entrance(f"m{n}", latitude="0")
+    rows.append(entrance("m40"))  # line 62: m40 again, valid this time
+    job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
+    assert job["result"]["summary"] == {"successes": 58, "duplicates": 0, "failures": 3}
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    assert [row[0] for row in failures[1:]] == ["7", "8", "42"]
+    assert all("no_equator" in row[1] for row in failures[1:])
+    successes = read_csv_report(await download(client, job["result"]["reportUrls"]["success"]))
+    assert "62" in [row[0] for row in successes[1:]]
+
+
 @pytest.mark.parametrize(("user_locale", "expected"), [(None, "de"), ("fr", "fr")])
 async def test_the_email_speaks_the_users_locale_else_the_uploads_accept_language(
     app_client: httpx.AsyncClient,

@@ -12,9 +12,10 @@ that plain insert fail; the statement then runs again with ``ON CONFLICT DO NOTH
 Then the chunk is marked done and its tally added to the batch. A crash anywhere rolls
 all of it back, so a retry starts from a clean chunk.
 
-A database error in that statement (a value the column type refuses…) is found row by
-row: each valid row is inserted alone in a savepoint that is always rolled back, the rows
-refused become failures, and the statement runs again. :func:`fail_chunk` is the end of a
+A database error in that statement (a value the column type refuses…) is tracked down
+by inserting the valid rows in groups in savepoints that are always rolled back, halving
+the groups refused down to single rows; the rows refused become failures, and the
+statement runs again. :func:`fail_chunk` is the end of a
 chunk that kept failing: the same statement records every row as a failure.
 """
 
@@ -141,18 +142,26 @@ async def _refuse_bad_rows(
     statements: ChunkStatements,
     batch_id: uuid.UUID,
 ) -> None:
-    """Insert each valid row of the chunk alone, always rolled back; the ones the target
-    table refuses become failures with the database's reason."""
+    """Find the valid rows the target table refuses: insert them in groups, always rolled
+    back, halving a group it refuses down to the rows it refuses alone; those become
+    failures with the database's reason (a few rows refused cost a few dozen inserts,
+    not one per row)."""
     cursor = await conn.execute(statements.valid_lines)
-    for (line,) in await cursor.fetchall():
+    pending = [[line for (line,) in await cursor.fetchall()]]
+    while pending:
+        lines = pending.pop()
         try:
             async with conn.transaction(force_rollback=True):
-                await conn.execute(statements.probe, {"batch_id": batch_id, "line": line})
+                await conn.execute(statements.probe, {"batch_id": batch_id, "lines": lines})
         except (psycopg.DataError, psycopg.IntegrityError) as error:
+            if len(lines) > 1:
+                middle = len(lines) // 2
+                pending += [lines[middle:], lines[:middle]]
+                continue
             detail = error.diag.message_primary or str(error)
             await conn.execute(
                 queries["add_failure"],
-                {"line": line, "message": f"database refused the row: {detail}"},
+                {"line": lines[0], "message": f"database refused the row: {detail}"},
             )
 
 

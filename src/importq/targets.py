@@ -173,6 +173,6 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         settle=settle.format(**settle_parts, on_conflict=sql.SQL("")),
         settle_guarded=settle.format(**settle_parts, on_conflict=sql.SQL("ON CONFLICT DO NOTHING")),
         valid_lines=sql.SQL(queries["valid_lines"]).format(**parts),
-        probe=sql.SQL(queries["probe_row"]).format(**parts),
+        probe=sql.SQL(queries["probe_rows"]).format(**parts),
         read_positions={name: read.index(p) for name, p in positions.items()},
     )

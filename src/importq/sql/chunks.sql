@@ -146,12 +146,12 @@ FROM importq_chunk c LEFT JOIN importq_failures f ON f.line = c.line
 WHERE f.line IS NULL
 ORDER BY c.line;
 
--- name: probe_row
--- Insert one valid row of the chunk alone (in a savepoint that is rolled back): does the
--- target table accept it? Template as settle_chunk.
+-- name: probe_rows
+-- Insert some valid rows of the chunk (in a savepoint that is rolled back): does the
+-- target table accept them all? Template as settle_chunk.
 INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
 SELECT key_hash, %(batch_id)s, line, {values}
-FROM importq_chunk WHERE line = %(line)s
+FROM importq_chunk WHERE line = ANY(%(lines)s::int[])
 ON CONFLICT DO NOTHING;
 
 -- name: finish_chunk
