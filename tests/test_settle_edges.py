@@ -102,12 +102,14 @@ async def test_a_dataset_wider_than_a_functions_arguments_is_imported(
                 ["%Y-%m-%dT%H:%M:%S.%f", "%Y%m%dT%H%M%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
             ),
             st.one_of(
-                st.sampled_from(["", "Z", "-0530", "+01"]),
+                st.sampled_from(["", "Z", "+01", "7Z", "123"]),  # digits: more fraction
                 st.builds(
-                    "{}{:02d}:{:02d}".format,
+                    "{}{:02d}{}{:02d}{}".format,
                     st.sampled_from("+-"),
                     st.integers(0, 23),
-                    st.integers(0, 59),
+                    st.sampled_from(["", ":"]),
+                    st.integers(0, 99),
+                    st.sampled_from(["", ":00", ":59", ":60"]),
                 ),
             ),
         ),
@@ -141,8 +143,18 @@ async def test_the_dates_and_times_the_rules_accept_postgresql_reads_alike(
 def test_forms_postgresql_reads_otherwise_are_refused_by_the_rules() -> None:
     for text in ("2024-W01-1", "2024W011", "2024-W01"):
         assert _date(text)[1] is not None, text
-    for text in ("2024-01-01T10", "2024-01-01T10:00:00,5", "2024-W01-1T10:00"):
+    for text in (
+        "2024-01-01T10",
+        "2024-01-01T10:00:00,5",
+        "2024-W01-1T10:00",
+        "2024-01-01T10:00+05:60",
+        "2024-10-25 123931+0260",
+        "2024-12-31T23:59:59.9999999Z",  # PostgreSQL would round it into 2025
+        "20240101T100000-01:00",
+    ):
         assert _timestamp(text)[1] is not None, text
+    for text in ("2024-01-01T10:00:00+0100", "2024-01-01 10:00:00.123-0530"):  # strftime's %z
+        assert _timestamp(text)[1] is None, text
     assert _timestamp("2024-01-01T10:00+16:00")[1] == (
         '"2024-01-01T10:00+16:00" has a UTC offset beyond 15:59:59'
     )

@@ -89,11 +89,16 @@ def _bool(text: str) -> tuple[Coerced, str | None]:
 
 # The ISO 8601 forms PostgreSQL reads as Python does (the stored value is PostgreSQL's
 # reading of the text): no week dates (2024-W01-1), no hour-only times, no decimal comma,
-# an offset written like its time (PostgreSQL misreads 20240101T1000-01:00), no UTC
-# offset of 16 hours or more.
+# at most microseconds (PostgreSQL rounds what Python cuts), offset minutes and seconds
+# under 60 and no offset of 16 hours or more, and after a time without colons an offset
+# without them (PostgreSQL misreads 20240101T1000-01:00).
 _DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}"
-_TIME = r"[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}(?::[0-9]{2}){0,2})?"
-_BASIC_TIME = r"[0-9]{4}(?:[0-9]{2}(?:\.[0-9]+)?)?(?:Z|[+-][0-9]{2}(?:[0-9]{2})?)?"
+_SIXTY = r"[0-5][0-9]"
+_TIME = (
+    rf"[0-9]{{2}}:[0-9]{{2}}(?::[0-9]{{2}}(?:\.[0-9]{{1,6}})?)?"
+    rf"(?:Z|[+-][0-9]{{2}}(?:(?::{_SIXTY}){{1,2}}|{_SIXTY})?)?"
+)
+_BASIC_TIME = rf"[0-9]{{4}}(?:[0-9]{{2}}(?:\.[0-9]{{1,6}})?)?(?:Z|[+-][0-9]{{2}}(?:{_SIXTY})?)?"
 DATE_FORM = re.compile(_DATE)
 TIMESTAMP_FORM = re.compile(rf"(?:{_DATE})(?:[T ](?:{_TIME}|{_BASIC_TIME}))?")
 _LONGEST_OFFSET = timedelta(hours=16)
