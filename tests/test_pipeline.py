@@ -268,6 +268,31 @@ async def test_rows_the_database_refuses_among_many_fail_and_the_next_of_their_k
     assert "62" in [row[0] for row in successes[1:]]
 
 
+async def test_a_later_row_of_a_key_stays_its_duplicate_when_other_rows_are_refused(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    """Only the rows to be inserted are probed: a duplicate the table would refuse is a
+    duplicate still; and when a key's first row is refused, its next one is probed in
+    turn, refused too, and the third is stored."""
+    async with services.pool.connection() as conn:
+        await conn.execute("ALTER TABLE entrances ADD CONSTRAINT no_equator CHECK (latitude <> 0)")
+    rows = [
+        entrance("p1"),
+        entrance("p1", latitude="0"),  # line 3: duplicate of line 2
+        entrance("p2", latitude="0"),  # line 4: refused
+        entrance("p3", latitude="0"),  # line 5: refused
+        entrance("p3", latitude="0"),  # line 6: refused, once line 5 is
+        entrance("p3"),  # line 7: stored
+    ]
+    job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
+    assert job["result"]["summary"] == {"successes": 2, "duplicates": 1, "failures": 3}
+    duplicates = read_csv_report(await download(client, job["result"]["reportUrls"]["duplicates"]))
+    assert [(row[0], row[1]) for row in duplicates[1:]] == [("3", "duplicate of line 2")]
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    assert [row[0] for row in failures[1:]] == ["4", "5", "6"]
+
+
 @pytest.mark.parametrize(("user_locale", "expected"), [(None, "de"), ("fr", "fr")])
 async def test_the_email_speaks_the_users_locale_else_the_uploads_accept_language(
     app_client: httpx.AsyncClient,

@@ -13,9 +13,10 @@ Then the chunk is marked done and its tally added to the batch. A crash anywhere
 all of it back, so a retry starts from a clean chunk.
 
 A database error in that statement (a value the column type refuses…) is tracked down
-by inserting the valid rows in groups in savepoints that are always rolled back, halving
-the groups refused down to single rows; the rows refused become failures, and the
-statement runs again. :func:`fail_chunk` is the end of a
+by inserting the rows it inserts in groups in savepoints that are always rolled back,
+halving the groups refused down to single rows; the rows refused become failures, and
+the statement runs again (the next row of a refused row's key is then the one
+inserted, and may be refused in turn). :func:`fail_chunk` is the end of a
 chunk that kept failing: the same statement records every row as a failure.
 """
 
@@ -141,13 +142,14 @@ async def _refuse_bad_rows(
     conn: AsyncConnection[Any],
     statements: ChunkStatements,
     batch_id: uuid.UUID,
-) -> None:
-    """Find the valid rows the target table refuses: insert them in groups, always rolled
-    back, halving a group it refuses down to the rows it refuses alone; those become
-    failures with the database's reason (a few rows refused cost a few dozen inserts,
-    not one per row)."""
-    cursor = await conn.execute(statements.valid_lines)
+) -> int:
+    """Find which of the rows settle_chunk would insert the target table refuses: insert
+    them in groups, always rolled back, halving a group it refuses down to the rows it
+    refuses alone; those become failures with the database's reason (a few rows refused
+    cost a few dozen inserts, not one per row). How many were found."""
+    cursor = await conn.execute(statements.lines_to_insert)
     pending = [[line for (line,) in await cursor.fetchall()]]
+    found = 0
     while pending:
         lines = pending.pop()
         try:
@@ -163,6 +165,8 @@ async def _refuse_bad_rows(
                 queries["add_failure"],
                 {"line": lines[0], "message": f"database refused the row: {detail}"},
             )
+            found += 1
+    return found
 
 
 async def _finish(
@@ -220,14 +224,18 @@ async def process_chunk(
         bad_values = await _bad_values(conn, statements)
         async for rows in _suspect_slices(conn, statements, chunk, bad_values, slice_rows):
             await _write_failures(conn, checker.failures(rows))
-        try:
-            tally = await _settle(conn, statements, batch_id)
-        except (psycopg.DataError, psycopg.IntegrityError) as error:
-            log.info(
-                "chunk %s of batch %s: finding the rows refused: %s", chunk_no, batch_id, error
-            )
-            await _refuse_bad_rows(conn, statements, batch_id)
-            tally = await _settle(conn, statements, batch_id)
+        while True:
+            try:
+                tally = await _settle(conn, statements, batch_id)
+                break
+            except (psycopg.DataError, psycopg.IntegrityError) as error:
+                log.info(
+                    "chunk %s of batch %s: finding the rows refused: %s", chunk_no, batch_id, error
+                )
+                # A refused row makes the next row of its key the one to insert: again,
+                # until the statement goes through, or no row alone is refused.
+                if not await _refuse_bad_rows(conn, statements, batch_id):
+                    raise
         await _finish(conn, queue, batch_id, chunk_no, tally)
     return True
 

@@ -103,7 +103,7 @@ class ChunkStatements:
     settle: sql.Composed
     #: settle with ON CONFLICT DO NOTHING: when another batch stored a key meanwhile.
     settle_guarded: sql.Composed
-    valid_lines: sql.Composed
+    lines_to_insert: sql.Composed
     probe: sql.Composed
     #: Dataset column name → index in a suspect_rows row's values (after line, problem).
     read_positions: dict[str, int]
@@ -138,10 +138,18 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         sql.SQL(queries["judged_values"]).format(position=sql.Literal(p), value=trimmed(p))
         for p in screen.judged
     )
+    to_insert = sql.SQL(queries["rows_to_insert"]).format(
+        order=sql.SQL(", ").join(order),
+        table=parts["table"],
+        stored_key=sql.SQL(" AND ").join(
+            sql.SQL("t.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
+            for c in dataset.key_columns
+        ),
+    )
     settle = sql.SQL(queries["settle_chunk"])
     settle_parts = {
         **parts,
-        "order": sql.SQL(", ").join(order),
+        "to_insert": to_insert,
         "key_values": sql.SQL(", ").join(key_values),
         "winner_keys": sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(sql.Identifier(c.field), _winner_key(i))
@@ -149,10 +157,6 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         ),
         "same_key": sql.SQL(" AND ").join(
             sql.SQL("w.{} = {}").format(_winner_key(i), value) for i, value in enumerate(key_values)
-        ),
-        "stored_key": sql.SQL(" AND ").join(
-            sql.SQL("t.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
-            for c in dataset.key_columns
         ),
         "success_record": success_record,
         "rejected_record": rejected_record,
@@ -172,7 +176,7 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         ),
         settle=settle.format(**settle_parts, on_conflict=sql.SQL("")),
         settle_guarded=settle.format(**settle_parts, on_conflict=sql.SQL("ON CONFLICT DO NOTHING")),
-        valid_lines=sql.SQL(queries["valid_lines"]).format(**parts),
+        lines_to_insert=sql.SQL(queries["lines_to_insert"]).format(to_insert=to_insert),
         probe=sql.SQL(queries["probe_rows"]).format(**parts),
         read_positions={name: read.index(p) for name, p in positions.items()},
     )

@@ -88,21 +88,15 @@ INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 -- Template: {results}, {table}, {fields}, {values} (the dataset's columns cast from the
 -- trimmed cells), {order} (the dedup index's order), {key_values} (the key columns'
 -- values), {winner_keys} ("<key field> AS winner_k<i>", …), {same_key} (a chunk row c
--- has the key of an inserted row w), {stored_key} (… of a stored row t), {on_conflict},
+-- has the key of an inserted row w), {to_insert} (rows_to_insert), {on_conflict},
 -- {success_record}, {rejected_record}.
 WITH inserted AS (
     -- The values are cast for the rows inserted only (in the subquery's order, the dedup
     -- index's): a later row of a key is a duplicate whatever PostgreSQL makes of it.
     INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
     SELECT key_hash, %(batch_id)s, line, {values}
-    FROM (
-        SELECT DISTINCT ON ({order}) *
-        FROM importq_chunk c
-        WHERE %(give_up)s::text IS NULL
-          AND NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
-          AND NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key})
-        ORDER BY {order}, line
-    ) AS c
+    FROM ({to_insert}) AS c
+    WHERE %(give_up)s::text IS NULL
     {on_conflict}
     RETURNING imported_line AS winner_line, target_id, key_hash AS winner_hash, {winner_keys}
 ), losers AS (
@@ -139,12 +133,20 @@ WITH inserted AS (
 )
 SELECT outcome, count(*) FROM results GROUP BY outcome;
 
--- name: valid_lines
--- The lines of the chunk's rows with no failure recorded, in line order.
-SELECT c.line
-FROM importq_chunk c LEFT JOIN importq_failures f ON f.line = c.line
-WHERE f.line IS NULL
-ORDER BY c.line;
+-- name: rows_to_insert
+-- The chunk's rows settle_chunk inserts, in dedup-index order: of its valid rows (no
+-- failure recorded), the first line of each key not stored yet (template {order}: the
+-- dedup index's order; {table}; {stored_key}: a chunk row c has the key of a stored row
+-- t). A fragment of settle_chunk and lines_to_insert.
+SELECT DISTINCT ON ({order}) *
+FROM importq_chunk c
+WHERE NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
+  AND NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key})
+ORDER BY {order}, line
+
+-- name: lines_to_insert
+-- The lines of the rows settle_chunk inserts, in line order (template {to_insert}).
+SELECT line FROM ({to_insert}) AS c ORDER BY line;
 
 -- name: probe_rows
 -- Insert some valid rows of the chunk (in a savepoint that is rolled back): does the
