@@ -17,7 +17,13 @@ from conftest import make_settings
 from helpers import Receiver, entrance, wait_for_batch
 from importq.config import Settings
 from importq.services import Services
-from importq.webhooks import check_destination, deliver_batch_webhook, pinned_request
+from importq.webhooks import (
+    behind_proxy,
+    check_destination,
+    deliver_batch_webhook,
+    inward_address,
+    pinned_request,
+)
 
 
 @pytest.fixture
@@ -198,3 +204,35 @@ async def test_https_keeps_the_urls_host_for_tls_and_an_allowed_host_is_not_pinn
     assert await check_destination("https://hooks.example/h", frozenset({"hooks.example"})) is None
     # A public address is sent to as checked (a literal needs no DNS).
     assert await check_destination("http://8.8.8.8:8080/h", frozenset()) == "8.8.8.8"
+
+
+def test_only_public_unicast_addresses_are_reachable() -> None:
+    for inward in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "100.100.100.200",  # shared address space: a cloud's metadata service
+        "169.254.169.254",
+        "::1",
+        "fe80::1%eth0",
+        "::ffff:10.0.0.1",  # IPv4-mapped
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "224.0.0.1",
+    ):
+        assert inward_address(inward), inward
+    for public in ("8.8.8.8", "2606:4700:4700::1111"):
+        assert not inward_address(public), public
+
+
+async def test_an_international_host_is_sent_as_httpx_writes_it() -> None:
+    async with httpx.AsyncClient() as client:
+        request = pinned_request(client, "https://straße.example/h", "8.8.8.8", {}, b"")
+    assert request.extensions["sni_hostname"] == "xn--strae-oqa.example"
+    assert request.headers["host"] == "xn--strae-oqa.example"
+
+
+def test_a_proxied_delivery_is_left_to_the_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "direct.example")
+    assert behind_proxy("https://hooks.example/h")
+    assert not behind_proxy("https://direct.example/h")
+    assert not behind_proxy("http://hooks.example/h")  # no proxy for plain http here

@@ -22,6 +22,7 @@ import hmac
 import ipaddress
 import socket
 import time
+import urllib.request
 import uuid
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,40 +58,54 @@ def signature(key: bytes, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(key, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def _forbidden(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-    )
+def inward_address(address: str) -> bool:
+    """Not a public unicast address (private, loopback, link-local, shared (100.64/10),
+    reserved, multicast…), or an IPv6 address carrying such an IPv4 one."""
+    ip = ipaddress.ip_address(address.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None]
+        if any(v4 is not None and inward_address(str(v4)) for v4 in carried):
+            return True
+    return not ip.is_global or ip.is_multicast
 
 
 async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | None:
     """Refuse URLs that are not http(s) or that resolve inward (see the module docstring);
     the address to send to, or None for an allowed host (sent wherever it resolves)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        target = httpx.URL(url)
+        # The host as httpx sends it (IDNA 2008): resolved here in the same form.
+        host = target.raw_host.decode("ascii").lower()
+    except (httpx.InvalidURL, UnicodeError) as error:
+        raise WebhookRefused(f"{url!r} is not a valid URL: {error}") from error
+    if target.scheme not in ("http", "https") or not host:
         raise WebhookRefused(f"{url!r} is not an http(s) URL")
-    host = parts.hostname.lower()
-    if host in allowed_hosts:
+    if host in allowed_hosts or urlsplit(url).hostname in allowed_hosts:
         return None
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(
-            host, parts.port or (443 if parts.scheme == "https" else 80), type=socket.SOCK_STREAM
+            host.strip("[]"),
+            target.port or (443 if target.scheme == "https" else 80),
+            type=socket.SOCK_STREAM,
         )
     except OSError as error:
         raise WebhookFailed(f"cannot resolve {host}: {error}") from error
-    inward = sorted({str(info[4][0]) for info in infos if _forbidden(str(info[4][0]))})
+    inward = sorted({str(info[4][0]) for info in infos if inward_address(str(info[4][0]))})
     if inward:
         raise WebhookRefused(
             f"{host} resolves to a private or local address ({', '.join(inward)}); "
             "allow it with IMPORTQ_WEBHOOK_ALLOW_HOSTS"
         )
     return str(infos[0][4][0])
+
+
+def behind_proxy(url: str) -> bool:
+    """Whether httpx sends ``url`` through a proxy from the environment."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
 
 
 def pinned_request(
@@ -103,7 +118,7 @@ def pinned_request(
     if address is not None:
         headers = {**headers, "Host": target.netloc.decode("ascii")}
         if target.scheme == "https":
-            extensions["sni_hostname"] = target.host
+            extensions["sni_hostname"] = target.raw_host.decode("ascii")
         target = target.copy_with(host=address)
     return client.build_request(
         "POST", target, content=body, headers=headers, extensions=extensions
@@ -119,6 +134,10 @@ async def _post(services: Services, url: str, address: str | None, ident: str, b
         "X-Importq-Timestamp": stamp,
         "X-Importq-Signature": signature(services.settings.webhook_key, stamp, body),
     }
+    if address is not None and behind_proxy(url):
+        # A proxy connects by name itself (and checks the certificate against the IP
+        # otherwise): the request goes to the proxy, unpinned.
+        address = None
     try:
         async with httpx.AsyncClient(
             timeout=services.settings.webhook_timeout, follow_redirects=False
