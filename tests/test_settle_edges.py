@@ -31,21 +31,6 @@ WIDE = parse_datasets(
         for n in range(WIDTH)
     )
 )["wide"]
-DATED = parse_datasets(
-    """
-[datasets.dated]
-table = "dated_rows"
-dedup_key = ["key"]
-[[datasets.dated.columns]]
-name = "key"
-field = "key"
-required = true
-[[datasets.dated.columns]]
-name = "found"
-field = "found"
-type = "date"
-"""
-)["dated"]
 
 
 async def _import(

@@ -3,8 +3,8 @@
 ``stage_batch`` owns its transaction, and everything happens inside it: the batch's
 staged table is created (:mod:`importq.staged`), the rows are COPYed into it (by
 PostgreSQL's own CSV reader when the file is clean enough, else as importq parses them),
-the chunk boundaries are read from one ordered scan of the hashes, its hash index is
-built, and the batch, its chunks and one ``process_chunk`` job per chunk are inserted.
+its hash index is built, the chunk boundaries are read from one ordered scan of that
+index, and the batch, its chunks and one ``process_chunk`` job per chunk are inserted.
 When it returns, the batch is durable and every row of it will end in exactly one
 report; when it raises, nothing of the upload remains (the table too: PostgreSQL's DDL
 is transactional).

@@ -6,12 +6,12 @@ sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` with ``IMPORTQ_WEBHOOK_SECRET
 (delivery over a network is at-least-once). A 2xx answer is a success, recorded, and the
 webhook is never sent again. Every attempt is logged in ``delivery_attempts``.
 
-A destination that resolves to a private, loopback, link-local, multicast or reserved
-address is refused (and not retried) unless its host is listed in
-``IMPORTQ_WEBHOOK_ALLOW_HOSTS``; redirects are not followed, so a public URL cannot
-bounce the request inward. The request goes to the address that was checked (its Host
-header, and for HTTPS the name sent and verified in TLS, are the URL's host): a name
-that resolves differently a moment later cannot turn it inward either.
+A destination that resolves to anything but public unicast addresses (private,
+loopback, link-local, shared, reserved, multicast…) is refused (and not retried) unless
+its host is listed in ``IMPORTQ_WEBHOOK_ALLOW_HOSTS``; redirects are not followed, so a
+public URL cannot bounce the request inward. The request goes to the address that was
+checked (its Host header, and for HTTPS the name sent and verified in TLS, are the URL's
+host): a name that resolves differently a moment later cannot turn it inward either.
 """
 
 from __future__ import annotations

@@ -86,10 +86,9 @@ INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 -- costs more on every row (speculative insertion), so it is not the first try.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
 -- Template: {results}, {table}, {fields}, {values} (the dataset's columns cast from the
--- trimmed cells), {order} (the dedup index's order), {key_values} (the key columns'
--- values), {winner_keys} ("<key field> AS winner_k<i>", …), {same_key} (a chunk row c
--- has the key of an inserted row w), {to_insert} (rows_to_insert), {on_conflict},
--- {success_record}, {rejected_record}.
+-- trimmed cells), {key_values} (the key columns' values), {winner_keys} ("<key field>
+-- AS winner_k<i>", …), {same_key} (a chunk row c has the key of an inserted row w),
+-- {to_insert} (rows_to_insert), {on_conflict}, {success_record}, {rejected_record}.
 WITH inserted AS (
     -- The values are cast for the rows inserted only (in the subquery's order, the dedup
     -- index's): a later row of a key is a duplicate whatever PostgreSQL makes of it.
