@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
 from importq.batches import ChunkTally, count_finished_chunk
 from importq.datasets import Dataset
@@ -122,14 +122,16 @@ async def _settle(
     transaction usable); the chunk's tally. When another batch stores one of the chunk's
     keys meanwhile, the plain insert fails and the guarded statement runs instead."""
     params = {"batch_id": batch_id, "give_up": give_up}
+
+    async def run(statement: sql.Composed) -> dict[str, int]:
+        async with conn.transaction():
+            cursor = await conn.execute(statement, params)
+            return dict(await cursor.fetchall())
+
     try:
-        async with conn.transaction():
-            cursor = await conn.execute(statements.settle, params)
-            counts = dict(await cursor.fetchall())
+        counts = await run(statements.settle)
     except psycopg.errors.UniqueViolation:
-        async with conn.transaction():
-            cursor = await conn.execute(statements.settle_guarded, params)
-            counts = dict(await cursor.fetchall())
+        counts = await run(statements.settle_guarded)
     return ChunkTally(
         successes=counts.get("success", 0),
         duplicates=counts.get("duplicate", 0),
