@@ -69,9 +69,20 @@ def inward_address(address: str) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+def behind_proxy(url: str) -> bool:
+    """Whether httpx sends ``url`` through a proxy from the environment."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parts.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
 async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | None:
     """Refuse URLs that are not http(s) or that resolve inward (see the module docstring);
-    the address to send to, or None for an allowed host (sent wherever it resolves)."""
+    the address to send to, or None (sent by name) for an allowed host, or through a
+    proxy from the environment: a proxy connects by name itself, and would check the
+    certificate against the address otherwise."""
     try:
         target = httpx.URL(url)
         # The host as httpx sends it (IDNA 2008): resolved here in the same form.
@@ -96,16 +107,7 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
             f"{host} resolves to a private or local address ({', '.join(inward)}); "
             "allow it with IMPORTQ_WEBHOOK_ALLOW_HOSTS"
         )
-    return str(infos[0][4][0])
-
-
-def behind_proxy(url: str) -> bool:
-    """Whether httpx sends ``url`` through a proxy from the environment."""
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies()
-    if not (proxies.get(parts.scheme) or proxies.get("all")):
-        return False
-    return not urllib.request.proxy_bypass(parts.hostname or "")
+    return None if behind_proxy(url) else str(infos[0][4][0])
 
 
 def pinned_request(
@@ -134,10 +136,6 @@ async def _post(services: Services, url: str, address: str | None, ident: str, b
         "X-Importq-Timestamp": stamp,
         "X-Importq-Signature": signature(services.settings.webhook_key, stamp, body),
     }
-    if address is not None and behind_proxy(url):
-        # A proxy connects by name itself (and checks the certificate against the IP
-        # otherwise): the request goes to the proxy, unpinned.
-        address = None
     try:
         async with httpx.AsyncClient(
             timeout=services.settings.webhook_timeout, follow_redirects=False
