@@ -196,8 +196,7 @@ async def _prepare(
     conn: AsyncConnection[Any], statements: ChunkStatements, chunk: Mapping[str, Any]
 ) -> None:
     """The chunk's rows and its failures, in temporary tables of this transaction."""
-    # Timestamps without an offset are UTC, as the row rules read them.
-    await conn.execute("SET LOCAL TIME ZONE 'UTC'")
+    await conn.execute(queries["chunk_settings"])
     await conn.execute(queries["drop_chunk_tables"])
     await conn.execute(
         statements.create_chunk, {"hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]}

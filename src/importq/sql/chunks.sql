@@ -16,6 +16,14 @@ FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
 
+-- name: chunk_settings
+-- For the chunk's transaction: timestamps without an offset are UTC, as the row rules
+-- read them; and no merge joins. The planner has no statistics on the chunk's temporary
+-- tables nor on what a statement inserts, guesses a tenth of their rows, and then joins
+-- the chunk's rows to the inserted ones by sorting both on the line; the hash joins it
+-- takes instead need no sort (settle_chunk of a 5,000-row chunk: 34 → 31.7 ms).
+SELECT set_config('TimeZone', 'UTC', true), set_config('enable_mergejoin', 'off', true);
+
 -- name: drop_chunk_tables
 -- The temporary tables of an earlier chunk, when this transaction is nested in one that
 -- processed it (a savepoint's commit does not drop them).
