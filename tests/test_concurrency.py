@@ -24,6 +24,7 @@ from procrastinate.jobs import Job
 from psycopg import sql
 
 from helpers import Receiver, entrance, wait_for_batch
+from importq import aggregation
 from importq.datasets import load_datasets
 from importq.delivery import send_completion_email
 from importq.processing import fail_chunk, process_chunk
@@ -154,6 +155,37 @@ async def test_a_batch_whose_every_chunk_failed_ends_failed_with_its_email(
     (eml,) = services.settings.outbox_dir.glob("*.eml")
     assert b"Subject: Import failed: Entrances" in eml.read_bytes()
     assert [json.loads(body)["status"] for _, body in receiver.requests] == ["failed"]
+
+
+async def test_results_that_double_one_line_and_miss_another_are_never_reported(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    rows = [entrance(f"a{i}") for i in range(30)] + [entrance("a1"), entrance("bad", latitude="x")]
+    batch_id, total_chunks = await _staged_batch(client, rows)
+    for chunk_no in range(total_chunks):
+        async with services.pool.connection() as conn:
+            assert await process_chunk(
+                conn, services.queue, services.datasets, uuid.UUID(batch_id), chunk_no
+            )
+    # As many results as rows, but line 2 has two (a success and the duplicate's) and
+    # the duplicate's own line 33 none: only the count of distinct lines tells.
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            sql.SQL("UPDATE {} SET line = 2 WHERE line = 33").format(
+                results_table(uuid.UUID(batch_id))
+            )
+        )
+    tasks.register_tasks(services.queue.app, reconcile_cron=services.settings.reconcile_cron)
+    context = job_context(services, "check_completion", batch_id=batch_id)
+    await tasks.check_completion(context, batch_id)
+
+    with pytest.raises(aggregation.AccountingError, match="32 row results for 31 lines"):
+        await aggregation.aggregate(services, uuid.UUID(batch_id))
+
+    job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+    assert job["status"] == "aggregating"
+    assert not (services.settings.files_dir / "reports" / batch_id).exists()
+    assert await _jobs(services, "send_email") == 0
 
 
 # --- worker processes --------------------------------------------------------------

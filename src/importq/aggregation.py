@@ -1,8 +1,8 @@
 """Aggregation: the one run per batch that writes the reports and announces the end.
 
 Entered only by the winner of the completion guard (``active → aggregating``). It
-checks the batch's row results account for every line exactly once, streams them in
-line order into the reports, stores them, then in one
+streams the batch's row results in line order into the reports, checking that they
+account for every line exactly once, stores the reports, then in one
 transaction moves ``aggregating → completed | failed`` with the result, creates the
 ``IMPORT_COMPLETE`` notification and the email delivery, and defers ``send_email``.
 Safe to run again: uploads replace what a failed run stored, and the final transition
@@ -23,14 +23,13 @@ from psycopg import sql
 from importq import batches
 from importq.datasets import Dataset
 from importq.mail import message_id
-from importq.reports import FILE_NAMES, KINDS, ReportLayout, ReportWriter
+from importq.reports import FILE_NAMES, KINDS, OUTCOME_KIND, ReportLayout, ReportWriter
 from importq.services import Services
 from importq.sql import queries
 from importq.staged import results_table
 from importq.webhooks import WEBHOOK, delivery_id
 
 REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
-FETCH_BLOCKS = 16  # of up to 4,096 records each
 
 
 class AccountingError(RuntimeError):
@@ -48,26 +47,30 @@ def download_name(dataset: str, batch_id: uuid.UUID | str, kind: str) -> str:
 async def _write_reports(
     services: Services, batch: dict[str, Any], dataset: Dataset, directory: Path
 ) -> dict[str, Path]:
-    """Write the batch's reports, once its results account for every row exactly once."""
+    """Write the batch's reports; raise AccountingError (and keep none) unless its results
+    account for every row exactly once."""
     writer = ReportWriter(directory, ReportLayout.for_batch(dataset, batch["header"]))
-    async with (
-        services.pool.connection() as conn,
-        conn.transaction(),
-        conn.cursor(name=f"results_{batch['id'].hex}") as cursor,
-    ):
-        results = results_table(batch["id"])
-        counted = await conn.execute(sql.SQL(queries["count_results"]).format(results=results))
-        found, lines = await counted.fetchone() or (0, 0)
-        if not found == lines == batch["total_rows"] == batch["processed_rows"]:
-            raise AccountingError(
-                f"batch {batch['id']}: {found} row results for {lines} lines, "
-                f"{batch['processed_rows']} processed rows, {batch['total_rows']} rows"
+    found = lines = 0
+    try:
+        async with services.pool.connection() as conn, conn.transaction():
+            await conn.execute(queries["report_plan"])
+            # Streamed rather than through a cursor, which PostgreSQL never runs in parallel.
+            blocks = conn.cursor().stream(
+                sql.SQL(queries["report_blocks"]).format(results=results_table(batch["id"]))
             )
-        await conn.execute(queries["sort_memory"])
-        await cursor.execute(sql.SQL(queries["report_blocks"]).format(results=results))
-        while blocks := await cursor.fetchmany(FETCH_BLOCKS):
-            writer.add(blocks)
-    return writer.close()
+            async for *records, distinct in blocks:
+                # report_blocks gives the outcomes in OUTCOME_KIND's order.
+                pairs = zip(OUTCOME_KIND, records[0::2], records[1::2], strict=True)
+                found += writer.add((outcome, text, n) for outcome, text, n in pairs if n)
+                lines += distinct
+    finally:
+        written = writer.close()
+    if not found == lines == batch["total_rows"] == batch["processed_rows"]:
+        raise AccountingError(
+            f"batch {batch['id']}: {found} row results for {lines} lines, "
+            f"{batch['processed_rows']} processed rows, {batch['total_rows']} rows"
+        )
+    return written
 
 
 def report_links(
@@ -96,7 +99,11 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
     if batch is None or batch["status"] != "aggregating":
         return None
     dataset = services.datasets[batch["dataset"]]
-    with tempfile.TemporaryDirectory(prefix="importq-reports-") as directory:
+    # In the data dir: local storage takes the files from there without copying them.
+    services.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(
+        prefix="importq-reports-", dir=services.settings.data_dir
+    ) as directory:
         written = await _write_reports(services, batch, dataset, Path(directory))
         paths = {kind: report_path(batch_id, kind) for kind in written}
         for kind, file in written.items():

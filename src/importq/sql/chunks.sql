@@ -171,16 +171,28 @@ WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
 RETURNING chunk_no;
 
 -- name: report_blocks
--- A batch's report records in line order, in blocks of consecutive lines by outcome:
--- appended in this order, each report file is in line order (template {results}).
-SELECT outcome, string_agg(record, '' ORDER BY line), count(*)
+-- A batch's report records in line order, in blocks of up to 4,096 consecutive lines:
+-- per block, the records of each outcome in line order and how many (appended block by
+-- block, each report file is in line order), then how many distinct lines the block's
+-- results are for: the aggregation checks that the results account for every line
+-- exactly once (a line's results all fall in its block). One sort of the results, in
+-- parallel where the server allows (report_plan) (template {results}).
+SELECT string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'success'),
+       count(*) FILTER (WHERE outcome = 'success'),
+       string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'duplicate'),
+       count(*) FILTER (WHERE outcome = 'duplicate'),
+       string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'failure'),
+       count(*) FILTER (WHERE outcome = 'failure'),
+       count(DISTINCT line)
 FROM {results}
-GROUP BY line / 4096, outcome
+GROUP BY line / 4096
 ORDER BY line / 4096;
 
--- name: count_results
--- How many results a batch has, and for how many distinct lines (template {results}).
-SELECT count(*), count(DISTINCT line) FROM {results};
+-- name: report_plan
+-- For the aggregation's transaction: its sort in memory (as sort_memory), and parallel
+-- workers for it. The planner reckons that passing a million sorted rows from the
+-- workers costs more than it saves; measured, the report query takes a quarter less.
+SELECT set_config('work_mem', '512MB', true), set_config('parallel_tuple_cost', '0', true);
 
 -- name: count_chunk_attempt
 -- Count a failed or lost attempt, in its own transaction. Nothing happens (no row back)

@@ -32,9 +32,8 @@ COPY {table} ({cells}) FROM STDIN (FORMAT csv, DELIMITER {delimiter}, ENCODING '
 SELECT min(line) FROM {table} WHERE {long};
 
 -- name: sort_memory
--- Memory for the big sorts of a batch's rows (its hash index at staging, its results at
--- aggregation), so they run in memory rather than through temporary files; for this
--- transaction only.
+-- Memory for the big sort of a batch's rows at staging (its hash index), so it runs in
+-- memory rather than through temporary files; for this transaction only.
 SELECT set_config('work_mem', '512MB', true), set_config('maintenance_work_mem', '512MB', true);
 
 -- name: index_staged_table
