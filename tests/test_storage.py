@@ -336,6 +336,30 @@ async def test_a_large_file_is_stored_in_blocks_and_served_whole(
     await services.storage.delete_prefix("reports/nothing-here")  # no error
 
 
+async def test_local_storage_takes_a_file_by_a_second_name_and_copies_across_devices(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage(tmp_path / "files", public_url=BASE_URL, signing_key=b"k" * 32)
+    source = tmp_path / "report.csv"
+    source.write_bytes(b"line,message\r\n2,x\r\n")
+    await storage.put_file("reports/b/failures.csv", source, content_type=CSV_TYPE)
+    stored = storage.resolve("reports/b/failures.csv")
+    assert stored.stat().st_ino == source.stat().st_ino  # no byte copied
+    source.unlink()
+    assert stored.read_bytes() == b"line,message\r\n2,x\r\n"
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system to store from")
+    with tempfile.NamedTemporaryFile(dir=shm) as elsewhere:
+        elsewhere.write(b"copied")
+        elsewhere.flush()
+        await storage.put_file(
+            "reports/b/failures.csv", Path(elsewhere.name), content_type=CSV_TYPE
+        )
+    assert stored.read_bytes() == b"copied"
+
+
 async def test_an_expired_link_is_refused_and_a_refreshed_one_works(
     client: httpx.AsyncClient,
     anonymous: httpx.AsyncClient,

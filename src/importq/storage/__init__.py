@@ -38,7 +38,9 @@ class Storage(Protocol):
     ) -> None:
         """Store ``source`` (a file, or an open binary stream read from its start) at
         ``path``, replacing what was there (idempotent). ``download_name``: the name a
-        download gets (default: the path's last part), where the store keeps one."""
+        download gets (default: the path's last part), where the store keeps one. A file
+        may be stored by a second name rather than copied (local storage on the same file
+        system): its owner may delete it after, never write to it again."""
 
     def link(self, path: str, *, download_name: str, expires_at: datetime) -> str:
         """A download URL for ``path`` valid until ``expires_at``."""

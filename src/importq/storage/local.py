@@ -21,6 +21,17 @@ from urllib.parse import quote, urlencode
 from importq.storage import Source, StorageError, open_source
 
 
+def _linked(source: Path, partial: Path) -> bool:
+    """Whether ``source`` could be given a second name ``partial`` rather than copied
+    (a report of millions of rows is stored without a byte written again); not across
+    file systems, nor where the file system has no hard links."""
+    try:
+        os.link(source, partial)
+    except OSError:
+        return False
+    return True
+
+
 class LocalStorage:
     def __init__(self, root: Path, *, public_url: str, signing_key: bytes) -> None:
         self.root = root
@@ -40,15 +51,16 @@ class LocalStorage:
         # Files keep no name of their own here: each link names its download.
         target = self.resolve(path)
 
-        def copy() -> None:
+        def store() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            with open_source(source) as stream, partial.open("wb") as out:
-                shutil.copyfileobj(stream, out, 1 << 20)
+            if not (isinstance(source, Path) and _linked(source, partial)):
+                with open_source(source) as stream, partial.open("wb") as out:
+                    shutil.copyfileobj(stream, out, 1 << 20)
             partial.replace(target)
 
         try:
-            await asyncio.to_thread(copy)
+            await asyncio.to_thread(store)
         except OSError as error:
             raise StorageError(f"cannot write {path}: {error}") from error
 
