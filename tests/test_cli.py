@@ -194,6 +194,23 @@ def test_the_embedded_server_runs_with_the_shared_buffers_asked_for(tmp_path: Pa
         assert conn.execute(query).fetchone() == (size, started)
 
 
+def test_the_embedded_server_takes_its_max_wal_size_without_a_restart(tmp_path: Path) -> None:
+    url = embedded_database_url(tmp_path / "pg", "144MB", "3GB")
+    query = "SELECT current_setting('max_wal_size'), pg_postmaster_start_time()"
+    with psycopg.connect(url) as conn:
+        size, started = conn.execute(query).fetchone() or (None, None)
+    assert size == "3GB"
+    assert embedded_database_url(tmp_path / "pg", "144MB", "96MB") == url
+    deadline = time.monotonic() + 10  # a reload is signalled, then read
+    while True:
+        with psycopg.connect(url) as conn:
+            now = conn.execute(query).fetchone()
+        if now == ("96MB", started) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert now == ("96MB", started)
+
+
 def test_shared_buffers_the_machine_cannot_give_leave_the_server_as_it_was(
     tmp_path: Path,
 ) -> None:
@@ -215,6 +232,14 @@ def test_shared_buffers_auto_is_a_quarter_of_memory_within_bounds() -> None:
     for refused in ("lots", "8MB", "512kB", "2000GB", "99999999999999999999GB"):
         with pytest.raises(ValueError):
             Settings(embedded_shared_buffers=refused)
+
+
+def test_max_wal_size_is_four_gigabytes_unless_set_within_bounds() -> None:
+    assert Settings().embedded_max_wal_size == "4GB"
+    assert Settings(embedded_max_wal_size="64MB").embedded_max_wal_size == "64MB"
+    for refused in ("auto", "16MB", "2000GB", "1TB"):
+        with pytest.raises(ValueError):
+            Settings(embedded_max_wal_size=refused)
 
 
 def test_import_sends_xlsx_with_its_sheet(

@@ -336,6 +336,14 @@ async def test_a_large_file_is_stored_in_blocks_and_served_whole(
     await services.storage.delete_prefix("reports/nothing-here")  # no error
 
 
+def _another_file_system(path: Path) -> Path | None:
+    """/dev/shm when it is not on ``path``'s file system."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shm.stat().st_dev != path.stat().st_dev:
+        return shm
+    return None
+
+
 async def test_local_storage_takes_a_file_by_a_second_name_and_copies_across_devices(
     tmp_path: Path,
 ) -> None:
@@ -348,8 +356,8 @@ async def test_local_storage_takes_a_file_by_a_second_name_and_copies_across_dev
     source.unlink()
     assert stored.read_bytes() == b"line,message\r\n2,x\r\n"
 
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+    shm = _another_file_system(tmp_path)
+    if shm is None:
         pytest.skip("no second file system to store from")
     with tempfile.NamedTemporaryFile(dir=shm) as elsewhere:
         elsewhere.write(b"copied")

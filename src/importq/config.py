@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         description="The embedded server's shared_buffers (16MB to 1024GB); auto: a quarter "
         "of the memory, 128MB to 2GB",
     )
+    embedded_max_wal_size: str = Field(
+        default="4GB",
+        pattern=r"^[0-9]+(MB|GB)$",
+        description="The embedded server's max_wal_size (32MB to 1024GB): WAL written "
+        "between checkpoints",
+    )
     public_url: str = Field(default="http://127.0.0.1:8000", description="Base of absolute links")
     secret_key: str | None = Field(default=None, description="Signs local report links")
     datasets_file: Path | None = Field(default=None, description="TOML file of extra datasets")
@@ -84,6 +90,14 @@ class Settings(BaseSettings):
         size = int(value[:-2]) << (20 if value.endswith("MB") else 30)
         if not 16 << 20 <= size <= 1 << 40:
             raise ValueError("shared_buffers must be between 16MB and 1024GB")
+        return value
+
+    @field_validator("embedded_max_wal_size")
+    @classmethod
+    def _enough_wal(cls, value: str) -> str:
+        size = int(value[:-2]) << (20 if value.endswith("MB") else 30)
+        if not 32 << 20 <= size <= 1 << 40:
+            raise ValueError("max_wal_size must be between 32MB and 1024GB")
         return value
 
     @property

