@@ -10,7 +10,8 @@
   even failing the chunk kept failing, e.g. a long database outage): a batch never stays
   active with nobody at work on it.
 - Staged rows, stored reports and kept uploads of batches finished longer than
-  ``IMPORTQ_RETENTION_DAYS`` ago, and finished jobs as old, are deleted.
+  ``IMPORTQ_RETENTION_DAYS`` ago, and finished jobs as old, are deleted; so is the
+  second half of a big upload whose batch never came (``staging.SecondPart``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
+from psycopg import AsyncConnection
 
 from importq.processing import fail_chunk, record_attempt
 from importq.services import Services
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 
 WORKER_LOST = "the worker stopped while processing the chunk"
 PURGE_BATCHES = 100  # per reconcile run
+# A staged part still unclaimed this long after it was committed lost its batch (staging
+# a file of the largest size allowed takes minutes).
+ABANDONED_PART_AGE = timedelta(hours=1)
 
 
 async def _retry(manager: JobManager, job: Job) -> None:
@@ -117,8 +123,20 @@ async def _purge(services: Services) -> None:
         for (name,) in await cursor.fetchall():
             async with conn.transaction():
                 await conn.execute(drop_staged_table(name))
+        await _drop_abandoned_parts(conn, datetime.now(UTC) - ABANDONED_PART_AGE)
     await _purge_stored_files(services, cutoff)
     await services.queue.app.job_manager.delete_old_jobs(nb_hours=days * 24, include_failed=True)
+
+
+async def _drop_abandoned_parts(conn: AsyncConnection[Any], cutoff: datetime) -> None:
+    """Drop the staged parts whose batch never came (see staging.SecondPart)."""
+    cursor = await conn.execute(queries["staged_parts_to_drop"], {"cutoff": cutoff})
+    for (name,) in await cursor.fetchall():
+        async with conn.transaction():
+            forgotten = await conn.execute(queries["forget_staged_part"], {"name": name})
+            if await forgotten.fetchone() is not None:
+                log.info("dropping %s, a part of an upload that was never staged", name)
+                await conn.execute(drop_staged_table(name))
 
 
 async def _purge_stored_files(services: Services, cutoff: datetime) -> None:

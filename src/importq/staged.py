@@ -6,7 +6,10 @@ width, kept for the failure report), ``c0 … c<n-1>`` (the cells exactly as upl
 aligned with the uploaded header), then ``key_hash``.
 
 Rows are COPYed straight into the batch's table, in file order, frozen (``COPY …
-FREEZE``: the table is created in the COPY's own subtransaction); ``key_hash`` is a
+FREEZE``: the table is created in the COPY's own subtransaction). A big clean CSV file
+is COPYed in two halves at once, each into a table of its own (a *part*,
+``b_<hex>_<n>``, its lines known before its COPY starts), which become the partitions
+of the batch's table: every statement reads the batch's table alike. ``key_hash`` is a
 generated column, computed as each row arrives, and indexed once all are in: a chunk is
 a hash range, found through that index. The hash is of the normalised dedup key
 (:meth:`StagedTable.key_hash`): rows of one key share a hash, so they share a chunk; a
@@ -29,12 +32,27 @@ from importq.datasets import Dataset
 from importq.sql import queries
 
 SCHEMA = "importq_staging"
+# The line of the first data record: the header is line 1.
+FIRST_LINE = 2
 # Joins key parts before hashing: U+001F, which a trimmed part never starts or ends with.
 KEY_SEPARATOR = " || E'\\x1f' || "
 
 
 def table_name(batch_id: uuid.UUID) -> str:
     return f"b_{batch_id.hex}"
+
+
+def part_name(batch_id: uuid.UUID, number: int) -> str:
+    """The table of part ``number`` of a batch's staged rows (a partition, once taken in)."""
+    return f"{table_name(batch_id)}_{number}"
+
+
+@dataclass(frozen=True)
+class LineRange:
+    """The lines ``first`` up to ``next`` (excluded; None: to the end) of a staged part."""
+
+    first: int
+    next: int | None
 
 
 def results_table(batch_id: uuid.UUID) -> sql.Identifier:
@@ -93,16 +111,53 @@ class StagedTable:
 
     def create(self) -> list[sql.Composed]:
         """The batch's staged table, and its empty results table."""
-        return [
-            sql.SQL(queries["create_staged_table"]).format(
-                table=self.name,
-                cells=sql.SQL(",\n    ").join(
-                    sql.SQL("{} text").format(cell(p)) for p in range(self.width)
-                ),
-                hash=self.key_hash,
-            ),
-            sql.SQL(queries["create_results_table"]).format(results=self.results),
-        ]
+        return [self._table(self.name, FIRST_LINE), self.create_results()]
+
+    def create_results(self) -> sql.Composed:
+        return sql.SQL(queries["create_results_table"]).format(results=self.results)
+
+    def create_parent(self) -> sql.Composed:
+        """The batch's staged table, made of parts (:meth:`create_part`)."""
+        return sql.SQL(queries["create_staged_parent"]).format(
+            table=self.name, cells=self._cell_columns(), hash=self.key_hash
+        )
+
+    def part(self, number: int) -> sql.Identifier:
+        return sql.Identifier(SCHEMA, part_name(self.batch_id, number))
+
+    def create_part(self, number: int, lines: LineRange) -> sql.Composed:
+        """A table for the rows of ``lines``, to be attached to the parent."""
+        return self._table(self.part(number), lines.first, lines)
+
+    def attach_part(self, number: int, lines: LineRange) -> sql.Composed:
+        return sql.SQL(queries["attach_staged_part"]).format(
+            table=self.name,
+            part=self.part(number),
+            first=sql.Literal(lines.first),
+            next=sql.SQL("MAXVALUE") if lines.next is None else sql.Literal(lines.next),
+        )
+
+    def _table(
+        self, name: sql.Identifier, first: int, lines: LineRange | None = None
+    ) -> sql.Composed:
+        check: sql.Composable = sql.SQL("")
+        if lines is not None:
+            bounds = [sql.SQL("line >= {}").format(sql.Literal(lines.first))]
+            if lines.next is not None:
+                bounds.append(sql.SQL("line < {}").format(sql.Literal(lines.next)))
+            check = sql.SQL("CHECK ({})").format(sql.SQL(" AND ").join(bounds))
+        return sql.SQL(queries["create_staged_table"]).format(
+            table=name,
+            cells=self._cell_columns(),
+            hash=self.key_hash,
+            first=sql.Literal(first),
+            lines=check,
+        )
+
+    def _cell_columns(self) -> sql.Composable:
+        return sql.SQL(",\n    ").join(
+            sql.SQL("{} text").format(cell(p)) for p in range(self.width)
+        )
 
     def copy_rows(self) -> sql.Composed:
         """Binary COPY of ``(line, problem, extra, c0 … c<n-1>)`` rows."""
@@ -111,10 +166,13 @@ class StagedTable:
     def copy_types(self) -> list[str]:
         return ["int4", "text", "text[]", *["text"] * self.width]
 
-    def copy_csv(self, delimiter: str) -> sql.Composed:
-        """COPY of a CSV file's data records (the header already read) straight in."""
+    def copy_csv(self, delimiter: str, part: int | None = None) -> sql.Composed:
+        """COPY of a CSV file's data records (the header already read) straight in, or
+        into one of its parts."""
         return sql.SQL(queries["copy_staged_csv"]).format(
-            table=self.name, cells=self._cells(), delimiter=sql.Literal(delimiter)
+            table=self.name if part is None else self.part(part),
+            cells=self._cells(),
+            delimiter=sql.Literal(delimiter),
         )
 
     def first_long_cell(self) -> sql.Composed:

@@ -8,35 +8,48 @@ index, and the batch, its chunks and one ``process_chunk`` job per chunk are ins
 When it returns, the batch is durable and every row of it will end in exactly one
 report; when it raises, nothing of the upload remains (the table too: PostgreSQL's DDL
 is transactional).
+
+One exception to "inside it": a big clean CSV file's second half is COPYed at the same
+time by a second connection, into a part committed on its own (:class:`SecondPart`);
+the batch's transaction then takes the part in as a partition of the staged table. If
+that transaction fails, the part is dropped; if the process dies first, the purge
+drops it (``staging_parts`` lists it until the batch takes it in).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
-from psycopg import AsyncConnection, errors
+from psycopg import AsyncConnection, errors, sql
 
 from importq.chunking import ChunkBound, ChunkCutter, effective_chunk_size
 from importq.datasets import Dataset, HeaderMatch
 from importq.errors import Refusal
 from importq.row_rules import Value
 from importq.sql import queries
-from importq.staged import StagedTable
+from importq.staged import FIRST_LINE, LineRange, StagedTable, drop_staged_table, part_name
 from importq.uploads import CsvSource, NotClean, ParsedUpload, empty_upload
 
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 5_000
+# A clean CSV file this big is COPYed in two halves at once: PostgreSQL reads a COPY on
+# one core, and a second connection costs far less than half of one.
+PARALLEL_COPY_BYTES = 32 << 20
 
 # Defers the chunk jobs of a new batch on the staging connection (see worker.tasks).
 DeferChunks = Callable[[AsyncConnection[Any], uuid.UUID, int], Coroutine[Any, Any, None]]
+# Lends a connection of its own (a pool's connection()).
+Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
 
 
 @dataclass(frozen=True)
@@ -164,24 +177,115 @@ async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: Par
     return total
 
 
+async def _copy_blocks(
+    conn: AsyncConnection[Any], statement: sql.Composed, blocks: Iterable[bytes]
+) -> int:
+    """Run a COPY … FROM STDIN of ``blocks``; how many rows it wrote."""
+    async with conn.cursor() as cursor:
+        async with cursor.copy(statement) as copy:
+            for block in blocks:
+                await copy.write(block)
+        return cursor.rowcount
+
+
+@dataclass
+class SecondPart:
+    """The second half of a big clean CSV file, COPYed by a connection of its own into a
+    part of the staged table and committed (registered in ``staging_parts``) before the
+    batch is; dropped again unless the batch's transaction takes it in."""
+
+    connect: Connect
+    table: StagedTable
+    committed: bool = False
+
+    NUMBER: ClassVar[int] = 1
+
+    @property
+    def name(self) -> str:
+        return part_name(self.table.batch_id, self.NUMBER)
+
+    async def copy(self, source: CsvSource, start: int, lines: LineRange) -> int:
+        """COPY the file's records from offset ``start`` into the part, and commit it."""
+        async with self.connect() as conn, conn.transaction():
+            await conn.execute(queries["register_staged_part"], {"name": self.name})
+            await conn.execute(self.table.create_part(self.NUMBER, lines))
+            statement = self.table.copy_csv(source.delimiter, part=self.NUMBER)
+            copied = await _copy_blocks(conn, statement, source.blocks(start=start))
+        self.committed = True
+        return copied
+
+    async def drop(self) -> None:
+        """Drop the part, if it was committed; the purge drops it later if this fails."""
+        if not self.committed:
+            return
+        try:
+            async with self.connect() as conn, conn.transaction():
+                await conn.execute(drop_staged_table(self.name))
+                await conn.execute(queries["forget_staged_part"], {"name": self.name})
+            self.committed = False
+        except psycopg.Error as error:
+            log.warning("part of batch %s left to the purge: %s", self.table.batch_id, error)
+
+
+async def _copy_in_halves(
+    conn: AsyncConnection[Any],
+    table: StagedTable,
+    source: CsvSource,
+    second: SecondPart,
+    cut: int,
+    records: int,
+) -> int:
+    """COPY the file's halves at once: the first into part 0 on ``conn``, the second into
+    part 1 on a connection of its own; then make them the partitions of the staged table.
+    The first half's records were counted before (:meth:`CsvSource.halves`), so the
+    second's lines are known as its COPY starts; PostgreSQL's count must agree."""
+    first_lines = LineRange(FIRST_LINE, FIRST_LINE + records)
+    second_lines = LineRange(FIRST_LINE + records, None)
+    await conn.execute(table.create_part(0, first_lines))
+    statement = table.copy_csv(source.delimiter, part=0)
+    try:
+        async with asyncio.TaskGroup() as group:
+            first = group.create_task(_copy_blocks(conn, statement, source.blocks(stop=cut)))
+            rest = group.create_task(second.copy(source, cut, second_lines))
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None  # the first half's or the second's error
+    if first.result() != records:
+        raise NotClean(f"PostgreSQL read {first.result()} records where importq counted {records}")
+    await conn.execute(table.create_parent())
+    for number, lines in ((0, first_lines), (SecondPart.NUMBER, second_lines)):
+        await conn.execute(table.attach_part(number, lines))
+    await conn.execute(queries["forget_staged_part"], {"name": second.name})
+    await conn.execute(table.create_results())
+    return records + rest.result()
+
+
 async def _copy_clean_csv(
-    conn: AsyncConnection[Any], table: StagedTable, source: CsvSource
+    conn: AsyncConnection[Any],
+    table: StagedTable,
+    source: CsvSource,
+    second: SecondPart | None,
 ) -> int | None:
-    """COPY a CSV file's records straight into the staged table, parsed by PostgreSQL;
-    how many there were, or None (nothing staged) when the file is not clean enough for
+    """COPY a CSV file's records straight into the staged table, parsed by PostgreSQL
+    (in two halves at once when the file is big and ``second`` can take one); how many
+    there were, or None (nothing staged) when the file is not clean enough for
     PostgreSQL to read it as importq would (see :class:`CsvSource`)."""
     position = source.binary.tell()
+    halves = None
+    if second is not None and source.binary.seek(0, io.SEEK_END) >= PARALLEL_COPY_BYTES:
+        halves = source.halves()
     try:
         # The tables are created in the savepoint, for the COPY's FREEZE: a file that
         # is not clean after all leaves nothing behind.
-        async with conn.transaction(), conn.cursor() as cursor:
-            await _create_tables(conn, table)
-            async with cursor.copy(table.copy_csv(source.delimiter)) as copy:
-                for block in source.blocks():
-                    await copy.write(block)
-            total = cursor.rowcount
+        async with conn.transaction():
+            if halves is not None and second is not None:
+                total = await _copy_in_halves(conn, table, source, second, *halves)
+            else:
+                await _create_tables(conn, table)
+                total = await _copy_blocks(conn, table.copy_csv(source.delimiter), source.blocks())
     except (NotClean, psycopg.DataError) as error:
         log.info("batch %s is read by importq: %s", table.batch_id, error)
+        if second is not None:
+            await second.drop()
         source.binary.seek(position)  # where the Python reader left it
         return None
     limits = source.limits
@@ -215,19 +319,22 @@ async def stage_batch(
     chunk_size: int,
     max_chunks: int,
     defer_chunks: DeferChunks,
+    connect: Connect | None = None,
 ) -> StagedBatch:
-    """Stage an upload as a new active batch (see the module docstring). Owns the transaction."""
+    """Stage an upload as a new active batch (see the module docstring). Owns the
+    transaction; ``connect`` lends a second connection, for a big file's second half."""
     match = check_header(request.dataset, upload.header)
     existing = await _existing(conn, request)
     if existing is not None:
         return existing
     batch_id = uuid.uuid4()
     table = StagedTable(batch_id, len(upload.header), request.dataset, dict(match.positions))
+    second = SecondPart(connect, table) if connect is not None else None
     try:
         async with conn.transaction():
             total = None
             if upload.source is not None:
-                total = await _copy_clean_csv(conn, table, upload.source)
+                total = await _copy_clean_csv(conn, table, upload.source, second)
             if total is None:
                 total = await _copy_rows(conn, table, upload)
             if total == 0:
@@ -267,8 +374,14 @@ async def stage_batch(
             await defer_chunks(conn, batch_id, len(bounds))
     except errors.UniqueViolation:
         # Another request with the same Idempotency-Key committed first.
+        if second is not None:
+            await second.drop()
         existing = await _existing(conn, request)
         if existing is None:
             raise
         return existing
+    except Exception:
+        if second is not None:
+            await second.drop()  # committed on its own, and the batch is not
+        raise
     return StagedBatch(batch_id, total, len(bounds))

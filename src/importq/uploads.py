@@ -88,14 +88,22 @@ class CsvSource:
         than the limit's characters of 4 bytes, quoted, with its quotes doubled)."""
         return self.limits.max_columns * (self.limits.max_cell_chars * 8 + 3)
 
-    def blocks(self, block_size: int = 1 << 20) -> Iterator[bytes]:
-        """The data, in blocks of whole records, each checked by :func:`clean_records`."""
-        self.binary.seek(self.start)
+    def blocks(
+        self, block_size: int = 1 << 20, start: int | None = None, stop: int | None = None
+    ) -> Iterator[bytes]:
+        """The data from ``start`` (a record's start; default: the first record's) up to
+        ``stop`` (a record's start; default: the end), in blocks of whole records, each
+        checked by :func:`clean_records`. Two of these may read one file by turns: each
+        seeks to where it left off before it reads."""
+        position = self.start if start is None else start
         pending = b""
         final = False
         first = True
         while not final:
-            block = self.binary.read(block_size)
+            self.binary.seek(position)
+            wanted = block_size if stop is None else min(block_size, stop - position)
+            block = self.binary.read(wanted) if wanted > 0 else b""
+            position += len(block)
             final = not block
             pending += block
             end = len(pending) if final else _last_record_end(pending)
@@ -107,6 +115,42 @@ class CsvSource:
             yield pending[:end]
             pending = pending[end:]
             first = False
+
+    def halves(self, block_size: int = 1 << 20) -> tuple[int, int] | None:
+        """Where to cut the data in two for two COPYs at once: the offset of the first
+        record starting past the middle of the data, and how many records come before
+        it; None when no record starts past the middle. A record ends at a line feed
+        outside quoted cells, as PostgreSQL reads a clean file (:meth:`blocks` checks
+        that it is), so they are counted without parsing: one pass of byte counts."""
+        end = self.binary.seek(0, io.SEEK_END)
+        middle = self.start + (end - self.start) // 2
+        position, records, quoted = self.start, 0, False
+        while position < end:
+            self.binary.seek(position)
+            block = self.binary.read(block_size)
+            cut = _record_end_after(block, max(middle - position, 0), quoted)
+            if cut is not None:
+                if position + cut >= end:
+                    return None
+                return position + cut, records + _line_feeds_outside_quotes(block[:cut], quoted)
+            records += _line_feeds_outside_quotes(block, quoted)
+            quoted ^= block.count(b'"') % 2 == 1
+            position += len(block)
+        return None
+
+
+def _line_feeds_outside_quotes(data: bytes, quoted: bool) -> int:
+    """Line feeds of ``data`` outside quoted cells (``quoted``: it starts inside one);
+    the pieces between quotes alternate outside and inside, a doubled quote included."""
+    return b"".join(data.split(b'"')[int(quoted) :: 2]).count(b"\n")
+
+
+def _record_end_after(data: bytes, offset: int, quoted: bool) -> int | None:
+    """Just past the first line feed at or after ``offset`` outside quoted cells, if any."""
+    end = data.find(b"\n", offset)
+    while end != -1 and (data.count(b'"', 0, end) + quoted) % 2:
+        end = data.find(b"\n", end + 1)
+    return None if end == -1 else end + 1
 
 
 def _last_record_end(data: bytes) -> int:

@@ -254,6 +254,7 @@ async def import_rows(
             chunk_size=services.settings.chunk_size,
             max_chunks=services.settings.max_chunks,
             defer_chunks=services.queue.defer_chunks,
+            connect=services.pool.connection,
         )
     if staged.created:
         background.add_task(keep_upload, services, staged.batch_id, fmt, source)

@@ -1,0 +1,176 @@
+"""A big clean CSV file is COPYed in two halves at once (``staging.SecondPart``): the
+batch reads exactly as if one COPY had read it, and no half of a refused or unclean
+upload stays behind. The size from which a file is split is lowered for these tests."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from psycopg import sql
+
+from helpers import csv_text, download, entrance, read_csv_report, wait_for_batch
+from importq import staging
+from importq.recovery import reconcile
+from importq.services import Services
+from importq.staged import SCHEMA, part_name, table_name
+from importq.uploads import CsvSource, UploadLimits
+
+
+def _rows() -> list[dict[str, str]]:
+    """Quoted line feeds and doubled quotes on both sides of the middle, a key repeated
+    across it, a failure in each half."""
+    rows = []
+    for i in range(60):
+        extra = {"rdfs:label": f'Entrance "{i}"\nsecond line' if i % 7 == 0 else f"E{i}"}
+        rows.append(entrance(f"p{i}", **extra))
+    rows[5]["w3geo:latitude"] = "north"
+    rows[50]["w3geo:longitude"] = "999"
+    rows.append(entrance("p3", author="FFS"))  # a duplicate of line 5, in the second half
+    return rows
+
+
+async def _post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
+    return await client.post(
+        "/api/v1/entrances/import-rows", content=body, headers={"Content-Type": "text/csv"}
+    )
+
+
+async def _staged_parts(services: Services, batch_id: str) -> list[str]:
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = to_regclass(%s) ORDER BY 1",
+            (f"{SCHEMA}.{table_name(uuid.UUID(batch_id))}",),
+        )
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def _leftovers(services: Services) -> tuple[int, list[str]]:
+    """Registered parts, and tables of the staging schema that are no batch's."""
+    async with services.pool.connection() as conn:
+        registered = await conn.execute("SELECT count(*) FROM staging_parts")
+        (count,) = await registered.fetchone() or (0,)
+        tables = await conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename ~ '_[0-9]+$' "
+            "AND NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE c.relname = tablename)",
+            (SCHEMA,),
+        )
+        return int(count), [row[0] for row in await tables.fetchall()]
+
+
+def test_halves_cut_at_a_record_and_count_the_records_before_it() -> None:
+    body = csv_text(_rows()).encode()
+    source = CsvSource(io.BytesIO(body), body.index(b"\n") + 1, ",", UploadLimits())
+    halves = source.halves(block_size=97)  # blocks that cut quoted cells
+    assert halves is not None
+    cut, records = halves
+    first = list(csv.reader(io.StringIO(body[source.start : cut].decode(), newline="")))
+    assert len(first) == records and 20 < records < 45
+    assert (
+        b"".join(source.blocks(97, stop=cut)) + b"".join(source.blocks(97, start=cut))
+        == (body[source.start :])
+    )
+
+
+async def _assert_read_as_written(client: httpx.AsyncClient, job: dict[str, Any]) -> None:
+    """The outcome of _rows(), line by line, as one reader of the whole file gives it."""
+    assert job["result"]["summary"] == {"successes": 58, "duplicates": 1, "failures": 2}
+    reports = {
+        kind: read_csv_report(await download(client, url))
+        for kind, url in job["result"]["reportUrls"].items()
+        if url is not None
+    }
+    assert [row[:2] for row in reports["failures"][1:]] == [
+        ["7", 'w3geo:latitude: "north" is not a number'],
+        ["52", "w3geo:longitude: 999 is above 180"],
+    ]
+    assert [row[:3] for row in reports["duplicates"][1:]] == [["62", "duplicate of line 5", "p3"]]
+    success = reports["success"][1:]
+    assert [int(row[0]) for row in success] == [
+        line for line in range(2, 62) if line not in (7, 52)
+    ]
+    assert [row[1] for row in success[-2:]] == ["p58", "p59"]
+    assert success[0][1:3] == ["p0", "FFS"]
+
+
+async def test_a_file_copied_in_halves_reads_as_one_copy_would(
+    client: httpx.AsyncClient,
+    services: Services,
+    worker: asyncio.Task[None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
+    response = await _post(client, csv_text(_rows()).encode())
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["batchId"]
+    await _assert_read_as_written(client, await wait_for_batch(client, batch_id))
+
+    hex_id = uuid.UUID(batch_id).hex
+    assert await _staged_parts(services, batch_id) == [f"b_{hex_id}_0", f"b_{hex_id}_1"]
+    async with services.pool.connection() as conn:
+        staged = sql.Identifier(SCHEMA, table_name(uuid.UUID(batch_id)))
+        cursor = await conn.execute(
+            sql.SQL("SELECT array_agg(line ORDER BY line) FROM {}").format(staged)
+        )
+        (lines,) = await cursor.fetchone() or (None,)
+    assert lines == list(range(2, 63))
+    assert await _leftovers(services) == (0, [])
+
+
+@pytest.mark.parametrize("unclean", [10, 55], ids=["first half", "second half"])
+async def test_a_half_that_is_not_clean_makes_importq_read_the_file_and_leaves_nothing(
+    client: httpx.AsyncClient,
+    services: Services,
+    worker: asyncio.Task[None],
+    monkeypatch: pytest.MonkeyPatch,
+    unclean: int,
+) -> None:
+    monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
+    rows = _rows()
+    rows[unclean]["rdfs:label"] = "stray"
+    body = csv_text(rows).encode().replace(b",stray\r\n", b',str"ay\r\n')
+    assert body.count(b'str"ay') == 1  # a quote PostgreSQL would open a quoted cell at
+    response = await _post(client, body)
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["batchId"]
+    await _assert_read_as_written(client, await wait_for_batch(client, batch_id))
+    assert await _staged_parts(services, batch_id) == []  # one table, filled by importq
+    assert await _leftovers(services) == (0, [])
+
+
+async def test_a_refused_upload_leaves_neither_half(
+    client: httpx.AsyncClient,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
+    rows = _rows()
+    rows[58]["rdfs:label"] = "x" * (services.settings.max_cell_chars + 1)
+    response = await _post(client, csv_text(rows).encode())
+    assert response.status_code == 413, response.text
+    assert response.json()["line"] == 60
+    assert await _leftovers(services) == (0, [])
+
+
+async def test_the_purge_drops_a_second_half_whose_batch_never_came(services: Services) -> None:
+    old, recent = uuid.uuid4(), uuid.uuid4()
+    async with services.pool.connection() as conn:
+        for batch_id, age in ((old, timedelta(hours=2)), (recent, timedelta(minutes=1))):
+            name = part_name(batch_id, 1)
+            await conn.execute(
+                sql.SQL("CREATE TABLE {} (line integer)").format(sql.Identifier(SCHEMA, name))
+            )
+            await conn.execute(
+                "INSERT INTO staging_parts (name, created_at) VALUES (%s, %s)",
+                (name, datetime.now(UTC) - age),
+            )
+    await reconcile(services)
+    assert await _leftovers(services) == (1, [part_name(recent, 1)])
