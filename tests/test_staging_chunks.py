@@ -22,7 +22,7 @@ from conftest import new_user
 from helpers import csv_text, entrance
 from importq.chunking import chunk_bounds, chunk_of, effective_chunk_size
 from importq.services import Services
-from importq.staged import StagedTable, cell, table_name
+from importq.staged import StagedTable, original, table_name
 from importq.staging import BatchRequest, StagedBatch, stage_batch
 from importq.targets import chunk_statements
 from importq.uploads import read_json_rows
@@ -127,7 +127,7 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
         # The worker's own statement gathers each chunk's rows by its hash range.
         read = sorted(set(positions.values()))
         chunk_rows = sql.SQL("SELECT line, problem, {} FROM importq_chunk ORDER BY line").format(
-            sql.SQL(", ").join(cell(p) for p in read)
+            sql.SQL(", ").join(original(p, read) for p in read)
         )
         rows_of_chunk: dict[int, list[tuple[Any, ...]]] = {}
         for chunk_no, hash_from, hash_to, _ in chunks:
@@ -307,9 +307,10 @@ async def test_staged_rows_are_written_frozen_whichever_reader_staged_them(
 
 
 async def test_a_chunk_trims_its_cells_exactly_as_str_strip(services: Services) -> None:
-    """The chunk's trimmed cells (t<p>) are str.strip() of each cell, whether its row is
-    one the whole-row test finds padded or not: strings to trim sit in every column,
-    among rows with nothing to trim and rows with one padded cell."""
+    """The chunk's trimmed cells (t<p>) are str.strip() of each cell, and its cells as
+    uploaded are the uploaded cells, whether its row is one the whole-row test finds
+    padded or not: strings to trim sit in every column, among rows with nothing to trim
+    and rows with one padded cell."""
     strings = strings_to_trim()
     dataset = services.datasets["entrances"]
     header = [column.name for column in dataset.columns]
@@ -327,7 +328,7 @@ async def test_a_chunk_trims_its_cells_exactly_as_str_strip(services: Services) 
     statements = chunk_statements(table, upload.header)
     read = sorted(set(table.positions.values()))
     columns = sql.SQL(", ").join(
-        sql.SQL("{}, {}").format(cell(p), sql.Identifier(f"t{p}")) for p in read
+        sql.SQL("{}, {}").format(original(p, read), sql.Identifier(f"t{p}")) for p in read
     )
     found: list[tuple[str | None, str | None]] = []
     padded: set[bool] = set()
@@ -349,5 +350,9 @@ async def test_a_chunk_trims_its_cells_exactly_as_str_strip(services: Services) 
                     found.extend(zip(row[1::2], row[2::2], strict=True))
     assert padded == {True, False}
     assert len(found) == len(rows) * len(read)
+    # The cells as uploaded come back too (for the reports of rows that fail), padded
+    # row or not.
+    uploaded = [row.get(header[p]) for row in rows for p in read]
+    assert sorted(raw or "" for raw, _ in found) == sorted(value or "" for value in uploaded)
     wrong = [(raw, got) for raw, got in found if got != (None if raw is None else raw.strip())]
     assert wrong == []

@@ -23,7 +23,7 @@ from typing import TextIO
 from psycopg import sql
 
 from importq.datasets import Dataset
-from importq.staged import cell, trimmed
+from importq.staged import original, trimmed
 
 KINDS = ("success", "duplicates", "failures")
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
@@ -80,8 +80,9 @@ _EXTRA_CELLS = sql.SQL(
 
 def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, sql.Composed]:
     """The SQL expressions of a row's report record, CRLF included: for a success, and
-    for a duplicate or failure. They read a staged row's cells (``c<n>``), its trimmed
-    cells (``t<n>``), ``line``, ``extra``, ``message`` and ``target_id``."""
+    for a duplicate or failure. They read a chunk row's cells as uploaded
+    (:func:`importq.staged.original`), its trimmed cells (``t<n>``), ``line``, ``extra``,
+    ``message`` and ``target_id``."""
     layout = ReportLayout.for_batch(dataset, header)
     positions = dataset.match_header(list(header)).positions
 
@@ -101,8 +102,9 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
         sql.SQL("target_id::text") if name is None else success_cell(name, numeric)
         for name, numeric in zip(names, layout.success_numeric[1:], strict=True)
     ]
+    read = set(positions.values())
     rejected = [line, _cell(sql.Identifier("message"), False)] + [
-        _cell(cell(position), numeric)
+        _cell(original(position, read), numeric)
         for position, numeric in enumerate(layout.rejected_numeric[2:])
     ]
     return _record(success, sql.SQL("''")), _record(rejected, _EXTRA_CELLS)

@@ -23,6 +23,7 @@ This module only composes statements (``sql/staging.sql`` templates completed wi
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -66,6 +67,20 @@ def drop_staged_table(name: str) -> sql.Composed:
 def cell(position: int) -> sql.Identifier:
     """The staged column of the uploaded header's column ``position``."""
     return sql.Identifier(f"c{position}")
+
+
+def original(position: int, read: Collection[int]) -> sql.Composable:
+    """A chunk row's cell as uploaded (see ``create_chunk``): ``c<position>`` when the
+    row rules do not read it; else kept apart only in a row that was trimmed
+    (``o<position>``), and in any other the trimmed cell is the same text."""
+    if position not in read:
+        return cell(position)
+    return sql.SQL("coalesce({}, {})").format(kept(position), trimmed(position))
+
+
+def kept(position: int) -> sql.Identifier:
+    """A cell the rules read, as uploaded, in a chunk row that was trimmed (else NULL)."""
+    return sql.Identifier(f"o{position}")
 
 
 def trimmed(position: int, row: str | None = None) -> sql.Identifier:

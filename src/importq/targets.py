@@ -17,7 +17,7 @@ from importq.datasets import Column, Dataset
 from importq.reports import record_sql
 from importq.screen import Screen
 from importq.sql import queries
-from importq.staged import StagedTable, cell, trimmed
+from importq.staged import StagedTable, cell, kept, original, trimmed
 
 
 class TargetTableError(RuntimeError):
@@ -166,12 +166,17 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         create_chunk=sql.SQL(queries["create_chunk"]).format(
             **parts,
             joined=_joined([cell(p) for p in read]),
-            all_cells=sql.SQL(", ").join(cell(p) for p in range(staged.width)),
+            originals=sql.SQL(", ").join(
+                sql.SQL("CASE WHEN padded THEN {} END AS {}").format(cell(p), kept(p))
+                if p in read
+                else cell(p)
+                for p in range(staged.width)
+            ),
         ),
         judged_values=judged if screen.judged else None,
         suspect_rows=sql.SQL(queries["suspect_rows"]).format(
             **parts,
-            cells=sql.SQL(", ").join(cell(p) for p in read),
+            cells=sql.SQL(", ").join(original(p, read) for p in read),
             passes=screen.passes,
         ),
         settle=settle.format(**settle_parts, on_conflict=sql.SQL("")),

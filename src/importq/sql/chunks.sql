@@ -33,15 +33,18 @@ DROP TABLE IF EXISTS importq_chunk, importq_failures;
 -- A chunk's rows, with the cells the row rules read trimmed once (t<position>), for the
 -- statements below; gone at commit (template {staged}, {joined}: the cells read joined
 -- by U+0001, {trimmed}: per cell read "CASE WHEN padded THEN importq_trim(c<p>) ELSE
--- c<p> END AS t<p>", {all_cells}: every cell). The columns every statement reads come
--- first: a row is decoded from its start up to the last column a statement needs.
+-- c<p> END AS t<p>", {originals}: per cell read "CASE WHEN padded THEN c<p> END AS
+-- o<p>", and every other cell as c<p>). A cell read is kept as uploaded only in a row
+-- that was trimmed: in any other, t<p> is the same text (importq.staged.original).
+-- The columns every statement reads come first: a row is decoded from its start up to
+-- the last column a statement needs.
 -- Most rows have no cell to trim, and one test of the whole row costs less than
 -- trimming each cell: "padded" is true when some cell might start or end with
 -- whitespace (a character importq_trim trims, next to a boundary of the joined cells;
 -- a U+0001 inside a cell can only make a row trimmed for nothing).
 -- OFFSET 0 keeps the test one per row rather than copied into each cell's CASE.
 CREATE TEMP TABLE importq_chunk ON COMMIT DROP AS
-SELECT line, key_hash, problem, {trimmed}, padded, {all_cells}, extra
+SELECT line, key_hash, problem, {trimmed}, padded, {originals}, extra
 FROM (
     SELECT s.*,
            {joined} ~ E'(^|\x01)[\t-\r\x1c- \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]|[\t-\r\x1c- \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000](\x01|$)'
