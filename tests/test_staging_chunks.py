@@ -20,7 +20,7 @@ from psycopg import sql
 
 from conftest import new_user
 from helpers import csv_text, entrance
-from importq.chunking import chunk_bounds, chunk_of, effective_chunk_size
+from importq.chunking import ChunkBound, chunk_bounds, chunk_of, effective_chunk_size
 from importq.services import Services
 from importq.staged import StagedTable, original, table_name
 from importq.staging import BatchRequest, StagedBatch, stage_batch
@@ -102,7 +102,9 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
             )
         )
         hashes: dict[int, int] = dict(await cursor.fetchall())
-        cursor = await conn.execute(table.hashes_in_order())
+        cursor = await conn.execute(
+            sql.SQL("SELECT key_hash FROM {} ORDER BY key_hash").format(table.name)
+        )
         in_order = [value for (value,) in await cursor.fetchall()]
         # The hash target tables store: of the key normalised as row_rules normalises
         # it, parts joined by U+001F; of "line N" for a row without a key.
@@ -252,6 +254,29 @@ def strings_to_trim() -> list[str]:
     for _ in range(2_000):
         strings.append("".join(rnd.choices(alphabet, k=rnd.randrange(9))))
     return strings
+
+
+async def test_a_key_group_bigger_than_a_chunk_is_one_chunk_as_the_rule_cuts_it(
+    services: Services,
+) -> None:
+    """PostgreSQL cuts the chunks (staged_chunk_bounds) as chunk_bounds() does, around
+    groups several chunks long too."""
+    rows = [entrance(f"g{n % 3}" if n < 60 else f"s{n}") for n in range(90)]
+    staged = await _stage_json(services, "grouper", rows, CHUNK_SIZE)
+    table = StagedTable.of(staged.batch_id, services.datasets["entrances"], list(rows[0]))
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            sql.SQL("SELECT key_hash FROM {} ORDER BY key_hash").format(table.name)
+        )
+        hashes = [value for (value,) in await cursor.fetchall()]
+        cursor = await conn.execute(
+            "SELECT hash_from, row_count FROM chunks WHERE batch_id = %s ORDER BY chunk_no",
+            (staged.batch_id,),
+        )
+        chunks = [ChunkBound(*row) for row in await cursor.fetchall()]
+    assert chunks == chunk_bounds(hashes, CHUNK_SIZE)
+    # Three groups of 20 rows, each whole in a chunk: at most 7 + 20 - 1 rows there.
+    assert sum(20 <= chunk.row_count <= CHUNK_SIZE + 20 - 1 for chunk in chunks) == 3
 
 
 async def test_importq_trim_trims_exactly_what_str_strip_trims(services: Services) -> None:

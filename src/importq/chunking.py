@@ -1,8 +1,10 @@
 """Affinity chunking: split a batch's rows into chunks that never split a key's group.
 
 Pure functions, no I/O. Groups are ordered by the 64-bit hash of their normalised key
-(a keyless row is a group of one, hashed by its line), so staging needs no second pass:
-the boundaries come from one ordered scan of the staged hashes.
+(a keyless row is a group of one, hashed by its line), so staging needs no second pass
+over the rows: it cuts the same chunks in PostgreSQL, walking the staged hashes' index
+(``staged_chunk_bounds`` in ``sql/staging.sql``), and ``tests/test_staging_chunks.py``
+holds what it cuts to :func:`chunk_bounds`, which states the rule.
 
 Rule: walk the hashes in ascending order; a chunk closes at the first change of hash
 once it holds at least ``size`` rows. Hence:

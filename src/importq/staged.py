@@ -202,8 +202,9 @@ class StagedTable:
         """The hash index the chunks find their rows by; built once every row is in."""
         return sql.SQL(queries["index_staged_table"]).format(table=self.name)
 
-    def hashes_in_order(self) -> sql.Composed:
-        return sql.SQL(queries["staged_hashes_in_order"]).format(table=self.name)
+    def chunk_bounds(self) -> sql.Composed:
+        """The chunks' first hashes and row counts, for ``%(size)s``-row chunks."""
+        return sql.SQL(queries["staged_chunk_bounds"]).format(table=self.name)
 
     def _cells(self) -> sql.Composable:
         return sql.SQL(", ").join(cell(p) for p in range(self.width))

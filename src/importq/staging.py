@@ -3,8 +3,8 @@
 ``stage_batch`` owns its transaction, and everything happens inside it: the batch's
 staged table is created (:mod:`importq.staged`), the rows are COPYed into it (by
 PostgreSQL's own CSV reader when the file is clean enough, else as importq parses them),
-its hash index is built, the chunk boundaries are read from one ordered scan of that
-index, and the batch, its chunks and one ``process_chunk`` job per chunk are inserted.
+its hash index is built, the chunk boundaries are cut by walking that index, and the
+batch, its chunks and one ``process_chunk`` job per chunk are inserted.
 When it returns, the batch is durable and every row of it will end in exactly one
 report; when it raises, nothing of the upload remains (the table too: PostgreSQL's DDL
 is transactional).
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import psycopg
 from psycopg import AsyncConnection, errors, sql
 
-from importq.chunking import ChunkBound, ChunkCutter, effective_chunk_size
+from importq.chunking import ChunkBound, effective_chunk_size
 from importq.datasets import Dataset, HeaderMatch
 from importq.errors import Refusal
 from importq.row_rules import Value
@@ -301,14 +301,9 @@ async def _copy_clean_csv(
 async def _cut_chunks(
     conn: AsyncConnection[Any], table: StagedTable, size: int
 ) -> list[ChunkBound]:
-    """One ordered scan of the staged hashes, streamed through a server-side cursor."""
-    cutter = ChunkCutter(size)
-    async with conn.cursor(name=f"hashes_{table.batch_id.hex}") as cursor:
-        await cursor.execute(table.hashes_in_order())
-        while hashes := await cursor.fetchmany(20_000):
-            for (value,) in hashes:
-                cutter.add(value)
-    return cutter.bounds()
+    """The chunks chunk_bounds() cuts from the staged hashes, cut by PostgreSQL."""
+    cursor = await conn.execute(table.chunk_bounds(), {"size": size})
+    return [ChunkBound(hash_from, row_count) for hash_from, row_count in await cursor.fetchall()]
 
 
 async def stage_batch(

@@ -102,10 +102,35 @@ CREATE TABLE {results} (
 -- arrives.
 hashtextextended(coalesce(CASE WHEN problem IS NULL THEN {key} END, 'line ' || line::text), 0)
 
--- name: staged_hashes_in_order
--- Every row's hash, ascending: the input of chunk_bounds() (template {table}). Read
--- from the hash index, all its pages visible (the rows were COPYed frozen).
-SELECT key_hash FROM {table} ORDER BY key_hash;
+-- name: staged_chunk_bounds
+-- The batch's chunks, as importq.chunking.chunk_bounds() cuts them, each with its first
+-- hash and its row count (template {table}; %(size)s: the chunk size). A chunk that
+-- starts at hash h holds the %(size)s rows from h on, then the rest of the last one's
+-- key group: the next starts at the first hash above that row's. Each step walks its
+-- chunk's entries of the hash index (index-only, the rows being frozen) in PostgreSQL,
+-- rather than sending every hash to Python.
+WITH RECURSIVE chunk (hash_from, hash_to) AS (
+    SELECT first, (
+        SELECT min(key_hash) FROM {table} WHERE key_hash > (
+            SELECT key_hash FROM {table} WHERE key_hash >= first
+            ORDER BY key_hash OFFSET %(size)s - 1 LIMIT 1))
+    FROM (SELECT min(key_hash) AS first FROM {table}) AS start
+    WHERE first IS NOT NULL
+  UNION ALL
+    SELECT hash_to, (
+        SELECT min(key_hash) FROM {table} WHERE key_hash > (
+            SELECT key_hash FROM {table} WHERE key_hash >= chunk.hash_to
+            ORDER BY key_hash OFFSET %(size)s - 1 LIMIT 1))
+    FROM chunk
+    WHERE hash_to IS NOT NULL
+)
+-- The upper bound as an index condition (hash_to - 1 cannot overflow: hash_to is above
+-- hash_from), so that each count walks its own chunk's entries only.
+SELECT hash_from, (
+    SELECT count(*) FROM {table}
+    WHERE key_hash >= hash_from AND key_hash <= coalesce(hash_to - 1, 9223372036854775807))
+FROM chunk
+ORDER BY hash_from;
 
 -- name: staged_tables_to_drop
 -- Staged rows and row results of batches that finished before the cutoff.
