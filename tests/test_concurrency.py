@@ -28,6 +28,8 @@ from importq import aggregation
 from importq.datasets import load_datasets
 from importq.delivery import send_completion_email
 from importq.processing import fail_chunk, process_chunk
+from importq.recovery import reconcile
+from importq.reports import ReportWriter
 from importq.row_rules import StagedRow
 from importq.services import Services
 from importq.staged import results_table
@@ -186,6 +188,44 @@ async def test_results_that_double_one_line_and_miss_another_are_never_reported(
     assert job["status"] == "aggregating"
     assert not (services.settings.files_dir / "reports" / batch_id).exists()
     assert await _jobs(services, "send_email") == 0
+
+
+async def test_a_report_that_cannot_be_written_fails_the_aggregation_and_frees_its_connection(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk error while the results stream in: the aggregation raises (no hang on the
+    stream's connection), leaves no report file, and a later run finishes the batch."""
+    rows = [entrance(f"w{i}") for i in range(30)]
+    batch_id, total_chunks = await _staged_batch(client, rows)
+    for chunk_no in range(total_chunks):
+        async with services.pool.connection() as conn:
+            await process_chunk(
+                conn, services.queue, services.datasets, uuid.UUID(batch_id), chunk_no
+            )
+    tasks.register_tasks(services.queue.app, reconcile_cron=services.settings.reconcile_cron)
+    await tasks.check_completion(job_context(services, "check_completion"), batch_id)
+
+    def full(*_: object) -> int:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ReportWriter, "add", full)
+        with pytest.raises(OSError, match="No space"):
+            await asyncio.wait_for(aggregation.aggregate(services, uuid.UUID(batch_id)), 20)
+    assert list(services.settings.data_dir.glob("importq-reports-*")) == []
+    assert await aggregation.aggregate(services, uuid.UUID(batch_id)) == "completed"
+
+
+async def test_the_purge_sweeps_reports_a_dead_aggregation_left(services: Services) -> None:
+    old = services.settings.data_dir / "importq-reports-dead"
+    recent = services.settings.data_dir / "importq-reports-busy"
+    for scratch in (old, recent):
+        scratch.mkdir(parents=True)
+        (scratch / "successes.csv").write_text("line\r\n")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    await reconcile(services)
+    assert not old.exists() and recent.exists()
 
 
 # --- worker processes --------------------------------------------------------------

@@ -15,12 +15,15 @@ import httpx
 import pytest
 from psycopg import sql
 
+from conftest import new_user
 from helpers import csv_text, download, entrance, read_csv_report, wait_for_batch
 from importq import staging
+from importq.db import create_pool
 from importq.recovery import reconcile
 from importq.services import Services
 from importq.staged import SCHEMA, part_name, table_name
-from importq.uploads import CsvSource, UploadLimits
+from importq.staging import BatchRequest
+from importq.uploads import CsvSource, NotClean, UploadLimits, read_csv
 
 
 def _rows() -> list[dict[str, str]]:
@@ -174,3 +177,65 @@ async def test_the_purge_drops_a_second_half_whose_batch_never_came(services: Se
             )
     await reconcile(services)
     assert await _leftovers(services) == (1, [part_name(recent, 1)])
+
+
+def test_a_line_holding_only_the_end_of_data_mark_is_seen_at_any_block_edge() -> None:
+    """PostgreSQL before 18 stops reading at a line that is just \\. (importq does not):
+    such a file is never given to its CSV reader, wherever the line falls."""
+    for ending in (b"\\.\n", b"\\.\r\n", b"\\."):
+        body = b"id,x\n" + b"a,1\n" * 5 + ending + (b"" if ending == b"\\." else b"b,2\n")
+        source = CsvSource(io.BytesIO(body), 5, ",", UploadLimits())
+        for block_size in (1, 4, 8, 9, 13, 1 << 20):  # \\. first, inside and last in a block
+            with pytest.raises(NotClean, match="only"):
+                list(source.blocks(block_size))
+
+
+async def test_with_no_second_connection_free_the_file_is_copied_in_one_piece(
+    services: Services, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    """The second half waits for no connection: a pool with none free means one COPY."""
+    monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
+    body = csv_text(_rows()).encode()
+    upload = read_csv(io.BytesIO(body), limits=UploadLimits())
+    user_id = (await new_user(services, "busy"))[0]
+    request = BatchRequest(services.datasets["entrances"], initiator_id=user_id, format="csv")
+    busy = create_pool(database_url, max_size=1)
+    await busy.open(wait=True)
+    try:
+        async with busy.connection(), services.pool.connection() as conn:
+            staged = await staging.stage_batch(
+                conn,
+                request,
+                upload,
+                chunk_size=10,
+                max_chunks=services.settings.max_chunks,
+                defer_chunks=services.queue.defer_chunks,
+                connect=busy.connection,
+            )
+    finally:
+        await busy.close()
+    assert staged.total_rows == 61
+    assert await _staged_parts(services, str(staged.batch_id)) == []
+    assert await _leftovers(services) == (0, [])
+
+
+async def test_line_ends_that_are_not_line_feeds_make_importq_read_the_file(
+    client: httpx.AsyncClient,
+    services: Services,
+    worker: asyncio.Task[None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Records ended by a bare CR: PostgreSQL reads more records in the first half than
+    its line feeds count, part 0's CHECK of its lines stops the COPY, and importq's own
+    reader takes the file."""
+    monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
+    rows = [entrance(f"cr{n}") for n in range(40)]
+    text = csv_text(rows).encode()
+    head, _, rest = text.partition(b"\r\n")
+    records = rest.split(b"\r\n")
+    body = head + b"\r\n" + b"\r".join(records[:25]) + b"\r" + b"\r\n".join(records[25:])
+    response = await _post(client, body)
+    assert response.status_code == 202, response.text
+    job = await wait_for_batch(client, response.json()["batchId"])
+    assert job["result"]["summary"] == {"successes": 40, "duplicates": 0, "failures": 0}
+    assert await _leftovers(services) == (0, [])

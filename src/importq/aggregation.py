@@ -11,12 +11,14 @@ is guarded, so a second run that loses it creates nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import uuid
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from psycopg import sql
 
@@ -30,6 +32,9 @@ from importq.staged import results_table
 from importq.webhooks import WEBHOOK, delivery_id
 
 REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
+# The reports are written in a directory of the data dir named so; the purge sweeps
+# away those an aggregation that died left behind.
+REPORT_SCRATCH_PREFIX = "importq-reports-"
 
 
 class AccountingError(RuntimeError):
@@ -51,20 +56,24 @@ async def _write_reports(
     account for every row exactly once."""
     writer = ReportWriter(directory, ReportLayout.for_batch(dataset, batch["header"]))
     found = lines = 0
+    query = sql.SQL(queries["report_blocks"]).format(results=results_table(batch["id"]))
     try:
         async with services.pool.connection() as conn, conn.transaction():
             await conn.execute(queries["report_plan"])
-            # Streamed rather than through a cursor, which PostgreSQL never runs in parallel.
-            blocks = conn.cursor().stream(
-                sql.SQL(queries["report_blocks"]).format(results=results_table(batch["id"]))
-            )
-            async for *records, distinct in blocks:
-                # report_blocks gives the outcomes in OUTCOME_KIND's order.
-                pairs = zip(OUTCOME_KIND, records[0::2], records[1::2], strict=True)
-                found += writer.add((outcome, text, n) for outcome, text, n in pairs if n)
-                lines += distinct
-    finally:
-        written = writer.close()
+            # Streamed rather than through a cursor, which PostgreSQL never runs in
+            # parallel; closed on any error (an open stream keeps the connection locked).
+            stream = cast(AsyncGenerator[tuple[Any, ...]], conn.cursor().stream(query))
+            async with contextlib.aclosing(stream) as blocks:
+                async for *records, distinct in blocks:
+                    # report_blocks gives the outcomes in OUTCOME_KIND's order.
+                    pairs = zip(OUTCOME_KIND, records[0::2], records[1::2], strict=True)
+                    found += writer.add((outcome, text, n) for outcome, text, n in pairs if n)
+                    lines += distinct
+    except BaseException:
+        with contextlib.suppress(OSError):
+            writer.close()
+        raise
+    written = writer.close()
     if not found == lines == batch["total_rows"] == batch["processed_rows"]:
         raise AccountingError(
             f"batch {batch['id']}: {found} row results for {lines} lines, "
@@ -102,7 +111,7 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
     # In the data dir: local storage takes the files from there without copying them.
     services.settings.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(
-        prefix="importq-reports-", dir=services.settings.data_dir
+        prefix=REPORT_SCRATCH_PREFIX, dir=services.settings.data_dir
     ) as directory:
         written = await _write_reports(services, batch, dataset, Path(directory))
         paths = {kind: report_path(batch_id, kind) for kind in written}

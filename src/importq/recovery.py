@@ -16,15 +16,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
 from psycopg import AsyncConnection
 
+from importq.aggregation import REPORT_SCRATCH_PREFIX
 from importq.processing import fail_chunk, record_attempt
 from importq.services import Services
 from importq.sql import queries
@@ -36,7 +41,7 @@ log = logging.getLogger(__name__)
 WORKER_LOST = "the worker stopped while processing the chunk"
 PURGE_BATCHES = 100  # per reconcile run
 # A staged part still unclaimed this long after it was committed lost its batch (staging
-# a file of the largest size allowed takes minutes).
+# a file of the largest size allowed takes minutes); so did report files left this long.
 ABANDONED_PART_AGE = timedelta(hours=1)
 
 
@@ -123,20 +128,31 @@ async def _purge(services: Services) -> None:
         for (name,) in await cursor.fetchall():
             async with conn.transaction():
                 await conn.execute(drop_staged_table(name))
-        await _drop_abandoned_parts(conn, datetime.now(UTC) - ABANDONED_PART_AGE)
+        await _drop_abandoned_parts(conn)
+    _sweep_report_scratch(services.settings.data_dir)
     await _purge_stored_files(services, cutoff)
     await services.queue.app.job_manager.delete_old_jobs(nb_hours=days * 24, include_failed=True)
 
 
-async def _drop_abandoned_parts(conn: AsyncConnection[Any], cutoff: datetime) -> None:
+async def _drop_abandoned_parts(conn: AsyncConnection[Any]) -> None:
     """Drop the staged parts whose batch never came (see staging.SecondPart)."""
-    cursor = await conn.execute(queries["staged_parts_to_drop"], {"cutoff": cutoff})
+    cursor = await conn.execute(queries["staged_parts_to_drop"], {"age": ABANDONED_PART_AGE})
     for (name,) in await cursor.fetchall():
         async with conn.transaction():
             forgotten = await conn.execute(queries["forget_staged_part"], {"name": name})
             if await forgotten.fetchone() is not None:
                 log.info("dropping %s, a part of an upload that was never staged", name)
                 await conn.execute(drop_staged_table(name))
+
+
+def _sweep_report_scratch(data_dir: Path) -> None:
+    """Delete what an aggregation that died left of its reports in the data dir (each
+    writes them there, in a directory of its own, before storing them)."""
+    cutoff = time.time() - ABANDONED_PART_AGE.total_seconds()
+    for scratch in data_dir.glob(f"{REPORT_SCRATCH_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            if scratch.stat().st_mtime < cutoff:
+                shutil.rmtree(scratch)
 
 
 async def _purge_stored_files(services: Services, cutoff: datetime) -> None:

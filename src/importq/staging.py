@@ -24,12 +24,13 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import psycopg
 from psycopg import AsyncConnection, errors, sql
+from psycopg_pool import PoolTimeout
 
 from importq.chunking import ChunkBound, effective_chunk_size
 from importq.datasets import Dataset, HeaderMatch
@@ -48,8 +49,9 @@ PARALLEL_COPY_BYTES = 32 << 20
 
 # Defers the chunk jobs of a new batch on the staging connection (see worker.tasks).
 DeferChunks = Callable[[AsyncConnection[Any], uuid.UUID, int], Coroutine[Any, Any, None]]
-# Lends a connection of its own (a pool's connection()).
-Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
+# Lends a connection of its own, waiting at most ``timeout`` seconds if given (a pool's
+# connection(): PoolTimeout when none comes).
+Connect = Callable[..., AbstractAsyncContextManager[AsyncConnection[Any]]]
 
 
 @dataclass(frozen=True)
@@ -199,14 +201,27 @@ class SecondPart:
     committed: bool = False
 
     NUMBER: ClassVar[int] = 1
+    # How long to wait for the second connection: none free at once (the pool busy with
+    # other uploads, each holding one) and the file is COPYed in one piece instead.
+    LEND_SECONDS: ClassVar[float] = 0.05
 
     @property
     def name(self) -> str:
         return part_name(self.table.batch_id, self.NUMBER)
 
-    async def copy(self, source: CsvSource, start: int, lines: LineRange) -> int:
+    async def lend(self, stack: AsyncExitStack) -> AsyncConnection[Any] | None:
+        """A connection for the second half, held until ``stack`` closes; None when
+        none is free now."""
+        try:
+            return await stack.enter_async_context(self.connect(timeout=self.LEND_SECONDS))
+        except PoolTimeout:
+            return None
+
+    async def copy(
+        self, conn: AsyncConnection[Any], source: CsvSource, start: int, lines: LineRange
+    ) -> int:
         """COPY the file's records from offset ``start`` into the part, and commit it."""
-        async with self.connect() as conn, conn.transaction():
+        async with conn.transaction():
             await conn.execute(queries["register_staged_part"], {"name": self.name})
             await conn.execute(self.table.create_part(self.NUMBER, lines))
             statement = self.table.copy_csv(source.delimiter, part=self.NUMBER)
@@ -232,13 +247,15 @@ async def _copy_in_halves(
     table: StagedTable,
     source: CsvSource,
     second: SecondPart,
-    cut: int,
-    records: int,
+    helper: AsyncConnection[Any],
+    halves: tuple[int, int],
 ) -> int:
     """COPY the file's halves at once: the first into part 0 on ``conn``, the second into
-    part 1 on a connection of its own; then make them the partitions of the staged table.
-    The first half's records were counted before (:meth:`CsvSource.halves`), so the
-    second's lines are known as its COPY starts; PostgreSQL's count must agree."""
+    part 1 on ``helper``; then make them the partitions of the staged table. The first
+    half's records were counted before (:meth:`CsvSource.halves`), so the second's lines
+    are known as its COPY starts; PostgreSQL's count must agree (a file whose line ends
+    are not line feeds breaks part 0's CHECK of its lines first: CheckViolation)."""
+    cut, records = halves
     first_lines = LineRange(FIRST_LINE, FIRST_LINE + records)
     second_lines = LineRange(FIRST_LINE + records, None)
     await conn.execute(table.create_part(0, first_lines))
@@ -246,15 +263,19 @@ async def _copy_in_halves(
     try:
         async with asyncio.TaskGroup() as group:
             first = group.create_task(_copy_blocks(conn, statement, source.blocks(stop=cut)))
-            rest = group.create_task(second.copy(source, cut, second_lines))
+            rest = group.create_task(second.copy(helper, source, cut, second_lines))
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None  # the first half's or the second's error
     if first.result() != records:
         raise NotClean(f"PostgreSQL read {first.result()} records where importq counted {records}")
+    # Unlisted before it is attached: the purge, which drops a listed part after an
+    # hour, either finds it gone, or has it already (then nothing comes back).
+    forgotten = await conn.execute(queries["forget_staged_part"], {"name": second.name})
+    if await forgotten.fetchone() is None:
+        raise NotClean("the second half was purged before it was taken in")
     await conn.execute(table.create_parent())
     for number, lines in ((0, first_lines), (SecondPart.NUMBER, second_lines)):
         await conn.execute(table.attach_part(number, lines))
-    await conn.execute(queries["forget_staged_part"], {"name": second.name})
     await conn.execute(table.create_results())
     return records + rest.result()
 
@@ -270,22 +291,28 @@ async def _copy_clean_csv(
     there were, or None (nothing staged) when the file is not clean enough for
     PostgreSQL to read it as importq would (see :class:`CsvSource`)."""
     position = source.binary.tell()
-    halves = None
-    if second is not None and source.binary.seek(0, io.SEEK_END) >= PARALLEL_COPY_BYTES:
-        halves = source.halves()
-    try:
-        # The tables are created in the savepoint, for the COPY's FREEZE: a file that
-        # is not clean after all leaves nothing behind.
-        async with conn.transaction():
-            if halves is not None and second is not None:
-                total = await _copy_in_halves(conn, table, source, second, *halves)
-            else:
-                await _create_tables(conn, table)
-                total = await _copy_blocks(conn, table.copy_csv(source.delimiter), source.blocks())
-    except (NotClean, psycopg.DataError) as error:
-        log.info("batch %s is read by importq: %s", table.batch_id, error)
+    async with AsyncExitStack() as stack:
+        halves = helper = None
+        if second is not None and source.binary.seek(0, io.SEEK_END) >= PARALLEL_COPY_BYTES:
+            # A pass over half the file: off the event loop.
+            halves = await asyncio.to_thread(source.halves)
+            helper = await second.lend(stack) if halves is not None else None
+        try:
+            # The tables are created in the savepoint, for the COPY's FREEZE: a file
+            # that is not clean after all leaves nothing behind.
+            async with conn.transaction():
+                if second is not None and helper is not None and halves is not None:
+                    total = await _copy_in_halves(conn, table, source, second, helper, halves)
+                else:
+                    await _create_tables(conn, table)
+                    statement = table.copy_csv(source.delimiter)
+                    total = await _copy_blocks(conn, statement, source.blocks())
+        except (NotClean, psycopg.DataError, errors.CheckViolation) as error:
+            log.info("batch %s is read by importq: %s", table.batch_id, error)
+            total = None
+    if total is None:
         if second is not None:
-            await second.drop()
+            await second.drop()  # with the second connection given back first
         source.binary.seek(position)  # where the Python reader left it
         return None
     limits = source.limits

@@ -178,7 +178,10 @@ def clean_records(data: bytes, delimiter: str, *, at_start: bool = False) -> Non
         _CLEAN_PATTERNS[delimiter] = pattern
     if pattern.fullmatch(data) is None:
         raise NotClean("quotes that are not RFC 4180 quoting")
-    if b"\n\\.\n" in data or b"\n\\.\r\n" in data or (at_start and data.startswith(b"\\.")):
+    # Framed by line ends: a block starts and ends at a record's edge, so its first and
+    # last lines are whole lines too.
+    framed = b"\n" + data + (b"" if data.endswith(b"\n") else b"\n")
+    if b"\n\\.\n" in framed or b"\n\\.\r\n" in framed or (at_start and data.startswith(b"\\.")):
         raise NotClean("a line holding only \\.")
 
 

@@ -47,8 +47,9 @@ INSERT INTO staging_parts (name) VALUES (%(name)s);
 DELETE FROM staging_parts WHERE name = %(name)s RETURNING name;
 
 -- name: staged_parts_to_drop
--- Parts of uploads that were never staged, registered before the cutoff.
-SELECT name FROM staging_parts WHERE created_at < %(cutoff)s;
+-- Parts of uploads that were never staged, registered longer than %(age)s ago (by the
+-- database's clock, which registered them).
+SELECT name FROM staging_parts WHERE created_at < now() - %(age)s::interval;
 
 -- name: copy_staged_rows
 -- Rows read by importq (binary COPY: int4, text, text[], text…; template {table}, {cells}).
