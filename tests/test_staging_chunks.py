@@ -1,8 +1,9 @@
 """The chunks staging writes to PostgreSQL agree with the pure chunking rule.
 
-``stage_batch`` COPYs the rows into the batch's staged table and cuts the chunks from an
-ordered scan of their SQL hash (``StagedTable.key_hash``); here the same hashes, read
-back from that table, go through ``chunking`` in Python, and both results must be equal.
+``stage_batch`` COPYs the rows into the batch's staged table and has PostgreSQL cut the
+chunks by walking the index of their SQL hash (``StagedTable.key_hash``); here the same
+hashes, read back from that table, go through ``chunking`` in Python, and both results
+must be equal.
 The hash must group rows as ``row_rules`` keys them, so SQL's ``importq_trim`` must trim
 exactly what Python's ``str.strip()`` trims.
 """
