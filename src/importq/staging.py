@@ -49,6 +49,10 @@ PARALLEL_COPY_BYTES = 32 << 20
 
 # Defers the chunk jobs of a new batch on the staging connection (see worker.tasks).
 DeferChunks = Callable[[AsyncConnection[Any], uuid.UUID, int], Coroutine[Any, Any, None]]
+# How PostgreSQL's reading of a file can turn out not to be importq's: then importq
+# reads it. (A CHECK on a part's lines fails when its records are not counted as
+# PostgreSQL counts them: line ends that are not line feeds.)
+UNCLEAN = (NotClean, psycopg.DataError, errors.CheckViolation)
 # Lends a connection of its own, waiting at most ``timeout`` seconds if given (a pool's
 # connection(): PoolTimeout when none comes).
 Connect = Callable[..., AbstractAsyncContextManager[AsyncConnection[Any]]]
@@ -265,7 +269,10 @@ async def _copy_in_halves(
             first = group.create_task(_copy_blocks(conn, statement, source.blocks(stop=cut)))
             rest = group.create_task(second.copy(helper, source, cut, second_lines))
     except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None  # the first half's or the second's error
+        # The half that fails cancels the other, whose COPY, cut short, may end in an
+        # error of its own (the server's cancel): the data's refusal is the cause.
+        causes = [error for error in failed.exceptions if isinstance(error, UNCLEAN)]
+        raise (causes or failed.exceptions)[0] from None
     if first.result() != records:
         raise NotClean(f"PostgreSQL read {first.result()} records where importq counted {records}")
     # Unlisted before it is attached: the purge, which drops a listed part after an
@@ -307,7 +314,7 @@ async def _copy_clean_csv(
                     await _create_tables(conn, table)
                     statement = table.copy_csv(source.delimiter)
                     total = await _copy_blocks(conn, statement, source.blocks())
-        except (NotClean, psycopg.DataError, errors.CheckViolation) as error:
+        except UNCLEAN as error:
             log.info("batch %s is read by importq: %s", table.batch_id, error)
             total = None
     if total is None:
