@@ -239,3 +239,24 @@ async def test_line_ends_that_are_not_line_feeds_make_importq_read_the_file(
     job = await wait_for_batch(client, response.json()["batchId"])
     assert job["result"]["summary"] == {"successes": 40, "duplicates": 0, "failures": 0}
     assert await _leftovers(services) == (0, [])
+
+
+@pytest.mark.parametrize("unclean", [100, 15_100], ids=["first half", "second half"])
+async def test_a_half_refused_early_leaves_both_connections_usable(
+    client: httpx.AsyncClient,
+    services: Services,
+    worker: asyncio.Task[None],
+    monkeypatch: pytest.MonkeyPatch,
+    unclean: int,
+) -> None:
+    """The other half is still COPYing (the file is big enough) when one is refused: it
+    runs to its end rather than being cut short, and importq reads the file."""
+    monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
+    rows = [entrance(f"big{n}", **{"rdfs:label": f"L{n}"}) for n in range(20_000)]
+    body = csv_text(rows).encode().replace(f",L{unclean}\r\n".encode(), b',L"x\r\n')
+    response = await _post(client, body)
+    assert response.status_code == 202, response.text
+    job = await wait_for_batch(client, response.json()["batchId"], seconds=120)
+    assert job["result"]["summary"] == {"successes": 20_000, "duplicates": 0, "failures": 0}
+    assert await _staged_parts(services, response.json()["batchId"]) == []
+    assert await _leftovers(services) == (0, [])

@@ -264,17 +264,19 @@ async def _copy_in_halves(
     second_lines = LineRange(FIRST_LINE + records, None)
     await conn.execute(table.create_part(0, first_lines))
     statement = table.copy_csv(source.delimiter, part=0)
-    try:
-        async with asyncio.TaskGroup() as group:
-            first = group.create_task(_copy_blocks(conn, statement, source.blocks(stop=cut)))
-            rest = group.create_task(second.copy(helper, source, cut, second_lines))
-    except ExceptionGroup as failed:
-        # The half that fails cancels the other, whose COPY, cut short, may end in an
-        # error of its own (the server's cancel): the data's refusal is the cause.
-        causes = [error for error in failed.exceptions if isinstance(error, UNCLEAN)]
-        raise (causes or failed.exceptions)[0] from None
-    if first.result() != records:
-        raise NotClean(f"PostgreSQL read {first.result()} records where importq counted {records}")
+    # Each half runs to its end even when the other fails: a COPY cancelled half-way
+    # leaves its connection unusable (a command still in progress), and the first
+    # half's is the batch's own.
+    first, rest = await asyncio.gather(
+        _copy_blocks(conn, statement, source.blocks(stop=cut)),
+        second.copy(helper, source, cut, second_lines),
+        return_exceptions=True,
+    )
+    if isinstance(first, BaseException) or isinstance(rest, BaseException):
+        failed = [r for r in (first, rest) if isinstance(r, BaseException)]
+        raise ([e for e in failed if isinstance(e, UNCLEAN)] or failed)[0]
+    if first != records:
+        raise NotClean(f"PostgreSQL read {first} records where importq counted {records}")
     # Unlisted before it is attached: the purge, which drops a listed part after an
     # hour, either finds it gone, or has it already (then nothing comes back).
     forgotten = await conn.execute(queries["forget_staged_part"], {"name": second.name})
@@ -284,7 +286,7 @@ async def _copy_in_halves(
     for number, lines in ((0, first_lines), (SecondPart.NUMBER, second_lines)):
         await conn.execute(table.attach_part(number, lines))
     await conn.execute(table.create_results())
-    return records + rest.result()
+    return records + rest
 
 
 async def _copy_clean_csv(
