@@ -30,6 +30,15 @@ def _memory() -> int:
     return memory
 
 
+def _memory_size(value: str, name: str, *, smallest: int) -> str:
+    """``value`` (``<n>MB`` or ``<n>GB``, as the field's pattern has it), unless it is
+    below ``smallest`` bytes or above 1024GB."""
+    size = int(value[:-2]) << (20 if value.endswith("MB") else 30)
+    if not smallest <= size <= 1 << 40:
+        raise ValueError(f"{name} must be between {smallest >> 20}MB and 1024GB")
+    return value
+
+
 class Settings(BaseSettings):
     """All of importq's settings. Field names map to ``IMPORTQ_<NAME>`` variables."""
 
@@ -87,18 +96,12 @@ class Settings(BaseSettings):
     def _enough_buffers(cls, value: str) -> str:
         if value == "auto":
             return value
-        size = int(value[:-2]) << (20 if value.endswith("MB") else 30)
-        if not 16 << 20 <= size <= 1 << 40:
-            raise ValueError("shared_buffers must be between 16MB and 1024GB")
-        return value
+        return _memory_size(value, "shared_buffers", smallest=16 << 20)
 
     @field_validator("embedded_max_wal_size")
     @classmethod
     def _enough_wal(cls, value: str) -> str:
-        size = int(value[:-2]) << (20 if value.endswith("MB") else 30)
-        if not 32 << 20 <= size <= 1 << 40:
-            raise ValueError("max_wal_size must be between 32MB and 1024GB")
-        return value
+        return _memory_size(value, "max_wal_size", smallest=32 << 20)
 
     @property
     def upload_limits(self) -> UploadLimits:
