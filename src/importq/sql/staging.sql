@@ -107,23 +107,23 @@ hashtextextended(coalesce(CASE WHEN problem IS NULL THEN {key} END, 'line ' || l
 -- The batch's chunks, as importq.chunking.chunk_bounds() cuts them, each with its first
 -- hash and its row count (template {table}; %(size)s: the chunk size). A chunk that
 -- starts at hash h holds the %(size)s rows from h on, then the rest of the last one's
--- key group: the next starts at the first hash above that row's. Each step walks its
--- chunk's entries of the hash index (index-only, the rows being frozen) in PostgreSQL,
--- rather than sending every hash to Python.
-WITH RECURSIVE chunk (hash_from, hash_to) AS (
-    SELECT first, (
-        SELECT min(key_hash) FROM {table} WHERE key_hash > (
-            SELECT key_hash FROM {table} WHERE key_hash >= first
-            ORDER BY key_hash OFFSET %(size)s - 1 LIMIT 1))
-    FROM (SELECT min(key_hash) AS first FROM {table}) AS start
-    WHERE first IS NOT NULL
+-- key group: the next starts at the first hash above that row's (NULL after the last
+-- chunk, which ends the recursion). Each step walks its chunk's entries of the hash
+-- index (index-only, the rows being frozen) in PostgreSQL, rather than sending every
+-- hash to Python.
+WITH RECURSIVE start (hash_from) AS (
+    SELECT min(key_hash) FROM {table}
   UNION ALL
-    SELECT hash_to, (
+    SELECT (
         SELECT min(key_hash) FROM {table} WHERE key_hash > (
-            SELECT key_hash FROM {table} WHERE key_hash >= chunk.hash_to
+            SELECT key_hash FROM {table} WHERE key_hash >= start.hash_from
             ORDER BY key_hash OFFSET %(size)s - 1 LIMIT 1))
-    FROM chunk
-    WHERE hash_to IS NOT NULL
+    FROM start
+    WHERE hash_from IS NOT NULL
+), chunk AS (
+    SELECT hash_from, lead(hash_from) OVER (ORDER BY hash_from) AS hash_to
+    FROM start
+    WHERE hash_from IS NOT NULL
 )
 -- The upper bound as an index condition (hash_to - 1 cannot overflow: hash_to is above
 -- hash_from), so that each count walks its own chunk's entries only.
