@@ -361,6 +361,7 @@ async def stage_batch(
     batch_id = uuid.uuid4()
     table = StagedTable(batch_id, len(upload.header), request.dataset, dict(match.positions))
     second = SecondPart(connect, table) if connect is not None else None
+    staged = False
     try:
         async with conn.transaction():
             total = None
@@ -403,16 +404,14 @@ async def stage_batch(
                 },
             )
             await defer_chunks(conn, batch_id, len(bounds))
+        staged = True
     except errors.UniqueViolation:
         # Another request with the same Idempotency-Key committed first.
-        if second is not None:
-            await second.drop()
         existing = await _existing(conn, request)
         if existing is None:
             raise
         return existing
-    except Exception:
-        if second is not None:
+    finally:
+        if second is not None and not staged:
             await second.drop()  # committed on its own, and the batch is not
-        raise
     return StagedBatch(batch_id, total, len(bounds))
