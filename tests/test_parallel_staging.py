@@ -69,6 +69,29 @@ async def _leftovers(services: Services) -> tuple[int, list[str]]:
         return int(count), [row[0] for row in await tables.fetchall()]
 
 
+def _with_stray_quote(rows: list[dict[str, str]], index: int) -> bytes:
+    """``rows`` as CSV, row ``index``'s label (the last column) holding a quote mid-cell:
+    PostgreSQL would open a quoted cell there, importq's reader keeps it as text."""
+    rows[index]["rdfs:label"] = "stray"
+    body = csv_text(rows).encode().replace(b",stray\r\n", b',str"ay\r\n')
+    assert body.count(b'str"ay') == 1
+    return body
+
+
+async def _read_by_importq(
+    client: httpx.AsyncClient, services: Services, body: bytes, seconds: float = 60
+) -> dict[str, Any]:
+    """Post ``body``, which PostgreSQL's COPY gives up on: accepted, staged by importq's
+    reader into one table, nothing of either half left; the finished batch."""
+    response = await _post(client, body)
+    assert response.status_code == 202, response.text
+    batch_id = response.json()["batchId"]
+    job = await wait_for_batch(client, batch_id, seconds=seconds)
+    assert await _staged_parts(services, batch_id) == []
+    assert await _leftovers(services) == (0, [])
+    return job
+
+
 def test_halves_cut_at_a_record_and_count_the_records_before_it() -> None:
     body = csv_text(_rows()).encode()
     source = CsvSource(io.BytesIO(body), body.index(b"\n") + 1, ",", UploadLimits())
@@ -137,16 +160,8 @@ async def test_a_half_that_is_not_clean_makes_importq_read_the_file_and_leaves_n
     unclean: int,
 ) -> None:
     monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
-    rows = _rows()
-    rows[unclean]["rdfs:label"] = "stray"
-    body = csv_text(rows).encode().replace(b",stray\r\n", b',str"ay\r\n')
-    assert body.count(b'str"ay') == 1  # a quote PostgreSQL would open a quoted cell at
-    response = await _post(client, body)
-    assert response.status_code == 202, response.text
-    batch_id = response.json()["batchId"]
-    await _assert_read_as_written(client, await wait_for_batch(client, batch_id))
-    assert await _staged_parts(services, batch_id) == []  # one table, filled by importq
-    assert await _leftovers(services) == (0, [])
+    job = await _read_by_importq(client, services, _with_stray_quote(_rows(), unclean))
+    await _assert_read_as_written(client, job)
 
 
 async def test_a_refused_upload_leaves_neither_half(
@@ -234,11 +249,8 @@ async def test_line_ends_that_are_not_line_feeds_make_importq_read_the_file(
     head, _, rest = text.partition(b"\r\n")
     records = rest.split(b"\r\n")
     body = head + b"\r\n" + b"\r".join(records[:25]) + b"\r" + b"\r\n".join(records[25:])
-    response = await _post(client, body)
-    assert response.status_code == 202, response.text
-    job = await wait_for_batch(client, response.json()["batchId"])
+    job = await _read_by_importq(client, services, body)
     assert job["result"]["summary"] == {"successes": 40, "duplicates": 0, "failures": 0}
-    assert await _leftovers(services) == (0, [])
 
 
 @pytest.mark.parametrize("unclean", [100, 15_100], ids=["first half", "second half"])
@@ -253,10 +265,5 @@ async def test_a_half_refused_early_leaves_both_connections_usable(
     runs to its end rather than being cut short, and importq reads the file."""
     monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
     rows = [entrance(f"big{n}", **{"rdfs:label": f"L{n}"}) for n in range(20_000)]
-    body = csv_text(rows).encode().replace(f",L{unclean}\r\n".encode(), b',L"x\r\n')
-    response = await _post(client, body)
-    assert response.status_code == 202, response.text
-    job = await wait_for_batch(client, response.json()["batchId"], seconds=120)
+    job = await _read_by_importq(client, services, _with_stray_quote(rows, unclean), 120)
     assert job["result"]["summary"] == {"successes": 20_000, "duplicates": 0, "failures": 0}
-    assert await _staged_parts(services, response.json()["batchId"]) == []
-    assert await _leftovers(services) == (0, [])
