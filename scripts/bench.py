@@ -142,6 +142,7 @@ def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Ru
                 )
             )
         token = (logs / "admin-token").read_text().strip()
+        settle_writes()
         sampler = MemorySampler([p.pid for p in processes])
         sampler.start()
         headers = {"Authorization": f"Bearer {token}"}
@@ -373,9 +374,17 @@ def reset(url: str, data_dir: Path) -> None:
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
         conn.execute("CHECKPOINT")  # no round starts with the last one's dirty pages
+    settle_writes()
     for entry in data_dir.iterdir():
         if entry.name != "pg":
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def settle_writes() -> None:
+    """Let the kernel write out what earlier steps left dirty in its page cache (the last
+    round's import, the COPY), so that neither timed step starts while the disk is
+    still busy with another's writes."""
+    os.sync()
 
 
 def median_run(runs: list[Run]) -> Run:

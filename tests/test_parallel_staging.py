@@ -164,17 +164,21 @@ async def test_a_half_that_is_not_clean_makes_importq_read_the_file_and_leaves_n
     await _assert_read_as_written(client, job)
 
 
+@pytest.mark.parametrize("index", [3, 58], ids=["first half", "second half"])
 async def test_a_refused_upload_leaves_neither_half(
     client: httpx.AsyncClient,
     services: Services,
     monkeypatch: pytest.MonkeyPatch,
+    index: int,
 ) -> None:
+    """A cell over the limit stops its half's COPY (its part's CHECK); importq's reader
+    then refuses the file with the cell's line."""
     monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
     rows = _rows()
-    rows[58]["rdfs:label"] = "x" * (services.settings.max_cell_chars + 1)
+    rows[index]["rdfs:label"] = "x" * (services.settings.max_cell_chars + 1)
     response = await _post(client, csv_text(rows).encode())
     assert response.status_code == 413, response.text
-    assert response.json()["line"] == 60
+    assert response.json()["line"] == index + 2
     assert await _leftovers(services) == (0, [])
 
 

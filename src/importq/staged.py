@@ -124,9 +124,11 @@ class StagedTable:
         ]
         return sql.SQL(queries["staged_key_hash"]).format(key=sql.SQL(KEY_SEPARATOR).join(parts))
 
-    def create(self) -> list[sql.Composed]:
-        """The batch's staged table, and its empty results table."""
-        return [self._table(self.name, FIRST_LINE), self.create_results()]
+    def create(self, longest: int | None = None) -> list[sql.Composed]:
+        """The batch's staged table, and its empty results table. ``longest``: the most
+        characters a cell may hold, checked as each row arrives (for rows PostgreSQL
+        parses; importq's readers check their own)."""
+        return [self._table(self.name, FIRST_LINE, longest=longest), self.create_results()]
 
     def create_results(self) -> sql.Composed:
         return sql.SQL(queries["create_results_table"]).format(results=self.results)
@@ -140,9 +142,10 @@ class StagedTable:
     def part(self, number: int) -> sql.Identifier:
         return sql.Identifier(SCHEMA, part_name(self.batch_id, number))
 
-    def create_part(self, number: int, lines: LineRange) -> sql.Composed:
-        """A table for the rows of ``lines``, to be attached to the parent."""
-        return self._table(self.part(number), lines.first, lines)
+    def create_part(self, number: int, lines: LineRange, longest: int) -> sql.Composed:
+        """A table for the rows of ``lines``, to be attached to the parent (``longest``:
+        as in :meth:`create`)."""
+        return self._table(self.part(number), lines.first, lines, longest)
 
     def attach_part(self, number: int, lines: LineRange) -> sql.Composed:
         return sql.SQL(queries["attach_staged_part"]).format(
@@ -153,20 +156,34 @@ class StagedTable:
         )
 
     def _table(
-        self, name: sql.Identifier, first: int, lines: LineRange | None = None
+        self,
+        name: sql.Identifier,
+        first: int,
+        lines: LineRange | None = None,
+        longest: int | None = None,
     ) -> sql.Composed:
-        check: sql.Composable = sql.SQL("")
+        checks: list[sql.Composable] = []
         if lines is not None:
-            bounds = [sql.SQL("line >= {}").format(sql.Literal(lines.first))]
+            checks.append(sql.SQL("line >= {}").format(sql.Literal(lines.first)))
             if lines.next is not None:
-                bounds.append(sql.SQL("line < {}").format(sql.Literal(lines.next)))
-            check = sql.SQL("CHECK ({})").format(sql.SQL(" AND ").join(bounds))
+                checks.append(sql.SQL("line < {}").format(sql.Literal(lines.next)))
+        if longest is not None:
+            # The byte length is known without reading the text, and is never less than
+            # the length: most cells pass on it alone.
+            checks += [
+                sql.SQL("(octet_length({c}) <= {n} OR length({c}) <= {n})").format(
+                    c=cell(p), n=sql.Literal(longest)
+                )
+                for p in range(self.width)
+            ]
         return sql.SQL(queries["create_staged_table"]).format(
             table=name,
             cells=self._cell_columns(),
             hash=self.key_hash,
             first=sql.Literal(first),
-            lines=check,
+            checks=sql.SQL(", CHECK ({})").format(sql.SQL(" AND ").join(checks))
+            if checks
+            else sql.SQL(""),
         )
 
     def _cell_columns(self) -> sql.Composable:
@@ -189,14 +206,6 @@ class StagedTable:
             cells=self._cells(),
             delimiter=sql.Literal(delimiter),
         )
-
-    def first_long_cell(self) -> sql.Composed:
-        """The first staged line with a cell longer than ``%(limit)s`` characters."""
-        long = sql.SQL(" OR ").join(
-            sql.SQL("(octet_length({c}) > %(limit)s AND length({c}) > %(limit)s)").format(c=cell(p))
-            for p in range(self.width)
-        )
-        return sql.SQL(queries["staged_long_cell"]).format(table=self.name, long=long)
 
     def index(self) -> sql.Composed:
         """The hash index the chunks find their rows by; built once every row is in."""

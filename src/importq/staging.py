@@ -49,9 +49,10 @@ PARALLEL_COPY_BYTES = 32 << 20
 
 # Defers the chunk jobs of a new batch on the staging connection (see worker.tasks).
 DeferChunks = Callable[[AsyncConnection[Any], uuid.UUID, int], Coroutine[Any, Any, None]]
-# How PostgreSQL's reading of a file can turn out not to be importq's: then importq
-# reads it. (A CHECK on a part's lines fails when its records are not counted as
-# PostgreSQL counts them: line ends that are not line feeds.)
+# How PostgreSQL's reading of a file can turn out not to be importq's, or not to be
+# within the limits: then importq reads it, and refuses it with the line at fault if it
+# must. (A CHECK fails on a cell longer than the limit, and on a part's lines when its
+# records are not counted as PostgreSQL counts them: line ends that are not line feeds.)
 UNCLEAN = (NotClean, psycopg.DataError, errors.CheckViolation)
 # Lends a connection of its own, waiting at most ``timeout`` seconds if given (a pool's
 # connection(): PoolTimeout when none comes).
@@ -150,10 +151,12 @@ def _unreadable(cells: Sequence[Value]) -> tuple[list[Value], str] | None:
     return None
 
 
-async def _create_tables(conn: AsyncConnection[Any], table: StagedTable) -> None:
+async def _create_tables(
+    conn: AsyncConnection[Any], table: StagedTable, longest: int | None = None
+) -> None:
     """The batch's staged and results tables, in the caller's (sub)transaction: the one
-    that COPYs the rows, as COPY … FREEZE requires."""
-    for statement in table.create():
+    that COPYs the rows, as COPY … FREEZE requires (``longest``: see StagedTable.create)."""
+    for statement in table.create(longest):
         await conn.execute(statement)
 
 
@@ -227,7 +230,8 @@ class SecondPart:
         """COPY the file's records from offset ``start`` into the part, and commit it."""
         async with conn.transaction():
             await conn.execute(queries["register_staged_part"], {"name": self.name})
-            await conn.execute(self.table.create_part(self.NUMBER, lines))
+            longest = source.limits.max_cell_chars
+            await conn.execute(self.table.create_part(self.NUMBER, lines, longest))
             statement = self.table.copy_csv(source.delimiter, part=self.NUMBER)
             copied = await _copy_blocks(conn, statement, source.blocks(start=start))
         self.committed = True
@@ -262,7 +266,7 @@ async def _copy_in_halves(
     cut, records = halves
     first_lines = LineRange(FIRST_LINE, FIRST_LINE + records)
     second_lines = LineRange(FIRST_LINE + records, None)
-    await conn.execute(table.create_part(0, first_lines))
+    await conn.execute(table.create_part(0, first_lines, source.limits.max_cell_chars))
     statement = table.copy_csv(source.delimiter, part=0)
     # Each half runs to its end even when the other fails: a COPY cancelled half-way
     # leaves its connection unusable (a command still in progress), and the first
@@ -298,7 +302,8 @@ async def _copy_clean_csv(
     """COPY a CSV file's records straight into the staged table, parsed by PostgreSQL
     (in two halves at once when the file is big and ``second`` can take one); how many
     there were, or None (nothing staged) when the file is not clean enough for
-    PostgreSQL to read it as importq would (see :class:`CsvSource`)."""
+    PostgreSQL to read it as importq would (see :class:`CsvSource`), or has a cell
+    longer than the limit: importq's reader then reads it, and refuses it with the line."""
     position = source.binary.tell()
     async with AsyncExitStack() as stack:
         halves = helper = None
@@ -313,7 +318,7 @@ async def _copy_clean_csv(
                 if second is not None and helper is not None and halves is not None:
                     total = await _copy_in_halves(conn, table, source, second, helper, halves)
                 else:
-                    await _create_tables(conn, table)
+                    await _create_tables(conn, table, source.limits.max_cell_chars)
                     statement = table.copy_csv(source.delimiter)
                     total = await _copy_blocks(conn, statement, source.blocks())
         except UNCLEAN as error:
@@ -324,13 +329,8 @@ async def _copy_clean_csv(
             await second.drop()  # with the second connection given back first
         source.binary.seek(position)  # where the Python reader left it
         return None
-    limits = source.limits
-    if total > limits.max_rows:
-        raise limits.too_many_rows()
-    cursor = await conn.execute(table.first_long_cell(), {"limit": limits.max_cell_chars})
-    long = await cursor.fetchone()
-    if long is not None and long[0] is not None:
-        raise limits.cell_too_long(long[0])
+    if total > source.limits.max_rows:
+        raise source.limits.too_many_rows()
     return total
 
 
