@@ -6,7 +6,7 @@
 Generates an entrances file (CSV, or XLSX with ``--format xlsx``; cached under
 bench-data/), then on the same PostgreSQL:
 1. the yardstick: ``COPY … FROM STDIN (FORMAT csv, HEADER)`` of the same rows as CSV
-   into a bare table of text columns;
+   into a bare table of text columns, twice, the faster counting;
 2. importq: starts ``importq serve`` (plus ``--workers`` extra ``importq worker``
    processes) on a fresh data dir, POSTs the file, and times until the batch is
    ``completed``, sampling the resident memory of the importq processes.
@@ -206,6 +206,7 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Python {platform.python_version()}"
 
 
+COPIES_PER_ROUND = 2  # the yardstick of a round: the fastest of these COPYs
 TIME_BAR = 10.0  # × the COPY time, for 1M CSV rows (issue 3)
 MEMORY_BAR_MB = 400  # for every run (issues 3 and 4)
 
@@ -226,7 +227,8 @@ def record(run: Run, rounds: list[Run], command: str, server: str) -> None:
     outcome = ", ".join(f"{run.summary[k]:,} {k}" for k in ("successes", "duplicates", "failures"))
     measures = [
         (
-            "plain `COPY … (FORMAT csv)` into a bare text table (yardstick)",
+            "plain `COPY … (FORMAT csv)` into a bare text table (yardstick: the faster "
+            f"of {COPIES_PER_ROUND} in each round)",
             f"{run.copy_seconds:.2f} s",
         ),
         (
@@ -344,8 +346,12 @@ def main() -> None:
     runs = []
     for round_no in range(1, args.repeat + 1):
         reset(url, data_dir)
-        copy_seconds = baseline_copy(url, csv_path)
-        print(f"round {round_no}: COPY baseline {copy_seconds:.2f} s", flush=True)
+        # The faster of two: a COPY of a second or two is at the mercy of the disk's
+        # other writes, and the yardstick is what a plain COPY can do.
+        copies = [baseline_copy(url, csv_path) for _ in range(COPIES_PER_ROUND)]
+        copy_seconds = min(copies)
+        shown = " / ".join(f"{seconds:.2f} s" for seconds in copies)
+        print(f"round {round_no}: COPY baseline {copy_seconds:.2f} s (of {shown})", flush=True)
         run = run_import(env, upload, args.rows, args.workers)
         run.copy_seconds = copy_seconds
         print(
