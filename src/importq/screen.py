@@ -35,7 +35,7 @@ from psycopg import sql
 
 from importq.datasets import Column, ColumnType, Dataset
 from importq.row_rules import Converter, converter
-from importq.staged import trimmed
+from importq.staged import at_most_chars, trimmed
 
 # Patterns without bounded repeats ({1,18}), which PostgreSQL's regex engine runs five
 # times slower; the length bound is a separate test.
@@ -93,12 +93,7 @@ def _lengths(t: sql.Composable, column: Column) -> sql.Composable:
     if column.min_length is not None:
         checks.append(sql.SQL("char_length({}) >= {}").format(t, sql.Literal(column.min_length)))
     if column.max_length is not None:
-        # The byte length is known without reading the text, and never less than the length.
-        checks.append(
-            sql.SQL("(octet_length({t}) <= {n} OR char_length({t}) <= {n})").format(
-                t=t, n=sql.Literal(column.max_length)
-            )
-        )
+        checks.append(at_most_chars(t, column.max_length))
     return sql.SQL(" AND ").join(checks) if checks else sql.SQL("true")
 
 

@@ -69,6 +69,15 @@ def cell(position: int) -> sql.Identifier:
     return sql.Identifier(f"c{position}")
 
 
+def at_most_chars(text: sql.Composable, longest: int) -> sql.Composed:
+    """``text`` holds at most ``longest`` characters (true for NULL). The byte length is
+    known without reading the text, and is never less than the length: most texts pass
+    on it alone."""
+    return sql.SQL("(octet_length({t}) <= {n} OR char_length({t}) <= {n})").format(
+        t=text, n=sql.Literal(longest)
+    )
+
+
 def original(position: int, read: Collection[int]) -> sql.Composable:
     """A chunk row's cell as uploaded (see ``create_chunk``): ``c<position>`` when the
     row rules do not read it; else kept apart only in a row that was trimmed
@@ -168,14 +177,7 @@ class StagedTable:
             if lines.next is not None:
                 checks.append(sql.SQL("line < {}").format(sql.Literal(lines.next)))
         if longest is not None:
-            # The byte length is known without reading the text, and is never less than
-            # the length: most cells pass on it alone.
-            checks += [
-                sql.SQL("(octet_length({c}) <= {n} OR length({c}) <= {n})").format(
-                    c=cell(p), n=sql.Literal(longest)
-                )
-                for p in range(self.width)
-            ]
+            checks += [at_most_chars(cell(p), longest) for p in range(self.width)]
         return sql.SQL(queries["create_staged_table"]).format(
             table=name,
             cells=self._cell_columns(),
