@@ -271,3 +271,26 @@ async def test_a_half_refused_early_leaves_both_connections_usable(
     rows = [entrance(f"big{n}", **{"rdfs:label": f"L{n}"}) for n in range(20_000)]
     job = await _read_by_importq(client, services, _with_stray_quote(rows, unclean), 120)
     assert job["result"]["summary"] == {"successes": 20_000, "duplicates": 0, "failures": 0}
+
+
+@pytest.mark.parametrize("halves", [True, False], ids=["in halves", "in one piece"])
+async def test_every_row_copied_gets_its_own_line_across_the_line_numbers_cache(
+    client: httpx.AsyncClient,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    halves: bool,
+) -> None:
+    """The staged line numbers come from the identity's cache a thousand at a time: over
+    several refills, in both halves, each row still gets the line it is on."""
+    if halves:
+        monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
+    rows = [entrance(f"n{n}") for n in range(4_500)]
+    response = await _post(client, csv_text(rows).encode())
+    assert response.status_code == 202, response.text
+    batch_id = uuid.UUID(response.json()["batchId"])
+    async with services.pool.connection() as conn:
+        staged = sql.Identifier(SCHEMA, table_name(batch_id))
+        cursor = await conn.execute(sql.SQL("SELECT line, c0 FROM {} ORDER BY line").format(staged))
+        staged_rows = await cursor.fetchall()
+    assert staged_rows == [(n + 2, f"n{n}") for n in range(4_500)]
+    assert len(await _staged_parts(services, str(batch_id))) == (2 if halves else 0)
