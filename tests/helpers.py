@@ -7,10 +7,14 @@ import contextlib
 import csv
 import io
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from psycopg import AsyncConnection, sql
+
+from importq.staged import results_table
 
 if TYPE_CHECKING:
     from importq.services import Services
@@ -139,3 +143,14 @@ async def api_client(services: Services, token: str | None) -> AsyncIterator[htt
         transport=httpx.ASGITransport(app=app), base_url=BASE_URL, headers=headers
     ) as client:
         yield client
+
+
+async def row_results(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    """A batch's row results as (line, outcome, message), in line order."""
+    cursor = await conn.execute(
+        sql.SQL(
+            "SELECT line, outcome, message FROM {}, unnest(lines, messages) AS r(line, message)"
+            " ORDER BY line"
+        ).format(results_table(batch_id))
+    )
+    return await cursor.fetchall()

@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from conftest import new_user
+from helpers import row_results
 from importq.datasets import Dataset, load_datasets, parse_datasets
 from importq.processing import process_chunk
 from importq.row_rules import StagedRow, converter
 from importq.screen import Screen
 from importq.services import Services
-from importq.staged import results_table, trimmed
+from importq.staged import trimmed
 from importq.staging import BatchRequest, stage_batch
 from importq.uploads import ParsedUpload
 from rules_model import decide, normalise
@@ -139,12 +140,7 @@ async def test_the_service_decides_every_row_as_the_model_does(
     await _store_keys(services, stored)
     batch_id = await _stage(services, header, rows)
     async with services.pool.connection() as conn:
-        cursor = await conn.execute(
-            sql.SQL("SELECT line, outcome, message FROM {} ORDER BY line").format(
-                results_table(batch_id)
-            )
-        )
-        results = await cursor.fetchall()
+        results = await row_results(conn, batch_id)
         cursor = await conn.execute(
             "SELECT imported_line, source_id, attribution_name FROM entrances"
             " WHERE imported_batch = %s ORDER BY imported_line",

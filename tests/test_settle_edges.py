@@ -10,14 +10,13 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import sql
 
 from conftest import new_user
+from helpers import row_results
 from importq.datasets import Dataset, parse_datasets
 from importq.processing import process_chunk
 from importq.row_rules import _bool, _date, _timestamp
 from importq.services import Services
-from importq.staged import results_table
 from importq.staging import BatchRequest, stage_batch
 from importq.targets import ensure_target_table
 from importq.uploads import read_json_rows
@@ -52,12 +51,7 @@ async def _import(
         datasets = {dataset.name: dataset}
         for chunk_no in range(staged.total_chunks):
             assert await process_chunk(conn, services.queue, datasets, staged.batch_id, chunk_no)
-        cursor = await conn.execute(
-            sql.SQL("SELECT line, outcome, message FROM {} ORDER BY line").format(
-                results_table(staged.batch_id)
-            )
-        )
-        return await cursor.fetchall()
+        return await row_results(conn, staged.batch_id)
 
 
 async def test_a_dataset_wider_than_a_functions_arguments_is_imported(
