@@ -134,14 +134,31 @@ WITH inserted AS (
     LEFT JOIN importq_failures f ON f.line = c.line
     LEFT JOIN inserted i ON i.winner_line = c.line
     LEFT JOIN losers l ON l.line = c.line
+), gathered AS (
+    -- Each outcome's rows in arrays that list them alike (one aggregation reads them in
+    -- one order). One aggregate with a filter per outcome rather than a GROUP BY, which
+    -- the planner, not knowing an outcome has three values, would do by sorting the rows.
+    SELECT array_agg(line) FILTER (WHERE outcome = 'success') AS success_lines,
+           array_agg(record) FILTER (WHERE outcome = 'success') AS success_records,
+           array_agg(line) FILTER (WHERE outcome = 'duplicate') AS duplicate_lines,
+           array_agg(message) FILTER (WHERE outcome = 'duplicate') AS duplicate_messages,
+           array_agg(record) FILTER (WHERE outcome = 'duplicate') AS duplicate_records,
+           array_agg(line) FILTER (WHERE outcome = 'failure') AS failure_lines,
+           array_agg(message) FILTER (WHERE outcome = 'failure') AS failure_messages,
+           array_agg(record) FILTER (WHERE outcome = 'failure') AS failure_records
+    FROM (SELECT line, outcome, message,
+                 CASE WHEN outcome = 'success' THEN {success_record} ELSE {rejected_record} END
+                     AS record
+          FROM outcomes) AS o
 ), results AS (
-    -- One row per outcome; its arrays list the rows alike (one aggregation reads them
-    -- in one order).
     INSERT INTO {results} (outcome, lines, messages, records)
-    SELECT outcome, array_agg(line), array_agg(message),
-           array_agg(CASE WHEN outcome = 'success' THEN {success_record} ELSE {rejected_record} END)
-    FROM outcomes
-    GROUP BY outcome
+    SELECT r.*
+    FROM gathered,
+         LATERAL (VALUES ('success', success_lines, NULL, success_records),
+                         ('duplicate', duplicate_lines, duplicate_messages, duplicate_records),
+                         ('failure', failure_lines, failure_messages, failure_records))
+             AS r(outcome, lines, messages, records)
+    WHERE r.lines IS NOT NULL
     RETURNING outcome, cardinality(lines)
 )
 SELECT * FROM results;

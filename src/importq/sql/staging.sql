@@ -92,7 +92,7 @@ CREATE INDEX ON {table} (key_hash);
 CREATE TABLE {results} (
     outcome   text NOT NULL CHECK (outcome IN ('success', 'duplicate', 'failure')),
     lines     integer[] NOT NULL,
-    messages  text[] NOT NULL,
+    messages  text[],  -- NULL for the successes, which have none
     records   text[] NOT NULL
 ) WITH (autovacuum_enabled = false);
 ALTER TABLE {results} ALTER COLUMN lines SET STORAGE EXTERNAL,
