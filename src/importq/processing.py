@@ -6,9 +6,10 @@ its rows in SQL (:mod:`importq.screen`), read the rows the screen does not pass 
 the cells the row rules need) and check them in Python, writing down the failures
 (``importq_failures``). One statement (``settle_chunk``) then does every write: the first
 valid line of each key is inserted unless the key is stored already ("already exists"),
-every other valid row is a duplicate of that first line, and one row result per row is
-recorded with its report record. A key another batch stores at the same moment makes
-that plain insert fail; the statement then runs again with ``ON CONFLICT DO NOTHING``.
+every other valid row is a duplicate of that first line, and every row's result is
+recorded with its report record (one row of arrays per outcome). A key another batch
+stores at the same moment makes that plain insert fail; the statement then runs again
+with ``ON CONFLICT DO NOTHING``.
 Then the chunk is marked done and its tally added to the batch. A crash anywhere rolls
 all of it back, so a retry starts from a clean chunk.
 

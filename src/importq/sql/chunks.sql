@@ -90,8 +90,9 @@ INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 -- the first line of each key whose key is not stored yet is inserted (DISTINCT ON over
 -- the dedup index's order, then line). A valid row not inserted is a duplicate: of the
 -- line inserted with its key in this statement, or, when none was, of the first such
--- row of its key (that one: "already exists"). Then one row result per row of the chunk
--- with the CSV record its report prints (create_results_table), and the tally.
+-- row of its key (that one: "already exists"). Then every row's result with the CSV
+-- record its report prints, one row of arrays per outcome (create_results_table), and
+-- the tally (each outcome's count).
 -- A key another batch stores meanwhile makes the plain insert fail (unique violation):
 -- the statement is then run again with {on_conflict} "ON CONFLICT DO NOTHING", which
 -- costs more on every row (speculative insertion), so it is not the first try.
