@@ -371,7 +371,7 @@ async def stage_batch(
                 total = await _copy_rows(conn, table, upload)
             if total == 0:
                 raise empty_upload()
-            await conn.execute(queries["sort_memory"])
+            await conn.execute(queries["staging_settings"])
             size = effective_chunk_size(total, chunk_size, max_chunks)
             await conn.execute(table.index())
             bounds = await _cut_chunks(conn, table, size)
