@@ -10,13 +10,16 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from conftest import new_user
 from helpers import row_results
 from importq.datasets import Dataset, parse_datasets
 from importq.processing import process_chunk
+from importq.reports import BLOCK_LINES
 from importq.row_rules import _bool, _date, _timestamp
 from importq.services import Services
+from importq.staged import results_table
 from importq.staging import BatchRequest, stage_batch
 from importq.targets import ensure_target_table
 from importq.uploads import read_json_rows
@@ -140,3 +143,39 @@ def test_forms_postgresql_reads_otherwise_are_refused_by_the_rules() -> None:
     assert _date("20240102")[1] is None and _timestamp("20240101T100000")[1] is None
     assert _timestamp("2024-01-01T10:00-15:59")[1] is None
     assert _bool("yeſ")[1] is not None and _bool("YES") == (True, None)
+
+
+async def test_a_chunks_results_are_stored_a_report_block_at_a_time(services: Services) -> None:
+    """One chunk of 9,000 rows (every row of one key group would be alike): its results
+    are rows of arrays, none of which spans two of the report query's blocks of lines,
+    and together they hold every line once with its outcome."""
+    rows = [
+        {f"c{n}": f"r{line}-{n}" for n in range(WIDTH)} | {"c0": f"k{line % 7_000}"}
+        for line in range(9_000)
+    ]
+    user_id = (await new_user(services, f"block-{uuid.uuid4().hex[:8]}"))[0]
+    async with services.pool.connection() as conn:
+        await ensure_target_table(conn, WIDE)
+        await conn.commit()
+        staged = await stage_batch(
+            conn,
+            BatchRequest(dataset=WIDE, initiator_id=user_id, format="json"),
+            read_json_rows(rows),
+            chunk_size=20_000,
+            max_chunks=services.settings.max_chunks,
+            defer_chunks=services.queue.defer_chunks,
+        )
+        assert staged.total_chunks == 1
+        assert await process_chunk(conn, services.queue, {WIDE.name: WIDE}, staged.batch_id, 0)
+        cursor = await conn.execute(
+            sql.SQL(
+                "SELECT outcome, min(line) / {block}, max(line) / {block}, count(*) "
+                "FROM {results}, unnest(lines) AS line GROUP BY ctid, outcome"
+            ).format(results=results_table(staged.batch_id), block=sql.Literal(BLOCK_LINES))
+        )
+        stored = await cursor.fetchall()
+        results = await row_results(conn, staged.batch_id)
+    assert all(first == last for _, first, last, _ in stored)
+    assert len(stored) > 2  # 9,000 lines span three blocks
+    assert [line for line, _, _ in results] == list(range(2, 9_002))
+    assert [outcome for _, outcome, _ in results] == ["success"] * 7_000 + ["duplicate"] * 2_000

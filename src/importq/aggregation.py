@@ -25,7 +25,14 @@ from psycopg import sql
 from importq import batches
 from importq.datasets import Dataset
 from importq.mail import message_id
-from importq.reports import FILE_NAMES, KINDS, OUTCOME_KIND, ReportLayout, ReportWriter
+from importq.reports import (
+    BLOCK_LINES,
+    FILE_NAMES,
+    KINDS,
+    OUTCOME_KIND,
+    ReportLayout,
+    ReportWriter,
+)
 from importq.services import Services
 from importq.sql import queries
 from importq.staged import results_table
@@ -56,7 +63,9 @@ async def _write_reports(
     account for every row exactly once."""
     writer = ReportWriter(directory, ReportLayout.for_batch(dataset, batch["header"]))
     found = lines = 0
-    query = sql.SQL(queries["report_blocks"]).format(results=results_table(batch["id"]))
+    query = sql.SQL(queries["report_blocks"]).format(
+        results=results_table(batch["id"]), block=sql.Literal(BLOCK_LINES)
+    )
     try:
         async with services.pool.connection() as conn, conn.transaction():
             await conn.execute(queries["report_plan"])

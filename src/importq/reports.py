@@ -27,6 +27,10 @@ from importq.staged import original, trimmed
 
 KINDS = ("success", "duplicates", "failures")
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
+# The report query joins each outcome's records a block of this many lines at a time,
+# and a chunk stores its results a block at a time too: an array of a chunk's results
+# then never holds more than one of the report query's texts, whose limit is 1 GB.
+BLOCK_LINES = 4096
 FILE_NAMES = {
     "success": "successes.csv",
     "duplicates": "duplicates.csv",

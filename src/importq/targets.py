@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from psycopg import AsyncConnection, sql
 
 from importq.datasets import Column, Dataset
-from importq.reports import record_sql
+from importq.reports import BLOCK_LINES, record_sql
 from importq.screen import Screen
 from importq.sql import queries
 from importq.staged import StagedTable, cell, kept, original, trimmed
@@ -160,6 +160,7 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         ),
         "success_record": success_record,
         "rejected_record": rejected_record,
+        "block": sql.Literal(BLOCK_LINES),
     }
     return ChunkStatements(
         screen=screen,

@@ -82,10 +82,10 @@ CREATE INDEX ON {table} (key_hash);
 
 -- name: create_results_table
 -- Where the chunks of the batch record their rows' results: per chunk, one row per
--- outcome with its lines, their messages and the CSV records their report prints, as
--- parallel arrays (template {results}). One row of arrays rather than a row per line: a
--- chunk writes three rows instead of thousands, each a heap insert and a WAL record of
--- its own. No index: the results are read once, by the aggregation, which sorts them
+-- outcome and block of lines (importq.reports.BLOCK_LINES) with its lines, their
+-- messages and the CSV records their report prints, as parallel arrays (template
+-- {results}). Rows of arrays rather than a row per line: a chunk writes a few hundred
+-- rows instead of thousands, each a heap insert and a WAL record of its own. No index: the results are read once, by the aggregation, which sorts them
 -- and checks that every line has exactly one. The arrays are stored uncompressed
 -- (EXTERNAL): they are read once, and compressing a chunk's records costs more than
 -- writing them. Never vacuumed: its rows are written once, read once, and the table is
