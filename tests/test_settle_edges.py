@@ -20,7 +20,7 @@ from importq.reports import BLOCK_LINES
 from importq.row_rules import _bool, _date, _timestamp
 from importq.services import Services
 from importq.staged import results_table
-from importq.staging import BatchRequest, stage_batch
+from importq.staging import BatchRequest, StagedBatch, stage_batch
 from importq.targets import ensure_target_table
 from importq.uploads import read_json_rows
 
@@ -35,10 +35,10 @@ WIDE = parse_datasets(
 )["wide"]
 
 
-async def _import(
-    services: Services, dataset: Dataset, rows: list[dict[str, Any]]
-) -> list[tuple[Any, ...]]:
-    """Stage ``rows``, process every chunk; each line's outcome and message."""
+async def _process(
+    services: Services, dataset: Dataset, rows: list[dict[str, Any]], chunk_size: int = 50
+) -> StagedBatch:
+    """Stage ``rows`` and process every chunk."""
     user_id = (await new_user(services, f"edge-{uuid.uuid4().hex[:8]}"))[0]
     async with services.pool.connection() as conn:
         await ensure_target_table(conn, dataset)
@@ -47,13 +47,22 @@ async def _import(
             conn,
             BatchRequest(dataset=dataset, initiator_id=user_id, format="json"),
             read_json_rows(rows),
-            chunk_size=50,
+            chunk_size=chunk_size,
             max_chunks=services.settings.max_chunks,
             defer_chunks=services.queue.defer_chunks,
         )
         datasets = {dataset.name: dataset}
         for chunk_no in range(staged.total_chunks):
             assert await process_chunk(conn, services.queue, datasets, staged.batch_id, chunk_no)
+    return staged
+
+
+async def _import(
+    services: Services, dataset: Dataset, rows: list[dict[str, Any]]
+) -> list[tuple[Any, ...]]:
+    """Stage ``rows``, process every chunk; each line's outcome and message."""
+    staged = await _process(services, dataset, rows)
+    async with services.pool.connection() as conn:
         return await row_results(conn, staged.batch_id)
 
 
@@ -146,27 +155,16 @@ def test_forms_postgresql_reads_otherwise_are_refused_by_the_rules() -> None:
 
 
 async def test_a_chunks_results_are_stored_a_report_block_at_a_time(services: Services) -> None:
-    """One chunk of 9,000 rows (every row of one key group would be alike): its results
-    are rows of arrays, none of which spans two of the report query's blocks of lines,
-    and together they hold every line once with its outcome."""
+    """One chunk of 9,000 rows (as the many rows of one key in a big file make one
+    chunk): its results are rows of arrays, none of which spans two of the report
+    query's blocks of lines, and together they hold every line once with its outcome."""
     rows = [
         {f"c{n}": f"r{line}-{n}" for n in range(WIDTH)} | {"c0": f"k{line % 7_000}"}
         for line in range(9_000)
     ]
-    user_id = (await new_user(services, f"block-{uuid.uuid4().hex[:8]}"))[0]
+    staged = await _process(services, WIDE, rows, chunk_size=20_000)
+    assert staged.total_chunks == 1
     async with services.pool.connection() as conn:
-        await ensure_target_table(conn, WIDE)
-        await conn.commit()
-        staged = await stage_batch(
-            conn,
-            BatchRequest(dataset=WIDE, initiator_id=user_id, format="json"),
-            read_json_rows(rows),
-            chunk_size=20_000,
-            max_chunks=services.settings.max_chunks,
-            defer_chunks=services.queue.defer_chunks,
-        )
-        assert staged.total_chunks == 1
-        assert await process_chunk(conn, services.queue, {WIDE.name: WIDE}, staged.batch_id, 0)
         cursor = await conn.execute(
             sql.SQL(
                 "SELECT outcome, min(line) / {block}, max(line) / {block}, count(*) "
