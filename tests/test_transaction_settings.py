@@ -6,10 +6,18 @@ they save."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from psycopg import AsyncConnection
 
 from importq.services import Services
 from importq.sql import queries
+
+
+async def _jit(conn: AsyncConnection[Any]) -> str | None:
+    cursor = await conn.execute("SELECT current_setting('jit')")
+    return (await cursor.fetchone() or (None,))[0]
 
 
 @pytest.mark.parametrize("statement", ["staging_settings", "chunk_settings", "report_plan"])
@@ -17,12 +25,9 @@ async def test_jit_is_off_in_the_transaction_and_back_after_it(
     services: Services, statement: str
 ) -> None:
     async with services.pool.connection() as conn:
-        cursor = await conn.execute("SELECT current_setting('jit')")
-        before = (await cursor.fetchone() or (None,))[0]
+        before = await _jit(conn)
         await conn.rollback()
         async with conn.transaction():
             await conn.execute(queries[statement])
-            cursor = await conn.execute("SELECT current_setting('jit')")
-            assert (await cursor.fetchone() or (None,))[0] == "off"
-        cursor = await conn.execute("SELECT current_setting('jit')")
-        assert (await cursor.fetchone() or (None,))[0] == before
+            assert await _jit(conn) == "off"
+        assert await _jit(conn) == before

@@ -85,13 +85,14 @@ CREATE INDEX ON {table} (key_hash);
 -- outcome and block of lines (importq.reports.BLOCK_LINES) with its lines, their
 -- messages and the CSV records their report prints, as parallel arrays (template
 -- {results}). Rows of arrays rather than a row per line: a chunk writes a few hundred
--- rows instead of thousands, each a heap insert and a WAL record of its own. No index: the results are read once, by the aggregation, which sorts them
--- and checks that every line has exactly one. The arrays are stored uncompressed
--- (EXTERNAL): they are read once, and compressing a chunk's records costs more than
--- writing them. Never vacuumed: its rows are written once, read once, and the table is
--- dropped whole. (Not so the staged table: building an index on a table autovacuum
--- skips, PostgreSQL 18 leaves its pages and all-visible pages unrecorded, and the chunk
--- bounds' index-only scan is planned from them.)
+-- rows instead of thousands, each a heap insert and a WAL record of its own. No index:
+-- the results are read once, by the aggregation, which sorts them and checks that every
+-- line has exactly one. The arrays are stored uncompressed (EXTERNAL): they are read
+-- once, and compressing a chunk's records costs more than writing them. Never vacuumed:
+-- its rows are written once, read once, and the table is dropped whole. (Not so the
+-- staged table: building an index on a table autovacuum skips, PostgreSQL 18 leaves its
+-- pages and all-visible pages unrecorded, and the chunk bounds' index-only scan is
+-- planned from them.)
 CREATE TABLE {results} (
     outcome   text NOT NULL CHECK (outcome IN ('success', 'duplicate', 'failure')),
     lines     integer[] NOT NULL,
