@@ -4,16 +4,18 @@ is a duplicate anyway, and the date and time forms both read alike."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
 from conftest import new_user
-from helpers import row_results
+from helpers import entrance, row_results
 from importq.datasets import Dataset, parse_datasets
 from importq.processing import process_chunk
 from importq.reports import BLOCK_LINES
@@ -177,3 +179,53 @@ async def test_a_chunks_results_are_stored_a_report_block_at_a_time(services: Se
     assert len(stored) > 2  # 9,000 lines span three blocks
     assert [line for line, _, _ in results] == list(range(2, 9_002))
     assert [outcome for _, outcome, _ in results] == ["success"] * 7_000 + ["duplicate"] * 2_000
+
+
+async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A chunk looks its rows' keys up in the target only when the target holds some row
+    of the chunk's hash range (settle_chunk): a stored key whose hash is a chunk's first
+    or last one (the last chunk's range has no upper bound) is found all the same, and a
+    key not stored in a range that holds others is inserted."""
+    entrances = services.datasets["entrances"]
+    rows = [entrance(f"edge-{n}") for n in range(40)]
+    first = await _process(services, entrances, rows, chunk_size=10)
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT hash_from, hash_to FROM chunks WHERE batch_id = %s ORDER BY chunk_no",
+            [first.batch_id],
+        )
+        bounds = await cursor.fetchall()
+        cursor = await conn.execute(
+            "SELECT key_hash, imported_line FROM entrances WHERE imported_batch = %s",
+            [first.batch_id],
+        )
+        stored = dict(await cursor.fetchall())
+        edges: set[int] = set()
+        for number, (low, high) in enumerate(bounds):
+            inside = [h for h in stored if h >= low and (high is None or h < high)]
+            edges.add(max(inside) if number % 2 else min(inside))
+        # Only one row a chunk stays stored: the first of its range in chunks 0 and 2,
+        # the last in chunks 1 and 3 (the last chunk's, whose range has no upper bound).
+        await conn.execute(
+            "DELETE FROM entrances WHERE imported_batch = %s AND NOT key_hash = ANY(%s)",
+            [first.batch_id, list(edges)],
+        )
+        await conn.commit()
+    with caplog.at_level(logging.INFO, logger="importq.processing"):
+        second = await _process(services, entrances, rows, chunk_size=10)
+    # Found by the lookups, not by the unique index: no chunk needed ON CONFLICT.
+    assert "ON CONFLICT" not in caplog.text
+    kept = {stored[h] for h in edges}
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT hash_from, hash_to FROM chunks WHERE batch_id = %s ORDER BY chunk_no",
+            [second.batch_id],
+        )
+        assert await cursor.fetchall() == bounds  # the same rows, the same chunks
+        assert len(bounds) == 4 and len(kept) == 4
+        assert await row_results(conn, second.batch_id) == [
+            (line, "duplicate", "already exists") if line in kept else (line, "success", None)
+            for line in range(2, 42)
+        ]

@@ -113,16 +113,22 @@ async def _write_failures(conn: AsyncConnection[Any], failures: Sequence[tuple[i
             await copy.write_row(row)
 
 
+def _bounds(chunk: Mapping[str, Any]) -> dict[str, Any]:
+    """The chunk's hash range, as the statements over its rows take it."""
+    return {"hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]}
+
+
 async def _settle(
     conn: AsyncConnection[Any],
     statements: ChunkStatements,
     batch_id: uuid.UUID,
+    chunk: Mapping[str, Any],
     give_up: str | None = None,
 ) -> ChunkTally:
     """Run ``settle_chunk`` (in a savepoint, so a database error leaves the chunk's
     transaction usable); the chunk's tally. When another batch stores one of the chunk's
     keys meanwhile, the plain insert fails and the guarded statement runs instead."""
-    params = {"batch_id": batch_id, "give_up": give_up}
+    params = {"batch_id": batch_id, "give_up": give_up, **_bounds(chunk)}
 
     async def run(statement: sql.Composed) -> dict[str, int]:
         async with conn.transaction():
@@ -131,7 +137,13 @@ async def _settle(
 
     try:
         counts = await run(statements.settle)
-    except psycopg.errors.UniqueViolation:
+    except psycopg.errors.UniqueViolation as error:
+        log.info(
+            "chunk %s of batch %s: a key was stored meanwhile (%s); settled with ON CONFLICT",
+            chunk["chunk_no"],
+            batch_id,
+            error.diag.message_detail,
+        )
         counts = await run(statements.settle_guarded)
     return ChunkTally(
         successes=counts.get("success", 0),
@@ -145,12 +157,13 @@ async def _refuse_bad_rows(
     conn: AsyncConnection[Any],
     statements: ChunkStatements,
     batch_id: uuid.UUID,
+    chunk: Mapping[str, Any],
 ) -> int:
     """Find which of the rows settle_chunk would insert the target table refuses: insert
     them in groups, always rolled back, halving a group it refuses down to the rows it
     refuses alone; those become failures with the database's reason (a few rows refused
     cost a few dozen inserts, not one per row). How many were found."""
-    cursor = await conn.execute(statements.lines_to_insert)
+    cursor = await conn.execute(statements.lines_to_insert, _bounds(chunk))
     pending = [[line for (line,) in await cursor.fetchall()]]
     found = 0
     while pending:
@@ -199,9 +212,7 @@ async def _prepare(
     """The chunk's rows and its failures, in temporary tables of this transaction."""
     await conn.execute(queries["chunk_settings"])
     await conn.execute(queries["drop_chunk_tables"])
-    await conn.execute(
-        statements.create_chunk, {"hash_from": chunk["hash_from"], "hash_to": chunk["hash_to"]}
-    )
+    await conn.execute(statements.create_chunk, _bounds(chunk))
     await conn.execute(queries["create_failures"])
 
 
@@ -228,7 +239,7 @@ async def process_chunk(
             await _write_failures(conn, checker.failures(rows))
         while True:
             try:
-                tally = await _settle(conn, statements, batch_id)
+                tally = await _settle(conn, statements, batch_id, chunk)
                 break
             except (psycopg.DataError, psycopg.IntegrityError) as error:
                 log.info(
@@ -236,7 +247,7 @@ async def process_chunk(
                 )
                 # A refused row makes the next row of its key the one to insert: again,
                 # until the statement goes through, or no row alone is refused.
-                if not await _refuse_bad_rows(conn, statements, batch_id):
+                if not await _refuse_bad_rows(conn, statements, batch_id, chunk):
                     raise
         await _finish(conn, queue, batch_id, chunk_no, tally)
     return True
@@ -272,6 +283,6 @@ async def fail_chunk(
         statements = _statements(datasets, batch_id, chunk)
         await _prepare(conn, statements, chunk)
         message = f"the chunk could not be processed: {reason}"
-        tally = await _settle(conn, statements, batch_id, give_up=message)
+        tally = await _settle(conn, statements, batch_id, chunk, give_up=message)
         await _finish(conn, queue, batch_id, chunk_no, tally, error=reason)
     return True
