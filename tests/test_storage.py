@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email
+import io
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from conftest import ROOT, make_settings, new_user
 from helpers import BASE_URL, api_client, entrance, post_rows, read_csv_report, wait_for_batch
 from importq import batches
 from importq.aggregation import _write_reports, download_name, report_path
+from importq.api.imports import _spool_file
 from importq.config import Settings
 from importq.recovery import reconcile
 from importq.services import Services, open_storage
@@ -344,7 +346,7 @@ def _another_file_system(path: Path) -> Path | None:
     return None
 
 
-async def test_local_storage_takes_a_file_by_a_second_name_and_copies_across_devices(
+async def test_local_storage_names_a_file_or_a_spool_rather_than_copy_it_but_copies_across_devices(
     tmp_path: Path,
 ) -> None:
     storage = LocalStorage(tmp_path / "files", public_url=BASE_URL, signing_key=b"k" * 32)
@@ -355,6 +357,17 @@ async def test_local_storage_takes_a_file_by_a_second_name_and_copies_across_dev
     assert stored.stat().st_ino == source.stat().st_ino  # no byte copied
     source.unlink()
     assert stored.read_bytes() == b"line,message\r\n2,x\r\n"
+
+    # An upload's spool, an open file with no name, is named too; a stream is copied.
+    with _spool_file(tmp_path / "spool") as spool:
+        spool.write(b"id,rdf:type\r\n")  # still in the stream's buffer
+        await storage.put_file("uploads/b/upload.csv", spool, content_type=CSV_TYPE)
+        kept = storage.resolve("uploads/b/upload.csv")
+        assert kept.stat().st_ino == os.fstat(spool.fileno()).st_ino
+    assert kept.read_bytes() == b"id,rdf:type\r\n"
+    assert list((tmp_path / "spool").iterdir()) == []
+    await storage.put_file("uploads/c/upload.csv", io.BytesIO(b"a,b"), content_type=CSV_TYPE)
+    assert storage.resolve("uploads/c/upload.csv").read_bytes() == b"a,b"
 
     shm = _another_file_system(tmp_path)
     if shm is None:

@@ -165,6 +165,12 @@ class Settings(BaseSettings):
     def files_dir(self) -> Path:
         return self.data_dir / "files"
 
+    @property
+    def spool_dir(self) -> Path:
+        """Where upload bodies are spooled, beside files_dir: local storage then keeps
+        an upload by naming its spool file rather than copying it."""
+        return self.data_dir / "spool"
+
     @cached_property
     def signing_key(self) -> bytes:
         """The key for local report links: the setting, else one kept in the data dir.

@@ -21,14 +21,32 @@ from urllib.parse import quote, urlencode
 from importq.storage import Source, StorageError, open_source
 
 
-def _linked(source: Path, partial: Path) -> bool:
+def _linked(source: Source, partial: Path) -> bool:
     """Whether ``source`` could be given a second name ``partial`` rather than copied
-    (a report of millions of rows is stored without a byte written again); not across
-    file systems, nor where the file system has no hard links."""
+    (a report of millions of rows, or an upload, is stored without a byte written
+    again): a path, or an open file on disk, named through its descriptor, which also
+    names a file that has none yet (an upload's spool, ``O_TMPFILE``); not across file
+    systems, nor where the file system has no hard links or the system no ``/proc``."""
+    if isinstance(source, Path):
+        target = str(source)
+    else:
+        try:
+            source.flush()  # what the stream still buffers is in the file
+            target = f"/proc/self/fd/{source.fileno()}"
+        except (OSError, ValueError):  # io.UnsupportedOperation: not a file on disk
+            return False
     try:
-        os.link(source, partial)
+        directory = os.open(partial.parent, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
         return False
+    try:
+        # Given a directory descriptor, os.link calls linkat(), which follows the
+        # descriptor's /proc link to its file (AT_SYMLINK_FOLLOW); link() would not.
+        os.link(target, partial.name, dst_dir_fd=directory, follow_symlinks=True)
+    except (OSError, NotImplementedError):
+        return False
+    finally:
+        os.close(directory)
     return True
 
 
@@ -54,7 +72,7 @@ class LocalStorage:
         def store() -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
-            if not (isinstance(source, Path) and _linked(source, partial)):
+            if not _linked(source, partial):
                 with open_source(source) as stream, partial.open("wb") as out:
                     shutil.copyfileobj(stream, out, 1 << 20)
             partial.replace(target)
