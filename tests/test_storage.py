@@ -368,6 +368,11 @@ async def test_local_storage_names_a_file_or_a_spool_rather_than_copy_it_but_cop
     assert list((tmp_path / "spool").iterdir()) == []
     await storage.put_file("uploads/c/upload.csv", io.BytesIO(b"a,b"), content_type=CSV_TYPE)
     assert storage.resolve("uploads/c/upload.csv").read_bytes() == b"a,b"
+    with tempfile.SpooledTemporaryFile(max_size=1024) as multipart:  # a multipart upload's
+        multipart.write(b"c,d")
+        await storage.put_file("uploads/d/upload.csv", multipart, content_type=CSV_TYPE)
+        assert not multipart._rolled  # copied from memory, not written out to be named
+    assert storage.resolve("uploads/d/upload.csv").read_bytes() == b"c,d"
 
     shm = _another_file_system(tmp_path)
     if shm is None:

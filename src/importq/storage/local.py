@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -29,6 +30,10 @@ def _linked(source: Source, partial: Path) -> bool:
     systems, nor where the file system has no hard links or the system no ``/proc``."""
     if isinstance(source, Path):
         target = str(source)
+    elif isinstance(source, tempfile.SpooledTemporaryFile):
+        # Its file is opened with O_EXCL, so it can never be named, and asking for its
+        # descriptor would first write out one still held in memory (a multipart upload).
+        return False
     else:
         try:
             source.flush()  # what the stream still buffers is in the file
