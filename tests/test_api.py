@@ -283,6 +283,36 @@ async def test_body_that_is_not_an_object_with_a_data_list_is_400_bad_json(
     assert_error(response, 400, "bad_json")
 
 
+async def test_a_refused_upload_leaves_no_spool_file_open(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A body is spooled to a file with no name, gone once closed: every refusal after
+    it arrived closes it, so its disk space comes back at once."""
+    spool = services.settings.spool_dir
+
+    def spools_open() -> list[str]:
+        """The files this process has open in the spool directory."""
+        targets = []
+        for descriptor in Path("/proc/self/fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile
+                targets.append(str(descriptor.readlink()))
+        return [target for target in targets if target.startswith(str(spool))]
+
+    headers = {"Content-Type": "application/json"}
+    refused = [
+        await client.post("/api/v1/entrances/import-rows", content=b'{"data": [', headers=headers),
+        await client.post("/api/v1/entrances/import-rows", json={"data": []}),
+        await post_csv(client, "id,label\r\nx,y\r\n"),  # mandatory columns missing
+        await client.post(
+            "/api/v1/entrances/import-rows",
+            params={"callbackUrl": "ftp://example.org/"},
+            json={"data": [entrance("spooled")]},
+        ),
+    ]
+    assert [r.status_code for r in refused] == [400] * 4
+    assert spool.is_dir() and spools_open() == []
+
+
 async def test_no_authorization_header_is_401(app_client: httpx.AsyncClient) -> None:
     response = await post_rows(app_client, [entrance("a1")])
     body = assert_error(response, 401, "unauthenticated")

@@ -229,3 +229,30 @@ async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
             (line, "duplicate", "already exists") if line in kept else (line, "success", None)
             for line in range(2, 42)
         ]
+
+
+NUMBERED = parse_datasets(
+    '[datasets.numbered]\ntable = "numbered_rows"\ndedup_key = ["n"]\n'
+    '[[datasets.numbered.columns]]\nname = "n"\nfield = "n"\ntype = "int"\nrequired = true\n'
+    '[[datasets.numbered.columns]]\nname = "label"\nfield = "label"\n'
+)["numbered"]
+
+
+async def test_a_failed_rows_key_that_does_not_cast_never_reaches_a_statement_that_casts_it(
+    services: Services,
+) -> None:
+    """Keys are cast to the key column's type to be looked up, inserted and compared; a
+    row whose key does not cast is a failure and must never reach those casts, wherever
+    the planner puts the lookups (here every chunk's range holds stored rows)."""
+    stored = [{"n": str(n), "label": "first"} for n in range(40)]
+    await _process(services, NUMBERED, stored, chunk_size=10)
+    rows = [{"n": str(n), "label": "again"} for n in range(40)]
+    for position, bad in ((0, "abc"), (13, "4x"), (27, "1e3"), (40, " 12 b")):
+        rows.insert(position, {"n": bad, "label": "bad"})
+    results = await _import(services, NUMBERED, rows)
+    assert [outcome for _, outcome, _ in results] == [
+        "failure" if row["label"] == "bad" else "duplicate" for row in rows
+    ]
+    assert {message for _, outcome, message in results if outcome == "duplicate"} == {
+        "already exists"
+    }

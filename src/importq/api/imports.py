@@ -9,6 +9,7 @@ leaves nothing behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -141,15 +142,20 @@ def _spool_file(directory: Path) -> IO[bytes]:
 
 
 async def _spool(request: Request, limit: int, directory: Path) -> IO[bytes]:
+    """The request's body in a spool file (:func:`_spool_file`), at its start; closed
+    (and so gone) if the body is refused or does not arrive whole."""
     spool = _spool_file(directory)
-    size = 0
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            spool.close()
-            raise _too_large(limit)
-        spool.write(part)
-    spool.seek(0)
+    try:
+        size = 0
+        async for part in request.stream():
+            size += len(part)
+            if size > limit:
+                raise _too_large(limit)
+            spool.write(part)
+        spool.seek(0)
+    except BaseException:
+        spool.close()
+        raise
     return spool
 
 
@@ -226,57 +232,62 @@ async def import_rows(
     if delimiter is not None:
         resolve_delimiter(delimiter)
     options = FileOptions(limits, encoding=encoding, delimiter=delimiter, sheet=sheet)
-    if media_type == "application/json":
-        # A JSON body is parsed whole, so it has a limit of its own; files stream.
-        json_limit = min(limit, services.settings.max_json_bytes)
-        source = await _spool(request, json_limit, services.settings.spool_dir)
-        upload, fmt = _json_upload(source, limits), "json"
-    elif media_type in BODY_TYPES:
-        fmt, default_delimiter = BODY_TYPES[media_type]
-        source = await _spool(request, limit, services.settings.spool_dir)
-        upload = _read_file(source, fmt, default_delimiter, options)
-    elif media_type == "multipart/form-data":
-        upload, source, file_name, fmt = await _multipart_upload(request, limit, options)
-    else:
-        raise Refusal(
-            415,
-            "unsupported_type",
-            f"Content type {media_type or '(none)'} is not accepted; send {ACCEPTED_TYPES}.",
-        )
+    # The upload is closed (a spool file is then gone) whatever refuses it, unless it is
+    # handed over to keep_upload.
+    with contextlib.ExitStack() as upload_closed:
+        if media_type == "application/json":
+            # A JSON body is parsed whole, so it has a limit of its own; files stream.
+            json_limit = min(limit, services.settings.max_json_bytes)
+            source = await _spool(request, json_limit, services.settings.spool_dir)
+            upload_closed.callback(source.close)
+            upload, fmt = _json_upload(source, limits), "json"
+        elif media_type in BODY_TYPES:
+            fmt, default_delimiter = BODY_TYPES[media_type]
+            source = await _spool(request, limit, services.settings.spool_dir)
+            upload_closed.callback(source.close)
+            upload = _read_file(source, fmt, default_delimiter, options)
+        elif media_type == "multipart/form-data":
+            upload, source, file_name, fmt = await _multipart_upload(request, limit, options)
+            upload_closed.callback(source.close)
+        else:
+            raise Refusal(
+                415,
+                "unsupported_type",
+                f"Content type {media_type or '(none)'} is not accepted; send {ACCEPTED_TYPES}.",
+            )
 
-    callback_url = callbackUrl or definition.callback_url
-    if callback_url is not None:
-        parts = urlsplit(callback_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Refusal(400, "bad_callback_url", "callbackUrl must be an http(s) URL.")
-    digest = None
-    if idempotency_key is not None:
-        asked = [dataset, fmt, file_name, callback_url, encoding, delimiter, sheet]
-        digest = await asyncio.to_thread(_request_digest, source, asked)
-    batch_request = BatchRequest(
-        dataset=definition,
-        initiator_id=user.id,
-        format=fmt,
-        file_name=file_name,
-        locale=resolve_locale(*parse_accept_language(request.headers.get("accept-language"))),
-        callback_url=callback_url,
-        idempotency_key=idempotency_key,
-        request_digest=digest,
-    )
-    async with services.pool.connection() as conn:
-        staged = await stage_batch(
-            conn,
-            batch_request,
-            within_limits(upload, limits),
-            chunk_size=services.settings.chunk_size,
-            max_chunks=services.settings.max_chunks,
-            defer_chunks=services.queue.defer_chunks,
-            connect=services.pool.connection,
+        callback_url = callbackUrl or definition.callback_url
+        if callback_url is not None:
+            parts = urlsplit(callback_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise Refusal(400, "bad_callback_url", "callbackUrl must be an http(s) URL.")
+        digest = None
+        if idempotency_key is not None:
+            asked = [dataset, fmt, file_name, callback_url, encoding, delimiter, sheet]
+            digest = await asyncio.to_thread(_request_digest, source, asked)
+        batch_request = BatchRequest(
+            dataset=definition,
+            initiator_id=user.id,
+            format=fmt,
+            file_name=file_name,
+            locale=resolve_locale(*parse_accept_language(request.headers.get("accept-language"))),
+            callback_url=callback_url,
+            idempotency_key=idempotency_key,
+            request_digest=digest,
         )
-    if staged.created:
-        background.add_task(keep_upload, services, staged.batch_id, fmt, source)
-    else:
-        source.close()
+        async with services.pool.connection() as conn:
+            staged = await stage_batch(
+                conn,
+                batch_request,
+                within_limits(upload, limits),
+                chunk_size=services.settings.chunk_size,
+                max_chunks=services.settings.max_chunks,
+                defer_chunks=services.queue.defer_chunks,
+                connect=services.pool.connection,
+            )
+        if staged.created:
+            upload_closed.pop_all()  # keep_upload closes it
+            background.add_task(keep_upload, services, staged.batch_id, fmt, source)
     return Accepted(
         batchId=staged.batch_id,
         totalRows=staged.total_rows,

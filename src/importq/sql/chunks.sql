@@ -117,15 +117,17 @@ WITH inserted AS (
     RETURNING imported_line AS winner_line, target_id, key_hash AS winner_hash, {winner_keys}
 ), losers AS (
     -- Valid rows not inserted, few: the line each is a duplicate of (NULL: "already exists").
+    -- They are taken first (OFFSET 0), as in rows_to_insert: the key join casts their keys.
     SELECT c.line,
            coalesce(w.winner_line,
                     nullif(min(c.line) OVER (PARTITION BY c.key_hash, {key_values}), c.line))
                AS first
-    FROM importq_chunk c
+    FROM (SELECT * FROM importq_chunk c
+          WHERE %(give_up)s::text IS NULL
+            AND NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
+            AND NOT EXISTS (SELECT FROM inserted i WHERE i.winner_line = c.line)
+          OFFSET 0) AS c
     LEFT JOIN inserted w ON w.winner_hash = c.key_hash AND {same_key}
-    WHERE %(give_up)s::text IS NULL
-      AND NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
-      AND NOT EXISTS (SELECT FROM inserted i WHERE i.winner_line = c.line)
 ), outcomes AS (
     SELECT c.*, i.target_id,
            CASE WHEN %(give_up)s::text IS NOT NULL OR f.message IS NOT NULL THEN 'failure'
@@ -181,20 +183,24 @@ SELECT outcome, sum(cardinality)::int FROM results GROUP BY outcome;
 -- dedup index's order; {table}; {stored_key}: a chunk row c has the key of a stored row
 -- t; %(hash_from)s, %(hash_to)s: the chunk's hash range, as in create_chunk). A fragment
 -- of settle_chunk and lines_to_insert.
--- Each row's key is looked up in the table only when the table holds some row of the
--- chunk's hash range: that test reads no chunk row, so it runs once, in the same snapshot
--- as the lookups, and finds nothing exactly when all of them would. An import into an
--- empty table (or one holding few rows for its size) then looks up no key, or few: each
--- lookup is a descent of the dedup index (1M rows into an empty table: the chunks
--- ~0.5 s sooner). Both bounds are conditions of that index, whose first column is the
--- hash (the last chunk's range has no upper bound: its end is the largest hash).
+-- The valid rows are taken first (OFFSET 0: the planner may not move the lookups below):
+-- a failed row's key may not cast to the key column's type, as the lookup casts it.
+-- Each valid row's key is looked up in the table only when the table holds some row of
+-- the chunk's hash range: that test reads no chunk row, so it runs once, in the same
+-- snapshot as the lookups, and finds nothing exactly when all of them would. Each lookup
+-- is a descent of the dedup index; a chunk of an import into an empty table makes none
+-- (1M rows: the chunks ~0.5 s sooner), while one stored row in its range makes a chunk
+-- look up every key, as before. Both bounds are conditions of that index, whose first
+-- column is the hash (the last chunk's range has no upper bound: its end is the largest
+-- hash).
 SELECT DISTINCT ON ({order}) *
-FROM importq_chunk c
-WHERE NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
-  AND (NOT EXISTS (SELECT FROM {table}
-                   WHERE key_hash BETWEEN %(hash_from)s::bigint
-                                      AND coalesce(%(hash_to)s::bigint - 1, 9223372036854775807))
-       OR NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key}))
+FROM (SELECT * FROM importq_chunk c
+      WHERE NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
+      OFFSET 0) AS c
+WHERE NOT EXISTS (SELECT FROM {table}
+                  WHERE key_hash BETWEEN %(hash_from)s::bigint
+                                     AND coalesce(%(hash_to)s::bigint - 1, 9223372036854775807))
+   OR NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key})
 ORDER BY {order}, line
 
 -- name: lines_to_insert

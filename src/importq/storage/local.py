@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import os
 import shutil
-import tempfile
 import time
 import uuid
 from datetime import datetime
@@ -30,18 +30,20 @@ def _linked(source: Source, partial: Path) -> bool:
     systems, nor where the file system has no hard links or the system no ``/proc``."""
     if isinstance(source, Path):
         target = str(source)
-    elif isinstance(source, tempfile.SpooledTemporaryFile):
-        # Its file is opened with O_EXCL, so it can never be named, and asking for its
-        # descriptor would first write out one still held in memory (a multipart upload).
-        return False
-    else:
+    elif isinstance(source, io.BufferedReader | io.BufferedRandom | io.FileIO):
+        # A plain file, whose bytes are the stream's. Not a wrapper that has a file's
+        # descriptor but streams other bytes (GzipFile…), nor a SpooledTemporaryFile
+        # (a multipart upload): its file has O_EXCL, and asking for its descriptor
+        # would first write out one still held in memory.
         try:
             source.flush()  # what the stream still buffers is in the file
             target = f"/proc/self/fd/{source.fileno()}"
-        except (OSError, ValueError):  # io.UnsupportedOperation: not a file on disk
+        except OSError:  # io.UnsupportedOperation: over no file (a BytesIO…)
             return False
+    else:
+        return False
     try:
-        directory = os.open(partial.parent, os.O_RDONLY | os.O_DIRECTORY)
+        directory = os.open(partial.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:
         return False
     try:
