@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 
 from conftest import new_user
 from helpers import entrance, row_results
@@ -181,6 +181,14 @@ async def test_a_chunks_results_are_stored_a_report_block_at_a_time(services: Se
     assert [outcome for _, outcome, _ in results] == ["success"] * 7_000 + ["duplicate"] * 2_000
 
 
+async def _chunk_bounds(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> list[tuple[Any, ...]]:
+    """A batch's chunks' hash ranges (hash_from, hash_to), in chunk order."""
+    cursor = await conn.execute(
+        "SELECT hash_from, hash_to FROM chunks WHERE batch_id = %s ORDER BY chunk_no", [batch_id]
+    )
+    return await cursor.fetchall()
+
+
 async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
     services: Services, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -192,11 +200,7 @@ async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
     rows = [entrance(f"edge-{n}") for n in range(40)]
     first = await _process(services, entrances, rows, chunk_size=10)
     async with services.pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT hash_from, hash_to FROM chunks WHERE batch_id = %s ORDER BY chunk_no",
-            [first.batch_id],
-        )
-        bounds = await cursor.fetchall()
+        bounds = await _chunk_bounds(conn, first.batch_id)
         cursor = await conn.execute(
             "SELECT key_hash, imported_line FROM entrances WHERE imported_batch = %s",
             [first.batch_id],
@@ -219,11 +223,7 @@ async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
     assert "ON CONFLICT" not in caplog.text
     kept = {stored[h] for h in edges}
     async with services.pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT hash_from, hash_to FROM chunks WHERE batch_id = %s ORDER BY chunk_no",
-            [second.batch_id],
-        )
-        assert await cursor.fetchall() == bounds  # the same rows, the same chunks
+        assert await _chunk_bounds(conn, second.batch_id) == bounds  # same rows, same chunks
         assert len(bounds) == 4 and len(kept) == 4
         assert await row_results(conn, second.batch_id) == [
             (line, "duplicate", "already exists") if line in kept else (line, "success", None)

@@ -245,8 +245,9 @@ ORDER BY line / {block};
 -- in (each worker and the leader may use this much: a million results, ~100 MB, sort
 -- in memory; bigger batches sort through temporary files). The results table is small
 -- (a few hundred rows per chunk, their arrays stored apart), and the planner, which
--- guesses ten elements an array, would scan it alone: it is told that any table is worth scanning
--- in parallel and that starting the workers costs nothing (1M results: 1.0 → 0.73 s).
+-- guesses ten elements an array, would scan it alone: it is told that any table is
+-- worth scanning in parallel and that starting the workers costs nothing (1M results:
+-- 1.0 → 0.73 s).
 -- It also reckons that passing a million sorted rows from the workers costs more than
 -- it saves; measured, the report query takes a quarter less.
 -- No JIT: on a server with it, compiling the query's expressions costs more than they
