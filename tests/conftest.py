@@ -24,9 +24,9 @@ from psycopg import conninfo, sql
 from helpers import Receiver, api_client
 from importq import accounts
 from importq.config import Settings
-from importq.datasets import load_datasets
 from importq.db import embedded_database_url
-from importq.schema import migrate
+from importq.migrate import migrate
+from importq.rules.datasets import load_datasets
 from importq.services import Services, open_services
 from importq.worker.tasks import run_worker
 

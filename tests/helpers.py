@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from psycopg import AsyncConnection, sql
 
-from importq.staged import results_table
+from importq.ingest.staged_table import results_table
 
 if TYPE_CHECKING:
     from importq.services import Services

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
-from importq.datasets import Dataset
-from importq.row_rules import Coerced, RowChecker, StagedRow, Value
+from importq.rules.datasets import Dataset
+from importq.rules.row_rules import Coerced, RowChecker, StagedRow, Value
 
 
 def normalise(value: Value) -> str:

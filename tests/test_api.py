@@ -32,9 +32,9 @@ from helpers import (
     wait_for_batch,
 )
 from importq.config import Settings
+from importq.ingest.staged_table import SCHEMA, table_name
+from importq.pipeline.target_tables import ensure_target_table
 from importq.services import Services
-from importq.staged import SCHEMA, table_name
-from importq.targets import ensure_target_table
 from importq.worker.tasks import run_worker
 
 EXTRA_DATASETS = """

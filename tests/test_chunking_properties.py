@@ -19,7 +19,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from importq.chunking import ChunkBound, ChunkCutter, chunk_bounds, chunk_of, effective_chunk_size
+from importq.ingest.chunk_bounds import (
+    ChunkBound,
+    ChunkCutter,
+    chunk_bounds,
+    chunk_of,
+    effective_chunk_size,
+)
 
 Key = tuple[str, ...]
 Row = tuple[int, Key | None]

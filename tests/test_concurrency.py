@@ -24,17 +24,17 @@ from procrastinate.jobs import Job
 from psycopg import sql
 
 from helpers import Receiver, entrance, row_results, wait_for_batch
-from importq import aggregation
-from importq.datasets import load_datasets
-from importq.delivery import send_completion_email
-from importq.processing import fail_chunk, process_chunk
-from importq.recovery import reconcile
-from importq.reports import ReportWriter
-from importq.row_rules import StagedRow
+from importq.delivery.completion_email import send_completion_email
+from importq.delivery.webhooks import deliver_batch_webhook
+from importq.ingest.json_rows import read_json_rows
+from importq.ingest.staged_table import results_table
+from importq.pipeline import aggregation
+from importq.pipeline.chunk_processing import fail_chunk, process_chunk
+from importq.pipeline.recovery import reconcile
+from importq.pipeline.reports import ReportWriter
+from importq.rules.datasets import load_datasets
+from importq.rules.row_rules import StagedRow
 from importq.services import Services
-from importq.staged import results_table
-from importq.uploads import read_json_rows
-from importq.webhooks import deliver_batch_webhook
 from importq.worker import tasks
 from rules_model import decide
 
@@ -436,7 +436,7 @@ async def test_two_batches_storing_one_key_at_once_store_it_once(
     """Batch 2's chunk inserts keys batch 1's open transaction holds: its plain insert
     waits, fails once batch 1 commits, and the guarded statement makes them duplicates
     (without probing the chunk row by row, the path of rows the database refuses)."""
-    caplog.set_level(logging.INFO, logger="importq.processing")
+    caplog.set_level(logging.INFO, logger="importq.pipeline.chunk_processing")
     rows = [entrance(f"race-{n}") for n in range(3)]
     first, _ = await _staged_batch(client, rows)
     second, _ = await _staged_batch(client, [*rows, entrance("race-new")])
@@ -498,7 +498,7 @@ async def test_reconcile_leaves_a_chunk_its_worker_still_holds(
     client: httpx.AsyncClient,
     services: Services,
 ) -> None:
-    from importq.recovery import ChunkStillHeld, _count_lost_attempt
+    from importq.pipeline.recovery import ChunkStillHeld, _count_lost_attempt
 
     batch_id, _ = await _staged_batch(client, [entrance(f"h{i}") for i in range(25)])
     batch = uuid.UUID(batch_id)
@@ -519,7 +519,7 @@ async def test_reconcile_gives_a_chunk_left_without_a_job_a_new_one(
     client: httpx.AsyncClient,
     services: Services,
 ) -> None:
-    from importq.recovery import reconcile
+    from importq.pipeline.recovery import reconcile
 
     rows = [entrance(f"o{i}") for i in range(25)]
     batch_id, total_chunks = await _staged_batch(client, rows)

@@ -25,17 +25,12 @@ from conftest import ROOT, make_settings
 from helpers import wait_for_batch
 from importq.config import Settings
 from importq.errors import Refusal
+from importq.ingest.csv_reader import SNIFF_BYTES, read_csv, sniff_delimiter
+from importq.ingest.limits import UploadLimits
+from importq.ingest.parsed_upload import ParsedUpload, within_limits
+from importq.ingest.text_encoding import find_bad_byte
+from importq.pipeline.target_tables import ensure_target_table
 from importq.services import Services
-from importq.targets import ensure_target_table
-from importq.uploads import (
-    SNIFF_BYTES,
-    ParsedUpload,
-    UploadLimits,
-    find_bad_byte,
-    read_csv,
-    sniff_delimiter,
-    within_limits,
-)
 
 Table = list[list[str]]
 
@@ -553,7 +548,7 @@ def test_spectrum_case_reads_as_expected(spectrum: Path, name: str) -> None:
 
 # The datasets a spectrum case is imported into: one per case, every column optional
 # text but the first. A dataset needs a dedup key and its key columns must be required
-# (datasets.py: a valid row must have a whole key), so a dataset with no mandatory
+# (importq.rules.datasets: a valid row must have a whole key), so a dataset with no mandatory
 # column cannot be declared; the first column is unique and non-empty in every case.
 
 

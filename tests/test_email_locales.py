@@ -23,7 +23,7 @@ from babel.numbers import format_decimal
 from markupsafe import escape
 
 from importq import i18n
-from importq.mail import REPORT_LABELS, CompletionFacts, render_completion_email
+from importq.delivery.mailer import REPORT_LABELS, CompletionFacts, render_completion_email
 from importq.resources import resource_dir
 
 ROOT = Path(__file__).resolve().parents[1]

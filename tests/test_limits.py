@@ -11,8 +11,8 @@ import pytest
 from conftest import make_settings, new_user
 from helpers import api_client, csv_text, entrance, post_rows
 from importq.config import Settings
+from importq.ingest.staged_table import SCHEMA
 from importq.services import Services, open_services
-from importq.staged import SCHEMA
 
 
 @pytest.fixture

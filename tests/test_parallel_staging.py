@@ -17,13 +17,15 @@ from psycopg import sql
 
 from conftest import new_user
 from helpers import csv_text, download, entrance, read_csv_report, wait_for_batch
-from importq import staging
 from importq.db import create_pool
-from importq.recovery import reconcile
+from importq.ingest import staging
+from importq.ingest.clean_csv import CsvSource, NotClean
+from importq.ingest.csv_reader import read_csv
+from importq.ingest.limits import UploadLimits
+from importq.ingest.staged_table import SCHEMA, part_name, table_name
+from importq.ingest.staging import BatchRequest
+from importq.pipeline.recovery import reconcile
 from importq.services import Services
-from importq.staged import SCHEMA, part_name, table_name
-from importq.staging import BatchRequest
-from importq.uploads import CsvSource, NotClean, UploadLimits, read_csv
 
 
 def _rows() -> list[dict[str, str]]:

@@ -13,8 +13,8 @@ import pytest
 
 from helpers import csv_text, download, entrance, post_rows, read_csv_report, wait_for_batch
 from importq import accounts
+from importq.ingest.staged_table import SCHEMA, table_name
 from importq.services import Services
-from importq.staged import SCHEMA, table_name
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -324,7 +324,7 @@ async def test_the_upload_is_kept_and_everything_stored_is_purged_after_retentio
     client: httpx.AsyncClient,
     services: Services,
 ) -> None:
-    from importq.recovery import reconcile
+    from importq.pipeline.recovery import reconcile
 
     body = csv_text([entrance("p1"), entrance("p2", latitude="x")]).encode()
     response = await client.post(

@@ -13,7 +13,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from importq.row_rules import NUMBER
+from importq.rules.row_rules import NUMBER
 from importq.services import Services
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -19,9 +19,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from helpers import HEADER, entrance
-from importq.chunking import chunk_bounds, chunk_of
-from importq.datasets import Dataset, DatasetError, load_datasets, parse_datasets
-from importq.row_rules import StagedRow, Value
+from importq.ingest.chunk_bounds import chunk_bounds, chunk_of
+from importq.rules.datasets import Dataset, DatasetError, load_datasets, parse_datasets
+from importq.rules.row_rules import StagedRow, Value
 from rules_model import Rejected, Winner, decide, normalise, row_key
 
 PROPERTIES = settings(max_examples=200, deadline=None)

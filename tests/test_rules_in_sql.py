@@ -19,14 +19,14 @@ from psycopg import sql
 
 from conftest import new_user
 from helpers import row_results
-from importq.datasets import Dataset, load_datasets, parse_datasets
-from importq.processing import process_chunk
-from importq.row_rules import StagedRow, converter
-from importq.screen import Screen
+from importq.ingest.parsed_upload import ParsedUpload
+from importq.ingest.staged_table import trimmed
+from importq.ingest.staging import BatchRequest, stage_batch
+from importq.pipeline.chunk_processing import process_chunk
+from importq.rules.datasets import Dataset, load_datasets, parse_datasets
+from importq.rules.row_rules import StagedRow, converter
+from importq.rules.sql_screen import Screen
 from importq.services import Services
-from importq.staged import trimmed
-from importq.staging import BatchRequest, stage_batch
-from importq.uploads import ParsedUpload
 from rules_model import decide, normalise
 from test_row_rules_properties import LATITUDE, scenarios
 

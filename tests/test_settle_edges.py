@@ -16,15 +16,15 @@ from psycopg import AsyncConnection, sql
 
 from conftest import new_user
 from helpers import entrance, row_results
-from importq.datasets import Dataset, parse_datasets
-from importq.processing import process_chunk
-from importq.reports import BLOCK_LINES
-from importq.row_rules import _bool, _date, _timestamp
+from importq.ingest.json_rows import read_json_rows
+from importq.ingest.staged_table import results_table
+from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
+from importq.pipeline.chunk_processing import process_chunk
+from importq.pipeline.reports import BLOCK_LINES
+from importq.pipeline.target_tables import ensure_target_table
+from importq.rules.datasets import Dataset, parse_datasets
+from importq.rules.row_rules import _bool, _date, _timestamp
 from importq.services import Services
-from importq.staged import results_table
-from importq.staging import BatchRequest, StagedBatch, stage_batch
-from importq.targets import ensure_target_table
-from importq.uploads import read_json_rows
 
 WIDTH = 120
 WIDE = parse_datasets(
@@ -217,7 +217,7 @@ async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
             [first.batch_id, list(edges)],
         )
         await conn.commit()
-    with caplog.at_level(logging.INFO, logger="importq.processing"):
+    with caplog.at_level(logging.INFO, logger="importq.pipeline.chunk_processing"):
         second = await _process(services, entrances, rows, chunk_size=10)
     # Found by the lookups, not by the unique index: no chunk needed ON CONFLICT.
     assert "ON CONFLICT" not in caplog.text

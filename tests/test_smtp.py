@@ -28,9 +28,9 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from conftest import make_settings, new_user
 from helpers import entrance, post_rows, wait_for_batch
 from importq.config import Settings
-from importq.delivery import send_completion_email
+from importq.delivery.completion_email import send_completion_email
+from importq.delivery.mailer import MailError, deliver
 from importq.i18n import available_locales
-from importq.mail import MailError, deliver
 from importq.services import Services
 
 HOST = "127.0.0.1"

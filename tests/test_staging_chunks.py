@@ -21,12 +21,12 @@ from psycopg import sql
 
 from conftest import new_user
 from helpers import csv_text, entrance
-from importq.chunking import ChunkBound, chunk_bounds, chunk_of, effective_chunk_size
+from importq.ingest.chunk_bounds import ChunkBound, chunk_bounds, chunk_of, effective_chunk_size
+from importq.ingest.json_rows import read_json_rows
+from importq.ingest.staged_table import StagedTable, original, table_name
+from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
+from importq.pipeline.target_tables import chunk_statements
 from importq.services import Services
-from importq.staged import StagedTable, original, table_name
-from importq.staging import BatchRequest, StagedBatch, stage_batch
-from importq.targets import chunk_statements
-from importq.uploads import read_json_rows
 from rules_model import row_key
 
 CHUNK_SIZE = 7

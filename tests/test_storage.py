@@ -38,11 +38,11 @@ from azure.storage.blob.aio import BlobServiceClient
 
 from conftest import ROOT, make_settings, new_user
 from helpers import BASE_URL, api_client, entrance, post_rows, read_csv_report, wait_for_batch
-from importq import batches
-from importq.aggregation import _write_reports, download_name, report_path
 from importq.api.imports import _spool_file
 from importq.config import Settings
-from importq.recovery import reconcile
+from importq.pipeline import batches
+from importq.pipeline.aggregation import _write_reports, download_name, report_path
+from importq.pipeline.recovery import reconcile
 from importq.services import Services, open_storage
 from importq.storage.azure import AzureStorage
 from importq.storage.local import LocalStorage

@@ -16,14 +16,14 @@ import pytest
 from conftest import make_settings
 from helpers import Receiver, entrance, wait_for_batch
 from importq.config import Settings
-from importq.services import Services
-from importq.webhooks import (
+from importq.delivery.webhooks import (
     behind_proxy,
     check_destination,
     deliver_batch_webhook,
     inward_address,
     pinned_request,
 )
+from importq.services import Services
 
 
 @pytest.fixture

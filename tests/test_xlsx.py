@@ -15,9 +15,10 @@ import pytest
 from openpyxl.styles import Font
 
 from importq.errors import Refusal
-from importq.row_rules import StagedRow
-from importq.uploads import ParsedUpload, UploadLimits
-from importq.xlsx import ArchiveLimits, cell_text, number_text, read_xlsx
+from importq.ingest.limits import UploadLimits
+from importq.ingest.parsed_upload import ParsedUpload
+from importq.ingest.xlsx_reader import ArchiveLimits, cell_text, number_text, read_xlsx
+from importq.rules.row_rules import StagedRow
 
 # --- fixtures -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from importq.datasets import ROLES
+from importq.rules.datasets import ROLES
 from importq.sql import queries
 
 

@@ -19,9 +19,9 @@ import psycopg
 
 from importq import accounts
 from importq.config import Settings
-from importq.datasets import ROLES, load_datasets
 from importq.db import database_url
-from importq.schema import migrate
+from importq.migrate import migrate
+from importq.rules.datasets import ROLES, load_datasets
 
 log = logging.getLogger("importq")
 ADMIN_TOKEN_FILE = "admin-token"

@@ -15,7 +15,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from importq.uploads import UploadLimits
+from importq.ingest.limits import UploadLimits
 
 SECRET_KEY_FILE = "secret-key"
 

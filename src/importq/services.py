@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from importq.config import Settings
-from importq.datasets import Dataset, load_datasets
 from importq.db import Pool, create_pool, database_url
-from importq.queue import JobQueue, create_queue_app
+from importq.pipeline.job_queue import JobQueue, create_queue_app
+from importq.rules.datasets import Dataset, load_datasets
 from importq.storage import Storage
 from importq.storage.local import LocalStorage
 

@@ -28,19 +28,15 @@ from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.schemas import Accepted, ErrorBody
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
+from importq.ingest.csv_reader import read_csv, resolve_delimiter
+from importq.ingest.json_rows import read_json_rows
+from importq.ingest.limits import UploadLimits
+from importq.ingest.parsed_upload import ParsedUpload, within_limits
+from importq.ingest.staging import BatchRequest, stage_batch
+from importq.ingest.text_encoding import resolve_encoding
+from importq.ingest.xlsx_reader import read_xlsx
 from importq.services import Services
-from importq.staging import BatchRequest, stage_batch
 from importq.storage import StorageError
-from importq.uploads import (
-    ParsedUpload,
-    UploadLimits,
-    read_csv,
-    read_json_rows,
-    resolve_delimiter,
-    resolve_encoding,
-    within_limits,
-)
-from importq.xlsx import read_xlsx
 
 router = APIRouter()
 

@@ -11,12 +11,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from importq import batches
 from importq.accounts import User
-from importq.aggregation import report_links
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.schemas import ErrorBody, Job, Page, ReportLinks, ReportUrls, Status
 from importq.errors import Refusal
+from importq.pipeline import batches
+from importq.pipeline.aggregation import report_links
 from importq.services import Services
 
 router = APIRouter()

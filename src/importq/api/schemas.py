@@ -7,7 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
-from importq.job_view import (
+from importq.job_json import (
     Job,
     Progress,
     ReportUrls,

@@ -39,7 +39,7 @@ DROP TABLE IF EXISTS importq_chunk, importq_failures;
 -- by U+0001, {trimmed}: per cell read "CASE WHEN padded THEN importq_trim(c<p>) ELSE
 -- c<p> END AS t<p>", {originals}: per cell read "CASE WHEN padded THEN c<p> END AS
 -- o<p>", and every other cell as c<p>). A cell read is kept as uploaded only in a row
--- that was trimmed: in any other, t<p> is the same text (importq.staged.original).
+-- that was trimmed: in any other, t<p> is the same text (importq.ingest.staged_table.original).
 -- The columns every statement reads come first: a row is decoded from its start up to
 -- the last column a statement needs.
 -- Most rows have no cell to trim, and one test of the whole row costs less than
@@ -59,7 +59,7 @@ FROM (
 ) s;
 
 -- name: judged_values
--- The distinct values of one of the chunk's columns judged by value (importq.screen),
+-- The distinct values of one of the chunk's columns judged by value (importq.rules.sql_screen),
 -- trimmed and non-empty, with its position (template {position}, {value}: t<position>);
 -- the columns' queries are joined by UNION ALL (a GROUP BY each: half the cost of one
 -- DISTINCT over all of them).
@@ -105,7 +105,7 @@ INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 -- trimmed cells), {key_values} (the key columns' values), {winner_keys} ("<key field>
 -- AS winner_k<i>", …), {same_key} (a chunk row c has the key of an inserted row w),
 -- {to_insert} (rows_to_insert), {on_conflict}, {success_record}, {rejected_record},
--- {block} (importq.reports.BLOCK_LINES).
+-- {block} (importq.pipeline.reports.BLOCK_LINES).
 WITH inserted AS (
     -- The values are cast for the rows inserted only (in the subquery's order, the dedup
     -- index's): a later row of a key is a duplicate whatever PostgreSQL makes of it.

@@ -1,5 +1,5 @@
 -- A batch's staged table (importq_staging.b_<batch id hex>) and the statements over it;
--- psycopg.sql templates completed by importq.staged.
+-- psycopg.sql templates completed by importq.ingest.staged_table.
 
 -- name: create_staged_table
 -- Where an upload's rows land, in file order (template {table}, {cells}: "c0 text, …",
@@ -82,7 +82,7 @@ CREATE INDEX ON {table} (key_hash);
 
 -- name: create_results_table
 -- Where the chunks of the batch record their rows' results: per chunk, one row per
--- outcome and block of lines (importq.reports.BLOCK_LINES) with its lines, their
+-- outcome and block of lines (importq.pipeline.reports.BLOCK_LINES) with its lines, their
 -- messages and the CSV records their report prints, as parallel arrays (template
 -- {results}). Rows of arrays rather than a row per line: a chunk writes a few hundred
 -- rows instead of thousands, each a heap insert and a WAL record of its own. No index:
@@ -111,7 +111,7 @@ ALTER TABLE {results} ALTER COLUMN lines SET STORAGE EXTERNAL,
 hashtextextended(coalesce(CASE WHEN problem IS NULL THEN {key} END, 'line ' || line::text), 0)
 
 -- name: staged_chunk_bounds
--- The batch's chunks, as importq.chunking.chunk_bounds() cuts them, each with its first
+-- The batch's chunks, as importq.ingest.chunk_bounds.chunk_bounds() cuts them, each with its first
 -- hash and its row count (template {table}; %(size)s: the chunk size). A chunk that
 -- starts at hash h holds the %(size)s rows from h on, then the rest of the last one's
 -- key group: the next starts at the first hash above that row's (NULL after the last

@@ -11,7 +11,7 @@ calls the module that owns the work (processing, aggregation, delivery). Retries
 - ``send_email`` and ``deliver_webhook`` retry with backoff up to
   ``IMPORTQ_MAIL_MAX_ATTEMPTS`` / ``IMPORTQ_WEBHOOK_MAX_ATTEMPTS`` runs; the last one
   records its failure on the batch.
-- ``reconcile`` (periodic) recovers what a dead worker left: see :mod:`importq.recovery`.
+- ``reconcile`` (periodic) recovers what a dead worker left: see :mod:`importq.pipeline.recovery`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ from procrastinate import JobContext, RetryStrategy
 from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
 
-from importq import batches
-from importq.aggregation import aggregate as aggregate_batch
-from importq.delivery import send_completion_email
-from importq.processing import fail_chunk, record_attempt
-from importq.processing import process_chunk as process_one_chunk
-from importq.queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES, QUEUES
-from importq.recovery import reconcile as reconcile_once
+from importq.delivery.completion_email import send_completion_email
+from importq.delivery.webhooks import deliver_batch_webhook
+from importq.pipeline import batches
+from importq.pipeline.aggregation import aggregate as aggregate_batch
+from importq.pipeline.chunk_processing import fail_chunk, record_attempt
+from importq.pipeline.chunk_processing import process_chunk as process_one_chunk
+from importq.pipeline.job_queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES, QUEUES
+from importq.pipeline.recovery import reconcile as reconcile_once
 from importq.services import Services
-from importq.webhooks import deliver_batch_webhook
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :func:`process_chunk` owns one transaction that does all of a chunk's work: lock the
 chunk (a second delivery of the job waits, then sees it done and does nothing), screen
-its rows in SQL (:mod:`importq.screen`), read the rows the screen does not pass (only
+its rows in SQL (:mod:`importq.rules.sql_screen`), read the rows the screen does not pass (only
 the cells the row rules need) and check them in Python, writing down the failures
 (``importq_failures``). One statement (``settle_chunk``) then does every write: the first
 valid line of each key is inserted unless the key is stored already ("already exists"),
@@ -32,13 +32,13 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection, sql
 
-from importq.batches import ChunkTally, count_finished_chunk
-from importq.datasets import Dataset
-from importq.queue import JobQueue
-from importq.row_rules import RowChecker, StagedRow
+from importq.ingest.staged_table import StagedTable
+from importq.pipeline.batches import ChunkTally, count_finished_chunk
+from importq.pipeline.job_queue import JobQueue
+from importq.pipeline.target_tables import ChunkStatements, chunk_statements
+from importq.rules.datasets import Dataset
+from importq.rules.row_rules import RowChecker, StagedRow
 from importq.sql import queries
-from importq.staged import StagedTable
-from importq.targets import ChunkStatements, chunk_statements
 
 log = logging.getLogger(__name__)
 

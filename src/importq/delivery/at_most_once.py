@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
-from importq import batches
+from importq.pipeline import batches
 from importq.services import Services
 from importq.sql import queries
 

@@ -1,6 +1,6 @@
 """Dataset target tables: their DDL, and the statements that settle a chunk into them.
 
-The statements are templates in ``sql/schema.sql`` and ``sql/chunks.sql``, completed
+The statements are templates in ``sql/target_tables.sql`` and ``sql/chunks.sql``, completed
 here with the dataset's identifiers through ``psycopg.sql`` (identifiers quoted, never
 interpolated as text). Key columns use the "C" collation so the insert's sort order is
 the index's order.
@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from psycopg import AsyncConnection, sql
 
-from importq.datasets import Column, Dataset
-from importq.reports import BLOCK_LINES, record_sql
-from importq.screen import Screen
+from importq.ingest.staged_table import StagedTable, cell, kept, original, trimmed
+from importq.pipeline.reports import BLOCK_LINES, record_sql
+from importq.rules.datasets import Column, Dataset
+from importq.rules.sql_screen import Screen
 from importq.sql import queries
-from importq.staged import StagedTable, cell, kept, original, trimmed
 
 
 class TargetTableError(RuntimeError):

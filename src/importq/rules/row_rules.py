@@ -9,7 +9,7 @@ Invariants:
   ``duplicate of line N``: SQL applies this rule (``settle_chunk`` in
   ``sql/chunks.sql``), on keys trimmed by ``importq_trim`` exactly as ``str.strip``
   trims them;
-- SQL screens a chunk's rows first (:mod:`importq.screen`); this module checks the rows
+- SQL screens a chunk's rows first (:mod:`importq.rules.sql_screen`); this module checks the rows
   the screen does not pass, and alone words their problems.
 """
 
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 
-from importq.datasets import Column, ColumnType, Dataset
+from importq.rules.datasets import Column, ColumnType, Dataset
 
 Value = str | None
 Coerced = str | int | float | bool | date | datetime | None

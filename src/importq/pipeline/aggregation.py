@@ -22,10 +22,11 @@ from typing import Any, cast
 
 from psycopg import sql
 
-from importq import batches
-from importq.datasets import Dataset
-from importq.mail import message_id
-from importq.reports import (
+from importq.delivery.mailer import message_id
+from importq.delivery.webhooks import WEBHOOK, delivery_id
+from importq.ingest.staged_table import results_table
+from importq.pipeline import batches
+from importq.pipeline.reports import (
     BLOCK_LINES,
     FILE_NAMES,
     KINDS,
@@ -33,10 +34,9 @@ from importq.reports import (
     ReportLayout,
     ReportWriter,
 )
+from importq.rules.datasets import Dataset
 from importq.services import Services
 from importq.sql import queries
-from importq.staged import results_table
-from importq.webhooks import WEBHOOK, delivery_id
 
 REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
 # The reports are written in a directory of the data dir named so; the purge sweeps

@@ -22,8 +22,8 @@ from typing import TextIO
 
 from psycopg import sql
 
-from importq.datasets import Dataset
-from importq.staged import original, trimmed
+from importq.ingest.staged_table import original, trimmed
+from importq.rules.datasets import Dataset
 
 KINDS = ("success", "duplicates", "failures")
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
@@ -85,8 +85,8 @@ _EXTRA_CELLS = sql.SQL(
 def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, sql.Composed]:
     """The SQL expressions of a row's report record, CRLF included: for a success, and
     for a duplicate or failure. They read a chunk row's cells as uploaded
-    (:func:`importq.staged.original`), its trimmed cells (``t<n>``), ``line``, ``extra``,
-    ``message`` and ``target_id``."""
+    (:func:`importq.ingest.staged_table.original`), its trimmed cells (``t<n>``),
+    ``line``, ``extra``, ``message`` and ``target_id``."""
     layout = ReportLayout.for_batch(dataset, header)
     positions = dataset.match_header(list(header)).positions
 

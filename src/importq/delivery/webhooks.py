@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 import httpx
 from psycopg import AsyncConnection
 
-from importq.deliveries import PermanentFailure, deliver_once
-from importq.job_view import Job
+from importq.delivery.at_most_once import PermanentFailure, deliver_once
+from importq.job_json import Job
 from importq.services import Services
 
 WEBHOOK = "webhook"

@@ -48,8 +48,9 @@ from defusedxml import DefusedXmlException  # type: ignore[import-untyped]
 from openpyxl.styles.numbers import is_datetime  # type: ignore[import-untyped]
 
 from importq.errors import Refusal
-from importq.row_rules import StagedRow, Value
-from importq.uploads import ParsedUpload, UploadLimits
+from importq.ingest.limits import UploadLimits
+from importq.ingest.parsed_upload import ParsedUpload
+from importq.rules.row_rules import StagedRow, Value
 
 MAX_SHEET_ROWS = 1_048_576  # Excel's last row
 _OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls, and encrypted .xlsx

@@ -1,7 +1,7 @@
 """Staging an upload: COPY its rows, cut the chunks, create the batch, defer the jobs.
 
 ``stage_batch`` owns its transaction, and everything happens inside it: the batch's
-staged table is created (:mod:`importq.staged`), the rows are COPYed into it (by
+staged table is created (:mod:`importq.ingest.staged_table`), the rows are COPYed into it (by
 PostgreSQL's own CSV reader when the file is clean enough, else as importq parses them),
 its hash index is built, the chunk boundaries are cut by walking that index, and the
 batch, its chunks and one ``process_chunk`` job per chunk are inserted.
@@ -32,13 +32,20 @@ import psycopg
 from psycopg import AsyncConnection, errors, sql
 from psycopg_pool import PoolTimeout
 
-from importq.chunking import ChunkBound, effective_chunk_size
-from importq.datasets import Dataset, HeaderMatch
 from importq.errors import Refusal
-from importq.row_rules import Value
+from importq.ingest.chunk_bounds import ChunkBound, effective_chunk_size
+from importq.ingest.clean_csv import CsvSource, NotClean
+from importq.ingest.parsed_upload import ParsedUpload, empty_upload
+from importq.ingest.staged_table import (
+    FIRST_LINE,
+    LineRange,
+    StagedTable,
+    drop_staged_table,
+    part_name,
+)
+from importq.rules.datasets import Dataset, HeaderMatch
+from importq.rules.row_rules import Value
 from importq.sql import queries
-from importq.staged import FIRST_LINE, LineRange, StagedTable, drop_staged_table, part_name
-from importq.uploads import CsvSource, NotClean, ParsedUpload, empty_upload
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from importq.deliveries import PermanentFailure, deliver_once
+from importq.delivery.at_most_once import PermanentFailure, deliver_once
+from importq.delivery.mailer import CompletionFacts, deliver, render_completion_email
 from importq.i18n import resolve_locale
-from importq.mail import CompletionFacts, deliver, render_completion_email
 from importq.services import Services
 from importq.sql import queries
 

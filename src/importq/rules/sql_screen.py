@@ -2,8 +2,8 @@
 
 Most rows of an upload are valid, and reading every row into Python to say so costs more
 than the rest of a chunk's work. So a chunk's rows are screened in SQL first: a row the
-screen passes is valid by the row rules (:mod:`importq.row_rules`), and only the others
-(the *suspects*) are read and checked by :class:`~importq.row_rules.RowChecker`, which
+screen passes is valid by the row rules (:mod:`importq.rules.row_rules`), and only the others
+(the *suspects*) are read and checked by :class:`~importq.rules.row_rules.RowChecker`, which
 alone words the problems. The screen may pass fewer rows than are valid (a number with
 an exponent is left to Python), never more: that is its one invariant, and
 ``tests/test_row_rules_properties.py`` holds the whole pipeline to it.
@@ -33,9 +33,9 @@ from decimal import Decimal
 
 from psycopg import sql
 
-from importq.datasets import Column, ColumnType, Dataset
-from importq.row_rules import Converter, converter
-from importq.staged import at_most_chars, trimmed
+from importq.ingest.staged_table import at_most_chars, trimmed
+from importq.rules.datasets import Column, ColumnType, Dataset
+from importq.rules.row_rules import Converter, converter
 
 # Patterns without bounded repeats ({1,18}), which PostgreSQL's regex engine runs five
 # times slower; the length bound is a separate test.

@@ -29,11 +29,11 @@ from procrastinate.jobs import Job, Status
 from procrastinate.manager import JobManager
 from psycopg import AsyncConnection
 
-from importq.aggregation import REPORT_SCRATCH_PREFIX
-from importq.processing import fail_chunk, record_attempt
+from importq.ingest.staged_table import drop_staged_table
+from importq.pipeline.aggregation import REPORT_SCRATCH_PREFIX
+from importq.pipeline.chunk_processing import fail_chunk, record_attempt
 from importq.services import Services
 from importq.sql import queries
-from importq.staged import drop_staged_table
 from importq.storage import StorageError
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from functools import cached_property
 
 from psycopg import sql
 
-from importq.datasets import Dataset
+from importq.rules.datasets import Dataset
 from importq.sql import queries
 
 SCHEMA = "importq_staging"

@@ -17,10 +17,10 @@ from typing import LiteralString
 from procrastinate.schema import SchemaManager
 from psycopg import AsyncConnection
 
-from importq.datasets import Dataset
+from importq.pipeline.target_tables import ensure_target_table
 from importq.resources import resource_dir
+from importq.rules.datasets import Dataset
 from importq.sql import queries
-from importq.targets import ensure_target_table
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,234 @@
+"""Text encodings of uploaded files: given, declared by a BOM, or detected.
+
+A file is read as the encoding the client named, else the one its BOM declares, else
+UTF-8, else Windows-1252 when its bytes look like such text (see
+:func:`choose_encoding`). A file that does not decode is refused naming the byte offset
+and the physical line of the first bad byte.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from dataclasses import dataclass
+from typing import IO
+
+from importq.errors import Refusal
+
+# Longest first: the UTF-32 LE BOM starts with the UTF-16 LE one.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+_FAMILIES = {
+    "utf-8": "utf-8",
+    "utf-8-sig": "utf-8",
+    "utf-16": "utf-16",
+    "utf-16-le": "utf-16",
+    "utf-16-be": "utf-16",
+    "utf-32": "utf-32",
+    "utf-32-le": "utf-32",
+    "utf-32-be": "utf-32",
+}
+# A family name without byte order, when the file has no BOM: little-endian, as Windows
+# writes it (and as Python reads it on the usual machines).
+_WITHOUT_BOM = {"utf-8-sig": "utf-8", "utf-16": "utf-16-le", "utf-32": "utf-32-le"}
+_LABELS = {
+    "utf-8": "UTF-8",
+    "utf-16-le": "UTF-16LE",
+    "utf-16-be": "UTF-16BE",
+    "utf-32-le": "UTF-32LE",
+    "utf-32-be": "UTF-32BE",
+    "cp1252": "Windows-1252",
+    "iso8859-1": "Latin-1",
+}
+# Bytes that Windows-1252 text does not contain: the five undefined ones, the controls
+# other than TAB, LF and CR, and the rarely typed characters that stray bytes decode to
+# (ƒ ˆ ˜ ¤ ¦ ¨ ¬ soft hyphen ¯ ¸ Ð Þ ð þ ÿ; 0xFE and 0xFF never occur in UTF-8, so they
+# are what binary junk and UTF-16 fragments are made of). A file holding one of them is
+# not detected as Windows-1252; ``encoding=windows-1252`` still reads it.
+_NOT_CP1252 = re.compile(
+    b"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x81\x83\x88\x8d\x8f\x90\x98\x9d"
+    b"\xa4\xa6\xa8\xac\xad\xaf\xb8\xd0\xde\xf0\xfe\xff]"
+)
+
+
+@dataclass(frozen=True)
+class BadByte:
+    """Where a file stops decoding: the byte's offset in the file, its physical line
+    (1-based; CR, LF and CRLF each end a line), and the bytes that do not decode
+    (none: the file ends inside a character)."""
+
+    offset: int
+    line: int
+    bad: bytes
+
+
+def _line_at(binary: IO[bytes], codec: str, start: int, offset: int, block_size: int) -> int:
+    """The physical line (1-based) of byte ``offset``: CR, LF and CRLF each end one.
+
+    Counted on the decoded text, so an encoded newline counts whatever its bytes (two in
+    UTF-16, four in UTF-32) and a 0x0A byte inside a character never does. Only a
+    refusal needs it, so the pass that finds the bad byte does not count lines."""
+    binary.seek(start)
+    decoder = codecs.getincrementaldecoder(codec)(errors="replace")
+    line = 1
+    after_cr = False
+    left = offset - start
+    while left > 0 and (block := binary.read(min(block_size, left))):
+        left -= len(block)
+        text = decoder.decode(block)
+        line += text.count("\n") + text.count("\r") - text.count("\r\n")
+        if after_cr and text.startswith("\n"):
+            line -= 1  # the LF of a CRLF cut between two blocks
+        after_cr = text.endswith("\r") if text else after_cr
+    return line
+
+
+def find_bad_byte(
+    binary: IO[bytes], codec: str, *, start: int = 0, block_size: int = 1 << 20
+) -> BadByte | None:
+    """The first place where the file, from byte ``start``, does not decode in ``codec``
+    (None when all of it does). One streaming pass (a second, up to the bad byte, to
+    name its line); the caller rewinds."""
+    binary.seek(start)
+    decoder = codecs.getincrementaldecoder(codec)(errors="strict")
+    offset = start
+    while block := binary.read(block_size):
+        try:
+            decoder.decode(block)
+        except UnicodeDecodeError as error:
+            # error.object is the bytes held back from the last block (an unfinished
+            # character) followed by this block.
+            bad = offset - max(len(error.object) - len(block), 0) + error.start
+            return BadByte(
+                bad,
+                _line_at(binary, codec, start, bad, block_size),
+                error.object[error.start : max(error.end, error.start + 1)],
+            )
+        except UnicodeError:
+            # Codecs such as punycode fail without saying where: blame the block.
+            return BadByte(offset, _line_at(binary, codec, start, offset, block_size), block[:1])
+        offset += len(block)
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeError:
+        return BadByte(offset, _line_at(binary, codec, start, offset, block_size), b"")
+    return None
+
+
+def _bad_encoding(label: str, bad: BadByte, hint: str = "") -> Refusal:
+    if not bad.bad:
+        detail = f"The file is not valid {label}: it ends inside a character (offset {bad.offset})."
+    else:
+        shown = " ".join(f"0x{byte:02x}" for byte in bad.bad)
+        detail = (
+            f"The file is not valid {label}: {'byte' if len(bad.bad) == 1 else 'bytes'} "
+            f"{shown} at offset {bad.offset} (line {bad.line}) cannot be decoded."
+        )
+    return Refusal(400, "bad_encoding", detail + hint, line=bad.line, offset=bad.offset)
+
+
+def check_encoding(
+    binary: IO[bytes], codec: str = "utf-8", *, start: int = 0, block_size: int = 1 << 20
+) -> None:
+    """Refuse a file that does not decode in ``codec``, naming the byte offset and the
+    line; then rewind to ``start``. Decoding is C-fast, so this pass is cheap next to
+    parsing, and the refusal can say exactly where the bad byte is."""
+    bad = find_bad_byte(binary, codec, start=start, block_size=block_size)
+    if bad is not None:
+        raise _bad_encoding(_LABELS.get(codec, codec), bad)
+    binary.seek(start)
+
+
+def looks_like_cp1252(binary: IO[bytes], *, block_size: int = 1 << 20) -> bool:
+    """Whether a file that is not UTF-8 reads as Windows-1252 text (see :func:`choose_encoding`).
+
+    True when no byte is one that such text does not contain (``_NOT_CP1252``) and more
+    of its non-ASCII bytes are invalid as UTF-8 than form UTF-8 characters, so that a
+    UTF-8 file with a stray byte stays UTF-8 (and is refused at that byte).
+    """
+    binary.seek(0)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    invalid = valid = 0
+    final = False
+    while not final:
+        block = binary.read(block_size)
+        final = not block
+        if _NOT_CP1252.search(block):
+            return False
+        text = decoder.decode(block, final=final)
+        escaped = len(text.encode("utf-8", "surrogateescape")) - len(text.encode("utf-8", "ignore"))
+        invalid += escaped
+        valid += len(text) - len(text.encode("ascii", "ignore")) - escaped
+    return invalid > valid
+
+
+def _bom(head: bytes, family: str | None = None) -> tuple[str, int] | None:
+    """The codec a BOM at the start of ``head`` declares, and the BOM's length; only a
+    BOM of ``family`` when one is named."""
+    for bom, codec in _BOMS:
+        if head.startswith(bom) and family in (None, _FAMILIES[codec]):
+            return codec, len(bom)
+    return None
+
+
+def resolve_encoding(name: str) -> str:
+    """The Python codec name for an encoding a client named; 400 ``unknown_encoding``."""
+    try:
+        info = codecs.lookup(name.strip())
+        # Bytes-to-bytes codecs (base64, zlib…) are not text encodings; "undefined"
+        # refuses to decode anything.
+        usable = getattr(info, "_is_text_encoding", True) and info.decode(b"")[0] == ""
+    except (LookupError, ValueError, UnicodeError):
+        usable = False
+    if not usable:
+        raise Refusal(
+            400,
+            "unknown_encoding",
+            f"{name!r} is not a text encoding importq knows; "
+            "use for example utf-8, utf-16, windows-1252 or latin-1.",
+        )
+    return codecs.lookup(name.strip()).name
+
+
+def choose_encoding(binary: IO[bytes], encoding: str | None) -> tuple[str, int]:
+    """The codec to read the file with and the bytes (a BOM) to skip; refuses a file
+    that does not decode in it. Leaves the file at the first byte to read."""
+    binary.seek(0)
+    head = binary.read(4)
+    if encoding is not None:
+        codec = resolve_encoding(encoding)
+        family = _FAMILIES.get(codec)
+        bom = _bom(head, family) if family else None
+        if bom is not None and codec in (family, "utf-8-sig", bom[0]):
+            codec, start = bom  # the BOM tells the byte order; it is not text
+        else:
+            # No BOM, or one of the other byte order than the client named.
+            codec, start = _WITHOUT_BOM.get(codec, codec), 0
+        check_encoding(binary, codec, start=start)
+        return codec, start
+    bom = _bom(head)
+    if bom is not None:
+        codec, start = bom
+        if (
+            codec == "utf-32-le"
+            and find_bad_byte(binary, codec, start=start) is not None
+            and find_bad_byte(binary, "utf-16-le", start=2) is None
+        ):
+            # FF FE 00 00 is UTF-32LE's BOM, or UTF-16LE's and a NUL: this one decodes.
+            codec, start = "utf-16-le", 2
+        check_encoding(binary, codec, start=start)
+        return codec, start
+    bad = find_bad_byte(binary, "utf-8")
+    if bad is not None and not looks_like_cp1252(binary):
+        raise _bad_encoding(
+            "UTF-8",
+            bad,
+            " If the file is in another encoding, name it (for example encoding=windows-1252).",
+        )
+    binary.seek(0)
+    return ("utf-8" if bad is None else "cp1252"), 0

@@ -1,0 +1,1 @@
+"""Pipeline: the queue, a batch's chunks, their completion, reports and recovery."""

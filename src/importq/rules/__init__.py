@@ -1,0 +1,1 @@
+"""Rules: what a dataset accepts, checked row by row in Python and screened in SQL."""
