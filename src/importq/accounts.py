@@ -1,7 +1,11 @@
 """Users and API tokens.
 
-A token is 32 random bytes, URL-safe; only its SHA-256 digest is stored, so the plain
-token is shown once, when it is issued. Functions take a connection; the caller commits.
+Every function takes a connection and runs in the caller's transaction. The caller
+commits.
+
+User names are unique: :func:`create_user` raises :class:`UserExists` for a taken name.
+Only a token's SHA-256 digest is stored, so the plain token is shown once, when it is
+issued. A token is 32 random bytes, URL-safe encoded.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ async def create_user(
     email: str | None = None,
     locale: str | None = None,
 ) -> tuple[int, str]:
-    """Create a user and its first token; raises UserExists for a taken name."""
+    """Create a user and its first token. Raises UserExists for a taken name."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     cursor = await conn.execute(queries["find_user_id"], {"name": name})

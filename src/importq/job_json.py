@@ -1,5 +1,8 @@
 """The job JSON of the HTTP contract: what ``GET /api/v1/jobs/{id}`` answers and what a
-webhook posts. Pure pydantic, shared by the API and the worker."""
+webhook posts.
+
+It is pure pydantic, shared by the API and the worker.
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
-"""``importq migrate``: importq's numbered migrations, procrastinate's schema, target tables.
+"""``importq migrate``: importq's numbered migrations, procrastinate's schema, and the
+datasets' target tables.
 
-Runs in one transaction under an advisory lock, so two processes migrating at once
-apply each step once. Applied migrations are recorded in ``importq_migrations``;
-running it again is a no-op. procrastinate's ``schema.sql`` is applied on first install;
-after a procrastinate upgrade its ``sql/migrations/*.sql`` newer than the recorded
-version are applied in order.
+A migration runs in one transaction, under an advisory lock, so two processes migrating
+at once apply each step once. Each applied step is recorded in ``importq_migrations``
+under its name, which is unique. So running it again is a no-op.
+
+procrastinate's own ``schema.sql`` is applied on first install. After a procrastinate
+upgrade, its ``sql/migrations/*.sql`` files newer than the recorded version are applied
+in order.
 """
 
 from __future__ import annotations

@@ -1,1 +1,4 @@
-"""The HTTP API (FastAPI): routes, schemas, auth dependency, assembled in ``app.py``."""
+"""The HTTP API, on FastAPI: the routes, the schemas and the auth dependency.
+
+``app.py`` assembles them.
+"""

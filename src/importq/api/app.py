@@ -1,8 +1,8 @@
 """The FastAPI application, assembled from the routers.
 
-``create_app`` opens the process's services in the lifespan; with ``run_worker`` it
-also runs a queue worker in the same event loop (``importq serve``: one command, the
-whole service).
+``create_app`` opens the process's services in the app's lifespan. With
+``run_worker_in_process`` it also runs a queue worker in the same event loop. That is
+how ``importq serve`` runs the whole service in one command.
 """
 
 from __future__ import annotations

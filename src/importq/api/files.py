@@ -1,4 +1,7 @@
-"""``GET /files/<path>``: local-storage downloads through signed, expiring links (no token)."""
+"""``GET /files/<path>``: downloads from local storage through signed, expiring links.
+
+A link needs no token.
+"""
 
 from __future__ import annotations
 

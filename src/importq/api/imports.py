@@ -1,9 +1,10 @@
 """``POST /api/v1/{dataset}/import-rows``: accept rows, stage them, answer 202.
 
-The body is streamed to a spool file with the size limit enforced while it arrives;
-parsing then streams from the spool into staging, and the spool is kept as the upload.
 Every refusal happens before or inside the staging transaction, so a refused request
 leaves nothing behind.
+
+The body is streamed to a spool file, and the size limit is enforced while it arrives.
+Parsing then streams from the spool into staging. The spool is kept as the upload.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ router = APIRouter()
 log = logging.getLogger(__name__)
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-# Raw body types, and multipart file extensions: (format, delimiter; None = sniffed).
+# Raw body types and multipart file extensions, each with its (format, delimiter). A
+# delimiter of None is sniffed.
 BODY_TYPES: dict[str, tuple[str, str | None]] = {
     "text/csv": ("csv", None),
     "text/plain": ("csv", None),
@@ -93,8 +95,11 @@ def _read_file(
 
 async def keep_upload(services: Services, batch_id: uuid.UUID, fmt: str, source: IO[bytes]) -> None:
     """Keep the uploaded file in storage under ``uploads/<batchId>/`` for the retention
-    period (after the 202: the rows are staged already, so this copy is for the record
-    and never holds the answer up); the periodic clean-up deletes it."""
+    period. The periodic clean-up deletes it.
+
+    This runs after the 202. The rows are staged already, so this copy is only for the
+    record and never holds the answer up. A failure to keep it is only logged.
+    """
     path = f"uploads/{batch_id}/upload.{fmt}"
     try:
         await services.storage.put_file(path, source, content_type=UPLOAD_CONTENT_TYPES[fmt])
@@ -105,8 +110,11 @@ async def keep_upload(services: Services, batch_id: uuid.UUID, fmt: str, source:
 
 
 def _request_digest(body: IO[bytes], options: list[str | None]) -> bytes:
-    """SHA-256 of what an upload asks for: its options, then its whole body (read from the
-    start; the file is left where it was). Tells a retry from a different upload."""
+    """SHA-256 of what an upload asks for: its options, then its whole body.
+
+    It tells a retry from a different upload. The body is read from its start, and the
+    file is left at the position it had.
+    """
     digest = hashlib.sha256(json.dumps(options).encode() + b"\n")
     position = body.tell()
     body.seek(0)
@@ -123,12 +131,15 @@ def _too_large(limit: int) -> Refusal:
 
 
 def _spool_file(directory: Path) -> IO[bytes]:
-    """A file with no name in ``directory``, gone when closed unless storage gives it one.
-    Opened with ``O_TMPFILE`` but not ``O_EXCL`` (which :class:`tempfile.TemporaryFile`
-    adds, so that its file can never get a name): local storage on the same file system
-    keeps the upload by naming the file instead of copying it (a million-row CSV:
-    ~180 MB not written again while its chunks run). Where the system has no
-    ``O_TMPFILE``: an ordinary temporary file, which storage copies."""
+    """A file with no name in ``directory``. It is gone when closed, unless storage gives
+    it a name.
+
+    It is opened with ``O_TMPFILE`` but without ``O_EXCL``. :class:`tempfile.TemporaryFile`
+    adds ``O_EXCL``, so that its file can never get a name. Without it, local storage on
+    the same file system keeps the upload by naming the file instead of copying it. The
+    upload is then not written again while its chunks run. Where the system has no
+    ``O_TMPFILE``, this is an ordinary temporary file, which storage copies.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     try:
         descriptor = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
@@ -138,8 +149,10 @@ def _spool_file(directory: Path) -> IO[bytes]:
 
 
 async def _spool(request: Request, limit: int, directory: Path) -> IO[bytes]:
-    """The request's body in a spool file (:func:`_spool_file`), at its start; closed
-    (and so gone) if the body is refused or does not arrive whole."""
+    """The request's body in a spool file (see :func:`_spool_file`), at its start.
+
+    The spool is closed, and so gone, if the body is refused or does not arrive whole.
+    """
     spool = _spool_file(directory)
     try:
         size = 0
@@ -228,11 +241,11 @@ async def import_rows(
     if delimiter is not None:
         resolve_delimiter(delimiter)
     options = FileOptions(limits, encoding=encoding, delimiter=delimiter, sheet=sheet)
-    # The upload is closed (a spool file is then gone) whatever refuses it, unless it is
-    # handed over to keep_upload.
+    # Whatever refuses the upload, it is closed, and a spool file is then gone. Only an
+    # upload handed over to keep_upload stays open.
     with contextlib.ExitStack() as upload_closed:
         if media_type == "application/json":
-            # A JSON body is parsed whole, so it has a limit of its own; files stream.
+            # A JSON body is parsed whole, so it has a limit of its own. Files stream.
             json_limit = min(limit, services.settings.max_json_bytes)
             source = await _spool(request, json_limit, services.settings.spool_dir)
             upload_closed.callback(source.close)

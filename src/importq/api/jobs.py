@@ -1,7 +1,7 @@
 """Reading batches: ``GET /api/v1/jobs/{batchId}`` and ``GET /api/v1/jobs``.
 
-Access: the initiator, moderators and admins; anyone else gets 403, an unknown or
-malformed id 404.
+The initiator, moderators and admins may read a batch. Anyone else gets 403. An unknown
+or malformed id gets 404.
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ def parse_batch_id(raw: str) -> uuid.UUID:
 
 
 async def readable_batch(services: Services, user: User, raw_id: str) -> dict[str, Any]:
-    """The batch if ``user`` may read it; 404 unknown, 403 someone else's."""
+    """The batch, if ``user`` may read it.
+
+    An unknown batch is refused with 404, and someone else's with 403.
+    """
     batch_id = parse_batch_id(raw_id)
     async with services.pool.connection() as conn:
         batch = await batches.get_batch(conn, batch_id)

@@ -1,1 +1,2 @@
-"""Delivery: what a finished batch owes its initiator (email, webhook), sent at most once."""
+"""Delivery: the messages a finished batch owes, an email and a webhook. Each is sent at
+most once after a recorded success."""

@@ -1,13 +1,20 @@
-"""Handing over what a finished batch owes: one message per channel (email, webhook),
-sent at most once after a recorded success.
+"""Handing over what a finished batch owes: one message per channel, email or webhook.
 
-The ``deliveries`` row is locked while the message is handed over, so two jobs never
-send it at once; once ``sent_at`` is recorded it is never sent again. Every attempt is
-logged in ``delivery_attempts``. A failed hand-over is recorded on the row in the same
-transaction, still under the lock, then re-raised so the job retries with backoff. The
-last attempt, or a :class:`PermanentFailure` no retry can mend, is also noted on the
-batch (``lastError`` = ``<channel>: …``) and ends the delivery; a later success clears
-that note. Nothing here touches the batch's status.
+Invariants:
+
+- Each batch and channel has at most one ``deliveries`` row. The aggregation creates
+  it, and inserting it again does nothing.
+- Once the row's ``sent_at`` is recorded, the message is never sent again.
+- Two jobs never send a message at once. The row is locked while the message is handed
+  over.
+- Nothing here touches the batch's status.
+
+:func:`deliver_once` owns its transaction. Every attempt is logged in
+``delivery_attempts``. A failed hand-over is recorded on the row in the same
+transaction, still under the lock. It is then re-raised, so the job retries with
+backoff. The last attempt ends the delivery, and so does a :class:`PermanentFailure`,
+which no retry can mend. Either is also noted on the batch, as ``lastError`` =
+``<channel>: …``. A later success clears that note.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from importq.sql import queries
 
 log = logging.getLogger(__name__)
 
-# Hands the message over: (connection, batch row, message id) → the receiver's status
-# code, if it has one. It may read with the connection but must not write with it.
+# Hands the message over. It takes the connection, the batch row and the message id, and
+# returns the receiver's status code when there is one. It may read with the connection
+# but must not write with it: its failure is recorded in the same transaction.
 Send = Callable[[AsyncConnection[Any], dict[str, Any], str], Awaitable[int | None]]
 
 
@@ -64,10 +72,11 @@ async def deliver_once(
     *,
     last_attempt: bool = False,
 ) -> bool:
-    """Hand the batch's ``channel`` message over unless it was; True when this call did.
+    """Hand over the batch's ``channel`` message, unless it was handed over already.
 
-    Raises the failure of an attempt that may be retried; returns False after recording
-    the last attempt's or a permanent failure.
+    Returns True when this call handed it over. The failure of an attempt that may be
+    retried is raised, after it is recorded. After recording the last attempt's failure,
+    or a permanent failure, it returns False.
     """
     failure: Exception | None = None
     async with services.pool.connection() as conn, conn.transaction():
@@ -82,7 +91,7 @@ async def deliver_once(
         try:
             status_code = await send(conn, batch, str(delivery[0]))
         except Exception as error:
-            # send() wrote nothing, so the transaction is sound: the failure is recorded
+            # send() wrote nothing, so the transaction is sound. The failure is recorded
             # while the row is still locked, and committed.
             failure = error
             await _record(

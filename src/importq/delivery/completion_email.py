@@ -1,4 +1,5 @@
-"""The completion email: what :func:`deliver_once` hands over on the ``email`` channel."""
+"""The completion email: what :func:`importq.delivery.at_most_once.deliver_once` hands
+over on the ``email`` channel."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ EMAIL = "email"
 async def send_completion_email(
     services: Services, batch_id: uuid.UUID, *, last_attempt: bool = False
 ) -> bool:
-    """Send the batch's email unless it was sent; True when this call sent it."""
+    """Send the batch's email unless it was sent already. True when this call sent it."""
     settings = services.settings
 
     async def send(conn: AsyncConnection[Any], batch: dict[str, Any], message_id: str) -> None:

@@ -1,10 +1,12 @@
-"""The completion email: rendered from ``templates/email`` in the initiator's locale, then
-written to the outbox folder or sent over SMTP.
+"""Rendering and sending the completion email.
 
-Rendering is jinja2 with babel's gettext (``{% trans %}``), numbers and dates formatted
-by babel for the locale, ``dir="rtl"`` for right-to-left locales, autoescaping on.
-Every message carries a ``Message-ID`` derived from the batch id; the outbox file is
+Every message carries a ``Message-ID`` derived from the batch id. The outbox file is
 named by it, so writing the same message twice leaves one file.
+
+The email is rendered from ``templates/email`` in the initiator's locale. Rendering uses
+jinja2 with babel's gettext (``{% trans %}``), with autoescaping on. Babel formats the
+numbers and dates for the locale. Right-to-left locales get ``dir="rtl"``. The message
+is then sent over SMTP, or written to the outbox folder.
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ def render_completion_email(
     message.add_alternative(
         env.get_template("import_complete.html.j2").render(context), subtype="html"
     )
-    # After add_alternative, which moves every Content-* header into the first part.
+    # Set after add_alternative, which moves every Content-* header into the first part.
     message["Content-Language"] = locale
     return message
 
@@ -148,17 +150,24 @@ SMTP_SCHEMES = {"smtps": 465, "smtp": 587, "smtp+plain": 25}
 
 
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """Certificate and host name verified; ``ca_file`` replaces the system's CAs."""
+    """A context that verifies the certificate and host name.
+
+    ``ca_file``, when given, replaces the system's CAs.
+    """
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
 def _send_smtp(
     url: str, message: EmailMessage, *, ca_file: Path | None = None, timeout: float = 30.0
 ) -> None:
-    """Send over SMTP: ``smtps://`` implicit TLS, ``smtp://`` only after STARTTLS,
-    ``smtp+plain://`` without TLS (a local relay; credentials are refused there).
+    """Send the message over SMTP.
 
-    Credentials are only ever sent over a verified TLS connection.
+    Credentials are only ever sent over a verified TLS connection. The URL's scheme
+    chooses the transport:
+
+    - ``smtps://`` uses implicit TLS.
+    - ``smtp://`` sends only after STARTTLS.
+    - ``smtp+plain://`` has no TLS. It is for a local relay, and credentials are refused.
     """
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -196,7 +205,7 @@ def _send_smtp(
     except BaseException:
         client.close()
         raise
-    # The message was handed over when DATA was accepted: a failing QUIT changes nothing.
+    # The message was handed over when DATA was accepted, so a failing QUIT changes nothing.
     try:
         client.quit()
     except (OSError, smtplib.SMTPException):
@@ -211,9 +220,9 @@ async def deliver(
     ca_file: Path | None = None,
     smtp_timeout: float = 30.0,
 ) -> None:
-    """Hand the message over: SMTP when configured, else a file in the outbox.
+    """Hand the message over, by SMTP when configured, else as a file in the outbox.
 
-    Raises :class:`MailError` when it could not be handed over (retry later).
+    Raises :class:`MailError` when it could not be handed over. The caller retries later.
     """
     try:
         if smtp_url:

@@ -1,17 +1,26 @@
-"""Webhooks: a finished batch's job JSON POSTed to its ``callbackUrl``, signed.
+"""Webhooks: a finished batch's job JSON, signed and POSTed to its ``callbackUrl``.
 
-Headers: ``X-Importq-Timestamp`` (unix seconds), ``X-Importq-Signature:
-sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`` with ``IMPORTQ_WEBHOOK_SECRET``, and
-``X-Importq-Delivery`` — the same id on every attempt, so a receiver can drop repeats
-(delivery over a network is at-least-once). A 2xx answer is a success, recorded, and the
-webhook is never sent again. Every attempt is logged in ``delivery_attempts``.
+Invariants:
 
-A destination that resolves to anything but public unicast addresses (private,
-loopback, link-local, shared, reserved, multicast…) is refused (and not retried) unless
-its host is listed in ``IMPORTQ_WEBHOOK_ALLOW_HOSTS``; redirects are not followed, so a
-public URL cannot bounce the request inward. The request goes to the address that was
-checked (its Host header, and for HTTPS the name sent and verified in TLS, are the URL's
-host): a name that resolves differently a moment later cannot turn it inward either.
+- A 2xx answer is a success. It is recorded, and the webhook is never sent again.
+- Every attempt of a delivery carries the same ``X-Importq-Delivery`` id. Delivery over a
+  network is at-least-once, so a receiver can use the id to drop repeats.
+- A request never goes to an inward address, unless its host is allowed.
+
+Every attempt is logged in ``delivery_attempts``. The headers:
+
+- ``X-Importq-Timestamp``: unix seconds.
+- ``X-Importq-Signature``: ``sha256=<hex>``, the HMAC-SHA256 of
+  ``"<timestamp>.<body>"`` keyed with ``IMPORTQ_WEBHOOK_SECRET``.
+- ``X-Importq-Delivery``: the delivery's id.
+
+A destination must resolve to public unicast addresses only. Any other address is
+refused: private, loopback, link-local, shared, reserved, multicast and the like. A
+refusal is not retried. A host listed in ``IMPORTQ_WEBHOOK_ALLOW_HOSTS`` is exempt.
+Redirects are not followed, so a public URL cannot bounce the request inward. The
+request goes to the address that was checked, while its Host header stays the URL's
+host. For HTTPS, the name sent and verified in TLS also stays the URL's host. So a name
+that resolves differently a moment later cannot turn the request inward either.
 """
 
 from __future__ import annotations
@@ -59,8 +68,11 @@ def signature(key: bytes, timestamp: str, body: bytes) -> str:
 
 
 def inward_address(address: str) -> bool:
-    """Not a public unicast address (private, loopback, link-local, shared (100.64/10),
-    reserved, multicast…), or an IPv6 address carrying such an IPv4 one."""
+    """Whether ``address`` is not a public unicast address.
+
+    That covers private, loopback, link-local, shared (100.64/10), reserved and multicast
+    addresses. It also covers an IPv6 address that carries such an IPv4 address.
+    """
     ip = ipaddress.ip_address(address.partition("%")[0])
     if isinstance(ip, ipaddress.IPv6Address):
         carried = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None]
@@ -79,13 +91,17 @@ def behind_proxy(url: str) -> bool:
 
 
 async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | None:
-    """Refuse URLs that are not http(s) or that resolve inward (see the module docstring);
-    the address to send to, or None (sent by name) for an allowed host, or through a
-    proxy from the environment: a proxy connects by name itself, and would check the
-    certificate against the address otherwise."""
+    """Check a webhook URL, and return the address to send to.
+
+    Raises WebhookRefused for a URL that is not http(s), or that resolves inward (see the
+    module docstring). Returns None, meaning the request is sent by name, for an allowed
+    host. It also returns None when the request goes through a proxy from the
+    environment. A proxy connects by name itself. Given the address, it would check the
+    certificate against the address.
+    """
     try:
         target = httpx.URL(url)
-        # The host as httpx sends it (IDNA 2008): resolved here in the same form.
+        # The host as httpx sends it (IDNA 2008), so that it is resolved in the same form.
         host = target.raw_host.decode("ascii").lower()
     except (httpx.InvalidURL, UnicodeError) as error:
         raise WebhookRefused(f"{url!r} is not a valid URL: {error}") from error
@@ -113,8 +129,11 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
 def pinned_request(
     client: httpx.AsyncClient, url: str, address: str | None, headers: dict[str, str], body: bytes
 ) -> httpx.Request:
-    """A POST of ``body`` to ``url``, sent to ``address`` when given: the URL's host
-    stays the Host header and, for HTTPS, the TLS name (SNI and certificate check)."""
+    """A POST of ``body`` to ``url``, sent to ``address`` when one is given.
+
+    The URL's host stays the Host header. For HTTPS it also stays the TLS name, used for
+    SNI and the certificate check.
+    """
     target = httpx.URL(url)
     extensions: dict[str, str] = {}
     if address is not None:
@@ -151,7 +170,7 @@ async def _post(services: Services, url: str, address: str | None, ident: str, b
 async def deliver_batch_webhook(
     services: Services, batch_id: uuid.UUID, *, last_attempt: bool = False
 ) -> bool:
-    """POST the batch's job JSON unless already delivered; True when this call did."""
+    """POST the batch's job JSON unless it was delivered already. True when this call did."""
 
     async def send(conn: AsyncConnection[Any], batch: dict[str, Any], ident: str) -> int:
         assert batch["callback_url"]

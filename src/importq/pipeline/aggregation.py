@@ -1,12 +1,22 @@
 """Aggregation: the one run per batch that writes the reports and announces the end.
 
-Entered only by the winner of the completion guard (``active → aggregating``). It
-streams the batch's row results in line order into the reports, checking that they
-account for every line exactly once, stores the reports, then in one
-transaction moves ``aggregating → completed | failed`` with the result, creates the
-``IMPORT_COMPLETE`` notification and the email delivery, and defers ``send_email``.
-Safe to run again: uploads replace what a failed run stored, and the final transition
-is guarded, so a second run that loses it creates nothing.
+Invariants:
+
+- Only the winner of the completion guard (``active → aggregating``) runs it.
+- A batch is finished only when its row results account for every line exactly once.
+- The final transition and the messages it owes commit together, or not at all.
+- Running it again is safe. Uploads replace what a failed run stored. The final
+  transition is guarded, so a second run that loses it creates nothing.
+
+The steps:
+
+1. Stream the batch's row results, in line order, into the reports, and check that they
+   account for every line.
+2. Store the reports.
+3. In one transaction, move the batch ``aggregating → completed | failed`` with its
+   result. Create the ``IMPORT_COMPLETE`` notification and the email delivery, and
+   defer ``send_email``. When the batch has a callback URL, also create the webhook
+   delivery and defer ``deliver_webhook``.
 """
 
 from __future__ import annotations
@@ -39,13 +49,13 @@ from importq.services import Services
 from importq.sql import queries
 
 REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
-# The reports are written in a directory of the data dir named so; the purge sweeps
-# away those an aggregation that died left behind.
+# The prefix of the directory, in the data dir, where a run writes its reports. The
+# purge sweeps away the ones left behind by a run that died.
 REPORT_SCRATCH_PREFIX = "importq-reports-"
 
 
 class AccountingError(RuntimeError):
-    """The row results do not add up to the batch's rows: never finish such a batch."""
+    """The row results do not add up to the batch's rows. Such a batch is never finished."""
 
 
 def report_path(batch_id: uuid.UUID | str, kind: str) -> str:
@@ -59,8 +69,11 @@ def download_name(dataset: str, batch_id: uuid.UUID | str, kind: str) -> str:
 async def _write_reports(
     services: Services, batch: dict[str, Any], dataset: Dataset, directory: Path
 ) -> dict[str, Path]:
-    """Write the batch's reports; raise AccountingError (and keep none) unless its results
-    account for every row exactly once."""
+    """Write the batch's reports into ``directory``.
+
+    Raises AccountingError unless the results account for every row exactly once. No
+    report is then kept.
+    """
     writer = ReportWriter(directory, ReportLayout.for_batch(dataset, batch["header"]))
     found = lines = 0
     query = sql.SQL(queries["report_blocks"]).format(
@@ -69,8 +82,9 @@ async def _write_reports(
     try:
         async with services.pool.connection() as conn, conn.transaction():
             await conn.execute(queries["report_plan"])
-            # Streamed rather than through a cursor, which PostgreSQL never runs in
-            # parallel; closed on any error (an open stream keeps the connection locked).
+            # Streamed rather than read through a cursor, because PostgreSQL never runs a
+            # cursor's query in parallel. The stream is closed on any error, since an
+            # open stream keeps the connection locked.
             stream = cast(AsyncGenerator[tuple[Any, ...]], conn.cursor().stream(query))
             async with contextlib.aclosing(stream) as blocks:
                 async for *records, distinct in blocks:
@@ -94,8 +108,11 @@ async def _write_reports(
 def report_links(
     services: Services, batch: dict[str, Any], paths: dict[str, str]
 ) -> tuple[dict[str, str | None], datetime]:
-    """Fresh links for a batch's stored reports (null for a report that was not written),
-    valid for ``IMPORTQ_REPORT_URL_TTL``; and when they expire."""
+    """Fresh links to a batch's stored reports, and when they expire.
+
+    The links are valid for ``IMPORTQ_REPORT_URL_TTL``. A report that was not written gets
+    None.
+    """
     expires_at = datetime.now(UTC) + timedelta(seconds=services.settings.report_url_ttl)
     links = {
         kind: services.storage.link(
@@ -111,13 +128,16 @@ def report_links(
 
 
 async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
-    """Finish an aggregating batch; its final status, or None when there was nothing to do."""
+    """Finish an aggregating batch.
+
+    Returns its final status, or None when there was nothing to do.
+    """
     async with services.pool.connection() as conn:
         batch = await batches.get_batch(conn, batch_id)
     if batch is None or batch["status"] != "aggregating":
         return None
     dataset = services.datasets[batch["dataset"]]
-    # In the data dir: local storage takes the files from there without copying them.
+    # Written in the data dir, so local storage can take the files without copying them.
     services.settings.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(
         prefix=REPORT_SCRATCH_PREFIX, dir=services.settings.data_dir

@@ -1,14 +1,22 @@
-"""Batch state: the guarded transitions, the counters, and reads.
+"""Batch state: the guarded status transitions, the progress counters, and reads.
 
-Every function takes a connection and runs inside the caller's transaction; the caller
-commits. Status moves only forward:
+Every function takes a connection and runs inside the caller's transaction. The caller
+commits.
 
-    active ──(last chunk counted; completion guard)──▶ aggregating ──▶ completed | failed
+A batch's status moves only forward. Staging creates a batch ``active``, in the
+transaction that stages its rows. Then:
 
-Each transition is a single ``UPDATE … WHERE status = <expected> RETURNING``: of any
-number of concurrent callers exactly one gets a row back and owns what follows (one
-aggregation, one notification, one email). Counters change only in the transaction that
-finishes a chunk, so progress reads are O(1) and never run ahead of the row results.
+    active ──(completion guard)──▶ aggregating ──▶ completed | failed
+
+The completion guard lets a batch through once its last chunk is counted. A batch ends
+``failed`` only when every one of its chunks failed; otherwise it ends ``completed``.
+
+Each transition is a single ``UPDATE … WHERE status = <expected> RETURNING``. Of any
+number of concurrent callers, exactly one gets a row back. That caller owns what
+follows: one aggregation, one notification, one email.
+
+The counters change only in the transaction that finishes a chunk. So a progress read
+is one row (O(1)), and it never runs ahead of the row results.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ class ChunkTally:
 async def count_finished_chunk(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, tally: ChunkTally
 ) -> bool:
-    """Add a chunk's tally to the batch; True when it was the batch's last chunk."""
+    """Add a finished chunk's tally to the batch. True when it was the batch's last chunk."""
     cursor = await conn.execute(
         queries["count_finished_chunk"],
         {
@@ -55,7 +63,7 @@ async def count_finished_chunk(
 
 
 async def start_aggregation(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> bool:
-    """The completion guard ``active → aggregating``; True for the one caller that won."""
+    """The completion guard, ``active → aggregating``. True for the one caller that won."""
     cursor = await conn.execute(queries["start_aggregation"], {"batch_id": batch_id})
     return await cursor.fetchone() is not None
 
@@ -68,7 +76,10 @@ async def finish_batch(
     report_paths: dict[str, str],
     reports_expire_at: datetime | None,
 ) -> str | None:
-    """``aggregating → completed | failed``; the new status, or None if another finished it."""
+    """Move ``aggregating → completed | failed``.
+
+    Returns the new status, or None when another caller finished the batch first.
+    """
     cursor = await conn.execute(
         queries["finish_batch"],
         {

@@ -1,24 +1,41 @@
-"""Processing one chunk: validate, de-duplicate, insert, record every row's outcome.
+"""Processing one chunk: validate its rows, de-duplicate them, insert them, and record
+every row's outcome.
 
-:func:`process_chunk` owns one transaction that does all of a chunk's work: lock the
-chunk (a second delivery of the job waits, then sees it done and does nothing), screen
-its rows in SQL (:mod:`importq.rules.sql_screen`), read the rows the screen does not pass (only
-the cells the row rules need) and check them in Python, writing down the failures
-(``importq_failures``). One statement (``settle_chunk``) then does every write: the first
-valid line of each key is inserted unless the key is stored already ("already exists"),
-every other valid row is a duplicate of that first line, and every row's result is
-recorded with its report record (one row of arrays per outcome). A key another batch
-stores at the same moment makes that plain insert fail; the statement then runs again
-with ``ON CONFLICT DO NOTHING``.
-Then the chunk is marked done and its tally added to the batch. A crash anywhere rolls
-all of it back, so a retry starts from a clean chunk.
+Invariants:
 
-A database error in that statement (a value the column type refuses…) is tracked down
-by inserting the rows it inserts in groups in savepoints that are always rolled back,
-halving the groups refused down to single rows; the rows refused become failures, and
-the statement runs again (the next row of a refused row's key is then the one
-inserted, and may be refused in turn). :func:`fail_chunk` is the end of a
-chunk that kept failing: the same statement records every row as a failure.
+- The functions here own their transactions. Each opens one on the connection it is
+  given, so the caller has nothing to commit.
+- A chunk's work is all or nothing. :func:`process_chunk` does all of it in one
+  transaction. A crash anywhere rolls all of it back, so a retry starts from a clean
+  chunk.
+- A chunk is finished once. It is locked first. A second delivery of its job waits on
+  that lock, then finds the chunk done and does nothing.
+- Every row of the chunk gets exactly one outcome: success, duplicate or failure.
+- The chunk is marked done, and its tally added to the batch, in that same transaction.
+
+The steps:
+
+1. Screen the chunk's rows in SQL (:mod:`importq.rules.sql_screen`).
+2. Read the rows the screen does not pass, with only the cells the row rules need.
+   Check them in Python, and write the failures down in ``importq_failures``.
+3. Run ``settle_chunk``, one statement that does every write. The first valid line of
+   each key is inserted. When its key is stored already, that line is a duplicate
+   instead, with the message "already exists". Every other valid row is a duplicate of
+   that first line. Every row's result is recorded with its report record, as one row
+   of arrays per outcome.
+4. Mark the chunk done and add its tally to the batch.
+
+Another batch may store one of the chunk's keys at the same moment. The plain insert
+then fails, and the statement runs again with ``ON CONFLICT DO NOTHING``.
+
+A database error in ``settle_chunk``, such as a value the column type refuses, is
+tracked down to its rows. The rows the statement would insert are inserted in groups,
+in savepoints that are always rolled back. A refused group is halved until single rows
+remain. The rows refused alone become failures, and the statement runs again. The next
+row of a refused row's key is then the one inserted, and it may be refused in turn.
+
+:func:`fail_chunk` ends a chunk that kept failing. The same statement then records
+every row as a failure.
 """
 
 from __future__ import annotations
@@ -42,15 +59,19 @@ from importq.sql import queries
 
 log = logging.getLogger(__name__)
 
-# Rows of a chunk held in memory at once; a chunk of any size streams through.
+# How many of a chunk's rows are held in memory at once. A chunk of any size streams
+# through in slices of this many rows.
 SLICE_ROWS = 5_000
 
 
 async def _claim_chunk(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_no: int
 ) -> dict[str, Any] | None:
-    """Lock the chunk for this transaction; None when it has nothing left to do (already
-    finished by an earlier delivery of its job, or its batch is no longer active)."""
+    """Lock the chunk for this transaction.
+
+    Returns None when the chunk has nothing left to do. That happens when an earlier
+    delivery of its job finished it, or when its batch is no longer active.
+    """
     cursor = await conn.execute(queries["lock_chunk"], {"batch_id": batch_id, "chunk_no": chunk_no})
     row = await cursor.fetchone()
     if row is None:
@@ -72,8 +93,8 @@ def _statements(
 def _batch_statements(
     batch_id: uuid.UUID, dataset: Dataset, header: tuple[str, ...]
 ) -> ChunkStatements:
-    """The statements of a batch's chunks, composed once per batch (a worker runs many
-    chunks of the same batch in a row)."""
+    """The statements of a batch's chunks. They are composed once per batch, because a
+    worker runs many chunks of the same batch in a row."""
     return chunk_statements(StagedTable.of(batch_id, dataset, list(header)), list(header))
 
 
@@ -94,9 +115,11 @@ async def _suspect_slices(
     bad_values: Mapping[str, list[str]],
     slice_rows: int,
 ) -> AsyncIterator[list[StagedRow]]:
-    """The chunk's rows the screen does not pass, in line order, a slice at a time, with
-    the cells the rules read. Streamed through a server-side cursor, so a chunk of any
-    size never sits whole in memory."""
+    """Yield the chunk's rows that the screen does not pass, a slice at a time.
+
+    The rows come in line order, with the cells the rules read. They are streamed through
+    a server-side cursor, so a chunk of any size never sits whole in memory.
+    """
     name = f"chunk_{chunk['chunk_no']}"
     async with conn.cursor(name=name) as cursor:
         await cursor.execute(statements.suspect_rows, bad_values)
@@ -125,9 +148,12 @@ async def _settle(
     chunk: Mapping[str, Any],
     give_up: str | None = None,
 ) -> ChunkTally:
-    """Run ``settle_chunk`` (in a savepoint, so a database error leaves the chunk's
-    transaction usable); the chunk's tally. When another batch stores one of the chunk's
-    keys meanwhile, the plain insert fails and the guarded statement runs instead."""
+    """Run ``settle_chunk`` and return the chunk's tally.
+
+    The statement runs in a savepoint, so a database error leaves the chunk's transaction
+    usable. When another batch stores one of the chunk's keys meanwhile, the plain insert
+    fails and the guarded statement runs instead.
+    """
     params = {"batch_id": batch_id, "give_up": give_up, **_bounds(chunk)}
 
     async def run(statement: sql.Composed) -> dict[str, int]:
@@ -159,10 +185,13 @@ async def _refuse_bad_rows(
     batch_id: uuid.UUID,
     chunk: Mapping[str, Any],
 ) -> int:
-    """Find which of the rows settle_chunk would insert the target table refuses: insert
-    them in groups, always rolled back, halving a group it refuses down to the rows it
-    refuses alone; those become failures with the database's reason (a few rows refused
-    cost a few dozen inserts, not one per row). How many were found."""
+    """Record as failures the rows of settle_chunk's insert that the target table
+    refuses. Returns how many were found.
+
+    The rows are inserted in groups, always rolled back. A group the table refuses is
+    halved until each row it refuses stands alone. Each of those becomes a failure with
+    the database's reason. A few refused rows cost a few dozen inserts, not one per row.
+    """
     cursor = await conn.execute(statements.lines_to_insert, _bounds(chunk))
     pending = [[line for (line,) in await cursor.fetchall()]]
     found = 0
@@ -225,7 +254,10 @@ async def process_chunk(
     *,
     slice_rows: int = SLICE_ROWS,
 ) -> bool:
-    """Do a chunk's work in one transaction; False when there was nothing to do."""
+    """Do a chunk's work in one transaction of its own.
+
+    Returns False when there was nothing to do.
+    """
     async with conn.transaction():
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
@@ -245,8 +277,9 @@ async def process_chunk(
                 log.info(
                     "chunk %s of batch %s: finding the rows refused: %s", chunk_no, batch_id, error
                 )
-                # A refused row makes the next row of its key the one to insert: again,
-                # until the statement goes through, or no row alone is refused.
+                # A refused row makes the next row of its key the one to insert, and that
+                # row may be refused too. So repeat until the statement goes through, or
+                # until no row alone is refused.
                 if not await _refuse_bad_rows(conn, statements, batch_id, chunk):
                     raise
         await _finish(conn, queue, batch_id, chunk_no, tally)
@@ -256,8 +289,11 @@ async def process_chunk(
 async def record_attempt(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_no: int, error: str
 ) -> int:
-    """Count a failed or lost attempt in its own transaction; the attempts so far, or 0
-    when nothing was counted (the chunk is finished, or another transaction holds it)."""
+    """Count a failed or lost attempt, in a transaction of its own.
+
+    Returns the attempts so far. Returns 0 when nothing was counted, because the chunk is
+    finished or another transaction holds it.
+    """
     async with conn.transaction():
         cursor = await conn.execute(
             queries["count_chunk_attempt"],
@@ -275,7 +311,11 @@ async def fail_chunk(
     chunk_no: int,
     reason: str,
 ) -> bool:
-    """Give up on a chunk: every row becomes a failure with ``reason``. Owns the transaction."""
+    """Give up on a chunk, in a transaction of its own.
+
+    Every row becomes a failure with ``reason``. Returns False when there was nothing to
+    do.
+    """
     async with conn.transaction():
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:

@@ -1,10 +1,16 @@
 """The job queue: procrastinate on importq's own database, and every deferral.
 
-Queues: ``chunks`` (one ``process_chunk`` job per chunk), ``completion``
-(``check_completion`` with ``queueing_lock`` = batch id, then ``aggregate``),
-``messages`` (``send_email``, ``deliver_webhook``) and ``maintenance`` (``reconcile``).
-Jobs are deferred by task name on the caller's connection, inside the caller's
-transaction, so a job exists if and only if the state change that asked for it committed.
+A job exists if and only if the state change that asked for it committed. To keep that
+true, every job is deferred by task name on the caller's connection, inside the
+caller's transaction. The caller commits.
+
+The queues:
+
+- ``chunks``: one ``process_chunk`` job per chunk.
+- ``completion``: ``check_completion``, with the batch id as its ``queueing_lock``,
+  then ``aggregate``.
+- ``messages``: ``send_email`` and ``deliver_webhook``.
+- ``maintenance``: ``reconcile``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ def create_queue_app() -> procrastinate.App:
 
 
 class JobQueue:
-    """Defers importq's jobs; every method takes the connection whose transaction owns it."""
+    """Defers importq's jobs. Each method defers in the transaction of the connection given."""
 
     def __init__(self, app: procrastinate.App) -> None:
         self.app = app
@@ -51,8 +57,9 @@ class JobQueue:
     async def defer_completion_check(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
         """Defer the batch's completion check unless one is already waiting.
 
-        A taken queueing lock aborts the statement, so the deferral runs in a savepoint
-        that is rolled back alone; a waiting check will see the same committed state.
+        A queueing lock already taken aborts the statement. So the deferral runs in a
+        savepoint, which is rolled back alone. The check already waiting will see the same
+        committed state.
         """
         deferrer = self.app.configure_task(
             "check_completion", connection=conn, queue=COMPLETION, queueing_lock=str(batch_id)

@@ -1,17 +1,26 @@
-"""Recovery after failures no job can see: what ``reconcile`` does, periodically.
+"""Recovery after failures that no job can see. ``reconcile`` runs it periodically.
 
-- Jobs of dead workers (no heartbeat for ``IMPORTQ_STALLED_SECONDS``) are retried.
-  procrastinate's ``retry_job`` ignores retry strategies, so a chunk job counts the lost
-  attempt on its chunk and, at the cap, the chunk is failed instead: a chunk that kills
-  its worker cannot loop forever.
-- Active batches whose every chunk is finished get their completion check again,
-  batches stuck in ``aggregating`` with no aggregate job get one (a storage outage), and
-  todo chunks with no job waiting or running get a new one (their job ended failed when
-  even failing the chunk kept failing, e.g. a long database outage): a batch never stays
-  active with nobody at work on it.
-- Staged rows, stored reports and kept uploads of batches finished longer than
-  ``IMPORTQ_RETENTION_DAYS`` ago, and finished jobs as old, are deleted; so is the
-  second half of a big upload whose batch never came (``staging.SecondPart``).
+Invariants:
+
+- A chunk that kills its worker cannot loop forever.
+- A batch never stays active with nobody at work on it.
+
+The steps:
+
+- Jobs of dead workers are retried. A worker is dead when it has sent no heartbeat for
+  ``IMPORTQ_STALLED_SECONDS``. procrastinate's ``retry_job`` ignores retry strategies,
+  so a chunk job counts the lost attempt on its chunk. At the cap, the chunk is failed
+  instead.
+- Missed steps are deferred again. An active batch whose every chunk is finished gets
+  its completion check again. A batch stuck in ``aggregating`` with no aggregate job
+  gets one; a storage outage can leave it so. A todo chunk with no job waiting or
+  running gets a new one. Such a chunk's job ended failed, because even failing the
+  chunk kept failing, as in a long database outage.
+- Old data is deleted. That is the staged rows, stored reports and kept uploads of
+  batches finished more than ``IMPORTQ_RETENTION_DAYS`` ago, and finished jobs as old.
+  It is also the second half of a big upload whose batch never came
+  (:class:`importq.ingest.staging.SecondPart`), and the report files of an aggregation
+  that died.
 """
 
 from __future__ import annotations
@@ -40,14 +49,16 @@ log = logging.getLogger(__name__)
 
 WORKER_LOST = "the worker stopped while processing the chunk"
 PURGE_BATCHES = 100  # per reconcile run
-# A staged part still unclaimed this long after it was committed lost its batch (staging
-# a file of the largest size allowed takes minutes); so did report files left this long.
+# A staged part still unclaimed this long after it was committed has lost its batch.
+# Staging a file of the largest size allowed takes minutes, far less than this. Report
+# files left this long are abandoned too.
 ABANDONED_PART_AGE = timedelta(hours=1)
 
 
 async def _retry(manager: JobManager, job: Job) -> None:
-    # A job may have moved on since it was listed (finished, or its twin already waits
-    # under the same queueing lock): that is no reason to stop the other recovery steps.
+    # A job may have moved on since it was listed. It may have finished, or its twin may
+    # already wait under the same queueing lock. That is no reason to stop the other
+    # recovery steps.
     try:
         await manager.retry_job(job)
     except Exception as error:
@@ -55,12 +66,15 @@ async def _retry(manager: JobManager, job: Job) -> None:
 
 
 class ChunkStillHeld(Exception):
-    """The chunk's row is locked: its worker is alive, only its heartbeat was late."""
+    """The chunk's row is locked. Its worker is alive, and only its heartbeat was late."""
 
 
 async def _count_lost_attempt(services: Services, batch_id: uuid.UUID, chunk_no: int) -> int | None:
-    """Count the lost attempt; None when the chunk is finished; ChunkStillHeld when its
-    worker holds it."""
+    """Count a lost attempt on the chunk, and return the attempts so far.
+
+    Returns None when the chunk is finished. Raises ChunkStillHeld when its worker still
+    holds it.
+    """
     async with services.pool.connection() as conn:
         attempts = await record_attempt(conn, batch_id, chunk_no, WORKER_LOST)
         if attempts:
@@ -97,8 +111,8 @@ async def _recover_stalled_jobs(services: Services) -> None:
                 )
             await manager.finish_job(job, status=Status.FAILED, delete_job=False)
         else:
-            # Attempts counted, or the chunk finished before its job did: the re-run
-            # does the work, or nothing, and ends the job.
+            # The attempt was counted, or the chunk finished before its job did. The
+            # re-run does the work, or finds nothing to do, and ends the job.
             await _retry(manager, job)
 
 
@@ -135,7 +149,7 @@ async def _purge(services: Services) -> None:
 
 
 async def _drop_abandoned_parts(conn: AsyncConnection[Any]) -> None:
-    """Drop the staged parts whose batch never came (see staging.SecondPart)."""
+    """Drop the staged parts whose batch never came (see importq.ingest.staging.SecondPart)."""
     cursor = await conn.execute(queries["staged_parts_to_drop"], {"age": ABANDONED_PART_AGE})
     for (name,) in await cursor.fetchall():
         async with conn.transaction():
@@ -146,8 +160,11 @@ async def _drop_abandoned_parts(conn: AsyncConnection[Any]) -> None:
 
 
 def _sweep_report_scratch(data_dir: Path) -> None:
-    """Delete what an aggregation that died left of its reports in the data dir (each
-    writes them there, in a directory of its own, before storing them)."""
+    """Delete the report files left in the data dir by aggregations that died.
+
+    Each aggregation writes its reports there, in a directory of its own, before storing
+    them.
+    """
     cutoff = time.time() - ABANDONED_PART_AGE.total_seconds()
     for scratch in data_dir.glob(f"{REPORT_SCRATCH_PREFIX}*"):
         with contextlib.suppress(OSError):
@@ -156,8 +173,11 @@ def _sweep_report_scratch(data_dir: Path) -> None:
 
 
 async def _purge_stored_files(services: Services, cutoff: datetime) -> None:
-    """Delete the reports and kept upload of batches finished before ``cutoff``; a batch
-    is marked only once its files are gone, so a storage outage just delays it."""
+    """Delete the reports and kept upload of batches finished before ``cutoff``.
+
+    A batch is marked purged only once its files are gone, so a storage outage only
+    delays its purge.
+    """
     async with services.pool.connection() as conn:
         cursor = await conn.execute(
             queries["batches_to_purge"], {"cutoff": cutoff, "limit": PURGE_BATCHES}
@@ -166,7 +186,8 @@ async def _purge_stored_files(services: Services, cutoff: datetime) -> None:
     for batch_id in batch_ids:
         try:
             async with services.pool.connection() as conn:
-                # No new links to files about to go, before they go.
+                # Forget the reports first, so that no new link points at files about to
+                # be deleted.
                 await conn.execute(queries["forget_batch_reports"], {"batch_id": batch_id})
             for prefix in (f"reports/{batch_id}", f"uploads/{batch_id}"):
                 await services.storage.delete_prefix(prefix)

@@ -1,15 +1,20 @@
-"""The three CSV reports of a batch: successes, duplicates, failures.
+"""The three CSV reports of a batch: successes, duplicates and failures.
 
-Each row's CSV record is formatted by SQL (:func:`record_sql`, used by the chunk
-statement that settles the row), so the aggregation only puts records in line order into
-the right file (:class:`ReportWriter`). Files are UTF-8 with BOM, CRLF, RFC 4180 quoting,
-so Excel opens them right; text cells that a spreadsheet would run as a formula are
-prefixed with ``'``; cells of numeric columns stay numbers (``importq_report_cell`` in
-``migrations/0004_staged_tables.sql``).
+SQL formats each row's CSV record. :func:`record_sql` gives the expressions, and the
+chunk statement that settles the row uses them. So the aggregation only puts the
+records, in line order, into the right file (:class:`ReportWriter`).
 
-- ``successes.csv``: ``line``, the key columns, ``targetId``, the report columns;
-- ``duplicates.csv`` / ``failures.csv``: ``line``, ``message``, every uploaded column
-  under its uploaded header, so the file can be fixed and uploaded again.
+The files are UTF-8 with a BOM, with CRLF line ends and RFC 4180 quoting, so that Excel
+opens them right. A text cell that a spreadsheet would run as a formula is prefixed with
+``'``. Cells of numeric columns stay numbers. The SQL function ``importq_report_cell``
+formats the cells. ``migrations/0004_staged_tables.sql`` creates it, and
+``migrations/0006_report_cell_first_character.sql`` replaces it.
+
+The columns:
+
+- ``successes.csv``: ``line``, the key columns, ``targetId``, then the report columns.
+- ``duplicates.csv`` and ``failures.csv``: ``line``, ``message``, then every uploaded
+  column under its uploaded header. The file can then be fixed and uploaded again.
 """
 
 from __future__ import annotations
@@ -27,9 +32,9 @@ from importq.rules.datasets import Dataset
 
 KINDS = ("success", "duplicates", "failures")
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
-# The report query joins each outcome's records a block of this many lines at a time,
-# and a chunk stores its results a block at a time too: an array of a chunk's results
-# then never holds more than one of the report query's texts, whose limit is 1 GB.
+# The report query joins each outcome's records one block of this many lines at a time.
+# A chunk stores its results in the same blocks. So an array of a chunk's results never
+# holds more than one of the report query's texts, and a text is limited to 1 GB.
 BLOCK_LINES = 4096
 FILE_NAMES = {
     "success": "successes.csv",
@@ -83,10 +88,13 @@ _EXTRA_CELLS = sql.SQL(
 
 
 def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, sql.Composed]:
-    """The SQL expressions of a row's report record, CRLF included: for a success, and
-    for a duplicate or failure. They read a chunk row's cells as uploaded
-    (:func:`importq.ingest.staged_table.original`), its trimmed cells (``t<n>``),
-    ``line``, ``extra``, ``message`` and ``target_id``."""
+    """The SQL expressions of a row's report record, CRLF included.
+
+    Returns two: one for a success, and one for a duplicate or a failure. They read these
+    columns of a chunk row: the cells as uploaded
+    (:func:`importq.ingest.staged_table.original`), the trimmed cells (``t<n>``),
+    ``line``, ``extra``, ``message`` and ``target_id``.
+    """
     layout = ReportLayout.for_batch(dataset, header)
     positions = dataset.match_header(list(header)).positions
 
@@ -94,8 +102,8 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
         return trimmed(positions[name]) if name in positions else sql.NULL
 
     def success_cell(name: str, numeric: bool) -> sql.Composable:
-        # A success's numbers passed the row rules, and a valid number prints as itself
-        # (tests/test_report_cells.py): no need to format it.
+        # A success's numbers passed the row rules, and a valid number prints as itself,
+        # so it needs no formatting. tests/integration/test_report_cells.py pins this.
         if numeric:
             return sql.SQL("coalesce({}, '')").format(trimmed_cell(name))
         return _cell(trimmed_cell(name), numeric)
@@ -140,8 +148,10 @@ class ReportWriter:
         return handle
 
     def add(self, blocks: Iterable[tuple[str, str, int]]) -> int:
-        """Append ``(outcome, records, how many)`` blocks, in line order; how many
-        records were written."""
+        """Append blocks of ``(outcome, records, count)``, in line order.
+
+        Returns how many records were written.
+        """
         written = 0
         for outcome, records, count in blocks:
             kind = OUTCOME_KIND[outcome]
@@ -151,7 +161,7 @@ class ReportWriter:
         return written
 
     def close(self) -> dict[str, Path]:
-        """Close the files; return the written reports by kind."""
+        """Close the files, and return the written reports by kind."""
         for handle in self._files.values():
             handle.close()
         return {kind: self._directory / FILE_NAMES[kind] for kind in self._files}

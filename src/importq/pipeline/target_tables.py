@@ -1,9 +1,14 @@
 """Dataset target tables: their DDL, and the statements that settle a chunk into them.
 
-The statements are templates in ``sql/target_tables.sql`` and ``sql/chunks.sql``, completed
-here with the dataset's identifiers through ``psycopg.sql`` (identifiers quoted, never
-interpolated as text). Key columns use the "C" collation so the insert's sort order is
-the index's order.
+A target table's dedup key is unique: its unique index is on ``key_hash`` and the key
+columns. A chunk never inserts a key that is stored already. When another batch stores
+the same key at the same moment, the insert collides, and the chunk settles again with
+``ON CONFLICT DO NOTHING`` (see :mod:`importq.pipeline.chunk_processing`).
+
+The statements are templates in ``sql/target_tables.sql`` and ``sql/chunks.sql``. They
+are completed here with the dataset's identifiers through ``psycopg.sql``, so
+identifiers are quoted and never interpolated as text. Key columns use the "C"
+collation, so that the insert's sort order is the index's order.
 """
 
 from __future__ import annotations
@@ -63,9 +68,12 @@ async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -
 
 
 def _value(column: Column, positions: Mapping[str, int], row: str | None = None) -> sql.Composable:
-    """A column's value from a staged row's trimmed cell: empty as NULL, cast to the
-    column's type (the row rules checked it casts). ``row``: the chunk row's alias, where
-    another table's columns could hide the cell's name."""
+    """A column's value, from a staged row's trimmed cell.
+
+    An empty cell is NULL. Any other value is cast to the column's type; the row rules
+    have checked that it casts. ``row`` is the chunk row's alias, for statements where
+    another table's columns could hide the cell's name.
+    """
     if column.name not in positions:
         return sql.NULL
     value = sql.SQL("NULLIF({}, '')").format(trimmed(positions[column.name], row))
@@ -75,8 +83,10 @@ def _value(column: Column, positions: Mapping[str, int], row: str | None = None)
 
 
 def _joined(cells: Sequence[sql.Composable]) -> sql.Composable:
-    """The cells joined by U+0001 (a NULL cell left out), in groups of 99: a function
-    takes at most 100 arguments."""
+    """The cells joined by U+0001, leaving NULL cells out.
+
+    They are joined in groups of 99, because a function takes at most 100 arguments.
+    """
 
     def concat(parts: Sequence[sql.Composable]) -> sql.Composable:
         return sql.SQL("concat_ws(E'\\x01', {})").format(sql.SQL(", ").join(parts))
@@ -86,8 +96,8 @@ def _joined(cells: Sequence[sql.Composable]) -> sql.Composable:
 
 
 def _winner_key(index: int) -> sql.Identifier:
-    """A key column of a row the chunk statement inserted, as it returns it (named apart
-    from the chunk's own columns)."""
+    """The name under which the chunk statement returns a key column of a row it
+    inserted. The name keeps it apart from the chunk's own columns."""
     return sql.Identifier(f"winner_k{index}")
 
 
@@ -101,7 +111,7 @@ class ChunkStatements:
     judged_values: sql.Composed | None
     suspect_rows: sql.Composed
     settle: sql.Composed
-    #: settle with ON CONFLICT DO NOTHING: when another batch stored a key meanwhile.
+    #: settle with ON CONFLICT DO NOTHING, for when another batch stored a key meanwhile.
     settle_guarded: sql.Composed
     lines_to_insert: sql.Composed
     probe: sql.Composed

@@ -1,11 +1,11 @@
-"""Where reports (and later uploads) are kept: one small interface, one module per backend.
+"""Where reports and kept uploads are stored: one small interface, one module per backend.
 
-Paths are relative and ``/``-separated (``reports/<batchId>/failures.csv``). A link is a
-URL anyone holding it may download from until it expires.
+Paths are relative and ``/``-separated, as in ``reports/<batchId>/failures.csv``. A link
+is a URL that anyone holding it may download from until it expires.
 
-Backends: :class:`importq.storage.local.LocalStorage` (a directory served by the API) and
-:class:`importq.storage.azure.AzureStorage` (Azure Blob, SAS links), chosen by
-:func:`importq.services.open_storage`.
+There are two backends, and :func:`importq.services.open_storage` chooses one.
+:class:`importq.storage.local.LocalStorage` is a directory served by the API.
+:class:`importq.storage.azure.AzureStorage` is Azure Blob, with SAS links.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ Source = Path | IO[bytes]
 
 
 def open_source(source: Source) -> contextlib.AbstractContextManager[IO[bytes]]:
-    """The source as a binary stream at its start; a path is opened (and closed after),
-    a stream is rewound and left open for its owner."""
+    """The source as a binary stream, at its start.
+
+    A path is opened, and closed afterwards. A stream is rewound and left open for its
+    owner.
+    """
     if isinstance(source, Path):
         return source.open("rb")
     source.seek(0)
@@ -36,11 +39,14 @@ class Storage(Protocol):
     async def put_file(
         self, path: str, source: Source, *, content_type: str, download_name: str | None = None
     ) -> None:
-        """Store ``source`` (a file, or an open binary stream read from its start) at
-        ``path``, replacing what was there (idempotent). ``download_name``: the name a
-        download gets (default: the path's last part), where the store keeps one. A file
-        may be stored by a second name rather than copied (local storage on the same file
-        system): its owner may delete it after, never write to it again."""
+        """Store ``source`` at ``path``, replacing what was there. It is idempotent.
+
+        ``source`` is a file, or an open binary stream read from its start. The file may
+        be stored under a second name rather than copied, as local storage does on the
+        same file system. So its owner may delete it afterwards, but must never write to
+        it again. ``download_name`` is the name a download gets, where the store keeps
+        one. It defaults to the path's last part.
+        """
 
     def link(self, path: str, *, download_name: str, expires_at: datetime) -> str:
         """A download URL for ``path`` valid until ``expires_at``."""

@@ -1,14 +1,16 @@
 """Azure Blob storage: reports uploaded as streamed blocks, read-only SAS download links.
 
-Selected when ``AZURE_STORAGE_CONNECTION_STRING`` is set; it must hold an account key
-(``AccountName=…;AccountKey=…``), which signs the SAS links without a network call. Blobs
-go to the container ``IMPORTQ_AZURE_CONTAINER``, created on first use when missing.
+It is selected when ``AZURE_STORAGE_CONNECTION_STRING`` is set. The connection string
+must hold an account key (``AccountName=…;AccountKey=…``), which signs the SAS links
+without a network call. Blobs go to the container ``IMPORTQ_AZURE_CONTAINER``, which is
+created on first use when missing.
 
-Uploads read the file in blocks of :data:`BLOCK_SIZE` (at most :data:`UPLOAD_CONCURRENCY`
-in flight), so a report of any size never sits in memory. The SDK retries a failed
-request a few times with a short backoff; an error that outlasts them is raised as
-:class:`~importq.storage.StorageError`, which the aggregation job retries with its own,
-longer backoff.
+Uploads read the file in blocks of :data:`BLOCK_SIZE`, with at most
+:data:`UPLOAD_CONCURRENCY` in flight, so a report of any size never sits in memory.
+
+The SDK retries a failed request a few times, with a short backoff. An error that
+outlasts those retries is raised as :class:`~importq.storage.StorageError`. The
+aggregation job then retries with its own, longer backoff.
 """
 
 from __future__ import annotations
@@ -24,24 +26,25 @@ from azure.storage.blob.aio import BlobServiceClient, ExponentialRetry
 
 from importq.storage import Source, StorageError, open_source
 
-# What a failed call may raise: the SDK's errors (it wraps the transport's), and reading
-# the source file (TimeoutError and ConnectionError are OSErrors).
+# What a failed call may raise. The SDK raises its own errors, wrapping the transport's.
+# Reading the source file raises OSError, and so do TimeoutError and ConnectionError.
 ERRORS = (AzureError, OSError)
 
 BLOCK_SIZE = 4 << 20
 SINGLE_PUT_SIZE = 8 << 20
 UPLOAD_CONCURRENCY = 4
-# Per request: two more tries, ~3 s and ~5 s later. Longer outages are the aggregation
-# job's backoff to ride out.
+# A request gets two more tries, about 3 s and 5 s later. The aggregation job's backoff
+# rides out longer outages.
 RETRIES = 2
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 60
-# /health answers quickly: one try, short timeouts.
+# /health answers quickly, with one try and short timeouts.
 CHECK_TIMEOUT = 5
 
 
 def content_disposition(download_name: str) -> str:
-    """An ``attachment`` header naming the file, RFC 6266 (ASCII fallback + UTF-8 name)."""
+    """An RFC 6266 ``attachment`` header naming the file: an ASCII fallback, and the UTF-8
+    name when it differs."""
     fallback = "".join(
         c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in download_name
     )
@@ -66,8 +69,9 @@ class AzureStorage:
             )
         except ValueError as error:
             raise ValueError(f"AZURE_STORAGE_CONNECTION_STRING is not valid: {error}") from None
-        # The SDK parsed the account key (also for UseDevelopmentStorage=true) into its
-        # shared-key credential; a connection string with a SAS token or none has no key.
+        # The SDK parsed the account key into its shared-key credential, also for
+        # UseDevelopmentStorage=true. A connection string with a SAS token, or with no
+        # credential, has no key.
         credential = self._service.credential
         account_key = getattr(credential, "account_key", None)
         account_name = getattr(credential, "account_name", None)
@@ -88,9 +92,10 @@ class AzureStorage:
         return self._container_name
 
     async def _ensure_container(self, *, quick: bool = False) -> None:
-        """Create the container once per process; another process creating it is fine.
+        """Create the container once per process. Another process creating it too is fine.
 
-        ``quick``: one try with short timeouts (for /health)."""
+        With ``quick``, make one try with short timeouts, as /health needs.
+        """
         if self._container_ready:
             return
         async with self._container_lock:
@@ -129,8 +134,11 @@ class AzureStorage:
             raise StorageError(f"cannot upload {path} to Azure Blob storage: {error}") from error
 
     async def _upload(self, path: str, source: Source, settings: ContentSettings) -> None:
-        """Stream ``source`` in blocks; the SDK commits the block list at the end, so a
-        failed upload never replaces what was there."""
+        """Stream ``source`` in blocks.
+
+        The SDK commits the block list at the end, so a failed upload never replaces what
+        was there.
+        """
         with open_source(source) as stream:
             await self._container.upload_blob(
                 path,
@@ -141,7 +149,7 @@ class AzureStorage:
             )
 
     def link(self, path: str, *, download_name: str, expires_at: datetime) -> str:
-        """A read-only SAS URL; the download is named ``download_name``. No network call."""
+        """A read-only SAS URL whose download is named ``download_name``. No network call."""
         token = generate_blob_sas(
             account_name=self._account_name,
             container_name=self._container_name,

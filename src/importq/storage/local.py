@@ -1,8 +1,11 @@
 """Local directory storage, served by the API through HMAC-signed, expiring links.
 
-A link is ``{public_url}/files/{path}?expires=<unix>&name=<download name>&signature=<hex>``
-where the signature is HMAC-SHA256 over ``path``, ``expires`` and ``name``; it needs no
-token. Files are written to a temporary name and renamed, so a reader never sees half.
+A file is written under a temporary name and then renamed, so a reader never sees half
+of it.
+
+A link is ``{public_url}/files/{path}?expires=<unix>&name=<download name>&signature=<hex>``.
+The signature is HMAC-SHA256 over ``path``, ``expires`` and ``name``. A link needs no
+token.
 """
 
 from __future__ import annotations
@@ -23,18 +26,21 @@ from importq.storage import Source, StorageError, open_source
 
 
 def _linked(source: Source, partial: Path) -> bool:
-    """Whether ``source`` could be given a second name ``partial`` rather than copied
-    (a report of millions of rows, or an upload, is stored without a byte written
-    again): a path, or an open file on disk, named through its descriptor, which also
-    names a file that has none yet (an upload's spool, ``O_TMPFILE``); not across file
-    systems, nor where the file system has no hard links or the system no ``/proc``."""
+    """Whether ``source`` could be given the second name ``partial`` instead of being copied.
+
+    Naming a file writes none of its bytes again, which matters for a report of millions
+    of rows or an upload. A path can be named. So can an open file on disk, through its
+    descriptor. That also names a file that has no name yet, such as an upload's
+    ``O_TMPFILE`` spool. Naming fails across file systems, on a file system without hard
+    links, and on a system without ``/proc``.
+    """
     if isinstance(source, Path):
         target = str(source)
     elif isinstance(source, io.BufferedReader | io.BufferedRandom | io.FileIO):
-        # A plain file, whose bytes are the stream's. Not a wrapper that has a file's
-        # descriptor but streams other bytes (GzipFile…), nor a SpooledTemporaryFile
-        # (a multipart upload): its file has O_EXCL, and asking for its descriptor
-        # would first write out one still held in memory.
+        # Only a plain file, whose bytes are the stream's. A wrapper such as GzipFile has
+        # a file's descriptor but streams other bytes. A SpooledTemporaryFile, as a
+        # multipart upload is, is left out too. Its file has O_EXCL, and asking for its
+        # descriptor would first write out a file still held in memory.
         try:
             source.flush()  # what the stream still buffers is in the file
             target = f"/proc/self/fd/{source.fileno()}"
@@ -47,8 +53,8 @@ def _linked(source: Source, partial: Path) -> bool:
     except OSError:
         return False
     try:
-        # Given a directory descriptor, os.link calls linkat(), which follows the
-        # descriptor's /proc link to its file (AT_SYMLINK_FOLLOW); link() would not.
+        # Given a directory descriptor, os.link calls linkat() with AT_SYMLINK_FOLLOW.
+        # That follows the descriptor's /proc link to its file, which link() would not.
         os.link(target, partial.name, dst_dir_fd=directory, follow_symlinks=True)
     except (OSError, NotImplementedError):
         return False

@@ -1,17 +1,21 @@
 """importq's procrastinate tasks and the worker that runs them.
 
-Tasks are thin: each takes the process's :class:`Services` from the job context and
-calls the module that owns the work (processing, aggregation, delivery). Retries:
+Tasks are thin. Each takes the process's :class:`Services` from the job context, and
+calls the module that owns the work: :mod:`importq.pipeline.chunk_processing`,
+:mod:`importq.pipeline.aggregation` or :mod:`importq.delivery`.
 
-- ``process_chunk`` counts its failed attempts on the chunk row; at
-  ``IMPORTQ_CHUNK_MAX_ATTEMPTS`` the chunk is failed (its rows recorded as failures)
-  and the job ends successfully, so the batch can finish.
-- ``aggregate`` and ``send_email`` retry with exponential backoff; a storage outage
-  leaves the batch ``aggregating`` with ``lastError`` set until it passes.
-- ``send_email`` and ``deliver_webhook`` retry with backoff up to
-  ``IMPORTQ_MAIL_MAX_ATTEMPTS`` / ``IMPORTQ_WEBHOOK_MAX_ATTEMPTS`` runs; the last one
+The retries:
+
+- ``process_chunk`` counts its failed attempts on the chunk row. At
+  ``IMPORTQ_CHUNK_MAX_ATTEMPTS`` the chunk is failed, with its rows recorded as
+  failures. The job then ends successfully, so the batch can finish.
+- ``aggregate`` and ``send_email`` retry with exponential backoff. A storage outage
+  leaves the batch ``aggregating``, with ``lastError`` set, until the outage passes.
+- ``send_email`` and ``deliver_webhook`` retry with backoff for up to
+  ``IMPORTQ_MAIL_MAX_ATTEMPTS`` and ``IMPORTQ_WEBHOOK_MAX_ATTEMPTS`` runs. The last run
   records its failure on the batch.
-- ``reconcile`` (periodic) recovers what a dead worker left: see :mod:`importq.pipeline.recovery`.
+- ``reconcile`` runs periodically. It recovers what a dead worker left (see
+  :mod:`importq.pipeline.recovery`).
 """
 
 from __future__ import annotations
@@ -43,8 +47,11 @@ MAX_WAIT_SECONDS = 600
 
 
 class CappedBackoff(RetryStrategy):
-    """Exponential backoff whose wait never exceeds ``MAX_WAIT_SECONDS``: after a long
-    outage (storage, mail server) the next retry comes within minutes of its end."""
+    """Exponential backoff whose wait never exceeds ``MAX_WAIT_SECONDS``.
+
+    After a long outage of storage or the mail server, the next retry then comes within
+    minutes of its end.
+    """
 
     def get_retry_decision(self, *, exception: BaseException, job: Job) -> RetryDecision | None:
         decision = super().get_retry_decision(exception=exception, job=job)
@@ -54,7 +61,7 @@ class CappedBackoff(RetryStrategy):
         return RetryDecision(retry_at=latest) if decision.retry_at > latest else decision
 
 
-# Chunk retries stop at the chunk's own attempt cap; this only bounds a runaway.
+# Chunk retries stop at the chunk's own attempt cap. This one only bounds a runaway.
 CHUNK_RETRY = CappedBackoff(max_attempts=50, wait=1, exponential_wait=2)
 BACKOFF_RETRIES = 20
 BACKOFF = CappedBackoff(max_attempts=BACKOFF_RETRIES, wait=1, exponential_wait=2)
@@ -72,7 +79,7 @@ async def process_chunk(context: JobContext, batch_id: str, chunk_no: int) -> No
         try:
             await process_one_chunk(conn, services.queue, services.datasets, batch, chunk_no)
         except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-            # A deadlock with another batch's chunk inserting the same keys: the chunk
+            # A deadlock with another batch's chunk that inserts the same keys. The chunk
             # did nothing wrong, so the retry does not count against its attempts.
             raise
         except Exception as error:
@@ -105,9 +112,12 @@ async def aggregate(context: JobContext, batch_id: str) -> None:
 
 
 def _last_attempt(context: JobContext, cap: int) -> bool:
-    """Whether this run is the last a message gets. The cap is the setting's (at most
-    BACKOFF's runs): the last attempt records its failure on the batch and ends the job
-    instead of raising. ``job.attempts`` counts the earlier runs."""
+    """Whether this run is the last one a message gets.
+
+    The last run records its failure on the batch and ends the job instead of raising.
+    The cap is the setting's, but never more than the runs BACKOFF allows.
+    ``job.attempts`` counts the earlier runs.
+    """
     return context.job.attempts + 1 >= min(cap, BACKOFF_RETRIES + 1)
 
 
@@ -154,10 +164,10 @@ async def run_worker(services: Services, *, concurrency: int, **options: Any) ->
         concurrency=concurrency,
         additional_context={"services": services},
         update_heartbeat_interval=services.settings.heartbeat_seconds,
-        # A new job announces itself, but procrastinate's worker can miss an announcement
-        # that arrives while it is fetching (it clears the event after the fetch), and then
-        # waits a whole polling interval: the hops of a batch's end (last chunk → check →
-        # aggregate → email) are kept short by polling often.
+        # A new job announces itself. But procrastinate's worker can miss an announcement
+        # that arrives while it is fetching, because it clears the event after the fetch.
+        # It then waits a whole polling interval. Polling often keeps the hops at a
+        # batch's end short: last chunk → check → aggregate → email.
         fetch_job_polling_interval=services.settings.worker_poll_seconds,
         stalled_worker_timeout=services.settings.stalled_seconds,
         **options,
