@@ -1,10 +1,8 @@
--- Batches: creation, guarded status transitions, counters and reads.
--- Every transition is one UPDATE … WHERE status = <expected> RETURNING: the caller that
--- gets a row back made the transition; every other caller gets nothing.
+-- Batches. Each status transition is one UPDATE … WHERE status = <expected> RETURNING:
+-- only the caller that gets a row back made it.
 
 -- name: find_batch_by_idempotency_key
--- The batch a user already created with this Idempotency-Key, if any, and the digest of
--- the request that created it.
+-- The batch this user already created with this Idempotency-Key, and its request's digest.
 SELECT id, total_rows, total_chunks, request_digest
 FROM batches
 WHERE initiator_id = %(initiator_id)s AND idempotency_key = %(idempotency_key)s;
@@ -19,8 +17,7 @@ VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(loca
         %(warnings)s, %(idempotency_key)s, %(request_digest)s);
 
 -- name: count_finished_chunk
--- Add a finished (done or failed) chunk's outcome to the batch counters; tells whether
--- it was the batch's last chunk. Runs in the transaction that finishes the chunk.
+-- Add a finished chunk's outcome to its batch (in the chunk's transaction); is it the last?
 UPDATE batches
 SET completed_chunks = completed_chunks + %(done)s,
     failed_chunks = failed_chunks + %(failed)s,
@@ -103,8 +100,7 @@ WHERE b.status = 'aggregating'
         AND j.args ->> 'batch_id' = b.id::text);
 
 -- name: chunks_without_job
--- Todo chunks of active batches with no process_chunk job waiting or running: their job
--- was lost, or ended failed when even failing the chunk kept failing.
+-- Todo chunks of active batches with no live process_chunk job: lost, or died failing them.
 SELECT c.batch_id, c.chunk_no
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE b.status = 'active' AND c.status = 'todo'

@@ -1,5 +1,4 @@
--- Chunks and their rows: staging, claiming, results.
--- A chunk goes todo → done or todo → failed, once; both are final.
+-- Chunks and their rows. A chunk goes todo → done or todo → failed, once; both are final.
 
 -- name: insert_chunks
 -- The chunks of a new batch, from parallel arrays.
@@ -9,44 +8,30 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
             %(row_counts)s::int[]) AS c(no, hash_from, hash_to, row_count);
 
 -- name: lock_chunk
--- Lock a chunk for its transaction; a second delivery of the same job waits here and
--- then sees the chunk is no longer todo.
+-- Lock the chunk: a second delivery of its job waits here, then finds it no longer todo.
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header, b.status AS batch_status
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
 
 -- name: chunk_settings
--- For the chunk's transaction: timestamps without an offset are UTC, as the row rules
--- read them; no merge joins; no JIT. The planner has no statistics on the chunk's
--- temporary tables nor on what a statement inserts, guesses a tenth of their rows, and
--- then joins the chunk's rows to the inserted ones by sorting both on the line; the hash
--- joins it takes instead need no sort (settle_chunk of a 5,000-row chunk: 34 → 31.7 ms).
--- A server with JIT compiles a big chunk's statements (costed past jit_above_cost from
--- some tens of thousands of rows): settle_chunk's many expressions take ~2 s to compile
--- and save far less (a 100,000-row chunk on PostgreSQL 15: 2.85 s → 0.88 s without).
+-- Chunk transaction settings: UTC as the row rules read times; no merge joins; no JIT.
+-- With no statistics on the temporary tables the planner merge-joins by sorting both
+-- sides; a hash join needs no sort. JIT compiles big statements for longer than it saves.
 SELECT set_config('TimeZone', 'UTC', true), set_config('enable_mergejoin', 'off', true),
        set_config('jit', 'off', true);
 
 -- name: drop_chunk_tables
--- The temporary tables of an earlier chunk, when this transaction is nested in one that
--- processed it (a savepoint's commit does not drop them).
+-- An enclosing transaction's earlier chunk tables: a savepoint's commit does not drop them.
 DROP TABLE IF EXISTS importq_chunk, importq_failures;
 
 -- name: create_chunk
--- A chunk's rows, with the cells the row rules read trimmed once (t<position>), for the
--- statements below; gone at commit (template {staged}, {joined}: the cells read joined
--- by U+0001, {trimmed}: per cell read "CASE WHEN padded THEN importq_trim(c<p>) ELSE
--- c<p> END AS t<p>", {originals}: per cell read "CASE WHEN padded THEN c<p> END AS
--- o<p>", and every other cell as c<p>). A cell read is kept as uploaded only in a row
--- that was trimmed: in any other, t<p> is the same text (importq.ingest.staged_table.original).
--- The columns every statement reads come first: a row is decoded from its start up to
--- the last column a statement needs.
--- Most rows have no cell to trim, and one test of the whole row costs less than
--- trimming each cell: "padded" is true when some cell might start or end with
--- whitespace (a character importq_trim trims, next to a boundary of the joined cells;
--- a U+0001 inside a cell can only make a row trimmed for nothing).
--- OFFSET 0 keeps the test one per row rather than copied into each cell's CASE.
+-- A chunk's rows with the cells the row rules read trimmed once (t<p>); dropped at commit.
+-- Template: {staged}; {joined}: the read cells joined by U+0001; {trimmed}: t<p>, trimmed
+-- if padded; {originals}: o<p>, the uploaded cell if padded (else t<p> is it); others c<p>.
+-- Columns all statements read come first: a row is decoded only up to the last one needed.
+-- padded: some cell may start or end with whitespace; one test a row beats a trim a cell,
+-- and a U+0001 inside a cell only costs a needless trim. OFFSET 0 keeps it once per row.
 CREATE TEMP TABLE importq_chunk ON COMMIT DROP AS
 SELECT line, key_hash, problem, {trimmed}, padded, {originals}, extra
 FROM (
@@ -59,23 +44,19 @@ FROM (
 ) s;
 
 -- name: judged_values
--- The distinct values of one of the chunk's columns judged by value (importq.rules.sql_screen),
--- trimmed and non-empty, with its position (template {position}, {value}: t<position>);
--- the columns' queries are joined by UNION ALL (a GROUP BY each: half the cost of one
--- DISTINCT over all of them).
+-- A value-judged column's distinct trimmed non-empty values (importq.rules.sql_screen).
+-- {position}, {value}: t<position>. One per column by UNION ALL, cheaper than one DISTINCT.
 SELECT {position}, {value} FROM importq_chunk WHERE {value} <> '' GROUP BY {value}
 
 -- name: suspect_rows
--- The rows of the chunk the screen does not pass, in line order: line, problem, then
--- the cells the row rules read (template {cells}, {passes}).
+-- Rows the screen does not pass, by line, with the cells the rules read ({cells}, {passes})
 SELECT line, problem, {cells}
 FROM importq_chunk
 WHERE problem IS NOT NULL OR NOT coalesce({passes}, false)
 ORDER BY line;
 
 -- name: create_failures
--- The rows of a chunk the row rules failed, with the reason; every other row of the
--- chunk is valid. Gone at commit.
+-- Rows the row rules failed, with the reason (every other row is valid); dropped at commit.
 CREATE TEMP TABLE importq_failures (
     line     integer PRIMARY KEY,
     message  text NOT NULL
@@ -90,25 +71,15 @@ COPY importq_failures (line, message) FROM STDIN (FORMAT BINARY);
 INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 
 -- name: settle_chunk
--- All of a chunk's writes in one statement. Of its valid rows (no failure recorded),
--- the first line of each key whose key is not stored yet is inserted (DISTINCT ON over
--- the dedup index's order, then line). A valid row not inserted is a duplicate: of the
--- line inserted with its key in this statement, or, when none was, of the first such
--- row of its key (that one: "already exists"). Then every row's result with the CSV
--- record its report prints, one row of arrays per outcome and block of lines
--- (create_results_table), and the tally (each outcome's count).
--- A key another batch stores meanwhile makes the plain insert fail (unique violation):
--- the statement is then run again with {on_conflict} "ON CONFLICT DO NOTHING", which
--- costs more on every row (speculative insertion), so it is not the first try.
+-- All of a chunk's writes in one statement: inserts, row results, each outcome's count.
+-- Of the valid rows, the first line of each new key is inserted and the key's other rows
+-- duplicate it; of a stored key, the first row "already exists", the others duplicate it.
+-- A key another batch stores meanwhile fails the plain insert; only then is it rerun with
+-- {on_conflict} (ON CONFLICT DO NOTHING), whose speculative insertion slows every row.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
--- Template: {results}, {table}, {fields}, {values} (the dataset's columns cast from the
--- trimmed cells), {key_values} (the key columns' values), {winner_keys} ("<key field>
--- AS winner_k<i>", …), {same_key} (a chunk row c has the key of an inserted row w),
--- {to_insert} (rows_to_insert), {on_conflict}, {success_record}, {rejected_record},
--- {block} (importq.pipeline.reports.BLOCK_LINES).
+-- Template: filled by importq.pipeline.target_tables; {to_insert} is rows_to_insert.
 WITH inserted AS (
-    -- The values are cast for the rows inserted only (in the subquery's order, the dedup
-    -- index's): a later row of a key is a duplicate whatever PostgreSQL makes of it.
+    -- Only inserted rows are cast: a later row of its key is a duplicate, castable or not.
     INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
     SELECT key_hash, %(batch_id)s, line, {values}
     FROM ({to_insert}) AS c
@@ -116,8 +87,7 @@ WITH inserted AS (
     {on_conflict}
     RETURNING imported_line AS winner_line, target_id, key_hash AS winner_hash, {winner_keys}
 ), losers AS (
-    -- Valid rows not inserted, few: the line each is a duplicate of (NULL: "already exists").
-    -- They are taken first (OFFSET 0), as in rows_to_insert: the key join casts their keys.
+    -- Valid rows not inserted. OFFSET 0 drops failed rows before the key join casts keys.
     SELECT c.line,
            coalesce(w.winner_line,
                     nullif(min(c.line) OVER (PARTITION BY c.key_hash, {key_values}), c.line))
@@ -143,13 +113,9 @@ WITH inserted AS (
     LEFT JOIN inserted i ON i.winner_line = c.line
     LEFT JOIN losers l ON l.line = c.line
 ), gathered AS (
-    -- Each outcome's rows of a block of {block} lines in arrays that list them alike (one
-    -- aggregation reads them in one order). Blocks, so that an array holds no more than
-    -- the report query puts in one text (its limit is a gigabyte), however many rows of
-    -- one key a chunk holds. A filter per outcome rather than a GROUP BY the outcome too,
-    -- which the planner would do by sorting the rows on it. OFFSET 0: the records are
-    -- made before the rows are sorted into blocks, so the sort moves a record and a
-    -- line rather than every cell the record is made of (a 10,000-row chunk: ~5 ms).
+    -- Arrays per outcome and block of {block} lines, so a report text stays under 1 GB.
+    -- A FILTER per outcome, since a GROUP BY outcome would be planned as a sort on it.
+    -- OFFSET 0 makes the records before the block sort: it moves a record, not its cells.
     SELECT array_agg(line) FILTER (WHERE outcome = 'success') AS success_lines,
            array_agg(record) FILTER (WHERE outcome = 'success') AS success_records,
            array_agg(line) FILTER (WHERE outcome = 'duplicate') AS duplicate_lines,
@@ -178,21 +144,11 @@ WITH inserted AS (
 SELECT outcome, sum(cardinality)::int FROM results GROUP BY outcome;
 
 -- name: rows_to_insert
--- The chunk's rows settle_chunk inserts, in dedup-index order: of its valid rows (no
--- failure recorded), the first line of each key not stored yet (template {order}: the
--- dedup index's order; {table}; {stored_key}: a chunk row c has the key of a stored row
--- t; %(hash_from)s, %(hash_to)s: the chunk's hash range, as in create_chunk). A fragment
--- of settle_chunk and lines_to_insert.
--- The valid rows are taken first (OFFSET 0: the planner may not move the lookups below):
--- a failed row's key may not cast to the key column's type, as the lookup casts it.
--- Each valid row's key is looked up in the table only when the table holds some row of
--- the chunk's hash range: that test reads no chunk row, so it runs once, in the same
--- snapshot as the lookups, and finds nothing exactly when all of them would. Each lookup
--- is a descent of the dedup index; a chunk of an import into an empty table makes none
--- (1M rows: the chunks ~0.5 s sooner), while one stored row in its range makes a chunk
--- look up every key, as before. Both bounds are conditions of that index, whose first
--- column is the hash (the last chunk's range has no upper bound: its end is the largest
--- hash).
+-- Rows settle_chunk inserts: of the valid rows, the first line of each key not stored yet.
+-- Template: {order} (dedup index order), {table}, {stored_key} (c has stored row t's key).
+-- OFFSET 0 takes the valid rows before the lookups, which cast keys a failed row may not.
+-- Keys are looked up only if the table holds a row of the chunk's hash range: that test
+-- runs once, in the lookups' snapshot, and finds nothing exactly when they all would.
 SELECT DISTINCT ON ({order}) *
 FROM (SELECT * FROM importq_chunk c
       WHERE NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
@@ -208,8 +164,7 @@ ORDER BY {order}, line
 SELECT line FROM ({to_insert}) AS c ORDER BY line;
 
 -- name: probe_rows
--- Insert some valid rows of the chunk (in a savepoint that is rolled back): does the
--- target table accept them all? Template as settle_chunk.
+-- Whether the target accepts these rows, in a rolled-back savepoint (template: settle_chunk).
 INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
 SELECT key_hash, %(batch_id)s, line, {values}
 FROM importq_chunk WHERE line = ANY(%(lines)s::int[])
@@ -223,12 +178,9 @@ WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
 RETURNING chunk_no;
 
 -- name: report_blocks
--- A batch's report records in line order, in blocks of up to {block} consecutive lines:
--- per block, the records of each outcome in line order and how many (appended block by
--- block, each report file is in line order), then how many distinct lines the block's
--- results are for: the aggregation checks that the results account for every line
--- exactly once (a line's results all fall in its block). One sort of the results, in
--- parallel where the server allows (report_plan) (template {results}, {block}).
+-- A batch's report records in blocks of up to {block} lines, in line order ({results}).
+-- Per block, each outcome's records and count, appended to its report file in block order;
+-- the distinct lines let the aggregation check each line has one result (all in its block).
 SELECT string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'success'),
        count(*) FILTER (WHERE outcome = 'success'),
        string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'duplicate'),
@@ -241,24 +193,18 @@ GROUP BY line / {block}
 ORDER BY line / {block};
 
 -- name: report_plan
--- For the aggregation's transaction: parallel workers for its sort, and memory to sort
--- in (each worker and the leader may use this much: a million results, ~100 MB, sort
--- in memory; bigger batches sort through temporary files). The results table is small
--- (a few hundred rows per chunk, their arrays stored apart), and the planner, which
--- guesses ten elements an array, would scan it alone: it is told that any table is
--- worth scanning in parallel and that starting the workers costs nothing (1M results:
--- 1.0 → 0.73 s).
--- It also reckons that passing a million sorted rows from the workers costs more than
--- it saves; measured, the report query takes a quarter less.
--- No JIT: on a server with it, compiling the query's expressions costs more than they
--- save (1M results on PostgreSQL 15: 1.18 → 0.87 s without).
+-- The aggregation transaction's settings: a parallel sort, memory to sort in, no JIT.
+-- work_mem is per worker and leader; bigger batches sort through temporary files.
+-- The results table looks small (arrays stored apart, ten elements an array guessed), so
+-- any table is made worth a parallel scan, with workers free to start and to pass rows.
+-- No JIT: compiling the query's expressions costs more than it saves.
 SELECT set_config('work_mem', '192MB', true), set_config('parallel_tuple_cost', '0', true),
        set_config('parallel_setup_cost', '0', true),
        set_config('min_parallel_table_scan_size', '0', true), set_config('jit', 'off', true);
 
 -- name: count_chunk_attempt
--- Count a failed or lost attempt, in its own transaction. Nothing happens (no row back)
--- when the chunk is finished, or locked: then another delivery of its job is at work.
+-- Count a failed or lost attempt, in its own transaction.
+-- No row back if the chunk is finished, or locked: another delivery of its job is at work.
 UPDATE chunks c SET attempts = c.attempts + 1, error = %(error)s
 FROM (SELECT batch_id, chunk_no FROM chunks
       WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
