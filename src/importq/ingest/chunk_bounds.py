@@ -1,18 +1,22 @@
 """Affinity chunking: split a batch's rows into chunks that never split a key's group.
 
-Pure functions, no I/O. Groups are ordered by the 64-bit hash of their normalised key
-(a keyless row is a group of one, hashed by its line), so staging needs no second pass
-over the rows: it cuts the same chunks in PostgreSQL, walking the staged hashes' index
-(``staged_chunk_bounds`` in ``sql/staging.sql``), and ``tests/test_staging_chunks.py``
-holds what it cuts to :func:`chunk_bounds`, which states the rule.
+Invariants:
 
-Rule: walk the hashes in ascending order; a chunk closes at the first change of hash
-once it holds at least ``size`` rows. Hence:
-- rows with the same key (same hash) always share a chunk;
-- a chunk holds at most ``size + largest group - 1`` rows;
-- chunk k holds exactly the rows with ``bounds[k].hash_from <= hash < bounds[k+1].hash_from``
-  (the last chunk is unbounded above);
-- the split depends only on the multiset of hashes: it is deterministic.
+- Rows with the same key have the same hash, and always share a chunk.
+- A chunk holds at most ``size + largest group - 1`` rows.
+- Chunk k holds exactly the rows with ``bounds[k].hash_from <= hash < bounds[k+1].hash_from``.
+  The last chunk has no upper bound.
+- The split depends only on the multiset of hashes, so it is deterministic.
+
+They follow from one rule. Walk the hashes in ascending order, and close a chunk at the
+first change of hash once it holds at least ``size`` rows.
+
+A group is the rows that share the 64-bit hash of their normalised key. A keyless row is
+a group of one, hashed by its line. These are pure functions, with no I/O.
+:func:`chunk_bounds` states the rule. Staging cuts the same chunks in PostgreSQL, by
+walking the index of the staged hashes (``staged_chunk_bounds`` in ``sql/staging.sql``),
+so it needs no second pass over the rows. ``tests/integration/test_staging_chunks.py``
+holds the chunks PostgreSQL cuts to those of :func:`chunk_bounds`.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def effective_chunk_size(total_rows: int, chunk_size: int, max_chunks: int) -> i
 
 
 class ChunkCutter:
-    """Cuts chunks from hashes fed one at a time in ascending order (streaming form)."""
+    """The streaming form of :func:`chunk_bounds`: it takes hashes one at a time, in order."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
@@ -67,7 +71,7 @@ class ChunkCutter:
 
 
 def chunk_bounds(sorted_hashes: Iterable[int], size: int) -> list[ChunkBound]:
-    """Chunk boundaries over hashes given in ascending order (one per row)."""
+    """The chunk bounds over ``sorted_hashes``, one hash per row in ascending order."""
     cutter = ChunkCutter(size)
     for value in sorted_hashes:
         cutter.add(value)

@@ -1,9 +1,12 @@
 """The clean-CSV path: a UTF-8 CSV's data records handed to PostgreSQL's own CSV reader.
 
-``COPY … (FORMAT csv)`` reads a file far faster than Python does, but only a *clean* file
-reads the same in both: :class:`CsvSource` checks each block it hands over and raises
-:class:`NotClean` on the first record the two readers could disagree on, so staging can
-fall back to importq's own reader.
+Invariant: a block is handed over only once it is checked clean. A *clean* file is one
+that ``COPY … (FORMAT csv)`` and importq's own reader read alike. :class:`CsvSource`
+checks each block before it hands it over. It raises :class:`NotClean` at the first
+record the two readers could disagree on, and staging then falls back to importq's
+reader.
+
+The path exists because PostgreSQL reads a file far faster than Python does.
 """
 
 from __future__ import annotations
@@ -23,16 +26,20 @@ class NotClean(Exception):
 
 @dataclass(frozen=True)
 class CsvSource:
-    """The data records of a UTF-8 CSV file whose header is its first line, as bytes for
-    PostgreSQL's own CSV parser (``COPY … (FORMAT csv)``), which is far faster than
-    reading them in Python.
+    """The data records of a UTF-8 CSV file whose header is its first line, as bytes.
 
-    The two parsers agree on RFC 4180 records; they differ on stray quotes (PostgreSQL
-    opens a quoted section at any quote, Python's csv module only at a field's start),
-    on blank lines (PostgreSQL reads a row of one empty field, importq skips them), on
-    ``\\.`` alone on a line (the end of the data for PostgreSQL before 18) and on mixed
-    line ends. :meth:`blocks` raises :class:`NotClean` on the first two kinds it can see
-    and PostgreSQL refuses the others, so such a file is read by Python instead.
+    The bytes are for PostgreSQL's own CSV parser, ``COPY … (FORMAT csv)``. The two
+    parsers agree on RFC 4180 records. They differ in four cases:
+
+    - Stray quotes. PostgreSQL opens a quoted section at any quote, but Python's csv
+      module does so only at the start of a field.
+    - Blank lines. PostgreSQL reads a row of one empty field, and importq skips them.
+    - ``\\.`` alone on a line. Before PostgreSQL 18, it ends the data.
+    - Mixed line ends.
+
+    :meth:`blocks` raises :class:`NotClean` on stray quotes and on ``\\.`` lines.
+    PostgreSQL refuses blank lines and mixed line ends itself. Either way, such a file
+    is read by Python instead.
     """
 
     binary: IO[bytes]
@@ -42,17 +49,25 @@ class CsvSource:
 
     @property
     def max_record_bytes(self) -> int:
-        """A record without a line end for this long is not clean (no cell can be longer
-        than the limit's characters of 4 bytes, quoted, with its quotes doubled)."""
+        """The most bytes a clean record can take. A longer run without a line end is not
+        clean.
+
+        The bound gives each cell the limit's characters at 8 bytes each: 4 bytes of
+        UTF-8, doubled as if each were a quote. It adds the cell's two quotes and a
+        delimiter.
+        """
         return self.limits.max_columns * (self.limits.max_cell_chars * 8 + 3)
 
     def blocks(
         self, block_size: int = 1 << 20, start: int | None = None, stop: int | None = None
     ) -> Iterator[bytes]:
-        """The data from ``start`` (a record's start; default: the first record's) up to
-        ``stop`` (a record's start; default: the end), in blocks of whole records, each
-        checked by :func:`clean_records`. Two of these may read one file by turns: each
-        seeks to where it left off before it reads."""
+        """The data from ``start`` up to ``stop``, in blocks of whole records.
+
+        Each block is checked by :func:`clean_records` before it is yielded. ``start``
+        and ``stop`` are offsets where a record starts. By default they are the first
+        record and the end of the file. Two of these generators may read one file by
+        turns, because each seeks to where it left off before it reads.
+        """
         position = self.start if start is None else start
         pending = b""
         final = False
@@ -75,11 +90,16 @@ class CsvSource:
             first = False
 
     def halves(self, block_size: int = 1 << 20) -> tuple[int, int] | None:
-        """Where to cut the data in two for two COPYs at once: the offset of the first
-        record starting past the middle of the data, and how many records come before
-        it; None when no record starts past the middle. A record ends at a line feed
-        outside quoted cells, as PostgreSQL reads a clean file (:meth:`blocks` checks
-        that it is), so they are counted without parsing: one pass of byte counts."""
+        """Where to cut the data in two, for two COPYs at once.
+
+        It returns the offset of the first record that starts past the middle of the
+        data, and how many records come before it. It returns None when no record
+        starts past the middle.
+
+        The records are counted in one pass of byte counts, without parsing. That is
+        sound because PostgreSQL ends a record of a clean file at a line feed outside
+        quoted cells, and :meth:`blocks` checks that the file is clean.
+        """
         end = self.binary.seek(0, io.SEEK_END)
         middle = self.start + (end - self.start) // 2
         position, records, quoted = self.start, 0, False
@@ -98,13 +118,18 @@ class CsvSource:
 
 
 def _line_feeds_outside_quotes(data: bytes, quoted: bool) -> int:
-    """Line feeds of ``data`` outside quoted cells (``quoted``: it starts inside one);
-    the pieces between quotes alternate outside and inside, a doubled quote included."""
+    """The number of line feeds in ``data`` outside quoted cells.
+
+    ``quoted`` says that ``data`` starts inside a quoted cell. The pieces between quotes
+    alternate outside and inside. A doubled quote only adds an empty piece, which holds
+    no line feed, so the count stays right.
+    """
     return b"".join(data.split(b'"')[int(quoted) :: 2]).count(b"\n")
 
 
 def _record_end_after(data: bytes, offset: int, quoted: bool) -> int | None:
-    """Just past the first line feed at or after ``offset`` outside quoted cells, if any."""
+    """The offset just past the first line feed outside quoted cells, at or after
+    ``offset``. None when there is none."""
     end = data.find(b"\n", offset)
     while end != -1 and (data.count(b'"', 0, end) + quoted) % 2:
         end = data.find(b"\n", end + 1)
@@ -112,8 +137,11 @@ def _record_end_after(data: bytes, offset: int, quoted: bool) -> int | None:
 
 
 def _last_record_end(data: bytes) -> int:
-    """The end of the last record in ``data`` (just past a line feed outside quotes, the
-    data starting outside quotes); 0 when no record ends in it."""
+    """The end of the last whole record in ``data``, or 0 when no record ends in it.
+
+    A record ends just past a line feed outside quoted cells. ``data`` must start outside
+    quotes.
+    """
     end = data.rfind(b"\n")
     while end != -1 and data.count(b'"', 0, end) % 2:
         end = data.rfind(b"\n", 0, end)  # that line feed is inside a quoted cell
@@ -124,9 +152,14 @@ _CLEAN_PATTERNS: dict[str, re.Pattern[bytes]] = {}
 
 
 def clean_records(data: bytes, delimiter: str, *, at_start: bool = False) -> None:
-    """Raise :class:`NotClean` unless ``data`` (whole records) has only RFC 4180 quoting
-    (a quoted cell opens right after a delimiter or line start, closes right before one,
-    and doubles the quotes it holds) and no line that is just ``\\.``."""
+    """Raise :class:`NotClean` unless PostgreSQL and importq read ``data`` alike.
+
+    ``data`` is whole records. It is clean when its quoting is RFC 4180 and no line of
+    it is just ``\\.``. In RFC 4180 quoting, a quoted cell opens right after a delimiter
+    or a line start, and closes right before one. It doubles the quotes it holds.
+    ``at_start`` says that ``data`` is the first block, where a first line that starts
+    with ``\\.`` is not clean either.
+    """
     pattern = _CLEAN_PATTERNS.get(delimiter)
     if pattern is None:
         edge = re.escape(delimiter.encode()) + rb"\r\n"
@@ -137,11 +170,11 @@ def clean_records(data: bytes, delimiter: str, *, at_start: bool = False) -> Non
     if pattern.fullmatch(data) is None:
         raise NotClean("quotes that are not RFC 4180 quoting")
     if b"\\" not in data:
-        # No backslash, no \. line: one memchr, where the framed searches below cost a
-        # pass each over a block full of line feeds and dots.
+        # Without a backslash there is no \. line. This test is one memchr, while each
+        # framed search below is a pass over a block full of line feeds and dots.
         return
-    # Framed by line ends: a block starts and ends at a record's edge, so its first and
-    # last lines are whole lines too.
+    # A block starts and ends at a record's edge, so its first and last lines are whole
+    # lines too. Framed by line ends, every line can be found the same way.
     framed = b"\n" + data + (b"" if data.endswith(b"\n") else b"\n")
     if b"\n\\.\n" in framed or b"\n\\.\r\n" in framed or (at_start and data.startswith(b"\\.")):
         raise NotClean("a line holding only \\.")

@@ -1,9 +1,13 @@
 """Reading a CSV upload: its encoding and delimiter, its header and its rows.
 
-The delimiter is given or sniffed from the head of the file (:func:`sniff_delimiter`);
-quoting is RFC 4180. Rows are produced as they are read, so a file is never held whole
-in memory. A UTF-8 file whose header is its first line also gets a :class:`CsvSource`,
-for staging to try PostgreSQL's own CSV reader first.
+Rows are produced as they are read, so a file is never held whole in memory. The file
+is never closed here, because the caller keeps the upload afterwards.
+
+The encoding is chosen by :func:`importq.ingest.text_encoding.choose_encoding`. The
+delimiter is given, or sniffed from the head of the file by :func:`sniff_delimiter`.
+Quoting is RFC 4180. A UTF-8 file whose header is its first line also gets a
+:class:`~importq.ingest.clean_csv.CsvSource`, so that staging can try PostgreSQL's own
+CSV reader first.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from importq.ingest.parsed_upload import ParsedUpload
 from importq.ingest.text_encoding import choose_encoding
 from importq.rules.row_rules import StagedRow
 
-# The csv module's own hard cap (process-wide, 128 KiB by default) sits far above any
-# sensible cell limit; the configured limit is checked per record, with its line.
+# The csv module's own cap on a field is process-wide, and 128 KiB by default. It is
+# raised far above any sensible cell limit, because the configured limit is checked per
+# record, where the refusal can name the line.
 csv.field_size_limit(64 * 1024 * 1024)
 
 SNIFF_BYTES = 64 * 1024
@@ -44,7 +49,10 @@ _DELIMITER_NAMES = {
 
 
 def resolve_delimiter(name: str) -> str:
-    """The delimiter a client named (the character or its name); 400 ``bad_delimiter``."""
+    """The delimiter a client named, by its character or by its name.
+
+    Any other name is refused with ``400 bad_delimiter``.
+    """
     found = _DELIMITER_NAMES.get(name) or _DELIMITER_NAMES.get(name.strip().lower())
     if found is None:
         raise Refusal(
@@ -64,8 +72,11 @@ def _ragged(values: Sequence[str], width: int) -> str | None:
 
 
 def _record_widths(text: str, delimiter: str, complete: bool) -> list[int]:
-    """Field counts of the first non-blank records of ``text`` read with ``delimiter``;
-    without the last one when ``text`` is only the head of the file (it may be cut)."""
+    """The field counts of the first non-blank records of ``text``, read with ``delimiter``.
+
+    When ``text`` is only the head of the file, its last record may be cut, so that
+    record is left out.
+    """
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
     widths: list[int] = []
     exhausted = True
@@ -77,20 +88,21 @@ def _record_widths(text: str, delimiter: str, complete: bool) -> list[int]:
                     exhausted = False
                     break
     except csv.Error:
-        pass  # a cut quoted field, or a cell past the limit: judge on what came before
+        pass  # A cut quoted field, or a cell past the limit: judge the records before it.
     if exhausted and not complete:
         widths = widths[:-1]
     return widths
 
 
 def sniff_delimiter(text: str, *, complete: bool = True) -> str:
-    """The delimiter of a CSV whose head is ``text`` (``complete``: the whole file).
+    """The delimiter of a CSV whose head is ``text``. ``complete`` says it is the whole file.
 
-    Each of ``, ; TAB |`` reads the header and up to ``SNIFF_RECORDS`` records after it,
-    quotes understood. A candidate counts only if it splits the header into two fields
-    or more; among those wins the one under which the most records have the header's
-    width, then the one giving the wider header, then the earlier in ``, ; TAB |``.
-    No candidate (a single column) gives ``,``. Deterministic, unlike ``csv.Sniffer``.
+    Sniffing is deterministic, unlike ``csv.Sniffer``. Each of ``, ; TAB |`` reads the
+    header and up to ``SNIFF_RECORDS`` records after it, with quotes understood. A
+    candidate counts only if it splits the header into two fields or more. Among those,
+    the winner is the one under which the most records have the header's width. A tie
+    goes to the wider header, then to the earlier in ``, ; TAB |``. When no candidate
+    counts, as in a file of a single column, the delimiter is ``,``.
     """
     best, best_score = ",", (-1, 0)
     for delimiter in DELIMITERS:
@@ -110,25 +122,34 @@ def read_csv(
     encoding: str | None = None,
     limits: UploadLimits = UploadLimits(),
 ) -> ParsedUpload:
-    """Parse a CSV upload; refuse a bad encoding, delimiter or quoting (400).
+    """Parse a CSV upload. A bad encoding, delimiter or quoting is refused with a 400.
 
-    Encoding, first rule that applies:
-    1. ``encoding`` given (any Python codec name: utf-8, utf-16, windows-1252, latin-1…);
-       ``unknown_encoding`` when it is not one. A BOM of the same Unicode family is
-       skipped and tells the byte order (utf-16 or utf-32 without a BOM: little-endian).
-    2. a BOM: UTF-8, UTF-16 LE/BE, UTF-32 LE/BE.
-    3. UTF-8, when the whole file is valid UTF-8 (ASCII included).
-    4. Windows-1252, when :func:`looks_like_cp1252`: the file holds only bytes that
-       Windows-1252 text uses, and more stray bytes than UTF-8 characters. Latin-1
-       decodes any byte, so it is never detected; send ``encoding=latin-1``.
-    5. otherwise UTF-8, which the file is not: refused.
-    A file that does not decode in the encoding in force is refused (``bad_encoding``)
-    with the byte ``offset`` and the physical ``line`` of the first bad byte.
+    The encoding is the first of these that applies:
 
-    Delimiter: ``delimiter`` given (``,`` ``;`` TAB ``|`` or comma, semicolon, tab,
-    pipe; else ``bad_delimiter``), or sniffed from the first ``SNIFF_BYTES`` of text
-    (:func:`sniff_delimiter`). RFC 4180 quoting; CR, LF and CRLF line ends; blank
-    records (trailing empty lines too) are skipped but keep their number.
+    1. ``encoding``, when given. It may be any Python codec name, such as utf-8,
+       utf-16, windows-1252 or latin-1. A name that is not one is refused as
+       ``unknown_encoding``. A BOM of the same Unicode family is skipped, and it tells
+       the byte order. Without a BOM, utf-16 and utf-32 are read as little-endian.
+    2. The encoding a BOM declares: UTF-8, UTF-16 LE or BE, or UTF-32 LE or BE.
+    3. UTF-8, when the whole file is valid UTF-8. ASCII is valid UTF-8.
+    4. Windows-1252, when :func:`importq.ingest.text_encoding.looks_like_cp1252` says
+       so. The file must hold only bytes that Windows-1252 text uses, and more stray
+       bytes than UTF-8 characters. Latin-1 decodes any byte, so it is never detected.
+       A Latin-1 file needs ``encoding=latin-1``.
+    5. Otherwise UTF-8, which the file is not, so the file is refused.
+
+    A file that does not decode in the encoding in force is refused as
+    ``bad_encoding``. The refusal names the byte ``offset`` and the physical ``line`` of
+    the first bad byte.
+
+    The delimiter is ``delimiter`` when given: ``,`` ``;`` TAB ``|``, or comma,
+    semicolon, tab or pipe. Any other is refused as ``bad_delimiter``. Without one, it
+    is sniffed from the first ``SNIFF_BYTES`` of text by :func:`sniff_delimiter`.
+
+    Quoting is RFC 4180, and CR, LF and CRLF all end a line. Bad quoting is refused as
+    ``bad_csv``, with its line. A file with no header is ``400 empty_data``, and a cell
+    longer than the limit is a 413. Blank records are skipped but keep their number.
+    Trailing empty lines count as blank records.
     """
     chosen = None if delimiter is None else resolve_delimiter(delimiter)
     codec, start = choose_encoding(binary, encoding)
@@ -172,7 +193,7 @@ def read_csv(
                     yield StagedRow(line, record, None)
                 elif record and (len(record) > 1 or record[0].strip() or width == 1):
                     yield StagedRow(line, record, _ragged(record, width))
-                # else: a blank record, skipped but counted
+                # Otherwise a blank record: skipped, but counted.
         except csv.Error as error:
             raise broken(error, line + 1) from None
         finally:
@@ -184,7 +205,8 @@ def read_csv(
         rows(),
         encoding=codec,
         delimiter=chosen,
-        # Blank records before the header: PostgreSQL would read the header as data.
+        # Only when the header is the first line. After blank records, the source would
+        # hold the header, and PostgreSQL would read it as data.
         source=_csv_source(binary, codec, start, chosen, width, limits)
         if first_line == 1
         else None,
@@ -192,8 +214,11 @@ def read_csv(
 
 
 class _TextView(io.TextIOWrapper):
-    """A text reader over an upload that leaves the file open when it goes (the caller
-    keeps the upload afterwards, whether or not the rows were read through it)."""
+    """A text reader over an upload that leaves the file open when it goes.
+
+    The caller keeps the upload afterwards, whether or not the rows were read through
+    this reader.
+    """
 
     def close(self) -> None:
         with contextlib.suppress(ValueError):  # detached already
@@ -203,9 +228,13 @@ class _TextView(io.TextIOWrapper):
 def _csv_source(
     binary: IO[bytes], codec: str, start: int, delimiter: str, width: int, limits: UploadLimits
 ) -> CsvSource | None:
-    """The file's :class:`CsvSource` when its header is its first line, without quotes,
-    and has two columns or more (one column: a blank line would be a row); else None.
-    Leaves the file where it was."""
+    """The file's :class:`~importq.ingest.clean_csv.CsvSource`, or None when it may not
+    have one. The file is left where it was.
+
+    The file must be UTF-8, and its header must be its first line, with no quotes and
+    no stray CR. The header needs two columns or more. In a file of one column, a blank
+    line would be a row to PostgreSQL, while importq skips it.
+    """
     if codec != "utf-8" or width < 2:
         return None
     position = binary.tell()

@@ -1,5 +1,9 @@
-"""Reading a JSON body, ``{"data": [{column: value}, …]}``: the first row's keys are the
-header; a row's line is its index + 2."""
+"""Reading a JSON body of the form ``{"data": [{column: value}, …]}``.
+
+The first row's keys are the header. A row's line is its index plus 2, as if the header
+were line 1. A key that a row lacks is an empty cell. A row that is not an object, or
+that holds a null, a nested value or a key the first row lacks, is staged with a problem.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,11 @@ def _json_cell(column: str, value: Any) -> tuple[Value, str | None]:
 
 
 def read_json_rows(data: Sequence[Any], *, limits: UploadLimits = UploadLimits()) -> ParsedUpload:
-    """Rows of a ``{"data": [...]}`` body: the first row's keys are the header."""
+    """Read the rows of a ``{"data": [...]}`` body. The first row's keys are the header.
+
+    An empty list is refused with ``400 empty_data``. A first row that is not an object
+    with at least one key is refused with ``400 bad_json``.
+    """
     if not data:
         raise empty_upload()
     first = data[0]

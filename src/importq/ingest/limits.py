@@ -1,4 +1,9 @@
-"""Upload limits: how big an upload may be, and the refusals that name each limit."""
+"""Upload limits: how big an upload may be, and the refusals that name each limit.
+
+Every limit refusal is a 413 that names the limit and carries its value. The readers
+check cell lengths as they read. :func:`importq.ingest.parsed_upload.within_limits`
+checks the header's width and the number of rows.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from importq.errors import Refusal
 
 @dataclass(frozen=True)
 class UploadLimits:
-    """How big an upload may be; each refusal names the limit and its value (413)."""
+    """How big an upload may be. Each refusal is a 413 that names the limit and its value."""
 
     max_rows: int = 20_000_000
     max_columns: int = 500

@@ -1,9 +1,12 @@
 """An upload once read: its header and a one-pass iterator over its rows.
 
-Every reader (CSV, XLSX, JSON) returns a :class:`ParsedUpload`. ``line`` is the row
-number a spreadsheet shows: the header is 1; each CSV record is one row however many
-physical lines its quoted cells span; blank records are skipped but keep their number;
-a JSON row's line is its index + 2.
+Every reader returns a :class:`ParsedUpload`. The readers are
+:func:`importq.ingest.csv_reader.read_csv`, :func:`importq.ingest.xlsx_reader.read_xlsx`
+and :func:`importq.ingest.json_rows.read_json_rows`.
+
+A row's ``line`` is the row number a spreadsheet shows, and the header is line 1. A CSV
+record is one row, however many physical lines its quoted cells span. Blank records are
+skipped, but they keep their number. A JSON row's line is its index plus 2.
 """
 
 from __future__ import annotations
@@ -23,19 +26,23 @@ class ParsedUpload:
 
     header: list[str]
     rows: Iterator[StagedRow]
-    #: For a CSV: the codec it was read with (e.g. ``utf-8``, ``utf-16-le``, ``cp1252``)
-    #: and its delimiter, given or sniffed.
+    #: The codec a CSV was read with, such as ``utf-8``, ``utf-16-le`` or ``cp1252``.
     encoding: str | None = None
+    #: The delimiter a CSV was read with, given or sniffed.
     delimiter: str | None = None
-    #: For a UTF-8 CSV whose header is its first line: its data records as bytes, for
-    #: staging to try first (``rows`` reads them when that does not work out).
+    #: The data records as bytes, only for a UTF-8 CSV whose header is its first line.
+    #: Staging tries them first. When that does not work out, ``rows`` reads them.
     source: CsvSource | None = None
 
 
 def within_limits(upload: ParsedUpload, limits: UploadLimits) -> ParsedUpload:
-    """Refuse a header wider than the limit now, and a row past the row limit when it
-    comes (staging is one transaction, so nothing of a refused upload remains).
-    Readers check cell lengths themselves, where it is cheapest."""
+    """Refuse an upload past the column limit or the row limit.
+
+    A header wider than the limit is refused at once. A row past the row limit is
+    refused when the iterator reaches it. Staging is one transaction, so nothing of a
+    refused upload remains. The readers check cell lengths themselves, where it is
+    cheapest.
+    """
     if len(upload.header) > limits.max_columns:
         raise Refusal(
             413,

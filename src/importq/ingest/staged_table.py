@@ -1,23 +1,32 @@
 """A batch's staged rows: one table per batch, ``importq_staging.b_<batch id hex>``.
 
-Columns: ``line`` (the row number a spreadsheet shows, unique), ``problem`` (why the row
-could not be read as a record; it becomes a failure), ``extra`` (cells past the header's
-width, kept for the failure report), ``c0 … c<n-1>`` (the cells exactly as uploaded,
-aligned with the uploaded header), then ``key_hash``.
+Invariants:
 
-Rows are COPYed straight into the batch's table, in file order, frozen (``COPY …
-FREEZE``: the table is created in the COPY's own subtransaction). A big clean CSV file
-is COPYed in two halves at once, each into a table of its own (a *part*,
-``b_<hex>_<n>``, its lines known before its COPY starts), which become the partitions
-of the batch's table: every statement reads the batch's table alike. ``key_hash`` is a
-generated column, computed as each row arrives, and indexed once all are in: a chunk is
-a hash range, found through that index. The hash is of the normalised dedup key
-(:meth:`StagedTable.key_hash`): rows of one key share a hash, so they share a chunk; a
-row without a whole key hashes its line and is a group of one. The target table stores
-the same hash, so the expression must never change.
+- ``key_hash`` is the hash of the normalised dedup key (:meth:`StagedTable.key_hash`).
+  Rows of one key share a hash, so they share a chunk. A row without a whole key hashes
+  its line instead, and is a group of one.
+- The target table stores the same hash, so the expression must never change.
+- Every statement reads the batch's table alike, whether the rows were COPYed into it
+  or into parts that became its partitions.
 
-This module only composes statements (``sql/staging.sql`` templates completed with
-``psycopg.sql``); staging and processing run them in their own transactions.
+This module only composes statements: ``sql/staging.sql`` templates, completed with
+``psycopg.sql``. Staging and processing run them, in transactions of their own.
+
+The columns are:
+
+- ``line``: the row number a spreadsheet shows. It is unique.
+- ``problem``: why the row could not be read as a record. It becomes a failure.
+- ``extra``: the cells past the header's width, kept for the failure report.
+- ``c0 … c<n-1>``: the cells exactly as uploaded, aligned with the uploaded header.
+- ``key_hash``: a generated column, computed as each row arrives.
+
+Rows are COPYed straight into the batch's table, in file order, and frozen by ``COPY …
+FREEZE``. Freezing is allowed because the table is created in the COPY's own
+subtransaction. A big clean CSV file is COPYed in two halves at once. Each half goes
+into a table of its own, a *part* named ``b_<hex>_<n>``, whose lines are known before
+its COPY starts. The parts then become the partitions of the batch's table.
+``key_hash`` is indexed once all rows are in. A chunk is a range of hashes, found
+through that index.
 """
 
 from __future__ import annotations
@@ -35,7 +44,8 @@ from importq.sql import queries
 SCHEMA = "importq_staging"
 # The line of the first data record: the header is line 1.
 FIRST_LINE = 2
-# Joins key parts before hashing: U+001F, which a trimmed part never starts or ends with.
+# Joins the key parts before hashing. The separator is U+001F, which a trimmed part
+# never starts or ends with.
 KEY_SEPARATOR = " || E'\\x1f' || "
 
 
@@ -44,13 +54,16 @@ def table_name(batch_id: uuid.UUID) -> str:
 
 
 def part_name(batch_id: uuid.UUID, number: int) -> str:
-    """The table of part ``number`` of a batch's staged rows (a partition, once taken in)."""
+    """The table of part ``number`` of a batch's staged rows. It becomes a partition."""
     return f"{table_name(batch_id)}_{number}"
 
 
 @dataclass(frozen=True)
 class LineRange:
-    """The lines ``first`` up to ``next`` (excluded; None: to the end) of a staged part."""
+    """The lines of a staged part, from ``first`` up to ``next``, which is excluded.
+
+    ``next`` is None for the part that runs to the end.
+    """
 
     first: int
     next: int | None
@@ -70,31 +83,38 @@ def cell(position: int) -> sql.Identifier:
 
 
 def at_most_chars(text: sql.Composable, longest: int) -> sql.Composed:
-    """``text`` holds at most ``longest`` characters (true for NULL). The byte length is
-    known without reading the text, and is never less than the length: most texts pass
-    on it alone."""
+    """The SQL test that ``text`` holds at most ``longest`` characters. It is true for NULL.
+
+    The byte length is tested first. It is known without reading the text, and it is
+    never less than the number of characters, so most texts pass on it alone.
+    """
     return sql.SQL("(octet_length({t}) <= {n} OR char_length({t}) <= {n})").format(
         t=text, n=sql.Literal(longest)
     )
 
 
 def original(position: int, read: Collection[int]) -> sql.Composable:
-    """A chunk row's cell as uploaded (see ``create_chunk``): ``c<position>`` when the
-    row rules do not read it; else kept apart only in a row that was trimmed
-    (``o<position>``), and in any other the trimmed cell is the same text."""
+    """A chunk row's cell as uploaded (see ``create_chunk``).
+
+    A cell the row rules do not read is ``c<position>``. A cell they read is kept apart
+    as uploaded, in ``o<position>``, only in a row that was trimmed. In any other row
+    the trimmed cell is the same text.
+    """
     if position not in read:
         return cell(position)
     return sql.SQL("coalesce({}, {})").format(kept(position), trimmed(position))
 
 
 def kept(position: int) -> sql.Identifier:
-    """A cell the rules read, as uploaded, in a chunk row that was trimmed (else NULL)."""
+    """A cell the rules read, as uploaded. It is NULL unless the chunk row was trimmed."""
     return sql.Identifier(f"o{position}")
 
 
 def trimmed(position: int, row: str | None = None) -> sql.Identifier:
-    """That cell trimmed (``importq_trim``), as the chunk statement names it; qualified
-    by the chunk row's alias ``row``, if given."""
+    """That cell trimmed by ``importq_trim``, as the chunk statement names it.
+
+    The name is qualified by the chunk row's alias ``row``, when one is given.
+    """
     name = f"t{position}"
     return sql.Identifier(row, name) if row is not None else sql.Identifier(name)
 
@@ -103,7 +123,7 @@ def trimmed(position: int, row: str | None = None) -> sql.Identifier:
 class StagedTable:
     """The staged table of one batch, and the statements over it.
 
-    ``positions``: dataset column name → index in the uploaded header.
+    ``positions`` maps a dataset column's name to its index in the uploaded header.
     """
 
     batch_id: uuid.UUID
@@ -126,7 +146,7 @@ class StagedTable:
 
     @cached_property
     def key_hash(self) -> sql.Composed:
-        """The chunking hash of a row (an expression over the table's columns)."""
+        """The chunking hash of a row, as an expression over the table's columns."""
         parts = [
             sql.SQL("nullif(importq_trim({}), '')").format(cell(self.positions[name]))
             for name in self.dataset.dedup_key
@@ -134,9 +154,11 @@ class StagedTable:
         return sql.SQL(queries["staged_key_hash"]).format(key=sql.SQL(KEY_SEPARATOR).join(parts))
 
     def create(self, longest: int | None = None) -> list[sql.Composed]:
-        """The batch's staged table, and its empty results table. ``longest``: the most
-        characters a cell may hold, checked as each row arrives (for rows PostgreSQL
-        parses; importq's readers check their own)."""
+        """The batch's staged table, and its empty results table.
+
+        ``longest`` is the most characters a cell may hold, checked as each row arrives.
+        It is for rows that PostgreSQL parses, because importq's readers check their own.
+        """
         return [self._table(self.name, FIRST_LINE, longest=longest), self.create_results()]
 
     def create_results(self) -> sql.Composed:
@@ -152,8 +174,10 @@ class StagedTable:
         return sql.Identifier(SCHEMA, part_name(self.batch_id, number))
 
     def create_part(self, number: int, lines: LineRange, longest: int) -> sql.Composed:
-        """A table for the rows of ``lines``, to be attached to the parent (``longest``:
-        as in :meth:`create`)."""
+        """A table for the rows of ``lines``, to be attached to the parent.
+
+        ``longest`` is as in :meth:`create`.
+        """
         return self._table(self.part(number), lines.first, lines, longest)
 
     def attach_part(self, number: int, lines: LineRange) -> sql.Composed:
@@ -201,8 +225,8 @@ class StagedTable:
         return ["int4", "text", "text[]", *["text"] * self.width]
 
     def copy_csv(self, delimiter: str, part: int | None = None) -> sql.Composed:
-        """COPY of a CSV file's data records (the header already read) straight in, or
-        into one of its parts."""
+        """A COPY of a CSV file's data records into the staged table, or into one of its
+        parts. The header is read already."""
         return sql.SQL(queries["copy_staged_csv"]).format(
             table=self.name if part is None else self.part(part),
             cells=self._cells(),

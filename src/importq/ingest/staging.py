@@ -1,19 +1,22 @@
 """Staging an upload: COPY its rows, cut the chunks, create the batch, defer the jobs.
 
-``stage_batch`` owns its transaction, and everything happens inside it: the batch's
-staged table is created (:mod:`importq.ingest.staged_table`), the rows are COPYed into it (by
-PostgreSQL's own CSV reader when the file is clean enough, else as importq parses them),
-its hash index is built, the chunk boundaries are cut by walking that index, and the
-batch, its chunks and one ``process_chunk`` job per chunk are inserted.
-When it returns, the batch is durable and every row of it will end in exactly one
-report; when it raises, nothing of the upload remains (the table too: PostgreSQL's DDL
-is transactional).
+``stage_batch`` owns its transaction. When it returns, the batch is durable, and every
+row of it will end in exactly one report. When it raises, nothing of the upload remains.
+That includes the staged table, because PostgreSQL's DDL is transactional.
 
-One exception to "inside it": a big clean CSV file's second half is COPYed at the same
-time by a second connection, into a part committed on its own (:class:`SecondPart`);
-the batch's transaction then takes the part in as a partition of the staged table. If
-that transaction fails, the part is dropped; if the process dies first, the purge
-drops it (``staging_parts`` lists it until the batch takes it in).
+Everything happens inside that transaction, in this order:
+
+1. The batch's staged table is created (:mod:`importq.ingest.staged_table`).
+2. The rows are COPYed into it. PostgreSQL's own CSV reader parses them when the file is
+   clean enough (:mod:`importq.ingest.clean_csv`). Otherwise importq parses them.
+3. The table's hash index is built, and the chunk bounds are cut by walking that index.
+4. The batch, its chunks and one ``process_chunk`` job per chunk are inserted.
+
+There is one exception. A big clean CSV file's second half is COPYed at the same time by
+a second connection, into a part committed on its own (:class:`SecondPart`). The batch's
+transaction then takes the part in as a partition of the staged table. If that
+transaction fails, the part is dropped. If the process dies first, the purge drops it,
+because ``staging_parts`` lists the part until the batch takes it in.
 """
 
 from __future__ import annotations
@@ -50,19 +53,21 @@ from importq.sql import queries
 log = logging.getLogger(__name__)
 
 YIELD_EVERY = 5_000
-# A clean CSV file this big is COPYed in two halves at once: PostgreSQL reads a COPY on
-# one core, and a second connection costs far less than half of one.
+# A clean CSV file this big is COPYed in two halves at once. PostgreSQL runs a COPY on
+# one core, and a second connection costs far less than half a core.
 PARALLEL_COPY_BYTES = 32 << 20
 
-# Defers the chunk jobs of a new batch on the staging connection (see worker.tasks).
+# Defers the chunk jobs of a new batch on the staging connection
+# (see ``importq.pipeline.job_queue.JobQueue.defer_chunks``).
 DeferChunks = Callable[[AsyncConnection[Any], uuid.UUID, int], Coroutine[Any, Any, None]]
-# How PostgreSQL's reading of a file can turn out not to be importq's, or not to be
-# within the limits: then importq reads it, and refuses it with the line at fault if it
-# must. (A CHECK fails on a cell longer than the limit, and on a part's lines when its
-# records are not counted as PostgreSQL counts them: line ends that are not line feeds.)
+# The errors that show PostgreSQL's reading of a file differs from importq's, or breaks
+# a limit. importq then reads the file itself, and refuses it with the line at fault if
+# it must. A CHECK fails on a cell longer than the limit. It also fails on a part's lines
+# when importq counted the records differently from PostgreSQL, which happens when the
+# line ends are not line feeds.
 UNCLEAN = (NotClean, psycopg.DataError, errors.CheckViolation)
-# Lends a connection of its own, waiting at most ``timeout`` seconds if given (a pool's
-# connection(): PoolTimeout when none comes).
+# Lends a connection of its own, as a pool's connection() does. Given ``timeout``, it
+# waits at most that many seconds, then raises PoolTimeout.
 Connect = Callable[..., AbstractAsyncContextManager[AsyncConnection[Any]]]
 
 
@@ -85,14 +90,17 @@ class BatchRequest:
     locale: str = "en"
     callback_url: str | None = None
     idempotency_key: str | None = None
-    #: With an idempotency key: what the request asked for (see ``api.imports``).
+    #: A digest of what the request asked for, sent with an idempotency key
+    #: (see :mod:`importq.api.imports`).
     request_digest: bytes | None = None
 
 
 def check_header(dataset: Dataset, header: list[str]) -> HeaderMatch:
-    """Match the header; refuse duplicates and missing mandatory columns.
+    """Match the header with the dataset's columns.
 
-    Unknown columns are ignored; :func:`header_warnings` lists them for the batch.
+    A header that names a column twice is refused with ``400 duplicate_header``. A header
+    without a mandatory column is refused with ``400 missing_columns``. Unknown columns
+    are ignored, and :func:`header_warnings` lists them for the batch.
     """
     match = dataset.match_header(header)
     if match.duplicated:
@@ -119,8 +127,11 @@ def header_warnings(dataset: Dataset, match: HeaderMatch) -> list[str]:
 
 
 async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> StagedBatch | None:
-    """The batch an earlier request with the same Idempotency-Key created, if any; a
-    different request reusing the key is refused (422)."""
+    """The batch that an earlier request with the same Idempotency-Key created, if any.
+
+    A different request that reuses the key is refused with
+    ``422 idempotency_key_reused``.
+    """
     if request.idempotency_key is None:
         return None
     cursor = await conn.execute(
@@ -143,7 +154,10 @@ async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> Staged
 
 
 def _unreadable(cells: Sequence[Value]) -> tuple[list[Value], str] | None:
-    """Cells PostgreSQL cannot keep as text, cleaned, with the problem; None when fine."""
+    """Cells that PostgreSQL cannot keep as text, cleaned, with the problem.
+
+    None when every cell is fine. A NUL is dropped, and a lone surrogate is replaced.
+    """
     if any(cell and "\x00" in cell for cell in cells):
         return [cell.replace("\x00", "") if cell else cell for cell in cells], (
             "a value contains a NUL character"
@@ -161,15 +175,21 @@ def _unreadable(cells: Sequence[Value]) -> tuple[list[Value], str] | None:
 async def _create_tables(
     conn: AsyncConnection[Any], table: StagedTable, longest: int | None = None
 ) -> None:
-    """The batch's staged and results tables, in the caller's (sub)transaction: the one
-    that COPYs the rows, as COPY … FREEZE requires (``longest``: see StagedTable.create)."""
+    """Create the batch's staged and results tables in the caller's transaction.
+
+    That transaction, or savepoint, must be the one that COPYs the rows, because COPY …
+    FREEZE requires it. ``longest`` is as in
+    :meth:`importq.ingest.staged_table.StagedTable.create`.
+    """
     for statement in table.create(longest):
         await conn.execute(statement)
 
 
 async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: ParsedUpload) -> int:
-    """Create the batch's tables and COPY the rows importq read into the staged table;
-    how many there were."""
+    """Create the batch's tables, and COPY the rows importq read into the staged table.
+
+    Returns how many rows there were.
+    """
     await _create_tables(conn, table)
     width = table.width
     padding: list[Value] = [None] * width
@@ -187,8 +207,8 @@ async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: Par
             await copy.write_row((line, problem, extra, *cells))
             total += 1
             if total % YIELD_EVERY == 0:
-                # Parsing is CPU-bound: let the event loop run (worker heartbeats, other
-                # requests) so a big upload never makes its process look dead.
+                # Parsing is CPU-bound. Let the event loop run worker heartbeats and
+                # other requests, so that a big upload never makes its process look dead.
                 await asyncio.sleep(0)
     return total
 
@@ -196,7 +216,7 @@ async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: Par
 async def _copy_blocks(
     conn: AsyncConnection[Any], statement: sql.Composed, blocks: Iterable[bytes]
 ) -> int:
-    """Run a COPY … FROM STDIN of ``blocks``; how many rows it wrote."""
+    """Run a COPY … FROM STDIN of ``blocks``, and return how many rows it wrote."""
     async with conn.cursor() as cursor:
         async with cursor.copy(statement) as copy:
             for block in blocks:
@@ -206,17 +226,21 @@ async def _copy_blocks(
 
 @dataclass
 class SecondPart:
-    """The second half of a big clean CSV file, COPYed by a connection of its own into a
-    part of the staged table and committed (registered in ``staging_parts``) before the
-    batch is; dropped again unless the batch's transaction takes it in."""
+    """The second half of a big clean CSV file, in a part of the staged table.
+
+    A connection of its own COPYs the half into the part. The part is committed before
+    the batch is, and registered in ``staging_parts``. It is dropped again unless the
+    batch's transaction takes it in.
+    """
 
     connect: Connect
     table: StagedTable
     committed: bool = False
 
     NUMBER: ClassVar[int] = 1
-    # How long to wait for the second connection: none free at once (the pool busy with
-    # other uploads, each holding one) and the file is COPYed in one piece instead.
+    # How long to wait for the second connection. When none is free at once, the pool is
+    # busy with other uploads, each holding one, and the file is COPYed in one piece
+    # instead.
     LEND_SECONDS: ClassVar[float] = 0.05
 
     @property
@@ -224,8 +248,10 @@ class SecondPart:
         return part_name(self.table.batch_id, self.NUMBER)
 
     async def lend(self, stack: AsyncExitStack) -> AsyncConnection[Any] | None:
-        """A connection for the second half, held until ``stack`` closes; None when
-        none is free now."""
+        """A connection for the second half, held until ``stack`` closes.
+
+        None when none is free now.
+        """
         try:
             return await stack.enter_async_context(self.connect(timeout=self.LEND_SECONDS))
         except PoolTimeout:
@@ -245,7 +271,7 @@ class SecondPart:
         return copied
 
     async def drop(self) -> None:
-        """Drop the part, if it was committed; the purge drops it later if this fails."""
+        """Drop the part, if it was committed. If this fails, the purge drops it later."""
         if not self.committed:
             return
         try:
@@ -265,19 +291,22 @@ async def _copy_in_halves(
     helper: AsyncConnection[Any],
     halves: tuple[int, int],
 ) -> int:
-    """COPY the file's halves at once: the first into part 0 on ``conn``, the second into
-    part 1 on ``helper``; then make them the partitions of the staged table. The first
-    half's records were counted before (:meth:`CsvSource.halves`), so the second's lines
-    are known as its COPY starts; PostgreSQL's count must agree (a file whose line ends
-    are not line feeds breaks part 0's CHECK of its lines first: CheckViolation)."""
+    """COPY the file's two halves at once, then make them the partitions of the staged table.
+
+    The first half goes into part 0 on ``conn``, and the second into part 1 on
+    ``helper``. The first half's records were counted beforehand
+    (:meth:`importq.ingest.clean_csv.CsvSource.halves`), so the second half's lines are
+    known when its COPY starts. PostgreSQL's count must agree. A file whose line ends
+    are not line feeds breaks the CHECK of part 0's lines first, with CheckViolation.
+    """
     cut, records = halves
     first_lines = LineRange(FIRST_LINE, FIRST_LINE + records)
     second_lines = LineRange(FIRST_LINE + records, None)
     await conn.execute(table.create_part(0, first_lines, source.limits.max_cell_chars))
     statement = table.copy_csv(source.delimiter, part=0)
-    # Each half runs to its end even when the other fails: a COPY cancelled half-way
-    # leaves its connection unusable (a command still in progress), and the first
-    # half's is the batch's own.
+    # Each half runs to its end even when the other fails. A COPY cancelled half-way
+    # leaves its connection unusable, with a command still in progress, and the first
+    # half's connection is the batch's own.
     first, rest = await asyncio.gather(
         _copy_blocks(conn, statement, source.blocks(stop=cut)),
         second.copy(helper, source, cut, second_lines),
@@ -288,8 +317,9 @@ async def _copy_in_halves(
         raise ([e for e in failed if isinstance(e, UNCLEAN)] or failed)[0]
     if first != records:
         raise NotClean(f"PostgreSQL read {first} records where importq counted {records}")
-    # Unlisted before it is attached: the purge, which drops a listed part after an
-    # hour, either finds it gone, or has it already (then nothing comes back).
+    # Unlist the part before it is attached. The purge drops a listed part after an
+    # hour. So either the purge finds the part unlisted, or it has taken the part
+    # already and nothing comes back here.
     forgotten = await conn.execute(queries["forget_staged_part"], {"name": second.name})
     if await forgotten.fetchone() is None:
         raise NotClean("the second half was purged before it was taken in")
@@ -306,21 +336,26 @@ async def _copy_clean_csv(
     source: CsvSource,
     second: SecondPart | None,
 ) -> int | None:
-    """COPY a CSV file's records straight into the staged table, parsed by PostgreSQL
-    (in two halves at once when the file is big and ``second`` can take one); how many
-    there were, or None (nothing staged) when the file is not clean enough for
-    PostgreSQL to read it as importq would (see :class:`CsvSource`), or has a cell
-    longer than the limit: importq's reader then reads it, and refuses it with the line."""
+    """COPY a CSV file's records straight into the staged table, parsed by PostgreSQL.
+
+    Returns how many records there were. A big file is COPYed in two halves at once,
+    when ``second`` can take one. More rows than the limit are refused with a 413.
+
+    Returns None, with nothing staged, when the file is not clean enough for PostgreSQL
+    to read it as importq would (see :class:`importq.ingest.clean_csv.CsvSource`). It
+    does so too when a cell is longer than the limit. importq's own reader then reads
+    the file, and refuses it with the line at fault if it must.
+    """
     position = source.binary.tell()
     async with AsyncExitStack() as stack:
         halves = helper = None
         if second is not None and source.binary.seek(0, io.SEEK_END) >= PARALLEL_COPY_BYTES:
-            # A pass over half the file: off the event loop.
+            # A pass over half the file, so it runs off the event loop.
             halves = await asyncio.to_thread(source.halves)
             helper = await second.lend(stack) if halves is not None else None
         try:
-            # The tables are created in the savepoint, for the COPY's FREEZE: a file
-            # that is not clean after all leaves nothing behind.
+            # The tables are created in this savepoint, as the COPY's FREEZE requires.
+            # A file that turns out not to be clean then leaves nothing behind.
             async with conn.transaction():
                 if second is not None and helper is not None and halves is not None:
                     total = await _copy_in_halves(conn, table, source, second, helper, halves)
@@ -344,7 +379,8 @@ async def _copy_clean_csv(
 async def _cut_chunks(
     conn: AsyncConnection[Any], table: StagedTable, size: int
 ) -> list[ChunkBound]:
-    """The chunks chunk_bounds() cuts from the staged hashes, cut by PostgreSQL."""
+    """The chunks that :func:`importq.ingest.chunk_bounds.chunk_bounds` cuts from the
+    staged hashes, cut by PostgreSQL."""
     cursor = await conn.execute(table.chunk_bounds(), {"size": size})
     return [ChunkBound(hash_from, row_count) for hash_from, row_count in await cursor.fetchall()]
 
@@ -359,8 +395,11 @@ async def stage_batch(
     defer_chunks: DeferChunks,
     connect: Connect | None = None,
 ) -> StagedBatch:
-    """Stage an upload as a new active batch (see the module docstring). Owns the
-    transaction; ``connect`` lends a second connection, for a big file's second half."""
+    """Stage an upload as a new active batch, as the module docstring describes.
+
+    It owns the transaction. A request whose Idempotency-Key already made a batch gets
+    that batch back. ``connect`` lends a second connection, for a big file's second half.
+    """
     match = check_header(request.dataset, upload.header)
     existing = await _existing(conn, request)
     if existing is not None:
@@ -420,5 +459,5 @@ async def stage_batch(
         return existing
     finally:
         if second is not None and not staged:
-            await second.drop()  # committed on its own, and the batch is not
+            await second.drop()  # It was committed on its own, and the batch was not.
     return StagedBatch(batch_id, total, len(bounds))

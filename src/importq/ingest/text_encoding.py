@@ -1,9 +1,12 @@
 """Text encodings of uploaded files: given, declared by a BOM, or detected.
 
-A file is read as the encoding the client named, else the one its BOM declares, else
-UTF-8, else Windows-1252 when its bytes look like such text (see
-:func:`choose_encoding`). A file that does not decode is refused naming the byte offset
-and the physical line of the first bad byte.
+A file that does not decode is refused with ``400 bad_encoding``. The refusal names the
+byte offset and the physical line of the first bad byte.
+
+A file is read in the encoding the client named. Without one, it is read in the encoding
+its BOM declares, else as UTF-8. A file that is not UTF-8 is read as Windows-1252 when
+its bytes look like such text. :func:`choose_encoding` applies these rules, and
+:func:`importq.ingest.csv_reader.read_csv` lists them in full.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ _FAMILIES = {
     "utf-32-le": "utf-32",
     "utf-32-be": "utf-32",
 }
-# A family name without byte order, when the file has no BOM: little-endian, as Windows
-# writes it (and as Python reads it on the usual machines).
+# The codec for a family name that gives no byte order, when the file has no BOM.
+# UTF-16 and UTF-32 are then little-endian, as Windows writes them and as Python reads
+# them on the usual machines.
 _WITHOUT_BOM = {"utf-8-sig": "utf-8", "utf-16": "utf-16-le", "utf-32": "utf-32-le"}
 _LABELS = {
     "utf-8": "UTF-8",
@@ -45,11 +49,12 @@ _LABELS = {
     "cp1252": "Windows-1252",
     "iso8859-1": "Latin-1",
 }
-# Bytes that Windows-1252 text does not contain: the five undefined ones, the controls
-# other than TAB, LF and CR, and the rarely typed characters that stray bytes decode to
-# (ƒ ˆ ˜ ¤ ¦ ¨ ¬ soft hyphen ¯ ¸ Ð Þ ð þ ÿ; 0xFE and 0xFF never occur in UTF-8, so they
-# are what binary junk and UTF-16 fragments are made of). A file holding one of them is
-# not detected as Windows-1252; ``encoding=windows-1252`` still reads it.
+# Bytes that Windows-1252 text does not contain. They are the five undefined bytes, the
+# controls other than TAB, LF and CR, and the rarely typed characters that stray bytes
+# decode to: ƒ ˆ ˜ ¤ ¦ ¨ ¬ ¯ ¸ Ð Þ ð þ ÿ and the soft hyphen. 0xFE and 0xFF never occur
+# in UTF-8, and binary junk and UTF-16 fragments are made of them. A file holding one of
+# these bytes is not detected as Windows-1252, but ``encoding=windows-1252`` still reads
+# it.
 _NOT_CP1252 = re.compile(
     b"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\x81\x83\x88\x8d\x8f\x90\x98\x9d"
     b"\xa4\xa6\xa8\xac\xad\xaf\xb8\xd0\xde\xf0\xfe\xff]"
@@ -58,9 +63,12 @@ _NOT_CP1252 = re.compile(
 
 @dataclass(frozen=True)
 class BadByte:
-    """Where a file stops decoding: the byte's offset in the file, its physical line
-    (1-based; CR, LF and CRLF each end a line), and the bytes that do not decode
-    (none: the file ends inside a character)."""
+    """Where a file stops decoding.
+
+    ``offset`` is the bad byte's offset in the file. ``line`` is its physical line,
+    counted from 1, where CR, LF and CRLF each end a line. ``bad`` holds the bytes that
+    do not decode. It is empty when the file ends inside a character.
+    """
 
     offset: int
     line: int
@@ -68,11 +76,13 @@ class BadByte:
 
 
 def _line_at(binary: IO[bytes], codec: str, start: int, offset: int, block_size: int) -> int:
-    """The physical line (1-based) of byte ``offset``: CR, LF and CRLF each end one.
+    """The physical line of byte ``offset``, counted from 1. CR, LF and CRLF each end one.
 
-    Counted on the decoded text, so an encoded newline counts whatever its bytes (two in
-    UTF-16, four in UTF-32) and a 0x0A byte inside a character never does. Only a
-    refusal needs it, so the pass that finds the bad byte does not count lines."""
+    Lines are counted on the decoded text. So an encoded newline counts whatever its
+    bytes are, two in UTF-16 and four in UTF-32, and a 0x0A byte inside a character
+    never counts. Only a refusal needs the line, so the pass that finds the bad byte
+    does not count lines.
+    """
     binary.seek(start)
     decoder = codecs.getincrementaldecoder(codec)(errors="replace")
     line = 1
@@ -91,9 +101,11 @@ def _line_at(binary: IO[bytes], codec: str, start: int, offset: int, block_size:
 def find_bad_byte(
     binary: IO[bytes], codec: str, *, start: int = 0, block_size: int = 1 << 20
 ) -> BadByte | None:
-    """The first place where the file, from byte ``start``, does not decode in ``codec``
-    (None when all of it does). One streaming pass (a second, up to the bad byte, to
-    name its line); the caller rewinds."""
+    """The first place, from byte ``start`` on, where the file does not decode in ``codec``.
+
+    None when all of it decodes. The file is read in one streaming pass, and a second
+    pass up to the bad byte names its line. The caller rewinds the file.
+    """
     binary.seek(start)
     decoder = codecs.getincrementaldecoder(codec)(errors="strict")
     offset = start
@@ -101,8 +113,8 @@ def find_bad_byte(
         try:
             decoder.decode(block)
         except UnicodeDecodeError as error:
-            # error.object is the bytes held back from the last block (an unfinished
-            # character) followed by this block.
+            # error.object is this block, after the bytes of an unfinished character
+            # that the decoder held back from the last block.
             bad = offset - max(len(error.object) - len(block), 0) + error.start
             return BadByte(
                 bad,
@@ -135,9 +147,12 @@ def _bad_encoding(label: str, bad: BadByte, hint: str = "") -> Refusal:
 def check_encoding(
     binary: IO[bytes], codec: str = "utf-8", *, start: int = 0, block_size: int = 1 << 20
 ) -> None:
-    """Refuse a file that does not decode in ``codec``, naming the byte offset and the
-    line; then rewind to ``start``. Decoding is C-fast, so this pass is cheap next to
-    parsing, and the refusal can say exactly where the bad byte is."""
+    """Refuse a file that does not decode in ``codec``, else rewind it to ``start``.
+
+    The refusal names the byte offset and the line. Decoding runs in C, so this extra
+    pass is cheap next to parsing, and it lets the refusal say exactly where the bad
+    byte is.
+    """
     bad = find_bad_byte(binary, codec, start=start, block_size=block_size)
     if bad is not None:
         raise _bad_encoding(_LABELS.get(codec, codec), bad)
@@ -145,11 +160,13 @@ def check_encoding(
 
 
 def looks_like_cp1252(binary: IO[bytes], *, block_size: int = 1 << 20) -> bool:
-    """Whether a file that is not UTF-8 reads as Windows-1252 text (see :func:`choose_encoding`).
+    """Whether a file that is not UTF-8 reads as Windows-1252 text.
 
-    True when no byte is one that such text does not contain (``_NOT_CP1252``) and more
-    of its non-ASCII bytes are invalid as UTF-8 than form UTF-8 characters, so that a
-    UTF-8 file with a stray byte stays UTF-8 (and is refused at that byte).
+    Two things must hold. The file holds no byte that such text does not contain
+    (``_NOT_CP1252``). And it holds more bytes that are invalid as UTF-8 than non-ASCII
+    characters that are valid UTF-8. The second test keeps a UTF-8 file with a stray
+    byte as UTF-8, so that it is refused at that byte. :func:`choose_encoding` tries
+    this last.
     """
     binary.seek(0)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
@@ -168,8 +185,10 @@ def looks_like_cp1252(binary: IO[bytes], *, block_size: int = 1 << 20) -> bool:
 
 
 def _bom(head: bytes, family: str | None = None) -> tuple[str, int] | None:
-    """The codec a BOM at the start of ``head`` declares, and the BOM's length; only a
-    BOM of ``family`` when one is named."""
+    """The codec a BOM at the start of ``head`` declares, and the BOM's length.
+
+    When ``family`` is named, only a BOM of that family counts.
+    """
     for bom, codec in _BOMS:
         if head.startswith(bom) and family in (None, _FAMILIES[codec]):
             return codec, len(bom)
@@ -177,11 +196,14 @@ def _bom(head: bytes, family: str | None = None) -> tuple[str, int] | None:
 
 
 def resolve_encoding(name: str) -> str:
-    """The Python codec name for an encoding a client named; 400 ``unknown_encoding``."""
+    """The Python codec name for an encoding a client named.
+
+    A name that is not a text encoding is refused with ``400 unknown_encoding``.
+    """
     try:
         info = codecs.lookup(name.strip())
-        # Bytes-to-bytes codecs (base64, zlib…) are not text encodings; "undefined"
-        # refuses to decode anything.
+        # Bytes-to-bytes codecs, such as base64 and zlib, are not text encodings. The
+        # "undefined" codec refuses to decode anything.
         usable = getattr(info, "_is_text_encoding", True) and info.decode(b"")[0] == ""
     except (LookupError, ValueError, UnicodeError):
         usable = False
@@ -196,8 +218,11 @@ def resolve_encoding(name: str) -> str:
 
 
 def choose_encoding(binary: IO[bytes], encoding: str | None) -> tuple[str, int]:
-    """The codec to read the file with and the bytes (a BOM) to skip; refuses a file
-    that does not decode in it. Leaves the file at the first byte to read."""
+    """The codec to read the file with, and how many bytes of BOM to skip.
+
+    A file that does not decode in that codec is refused. The file is left at the first
+    byte to read.
+    """
     binary.seek(0)
     head = binary.read(4)
     if encoding is not None:
@@ -207,7 +232,7 @@ def choose_encoding(binary: IO[bytes], encoding: str | None) -> tuple[str, int]:
         if bom is not None and codec in (family, "utf-8-sig", bom[0]):
             codec, start = bom  # the BOM tells the byte order; it is not text
         else:
-            # No BOM, or one of the other byte order than the client named.
+            # No BOM, or a BOM of the other byte order than the one the client named.
             codec, start = _WITHOUT_BOM.get(codec, codec), 0
         check_encoding(binary, codec, start=start)
         return codec, start
@@ -219,7 +244,8 @@ def choose_encoding(binary: IO[bytes], encoding: str | None) -> tuple[str, int]:
             and find_bad_byte(binary, codec, start=start) is not None
             and find_bad_byte(binary, "utf-16-le", start=2) is None
         ):
-            # FF FE 00 00 is UTF-32LE's BOM, or UTF-16LE's and a NUL: this one decodes.
+            # FF FE 00 00 is the UTF-32LE BOM, or the UTF-16LE BOM and a NUL. Take the
+            # reading that decodes.
             codec, start = "utf-16-le", 2
         check_encoding(binary, codec, start=start)
         return codec, start

@@ -1,36 +1,46 @@
 """Reading XLSX uploads: one sheet of a workbook as a header and rows, streamed.
 
-Pure over a seekable binary file object: no database, no SQL. Invariants:
+The reader is pure over a seekable binary file object, with no database and no SQL.
+Invariants:
 
-* The archive is checked from its zip directory before anything is decompressed: a
-  body that is not an XLSX zip is ``400 bad_xlsx``; a workbook whose members would
-  expand beyond ``ArchiveLimits.max_uncompressed_bytes`` in total, or a large member
-  compressed more than ``ArchiveLimits.max_ratio`` to 1 (a zip bomb), is
-  ``413 xlsx_too_large`` naming the limit. Python's zipfile never yields more bytes
-  for a member than the directory declares, so the declared sizes are a real bound.
-* Every XML part is parsed by defusedxml (openpyxl uses it when it is installed; this
-  module refuses to run otherwise), so a document type declaration with entities
-  (billion laughs, external entities) is ``400 bad_xlsx``, whether it is met while
-  opening the workbook or while streaming its rows.
-* The sheet is the first visible worksheet, or the one named by ``sheet`` (exact
-  name, else the one name equal ignoring case, as Excel's own names are);
-  an unknown name is ``400 unknown_sheet`` listing the worksheets.
-* Formula cells give their cached values (``data_only``); a formula never computed
-  is an empty cell.
-* ``line`` is the sheet's row number. The header is the first row with a non-empty
-  cell; rows whose cells are all empty (``None`` or ``""``) are skipped and keep
-  their number; lines strictly increase. A row number beyond Excel's 1,048,576 is
+* The archive is checked from its zip directory before anything is decompressed. A
+  body that is not an XLSX zip is ``400 bad_xlsx``. A workbook is
+  ``413 xlsx_too_large``, naming the limit, when its members would expand beyond
+  ``ArchiveLimits.max_uncompressed_bytes`` in total. So is a workbook with a large
+  member compressed more than ``ArchiveLimits.max_ratio`` to 1, as in a zip bomb.
+  Python's zipfile never yields more bytes for a member than the directory declares,
+  so the declared sizes are a real bound.
+* Every XML part is parsed by defusedxml. openpyxl uses it when it is installed, and
+  this module refuses to run otherwise. So a document type declaration with entities,
+  as in billion laughs or external entities, is ``400 bad_xlsx``. That holds whether
+  it is met while opening the workbook or while streaming its rows.
+* The sheet is the first visible worksheet, or the one named by ``sheet``. The name
+  must match exactly, or else match exactly one sheet's name ignoring case, as Excel
+  compares names. An unknown name is ``400 unknown_sheet``, listing the worksheets.
+* A formula cell gives its cached value (``data_only``). A formula never computed is
+  an empty cell.
+* ``line`` is the sheet's row number, and lines strictly increase. The header is the
+  first row with a non-empty cell. Rows whose cells are all empty (``None`` or ``""``)
+  are skipped, and they keep their number. A row number beyond Excel's 1,048,576 is
   ``400 bad_xlsx``.
-* Values are text as a person sees them: numbers without exponent or float noise
-  (rounded to Excel's 15 significant digits, integral values as integers, integers
-  stored as integers kept exactly), ``true``/``false``, ISO dates ``YYYY-MM-DD``
-  (a date-formatted cell at midnight), timestamps ``YYYY-MM-DDTHH:MM:SS[.fff]``,
-  times ``HH:MM:SS[.fff]``, durations ``HH:MM:SS`` (hours may pass 24); text as
-  stored; an empty cell is ``None``.
+* Values are text as a person sees them:
+
+  - A number has no exponent and no float noise. It is rounded to Excel's 15
+    significant digits, and an integral value is written as an integer. An integer
+    stored as an integer is kept exactly.
+  - A boolean is ``true`` or ``false``.
+  - A date is ``YYYY-MM-DD``, and so is a date-formatted cell at midnight. Any other
+    timestamp is ``YYYY-MM-DDTHH:MM:SS[.fff]``.
+  - A time is ``HH:MM:SS[.fff]``. A duration is ``HH:MM:SS[.fff]``, and its hours may
+    pass 24.
+  - Text is kept as stored. An empty cell is ``None``.
+
 * Trailing empty cells are ignored, so a row narrower than the header is padded with
-  ``None``; a row with a value beyond the header's width is kept whole with the
-  problem ``expected N fields, found M`` (as ``read_csv`` does).
-* A cell (header included) longer than ``UploadLimits.max_cell_chars`` is ``413``.
+  ``None``. A row with a value beyond the header's width is kept whole, with the
+  problem ``expected N fields, found M``, as
+  :func:`importq.ingest.csv_reader.read_csv` does.
+* A cell longer than :attr:`importq.ingest.limits.UploadLimits.max_cell_chars` is a
+  413, in the header too.
 """
 
 from __future__ import annotations
@@ -60,11 +70,12 @@ _UPLOAD_LIMITS = UploadLimits()
 
 @dataclass(frozen=True)
 class ArchiveLimits:
-    """How far an XLSX zip may expand (413 beyond; each refusal names its limit)."""
+    """How far an XLSX zip may expand. Beyond that, a 413 refusal names the limit."""
 
     max_uncompressed_bytes: int = 2 * 1024**3
     max_ratio: int = 200
-    # Small members may compress far better than that (a sheet of one repeated value).
+    # The ratio applies only above this size. A small member may compress far better,
+    # such as a sheet of one repeated value.
     ratio_applies_above: int = 8 * 1024**2
 
 
@@ -93,8 +104,8 @@ def read_xlsx(
         raise _unreadable(error, "The file is not a readable XLSX workbook") from None
     try:
         worksheet = _pick_sheet(workbook, sheet)
-        # Read-only mode trusts the sheet's declared dimension, which some writers get
-        # wrong (rows beyond it would be lost); row widths come from the cells instead.
+        # Read-only mode trusts the sheet's declared dimension, and some writers get it
+        # wrong, so rows beyond it would be lost. Row widths come from the cells instead.
         worksheet.reset_dimensions()
         rows = _sheet_rows(worksheet)
         first = next(rows, None)
@@ -127,8 +138,10 @@ def read_xlsx(
 
 
 def check_archive(binary: IO[bytes], limits: ArchiveLimits = ArchiveLimits()) -> None:
-    """Refuse a body that is not an XLSX zip, or one that would expand too far, from
-    the zip directory alone (nothing is decompressed)."""
+    """Refuse a body that is not an XLSX zip, or one that would expand too far.
+
+    Only the zip directory is read, and nothing is decompressed.
+    """
     binary.seek(0)
     if binary.read(len(_OLE2_MAGIC)) == _OLE2_MAGIC:
         raise _bad(
@@ -172,8 +185,11 @@ def _bad(detail: str) -> Refusal:
 
 
 def _unreadable(error: BaseException, what: str) -> Refusal:
-    """A parsing failure as a refusal, named by its root cause (openpyxl wraps errors in
-    messages that carry the server's file name, which the client should not see)."""
+    """A parsing failure as a refusal, named by its root cause.
+
+    openpyxl wraps errors in messages that carry the server's file name, which the
+    client should not see.
+    """
     root = error
     seen = {id(root)}
     while not isinstance(root, DefusedXmlException):
@@ -217,10 +233,12 @@ def _pick_sheet(workbook: Any, name: str | None) -> Any:
 
 
 def _sheet_rows(worksheet: Any) -> Iterator[tuple[int, Sequence[Any]]]:
-    """The sheet's non-empty rows with their row numbers, trailing empty cells cut.
+    """The sheet's non-empty rows with their row numbers, without trailing empty cells.
 
-    openpyxl yields one tuple per row from row 1, an empty one for each row missing
-    from the XML, so the count is the row number (and always increases)."""
+    openpyxl yields one tuple per row from row 1 on, and an empty one for each row
+    missing from the XML. So the count of tuples is the row number, and it always
+    increases.
+    """
     cells_by_row = iter(worksheet.iter_rows())
     line = 0
     while True:
@@ -253,7 +271,8 @@ def _is_empty(value: Any) -> bool:
 
 def _checked(cell: Any, line: int, limits: UploadLimits) -> str | None:
     value = cell.value
-    # Only a timestamp needs its format (a style lookup), to tell a date from midnight.
+    # Only a timestamp needs its format, to tell a date from midnight. The format costs
+    # a style lookup, so other cells skip it.
     text = cell_text(value, cell.number_format if isinstance(value, dt.datetime) else None)
     if text is not None and len(text) > limits.max_cell_chars:
         raise limits.cell_too_long(line)
@@ -286,8 +305,11 @@ def cell_text(value: Any, number_format: str | None = None) -> str | None:
 
 
 def number_text(value: float) -> str:
-    """A float as Excel shows it with enough digits: at most 15 significant digits,
-    no exponent (``10000000``, ``0.3`` for ``0.1 + 0.2``, ``0.0000001``)."""
+    """A float as Excel shows it with enough digits.
+
+    It has at most 15 significant digits and no exponent: ``10000000``, ``0.3`` for
+    ``0.1 + 0.2``, ``0.0000001``.
+    """
     if not math.isfinite(value):
         return repr(value)  # not an Excel number; kept recognisable
     if value.is_integer() and abs(value) < _EXACT_FLOAT_INTS:

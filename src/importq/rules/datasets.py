@@ -1,19 +1,28 @@
 """Dataset definitions: what a dataset's columns are, how they are checked, its dedup key.
 
-A dataset is declared in TOML (the built-in ``entrances`` ships in
-``importq/builtin/entrances.toml``; ``IMPORTQ_DATASETS_FILE`` adds or overrides others):
+This module is pure. It reads TOML text and builds immutable objects. Header matching
+lives here, so that every upload format shares it. A header name matches a column's name
+or one of its aliases, trimmed and ignoring case.
+
+A definition that breaks a rule is refused with :class:`DatasetError`. Column names and
+fields are unique. A field, and the table, must be a plain SQL identifier, and a field
+must not be one of ``RESERVED_FIELDS``. The dedup key is required, and so are its
+columns: a valid row must have a whole key, because the key's unique index is what
+dedups. The dedup key, the report columns and ``required_if`` name columns of the
+dataset. An enum column needs ``values``.
+
+A dataset is declared in TOML. The built-in ``entrances`` ships in
+``importq/builtin/entrances.toml``, and ``IMPORTQ_DATASETS_FILE`` adds others or
+overrides them::
 
     [datasets.<name>]
-    label, table, import_role ("user" | "moderator" | "admin"), callback_url (a default
-    webhook for its batches),
+    label, table, import_role ("user" | "moderator" | "admin"),
+    callback_url (a default webhook for its batches),
     dedup_key = [column names], report_columns = [column names]
     [[datasets.<name>.columns]]
     name, field (SQL column), type (text|int|float|bool|date|timestamp|enum), required,
     required_if (another column's name), min, max, min_length, max_length, pattern,
     pattern_description, values (enum), aliases
-
-This module is pure: it reads TOML text and builds immutable objects. Header matching
-(trimmed, case-insensitive, through aliases) lives here so every upload format shares it.
 """
 
 from __future__ import annotations
@@ -113,7 +122,7 @@ class HeaderMatch:
 
 
 def normalise_header_name(name: str) -> str:
-    """Trimmed (BOM included) and case-folded: the form header names are compared in."""
+    """The form header names are compared in: trimmed, without a BOM, and case-folded."""
     return name.strip().lstrip("\ufeff").strip().casefold()
 
 
@@ -144,7 +153,11 @@ class Dataset:
         return tuple(c.name for c in self.columns if c.required)
 
     def match_header(self, header: Sequence[str]) -> HeaderMatch:
-        """Line up an uploaded header with the columns (trimmed, case-insensitive, aliases)."""
+        """Line up an uploaded header with the columns, by their names and aliases.
+
+        A name is a duplicate when it repeats an earlier one, or names a column already
+        matched.
+        """
         lookup: dict[str, str] = {}
         for column in self.columns:
             for alias in (column.name, *column.aliases):
@@ -261,7 +274,7 @@ def parse_datasets(toml_text: str) -> dict[str, Dataset]:
 
 
 def load_datasets(extra_file: Path | None = None) -> dict[str, Dataset]:
-    """The built-in datasets, then those of ``extra_file`` (which may replace them)."""
+    """The built-in datasets, then those of ``extra_file``, which may replace them."""
     builtin = resources.files("importq.builtin").joinpath("entrances.toml")
     datasets = parse_datasets(builtin.read_text(encoding="utf-8"))
     if extra_file is not None:

@@ -1,16 +1,18 @@
 """Row rules: validate and coerce a staged row.
 
-Pure functions over plain data (no I/O), shared by the chunk worker and the tests.
-
 Invariants:
-- validation comes first: a row that fails validation gets a message naming the column
-  and the problem, and does not claim its key;
-- among valid rows of one key (in line order) the first wins, the later ones are
-  ``duplicate of line N``: SQL applies this rule (``settle_chunk`` in
-  ``sql/chunks.sql``), on keys trimmed by ``importq_trim`` exactly as ``str.strip``
-  trims them;
-- SQL screens a chunk's rows first (:mod:`importq.rules.sql_screen`); this module checks the rows
-  the screen does not pass, and alone words their problems.
+
+- Validation comes first. A row that fails validation gets a message naming the column
+  and the problem, and it does not claim its key.
+- Among the valid rows of one key, in line order, the first wins. Each later one is a
+  ``duplicate of line N``. SQL applies this rule (``settle_chunk`` in
+  ``sql/chunks.sql``), on keys that ``importq_trim`` trims exactly as ``str.strip``
+  trims them.
+- SQL screens a chunk's rows first (:mod:`importq.rules.sql_screen`). This module checks
+  the rows the screen does not pass, and it alone words their problems.
+
+These are pure functions over plain data, with no I/O. The chunk worker and the tests
+share them.
 """
 
 from __future__ import annotations
@@ -80,18 +82,19 @@ def _float_converter(column: Column) -> Converter:
 
 
 def _bool(text: str) -> tuple[Coerced, str | None]:
-    # ASCII only, as PostgreSQL reads booleans ("yeſ" folds to "yes" in Python alone).
+    # ASCII only, as PostgreSQL reads booleans. In Python alone, "yeſ" folds to "yes".
     lowered = text.lower() if text.isascii() else ""
     if lowered in _TRUE or lowered in _FALSE:
         return lowered in _TRUE, None
     return None, f'"{text}" is not true or false'
 
 
-# The ISO 8601 forms PostgreSQL reads as Python does (the stored value is PostgreSQL's
-# reading of the text): no week dates (2024-W01-1), no hour-only times, no decimal comma,
-# at most microseconds (PostgreSQL rounds what Python cuts), offset minutes and seconds
-# under 60 and no offset of 16 hours or more, and after a time without colons an offset
-# without them (PostgreSQL misreads 20240101T1000-01:00).
+# The ISO 8601 forms that PostgreSQL reads as Python does. They must agree, because the
+# stored value is PostgreSQL's reading of the text. So there are no week dates
+# (2024-W01-1), no hour-only times and no decimal comma. Fractions stop at microseconds,
+# because PostgreSQL rounds what Python cuts. An offset's minutes and seconds are under
+# 60, and no offset reaches 16 hours. After a time without colons, the offset has none
+# either, because PostgreSQL misreads 20240101T1000-01:00.
 _DATE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}"
 _SIXTY = r"[0-5][0-9]"
 _TIME = (
@@ -143,9 +146,12 @@ def _text_converter(column: Column) -> Converter:
 
 
 def converter(column: Column) -> Converter | None:
-    """The function that turns a non-empty normalised cell of ``column`` into its type:
-    ``(value, problem)``, problem None when the cell is valid; None for text that any
-    value satisfies (the cell is its own value)."""
+    """The function that turns a non-empty normalised cell of ``column`` into its type.
+
+    The function returns ``(value, problem)``, and ``problem`` is None when the cell is
+    valid. For text that any value satisfies there is no function, and this returns
+    None: the cell is its own value.
+    """
     if column.type is ColumnType.INT:
         return _int_converter(column)
     if column.type is ColumnType.FLOAT:
@@ -163,9 +169,11 @@ def converter(column: Column) -> Converter | None:
 
 
 def _screen(column: Column) -> Callable[[list[str]], list[Coerced]] | None:
-    """A fast pass over a whole column: the cells plainly valid come back converted, the
-    others as None, for the per-cell converter to decide (it alone words problems).
-    None where the column has no fast pass."""
+    """A fast pass over a whole column, or None for a column that has none.
+
+    The cells that are plainly valid come back converted, and the others as None. The
+    per-cell converter decides those, and it alone words their problems.
+    """
     low = -math.inf if column.min is None else column.min
     high = math.inf if column.max is None else column.max
     if column.type in (ColumnType.INT, ColumnType.FLOAT):
@@ -213,19 +221,23 @@ class StagedRow(NamedTuple):
 
 
 class RowChecker:
-    """Validates the rows of one upload: the dataset's columns are lined up with the
-    uploaded header once, then rows are checked against that plan a column at a time
-    (list comprehensions over a column run in C far more than a loop over rows does).
+    """Validates the rows of one upload.
 
-    :meth:`check` returns, per row, the coerced record (dataset column order, ``None``
-    for empty cells) and the problems, each ``<column>: <problem>``, in column order
-    with the conditional ones last. An empty or whitespace-only value counts as missing.
+    An empty or whitespace-only value counts as missing. :meth:`check` returns, per row,
+    the coerced record and the problems. The record is in the dataset's column order,
+    with ``None`` for empty cells. Each problem reads ``<column>: <problem>``. The
+    problems come in column order, with the conditional ones last.
+
+    The dataset's columns are lined up with the uploaded header once. Rows are then
+    checked against that plan a column at a time, because list comprehensions over a
+    column run in C far more than a loop over rows does.
     """
 
     def __init__(self, dataset: Dataset, positions: Mapping[str, int]) -> None:
         self._width = len(dataset.columns)
-        # Only columns present in the upload are read; absent ones stay None (a
-        # mandatory column is never absent: the header check refused such an upload).
+        # Only columns present in the upload are read, and absent ones stay None. The
+        # header check refuses an upload without a mandatory column, so one is absent
+        # only when the dataset gained it after the batch was staged.
         self._plan = [
             (
                 index,
@@ -258,8 +270,11 @@ class RowChecker:
     def verdicts(
         self, rows: Sequence[StagedRow]
     ) -> list[tuple[tuple[Coerced, ...] | None, str | None]]:
-        """Per row, ``(record, None)`` when it is valid, else ``(None, message)``: its
-        reading problem, or its validation problems joined by ``; ``."""
+        """Per row, ``(record, None)`` when it is valid, else ``(None, message)``.
+
+        The message is the row's reading problem, or else its validation problems
+        joined by ``; ``.
+        """
         readable = [row for row in rows if row.problem is None]
         checked = iter(self.check([row.values for row in readable]))
         verdicts: list[tuple[tuple[Coerced, ...] | None, str | None]] = []

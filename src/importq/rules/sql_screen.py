@@ -1,27 +1,34 @@
 """The row rules' first pass, in SQL: which staged rows Python must look at.
 
-Most rows of an upload are valid, and reading every row into Python to say so costs more
-than the rest of a chunk's work. So a chunk's rows are screened in SQL first: a row the
-screen passes is valid by the row rules (:mod:`importq.rules.row_rules`), and only the others
-(the *suspects*) are read and checked by :class:`~importq.rules.row_rules.RowChecker`, which
-alone words the problems. The screen may pass fewer rows than are valid (a number with
-an exponent is left to Python), never more: that is its one invariant, and
-``tests/test_row_rules_properties.py`` holds the whole pipeline to it.
+The screen's one invariant: a row the screen passes is valid by the row rules
+(:mod:`importq.rules.row_rules`). The screen may pass fewer rows than are valid, but
+never more. A number with an exponent, for instance, is left to Python.
+``tests/unit/test_row_rules_properties.py`` holds the whole pipeline to this invariant.
 
-Per column present in the upload, on its trimmed cell ``t<position>``:
+Most rows of an upload are valid, and reading every row into Python just to say so costs
+more than the rest of a chunk's work. So a chunk's rows are screened in SQL first. Only
+the rows the screen does not pass, the *suspects*, are read and checked by
+:class:`~importq.rules.row_rules.RowChecker`, which alone words the problems.
 
-- empty (or absent from a short row): passes unless the column is required;
-- int: at most 18 characters, sign included (so it fits a bigint), within min/max
-  compared exactly;
-- float: plain decimal notation in at most 30 characters (never out of a double's
-  range), within min/max compared as doubles, as Python compares them;
-- text: within its length bounds (PostgreSQL and Python both count code points);
-- a column whose check only Python makes (a pattern, enum, bool, date, timestamp) is
-  *judged by value*: its chunk's distinct values go through the column's converter
-  once, and a row holding a value found wanting (``%(bad_<position>)s``) is a suspect;
-- a conditional column: its source filled and it empty makes the row a suspect;
-- a row with a reading problem is a suspect, and so is every row when a required column
-  is absent from the upload.
+Each column present in the upload is tested on its trimmed cell ``t<position>``:
+
+- An empty cell passes unless the column is required. So does a cell absent from a
+  short row.
+- An int has at most 18 characters, sign included, so it fits a bigint. It is compared
+  with min and max exactly.
+- A float is in plain decimal notation, in at most 30 characters, so it is never out of
+  a double's range. It is compared with min and max as doubles, as Python compares
+  them.
+- A text is within its length bounds. PostgreSQL and Python both count code points.
+- A column whose check only Python makes is *judged by value*. That is a pattern, an
+  enum, a bool, a date or a timestamp. The chunk's distinct values of the column go
+  through its converter once. A row holding a value found wanting
+  (``%(bad_<position>)s``) is a suspect.
+- For a conditional column, a row whose source is filled while the column is empty is
+  a suspect.
+
+A row with a reading problem is a suspect. So is every row when a required column is
+absent from the upload.
 """
 
 from __future__ import annotations
@@ -37,8 +44,8 @@ from importq.ingest.staged_table import at_most_chars, trimmed
 from importq.rules.datasets import Column, ColumnType, Dataset
 from importq.rules.row_rules import Converter, converter
 
-# Patterns without bounded repeats ({1,18}), which PostgreSQL's regex engine runs five
-# times slower; the length bound is a separate test.
+# Patterns without bounded repeats such as {1,18}, which PostgreSQL's regex engine runs
+# much slower. The length bound is a separate test.
 _INT = sql.Literal("^[+-]?[0-9]+$")
 _INT_LONGEST = 18  # so at most 18 digits: within a bigint
 _FLOAT = sql.Literal(r"^[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)$")
@@ -46,9 +53,12 @@ _FLOAT_LONGEST = 30  # never beyond a double's range, nor below its smallest
 
 
 def _bounds(value: sql.Composable, column: Column, as_type: str) -> sql.Composable:
-    """``min <= value <= max``, as Python compares the converted value with the bounds:
-    an int exactly; a double with a bound that may be an int no double equals, so that
-    bound becomes the nearest double inside it (the same test for any double)."""
+    """The SQL test ``min <= value <= max``, as Python compares the converted value.
+
+    An int is compared with the bounds exactly. A double may be compared with a bound
+    that is an int no double equals. That bound becomes the nearest double inside it,
+    which gives the same result for any double.
+    """
 
     def double(bound: float, inward: float) -> float:
         rounded = float(bound)
@@ -65,9 +75,10 @@ def _bounds(value: sql.Composable, column: Column, as_type: str) -> sql.Composab
         low, high = double(column.min, 1), double(column.max, -1)
         above = math.nextafter(high, math.inf)
         if low <= high and math.isfinite(low) and math.isfinite(above):
-            # One cast rather than two: bucket 1 of the thresholds [low, the double after
-            # high] holds exactly low <= value <= high (the array form only compares;
-            # the other computes a quotient, which can round a value near high out).
+            # One cast rather than two. Bucket 1 of the thresholds [low, the double
+            # after high] holds exactly the values with low <= value <= high. The array
+            # form of width_bucket only compares. The other form computes a quotient,
+            # which can round a value near high out of the bucket.
             thresholds = sql.Literal(f"{{{low!r},{above!r}}}")
             return sql.SQL("width_bucket({}, {}::float8[]) = 1").format(value, thresholds)
     checks = []
@@ -117,9 +128,10 @@ def bad_values_parameter(position: int) -> str:
 class Screen:
     """The screen of one dataset over one upload's header.
 
-    ``passes``: a boolean SQL expression over a chunk row's trimmed cells, true for rows
-    that need no check in Python (NULL counts as false); ``judged``: position → converter
-    of the columns judged by value, whose bad values the expression takes as parameters.
+    ``passes`` is a boolean SQL expression over a chunk row's trimmed cells. It is true
+    for rows that need no check in Python, and NULL counts as false. ``judged`` maps the
+    position of each column judged by value to its converter. The expression takes the
+    bad values of those columns as parameters.
     """
 
     passes: sql.Composable
@@ -130,8 +142,8 @@ class Screen:
         checks: list[sql.Composable] = []
         judged: dict[int, Converter] = {}
         if any(c.required and c.name not in positions for c in dataset.columns):
-            # Only when the dataset gained a required column after the batch was staged:
-            # Python fails every row ("missing").
+            # Only when the dataset gained a required column after the batch was staged.
+            # Python then fails every row as "missing".
             checks.append(sql.SQL("false"))
         for column in dataset.columns:
             if column.name not in positions:
@@ -168,8 +180,11 @@ class Screen:
         return cls(passes=passes if checks else sql.SQL("true"), judged=judged)
 
     def bad_values(self, values: Iterable[tuple[int, str]]) -> dict[str, list[str]]:
-        """The parameters of :attr:`passes`: per judged column, those of the given
-        ``(position, trimmed value)`` pairs that its converter finds wanting."""
+        """The parameters of :attr:`passes`.
+
+        For each judged column, they list the values among the given
+        ``(position, trimmed value)`` pairs that its converter finds wanting.
+        """
         bad: dict[str, list[str]] = {bad_values_parameter(p): [] for p in self.judged}
         for position, value in values:
             if self.judged[position](value)[1] is not None:
