@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
+from csv_spectrum import SPECTRUM, SPECTRUM_VERSION
 from helpers import Receiver, api_client
 from importq import accounts
 from importq.config import Settings
@@ -167,3 +169,16 @@ async def receiver() -> AsyncIterator[Receiver]:
     found.port = server.sockets[0].getsockname()[1]
     async with server:
         yield found
+
+
+@pytest.fixture(scope="session")
+def spectrum() -> Path:
+    """The csv-spectrum corpus; skips where npm could not install it."""
+    if not (SPECTRUM / "package.json").is_file():
+        if shutil.which("npm") is None:
+            pytest.skip("npm is not installed, so scripts/test could not install csv-spectrum")
+        pytest.fail(
+            f"csv-spectrum is not installed in {SPECTRUM.parent}: run scripts/test, or "
+            f"npm install --prefix .cache/node csv-spectrum@{SPECTRUM_VERSION}"
+        )
+    return SPECTRUM

@@ -154,3 +154,16 @@ async def row_results(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> list[t
         ).format(results_table(batch_id))
     )
     return await cursor.fetchall()
+
+
+def quoted_entrances() -> list[dict[str, str]]:
+    """Quoted line feeds and doubled quotes on both sides of the middle, a key repeated
+    across it, a failure in each half."""
+    rows = []
+    for i in range(60):
+        extra = {"rdfs:label": f'Entrance "{i}"\nsecond line' if i % 7 == 0 else f"E{i}"}
+        rows.append(entrance(f"p{i}", **extra))
+    rows[5]["w3geo:latitude"] = "north"
+    rows[50]["w3geo:longitude"] = "999"
+    rows.append(entrance("p3", author="FFS"))  # a duplicate of line 5, in the second half
+    return rows

@@ -113,7 +113,7 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
         cursor = await conn.execute(
             "SELECT m.line, hashtextextended(m.material, 0)"
             " FROM unnest(%s::int[], %s::text[]) AS m(line, material)",
-            (lines, [f"line {n}" if keys[n] is None else "\x1f".join(keys[n]) for n in lines]),
+            (lines, [f"line {n}" if (key := keys[n]) is None else "\x1f".join(key) for n in lines]),
         )
         expected_hashes: dict[int, int] = dict(await cursor.fetchall())
         cursor = await conn.execute(
@@ -371,9 +371,9 @@ async def test_a_chunk_trims_its_cells_exactly_as_str_strip(services: Services) 
                 cursor = await conn.execute(
                     sql.SQL("SELECT padded, {} FROM importq_chunk").format(columns)
                 )
-                for row in await cursor.fetchall():
-                    padded.add(row[0])
-                    found.extend(zip(row[1::2], row[2::2], strict=True))
+                for record in await cursor.fetchall():
+                    padded.add(record[0])
+                    found.extend(zip(record[1::2], record[2::2], strict=True))
     assert padded == {True, False}
     assert len(found) == len(rows) * len(read)
     # The cells as uploaded come back too (for the reports of rows that fail), padded

@@ -205,7 +205,7 @@ async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
             "SELECT key_hash, imported_line FROM entrances WHERE imported_batch = %s",
             [first.batch_id],
         )
-        stored = dict(await cursor.fetchall())
+        stored: dict[int, int] = dict(await cursor.fetchall())
         edges: set[int] = set()
         for number, (low, high) in enumerate(bounds):
             inside = [h for h in stored if h >= low and (high is None or h < high)]

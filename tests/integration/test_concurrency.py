@@ -91,7 +91,7 @@ async def _race_to_the_end(services: Services, batch_id: str) -> list[bool]:
 
 async def _count(services: Services, query: str | sql.Composed, *params: Any) -> int:
     async with services.pool.connection() as conn:
-        cursor = await conn.execute(query, params)  # type: ignore[arg-type]
+        cursor = await conn.execute(query, params)
         row = await cursor.fetchone()
     assert row is not None
     return int(row[0])
@@ -252,13 +252,14 @@ def spawn_worker(services: Services, tmp_path: Path) -> Iterator[Any]:
     started: list[subprocess.Popen[bytes]] = []
 
     def spawn(concurrency: int = 2) -> subprocess.Popen[bytes]:
-        log = (tmp_path / f"worker-{len(started)}.log").open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "importq.cli", "worker", "--concurrency", str(concurrency)],
-            env=_worker_env(services),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        # The process writes to its own copy of the descriptor.
+        with (tmp_path / f"worker-{len(started)}.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "importq.cli", "worker", "--concurrency", str(concurrency)],
+                env=_worker_env(services),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         started.append(process)
         return process
 

@@ -5,7 +5,6 @@ upload stays behind. The size from which a file is split is lowered for these te
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,29 +15,15 @@ import pytest
 from psycopg import sql
 
 from conftest import new_user
-from helpers import csv_text, download, entrance, read_csv_report, wait_for_batch
+from helpers import csv_text, download, entrance, quoted_entrances, read_csv_report, wait_for_batch
 from importq.db import create_pool
 from importq.ingest import staging
-from importq.ingest.clean_csv import CsvSource, NotClean
 from importq.ingest.csv_reader import read_csv
 from importq.ingest.limits import UploadLimits
 from importq.ingest.staged_table import SCHEMA, part_name, table_name
 from importq.ingest.staging import BatchRequest
 from importq.pipeline.recovery import reconcile
 from importq.services import Services
-
-
-def _rows() -> list[dict[str, str]]:
-    """Quoted line feeds and doubled quotes on both sides of the middle, a key repeated
-    across it, a failure in each half."""
-    rows = []
-    for i in range(60):
-        extra = {"rdfs:label": f'Entrance "{i}"\nsecond line' if i % 7 == 0 else f"E{i}"}
-        rows.append(entrance(f"p{i}", **extra))
-    rows[5]["w3geo:latitude"] = "north"
-    rows[50]["w3geo:longitude"] = "999"
-    rows.append(entrance("p3", author="FFS"))  # a duplicate of line 5, in the second half
-    return rows
 
 
 async def _post(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
@@ -94,22 +79,8 @@ async def _read_by_importq(
     return job
 
 
-def test_halves_cut_at_a_record_and_count_the_records_before_it() -> None:
-    body = csv_text(_rows()).encode()
-    source = CsvSource(io.BytesIO(body), body.index(b"\n") + 1, ",", UploadLimits())
-    halves = source.halves(block_size=97)  # blocks that cut quoted cells
-    assert halves is not None
-    cut, records = halves
-    first = list(csv.reader(io.StringIO(body[source.start : cut].decode(), newline="")))
-    assert len(first) == records and 20 < records < 45
-    assert (
-        b"".join(source.blocks(97, stop=cut)) + b"".join(source.blocks(97, start=cut))
-        == (body[source.start :])
-    )
-
-
 async def _assert_read_as_written(client: httpx.AsyncClient, job: dict[str, Any]) -> None:
-    """The outcome of _rows(), line by line, as one reader of the whole file gives it."""
+    """The outcome of quoted_entrances(), line by line, as one reader of the whole file gives it."""
     assert job["result"]["summary"] == {"successes": 58, "duplicates": 1, "failures": 2}
     reports = {
         kind: read_csv_report(await download(client, url))
@@ -136,7 +107,7 @@ async def test_a_file_copied_in_halves_reads_as_one_copy_would(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
-    response = await _post(client, csv_text(_rows()).encode())
+    response = await _post(client, csv_text(quoted_entrances()).encode())
     assert response.status_code == 202, response.text
     batch_id = response.json()["batchId"]
     await _assert_read_as_written(client, await wait_for_batch(client, batch_id))
@@ -162,7 +133,7 @@ async def test_a_half_that_is_not_clean_makes_importq_read_the_file_and_leaves_n
     unclean: int,
 ) -> None:
     monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
-    job = await _read_by_importq(client, services, _with_stray_quote(_rows(), unclean))
+    job = await _read_by_importq(client, services, _with_stray_quote(quoted_entrances(), unclean))
     await _assert_read_as_written(client, job)
 
 
@@ -176,7 +147,7 @@ async def test_a_refused_upload_leaves_neither_half(
     """A cell over the limit stops its half's COPY (its part's CHECK); importq's reader
     then refuses the file with the cell's line."""
     monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
-    rows = _rows()
+    rows = quoted_entrances()
     rows[index]["rdfs:label"] = "x" * (services.settings.max_cell_chars + 1)
     response = await _post(client, csv_text(rows).encode())
     assert response.status_code == 413, response.text
@@ -200,23 +171,12 @@ async def test_the_purge_drops_a_second_half_whose_batch_never_came(services: Se
     assert await _leftovers(services) == (1, [part_name(recent, 1)])
 
 
-def test_a_line_holding_only_the_end_of_data_mark_is_seen_at_any_block_edge() -> None:
-    """PostgreSQL before 18 stops reading at a line that is just \\. (importq does not):
-    such a file is never given to its CSV reader, wherever the line falls."""
-    for ending in (b"\\.\n", b"\\.\r\n", b"\\."):
-        body = b"id,x\n" + b"a,1\n" * 5 + ending + (b"" if ending == b"\\." else b"b,2\n")
-        source = CsvSource(io.BytesIO(body), 5, ",", UploadLimits())
-        for block_size in (1, 4, 8, 9, 13, 1 << 20):  # \\. first, inside and last in a block
-            with pytest.raises(NotClean, match="only"):
-                list(source.blocks(block_size))
-
-
 async def test_with_no_second_connection_free_the_file_is_copied_in_one_piece(
     services: Services, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     """The second half waits for no connection: a pool with none free means one COPY."""
     monkeypatch.setattr(staging, "PARALLEL_COPY_BYTES", 0)
-    body = csv_text(_rows()).encode()
+    body = csv_text(quoted_entrances()).encode()
     upload = read_csv(io.BytesIO(body), limits=UploadLimits())
     user_id = (await new_user(services, "busy"))[0]
     request = BatchRequest(services.datasets["entrances"], initiator_id=user_id, format="csv")

@@ -26,7 +26,7 @@ from importq import i18n
 from importq.delivery.mailer import REPORT_LABELS, CompletionFacts, render_completion_email
 from importq.resources import resource_dir
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 LOCALES = ["ar", "bg", "ca", "de", "el", "en", "es", "fr", "he", "id", "it", "ja", "nl", "pt", "ro"]
 NON_ENGLISH = [locale for locale in LOCALES if locale != "en"]
@@ -108,7 +108,7 @@ def test_every_locale_has_a_catalog() -> None:
 def test_template_is_up_to_date_with_the_sources() -> None:
     """``locales/importq.pot`` holds exactly what ``pybabel extract -F babel.cfg`` finds."""
     with (ROOT / "babel.cfg").open() as config:
-        method_map, options_map = parse_mapping_cfg(config)
+        method_map, options_map = parse_mapping_cfg(config)  # type: ignore[no-untyped-call]
     extracted = {
         singular(message_id)
         for _file, _line, message_id, _comments, _context in extract_from_dir(
@@ -237,8 +237,9 @@ def test_body_uses_the_catalog(locale: str) -> None:
     assert reports in text
     assert str(escape(reports)) in html
     for kind in ("success", "failures"):
-        label = gettext(REPORT_LABELS[kind])
-        assert f"- {line(label, REPORT_URLS[kind])}" in text
+        label, url = gettext(REPORT_LABELS[kind]), REPORT_URLS[kind]
+        assert url is not None
+        assert f"- {line(label, url)}" in text
         assert f">{escape(label)}</a>" in html
     headline_text = gettext("Your import into %(dataset)s is complete.") % {
         "dataset": DATASET_LABEL

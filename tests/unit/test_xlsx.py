@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import openpyxl
+import openpyxl  # type: ignore[import-untyped]
 import pytest
-from openpyxl.styles import Font
+from openpyxl.styles import Font  # type: ignore[import-untyped]
 
 from importq.errors import Refusal
 from importq.ingest.limits import UploadLimits

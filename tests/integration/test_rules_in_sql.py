@@ -27,8 +27,8 @@ from importq.rules.datasets import Dataset, load_datasets, parse_datasets
 from importq.rules.row_rules import StagedRow, converter
 from importq.rules.sql_screen import Screen
 from importq.services import Services
+from row_scenarios import LATITUDE, scenarios
 from rules_model import decide, normalise
-from test_row_rules_properties import LATITUDE, scenarios
 
 DATASET: Dataset = load_datasets()["entrances"]
 

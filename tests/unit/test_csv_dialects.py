@@ -1,8 +1,8 @@
 """CSV dialects and encodings: what ``read_csv`` detects, sniffs and refuses.
 
-Unit tests and a hypothesis round trip call ``read_csv`` directly (no database); the
-csv-spectrum conformance corpus (npm ``csv-spectrum``, installed by ``scripts/test``
-into ``.cache/node``) is read directly and imported through the API into PostgreSQL.
+Unit tests and a hypothesis round trip call ``read_csv`` directly (no database); so do
+the csv-spectrum conformance cases (their import through the API is pinned by
+``tests/integration/test_csv_spectrum_imports.py``).
 """
 
 from __future__ import annotations
@@ -11,26 +11,19 @@ import codecs
 import csv
 import io
 import json
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
-import httpx
 import hypothesis
 import pytest
 from hypothesis import strategies as st
 
-from conftest import ROOT, make_settings
-from helpers import wait_for_batch
-from importq.config import Settings
+from csv_spectrum import SPECTRUM_CASES, SPECTRUM_VERSION, spectrum_case
 from importq.errors import Refusal
 from importq.ingest.csv_reader import SNIFF_BYTES, read_csv, sniff_delimiter
 from importq.ingest.limits import UploadLimits
 from importq.ingest.parsed_upload import ParsedUpload, within_limits
 from importq.ingest.text_encoding import find_bad_byte
-from importq.pipeline.target_tables import ensure_target_table
-from importq.services import Services
 
 Table = list[list[str]]
 
@@ -485,49 +478,6 @@ def test_any_table_written_by_pythons_csv_writer_reads_back(
 
 # ------------------------------------------------------------------ csv-spectrum
 
-SPECTRUM_VERSION = "2.0.0"  # the version scripts/test installs
-SPECTRUM = ROOT / ".cache" / "node" / "node_modules" / "csv-spectrum"
-SPECTRUM_CASES = [
-    "comma_in_quotes",
-    "empty",
-    "empty_crlf",
-    "escaped_quotes",
-    "json",
-    "location_coordinates",
-    "newlines",
-    "newlines_crlf",
-    "quotes_and_newlines",
-    "simple",
-    "simple_crlf",
-    "utf8",
-]
-
-
-@pytest.fixture(scope="session")
-def spectrum() -> Path:
-    if not (SPECTRUM / "package.json").is_file():
-        if shutil.which("npm") is None:
-            pytest.skip("npm is not installed, so scripts/test could not install csv-spectrum")
-        pytest.fail(
-            f"csv-spectrum is not installed in {SPECTRUM.parent}: run scripts/test, or "
-            f"npm install --prefix .cache/node csv-spectrum@{SPECTRUM_VERSION}"
-        )
-    return SPECTRUM
-
-
-def spectrum_case(root: Path, name: str) -> tuple[bytes, list[dict[str, str]]]:
-    """A case's CSV bytes and its expected rows, with the corpus's own known defects
-    in ``location_coordinates`` corrected (both open upstream):
-    its JSON is one object, not a list of one (max-mapper/csv-spectrum#22), and has
-    the phone number 1234567890 where the CSV has 2095257564 (#20)."""
-    data = (root / "csvs" / f"{name}.csv").read_bytes()
-    expected = json.loads((root / "json" / f"{name}.json").read_text(encoding="utf-8"))
-    if name == "location_coordinates":
-        assert isinstance(expected, dict) and expected["Contact Phone Number"] == "1234567890"
-        expected = [{**expected, "Contact Phone Number": "2095257564"}]
-    assert isinstance(expected, list) and expected
-    return data, expected
-
 
 def test_spectrum_has_the_cases_of_the_pinned_version(spectrum: Path) -> None:
     version = json.loads((spectrum / "package.json").read_text(encoding="utf-8"))["version"]
@@ -544,86 +494,3 @@ def test_spectrum_case_reads_as_expected(spectrum: Path, name: str) -> None:
     header, rows = table(upload)
     assert header == list(expected[0])
     assert rows == [(line, list(row.values())) for line, row in enumerate(expected, start=2)]
-
-
-# The datasets a spectrum case is imported into: one per case, every column optional
-# text but the first. A dataset needs a dedup key and its key columns must be required
-# (importq.rules.datasets: a valid row must have a whole key), so a dataset with no mandatory
-# column cannot be declared; the first column is unique and non-empty in every case.
-
-
-def _field(name: str) -> str:
-    return "c_" + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def spectrum_datasets(root: Path) -> str:
-    parts = []
-    for name in SPECTRUM_CASES:
-        _, expected = spectrum_case(root, name)
-        columns = list(expected[0])
-        dataset = f"spectrum_{name}"
-        parts.append(
-            f"[datasets.{dataset}]\ntable = {json.dumps(dataset)}\n"
-            f"dedup_key = [{json.dumps(columns[0])}]\n"
-        )
-        for index, column in enumerate(columns):
-            parts.append(
-                f"[[datasets.{dataset}.columns]]\nname = {json.dumps(column)}\n"
-                f"field = {json.dumps(_field(column))}\nrequired = {str(index == 0).lower()}\n"
-            )
-    return "\n".join(parts)
-
-
-@pytest.fixture
-def spectrum_case_name(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    return name
-
-
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path, spectrum: Path) -> Settings:
-    datasets_file = tmp_path / "datasets.toml"
-    datasets_file.write_text(spectrum_datasets(spectrum), encoding="utf-8")
-    return make_settings(database_url, tmp_path / "data", datasets_file=datasets_file)
-
-
-@pytest.fixture
-async def services(services: Services, spectrum_case_name: str) -> Services:
-    async with services.pool.connection() as conn:
-        await ensure_target_table(conn, services.datasets[f"spectrum_{spectrum_case_name}"])
-    return services
-
-
-async def _target_rows(
-    services: Services, name: str, columns: list[str]
-) -> list[tuple[int, list[str]]]:
-    fields = ", ".join(f'"{_field(c)}"' for c in columns)
-    query = f'SELECT imported_line, {fields} FROM "spectrum_{name}" ORDER BY imported_line'  # noqa: S608 (test names)
-    async with services.pool.connection() as conn:
-        cursor = await conn.execute(query)  # type: ignore[arg-type]
-        found = await cursor.fetchall()
-    return [(row[0], [value or "" for value in row[1:]]) for row in found]  # type: ignore[index]
-
-
-@pytest.mark.usefixtures("worker")
-@pytest.mark.parametrize("spectrum_case_name", SPECTRUM_CASES, indirect=True)
-async def test_spectrum_case_imports_through_the_api(
-    client: httpx.AsyncClient, services: Services, spectrum: Path, spectrum_case_name: str
-) -> None:
-    name = spectrum_case_name
-    data, expected = spectrum_case(spectrum, name)
-    response = await client.post(
-        f"/api/v1/spectrum_{name}/import-rows",
-        content=data,
-        headers={"Content-Type": "text/csv"},
-    )
-    assert response.status_code == 202, response.text
-    assert response.json()["totalRows"] == len(expected)
-    job = await wait_for_batch(client, response.json()["batchId"])
-    assert job["status"] == "completed"
-    assert job["result"]["summary"] == {"successes": len(expected), "duplicates": 0, "failures": 0}
-    columns = list(expected[0])
-    # Empty cells are stored as NULL (an empty value counts as missing): read back as "".
-    assert await _target_rows(services, name, columns) == [
-        (line, [row[c] for c in columns]) for line, row in enumerate(expected, start=2)
-    ]

@@ -4,10 +4,11 @@ the encoding, delimiter and sheet options; what the batch then reports."""
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 
 import httpx
 import pytest
-from openpyxl import Workbook
+from openpyxl import Workbook  # type: ignore[import-untyped]
 
 from helpers import HEADER, download, entrance, read_csv_report, wait_for_batch
 from importq.services import Services
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-def _xlsx(sheets: dict[str, list[list[object]]]) -> bytes:
+def _xlsx(sheets: Mapping[str, Sequence[Sequence[object]]]) -> bytes:
     book = Workbook()
     book.remove(book.active)
     for title, rows in sheets.items():

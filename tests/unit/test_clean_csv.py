@@ -1,0 +1,38 @@
+"""The clean-CSV path's byte scanning: where a file is cut in halves, and which blocks
+are not clean (no database)."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+
+from helpers import csv_text, quoted_entrances
+from importq.ingest.clean_csv import CsvSource, NotClean
+from importq.ingest.limits import UploadLimits
+
+
+def test_halves_cut_at_a_record_and_count_the_records_before_it() -> None:
+    body = csv_text(quoted_entrances()).encode()
+    source = CsvSource(io.BytesIO(body), body.index(b"\n") + 1, ",", UploadLimits())
+    halves = source.halves(block_size=97)  # blocks that cut quoted cells
+    assert halves is not None
+    cut, records = halves
+    first = list(csv.reader(io.StringIO(body[source.start : cut].decode(), newline="")))
+    assert len(first) == records and 20 < records < 45
+    assert (
+        b"".join(source.blocks(97, stop=cut)) + b"".join(source.blocks(97, start=cut))
+        == (body[source.start :])
+    )
+
+
+def test_a_line_holding_only_the_end_of_data_mark_is_seen_at_any_block_edge() -> None:
+    """PostgreSQL before 18 stops reading at a line that is just \\. (importq does not):
+    such a file is never given to its CSV reader, wherever the line falls."""
+    for ending in (b"\\.\n", b"\\.\r\n", b"\\."):
+        body = b"id,x\n" + b"a,1\n" * 5 + ending + (b"" if ending == b"\\." else b"b,2\n")
+        source = CsvSource(io.BytesIO(body), 5, ",", UploadLimits())
+        for block_size in (1, 4, 8, 9, 13, 1 << 20):  # \\. first, inside and last in a block
+            with pytest.raises(NotClean, match="only"):
+                list(source.blocks(block_size))

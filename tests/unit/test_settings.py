@@ -1,0 +1,65 @@
+"""Settings read from the environment: their defaults, bounds and refusals (no database)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from azurite_account import ACCOUNT, ACCOUNT_KEY
+from importq.config import Settings
+from importq.services import open_storage
+from importq.storage.azure import AzureStorage
+from importq.storage.local import LocalStorage
+
+
+def test_shared_buffers_auto_is_a_quarter_of_memory_within_bounds() -> None:
+    auto = Settings(embedded_shared_buffers="auto").shared_buffers
+    assert auto.endswith("MB") and 128 <= int(auto[:-2]) <= 2048
+    assert Settings(embedded_shared_buffers="512MB").shared_buffers == "512MB"
+    for refused in ("lots", "8MB", "512kB", "2000GB", "99999999999999999999GB"):
+        with pytest.raises(ValueError):
+            Settings(embedded_shared_buffers=refused)
+
+
+def test_max_wal_size_is_four_gigabytes_unless_set_within_bounds() -> None:
+    assert Settings().embedded_max_wal_size == "4GB"
+    assert Settings(embedded_max_wal_size="64MB").embedded_max_wal_size == "64MB"
+    for refused in ("auto", "16MB", "2000GB", "1TB"):
+        with pytest.raises(ValueError):
+            Settings(embedded_max_wal_size=refused)
+
+
+async def test_the_connection_string_variable_selects_azure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    connection_string = (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:1/{ACCOUNT};"
+    )
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    assert isinstance(open_storage(Settings(data_dir=tmp_path)), LocalStorage)
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection_string)
+    monkeypatch.setenv("IMPORTQ_AZURE_CONTAINER", "reports-box")
+    settings = Settings(data_dir=tmp_path)
+    assert settings.azure_storage_connection_string == connection_string
+    storage = open_storage(settings)
+    assert isinstance(storage, AzureStorage) and storage.container == "reports-box"
+    url = storage.link(
+        "reports/b/failures.csv",
+        download_name="entrances-b-failures.csv",
+        expires_at=datetime(2030, 1, 1, tzinfo=UTC),
+    )
+    assert url.startswith(f"http://127.0.0.1:1/{ACCOUNT}/reports-box/reports/b/failures.csv?")
+    assert "se=2030-01-01T00%3A00%3A00Z" in url and "sp=r&" in url
+    assert "rscd=attachment%3B%20filename%3D%22entrances-b-failures.csv%22" in url
+    await storage.close()
+
+
+def test_a_connection_string_without_an_account_key_is_refused() -> None:
+    sas_only = (
+        "BlobEndpoint=https://acct.blob.core.windows.net/;SharedAccessSignature=sv=2024&sig=x"
+    )
+    with pytest.raises(ValueError, match="needs an account key"):
+        AzureStorage(sas_only, container="importq")
