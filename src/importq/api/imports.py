@@ -182,23 +182,28 @@ async def _multipart_upload(
     request: Request, limit: int, options: FileOptions
 ) -> tuple[ParsedUpload, IO[bytes], str, str]:
     form = await request.form(max_files=1)
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile) or not upload.filename:
-        raise Refusal(400, "missing_file", "Send the file in a multipart field named 'file'.")
-    if upload.size is not None and upload.size > limit:
-        raise _too_large(limit)
-    name = upload.filename
-    extension = name[name.rfind(".") :].lower() if "." in name else ""
-    if extension not in FILE_EXTENSIONS:
-        raise Refusal(
-            415,
-            "unsupported_type",
-            f"Files of type {extension or 'unknown'} are not accepted; "
-            f"send {', '.join(FILE_EXTENSIONS)}.",
-            accepted=list(FILE_EXTENSIONS),
-        )
-    fmt, delimiter = FILE_EXTENSIONS[extension]
-    return _read_file(upload.file, fmt, delimiter, options), upload.file, name, fmt
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            raise Refusal(400, "missing_file", "Send the file in a multipart field named 'file'.")
+        if upload.size is not None and upload.size > limit:
+            raise _too_large(limit)
+        name = upload.filename
+        extension = name[name.rfind(".") :].lower() if "." in name else ""
+        if extension not in FILE_EXTENSIONS:
+            raise Refusal(
+                415,
+                "unsupported_type",
+                f"Files of type {extension or 'unknown'} are not accepted; "
+                f"send {', '.join(FILE_EXTENSIONS)}.",
+                accepted=list(FILE_EXTENSIONS),
+            )
+        fmt, delimiter = FILE_EXTENSIONS[extension]
+        return _read_file(upload.file, fmt, delimiter, options), upload.file, name, fmt
+    except BaseException:
+        # Nothing else closes the form's files: they were read by hand, not as parameters.
+        await form.close()
+        raise
 
 
 @router.post(
