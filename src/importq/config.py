@@ -201,5 +201,5 @@ class Settings(BaseSettings):
     )
     smtp_timeout: float = Field(default=30.0, gt=0, description="SMTP socket timeout, seconds")
     mail_max_attempts: int = Field(
-        default=16, ge=1, description="Attempts to send an email before giving up (about 18 h)"
+        default=16, ge=1, description="Attempts to send an email before giving up (about 1.3 h)"
     )

@@ -1,4 +1,4 @@
-"""The HTTP contract of ARCHITECTURE.md ("HTTP contract"), pinned route by route.
+"""The HTTP contract (docs/architecture.md, "HTTP contract"), pinned route by route.
 
 Real PostgreSQL, real queue; a worker runs only in the tests that need batches to
 finish. Every test here runs with two extra datasets (``caves``, importable by any user,

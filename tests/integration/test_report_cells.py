@@ -1,9 +1,10 @@
 """Report cells as SQL formats them (``importq_report_cell``), against their rule in Python.
 
-The rule (ARCHITECTURE → Reports): RFC 4180 quoting; a text cell a spreadsheet would run
-as a formula (it starts with = + - @ TAB or CR) gets a leading ``'``; a number in a
-numeric column stays a number. The success report prints the validated numbers of a row
-as they are, without the function: every valid number must be one it leaves unchanged.
+The rule (README, "Line numbers in reports"): RFC 4180 quoting; a text cell a
+spreadsheet would run as a formula (it starts with = + - @ TAB or CR) gets a leading
+``'``; a number in a numeric column stays a number. The success report prints the
+validated numbers of a row as they are, without the function: every valid number must be
+one it leaves unchanged.
 """
 
 from __future__ import annotations
