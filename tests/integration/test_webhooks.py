@@ -87,6 +87,16 @@ async def test_a_failing_receiver_gets_the_signed_delivery_on_the_third_try(
     delivered = json.loads(receiver.requests[-1][1])
     assert delivered["batchId"] == batch_id and delivered["status"] == "completed"
     assert delivered["result"] == job["result"]
+    sent_query = (
+        "SELECT sent_at IS NOT NULL, attempts FROM deliveries "
+        "WHERE batch_id = %s AND channel = 'webhook'"
+    )
+
+    async def recorded() -> bool:
+        # The receiver answers before the delivery's transaction records the success.
+        return await _rows(services, sent_query, batch_id) == [(True, 3)]
+
+    await _wait_for(recorded)
     attempts = await _rows(
         services,
         "SELECT attempt, status_code FROM delivery_attempts "
@@ -94,13 +104,6 @@ async def test_a_failing_receiver_gets_the_signed_delivery_on_the_third_try(
         batch_id,
     )
     assert attempts == [(1, 500), (2, 503), (3, 200)]
-    sent = await _rows(
-        services,
-        "SELECT sent_at IS NOT NULL, attempts FROM deliveries "
-        "WHERE batch_id = %s AND channel = 'webhook'",
-        batch_id,
-    )
-    assert sent == [(True, 3)]
 
 
 @pytest.mark.usefixtures("worker")
