@@ -149,6 +149,7 @@ SELECT outcome, sum(cardinality)::int FROM results GROUP BY outcome;
 -- OFFSET 0 takes the valid rows before the lookups, which cast keys a failed row may not.
 -- Keys are looked up only if the table holds a row of the chunk's hash range: that test
 -- runs once, in the lookups' snapshot, and finds nothing exactly when they all would.
+-- Both its bounds are index conditions; the last chunk has no upper one (NULL hash_to).
 SELECT DISTINCT ON ({order}) *
 FROM (SELECT * FROM importq_chunk c
       WHERE NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)

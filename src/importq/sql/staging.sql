@@ -84,6 +84,7 @@ hashtextextended(coalesce(CASE WHEN problem IS NULL THEN {key} END, 'line ' || l
 -- The batch's chunks, first hash and row count, as chunk_bounds.chunk_bounds() cuts them.
 -- A chunk from hash h holds %(size)s rows, then the rest of its last key group; the next
 -- starts above it. Each step walks the hash index index-only (frozen rows), not in Python.
+-- The step past the last chunk finds no hash: its NULL ends the recursion.
 WITH RECURSIVE start (hash_from) AS (
     SELECT min(key_hash) FROM {table}
   UNION ALL
