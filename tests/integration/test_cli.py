@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -18,12 +15,7 @@ import pytest
 
 from helpers import csv_text, entrance
 from importq.db import embedded_database_url
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from processes import serving
 
 
 @pytest.fixture
@@ -78,36 +70,6 @@ def test_users_create_prints_only_the_token(cli_env: dict[str, str]) -> None:
     another = importq(cli_env, "users", "token", "bob")
     assert another.returncode == 0 and another.stdout.strip() not in ("", token)
     assert importq(cli_env, "users", "token", "nobody").returncode == 1
-
-
-@contextlib.contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``importq serve`` on a free port; yields its URL and its healthy /health body."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as out:  # the process writes to its own copy of the descriptor
-        process = subprocess.Popen(
-            [sys.executable, "-m", "importq.cli", "serve", "--port", str(port)],
-            env={**env, "IMPORTQ_PUBLIC_URL": url},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                health = httpx.get(f"{url}/health", timeout=2)
-                if health.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "importq serve did not become healthy"
-            time.sleep(0.2)
-        yield url, health.json()
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture

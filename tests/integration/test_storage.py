@@ -47,6 +47,7 @@ from importq.pipeline.recovery import reconcile
 from importq.services import Services
 from importq.storage.local import LocalStorage
 from importq.worker.tasks import run_worker
+from processes import free_port
 
 AZURITE_VERSION = "3.37.0"  # the version scripts/test installs
 AZURITE = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "azurite-blob"
@@ -54,13 +55,6 @@ CSV_TYPE = "text/csv; charset=utf-8"
 
 
 # ------------------------------------------------------------------------ Azurite
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _answers(port: int) -> bool:
@@ -75,7 +69,7 @@ class Azurite:
 
     def __init__(self, location: Path) -> None:
         self.location = location
-        self.port = _free_port()
+        self.port = free_port()
         self.log = location.parent / f"{location.name}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
