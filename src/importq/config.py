@@ -16,6 +16,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from importq.ingest.limits import UploadLimits
+from importq.worker.schedule import DEFAULT_RECONCILE_CRON, check_reconcile_cron
 
 SECRET_KEY_FILE = "secret-key"
 
@@ -132,7 +133,15 @@ class Settings(BaseSettings):
 
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="Worker heartbeat period")
     stalled_seconds: float = Field(default=30.0, gt=0, description="Heartbeat age of a dead worker")
-    reconcile_cron: str = Field(default="*/30 * * * * *", description="When reconcile runs")
+    reconcile_cron: str = Field(
+        default=DEFAULT_RECONCILE_CRON,
+        description="When reconcile runs: a cron with seconds last, at least once a minute",
+    )
+
+    @field_validator("reconcile_cron")
+    @classmethod
+    def _recovering_cron(cls, value: str) -> str:
+        return check_reconcile_cron(value)
 
     azure_storage_connection_string: str | None = Field(
         default=None,

@@ -63,3 +63,20 @@ def test_a_connection_string_without_an_account_key_is_refused() -> None:
     )
     with pytest.raises(ValueError, match="needs an account key"):
         AzureStorage(sas_only, container="importq")
+
+
+def test_the_reconcile_cron_runs_every_fifteen_seconds_by_default() -> None:
+    assert Settings().reconcile_cron == "* * * * * */15"
+    for recovering in ("* * * * * */1", "* * * * * */30", "*/1 * * * * 0", "* * * * * 0,20"):
+        assert Settings(reconcile_cron=recovering).reconcile_cron == recovering
+
+
+def test_a_reconcile_cron_that_leaves_a_minute_without_a_run_is_refused() -> None:
+    # The seconds-first form other tools use fires only in minutes :00 and :30 here.
+    for stalling in ("*/30 * * * * *", "* 3 * * * */15", "0-58 * * * * */15"):
+        with pytest.raises(ValueError, match="seconds LAST") as refused:
+            Settings(reconcile_cron=stalling)
+        assert "'* * * * * */15'" in str(refused.value)
+    for malformed in ("*/5 * * * *", "every 15 seconds", "* * * * * 61"):
+        with pytest.raises(ValueError, match="is not a six-field cron"):
+            Settings(reconcile_cron=malformed)
