@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,20 +22,22 @@ from procrastinate.job_context import JobContext
 from procrastinate.jobs import Job
 from psycopg import sql
 
+from accounting import (
+    assert_every_row_accounted_once,
+    count,
+    mixed_rows,
+    slow_down_inserts,
+)
 from helpers import Receiver, entrance, row_results, wait_for_batch
 from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
-from importq.ingest.json_rows import read_json_rows
 from importq.ingest.staged_table import results_table
 from importq.pipeline import aggregation
 from importq.pipeline.chunk_processing import fail_chunk, process_chunk
 from importq.pipeline.recovery import reconcile
 from importq.pipeline.reports import ReportWriter
-from importq.rules.datasets import load_datasets
-from importq.rules.row_rules import StagedRow
 from importq.services import Services
 from importq.worker import tasks
-from rules_model import decide
 
 
 def job_context(services: Services, task_name: str, **kwargs: Any) -> JobContext:
@@ -89,14 +90,6 @@ async def _race_to_the_end(services: Services, batch_id: str) -> list[bool]:
     return await asyncio.gather(*(send_completion_email(services, batch) for _ in range(50)))
 
 
-async def _count(services: Services, query: str | sql.Composed, *params: Any) -> int:
-    async with services.pool.connection() as conn:
-        cursor = await conn.execute(query, params)
-        row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 async def test_fifty_completion_checks_aggregate_once(
     client: httpx.AsyncClient,
     services: Services,
@@ -118,11 +111,11 @@ async def test_fifty_completion_checks_aggregate_once(
     assert job["status"] == "completed"
     assert job["result"]["summary"] == {"successes": 35, "duplicates": 1, "failures": 1}
     assert (
-        await _count(services, "SELECT count(*) FROM notifications WHERE batch_id = %s", batch_id)
+        await count(services, "SELECT count(*) FROM notifications WHERE batch_id = %s", batch_id)
         == 1
     )
     assert (
-        await _count(services, "SELECT attempts FROM deliveries WHERE batch_id = %s", batch_id) == 1
+        await count(services, "SELECT attempts FROM deliveries WHERE batch_id = %s", batch_id) == 1
     )
     assert len(list(services.settings.outbox_dir.glob("*.eml"))) == 1
     assert [json.loads(body)["status"] for _, body in receiver.requests] == ["completed"]
@@ -274,47 +267,6 @@ def spawn_worker(services: Services, tmp_path: Path) -> Iterator[Any]:
             process.kill()
 
 
-def _expected_outcomes(rows: list[dict[str, str]]) -> Counter[str]:
-    dataset = load_datasets()["entrances"]
-    upload = read_json_rows(rows)
-    positions = dataset.match_header(upload.header).positions
-    staged: list[StagedRow] = list(upload.rows)
-    winners, rejected = decide(dataset, positions, staged)
-    return Counter(
-        {
-            "successes": len(winners),
-            "duplicates": sum(r.outcome == "duplicate" for r in rejected),
-            "failures": sum(r.outcome == "failure" for r in rejected),
-        }
-    )
-
-
-def _mixed_rows(count: int) -> list[dict[str, str]]:
-    rows = []
-    for i in range(count):
-        if i % 17 == 5:
-            rows.append(entrance(f"m{i}", latitude="95"))
-        elif i % 11 == 3:
-            rows.append(entrance(f"m{i // 2}"))
-        else:
-            rows.append(entrance(f"m{i}"))
-    return rows
-
-
-async def _assert_every_row_accounted_once(
-    services: Services, job: dict[str, Any], rows: list[dict[str, str]]
-) -> None:
-    """The batch completed with the outcomes the row rules give for the whole file, one
-    result per row, and exactly the winners in the target table."""
-    expected = _expected_outcomes(rows)
-    assert job["status"] == "completed"
-    assert job["result"]["summary"] == dict(expected)
-    assert await _count(services, "SELECT count(*) FROM entrances") == expected["successes"]
-    async with services.pool.connection() as conn:
-        results = await row_results(conn, uuid.UUID(job["batchId"]))
-    assert sorted(line for line, _, _ in results) == list(range(2, len(rows) + 2))
-
-
 async def test_two_worker_processes_give_exact_counts(
     client: httpx.AsyncClient,
     services: Services,
@@ -322,15 +274,15 @@ async def test_two_worker_processes_give_exact_counts(
 ) -> None:
     spawn_worker()
     spawn_worker()
-    rows = _mixed_rows(1500)
+    rows = mixed_rows(1500)
     batch_id, total_chunks = await _staged_batch(client, rows)
     assert total_chunks >= 100
 
     job = await wait_for_batch(client, batch_id, seconds=120)
 
-    await _assert_every_row_accounted_once(services, job, rows)
+    await assert_every_row_accounted_once(services, job, rows)
     assert (
-        await _count(
+        await count(
             services,
             "SELECT count(DISTINCT worker_id) FROM procrastinate_jobs "
             "WHERE task_name = 'process_chunk'",
@@ -344,29 +296,20 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
     services: Services,
     spawn_worker: Any,
 ) -> None:
-    # Every insert into the target table sleeps, so a chunk's transaction is open long
-    # enough to kill its worker inside it.
-    async with services.pool.connection() as conn:
-        await conn.execute(
-            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN PERFORM pg_sleep(0.4); RETURN NULL; END $$"
-        )
-        await conn.execute(
-            "CREATE TRIGGER slow BEFORE INSERT ON entrances "
-            "FOR EACH STATEMENT EXECUTE FUNCTION slow_insert()"
-        )
-    rows = _mixed_rows(200)
+    # A chunk's transaction is open long enough to kill its worker inside it.
+    await slow_down_inserts(services)
+    rows = mixed_rows(200)
     batch_id, _ = await _staged_batch(client, rows)
     victim = spawn_worker(concurrency=1)
 
     deadline = time.monotonic() + 60
     while True:
-        done = await _count(
+        done = await count(
             services,
             "SELECT count(*) FROM chunks WHERE batch_id = %s AND status = 'done'",
             batch_id,
         )
-        sleeping = await _count(
+        sleeping = await count(
             services,
             # The chunk statement inserts into the target table (this query names it too).
             "SELECT count(*) FROM pg_stat_activity"
@@ -378,7 +321,7 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
         await asyncio.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    in_flight = await _count(
+    in_flight = await count(
         services,
         "SELECT count(*) FROM procrastinate_jobs "
         "WHERE task_name = 'process_chunk' AND status = 'doing'",
@@ -388,10 +331,10 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
     spawn_worker()
     job = await wait_for_batch(client, batch_id, seconds=120)
 
-    await _assert_every_row_accounted_once(services, job, rows)
+    await assert_every_row_accounted_once(services, job, rows)
     # The lost attempt is on record, and the chunk was processed again.
     assert (
-        await _count(
+        await count(
             services,
             "SELECT count(*) FROM chunks WHERE batch_id = %s "
             "AND error = 'the worker stopped while processing the chunk' AND attempts = 2",
@@ -407,7 +350,7 @@ async def test_a_chunk_processed_in_slices_decides_like_a_whole_file(
 ) -> None:
     # One chunk (chunk size above the row count), read three rows at a time: a key's
     # first valid row and its duplicates fall in different slices.
-    rows = _mixed_rows(40)
+    rows = mixed_rows(40)
     rows[30] = entrance("m4")  # a duplicate far from its first line
     response = await client.post(
         "/api/v1/entrances/import-rows", json={"data": rows}, params={"fileName": "slices.json"}
@@ -426,7 +369,7 @@ async def test_a_chunk_processed_in_slices_decides_like_a_whole_file(
     sent = await _race_to_the_end(services, batch_id)
     assert sent.count(True) == 1
     job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
-    await _assert_every_row_accounted_once(services, job, rows)
+    await assert_every_row_accounted_once(services, job, rows)
 
 
 async def test_two_batches_storing_one_key_at_once_store_it_once(
@@ -540,9 +483,9 @@ async def test_reconcile_gives_a_chunk_left_without_a_job_a_new_one(
         )
     await reconcile(services)
     await reconcile(services)  # a second pass finds the new job and adds none
-    assert await _count(services, jobs_of, batch_id, 0) == 0  # done: nothing to redo
+    assert await count(services, jobs_of, batch_id, 0) == 0  # done: nothing to redo
     for chunk_no in range(1, total_chunks):
-        assert await _count(services, jobs_of, batch_id, chunk_no) == 1
+        assert await count(services, jobs_of, batch_id, chunk_no) == 1
 
 
 def test_backoff_never_waits_more_than_ten_minutes() -> None:
