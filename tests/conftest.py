@@ -126,7 +126,7 @@ async def services(settings: Settings) -> AsyncIterator[Services]:
 @pytest.fixture
 async def worker(services: Services) -> AsyncIterator[asyncio.Task[None]]:
     """A queue worker running in the test's event loop."""
-    task = asyncio.create_task(run_worker(services, concurrency=4, install_signal_handlers=False))
+    task = asyncio.create_task(run_worker(services, concurrency=4))
     yield task
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import httpx
@@ -70,10 +72,44 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(_migrate(settings))
     asyncio.run(_bootstrap_admin(settings))
     app = create_app(settings, run_worker_in_process=True, worker_concurrency=args.concurrency)
-    # uvicorn re-raises SIGTERM after its graceful shutdown. Exiting through SystemExit,
+
+    class DrainingServer(uvicorn.Server):
+        """uvicorn, whose first SIGTERM or SIGINT drains the service before uvicorn's own
+        graceful shutdown (see ``create_app``'s ``drain``); a second one stops at once."""
+
+        drain: asyncio.Task[None] | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not serving yet: nothing to drain
+                loop = None
+            if self.drain is not None or loop is None:
+                super().handle_exit(sig, frame)
+                return
+            log.info("stopping: no new uploads; running jobs get %ss", settings.shutdown_seconds)
+            self._captured_signals.append(sig)  # uvicorn raises it again once it has stopped
+            self.drain = loop.create_task(self._drained())
+
+        async def _drained(self) -> None:
+            try:
+                await app.state.drain()
+            finally:
+                self.should_exit = True
+
+    # uvicorn raises SIGTERM again after its graceful shutdown. Exiting through SystemExit,
     # rather than by the default handler, runs atexit, which stops the embedded server.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_OK))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        # Uploads still arriving when the drain ends get this long; staging rolls back
+        # whatever it cuts short.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_seconds),
+    )
+    DrainingServer(config).run()
     return EXIT_OK
 
 
@@ -83,7 +119,17 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> None:
         async with open_services(settings) as services:
-            await run_worker(services, concurrency=args.concurrency or settings.worker_concurrency)
+            worker = asyncio.create_task(
+                run_worker(services, concurrency=args.concurrency or settings.worker_concurrency)
+            )
+            # A stop is a cancel: the worker lets its jobs finish for
+            # IMPORTQ_SHUTDOWN_SECONDS and gives back the rest. A second signal cuts that
+            # short.
+            loop = asyncio.get_running_loop()
+            for stop in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(stop, worker.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
 
     asyncio.run(run())
     return EXIT_OK

@@ -137,6 +137,9 @@ class Settings(BaseSettings):
         default=DEFAULT_RECONCILE_CRON,
         description="When reconcile runs: a cron with seconds last, at least once a minute",
     )
+    shutdown_seconds: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long running jobs may take to finish"
+    )
 
     @field_validator("reconcile_cron")
     @classmethod

@@ -8,9 +8,12 @@ of the processes using it, and stops the server when the last one exits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from importq.config import Settings
 from importq.sql import queries
@@ -27,6 +30,11 @@ from importq.sql import queries
 log = logging.getLogger(__name__)
 
 Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
+
+# How long an outage watch waits between two questions to the database: it starts short,
+# so that a restart is noticed within a second, and doubles up to the longest.
+OUTAGE_FIRST_WAIT = 0.5
+OUTAGE_LONGEST_WAIT = 10.0
 
 
 def embedded_database_url(
@@ -135,22 +143,99 @@ def database_url(settings: Settings) -> str:
     )
 
 
-def create_pool(url: str, *, max_size: int = 10) -> Pool:
+def create_pool(url: str, *, max_size: int = 10, outage: DatabaseOutage | None = None) -> Pool:
     """A closed pool; open it with ``await pool.open(wait=True)``.
 
     Connections come out in the default (non-autocommit) mode: whoever takes one owns
-    its transaction and commits by leaving ``pool.connection()`` without an error.
+    its transaction and commits by leaving ``pool.connection()`` without an error. Each
+    is checked before it is lent, so one the server dropped is replaced, not handed out;
+    a failed check is told to ``outage`` at once.
     """
+    # The pool logs each failed attempt to connect; an outage is logged by the outage
+    # watch instead, once when it begins and once when it ends.
+    logging.getLogger("psycopg.pool").addFilter(_not_a_connection_attempt)
     return AsyncConnectionPool(
         url,
         min_size=1,
         max_size=max_size,
         open=False,
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if outage is None else outage.check,
         configure=_configure,
     )
+
+
+def _not_a_connection_attempt(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("error connecting in ")
 
 
 async def _configure(conn: AsyncConnection[TupleRow]) -> None:
     # Row values travel as JSON arrays, and orjson reads them faster than the json module.
     set_json_loads(orjson.loads, conn)
+
+
+class DatabaseOutage:
+    """What a process knows of its database being away, and when it is back.
+
+    Any part of the process that loses the database says so with :meth:`noticed`; the
+    pool does too, when a connection fails its check. A notice starts a watch that asks
+    the database, with a backoff, until it answers. Only when the watch's first question
+    fails is the outage logged, and then once more when it ends: an outage costs two
+    lines however many requests and jobs meet it, and a notice the database disproves at
+    once costs none. While a watch runs, :attr:`ongoing` is true, and the API answers
+    503 at once instead of waiting for a connection.
+    """
+
+    def __init__(self) -> None:
+        self.pool: Pool | None = None  # set once the pool that checks through this exists
+        self._over = asyncio.Event()
+        self._over.set()
+        self._watch: asyncio.Task[None] | None = None
+
+    @property
+    def ongoing(self) -> bool:
+        return not self._over.is_set()
+
+    def noticed(self, error: BaseException | str) -> None:
+        """Start watching for the database's return, unless a watch runs already."""
+        if self.ongoing or self.pool is None:
+            return
+        self._over.clear()
+        self._watch = asyncio.create_task(self._watch_until_back(self.pool, error))
+
+    async def check(self, conn: AsyncConnection[TupleRow]) -> None:
+        """The pool's check of a connection before it lends it."""
+        try:
+            await AsyncConnectionPool.check_connection(conn)
+        except Exception as error:
+            self.noticed(error)
+            raise
+
+    async def over(self) -> None:
+        """Return once the database answers again (at once when no outage is known)."""
+        await self._over.wait()
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+
+    async def _watch_until_back(self, pool: Pool, error: BaseException | str) -> None:
+        since = time.monotonic()
+        wait = OUTAGE_FIRST_WAIT
+        logged = False
+        while True:
+            try:
+                async with pool.connection(timeout=wait) as conn:
+                    await conn.execute(queries["ping"])
+                break
+            except (psycopg.Error, PoolTimeout):
+                if not logged:
+                    log.warning("the database is unavailable (%s); waiting for it", error)
+                    logged = True
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, OUTAGE_LONGEST_WAIT)
+        if logged:
+            elapsed = time.monotonic() - since
+            log.warning("the database is available again after %.1f s", elapsed)
+        self._over.set()

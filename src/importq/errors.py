@@ -1,12 +1,15 @@
-"""Refusals: errors a client caused.
+"""Refusals: the requests the service does not carry out, and why.
 
 Each has an HTTP status, a machine code and a message for a person. It may carry extra
-keys, such as ``columns``, ``line`` or ``limit``.
+keys, such as ``columns``, ``line`` or ``limit``. Most are the client's doing; a 503
+(the database away, the service stopping) says when to try again.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+RETRY_AFTER_SECONDS = 5
 
 
 class Refusal(Exception):
@@ -19,7 +22,11 @@ class Refusal(Exception):
 
     @property
     def headers(self) -> dict[str, str] | None:
-        return {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        if self.status == 503:
+            return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return None
 
     def body(self) -> dict[str, Any]:
         return {"detail": self.detail, "code": self.code, **self.extra}

@@ -17,6 +17,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import LiteralString
 
+import psycopg
 from procrastinate.schema import SchemaManager
 from psycopg import AsyncConnection
 
@@ -97,3 +98,22 @@ async def migrate(conn: AsyncConnection[object], datasets: dict[str, Dataset]) -
     for step in applied_now:
         log.info("applied %s", step)
     return applied_now
+
+
+async def pending_migrations(conn: AsyncConnection[object]) -> list[str]:
+    """The steps :func:`migrate` has yet to apply (the datasets' tables aside): ``[]``
+    when the database is up to date. Reads only; an error leaves the caller's
+    transaction aborted."""
+    try:
+        cursor = await conn.execute(queries["applied_migrations"])
+    except psycopg.errors.UndefinedTable:
+        return ["importq_migrations"]
+    applied = {str(r[0]): r[1] for r in await cursor.fetchall()}  # type: ignore[index]
+    pending = [
+        path.name
+        for path in sorted(resource_dir("migrations").glob("[0-9]*.sql"))
+        if path.name not in applied
+    ]
+    if applied.get(PROCRASTINATE) != version(PROCRASTINATE):
+        pending.insert(0, PROCRASTINATE)
+    return pending

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from importq.config import Settings
-from importq.db import Pool, create_pool, database_url
+from importq.db import DatabaseOutage, Pool, create_pool, database_url
 from importq.pipeline.job_queue import JobQueue, create_queue_app
 from importq.rules.datasets import Dataset, load_datasets
 from importq.storage import Storage
@@ -25,6 +25,7 @@ class Services:
     datasets: dict[str, Dataset]
     storage: Storage
     queue: JobQueue
+    outage: DatabaseOutage
 
 
 def open_storage(settings: Settings) -> Storage:
@@ -46,18 +47,24 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> AsyncIter
     datasets = load_datasets(settings.datasets_file)
     storage = open_storage(settings)
     try:
-        pool = create_pool(database_url(settings), max_size=pool_size)
+        outage = DatabaseOutage()
+        pool = create_pool(database_url(settings), max_size=pool_size, outage=outage)
+        outage.pool = pool
         await pool.open(wait=True, timeout=60)
         try:
             app = create_queue_app()
-            async with app.open_async(pool=pool):
-                yield Services(
-                    settings=settings,
-                    pool=pool,
-                    datasets=datasets,
-                    storage=storage,
-                    queue=JobQueue(app),
-                )
+            try:
+                async with app.open_async(pool=pool):
+                    yield Services(
+                        settings=settings,
+                        pool=pool,
+                        datasets=datasets,
+                        storage=storage,
+                        queue=JobQueue(app),
+                        outage=outage,
+                    )
+            finally:
+                await outage.close()
         finally:
             await pool.close()
     finally:

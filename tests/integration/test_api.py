@@ -131,7 +131,7 @@ async def user_client(
 @contextlib.asynccontextmanager
 async def running_worker(services: Services) -> AsyncIterator[None]:
     """A queue worker for part of a test (the ``worker`` fixture lasts the whole test)."""
-    task = asyncio.create_task(run_worker(services, concurrency=4, install_signal_handlers=False))
+    task = asyncio.create_task(run_worker(services, concurrency=4))
     try:
         yield
     finally:
@@ -861,6 +861,40 @@ async def test_health_is_ok_with_every_component_ok(app_client: httpx.AsyncClien
         "status": "ok",
         "components": {"database": "ok", "queue": "ok", "storage": "ok", "email": "ok"},
     }
+
+
+async def test_live_and_ready_answer_a_load_balancer(app_client: httpx.AsyncClient) -> None:
+    live = await app_client.get("/health/live")
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    ready = await app_client.get("/health/ready")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready", "reason": None})
+
+
+async def test_not_ready_while_a_migration_is_missing(
+    app_client: httpx.AsyncClient, services: Services
+) -> None:
+    async with services.pool.connection() as conn:
+        await conn.execute("DELETE FROM importq_migrations WHERE name LIKE '0007%%'")
+    ready = await app_client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "not_ready"
+    assert ready.json()["reason"].startswith("migrations not applied: 0007_")
+    assert (await app_client.get("/health/live")).status_code == 200
+
+
+async def test_a_stopping_service_refuses_uploads_but_still_answers_reads(
+    client: httpx.AsyncClient,
+) -> None:
+    accepted = await post_rows(client, [entrance("s1")])
+    assert accepted.status_code == 202
+    await client._transport.app.state.drain()  # type: ignore[attr-defined]
+    refused = await post_rows(client, [entrance("s2")])
+    assert_error(refused, 503, "shutting_down")
+    assert refused.headers["retry-after"] == "5"
+    ready = await client.get("/health/ready")
+    assert (ready.status_code, ready.json()["reason"]) == (503, "stopping")
+    status = await client.get(f"/api/v1/jobs/{accepted.json()['batchId']}")
+    assert status.status_code == 200
 
 
 # ---------------------------------------------------------------- local report links

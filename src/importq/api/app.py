@@ -20,9 +20,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from importq.api import files, health, imports, jobs, notifications
+from importq.api.auth import database_unavailable
 from importq.config import Settings
 from importq.errors import Refusal
-from importq.services import open_services
+from importq.services import Services, open_services
 from importq.worker.tasks import run_worker
 
 log = logging.getLogger(__name__)
@@ -50,14 +51,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(psycopg.OperationalError)
     @app.exception_handler(psycopg_pool.PoolTimeout)
     async def database_down(request: Request, error: Exception) -> JSONResponse:
-        log.error("database unavailable: %s", error)
-        return JSONResponse(
-            {
-                "detail": "The database is unavailable; try again shortly.",
-                "code": "database_unavailable",
-            },
-            status_code=503,
-        )
+        services: Services | None = request.app.state.services
+        if services is not None:
+            services.outage.noticed(error)  # logs the outage once, and its end
+        return await refusal(request, database_unavailable())
 
 
 def create_app(
@@ -66,29 +63,41 @@ def create_app(
     run_worker_in_process: bool = False,
     worker_concurrency: int | None = None,
 ) -> FastAPI:
+    """The app. Its lifespan opens the process's services; ``app.state.drain()`` starts a
+    graceful stop (see :func:`drain`)."""
+    worker: asyncio.Task[None] | None = None
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal worker
         async with open_services(settings, pool_size=20) as services:
-            worker: asyncio.Task[None] | None = None
             if run_worker_in_process:
                 worker = asyncio.create_task(
                     run_worker(
-                        services,
-                        concurrency=worker_concurrency or settings.worker_concurrency,
-                        install_signal_handlers=False,
+                        services, concurrency=worker_concurrency or settings.worker_concurrency
                     )
                 )
             app.state.services = services
             try:
                 yield
             finally:
+                await drain()
                 app.state.services = None
-                if worker is not None:
-                    worker.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await worker
+
+    async def drain() -> None:
+        """Stop taking uploads (503 ``shutting_down``, and ``/health/ready`` 503), then
+        stop the worker: it lets its jobs finish for ``IMPORTQ_SHUTDOWN_SECONDS`` and gives
+        back the rest. Status reads and downloads are still answered meanwhile."""
+        app.state.draining = True
+        if worker is not None and not worker.done():
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
 
     app = FastAPI(title="importq", version="0.1.0", lifespan=lifespan)
+    app.state.services = None
+    app.state.draining = False
+    app.state.drain = drain
     _install_error_handlers(app)
     for router in (imports.router, jobs.router, notifications.router, files.router, health.router):
         app.include_router(router)

@@ -10,10 +10,20 @@ from importq.accounts import User, user_for_token
 from importq.errors import Refusal
 from importq.services import Services
 
+CONNECTION_WAIT_SECONDS = 10.0
+
 
 def services(request: Request) -> Services:
+    """The process's services; while its database is known to be away, a 503 at once
+    rather than a wait for a connection that cannot come."""
     found: Services = request.app.state.services
+    if found.outage.ongoing:
+        raise database_unavailable()
     return found
+
+
+def database_unavailable() -> Refusal:
+    return Refusal(503, "database_unavailable", "The database is unavailable; try again shortly.")
 
 
 ServicesDep = Annotated[Services, Depends(services)]
@@ -27,7 +37,8 @@ async def current_user(
         raise Refusal(
             401, "unauthenticated", "Send an API token as 'Authorization: Bearer <token>'."
         )
-    async with services.pool.connection() as conn:
+    # A request waits this long at most for a connection; past it, 503.
+    async with services.pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
         user = await user_for_token(conn, token.strip())
     if user is None:
         raise Refusal(401, "invalid_token", "The API token is not valid.")

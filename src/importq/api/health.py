@@ -1,32 +1,55 @@
-"""``GET /health``: each component's state; 200 when all are ok, else 503."""
+"""Health, for people and for load balancers.
+
+- ``/health/live``: the process answers (always 200). A supervisor restarts a process
+  that does not.
+- ``/health/ready``: this process should get traffic: it is serving and not stopping,
+  and its database answers and is migrated (200); else 503, and a load balancer sends
+  requests to another node.
+- ``/health``: each component's state. It is 503 only when the database is away: with
+  storage or email down the service still takes uploads, so it is ``degraded`` and 200,
+  and a proxy does not drop every node over an SMTP outage.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from importq.api.schemas import HealthReport
+from importq.api.schemas import HealthReport, Liveness, Readiness
+from importq.migrate import pending_migrations
 from importq.services import Services
+from importq.sql import queries
 from importq.storage import StorageError
 
 router = APIRouter()
 
+# The components without which nothing is served.
+_VITAL = ("database", "queue")
+_CHECK_TIMEOUT = 5.0
+
 
 async def _components(services: Services) -> dict[str, str]:
     components: dict[str, str] = {}
-    try:
-        async with services.pool.connection(timeout=5) as conn:
-            await conn.execute("SELECT 1")
-            components["database"] = "ok"
-    except Exception as error:
-        components["database"] = f"error: {error}"
-    try:
-        ok = await services.queue.app.job_manager.check_connection_async()
-        components["queue"] = "ok" if ok else "error: procrastinate schema missing"
-    except Exception as error:
-        components["queue"] = f"error: {error}"
+    if services.outage.ongoing:
+        # Known to be away: no check would answer before the client gives up.
+        components["database"] = components["queue"] = "error: the database is unavailable"
+    else:
+        try:
+            async with services.pool.connection(timeout=_CHECK_TIMEOUT) as conn:
+                await conn.execute(queries["ping"])
+                components["database"] = "ok"
+        except Exception as error:
+            components["database"] = f"error: {error}"
+        try:
+            ok = await asyncio.wait_for(
+                services.queue.app.job_manager.check_connection_async(), _CHECK_TIMEOUT
+            )
+            components["queue"] = "ok" if ok else "error: procrastinate schema missing"
+        except Exception as error:
+            components["queue"] = f"error: {error!r}"
     try:
         await services.storage.check()
         components["storage"] = "ok"
@@ -44,11 +67,46 @@ async def _components(services: Services) -> dict[str, str]:
 
 @router.get("/health", response_model=HealthReport)
 async def health(request: Request) -> JSONResponse:
-    services: Services | None = getattr(request.app.state, "services", None)
+    services: Services | None = request.app.state.services
     if services is None:
         report = HealthReport(status="starting", components={})
     else:
         components = await _components(services)
-        healthy = all(state == "ok" for state in components.values())
-        report = HealthReport(status="ok" if healthy else "degraded", components=components)
-    return JSONResponse(report.model_dump(), status_code=200 if report.status == "ok" else 503)
+        if any(components[name] != "ok" for name in _VITAL):
+            report = HealthReport(status="unavailable", components=components)
+        elif any(state != "ok" for state in components.values()):
+            report = HealthReport(status="degraded", components=components)
+        else:
+            report = HealthReport(status="ok", components=components)
+    served = report.status in ("ok", "degraded")
+    return JSONResponse(report.model_dump(), status_code=200 if served else 503)
+
+
+@router.get("/health/live", response_model=Liveness)
+async def live() -> Liveness:
+    return Liveness(status="ok")
+
+
+@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+async def ready(request: Request) -> JSONResponse:
+    reason = await _not_ready(request)
+    readiness = (
+        Readiness(status="not_ready", reason=reason) if reason else Readiness(status="ready")
+    )
+    return JSONResponse(readiness.model_dump(), status_code=503 if reason else 200)
+
+
+async def _not_ready(request: Request) -> str | None:
+    services: Services | None = request.app.state.services
+    if services is None:
+        return "starting"
+    if request.app.state.draining:
+        return "stopping"
+    if services.outage.ongoing:
+        return "database unavailable"
+    try:
+        async with services.pool.connection(timeout=_CHECK_TIMEOUT) as conn:
+            pending = await pending_migrations(conn)
+    except Exception as error:
+        return f"database unavailable: {error}"
+    return f"migrations not applied: {', '.join(pending)}" if pending else None

@@ -225,6 +225,10 @@ async def import_rows(
     sheet: Annotated[str | None, Query(max_length=31)] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> Any:
+    if request.app.state.draining:
+        raise Refusal(
+            503, "shutting_down", "The service is stopping; send the upload again shortly."
+        )
     definition = services.datasets.get(dataset)
     if definition is None:
         raise Refusal(404, "unknown_dataset", f"There is no dataset named {dataset!r}.")

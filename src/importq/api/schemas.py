@@ -70,8 +70,24 @@ class NotificationPage(Page[Notification]):
 
 
 class HealthReport(BaseModel):
-    status: Literal["ok", "degraded", "starting"]
+    """``ok``: every component answers. ``degraded``: the database does, but storage or
+    email does not (200: the service still takes uploads). ``unavailable``: the database
+    does not (503). ``starting``: the process is not serving yet (503)."""
+
+    status: Literal["ok", "degraded", "unavailable", "starting"]
     components: dict[str, str]
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    """``ready``: the process serves, its database answers and is migrated. Otherwise
+    ``not_ready`` and why (a load balancer then sends requests elsewhere)."""
+
+    status: Literal["ready", "not_ready"]
+    reason: str | None = None
 
 
 class ErrorBody(BaseModel):

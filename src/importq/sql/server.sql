@@ -1,4 +1,4 @@
--- The embedded server's settings.
+-- The server: whether it answers, and the embedded server's settings.
 
 -- name: setting_differs
 -- Whether memory setting {name} (a literal) is not %(size)s (such as '1GB', as read back).
@@ -11,3 +11,7 @@ ALTER SYSTEM SET {name} = {size};
 -- name: reload_settings
 -- Apply the recorded settings a reload can change (max_wal_size).
 SELECT pg_reload_conf();
+
+-- name: ping
+-- Whether the server answers, for health checks and the outage watch.
+SELECT 1;

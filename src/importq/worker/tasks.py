@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import procrastinate
 import psycopg
 from procrastinate import JobContext, RetryStrategy
+from procrastinate.exceptions import ConnectorException
 from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
+from psycopg_pool import PoolTimeout
 
 from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
@@ -154,21 +157,54 @@ def register_tasks(app: procrastinate.App, *, reconcile_cron: str) -> None:
     app.periodic(cron=reconcile_cron, periodic_id="reconcile")(task)
 
 
+async def _notice_outages(
+    call_next: Callable[[], Awaitable[Any]], context: JobContext, _: Any
+) -> Any:
+    """Tell the process's outage watch the moment a job loses the database."""
+    try:
+        return await call_next()
+    except (ConnectorException, psycopg.OperationalError, PoolTimeout) as error:
+        _services(context).outage.noticed(error)
+        raise
+
+
 async def run_worker(services: Services, *, concurrency: int, **options: Any) -> None:
-    """Run a worker on every importq queue until cancelled."""
+    """Run a worker on every importq queue until cancelled; only a cancel stops it.
+
+    Cancelled, the worker stops fetching jobs and gives the jobs it holds
+    ``IMPORTQ_SHUTDOWN_SECONDS`` to finish; the rest are aborted and retried by another
+    worker at once, without waiting for stalled-job detection.
+
+    procrastinate's worker stops by itself when it loses the database (its listener,
+    heartbeat or a fetch fails). Then this waits, through the process's outage watch,
+    until the database answers again, and runs a new worker. Jobs the old one held
+    stay ``doing`` until reconcile finds its heartbeat stale and retries them.
+    """
     app = services.queue.app
     if "process_chunk" not in app.tasks:
         register_tasks(app, reconcile_cron=services.settings.reconcile_cron)
-    await app.run_worker_async(
-        queues=list(QUEUES),
-        concurrency=concurrency,
-        additional_context={"services": services},
-        update_heartbeat_interval=services.settings.heartbeat_seconds,
-        # A new job announces itself. But procrastinate's worker can miss an announcement
-        # that arrives while it is fetching, because it clears the event after the fetch.
-        # It then waits a whole polling interval. Polling often keeps the hops at a
-        # batch's end short: last chunk → check → aggregate → email.
-        fetch_job_polling_interval=services.settings.worker_poll_seconds,
-        stalled_worker_timeout=services.settings.stalled_seconds,
-        **options,
-    )
+    while True:
+        try:
+            await app.run_worker_async(
+                queues=list(QUEUES),
+                concurrency=concurrency,
+                additional_context={"services": services},
+                update_heartbeat_interval=services.settings.heartbeat_seconds,
+                # A new job announces itself. But procrastinate's worker can miss an
+                # announcement that arrives while it is fetching, because it clears the
+                # event after the fetch. It then waits a whole polling interval. Polling
+                # often keeps the hops at a batch's end short: last chunk → check →
+                # aggregate → email.
+                fetch_job_polling_interval=services.settings.worker_poll_seconds,
+                stalled_worker_timeout=services.settings.stalled_seconds,
+                shutdown_graceful_timeout=services.settings.shutdown_seconds,
+                worker_middleware=[_notice_outages],
+                # Signals are the caller's: a stop is a cancel, so that a worker that
+                # stops on its own is told apart from one that was asked to.
+                install_signal_handlers=False,
+                **options,
+            )
+            services.outage.noticed("the worker stopped")
+        except (ConnectorException, psycopg.Error) as error:
+            services.outage.noticed(error)
+        await services.outage.over()
