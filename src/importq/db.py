@@ -22,7 +22,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import TupleRow
 from psycopg.types.json import set_json_loads
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from importq.config import Settings
 from importq.sql import queries
@@ -35,6 +35,10 @@ Pool = AsyncConnectionPool[AsyncConnection[TupleRow]]
 # so that a restart is noticed within a second, and doubles up to the longest.
 OUTAGE_FIRST_WAIT = 0.5
 OUTAGE_LONGEST_WAIT = 10.0
+# How long one question to the database may take before it counts as unanswered.
+OUTAGE_QUESTION_SECONDS = 5.0
+# A failure this soon after an outage ended is taken for one of its effects.
+OUTAGE_AFTERMATH_SECONDS = 60.0
 
 
 def embedded_database_url(
@@ -176,31 +180,32 @@ async def _configure(conn: AsyncConnection[TupleRow]) -> None:
 class DatabaseOutage:
     """What a process knows of its database being away, and when it is back.
 
-    Any part of the process that loses the database says so with :meth:`noticed`; the
-    pool does too, when a connection fails its check. A notice starts a watch that asks
-    the database, with a backoff, until it answers. Only when the watch's first question
-    fails is the outage logged, and then once more when it ends: an outage costs two
-    lines however many requests and jobs meet it, and a notice the database disproves at
-    once costs none. While a watch runs, :attr:`ongoing` is true, and the API answers
-    503 at once instead of waiting for a connection.
+    Any part of the process that may have lost the database says so with
+    :meth:`noticed`: a job, the API, the pool when a connection fails its check. A
+    notice starts a watch that asks the database on a connection of its own (not the
+    pool's, so a busy pool is not taken for a lost database). If the first question is
+    answered, the notice was something else (a deadlock, a full pool) and nothing more
+    happens. Otherwise the outage is confirmed: :attr:`ongoing` turns true, so the API
+    answers 503 at once instead of waiting for a connection, one line is logged, and the
+    watch asks again with a backoff until the database answers; one more line then. An
+    outage costs two lines however many requests and jobs meet it.
     """
 
-    def __init__(self) -> None:
-        self.pool: Pool | None = None  # set once the pool that checks through this exists
-        self._over = asyncio.Event()
-        self._over.set()
-        self._watch: asyncio.Task[None] | None = None
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._back = asyncio.Event()
+        self._back.set()
+        self._watch: asyncio.Task[bool] | None = None
+        self._ended_at = -OUTAGE_AFTERMATH_SECONDS
 
     @property
     def ongoing(self) -> bool:
-        return not self._over.is_set()
+        return not self._back.is_set()
 
     def noticed(self, error: BaseException | str) -> None:
-        """Start watching for the database's return, unless a watch runs already."""
-        if self.ongoing or self.pool is None:
-            return
-        self._over.clear()
-        self._watch = asyncio.create_task(self._watch_until_back(self.pool, error))
+        """Start a watch, unless one runs already."""
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_until_back(error))
 
     async def check(self, conn: AsyncConnection[TupleRow]) -> None:
         """The pool's check of a connection before it lends it."""
@@ -210,9 +215,12 @@ class DatabaseOutage:
             self.noticed(error)
             raise
 
-    async def over(self) -> None:
-        """Return once the database answers again (at once when no outage is known)."""
-        await self._over.wait()
+    async def settled(self) -> bool:
+        """Wait for the watch started last, if any. Whether the database was away: that
+        watch saw it, or an outage ended moments ago (what failed then met its end)."""
+        if self._watch is not None and await asyncio.shield(self._watch):
+            return True
+        return time.monotonic() - self._ended_at < OUTAGE_AFTERMATH_SECONDS
 
     async def close(self) -> None:
         if self._watch is not None:
@@ -220,22 +228,37 @@ class DatabaseOutage:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
 
-    async def _watch_until_back(self, pool: Pool, error: BaseException | str) -> None:
-        since = time.monotonic()
-        wait = OUTAGE_FIRST_WAIT
-        logged = False
-        while True:
-            try:
-                async with pool.connection(timeout=wait) as conn:
+    async def _answers(self) -> bool:
+        try:
+            async with asyncio.timeout(OUTAGE_QUESTION_SECONDS):
+                conn = await AsyncConnection.connect(
+                    self._url, connect_timeout=int(OUTAGE_QUESTION_SECONDS)
+                )
+                async with conn:
                     await conn.execute(queries["ping"])
-                break
-            except (psycopg.Error, PoolTimeout):
-                if not logged:
-                    log.warning("the database is unavailable (%s); waiting for it", error)
-                    logged = True
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, OUTAGE_LONGEST_WAIT)
-        if logged:
-            elapsed = time.monotonic() - since
-            log.warning("the database is available again after %.1f s", elapsed)
-        self._over.set()
+        except (psycopg.Error, OSError, TimeoutError):
+            return False
+        return True
+
+    async def _watch_until_back(self, error: BaseException | str) -> bool:
+        if await self._answers():
+            return False
+        self._back.clear()
+        since = time.monotonic()
+        log.warning("the database is unavailable (%s); waiting for it", _cause(error))
+        wait = OUTAGE_FIRST_WAIT
+        while not await self._answers():
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, OUTAGE_LONGEST_WAIT)
+        log.warning("the database is available again after %.1f s", time.monotonic() - since)
+        self._ended_at = time.monotonic()
+        self._back.set()
+        return True
+
+
+def _cause(error: BaseException | str) -> str:
+    """What went wrong, in words: procrastinate wraps psycopg's errors in its own, whose
+    text says only "Database error"."""
+    if isinstance(error, BaseException) and error.__cause__ is not None:
+        error = error.__cause__
+    return str(error).strip() or type(error).__name__

@@ -114,6 +114,9 @@ async def pending_migrations(conn: AsyncConnection[object]) -> list[str]:
         for path in sorted(resource_dir("migrations").glob("[0-9]*.sql"))
         if path.name not in applied
     ]
-    if applied.get(PROCRASTINATE) != version(PROCRASTINATE):
+    recorded = applied.get(PROCRASTINATE)
+    # A database migrated by a newer release is up to date for this one (a rolling
+    # upgrade migrates before the old nodes stop).
+    if recorded is None or _version_tuple(str(recorded)) < _version_tuple(version(PROCRASTINATE)):
         pending.insert(0, PROCRASTINATE)
     return pending

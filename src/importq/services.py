@@ -47,9 +47,9 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> AsyncIter
     datasets = load_datasets(settings.datasets_file)
     storage = open_storage(settings)
     try:
-        outage = DatabaseOutage()
-        pool = create_pool(database_url(settings), max_size=pool_size, outage=outage)
-        outage.pool = pool
+        url = database_url(settings)
+        outage = DatabaseOutage(url)
+        pool = create_pool(url, max_size=pool_size, outage=outage)
         await pool.open(wait=True, timeout=60)
         try:
             app = create_queue_app()

@@ -150,11 +150,11 @@ async def test_sigterm_lets_running_chunks_finish_and_gives_back_the_rest(
         IMPORTQ_DATABASE_URL=database_url,
         IMPORTQ_STALLED_SECONDS="600",
         # Shorter than a chunk's slowed insert: the chunks running are given back.
-        IMPORTQ_SHUTDOWN_SECONDS="0.2",
+        IMPORTQ_SHUTDOWN_SECONDS="1.5",
     )
     service = Service(env, tmp_path / "serve.log")
     try:
-        await slow_down_inserts(services)
+        await slow_down_inserts(services, seconds=3)
         rows = mixed_rows(200)
         service.start()
         batch_id = await service.post(rows)
@@ -176,6 +176,13 @@ async def test_sigterm_lets_running_chunks_finish_and_gives_back_the_rest(
 
         assert service.process.wait(timeout=30) == 0
         assert await _doing(services) == 0  # finished, or given back to the queue
+        # Given back means waiting to be retried, not ended.
+        ended = await count(
+            services,
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'process_chunk'"
+            " AND status IN ('aborted', 'failed', 'cancelled')",
+        )
+        assert ended == 0
         lost = await count(
             services,
             "SELECT count(*) FROM chunks WHERE batch_id = %s AND error IS NOT NULL",
@@ -184,7 +191,7 @@ async def test_sigterm_lets_running_chunks_finish_and_gives_back_the_rest(
         assert lost == 0
 
         service.start()
-        job = await wait_for_batch(service.client, batch_id, seconds=60)
+        job = await wait_for_batch(service.client, batch_id, seconds=120)
         await assert_every_row_accounted_once(services, job, rows)
     finally:
         service.stop()

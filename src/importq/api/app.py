@@ -57,6 +57,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return await refusal(request, database_unavailable())
 
 
+def _worker_ended(worker: asyncio.Task[None]) -> None:
+    """Only a cancel should end the in-process worker: anything else is a bug, said
+    loudly here (and by /health), not left for the garbage collector to mention."""
+    if not worker.cancelled() and worker.exception() is not None:
+        log.critical("the worker stopped for good", exc_info=worker.exception())
+
+
 def create_app(
     settings: Settings,
     *,
@@ -77,6 +84,8 @@ def create_app(
                         services, concurrency=worker_concurrency or settings.worker_concurrency
                     )
                 )
+                worker.add_done_callback(_worker_ended)
+                app.state.worker = worker
             app.state.services = services
             try:
                 yield
@@ -96,6 +105,7 @@ def create_app(
 
     app = FastAPI(title="importq", version="0.1.0", lifespan=lifespan)
     app.state.services = None
+    app.state.worker = None
     app.state.draining = False
     app.state.drain = drain
     _install_error_handlers(app)

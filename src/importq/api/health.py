@@ -5,9 +5,12 @@
 - ``/health/ready``: this process should get traffic: it is serving and not stopping,
   and its database answers and is migrated (200); else 503, and a load balancer sends
   requests to another node.
-- ``/health``: each component's state. It is 503 only when the database is away: with
-  storage or email down the service still takes uploads, so it is ``degraded`` and 200,
-  and a proxy does not drop every node over an SMTP outage.
+- ``/health``: each component's state (``database``, ``queue``, ``storage``, ``email``,
+  and ``worker`` where the process runs one). It is 503 only when the database is away:
+  with storage, email or the worker down the service still takes uploads, so it is
+  ``degraded`` and 200, and a proxy does not drop every node over an SMTP outage.
+
+Every check gives up after five seconds, so a load balancer's probe never hangs.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ async def _components(services: Services) -> dict[str, str]:
         components["database"] = components["queue"] = "error: the database is unavailable"
     else:
         try:
-            async with services.pool.connection(timeout=_CHECK_TIMEOUT) as conn:
+            async with (
+                asyncio.timeout(_CHECK_TIMEOUT),
+                services.pool.connection(timeout=_CHECK_TIMEOUT) as conn,
+            ):
                 await conn.execute(queries["ping"])
-                components["database"] = "ok"
+            components["database"] = "ok"
         except Exception as error:
-            components["database"] = f"error: {error}"
+            components["database"] = f"error: {error!r}"
         try:
             ok = await asyncio.wait_for(
                 services.queue.app.job_manager.check_connection_async(), _CHECK_TIMEOUT
@@ -72,6 +78,11 @@ async def health(request: Request) -> JSONResponse:
         report = HealthReport(status="starting", components={})
     else:
         components = await _components(services)
+        worker: asyncio.Task[None] | None = request.app.state.worker
+        if worker is not None:
+            components["worker"] = (
+                "ok" if not worker.done() else f"error: stopped ({_ended(worker)})"
+            )
         if any(components[name] != "ok" for name in _VITAL):
             report = HealthReport(status="unavailable", components=components)
         elif any(state != "ok" for state in components.values()):
@@ -80,6 +91,12 @@ async def health(request: Request) -> JSONResponse:
             report = HealthReport(status="ok", components=components)
     served = report.status in ("ok", "degraded")
     return JSONResponse(report.model_dump(), status_code=200 if served else 503)
+
+
+def _ended(worker: asyncio.Task[None]) -> str:
+    if worker.cancelled():
+        return "stopping"
+    return repr(worker.exception())
 
 
 @router.get("/health/live", response_model=Liveness)
@@ -105,7 +122,10 @@ async def _not_ready(request: Request) -> str | None:
     if services.outage.ongoing:
         return "database unavailable"
     try:
-        async with services.pool.connection(timeout=_CHECK_TIMEOUT) as conn:
+        async with (
+            asyncio.timeout(_CHECK_TIMEOUT),
+            services.pool.connection(timeout=_CHECK_TIMEOUT) as conn,
+        ):
             pending = await pending_migrations(conn)
     except Exception as error:
         return f"database unavailable: {error}"

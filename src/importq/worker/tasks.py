@@ -20,7 +20,9 @@ The retries:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -68,6 +70,9 @@ class CappedBackoff(RetryStrategy):
 CHUNK_RETRY = CappedBackoff(max_attempts=50, wait=1, exponential_wait=2)
 BACKOFF_RETRIES = 20
 BACKOFF = CappedBackoff(max_attempts=BACKOFF_RETRIES, wait=1, exponential_wait=2)
+# The longest wait before a worker that failed for a reason other than the database is
+# run again; a worker that ran this long before it failed starts the count again.
+WORKER_RESTART_LONGEST_WAIT = 60.0
 
 
 def _services(context: JobContext) -> Services:
@@ -168,22 +173,29 @@ async def _notice_outages(
         raise
 
 
-async def run_worker(services: Services, *, concurrency: int, **options: Any) -> None:
+async def run_worker(services: Services, *, concurrency: int) -> None:
     """Run a worker on every importq queue until cancelled; only a cancel stops it.
 
     Cancelled, the worker stops fetching jobs and gives the jobs it holds
-    ``IMPORTQ_SHUTDOWN_SECONDS`` to finish; the rest are aborted and retried by another
-    worker at once, without waiting for stalled-job detection.
+    ``IMPORTQ_SHUTDOWN_SECONDS`` to finish; the rest are aborted, and procrastinate
+    retries them (with the task's retry wait, 3 s at first), so no one waits for
+    stalled-job detection.
 
     procrastinate's worker stops by itself when it loses the database (its listener,
     heartbeat or a fetch fails). Then this waits, through the process's outage watch,
-    until the database answers again, and runs a new worker. Jobs the old one held
-    stay ``doing`` until reconcile finds its heartbeat stale and retries them.
+    until the database answers again, and runs a new worker at once. Jobs the old one
+    held stay ``doing`` until reconcile finds its heartbeat stale and retries them. A
+    worker that stops while the database answers failed for another reason: that is
+    logged with its cause, and the next one starts after a wait that doubles up to a
+    minute, so a lasting fault neither spins nor goes unseen.
     """
     app = services.queue.app
     if "process_chunk" not in app.tasks:
         register_tasks(app, reconcile_cron=services.settings.reconcile_cron)
+    failures = 0
     while True:
+        started = time.monotonic()
+        reason: BaseException | str
         try:
             await app.run_worker_async(
                 queues=list(QUEUES),
@@ -202,9 +214,25 @@ async def run_worker(services: Services, *, concurrency: int, **options: Any) ->
                 # Signals are the caller's: a stop is a cancel, so that a worker that
                 # stops on its own is told apart from one that was asked to.
                 install_signal_handlers=False,
-                **options,
             )
-            services.outage.noticed("the worker stopped")
+            reason = "the worker stopped by itself"
         except (ConnectorException, psycopg.Error) as error:
-            services.outage.noticed(error)
-        await services.outage.over()
+            reason = error
+        _raise_if_cancelled()  # a stop asked for while the database was away
+        services.outage.noticed(reason)
+        if await services.outage.settled():
+            failures = 0
+            continue
+        failures = 0 if time.monotonic() - started > WORKER_RESTART_LONGEST_WAIT else failures
+        wait = min(2.0**failures, WORKER_RESTART_LONGEST_WAIT)
+        failures += 1
+        log.error("the worker stopped (%r); a new one starts in %.0f s", reason, wait)
+        await asyncio.sleep(wait)
+
+
+def _raise_if_cancelled() -> None:
+    """procrastinate's worker turns a cancel into a clean stop, unless its last words to
+    the database fail: then it raises that error and the cancel would be lost."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
