@@ -113,14 +113,24 @@ async def _doing(services: Services) -> int:
     )
 
 
+async def _batch_in_flight(
+    service: Service, services: Services, *, insert_seconds: float = 0.4
+) -> tuple[str, list[dict[str, str]]]:
+    """Post a batch whose inserts are slowed (starting the service unless it runs), and
+    return its id and rows once some chunks are done and others are inserting."""
+    await slow_down_inserts(services, seconds=insert_seconds)
+    rows = mixed_rows(200)
+    if service.process is None:
+        service.start()
+    batch_id = await service.post(rows)
+    await _when(lambda: _chunks_in_flight(services, batch_id))
+    return batch_id, rows
+
+
 async def test_a_service_killed_mid_batch_finishes_it_after_a_restart(
     service: Service, services: Services
 ) -> None:
-    await slow_down_inserts(services)
-    rows = mixed_rows(200)
-    service.start()
-    batch_id = await service.post(rows)
-    await _when(lambda: _chunks_in_flight(services, batch_id))
+    batch_id, rows = await _batch_in_flight(service, services)
     service.stop()  # SIGKILL to uvicorn, its worker and all they run
     assert await _doing(services) >= 1
 
@@ -154,11 +164,7 @@ async def test_sigterm_lets_running_chunks_finish_and_gives_back_the_rest(
     )
     service = Service(env, tmp_path / "serve.log")
     try:
-        await slow_down_inserts(services, seconds=3)
-        rows = mixed_rows(200)
-        service.start()
-        batch_id = await service.post(rows)
-        await _when(lambda: _chunks_in_flight(services, batch_id))
+        batch_id, rows = await _batch_in_flight(service, services, insert_seconds=3)
         assert service.process is not None
         service.process.send_signal(signal.SIGTERM)
 
@@ -203,11 +209,7 @@ async def test_the_service_rides_out_every_connection_being_cut(
 ) -> None:
     # What a restart does to the service, on any server (the machine's PostgreSQL when
     # IMPORTQ_TEST_DATABASE_URL is set): every connection to its database is cut.
-    await slow_down_inserts(services)
-    rows = mixed_rows(200)
-    service.start()
-    batch_id = await service.post(rows)
-    await _when(lambda: _chunks_in_flight(services, batch_id))
+    batch_id, rows = await _batch_in_flight(service, services)
     async with services.pool.connection() as conn:
         await conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -244,10 +246,7 @@ async def test_the_service_rides_out_an_outage_of_its_postgresql(tmp_path: Path)
         service.start()
         url = embedded_database_url(pg_dir)
         async with open_services(make_settings(url, tmp_path / "checks")) as services:
-            await slow_down_inserts(services)
-            rows = mixed_rows(200)
-            batch_id = await service.post(rows)
-            await _when(lambda: _chunks_in_flight(services, batch_id))
+            batch_id, rows = await _batch_in_flight(service, services)
 
             _pg_ctl(pg_dir, "stop", "-m", "fast")  # cuts every connection
             for _ in range(3):
