@@ -62,7 +62,7 @@ class Run:
     summary: dict[str, int]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -111,7 +111,7 @@ CONTENT_TYPES = {
 
 
 def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Run:
-    port = _free_port()
+    port = free_port()
     env = {**env, "IMPORTQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     logs = Path(env["IMPORTQ_DATA_DIR"])
     serve = subprocess.Popen(
