@@ -68,6 +68,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_until_ready(serve: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    """Wait until ``importq serve`` at ``url`` is ready; exit naming ``log`` if it stops
+    or takes two minutes."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or serve.poll() is not None:
+            raise SystemExit(f"importq serve did not start; see {log}")
+        time.sleep(0.2)
+
+
 def baseline_copy(url: str, csv_path: Path) -> float:
     columns = ", ".join(f'"{name}" text' for name in HEADER)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -123,16 +138,7 @@ def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Ru
     processes = [serve]
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or serve.poll() is not None:
-                raise SystemExit(f"importq serve did not start; see {logs / 'serve.log'}")
-            time.sleep(0.2)
+        wait_until_ready(serve, base, logs / "serve.log")
         for n in range(workers):
             processes.append(
                 subprocess.Popen(

@@ -52,7 +52,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench import free_port, machine  # noqa: E402
+from bench import free_port, machine, wait_until_ready  # noqa: E402
 from gen_data import generate  # noqa: E402
 from importq.db import embedded_database_url  # noqa: E402
 
@@ -117,16 +117,7 @@ class Service:
 
     def start_serve(self) -> None:
         self.serve = self._spawn("serve", "--port", str(self.port), log="serve.log")
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.serve.poll() is not None:
-                raise SystemExit(f"importq serve did not start; see {self.data_dir}/serve.log")
-            time.sleep(0.2)
+        wait_until_ready(self.serve, self.url, self.data_dir / "serve.log")
 
     def start_worker(self) -> None:
         self.worker = self._spawn("worker", log="worker.log")
