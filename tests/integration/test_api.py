@@ -547,7 +547,7 @@ async def test_idempotency_keys_belong_to_one_user(
 
 
 @pytest.mark.usefixtures("worker")
-async def test_json_rows_missing_a_mandatory_key_or_with_null_or_nested_values_fail(
+async def test_json_rows_missing_a_mandatory_value_or_with_nested_values_fail(
     client: httpx.AsyncClient,
 ) -> None:
     missing = entrance("j2")
@@ -555,7 +555,7 @@ async def test_json_rows_missing_a_mandatory_key_or_with_null_or_nested_values_f
     rows: list[dict[str, Any]] = [
         entrance("j1"),  # 2 success
         missing,  # 3 failure
-        {**entrance("j3"), "w3geo:longitude": None},  # 4 failure
+        {**entrance("j3"), "w3geo:longitude": None},  # 4 failure: null is an empty cell
         {**entrance("j4"), "dct:rights/karstlink:licenseType": {"code": "CC-BY"}},  # 5
         {**entrance("j5"), "gn:countryCode": ["FR", "BE"]},  # 6
         entrance("j6"),  # 7 success
@@ -567,10 +567,28 @@ async def test_json_rows_missing_a_mandatory_key_or_with_null_or_nested_values_f
     failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
     assert [(r[0], r[1]) for r in failures[1:]] == [
         ("3", "gn:countryCode: missing"),
-        ("4", "w3geo:longitude: null is not a value"),
+        ("4", "w3geo:longitude: missing"),
         ("5", "dct:rights/karstlink:licenseType: nested values are not accepted"),
         ("6", "gn:countryCode: nested values are not accepted"),
     ]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_json_rows_may_leave_out_optional_keys_and_order_them_freely(
+    client: httpx.AsyncClient,
+) -> None:
+    # The header is every key the rows hold, in the order each first appears: a key
+    # only a later row has is a column too, and a row without an optional key is whole.
+    first = entrance("o1")  # no label
+    second = dict(reversed(list(entrance("o2", **{"rdfs:label": "Grotte"}).items())))
+    third = entrance("o3", **{"gn:alternateName": "Grotte de la Cascade"})
+    response = await client.post(
+        "/api/v1/entrances/import-rows", json={"data": [first, second, third]}
+    )
+    assert response.status_code == 202, response.text
+    job = await wait_for_batch(client, response.json()["batchId"])
+    assert job["result"]["summary"] == {"successes": 3, "duplicates": 0, "failures": 0}
+    assert job["warnings"] == []
 
 
 @pytest.mark.usefixtures("worker")

@@ -1,8 +1,10 @@
 """Reading a JSON body of the form ``{"data": [{column: value}, …]}``.
 
-The first row's keys are the header. A row's line is its index plus 2, as if the header
-were line 1. A key that a row lacks is an empty cell. A row that is not an object, or
-that holds a null, a nested value or a key the first row lacks, is staged with a problem.
+Rows are independent objects, and an object may leave out a field it has no value for.
+So the header is every key the rows hold, in the order each first appears, and a key a
+row lacks, or holds ``null`` for, is an empty cell (a mandatory column then fails as
+missing). A row's line is its index plus 2, as if the header were line 1. A row that is
+not an object, or holds a nested value, is staged with a problem.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from importq.rules.row_rules import StagedRow, Value
 
 def _json_cell(column: str, value: Any) -> tuple[Value, str | None]:
     if value is None:
-        return None, f"{column}: null is not a value"
+        return None, None
     if isinstance(value, dict | list):
         return None, f"{column}: nested values are not accepted"
     if isinstance(value, bool):
@@ -30,18 +32,16 @@ def _json_cell(column: str, value: Any) -> tuple[Value, str | None]:
 
 
 def read_json_rows(data: Sequence[Any], *, limits: UploadLimits = UploadLimits()) -> ParsedUpload:
-    """Read the rows of a ``{"data": [...]}`` body. The first row's keys are the header.
+    """Read the rows of a ``{"data": [...]}`` body; the header is the rows' keys.
 
-    An empty list is refused with ``400 empty_data``. A first row that is not an object
-    with at least one key is refused with ``400 bad_json``.
+    An empty list is refused with ``400 empty_data``, and rows that hold no key at all
+    with ``400 bad_json``.
     """
     if not data:
         raise empty_upload()
-    first = data[0]
-    if not isinstance(first, Mapping) or not first:
-        raise Refusal(400, "bad_json", "data[0] must be an object with at least one column.")
-    header = [str(k) for k in first]
-    known = set(header)
+    header = list(dict.fromkeys(key for item in data if isinstance(item, Mapping) for key in item))
+    if not header:
+        raise Refusal(400, "bad_json", "No row is an object with at least one column.")
 
     def rows() -> Iterator[StagedRow]:
         for index, item in enumerate(data):
@@ -52,18 +52,12 @@ def read_json_rows(data: Sequence[Any], *, limits: UploadLimits = UploadLimits()
             values: list[Value] = []
             problems: list[str] = []
             for column in header:
-                if column not in item:
-                    values.append(None)
-                    continue
-                value, problem = _json_cell(column, item[column])
+                value, problem = _json_cell(column, item.get(column))
                 if value is not None and len(value) > limits.max_cell_chars:
                     raise limits.cell_too_long(line)
                 values.append(value)
                 if problem:
                     problems.append(problem)
-            extra = [str(k) for k in item if k not in known]
-            if extra:
-                problems.append(f"columns not in the first row: {', '.join(extra)}")
             yield StagedRow(line, values, "; ".join(problems) or None)
 
     return ParsedUpload(header, rows())
