@@ -7,9 +7,11 @@ import csv
 import io
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from helpers import csv_text, quoted_entrances
-from importq.ingest.clean_csv import CsvSource, NotClean
+from importq.ingest.clean_csv import CsvSource, NotClean, _last_record_end, _record_end_after
 from importq.ingest.limits import UploadLimits
 
 
@@ -36,3 +38,32 @@ def test_a_line_holding_only_the_end_of_data_mark_is_seen_at_any_block_edge() ->
         for block_size in (1, 4, 8, 9, 13, 1 << 20):  # \\. first, inside and last in a block
             with pytest.raises(NotClean, match="only"):
                 list(source.blocks(block_size))
+
+
+def _record_end_after_by_counting(data: bytes, offset: int, quoted: bool) -> int | None:
+    """The rule, stated plainly: the first line feed at or after ``offset`` with an even
+    number of quotes before it (odd when ``data`` starts inside quotes)."""
+    for end in range(offset, len(data)):
+        if data[end : end + 1] == b"\n" and (data.count(b'"', 0, end) + quoted) % 2 == 0:
+            return end + 1
+    return None
+
+
+def _last_record_end_by_counting(data: bytes) -> int:
+    for end in range(len(data) - 1, -1, -1):
+        if data[end : end + 1] == b"\n" and data.count(b'"', 0, end) % 2 == 0:
+            return end + 1
+    return 0
+
+
+CSV_BYTES = st.binary(max_size=200).map(lambda raw: bytes(b'a,"\n'[b % 4] for b in raw))
+
+
+@given(CSV_BYTES, st.integers(min_value=0, max_value=220), st.booleans())
+def test_a_record_end_is_found_in_one_pass_as_the_rule_says(
+    data: bytes, offset: int, quoted: bool
+) -> None:
+    assert _record_end_after(data, offset, quoted) == _record_end_after_by_counting(
+        data, offset, quoted
+    )
+    assert _last_record_end(data) == _last_record_end_by_counting(data)

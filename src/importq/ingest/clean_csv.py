@@ -129,23 +129,38 @@ def _line_feeds_outside_quotes(data: bytes, quoted: bool) -> int:
 
 def _record_end_after(data: bytes, offset: int, quoted: bool) -> int | None:
     """The offset just past the first line feed outside quoted cells, at or after
-    ``offset``. None when there is none."""
-    end = data.find(b"\n", offset)
-    while end != -1 and (data.count(b'"', 0, end) + quoted) % 2:
-        end = data.find(b"\n", end + 1)
-    return None if end == -1 else end + 1
+    ``offset``. None when there is none.
+
+    One pass: the pieces between quotes alternate outside and inside (``quoted``: the
+    first is inside), so no quote is counted twice however many line feeds a quoted
+    cell holds.
+    """
+    position = 0
+    for index, piece in enumerate(data.split(b'"')):
+        if (index + quoted) % 2 == 0:
+            end = piece.find(b"\n", max(offset - position, 0))
+            if end != -1:
+                return position + end + 1
+        position += len(piece) + 1  # the piece and the quote after it
+    return None
 
 
 def _last_record_end(data: bytes) -> int:
     """The end of the last whole record in ``data``, or 0 when no record ends in it.
 
     A record ends just past a line feed outside quoted cells. ``data`` must start outside
-    quotes.
+    quotes. One pass from the end, piece by piece between quotes, as above.
     """
-    end = data.rfind(b"\n")
-    while end != -1 and data.count(b'"', 0, end) % 2:
-        end = data.rfind(b"\n", 0, end)  # that line feed is inside a quoted cell
-    return end + 1
+    pieces = data.split(b'"')
+    position = len(data)
+    for index in range(len(pieces) - 1, -1, -1):
+        position -= len(pieces[index])
+        if index % 2 == 0:
+            end = pieces[index].rfind(b"\n")
+            if end != -1:
+                return position + end + 1
+        position -= 1  # the quote before the piece
+    return 0
 
 
 _CLEAN_PATTERNS: dict[str, re.Pattern[bytes]] = {}
