@@ -943,6 +943,33 @@ async def test_valid_report_link_downloads_as_an_attachment_without_a_token(
     assert report[1][:2] == ["3", 'w3geo:latitude: "north" is not a number']
 
 
+async def test_head_on_a_report_link_answers_like_get_without_the_body(
+    services: Services, failures_url: tuple[str, str]
+) -> None:
+    _, url = failures_url
+    async with api_client(services, None) as anonymous:
+        got = await anonymous.get(url.removeprefix(BASE_URL))
+        head = await anonymous.head(url.removeprefix(BASE_URL))
+    assert head.status_code == 200
+    assert head.content == b""
+    for name in ("content-type", "content-length", "content-disposition"):
+        assert head.headers[name] == got.headers[name]
+
+
+async def test_a_report_link_is_served_while_the_database_is_away(
+    services: Services, failures_url: tuple[str, str]
+) -> None:
+    _, url = failures_url
+    services.outage._back.clear()  # as the outage watch does once it confirms one
+    try:
+        async with api_client(services, None) as anonymous:
+            assert (await anonymous.get(url.removeprefix(BASE_URL))).status_code == 200
+            away = await anonymous.get("/api/v1/jobs")
+        assert away.status_code == 503
+    finally:
+        services.outage._back.set()
+
+
 async def test_report_link_with_a_tampered_signature_is_403(
     services: Services, failures_url: tuple[str, str]
 ) -> None:

@@ -1,31 +1,33 @@
 """``GET /files/<path>``: downloads from local storage through signed, expiring links.
 
-A link needs no token.
+A link needs no token, and no database: it is answered while the database is away.
+``HEAD`` answers like ``GET`` without the body, so a client can check a link first.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
-from importq.api.auth import ServicesDep
 from importq.errors import Refusal
+from importq.services import Services
 from importq.storage import StorageError
 from importq.storage.local import LocalStorage
 
 router = APIRouter()
 
 
-@router.get("/files/{path:path}")
+@router.api_route("/files/{path:path}", methods=["GET", "HEAD"])
 async def download(
     path: str,
-    services: ServicesDep,
+    request: Request,
     expires: Annotated[int, Query()],
     name: Annotated[str, Query(max_length=255)],
     signature: Annotated[str, Query(max_length=128)],
 ) -> FileResponse:
+    services: Services = request.app.state.services
     storage = services.storage
     if not isinstance(storage, LocalStorage):  # Azure links point at Azure, not here
         raise Refusal(404, "not_found", "No such file.")
