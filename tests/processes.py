@@ -24,14 +24,19 @@ def free_port() -> int:
         return port
 
 
-def start_serve(env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
+def start_serve(
+    env: dict[str, str], log: Path, port: int, *, public_url: bool = True
+) -> subprocess.Popen[bytes]:
     """``importq serve`` in a session and process group of its own, so that the whole
     service (uvicorn, its worker, any child) can be signalled at once; output to ``log``
-    (appended, so that a restart keeps the first run's lines)."""
+    (appended, so that a restart keeps the first run's lines). ``public_url``: set
+    IMPORTQ_PUBLIC_URL to its address (else serve derives it)."""
+    if public_url:
+        env = {**env, "IMPORTQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     with log.open("ab") as out:  # the process writes to its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", "importq.cli", "serve", "--port", str(port)],
-            env={**env, "IMPORTQ_PUBLIC_URL": f"http://127.0.0.1:{port}"},
+            env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -71,6 +71,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     asyncio.run(_migrate(settings))
     asyncio.run(_bootstrap_admin(settings))
+    settings.record_serving_address(args.host, args.port)
     app = create_app(settings, run_worker_in_process=True, worker_concurrency=args.concurrency)
 
     class DrainingServer(uvicorn.Server):
@@ -201,7 +202,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     if not token:
         print("importq: no token: pass --token or set IMPORTQ_TOKEN", file=sys.stderr)
         return EXIT_REFUSED
-    base = (args.url or settings.public_url).rstrip("/")
+    base = (args.url or settings.base_url).rstrip("/")
     path = Path(args.file)
     kind = UPLOAD_TYPES.get(path.suffix.lower())
     if kind is None:
@@ -301,7 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upload.add_argument("file")
     upload.add_argument("--dataset", required=True)
-    upload.add_argument("--url", default=None)
+    upload.add_argument(
+        "--url",
+        default=None,
+        help="the service (default: IMPORTQ_PUBLIC_URL, else the address serve recorded "
+        "in the data dir, else http://127.0.0.1:8000)",
+    )
     upload.add_argument("--token", default=None)
     upload.add_argument("--wait", action="store_true")
     upload.add_argument("--encoding", default=None, help="CSV encoding (default: detected)")

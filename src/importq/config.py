@@ -19,6 +19,8 @@ from importq.ingest.limits import UploadLimits
 from importq.worker.schedule import DEFAULT_RECONCILE_CRON, check_reconcile_cron
 
 SECRET_KEY_FILE = "secret-key"
+PUBLIC_URL_FILE = "public-url"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
 
 def _memory() -> int:
@@ -68,7 +70,11 @@ class Settings(BaseSettings):
         description="The embedded server's max_wal_size (32MB to 1024GB): WAL written "
         "between checkpoints",
     )
-    public_url: str = Field(default="http://127.0.0.1:8000", description="Base of absolute links")
+    public_url: str | None = Field(
+        default=None,
+        description="Base of absolute links; unset: the address serve listens on, else "
+        + DEFAULT_PUBLIC_URL,
+    )
     secret_key: str | None = Field(default=None, description="Signs local report links")
     datasets_file: Path | None = Field(default=None, description="TOML file of extra datasets")
 
@@ -172,6 +178,31 @@ class Settings(BaseSettings):
         return frozenset(
             h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip()
         )
+
+    @cached_property
+    def base_url(self) -> str:
+        """The base of every absolute link (reports, emails, ``importq import``).
+
+        ``IMPORTQ_PUBLIC_URL`` when set. Else the address ``importq serve`` listens on,
+        which it records in the data dir as it starts, so that its worker, ``importq
+        worker`` and ``importq import`` on the same machine link to it too. Else the
+        default address.
+        """
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        with contextlib.suppress(FileNotFoundError):
+            return (self.data_dir / PUBLIC_URL_FILE).read_text().strip()
+        return DEFAULT_PUBLIC_URL
+
+    def record_serving_address(self, host: str, port: int) -> None:
+        """Record where ``importq serve`` listens, as the base of links when
+        ``IMPORTQ_PUBLIC_URL`` is unset (see :attr:`base_url`)."""
+        if self.public_url:
+            return
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / PUBLIC_URL_FILE).write_text(f"http://{shown}:{port}\n")
+        self.__dict__.pop("base_url", None)
 
     @property
     def outbox_dir(self) -> Path:

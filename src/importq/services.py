@@ -37,7 +37,7 @@ def open_storage(settings: Settings) -> Storage:
             settings.azure_storage_connection_string, container=settings.azure_container
         )
     return LocalStorage(
-        settings.files_dir, public_url=settings.public_url, signing_key=settings.signing_key
+        settings.files_dir, public_url=settings.base_url, signing_key=settings.signing_key
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import csv_text, entrance
 from importq.db import embedded_database_url
-from processes import serving
+from processes import free_port, serving, start_serve, wait_healthy
 
 
 @pytest.fixture
@@ -105,6 +105,33 @@ def test_serve_creates_the_admin_and_import_waits_for_the_result(
         headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
     ).json()
     assert job["fileName"] == "caves.csv" and job["status"] == "completed"
+
+
+def test_links_follow_the_port_serve_listens_on_when_no_public_url_is_set(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    process = start_serve(cli_env, log, port, public_url=False)
+    try:
+        wait_healthy(process, url, log)
+        token = (Path(cli_env["IMPORTQ_DATA_DIR"]) / "admin-token").read_text().strip()
+        upload = tmp_path / "links.csv"
+        upload.write_text(csv_text([entrance("l1"), entrance("l2", latitude="99")]))
+        # importq import on the same machine finds the service without --url.
+        done = importq(cli_env, "import", str(upload), "--dataset", "entrances", "--wait")
+        assert done.returncode == 0, done.stderr
+        job = httpx.get(
+            f"{url}/api/v1/jobs/{done.stdout.splitlines()[0]}",
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        failures = job["result"]["reportUrls"]["failures"]
+        assert failures.startswith(f"{url}/files/")
+        assert httpx.get(failures).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def test_import_exit_codes_for_refusals(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:

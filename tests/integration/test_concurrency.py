@@ -232,7 +232,7 @@ def _worker_env(services: Services) -> dict[str, str]:
         "IMPORTQ_DATABASE_URL": settings.database_url,
         "IMPORTQ_DATA_DIR": str(settings.data_dir),
         "IMPORTQ_SECRET_KEY": settings.secret_key or "",
-        "IMPORTQ_PUBLIC_URL": settings.public_url,
+        "IMPORTQ_PUBLIC_URL": settings.base_url,
         "IMPORTQ_HEARTBEAT_SECONDS": str(settings.heartbeat_seconds),
         "IMPORTQ_STALLED_SECONDS": str(settings.stalled_seconds),
         "IMPORTQ_RECONCILE_CRON": settings.reconcile_cron,
