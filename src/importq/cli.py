@@ -20,7 +20,7 @@ import httpx
 import psycopg
 
 from importq import accounts
-from importq.config import Settings
+from importq.config import DEFAULT_PUBLIC_URL, Settings
 from importq.db import database_url
 from importq.migrate import migrate
 from importq.rules.datasets import ROLES, load_datasets
@@ -306,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--url",
         default=None,
         help="the service (default: IMPORTQ_PUBLIC_URL, else the address serve recorded "
-        "in the data dir, else http://127.0.0.1:8000)",
+        f"in the data dir, else {DEFAULT_PUBLIC_URL})",
     )
     upload.add_argument("--token", default=None)
     upload.add_argument("--wait", action="store_true")

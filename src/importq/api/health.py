@@ -16,10 +16,14 @@ Every check gives up after five seconds, so a load balancer's probe never hangs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from psycopg import AsyncConnection
+from psycopg.rows import TupleRow
 
 from importq.api.schemas import HealthReport, Liveness, Readiness
 from importq.migrate import pending_migrations
@@ -34,6 +38,17 @@ _VITAL = ("database", "queue")
 _CHECK_TIMEOUT = 5.0
 
 
+@contextlib.asynccontextmanager
+async def _checking(services: Services) -> AsyncIterator[AsyncConnection[TupleRow]]:
+    """A pooled connection for a check, which gives up after ``_CHECK_TIMEOUT`` in all,
+    whether it waits for the connection or for the database's answer."""
+    async with (
+        asyncio.timeout(_CHECK_TIMEOUT),
+        services.pool.connection(timeout=_CHECK_TIMEOUT) as conn,
+    ):
+        yield conn
+
+
 async def _components(services: Services) -> dict[str, str]:
     components: dict[str, str] = {}
     if services.outage.ongoing:
@@ -41,10 +56,7 @@ async def _components(services: Services) -> dict[str, str]:
         components["database"] = components["queue"] = "error: the database is unavailable"
     else:
         try:
-            async with (
-                asyncio.timeout(_CHECK_TIMEOUT),
-                services.pool.connection(timeout=_CHECK_TIMEOUT) as conn,
-            ):
+            async with _checking(services) as conn:
                 await conn.execute(queries["ping"])
             components["database"] = "ok"
         except Exception as error:
@@ -122,10 +134,7 @@ async def _not_ready(request: Request) -> str | None:
     if services.outage.ongoing:
         return "database unavailable"
     try:
-        async with (
-            asyncio.timeout(_CHECK_TIMEOUT),
-            services.pool.connection(timeout=_CHECK_TIMEOUT) as conn,
-        ):
+        async with _checking(services) as conn:
             pending = await pending_migrations(conn)
     except Exception as error:
         return f"database unavailable: {error}"

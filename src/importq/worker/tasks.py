@@ -223,7 +223,8 @@ async def run_worker(services: Services, *, concurrency: int) -> None:
         if await services.outage.settled():
             failures = 0
             continue
-        failures = 0 if time.monotonic() - started > WORKER_RESTART_LONGEST_WAIT else failures
+        if time.monotonic() - started > WORKER_RESTART_LONGEST_WAIT:
+            failures = 0  # it ran a good while: the waits start over
         wait = min(2.0**failures, WORKER_RESTART_LONGEST_WAIT)
         failures += 1
         log.error("the worker stopped (%r); a new one starts in %.0f s", reason, wait)
