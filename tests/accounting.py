@@ -9,8 +9,7 @@ from typing import Any
 
 from psycopg import sql
 
-from helpers import entrance, row_results
-from importq.ingest.json_rows import read_json_rows
+from helpers import entrance, json_upload, row_results
 from importq.rules.datasets import load_datasets
 from importq.rules.row_rules import StagedRow
 from importq.services import Services
@@ -27,7 +26,7 @@ async def count(services: Services, query: str | sql.Composed, *params: Any) -> 
 
 def expected_outcomes(rows: list[dict[str, str]]) -> Counter[str]:
     dataset = load_datasets()["entrances"]
-    upload = read_json_rows(rows)
+    upload = json_upload(rows)
     positions = dataset.match_header(upload.header).positions
     staged: list[StagedRow] = list(upload.rows)
     winners, rejected = decide(dataset, positions, staged)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from psycopg import AsyncConnection, sql
 
+from importq.ingest.json_rows import read_json_rows
+from importq.ingest.parsed_upload import ParsedUpload
 from importq.ingest.staged_table import results_table
 
 if TYPE_CHECKING:
@@ -52,6 +55,11 @@ def entrance(
     }
     row.update(extra)
     return row
+
+
+def json_upload(rows: list[Any]) -> ParsedUpload:
+    """``rows`` read as the body ``{"data": rows}`` is."""
+    return read_json_rows(io.BytesIO(json.dumps({"data": rows}).encode()))
 
 
 def csv_text(rows: list[dict[str, str]], header: list[str] | None = None) -> str:

@@ -92,9 +92,6 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How often an idle worker looks for jobs unannounced"
     )
     max_upload_bytes: int = Field(default=8 << 30, ge=1, description="Largest accepted body")
-    max_json_bytes: int = Field(
-        default=256 << 20, ge=1, description="Largest JSON body (parsed whole, unlike files)"
-    )
     max_rows: int = Field(default=20_000_000, ge=1, description="Most data rows in an upload")
     max_columns: int = Field(default=500, ge=1, description="Most columns in an upload")
     max_cell_chars: int = Field(default=32_767, ge=1, description="Longest cell, characters")

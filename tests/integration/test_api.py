@@ -410,6 +410,43 @@ async def test_multipart_file_of_an_unsupported_type_is_415(client: httpx.AsyncC
     assert_error(response, 415, "unsupported_type")
 
 
+MULTIPART = "multipart/form-data; boundary=b0"
+
+
+def _part(name: str, filename: str | None, data: bytes) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    return f"--b0\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (_part("note", None, b"hello") + b"--b0--\r\n", "missing_file"),
+        (_part("file", None, b"id,x\n1,2\n") + b"--b0--\r\n", "missing_file"),
+        (_part("file", "a.csv", b"a,b\n1,2\n") * 2 + b"--b0--\r\n", "too_many_files"),
+        (_part("file", "a.csv", b"a,b\n1,2\n"), "bad_multipart"),  # no closing boundary
+        (b"no boundary at all", "bad_multipart"),
+    ],
+)
+async def test_a_multipart_body_without_exactly_one_whole_file_is_400(
+    client: httpx.AsyncClient, body: bytes, code: str
+) -> None:
+    response = await client.post(
+        "/api/v1/entrances/import-rows", content=body, headers={"Content-Type": MULTIPART}
+    )
+    assert_error(response, 400, code)
+
+
+async def test_other_multipart_fields_are_ignored(client: httpx.AsyncClient) -> None:
+    text = csv_text([entrance("m1")]).encode()
+    body = _part("note", None, b"x" * 1000) + _part("file", "a.csv", text) + b"--b0--\r\n"
+    response = await client.post(
+        "/api/v1/entrances/import-rows", content=body, headers={"Content-Type": MULTIPART}
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["totalRows"] == 1
+
+
 @pytest.mark.parametrize("settings_overrides", [{"max_upload_bytes": 50_000}])
 async def test_refused_requests_create_nothing(
     client: httpx.AsyncClient, app_client: httpx.AsyncClient, services: Services

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from psycopg import AsyncConnection, sql
 
 from conftest import new_user
-from helpers import entrance, row_results
-from importq.ingest.json_rows import read_json_rows
+from helpers import entrance, json_upload, row_results
 from importq.ingest.staged_table import results_table
 from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.pipeline.chunk_processing import process_chunk
@@ -48,7 +47,7 @@ async def _process(
         staged = await stage_batch(
             conn,
             BatchRequest(dataset=dataset, initiator_id=user_id, format="json"),
-            read_json_rows(rows),
+            json_upload(rows),
             chunk_size=chunk_size,
             max_chunks=services.settings.max_chunks,
             defer_chunks=services.queue.defer_chunks,

@@ -20,9 +20,8 @@ import httpx
 from psycopg import sql
 
 from conftest import new_user
-from helpers import csv_text, entrance
+from helpers import csv_text, entrance, json_upload
 from importq.ingest.chunk_bounds import ChunkBound, chunk_bounds, chunk_of, effective_chunk_size
-from importq.ingest.json_rows import read_json_rows
 from importq.ingest.staged_table import StagedTable, original, table_name
 from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.pipeline.target_tables import chunk_statements
@@ -68,7 +67,7 @@ async def _stage_json(
         return await stage_batch(
             conn,
             request,
-            read_json_rows(rows),
+            json_upload(rows),
             chunk_size=chunk_size,
             max_chunks=services.settings.max_chunks,
             defer_chunks=services.queue.defer_chunks,
@@ -81,7 +80,7 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
     staged = await _stage_json(services, "stager", data, CHUNK_SIZE)
 
     # The same rows, keyed by row_rules in Python.
-    upload = read_json_rows(data)
+    upload = json_upload(data)
     uploaded = {row.line: row for row in upload.rows}
     positions = dataset.match_header(upload.header).positions
     key_positions = [positions.get(name) for name in dataset.dedup_key]
@@ -349,7 +348,7 @@ async def test_a_chunk_trims_its_cells_exactly_as_str_strip(services: Services) 
             row[rnd.choice(header)] = rnd.choice(strings)
         rows.append(row)
     staged = await _stage_json(services, "trimmer", rows, 500)
-    upload = read_json_rows(rows)
+    upload = json_upload(rows)
     table = StagedTable.of(staged.batch_id, dataset, upload.header)
     statements = chunk_statements(table, upload.header)
     read = sorted(set(table.positions.values()))

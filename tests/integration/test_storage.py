@@ -39,7 +39,7 @@ from azure.storage.blob.aio import BlobServiceClient
 from azurite_account import ACCOUNT, ACCOUNT_KEY
 from conftest import ROOT, make_settings, new_user
 from helpers import BASE_URL, api_client, entrance, post_rows, read_csv_report, wait_for_batch
-from importq.api.imports import _spool_file
+from importq.api.request_body import spool_file
 from importq.config import Settings
 from importq.pipeline import batches
 from importq.pipeline.aggregation import _write_reports, download_name, report_path
@@ -359,7 +359,7 @@ async def test_local_storage_names_a_file_or_a_spool_rather_than_copy_it_but_cop
     # still buffered); a stream over no file, or over another's bytes, is copied.
     if not hasattr(os, "O_TMPFILE"):
         pytest.skip("no O_TMPFILE here: spools are copied")
-    with _spool_file(tmp_path / "spool") as spool:
+    with spool_file(tmp_path / "spool") as spool:
         spool.write(b"id,rdf:type\r\n")  # still in the stream's buffer
         await storage.put_file("uploads/b/upload.csv", spool, content_type=CSV_TYPE)
         kept = storage.resolve("uploads/b/upload.csv")

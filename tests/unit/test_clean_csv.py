@@ -49,9 +49,9 @@ def _record_end_after_by_counting(data: bytes, offset: int, quoted: bool) -> int
     return None
 
 
-def _last_record_end_by_counting(data: bytes) -> int:
+def _last_record_end_by_counting(data: bytes, quoted: bool) -> int:
     for end in range(len(data) - 1, -1, -1):
-        if data[end : end + 1] == b"\n" and data.count(b'"', 0, end) % 2 == 0:
+        if data[end : end + 1] == b"\n" and (data.count(b'"', 0, end) + quoted) % 2 == 0:
             return end + 1
     return 0
 
@@ -66,4 +66,22 @@ def test_a_record_end_is_found_in_one_pass_as_the_rule_says(
     assert _record_end_after(data, offset, quoted) == _record_end_after_by_counting(
         data, offset, quoted
     )
-    assert _last_record_end(data) == _last_record_end_by_counting(data)
+    assert _last_record_end(data, quoted) == _last_record_end_by_counting(data, quoted)
+
+
+@given(CSV_BYTES, st.integers(min_value=1, max_value=40))
+def test_blocks_cut_at_the_same_record_ends_whatever_the_block_size(
+    data: bytes, block_size: int
+) -> None:
+    """The quote state carried from block to block finds the ends one pass finds."""
+    source = CsvSource(io.BytesIO(data), 0, ",", UploadLimits())
+    try:
+        whole = list(source.blocks(1 << 20))
+    except NotClean:
+        with pytest.raises(NotClean):
+            list(source.blocks(block_size))
+        return
+    cut = list(source.blocks(block_size))
+    assert b"".join(cut) == b"".join(whole) == data
+    for block in cut[:-1]:
+        assert _last_record_end_by_counting(block, False) == len(block)

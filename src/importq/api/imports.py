@@ -3,8 +3,10 @@
 Every refusal happens before or inside the staging transaction, so a refused request
 leaves nothing behind.
 
-The body is streamed to a spool file, and the size limit is enforced while it arrives.
-Parsing then streams from the spool into staging. The spool is kept as the upload.
+The body is streamed to a spool file, and the size limit is enforced while it arrives
+(:mod:`importq.api.request_body`). Parsing then streams from the spool into staging, in
+a worker thread, so the event loop stays free for other requests. The spool is kept as
+the upload.
 """
 
 from __future__ import annotations
@@ -14,18 +16,15 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request
-from starlette.datastructures import UploadFile
 
 from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.request_body import spool_body, spool_form_file, too_large
 from importq.api.schemas import Accepted, ErrorBody
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
@@ -83,6 +82,10 @@ class FileOptions:
 def _read_file(
     binary: IO[bytes], fmt: str, default_delimiter: str | None, options: FileOptions
 ) -> ParsedUpload:
+    """Read the upload's header (and, for JSON, check all of it). The caller runs this in
+    a worker thread: it reads and decodes the file."""
+    if fmt == "json":
+        return read_json_rows(binary, limits=options.limits)
     if fmt == "xlsx":
         return read_xlsx(binary, sheet=options.sheet, limits=options.limits)
     return read_csv(
@@ -124,86 +127,18 @@ def _request_digest(body: IO[bytes], options: list[str | None]) -> bytes:
     return digest.digest()
 
 
-def _too_large(limit: int) -> Refusal:
-    return Refusal(
-        413, "too_large", f"The upload is larger than the limit of {limit} bytes.", limit=limit
-    )
-
-
-def _spool_file(directory: Path) -> IO[bytes]:
-    """A file with no name in ``directory``. It is gone when closed, unless storage gives
-    it a name.
-
-    It is opened with ``O_TMPFILE`` but without ``O_EXCL``. :class:`tempfile.TemporaryFile`
-    adds ``O_EXCL``, so that its file can never get a name. Without it, local storage on
-    the same file system keeps the upload by naming the file instead of copying it. The
-    upload is then not written again while its chunks run. Where the system has no
-    ``O_TMPFILE``, this is an ordinary temporary file, which storage copies.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
-    except (AttributeError, OSError):
-        return tempfile.TemporaryFile(dir=directory)
-    return open(descriptor, "w+b")
-
-
-async def _spool(request: Request, limit: int, directory: Path) -> IO[bytes]:
-    """The request's body in a spool file (see :func:`_spool_file`), at its start.
-
-    The spool is closed, and so gone, if the body is refused or does not arrive whole.
-    """
-    spool = _spool_file(directory)
-    try:
-        size = 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise _too_large(limit)
-            spool.write(part)
-        spool.seek(0)
-    except BaseException:
-        spool.close()
-        raise
-    return spool
-
-
-def _json_upload(spool: IO[bytes], limits: UploadLimits) -> ParsedUpload:
-    try:
-        body = json.load(spool)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Refusal(400, "bad_json", f"The body is not valid JSON: {error}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-        raise Refusal(400, "bad_json", 'The body must be an object {"data": [{column: value}, …]}.')
-    return read_json_rows(body["data"], limits=limits)
-
-
-async def _multipart_upload(
-    request: Request, limit: int, options: FileOptions
-) -> tuple[ParsedUpload, IO[bytes], str, str]:
-    form = await request.form(max_files=1)
-    try:
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile) or not upload.filename:
-            raise Refusal(400, "missing_file", "Send the file in a multipart field named 'file'.")
-        if upload.size is not None and upload.size > limit:
-            raise _too_large(limit)
-        name = upload.filename
-        extension = name[name.rfind(".") :].lower() if "." in name else ""
-        if extension not in FILE_EXTENSIONS:
-            raise Refusal(
-                415,
-                "unsupported_type",
-                f"Files of type {extension or 'unknown'} are not accepted; "
-                f"send {', '.join(FILE_EXTENSIONS)}.",
-                accepted=list(FILE_EXTENSIONS),
-            )
-        fmt, delimiter = FILE_EXTENSIONS[extension]
-        return _read_file(upload.file, fmt, delimiter, options), upload.file, name, fmt
-    except BaseException:
-        # Nothing else closes the form's files: they were read by hand, not as parameters.
-        await form.close()
-        raise
+def _file_format(name: str) -> tuple[str, str | None]:
+    """The (format, delimiter) of a multipart upload's file name; other types are 415."""
+    extension = name[name.rfind(".") :].lower() if "." in name else ""
+    if extension not in FILE_EXTENSIONS:
+        raise Refusal(
+            415,
+            "unsupported_type",
+            f"Files of type {extension or 'unknown'} are not accepted; "
+            f"send {', '.join(FILE_EXTENSIONS)}.",
+            accepted=list(FILE_EXTENSIONS),
+        )
+    return FILE_EXTENSIONS[extension]
 
 
 @router.post(
@@ -239,40 +174,41 @@ async def import_rows(
     limit = services.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)  # JSON's own, lower limit is enforced while spooling
+        raise too_large(limit)
 
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     file_name = fileName
-    limits = services.settings.upload_limits
     # Refuse unusable options before reading a byte of the body.
     if encoding is not None:
         resolve_encoding(encoding)
     if delimiter is not None:
         resolve_delimiter(delimiter)
-    options = FileOptions(limits, encoding=encoding, delimiter=delimiter, sheet=sheet)
+    options = FileOptions(
+        services.settings.upload_limits, encoding=encoding, delimiter=delimiter, sheet=sheet
+    )
+    spool_dir = services.settings.spool_dir
     # Whatever refuses the upload, it is closed, and a spool file is then gone. Only an
     # upload handed over to keep_upload stays open.
     with contextlib.ExitStack() as upload_closed:
         if media_type == "application/json":
-            # A JSON body is parsed whole, so it has a limit of its own. Files stream.
-            json_limit = min(limit, services.settings.max_json_bytes)
-            source = await _spool(request, json_limit, services.settings.spool_dir)
-            upload_closed.callback(source.close)
-            upload, fmt = _json_upload(source, limits), "json"
+            fmt, default_delimiter = "json", None
+            source = await spool_body(request, limit, spool_dir)
         elif media_type in BODY_TYPES:
             fmt, default_delimiter = BODY_TYPES[media_type]
-            source = await _spool(request, limit, services.settings.spool_dir)
-            upload_closed.callback(source.close)
-            upload = _read_file(source, fmt, default_delimiter, options)
+            source = await spool_body(request, limit, spool_dir)
         elif media_type == "multipart/form-data":
-            upload, source, file_name, fmt = await _multipart_upload(request, limit, options)
+            source, file_name = await spool_form_file(request, limit, spool_dir)
             upload_closed.callback(source.close)
+            fmt, default_delimiter = _file_format(file_name)
         else:
             raise Refusal(
                 415,
                 "unsupported_type",
                 f"Content type {media_type or '(none)'} is not accepted; send {ACCEPTED_TYPES}.",
             )
+        if media_type != "multipart/form-data":
+            upload_closed.callback(source.close)
+        upload = await asyncio.to_thread(_read_file, source, fmt, default_delimiter, options)
 
         callback_url = callbackUrl or definition.callback_url
         if callback_url is not None:
@@ -297,7 +233,7 @@ async def import_rows(
             staged = await stage_batch(
                 conn,
                 batch_request,
-                within_limits(upload, limits),
+                within_limits(upload, options.limits),
                 chunk_size=services.settings.chunk_size,
                 max_chunks=services.settings.max_chunks,
                 defer_chunks=services.queue.defer_chunks,

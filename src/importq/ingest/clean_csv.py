@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from importq.ingest.limits import UploadLimits
@@ -46,6 +47,15 @@ class CsvSource:
     start: int  # the offset of the first data record (on line 2)
     delimiter: str
     limits: UploadLimits
+    # Held from a seek to the read after it: two readers of the file may run in two
+    # threads at once (see :meth:`blocks`).
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def read_at(self, position: int, size: int) -> bytes:
+        """``size`` bytes of the file from offset ``position`` (fewer at its end)."""
+        with self.lock:
+            self.binary.seek(position)
+            return self.binary.read(size)
 
     @property
     def max_record_bytes(self) -> int:
@@ -70,23 +80,32 @@ class CsvSource:
         """
         position = self.start if start is None else start
         pending = b""
+        # How much of ``pending`` holds no record end, and whether it ends inside quotes.
+        # Only what came after is searched, so a long record is scanned once.
+        scanned, quoted = 0, False
         final = False
         first = True
         while not final:
-            self.binary.seek(position)
             wanted = block_size if stop is None else min(block_size, stop - position)
-            block = self.binary.read(wanted) if wanted > 0 else b""
+            block = self.read_at(position, wanted) if wanted > 0 else b""
             position += len(block)
             final = not block
             pending += block
-            end = len(pending) if final else _last_record_end(pending)
+            if final:
+                end = len(pending)
+            else:
+                found = _last_record_end(pending[scanned:], quoted)
+                end = scanned + found if found else 0
             if end == 0:
                 if len(pending) > self.max_record_bytes:
                     raise NotClean("a record is longer than the longest one allowed")
+                quoted ^= block.count(b'"') % 2 == 1
+                scanned = len(pending)
                 continue
             clean_records(pending[:end], self.delimiter, at_start=first)
             yield pending[:end]
             pending = pending[end:]
+            scanned, quoted = 0, False
             first = False
 
     def halves(self, block_size: int = 1 << 20) -> tuple[int, int] | None:
@@ -104,8 +123,7 @@ class CsvSource:
         middle = self.start + (end - self.start) // 2
         position, records, quoted = self.start, 0, False
         while position < end:
-            self.binary.seek(position)
-            block = self.binary.read(block_size)
+            block = self.read_at(position, block_size)
             cut = _record_end_after(block, max(middle - position, 0), quoted)
             if cut is not None:
                 if position + cut >= end:
@@ -145,17 +163,18 @@ def _record_end_after(data: bytes, offset: int, quoted: bool) -> int | None:
     return None
 
 
-def _last_record_end(data: bytes) -> int:
+def _last_record_end(data: bytes, quoted: bool = False) -> int:
     """The end of the last whole record in ``data``, or 0 when no record ends in it.
 
-    A record ends just past a line feed outside quoted cells. ``data`` must start outside
-    quotes. One pass from the end, piece by piece between quotes, as above.
+    A record ends just past a line feed outside quoted cells. ``quoted`` says that
+    ``data`` starts inside a quoted cell. One pass from the end, piece by piece between
+    quotes, as above.
     """
     pieces = data.split(b'"')
     position = len(data)
     for index in range(len(pieces) - 1, -1, -1):
         position -= len(pieces[index])
-        if index % 2 == 0:
+        if (index + quoted) % 2 == 0:
             end = pieces[index].rfind(b"\n")
             if end != -1:
                 return position + end + 1

@@ -17,7 +17,7 @@ import contextlib
 import csv
 import io
 from collections.abc import Iterator, Sequence
-from typing import IO
+from typing import IO, Final
 
 from importq.errors import Refusal
 from importq.ingest.clean_csv import CsvSource
@@ -25,11 +25,6 @@ from importq.ingest.limits import UploadLimits
 from importq.ingest.parsed_upload import ParsedUpload
 from importq.ingest.text_encoding import choose_encoding
 from importq.rules.row_rules import StagedRow
-
-# The csv module's own cap on a field is process-wide, and 128 KiB by default. It is
-# raised far above any sensible cell limit, because the configured limit is checked per
-# record, where the refusal can name the line.
-csv.field_size_limit(64 * 1024 * 1024)
 
 SNIFF_BYTES = 64 * 1024
 SNIFF_RECORDS = 20
@@ -115,6 +110,61 @@ def sniff_delimiter(text: str, *, complete: bool = True) -> str:
     return best
 
 
+# What the csv module says when a field passes its field size limit.
+_FIELD_LIMIT_ERROR: Final = "field larger than field limit"
+
+
+class _RecordGuard:
+    """Feeds the csv reader its lines, and refuses a record past a limit while it is read.
+
+    The csv module builds a record whole before it returns it. So the lines it reads are
+    checked on their way in: a record longer than
+    :attr:`~importq.ingest.limits.UploadLimits.max_record_chars` is refused as
+    ``record_too_long``, and one with ``max_columns`` delimiters or more outside quotes
+    as ``too_many_columns``, both naming the record's row number (:attr:`line`). A line is read at
+    most that many characters at a time, so a file without line ends is never held
+    whole. Quotes are followed as RFC 4180 pairs them; a stray quote in an unquoted cell
+    may make this count differ from the reader's, but only within its own record.
+
+    :meth:`record_read` must be called after each record the reader returns.
+    """
+
+    def __init__(self, text: IO[str], delimiter: str, limits: UploadLimits) -> None:
+        self._text = text
+        self._delimiter = delimiter
+        self._limits = limits
+        self.line = 1  # the row number of the record being read: records so far, plus 1
+        self._chars = 0
+        self._delimiters = 0
+        self._quoted = False
+
+    def record_read(self) -> None:
+        self.line += 1
+        self._chars = self._delimiters = 0
+        self._quoted = False
+
+    def lines(self) -> Iterator[str]:
+        longest = self._limits.max_record_chars
+        while line := self._text.readline(longest - self._chars + 1):
+            self._chars += len(line)
+            if self._chars > longest:
+                raise self._limits.record_too_long(self.line)
+            self._count_delimiters(line)
+            yield line
+
+    def _count_delimiters(self, line: str) -> None:
+        if '"' not in line:
+            if not self._quoted:
+                self._delimiters += line.count(self._delimiter)
+        else:
+            pieces = line.split('"')
+            outside = pieces[int(self._quoted) :: 2]
+            self._delimiters += sum(piece.count(self._delimiter) for piece in outside)
+            self._quoted ^= len(pieces) % 2 == 0
+        if self._delimiters >= self._limits.max_columns:
+            raise self._limits.too_many_columns(line=self.line)
+
+
 def read_csv(
     binary: IO[bytes],
     *,
@@ -159,43 +209,46 @@ def read_csv(
         sample = codecs.getincrementaldecoder(codec)(errors="replace").decode(head)
         chosen = sniff_delimiter(sample, complete=len(head) < SNIFF_BYTES)
     text = _TextView(binary, encoding=codec, newline="", errors="strict")
-    reader = csv.reader(text, delimiter=chosen, strict=False)
+    # The csv module's cap on a field is process-wide, and every upload of a process
+    # has the same limits. It makes the reader stop at the first character past the
+    # limit, instead of building the cell whole.
+    csv.field_size_limit(limits.max_cell_chars)
+    guard = _RecordGuard(text, chosen, limits)
+    reader = csv.reader(guard.lines(), delimiter=chosen, strict=False)
 
-    def broken(error: csv.Error, line: int) -> Refusal:
+    def broken(error: csv.Error) -> Refusal:
+        line = guard.line
+        if str(error).startswith(_FIELD_LIMIT_ERROR):
+            return limits.cell_too_long(line)
         return Refusal(400, "bad_csv", f"Line {line}: {error}", line=line)
-
-    longest = limits.max_cell_chars
 
     header: list[str] | None = None
     first_line = 0
     try:
         for record in reader:
-            first_line += 1
+            first_line = guard.line
+            guard.record_read()
             if record:
                 header = record
                 break
     except csv.Error as error:
-        raise broken(error, first_line + 1) from None
+        raise broken(error) from None
     if header is None:
         raise Refusal(400, "empty_data", "The upload is empty: no header and no rows.")
-    if max(map(len, header)) > longest:
-        raise limits.cell_too_long(first_line)
     width = len(header)
 
     def rows() -> Iterator[StagedRow]:
-        line = first_line
         try:
             for record in reader:
-                line += 1
-                if record and max(map(len, record)) > longest:
-                    raise limits.cell_too_long(line)
+                line = guard.line
+                guard.record_read()
                 if len(record) == width:
                     yield StagedRow(line, record, None)
                 elif record and (len(record) > 1 or record[0].strip() or width == 1):
                     yield StagedRow(line, record, _ragged(record, width))
                 # Otherwise a blank record: skipped, but counted.
         except csv.Error as error:
-            raise broken(error, line + 1) from None
+            raise broken(error) from None
         finally:
             # Leave the file open: the caller keeps a copy of the upload afterwards.
             text.detach()

@@ -44,12 +44,7 @@ def within_limits(upload: ParsedUpload, limits: UploadLimits) -> ParsedUpload:
     cheapest.
     """
     if len(upload.header) > limits.max_columns:
-        raise Refusal(
-            413,
-            "too_many_columns",
-            f"The header has {len(upload.header)} columns; the limit is {limits.max_columns}.",
-            limit=limits.max_columns,
-        )
+        raise limits.too_many_columns(len(upload.header))
 
     def rows() -> Iterator[StagedRow]:
         for count, row in enumerate(upload.rows, start=1):

@@ -26,7 +26,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -38,6 +38,7 @@ from psycopg_pool import PoolTimeout
 from importq.errors import Refusal
 from importq.ingest.chunk_bounds import ChunkBound, effective_chunk_size
 from importq.ingest.clean_csv import CsvSource, NotClean
+from importq.ingest.off_loop import in_thread
 from importq.ingest.parsed_upload import ParsedUpload, empty_upload
 from importq.ingest.staged_table import (
     FIRST_LINE,
@@ -52,7 +53,9 @@ from importq.sql import queries
 
 log = logging.getLogger(__name__)
 
-YIELD_EVERY = 5_000
+# Rows parsed by importq go to the COPY this many at a time, each slice parsed in a
+# worker thread (:mod:`importq.ingest.off_loop`).
+ROWS_PER_SLICE = 2_000
 # A clean CSV file this big is COPYed in two halves at once. PostgreSQL runs a COPY on
 # one core, and a second connection costs far less than half a core.
 PARALLEL_COPY_BYTES = 32 << 20
@@ -185,41 +188,45 @@ async def _create_tables(
         await conn.execute(statement)
 
 
+def _copy_records(upload: ParsedUpload, width: int) -> Iterator[tuple[Any, ...]]:
+    """The staged table's records of the rows importq read: the line, the row's
+    problem, the cells past ``width`` and the first ``width`` cells, padded."""
+    padding: list[Value] = [None] * width
+    for line, values, problem in upload.rows:
+        cells = list(values[:width]) if len(values) >= width else [*values, *padding][:width]
+        extra = list(values[width:]) or None
+        unreadable = _unreadable([*cells, *(extra or ())])
+        if unreadable is not None:
+            cleaned, reason = unreadable
+            cells, extra = cleaned[:width], cleaned[width:] or None
+            problem = problem or reason
+        yield (line, problem, extra, *cells)
+
+
 async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: ParsedUpload) -> int:
     """Create the batch's tables, and COPY the rows importq read into the staged table.
 
-    Returns how many rows there were.
+    The rows are read in a worker thread. Returns how many rows there were.
     """
     await _create_tables(conn, table)
-    width = table.width
-    padding: list[Value] = [None] * width
     total = 0
     async with conn.cursor().copy(table.copy_rows()) as copy:
         copy.set_types(table.copy_types())
-        for line, values, problem in upload.rows:
-            cells = list(values[:width]) if len(values) >= width else [*values, *padding][:width]
-            extra = list(values[width:]) or None
-            unreadable = _unreadable([*cells, *(extra or ())])
-            if unreadable is not None:
-                cleaned, reason = unreadable
-                cells, extra = cleaned[:width], cleaned[width:] or None
-                problem = problem or reason
-            await copy.write_row((line, problem, extra, *cells))
-            total += 1
-            if total % YIELD_EVERY == 0:
-                # Parsing is CPU-bound. Let the event loop run worker heartbeats and
-                # other requests, so that a big upload never makes its process look dead.
-                await asyncio.sleep(0)
+        async for records in in_thread(_copy_records(upload, table.width), ROWS_PER_SLICE):
+            for record in records:
+                await copy.write_row(record)
+            total += len(records)
     return total
 
 
 async def _copy_blocks(
-    conn: AsyncConnection[Any], statement: sql.Composed, blocks: Iterable[bytes]
+    conn: AsyncConnection[Any], statement: sql.Composed, blocks: Iterator[bytes]
 ) -> int:
-    """Run a COPY … FROM STDIN of ``blocks``, and return how many rows it wrote."""
+    """Run a COPY … FROM STDIN of ``blocks``, read and checked in a worker thread, and
+    return how many rows it wrote."""
     async with conn.cursor() as cursor:
         async with cursor.copy(statement) as copy:
-            for block in blocks:
+            async for (block,) in in_thread(blocks, 1):
                 await copy.write(block)
         return cursor.rowcount
 
