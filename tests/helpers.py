@@ -109,10 +109,16 @@ async def download(client: httpx.AsyncClient, url: str) -> bytes:
 
 
 class Receiver:
-    """A minimal HTTP server on loopback that answers with the given statuses in turn."""
+    """A minimal HTTP server on loopback that answers with the given statuses in turn.
+
+    ``answers`` are whole raw answers, used before the statuses, in turn. With
+    ``trickle`` set, an answer is written one byte every ``trickle`` seconds.
+    """
 
     def __init__(self) -> None:
         self.statuses: list[int] = []
+        self.answers: list[bytes] = []
+        self.trickle = 0.0
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.port = 0
 
@@ -125,11 +131,19 @@ class Receiver:
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         self.requests.append((headers, body))
         status = self.statuses.pop(0) if self.statuses else 200
-        writer.write(
-            f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+        answer = (
+            self.answers.pop(0)
+            if self.answers
+            else (f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
         )
-        await writer.drain()
-        writer.close()
+        # The client may hang up first: a cut-off answer is what some tests are after.
+        with contextlib.suppress(ConnectionError):
+            pieces = [answer[i : i + 1] for i in range(len(answer))] if self.trickle else [answer]
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(self.trickle)
+            writer.close()
 
     @property
     def url(self) -> str:

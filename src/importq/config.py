@@ -131,7 +131,9 @@ class Settings(BaseSettings):
     webhook_allow_hosts: str = Field(
         default="", description="Comma-separated hosts webhooks may reach though private"
     )
-    webhook_timeout: float = Field(default=10.0, gt=0, description="Seconds per webhook POST")
+    webhook_timeout: float = Field(
+        default=15.0, gt=0, description="Deadline of a whole webhook POST, answer included, s"
+    )
     webhook_max_attempts: int = Field(default=8, ge=1, description="Webhook tries, backoff")
 
     heartbeat_seconds: float = Field(default=10.0, gt=0, description="Worker heartbeat period")

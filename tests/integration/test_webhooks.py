@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import hmac
 import json
@@ -17,6 +18,7 @@ from conftest import make_settings
 from helpers import Receiver, entrance, wait_for_batch
 from importq.config import Settings
 from importq.delivery.webhooks import (
+    WebhookFailed,
     deliver_batch_webhook,
     pinned_request,
 )
@@ -29,13 +31,20 @@ def allow_hosts() -> str:
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path, allow_hosts: str) -> Settings:
+def webhook_options() -> dict[str, Any]:
+    return {"webhook_max_attempts": 3}
+
+
+@pytest.fixture
+def settings(
+    database_url: str, tmp_path: Path, allow_hosts: str, webhook_options: dict[str, Any]
+) -> Settings:
     return make_settings(
         database_url,
         tmp_path / "data",
         webhook_allow_hosts=allow_hosts,
         webhook_secret="hook-secret",
-        webhook_max_attempts=3,
+        **webhook_options,
     )
 
 
@@ -190,3 +199,73 @@ async def test_a_delivery_goes_to_the_address_that_was_checked(receiver: Receive
     [(headers, body)] = receiver.requests
     assert headers["host"] == f"hooks.invalid:{receiver.port}"
     assert (headers["x-test"], body) == ("1", b"{}")
+
+
+async def _given_up(client: httpx.AsyncClient, receiver: Receiver) -> uuid.UUID:
+    """A completed batch whose one webhook attempt failed (the receiver answered 500),
+    so that the test can make the next one itself."""
+    receiver.statuses = [500]
+    batch_id = await _import(client, receiver.url)
+    job = await wait_for_batch(client, batch_id)
+    await _wait_for(lambda: len(receiver.requests) == 1)
+    for _ in range(100):
+        if (job := (await client.get(f"/api/v1/jobs/{batch_id}")).json())["lastError"]:
+            break
+        await asyncio.sleep(0.1)
+    assert job["lastError"].startswith("webhook: the receiver answered 500")
+    return uuid.UUID(batch_id)
+
+
+ONE_TRY = {"webhook_max_attempts": 1, "webhook_timeout": 1.0}
+
+
+@pytest.mark.parametrize("webhook_options", [ONE_TRY])
+@pytest.mark.usefixtures("worker")
+async def test_a_trickling_receiver_is_cut_off_at_the_deadline_holding_nothing(
+    client: httpx.AsyncClient, services: Services, receiver: Receiver
+) -> None:
+    """An answer sent a byte at a time never times a read out, only the whole POST's
+    deadline stops it; meanwhile no transaction or row lock is open for it. (The
+    receiver listens on a port of its own, which its allowed host may use.)"""
+    batch_id = await _given_up(client, receiver)
+    receiver.answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + b"x" * 40]
+    receiver.trickle = 0.3
+    attempt = asyncio.create_task(deliver_batch_webhook(services, batch_id))
+    await _wait_for(lambda: len(receiver.requests) == 2)
+    open_work = await _rows(
+        services,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()",
+    )
+    locks = await _rows(
+        services,
+        "SELECT count(*) FROM pg_locks WHERE relation = 'deliveries'::regclass"
+        " AND pid <> pg_backend_pid()",
+    )
+    assert open_work == [(0,)] and locks == [(0,)]
+    with pytest.raises(WebhookFailed, match="no whole answer within 1 s"):
+        await attempt
+    recorded = await _rows(
+        services,
+        "SELECT attempt, error FROM delivery_attempts WHERE batch_id = %s ORDER BY attempt",
+        batch_id,
+    )
+    assert recorded[-1] == (2, "no whole answer within 1 s")
+
+
+@pytest.mark.parametrize("webhook_options", [ONE_TRY])
+@pytest.mark.usefixtures("worker")
+async def test_an_answer_is_read_only_up_to_64_kib_and_never_decompressed(
+    client: httpx.AsyncClient, services: Services, receiver: Receiver
+) -> None:
+    bomb = gzip.compress(b"\0" * (64 << 20))  # 64 MiB once decompressed
+    head = f"HTTP/1.1 500 X\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n"
+    plain = b"HTTP/1.1 503 X\r\nContent-Length: 18\r\n\r\nmaintenance window"
+    batch_id = await _given_up(client, receiver)
+    receiver.answers = [head.encode() + bomb, plain]
+    with pytest.raises(WebhookFailed) as compressed:
+        await deliver_batch_webhook(services, batch_id)
+    assert str(compressed.value) == "the receiver answered 500"
+    with pytest.raises(WebhookFailed) as quoted:
+        await deliver_batch_webhook(services, batch_id)
+    assert str(quoted.value) == "the receiver answered 503: maintenance window"

@@ -5,16 +5,20 @@ Invariants:
 - Each batch and channel has at most one ``deliveries`` row. The aggregation creates
   it, and inserting it again does nothing.
 - Once the row's ``sent_at`` is recorded, the message is never sent again.
-- Two jobs never send a message at once. The row is locked while the message is handed
-  over.
+- Two attempts never send a message at once, unless one outlived its claim. An attempt
+  first *claims* the row for ``lease_seconds`` (longer than a send can take), in a
+  transaction of its own; a second attempt that finds the claim running is refused
+  with :class:`DeliveryBusy` and retries later.
+- No transaction, row lock or pooled connection is held while a message is handed
+  over, so a slow receiver holds nothing but its own job.
 - Nothing here touches the batch's status.
 
-:func:`deliver_once` owns its transaction. Every attempt is logged in
-``delivery_attempts``. A failed hand-over is recorded on the row in the same
-transaction, still under the lock. It is then re-raised, so the job retries with
-backoff. The last attempt ends the delivery, and so does a :class:`PermanentFailure`,
-which no retry can mend. Either is also noted on the batch, as ``lastError`` =
-``<channel>: …``. A later success clears that note.
+:func:`deliver_once` runs three short transactions: claim, then (after sending) record.
+Every attempt is logged in ``delivery_attempts``. A failed hand-over is recorded on the
+row, which gives up the claim; it is then re-raised, so the job retries with backoff. The
+last attempt ends the delivery, and so does a :class:`PermanentFailure`, which no retry
+can mend. Either is also noted on the batch, as ``lastError`` = ``<channel>: …``. A later
+success clears that note.
 """
 
 from __future__ import annotations
@@ -32,14 +36,17 @@ from importq.sql import queries
 
 log = logging.getLogger(__name__)
 
-# Hands the message over. It takes the connection, the batch row and the message id, and
-# returns the receiver's status code when there is one. It may read with the connection
-# but must not write with it: its failure is recorded in the same transaction.
-Send = Callable[[AsyncConnection[Any], dict[str, Any], str], Awaitable[int | None]]
+# Hands the message over, with no transaction open. It takes the batch row and the
+# message id, and returns the receiver's status code when there is one.
+Send = Callable[[dict[str, Any], str], Awaitable[int | None]]
 
 
 class PermanentFailure(Exception):
     """A failure no retry can mend (a refused destination, no address)."""
+
+
+class DeliveryBusy(Exception):
+    """Another attempt holds the delivery's claim; retry once it has run out."""
 
 
 async def _record(
@@ -64,50 +71,69 @@ async def _record(
     )
 
 
+async def _claim(
+    services: Services, batch_id: uuid.UUID, channel: str, lease_seconds: float
+) -> tuple[dict[str, Any], str] | None:
+    """Claim the delivery: the batch row and the message id, or None when it was sent
+    already (or was never owed). Raises :class:`DeliveryBusy` while another claim runs."""
+    params = {"batch_id": batch_id, "channel": channel}
+    async with services.pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(
+            queries["claim_delivery"], {**params, "lease_seconds": lease_seconds}
+        )
+        claimed = await cursor.fetchone()
+        if claimed is None:
+            cursor = await conn.execute(queries["delivery_claim"], params)
+            state = await cursor.fetchone()
+            if state is None or state[0] is not None:
+                return None
+            raise DeliveryBusy(f"another attempt is sending it until {state[1]:%H:%M:%S %Z}")
+        batch = await batches.get_batch(conn, batch_id)
+        assert batch is not None
+        return batch, str(claimed[0])
+
+
 async def deliver_once(
     services: Services,
     batch_id: uuid.UUID,
     channel: str,
     send: Send,
     *,
+    lease_seconds: float,
     last_attempt: bool = False,
 ) -> bool:
     """Hand over the batch's ``channel`` message, unless it was handed over already.
 
+    ``lease_seconds`` bounds how long ``send`` may take; the claim lasts that long.
     Returns True when this call handed it over. The failure of an attempt that may be
     retried is raised, after it is recorded. After recording the last attempt's failure,
     or a permanent failure, it returns False.
     """
+    claimed = await _claim(services, batch_id, channel, lease_seconds)
+    if claimed is None:
+        return False
+    batch, message_id = claimed
     failure: Exception | None = None
+    status_code: int | None = None
+    try:
+        status_code = await send(batch, message_id)
+    except Exception as error:
+        failure = error
+    final = failure is not None and (last_attempt or isinstance(failure, PermanentFailure))
+    if failure is not None:
+        status_code = getattr(failure, "status_code", None)
     async with services.pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(
-            queries["lock_delivery"], {"batch_id": batch_id, "channel": channel}
+        await _record(
+            conn,
+            batch_id,
+            channel,
+            error=None if failure is None else str(failure),
+            status_code=status_code,
         )
-        delivery = await cursor.fetchone()
-        if delivery is None or delivery[1] is not None:
-            return False
-        batch = await batches.get_batch(conn, batch_id)
-        assert batch is not None
-        try:
-            status_code = await send(conn, batch, str(delivery[0]))
-        except Exception as error:
-            # send() wrote nothing, so the transaction is sound. The failure is recorded
-            # while the row is still locked, and committed.
-            failure = error
-            await _record(
-                conn,
-                batch_id,
-                channel,
-                error=str(error),
-                status_code=getattr(error, "status_code", None),
-            )
-            if last_attempt or isinstance(error, PermanentFailure):
-                await batches.record_error(conn, batch_id, f"{channel}: {error}")
-        else:
-            await _record(conn, batch_id, channel, status_code=status_code, error=None)
+        if final:
+            await batches.record_error(conn, batch_id, f"{channel}: {failure}")
     if failure is None:
         return True
-    final = last_attempt or isinstance(failure, PermanentFailure)
     log.warning(
         "%s for batch %s failed%s: %s", channel, batch_id, " (given up)" if final else "", failure
     )

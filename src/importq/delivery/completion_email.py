@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from importq.delivery.at_most_once import PermanentFailure, deliver_once
@@ -16,6 +15,9 @@ from importq.services import Services
 from importq.sql import queries
 
 EMAIL = "email"
+# More exchanges with the SMTP server than sending one message takes: connect, EHLO,
+# STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA, the message, QUIT.
+SMTP_EXCHANGES = 12
 
 
 async def send_completion_email(
@@ -24,8 +26,8 @@ async def send_completion_email(
     """Send the batch's email unless it was sent already. True when this call sent it."""
     settings = services.settings
 
-    async def send(conn: AsyncConnection[Any], batch: dict[str, Any], message_id: str) -> None:
-        async with conn.cursor(row_factory=dict_row) as users:
+    async def send(batch: dict[str, Any], message_id: str) -> None:
+        async with services.pool.connection() as conn, conn.cursor(row_factory=dict_row) as users:
             await users.execute(queries["user_by_id"], {"user_id": batch["initiator_id"]})
             user = await users.fetchone()
         assert user is not None and batch["result"] is not None
@@ -60,4 +62,8 @@ async def send_completion_email(
             smtp_timeout=settings.smtp_timeout,
         )
 
-    return await deliver_once(services, batch_id, EMAIL, send, last_attempt=last_attempt)
+    # smtplib's timeout bounds each exchange with the server; a message takes a handful.
+    lease = settings.smtp_timeout * SMTP_EXCHANGES
+    return await deliver_once(
+        services, batch_id, EMAIL, send, lease_seconds=lease, last_attempt=last_attempt
+    )

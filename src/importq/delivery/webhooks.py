@@ -37,13 +37,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from psycopg import AsyncConnection
 
 from importq.delivery.at_most_once import PermanentFailure, deliver_once
 from importq.job_json import Job
 from importq.services import Services
 
 WEBHOOK = "webhook"
+# The most of a receiver's answer that is read, and how much of it a failure quotes.
+ANSWER_BYTES = 64 * 1024
+QUOTED_CHARS = 200
+# How long the destination's name may take to resolve.
+LOOKUP_SECONDS = 10.0
 
 
 class WebhookRefused(PermanentFailure):
@@ -110,11 +114,14 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
     if host in allowed_hosts or urlsplit(url).hostname in allowed_hosts:
         return None
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host.strip("[]"),
-            target.port or (443 if target.scheme == "https" else 80),
-            type=socket.SOCK_STREAM,
-        )
+        async with asyncio.timeout(LOOKUP_SECONDS):
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host.strip("[]"),
+                target.port or (443 if target.scheme == "https" else 80),
+                type=socket.SOCK_STREAM,
+            )
+    except TimeoutError:
+        raise WebhookFailed(f"cannot resolve {host} within {LOOKUP_SECONDS:g} s") from None
     except OSError as error:
         raise WebhookFailed(f"cannot resolve {host}: {error}") from error
     inward = sorted({str(info[4][0]) for info in infos if inward_address(str(info[4][0]))})
@@ -147,6 +154,13 @@ def pinned_request(
 
 
 async def _post(services: Services, url: str, address: str | None, ident: str, body: bytes) -> int:
+    """POST the delivery, all of it within ``IMPORTQ_WEBHOOK_TIMEOUT``.
+
+    A receiver that connects, answers or sends its body slowly is cut off at the
+    deadline. At most ``ANSWER_BYTES`` of the answer are read, as they came (never
+    decompressed), and only to quote the start of a refusal.
+    """
+    deadline = services.settings.webhook_timeout
     stamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
@@ -156,15 +170,37 @@ async def _post(services: Services, url: str, address: str | None, ident: str, b
         "X-Importq-Signature": signature(services.settings.webhook_key, stamp, body),
     }
     try:
-        async with httpx.AsyncClient(
-            timeout=services.settings.webhook_timeout, follow_redirects=False
-        ) as client:
-            response = await client.send(pinned_request(client, url, address, headers, body))
+        async with asyncio.timeout(deadline):
+            async with httpx.AsyncClient(timeout=deadline, follow_redirects=False) as client:
+                request = pinned_request(client, url, address, headers, body)
+                response = await client.send(request, stream=True)
+                try:
+                    answer = await _answer_start(response)
+                finally:
+                    await response.aclose()
+    except TimeoutError:
+        raise WebhookFailed(f"no whole answer within {deadline:g} s") from None
     except httpx.HTTPError as error:
         raise WebhookFailed(f"{type(error).__name__}: {error}") from error
     if not 200 <= response.status_code < 300:
-        raise WebhookFailed(f"the receiver answered {response.status_code}", response.status_code)
+        quoted = f": {answer}" if answer else ""
+        raise WebhookFailed(
+            f"the receiver answered {response.status_code}{quoted}", response.status_code
+        )
     return response.status_code
+
+
+async def _answer_start(response: httpx.Response) -> str:
+    """The first bytes of the answer as text, when it is not compressed; reads at most
+    ``ANSWER_BYTES``."""
+    read = b""
+    async for piece in response.aiter_raw():
+        read += piece
+        if len(read) >= ANSWER_BYTES:
+            break
+    if response.headers.get("content-encoding", "identity") != "identity":
+        return ""
+    return read[:QUOTED_CHARS].decode("utf-8", "replace").strip()
 
 
 async def deliver_batch_webhook(
@@ -172,11 +208,15 @@ async def deliver_batch_webhook(
 ) -> bool:
     """POST the batch's job JSON unless it was delivered already. True when this call did."""
 
-    async def send(conn: AsyncConnection[Any], batch: dict[str, Any], ident: str) -> int:
+    async def send(batch: dict[str, Any], ident: str) -> int:
         assert batch["callback_url"]
         url = batch["callback_url"]
         address = await check_destination(url, services.settings.webhook_allowed)
         body = Job.from_row(batch).model_dump_json().encode()
         return await _post(services, url, address, ident, body)
 
-    return await deliver_once(services, batch_id, WEBHOOK, send, last_attempt=last_attempt)
+    # The claim outlasts the POST's deadline and the name lookup before it.
+    lease = services.settings.webhook_timeout + LOOKUP_SECONDS
+    return await deliver_once(
+        services, batch_id, WEBHOOK, send, lease_seconds=lease, last_attempt=last_attempt
+    )
