@@ -116,13 +116,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from importq.services import open_services
-    from importq.worker.tasks import run_worker
+    from importq.worker.tasks import run_worker, worker_connections, worker_lanes
 
     async def run() -> None:
-        async with open_services(settings) as services:
-            worker = asyncio.create_task(
-                run_worker(services, concurrency=args.concurrency or settings.worker_concurrency)
-            )
+        concurrency = args.concurrency or settings.worker_concurrency
+        pool_size = worker_connections(worker_lanes(settings, concurrency))
+        async with open_services(settings, pool_size=pool_size) as services:
+            worker = asyncio.create_task(run_worker(services, concurrency=concurrency))
             # A stop is a cancel: the worker lets its jobs finish for
             # IMPORTQ_SHUTDOWN_SECONDS and gives back the rest. A second signal cuts that
             # short.

@@ -15,6 +15,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from importq.ingest.chunk_bounds import ChunkSizing
 from importq.ingest.limits import UploadLimits
 from importq.worker.schedule import DEFAULT_RECONCILE_CRON, check_reconcile_cron
 
@@ -87,7 +88,22 @@ class Settings(BaseSettings):
     chunk_max_attempts: int = Field(
         default=3, ge=1, le=50, description="Attempts before a chunk fails"
     )
-    worker_concurrency: int = Field(default=4, ge=1, description="Jobs a worker runs at once")
+    worker_concurrency: int = Field(default=4, ge=1, description="Chunk jobs a worker runs at once")
+    completion_concurrency: int = Field(
+        default=2, ge=1, description="Completion checks and aggregations a worker runs at once"
+    )
+    message_concurrency: int = Field(
+        default=4, ge=1, description="Emails and webhooks a worker sends at once"
+    )
+    # A chunk holds a worker slot while it runs: ~20 ms of a core a 1,000 rows. The cap
+    # keeps the wait of a small batch posted behind a 10M-row one short, for ~8 ms a
+    # chunk more (docs/benchmarks.md).
+    max_chunk_rows: int = Field(
+        default=20_000, ge=1, description="Most rows a chunk aims for; wins over max_chunks"
+    )
+    max_pending_rows_per_user: int = Field(
+        default=0, ge=0, description="Unprocessed rows a user may have queued (0: no limit)"
+    )
     worker_poll_seconds: float = Field(
         default=1.0, gt=0, description="How often an idle worker looks for jobs unannounced"
     )
@@ -114,6 +130,10 @@ class Settings(BaseSettings):
     @classmethod
     def _enough_wal(cls, value: str) -> str:
         return _memory_size(value, "max_wal_size", smallest=32 << 20)
+
+    @property
+    def chunk_sizing(self) -> ChunkSizing:
+        return ChunkSizing(self.chunk_size, self.max_chunks, self.max_chunk_rows)
 
     @property
     def upload_limits(self) -> UploadLimits:

@@ -1,8 +1,9 @@
 """Refusals: the requests the service does not carry out, and why.
 
 Each has an HTTP status, a machine code and a message for a person. It may carry extra
-keys, such as ``columns``, ``line`` or ``limit``. Most are the client's doing; a 503
-(the database away, the service stopping) says when to try again.
+keys, such as ``columns``, ``line`` or ``limit``. Most are the client's doing; a 429
+(too much queued) or a 503 (the database away, the service stopping) says when to try
+again, in ``Retry-After`` (``retryAfter`` when the refusal carries one).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ class Refusal(Exception):
     def headers(self) -> dict[str, str] | None:
         if self.status == 401:
             return {"WWW-Authenticate": "Bearer"}
-        if self.status == 503:
-            return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if self.status in (429, 503):
+            return {"Retry-After": str(self.extra.get("retryAfter", RETRY_AFTER_SECONDS))}
         return None
 
     def body(self) -> dict[str, Any]:

@@ -17,11 +17,16 @@ from importq.rules.datasets import Dataset, load_datasets
 from importq.storage import Storage
 from importq.storage.local import LocalStorage
 
+# The API's authentication has a pool of its own, so that a request is never
+# authenticated behind staging or jobs waiting for a connection.
+AUTH_POOL_SIZE = 4
+
 
 @dataclass
 class Services:
     settings: Settings
     pool: Pool
+    auth_pool: Pool
     datasets: dict[str, Dataset]
     storage: Storage
     queue: JobQueue
@@ -43,14 +48,17 @@ def open_storage(settings: Settings) -> Storage:
 
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[Services]:
-    """Open the pool, the storage and the queue app on the pool; close them all on exit."""
+    """Open the pools, the storage and the queue app on the main pool; close them all on
+    exit. ``pool_size`` bounds the main pool."""
     datasets = load_datasets(settings.datasets_file)
     storage = open_storage(settings)
     try:
         url = database_url(settings)
         outage = DatabaseOutage(url)
         pool = create_pool(url, max_size=pool_size, outage=outage)
+        auth_pool = create_pool(url, max_size=AUTH_POOL_SIZE, outage=outage)
         await pool.open(wait=True, timeout=60)
+        await auth_pool.open(wait=True, timeout=60)
         try:
             app = create_queue_app()
             try:
@@ -58,6 +66,7 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> AsyncIter
                     yield Services(
                         settings=settings,
                         pool=pool,
+                        auth_pool=auth_pool,
                         datasets=datasets,
                         storage=storage,
                         queue=JobQueue(app),
@@ -66,6 +75,7 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> AsyncIter
             finally:
                 await outage.close()
         finally:
+            await auth_pool.close()
             await pool.close()
     finally:
         await storage.close()

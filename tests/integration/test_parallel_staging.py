@@ -18,6 +18,7 @@ from conftest import new_user
 from helpers import csv_text, download, entrance, quoted_entrances, read_csv_report, wait_for_batch
 from importq.db import create_pool
 from importq.ingest import staging
+from importq.ingest.chunk_bounds import ChunkSizing
 from importq.ingest.csv_reader import read_csv
 from importq.ingest.limits import UploadLimits
 from importq.ingest.staged_table import SCHEMA, part_name, table_name
@@ -188,8 +189,7 @@ async def test_with_no_second_connection_free_the_file_is_copied_in_one_piece(
                 conn,
                 request,
                 upload,
-                chunk_size=10,
-                max_chunks=services.settings.max_chunks,
+                sizing=ChunkSizing(10, services.settings.max_chunks),
                 defer_chunks=services.queue.defer_chunks,
                 connect=busy.connection,
             )

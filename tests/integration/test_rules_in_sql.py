@@ -19,6 +19,7 @@ from psycopg import sql
 
 from conftest import new_user
 from helpers import row_results
+from importq.ingest.chunk_bounds import ChunkSizing
 from importq.ingest.parsed_upload import ParsedUpload
 from importq.ingest.staged_table import trimmed
 from importq.ingest.staging import BatchRequest, stage_batch
@@ -76,8 +77,8 @@ async def _stage(services: Services, header: list[str], rows: list[StagedRow]) -
             conn,
             request,
             upload,
-            chunk_size=4,  # several chunks, a key's rows still in one
-            max_chunks=services.settings.max_chunks,
+            # several chunks, a key's rows still in one
+            sizing=ChunkSizing(4, services.settings.max_chunks),
             defer_chunks=services.queue.defer_chunks,
         )
         cursor = await conn.execute(

@@ -16,6 +16,7 @@ from psycopg import AsyncConnection, sql
 
 from conftest import new_user
 from helpers import entrance, json_upload, row_results
+from importq.ingest.chunk_bounds import ChunkSizing
 from importq.ingest.staged_table import results_table
 from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.pipeline.chunk_processing import process_chunk
@@ -48,8 +49,7 @@ async def _process(
             conn,
             BatchRequest(dataset=dataset, initiator_id=user_id, format="json"),
             json_upload(rows),
-            chunk_size=chunk_size,
-            max_chunks=services.settings.max_chunks,
+            sizing=ChunkSizing(chunk_size, services.settings.max_chunks),
             defer_chunks=services.queue.defer_chunks,
         )
         datasets = {dataset.name: dataset}

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from conftest import new_user
 from helpers import csv_text, entrance, json_upload
-from importq.ingest.chunk_bounds import ChunkBound, chunk_bounds, chunk_of, effective_chunk_size
+from importq.ingest.chunk_bounds import ChunkBound, ChunkSizing, chunk_bounds, chunk_of
 from importq.ingest.staged_table import StagedTable, original, table_name
 from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.pipeline.target_tables import chunk_statements
@@ -68,8 +68,7 @@ async def _stage_json(
             conn,
             request,
             json_upload(rows),
-            chunk_size=chunk_size,
-            max_chunks=services.settings.max_chunks,
+            sizing=ChunkSizing(chunk_size, services.settings.max_chunks),
             defer_chunks=services.queue.defer_chunks,
         )
 
@@ -166,7 +165,7 @@ async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None
     assert fixed[0] == fixed[1] == fixed[2], "trimmed as str.strip() trims"
     assert len(set(fixed[2:])) == 3, "case and a zero-width space are kept"
 
-    size = effective_chunk_size(len(hashes), CHUNK_SIZE, services.settings.max_chunks)
+    size = ChunkSizing(CHUNK_SIZE, services.settings.max_chunks).target(len(hashes))
     assert size == CHUNK_SIZE
     bounds = chunk_bounds(sorted(hashes.values()), size)
     expected_chunks = [

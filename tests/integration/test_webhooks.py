@@ -269,3 +269,30 @@ async def test_an_answer_is_read_only_up_to_64_kib_and_never_decompressed(
     with pytest.raises(WebhookFailed) as quoted:
         await deliver_batch_webhook(services, batch_id)
     assert str(quoted.value) == "the receiver answered 503: maintenance window"
+
+
+@pytest.mark.parametrize("webhook_options", [ONE_TRY])
+@pytest.mark.usefixtures("worker")
+async def test_a_running_claim_stops_other_jobs_but_not_its_own_rerun(
+    client: httpx.AsyncClient, services: Services, receiver: Receiver
+) -> None:
+    """A job whose worker died mid-send left its claim running; its retry (the same job)
+    takes the claim back at once, while any other job leaves the delivery to it."""
+    batch_id = await _given_up(client, receiver)
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE deliveries SET claimed_until = now() + interval '1 hour',"
+            " claimed_by = 'job-7' WHERE batch_id = %s AND channel = 'webhook'",
+            (batch_id,),
+        )
+    assert await deliver_batch_webhook(services, batch_id, claimant="job-8") is False
+    assert len(receiver.requests) == 1
+    assert await deliver_batch_webhook(services, batch_id, claimant="job-7") is True
+    assert len(receiver.requests) == 2
+    claim = await _rows(
+        services,
+        "SELECT claimed_until, claimed_by FROM deliveries"
+        " WHERE batch_id = %s AND channel = 'webhook'",
+        batch_id,
+    )
+    assert claim == [(None, None)]

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from importq.ingest.chunk_bounds import (
     ChunkBound,
     ChunkCutter,
+    ChunkSizing,
     chunk_bounds,
     chunk_of,
-    effective_chunk_size,
 )
 
 Key = tuple[str, ...]
@@ -157,15 +157,20 @@ def test_the_split_is_deterministic(rows: list[Row], size: int, rnd: random.Rand
     st.integers(min_value=1, max_value=20_000),
     st.integers(min_value=1, max_value=100),
     st.integers(min_value=1, max_value=300),
+    st.integers(min_value=1, max_value=1_000),
 )
-def test_effective_size_caps_the_chunk_count(total: int, chunk_size: int, max_chunks: int) -> None:
-    size = effective_chunk_size(total, chunk_size, max_chunks)
+def test_the_target_size_caps_the_chunk_count_then_the_chunk_rows(
+    total: int, chunk_size: int, max_chunks: int, max_chunk_rows: int
+) -> None:
+    size = ChunkSizing(chunk_size, max_chunks, max_chunk_rows).target(total)
     assert size >= chunk_size
-    assert size == max(chunk_size, math.ceil(total / max_chunks))
+    assert size <= max(chunk_size, max_chunk_rows)
     # Groups of one (distinct hashes): every chunk but the last holds exactly `size`.
     bounds = chunk_bounds(range(total), size)
-    assert len(bounds) <= max_chunks
     assert len(bounds) == math.ceil(total / size)
+    if total <= max_chunks * max(chunk_size, max_chunk_rows):
+        assert size == max(chunk_size, math.ceil(total / max_chunks))
+        assert len(bounds) <= max_chunks
 
 
 @PROPERTIES
@@ -174,7 +179,7 @@ def test_the_chunk_count_cap_holds_for_any_groups(
     rows: list[Row], chunk_size: int, max_chunks: int
 ) -> None:
     """Every chunk but the last holds >= size rows, so big groups only mean fewer chunks."""
-    size = effective_chunk_size(len(rows), chunk_size, max_chunks)
+    size = ChunkSizing(chunk_size, max_chunks, max_chunk_rows=len(rows) + 1).target(len(rows))
     bounds = chunk_bounds(sorted(hashes_of(rows)), size)
     assert len(bounds) <= max(1, math.ceil(len(rows) / size)) <= max(1, max_chunks)
     assert bool(bounds) == bool(rows)

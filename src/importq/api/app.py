@@ -24,9 +24,12 @@ from importq.api.auth import database_unavailable
 from importq.config import Settings
 from importq.errors import Refusal
 from importq.services import Services, open_services
-from importq.worker.tasks import run_worker
+from importq.worker.tasks import run_worker, worker_connections, worker_lanes
 
 log = logging.getLogger(__name__)
+
+# The main pool's connections for the API's own work: staging (two a big upload), reads.
+API_CONNECTIONS = 20
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -77,13 +80,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal worker
-        async with open_services(settings, pool_size=20) as services:
+        chunk_concurrency = worker_concurrency or settings.worker_concurrency
+        pool_size = API_CONNECTIONS
+        if run_worker_in_process:
+            pool_size += worker_connections(worker_lanes(settings, chunk_concurrency))
+        async with open_services(settings, pool_size=pool_size) as services:
             if run_worker_in_process:
-                worker = asyncio.create_task(
-                    run_worker(
-                        services, concurrency=worker_concurrency or settings.worker_concurrency
-                    )
-                )
+                worker = asyncio.create_task(run_worker(services, concurrency=chunk_concurrency))
                 worker.add_done_callback(_worker_ended)
                 app.state.worker = worker
             app.state.services = services

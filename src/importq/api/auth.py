@@ -37,8 +37,9 @@ async def current_user(
         raise Refusal(
             401, "unauthenticated", "Send an API token as 'Authorization: Bearer <token>'."
         )
-    # A request waits this long at most for a connection; past it, 503.
-    async with services.pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
+    # A pool of its own: uploads and jobs never hold its connections. A request waits
+    # this long at most for one; past it, 503.
+    async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
         user = await user_for_token(conn, token.strip())
     if user is None:
         raise Refusal(401, "invalid_token", "The API token is not valid.")

@@ -36,6 +36,7 @@ from importq.ingest.staging import BatchRequest, stage_batch
 from importq.ingest.text_encoding import resolve_encoding
 from importq.ingest.xlsx_reader import read_xlsx
 from importq.services import Services
+from importq.sql import queries
 from importq.storage import StorageError
 
 router = APIRouter()
@@ -127,6 +128,37 @@ def _request_digest(body: IO[bytes], options: list[str | None]) -> bytes:
     return digest.digest()
 
 
+# When a user with too many rows queued is told to try again: a 2-core machine processes
+# ~50,000 rows in that time.
+PENDING_RETRY_SECONDS = 30
+
+
+async def _check_pending_rows(services: Services, user_id: int) -> None:
+    """Refuse a new upload with ``429 too_many_pending_rows`` while the user's active
+    batches hold ``IMPORTQ_MAX_PENDING_ROWS_PER_USER`` unprocessed rows or more.
+
+    An upload is refused only when rows are already waiting, so a single file larger
+    than the limit is still taken when nothing of the user's is queued.
+    """
+    limit = services.settings.max_pending_rows_per_user
+    if limit == 0:
+        return
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(queries["pending_rows_of_user"], {"user_id": user_id})
+        row = await cursor.fetchone()
+    pending = int(row[0]) if row else 0
+    if pending >= limit:
+        raise Refusal(
+            429,
+            "too_many_pending_rows",
+            f"{pending} rows of your earlier uploads are still waiting, and the limit is "
+            f"{limit}; send this upload once they are processed.",
+            limit=limit,
+            pending=pending,
+            retryAfter=PENDING_RETRY_SECONDS,
+        )
+
+
 def _file_format(name: str) -> tuple[str, str | None]:
     """The (format, delimiter) of a multipart upload's file name; other types are 415."""
     extension = name[name.rfind(".") :].lower() if "." in name else ""
@@ -145,7 +177,9 @@ def _file_format(name: str) -> tuple[str, str | None]:
     "/api/v1/{dataset}/import-rows",
     status_code=202,
     response_model=Accepted,
-    responses={code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 503)},
+    responses={
+        code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)
+    },
 )
 async def import_rows(
     dataset: str,
@@ -171,6 +205,7 @@ async def import_rows(
         raise Refusal(
             403, "forbidden", f"Importing into {dataset} needs the {definition.import_role} role."
         )
+    await _check_pending_rows(services, user.id)
     limit = services.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -234,8 +269,7 @@ async def import_rows(
                 conn,
                 batch_request,
                 within_limits(upload, options.limits),
-                chunk_size=services.settings.chunk_size,
-                max_chunks=services.settings.max_chunks,
+                sizing=services.settings.chunk_sizing,
                 defer_chunks=services.queue.defer_chunks,
                 connect=services.pool.connection,
             )

@@ -7,8 +7,9 @@ Invariants:
 - Once the row's ``sent_at`` is recorded, the message is never sent again.
 - Two attempts never send a message at once, unless one outlived its claim. An attempt
   first *claims* the row for ``lease_seconds`` (longer than a send can take), in a
-  transaction of its own; a second attempt that finds the claim running is refused
-  with :class:`DeliveryBusy` and retries later.
+  transaction of its own, in the name of its claimant (its job). Another claimant that
+  finds the claim running does nothing: the claimant finishes, or its job is retried
+  and takes the claim back at once, even after its worker died.
 - No transaction, row lock or pooled connection is held while a message is handed
   over, so a slow receiver holds nothing but its own job.
 - Nothing here touches the batch's status.
@@ -45,10 +46,6 @@ class PermanentFailure(Exception):
     """A failure no retry can mend (a refused destination, no address)."""
 
 
-class DeliveryBusy(Exception):
-    """Another attempt holds the delivery's claim; retry once it has run out."""
-
-
 async def _record(
     conn: AsyncConnection[Any],
     batch_id: uuid.UUID,
@@ -72,22 +69,19 @@ async def _record(
 
 
 async def _claim(
-    services: Services, batch_id: uuid.UUID, channel: str, lease_seconds: float
+    services: Services, batch_id: uuid.UUID, channel: str, lease_seconds: float, claimant: str
 ) -> tuple[dict[str, Any], str] | None:
-    """Claim the delivery: the batch row and the message id, or None when it was sent
-    already (or was never owed). Raises :class:`DeliveryBusy` while another claim runs."""
+    """Claim the delivery: the batch row and the message id. None when it was sent
+    already, was never owed, or another claimant's claim is running."""
     params = {"batch_id": batch_id, "channel": channel}
     async with services.pool.connection() as conn, conn.transaction():
         cursor = await conn.execute(
-            queries["claim_delivery"], {**params, "lease_seconds": lease_seconds}
+            queries["claim_delivery"],
+            {**params, "lease_seconds": lease_seconds, "claimant": claimant},
         )
         claimed = await cursor.fetchone()
         if claimed is None:
-            cursor = await conn.execute(queries["delivery_claim"], params)
-            state = await cursor.fetchone()
-            if state is None or state[0] is not None:
-                return None
-            raise DeliveryBusy(f"another attempt is sending it until {state[1]:%H:%M:%S %Z}")
+            return None
         batch = await batches.get_batch(conn, batch_id)
         assert batch is not None
         return batch, str(claimed[0])
@@ -100,16 +94,19 @@ async def deliver_once(
     send: Send,
     *,
     lease_seconds: float,
+    claimant: str | None = None,
     last_attempt: bool = False,
 ) -> bool:
     """Hand over the batch's ``channel`` message, unless it was handed over already.
 
     ``lease_seconds`` bounds how long ``send`` may take; the claim lasts that long.
+    ``claimant`` names the job, the same on each of its runs (default: this call alone).
     Returns True when this call handed it over. The failure of an attempt that may be
     retried is raised, after it is recorded. After recording the last attempt's failure,
     or a permanent failure, it returns False.
     """
-    claimed = await _claim(services, batch_id, channel, lease_seconds)
+    claimant = claimant or f"call-{uuid.uuid4()}"
+    claimed = await _claim(services, batch_id, channel, lease_seconds, claimant)
     if claimed is None:
         return False
     batch, message_id = claimed

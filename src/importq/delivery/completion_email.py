@@ -21,7 +21,11 @@ SMTP_EXCHANGES = 12
 
 
 async def send_completion_email(
-    services: Services, batch_id: uuid.UUID, *, last_attempt: bool = False
+    services: Services,
+    batch_id: uuid.UUID,
+    *,
+    last_attempt: bool = False,
+    claimant: str | None = None,
 ) -> bool:
     """Send the batch's email unless it was sent already. True when this call sent it."""
     settings = services.settings
@@ -65,5 +69,11 @@ async def send_completion_email(
     # smtplib's timeout bounds each exchange with the server; a message takes a handful.
     lease = settings.smtp_timeout * SMTP_EXCHANGES
     return await deliver_once(
-        services, batch_id, EMAIL, send, lease_seconds=lease, last_attempt=last_attempt
+        services,
+        batch_id,
+        EMAIL,
+        send,
+        lease_seconds=lease,
+        claimant=claimant,
+        last_attempt=last_attempt,
     )

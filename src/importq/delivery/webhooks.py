@@ -204,7 +204,11 @@ async def _answer_start(response: httpx.Response) -> str:
 
 
 async def deliver_batch_webhook(
-    services: Services, batch_id: uuid.UUID, *, last_attempt: bool = False
+    services: Services,
+    batch_id: uuid.UUID,
+    *,
+    last_attempt: bool = False,
+    claimant: str | None = None,
 ) -> bool:
     """POST the batch's job JSON unless it was delivered already. True when this call did."""
 
@@ -218,5 +222,11 @@ async def deliver_batch_webhook(
     # The claim outlasts the POST's deadline and the name lookup before it.
     lease = services.settings.webhook_timeout + LOOKUP_SECONDS
     return await deliver_once(
-        services, batch_id, WEBHOOK, send, lease_seconds=lease, last_attempt=last_attempt
+        services,
+        batch_id,
+        WEBHOOK,
+        send,
+        lease_seconds=lease,
+        claimant=claimant,
+        last_attempt=last_attempt,
     )

@@ -34,9 +34,23 @@ class ChunkBound:
     row_count: int
 
 
-def effective_chunk_size(total_rows: int, chunk_size: int, max_chunks: int) -> int:
-    """The target chunk size: ``chunk_size``, grown so a batch has at most ``max_chunks``."""
-    return max(chunk_size, math.ceil(total_rows / max_chunks))
+@dataclass(frozen=True)
+class ChunkSizing:
+    """How many rows a batch's chunks aim for.
+
+    ``chunk_size`` rows, grown so that a batch has at most ``max_chunks`` chunks (each
+    chunk has a cost of its own), but never past ``max_chunk_rows``, which wins: a chunk
+    holds a worker slot while it runs, and a small batch posted meanwhile waits for a
+    slot. A chunk still holds every row of a key, so one may be larger than the target.
+    """
+
+    chunk_size: int = 50
+    max_chunks: int = 100
+    max_chunk_rows: int = 20_000
+
+    def target(self, total_rows: int) -> int:
+        grown = max(self.chunk_size, math.ceil(total_rows / self.max_chunks))
+        return min(grown, max(self.max_chunk_rows, self.chunk_size))
 
 
 class ChunkCutter:

@@ -36,7 +36,7 @@ from psycopg import AsyncConnection, errors, sql
 from psycopg_pool import PoolTimeout
 
 from importq.errors import Refusal
-from importq.ingest.chunk_bounds import ChunkBound, effective_chunk_size
+from importq.ingest.chunk_bounds import ChunkBound, ChunkSizing
 from importq.ingest.clean_csv import CsvSource, NotClean
 from importq.ingest.off_loop import in_thread
 from importq.ingest.parsed_upload import ParsedUpload, empty_upload
@@ -397,8 +397,7 @@ async def stage_batch(
     request: BatchRequest,
     upload: ParsedUpload,
     *,
-    chunk_size: int,
-    max_chunks: int,
+    sizing: ChunkSizing,
     defer_chunks: DeferChunks,
     connect: Connect | None = None,
 ) -> StagedBatch:
@@ -425,7 +424,7 @@ async def stage_batch(
             if total == 0:
                 raise empty_upload()
             await conn.execute(queries["staging_settings"])
-            size = effective_chunk_size(total, chunk_size, max_chunks)
+            size = sizing.target(total)
             await conn.execute(table.index())
             bounds = await _cut_chunks(conn, table, size)
             await conn.execute(

@@ -6,7 +6,11 @@ caller's transaction. The caller commits.
 
 The queues:
 
-- ``chunks``: one ``process_chunk`` job per chunk.
+- ``chunks``: one ``process_chunk`` job per chunk. A chunk job's priority is minus its
+  chunk number, and procrastinate takes the highest priority first, then the oldest. So
+  batches are interleaved: every batch's first chunk comes before any batch's second, and
+  a small batch posted behind a big one waits for a free slot only, not for the big
+  one's remaining chunks.
 - ``completion``: ``check_completion``, with the batch id as its ``queueing_lock``,
   then ``aggregate``.
 - ``messages``: ``send_email`` and ``deliver_webhook``.
@@ -51,8 +55,11 @@ class JobQueue:
         self, conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_nos: Iterable[int]
     ) -> None:
         deferrer = self.app.configure_task("process_chunk", connection=conn, queue=CHUNKS)
-        jobs: list[dict[str, Any]] = [{"batch_id": str(batch_id), "chunk_no": n} for n in chunk_nos]
-        await deferrer.batch_defer_async(*jobs)
+        jobs = [
+            deferrer.make_new_job(batch_id=str(batch_id), chunk_no=n).evolve(priority=-n)
+            for n in chunk_nos
+        ]
+        await self.app.job_manager.batch_defer_jobs_async(jobs, connection=conn)
 
     async def defer_completion_check(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
         """Defer the batch's completion check unless one is already waiting.

@@ -125,3 +125,8 @@ UPDATE batches SET report_paths = NULL, updated_at = now() WHERE id = %(batch_id
 -- name: mark_batch_purged
 -- The batch's stored files are gone.
 UPDATE batches SET purged_at = now(), updated_at = now() WHERE id = %(batch_id)s;
+
+-- name: pending_rows_of_user
+-- Rows of a user's active batches that no chunk has processed yet.
+SELECT coalesce(sum(total_rows - processed_rows), 0)::bigint FROM batches
+WHERE initiator_id = %(user_id)s AND status = 'active';

@@ -37,27 +37,25 @@ VALUES (%(batch_id)s, %(channel)s, %(message_id)s)
 ON CONFLICT DO NOTHING;
 
 -- name: claim_delivery
--- Claim an unsent delivery for lease_seconds, unless another attempt's claim is still
+-- Claim an unsent delivery for lease_seconds, unless another claimant's claim is still
 -- running; two claims of one row are serialized by its row lock.
-UPDATE deliveries SET claimed_until = now() + make_interval(secs => %(lease_seconds)s)
+UPDATE deliveries
+SET claimed_until = now() + make_interval(secs => %(lease_seconds)s), claimed_by = %(claimant)s
 WHERE batch_id = %(batch_id)s AND channel = %(channel)s AND sent_at IS NULL
-  AND (claimed_until IS NULL OR claimed_until < now())
+  AND (claimed_until IS NULL OR claimed_until < now() OR claimed_by = %(claimant)s)
 RETURNING message_id;
-
--- name: delivery_claim
--- Why a claim failed: the row's sent time and its running claim's end, if any.
-SELECT sent_at, claimed_until FROM deliveries
-WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
 
 -- name: delivery_sent
 -- Record a successful send: never sent again after this.
 UPDATE deliveries
-SET sent_at = now(), attempts = attempts + 1, last_error = NULL, claimed_until = NULL
+SET sent_at = now(), attempts = attempts + 1, last_error = NULL,
+    claimed_until = NULL, claimed_by = NULL
 WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
 
 -- name: delivery_failed
 -- Record a failed attempt, and give up its claim.
-UPDATE deliveries SET attempts = attempts + 1, last_error = %(error)s, claimed_until = NULL
+UPDATE deliveries
+SET attempts = attempts + 1, last_error = %(error)s, claimed_until = NULL, claimed_by = NULL
 WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
 
 -- name: record_delivery_attempt

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,13 +37,14 @@ from procrastinate.jobs import Job
 from procrastinate.retry import RetryDecision
 from psycopg_pool import PoolTimeout
 
+from importq.config import Settings
 from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
 from importq.pipeline import batches
 from importq.pipeline.aggregation import aggregate as aggregate_batch
 from importq.pipeline.chunk_processing import fail_chunk, record_attempt
 from importq.pipeline.chunk_processing import process_chunk as process_one_chunk
-from importq.pipeline.job_queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES, QUEUES
+from importq.pipeline.job_queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES
 from importq.pipeline.recovery import reconcile as reconcile_once
 from importq.services import Services
 
@@ -129,16 +131,25 @@ def _last_attempt(context: JobContext, cap: int) -> bool:
     return context.job.attempts + 1 >= min(cap, BACKOFF_RETRIES + 1)
 
 
+def _claimant(context: JobContext) -> str:
+    """A message job's name on the delivery it claims: the same on each of its runs."""
+    return f"job-{context.job.id}"
+
+
 async def send_email(context: JobContext, batch_id: str) -> None:
     services = _services(context)
     last = _last_attempt(context, services.settings.mail_max_attempts)
-    await send_completion_email(services, uuid.UUID(batch_id), last_attempt=last)
+    await send_completion_email(
+        services, uuid.UUID(batch_id), last_attempt=last, claimant=_claimant(context)
+    )
 
 
 async def deliver_webhook(context: JobContext, batch_id: str) -> None:
     services = _services(context)
     last = _last_attempt(context, services.settings.webhook_max_attempts)
-    await deliver_batch_webhook(services, uuid.UUID(batch_id), last_attempt=last)
+    await deliver_batch_webhook(
+        services, uuid.UUID(batch_id), last_attempt=last, claimant=_claimant(context)
+    )
 
 
 async def reconcile(context: JobContext, timestamp: int) -> None:
@@ -173,8 +184,82 @@ async def _notice_outages(
         raise
 
 
+@dataclass(frozen=True)
+class Lane:
+    """Queues served by a procrastinate worker of their own, with its own job slots.
+
+    So a stuck mail server or webhook receiver holds only message slots, and a big
+    batch's chunks never delay another batch's aggregation.
+    """
+
+    name: str
+    queues: tuple[str, ...]
+    concurrency: int
+
+
+def worker_lanes(settings: Settings, chunk_concurrency: int) -> tuple[Lane, ...]:
+    return (
+        Lane("chunks", (CHUNKS,), chunk_concurrency),
+        Lane("completion", (COMPLETION, MAINTENANCE), settings.completion_concurrency),
+        Lane("messages", (MESSAGES,), settings.message_concurrency),
+    )
+
+
+def worker_connections(lanes: tuple[Lane, ...]) -> int:
+    """The pool connections a worker's lanes may hold at once: each lane's listener and
+    one per job slot, and two for heartbeats and deferrals."""
+    return sum(1 + lane.concurrency for lane in lanes) + 2
+
+
+async def _run_lanes(services: Services, lanes: tuple[Lane, ...]) -> None:
+    """Run one procrastinate worker per lane until one of them stops, then stop the rest.
+
+    Raises the first error a worker raised. Cancelled, it cancels every worker (each
+    lets its jobs finish for ``IMPORTQ_SHUTDOWN_SECONDS``) before it ends.
+    """
+    settings = services.settings
+    workers = [
+        asyncio.create_task(
+            services.queue.app.run_worker_async(
+                name=f"importq-{lane.name}",
+                queues=list(lane.queues),
+                concurrency=lane.concurrency,
+                additional_context={"services": services},
+                update_heartbeat_interval=settings.heartbeat_seconds,
+                # A new job announces itself. But procrastinate's worker can miss an
+                # announcement that arrives while it is fetching, because it clears the
+                # event after the fetch. It then waits a whole polling interval. Polling
+                # often keeps the hops at a batch's end short: last chunk → check →
+                # aggregate → email.
+                fetch_job_polling_interval=settings.worker_poll_seconds,
+                stalled_worker_timeout=settings.stalled_seconds,
+                shutdown_graceful_timeout=settings.shutdown_seconds,
+                worker_middleware=[_notice_outages],
+                # Signals are the caller's: a stop is a cancel, so that a worker that
+                # stops on its own is told apart from one that was asked to.
+                install_signal_handlers=False,
+            ),
+            name=f"worker-{lane.name}",
+        )
+        for lane in lanes
+    ]
+    try:
+        await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for worker in workers:
+            worker.cancel()
+        ended = await asyncio.gather(*workers, return_exceptions=True)
+    errors = [e for e in ended if isinstance(e, Exception)]
+    if errors:
+        raise errors[0]
+
+
 async def run_worker(services: Services, *, concurrency: int) -> None:
     """Run a worker on every importq queue until cancelled; only a cancel stops it.
+
+    The queues are served in lanes (:func:`worker_lanes`): ``concurrency`` chunk jobs,
+    ``IMPORTQ_COMPLETION_CONCURRENCY`` completion jobs and ``IMPORTQ_MESSAGE_CONCURRENCY``
+    messages at once, each lane a procrastinate worker of its own.
 
     Cancelled, the worker stops fetching jobs and gives the jobs it holds
     ``IMPORTQ_SHUTDOWN_SECONDS`` to finish; the rest are aborted, and procrastinate
@@ -192,29 +277,13 @@ async def run_worker(services: Services, *, concurrency: int) -> None:
     app = services.queue.app
     if "process_chunk" not in app.tasks:
         register_tasks(app, reconcile_cron=services.settings.reconcile_cron)
+    lanes = worker_lanes(services.settings, concurrency)
     failures = 0
     while True:
         started = time.monotonic()
         reason: BaseException | str
         try:
-            await app.run_worker_async(
-                queues=list(QUEUES),
-                concurrency=concurrency,
-                additional_context={"services": services},
-                update_heartbeat_interval=services.settings.heartbeat_seconds,
-                # A new job announces itself. But procrastinate's worker can miss an
-                # announcement that arrives while it is fetching, because it clears the
-                # event after the fetch. It then waits a whole polling interval. Polling
-                # often keeps the hops at a batch's end short: last chunk → check →
-                # aggregate → email.
-                fetch_job_polling_interval=services.settings.worker_poll_seconds,
-                stalled_worker_timeout=services.settings.stalled_seconds,
-                shutdown_graceful_timeout=services.settings.shutdown_seconds,
-                worker_middleware=[_notice_outages],
-                # Signals are the caller's: a stop is a cancel, so that a worker that
-                # stops on its own is told apart from one that was asked to.
-                install_signal_handlers=False,
-            )
+            await _run_lanes(services, lanes)
             reason = "the worker stopped by itself"
         except (ConnectorException, psycopg.Error) as error:
             reason = error
