@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         default=2, ge=1, description="Completion checks and aggregations a worker runs at once"
     )
     message_concurrency: int = Field(
-        default=4, ge=1, description="Emails and webhooks a worker sends at once"
+        default=4, ge=1, description="Emails a worker sends at once, and webhooks"
     )
     # A chunk holds a worker slot while it runs: ~20 ms of a core a 1,000 rows. The cap
     # keeps the wait of a small batch posted behind a 10M-row one short, for ~8 ms a

@@ -84,11 +84,11 @@ async def test_a_small_batch_queued_behind_a_big_one_goes_in_after_one_chunk(
 @pytest.mark.parametrize(
     "options", [{"message_concurrency": 1, "webhook_timeout": 60, "shutdown_seconds": 1}]
 )
-async def test_a_stuck_receiver_holds_only_the_message_lane(
+async def test_a_stuck_receiver_holds_only_the_webhook_lane(
     client: httpx.AsyncClient, services: Services, receiver: Receiver
 ) -> None:
-    """While the only message slot waits on a receiver that answers a byte a second,
-    another batch's chunks and aggregation run, and its own messages wait their turn."""
+    """While the only webhook slot waits on a receiver that answers a byte a second,
+    another batch's chunks, aggregation and email all go through."""
     receiver.answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 60\r\n\r\n" + b"x" * 60]
     receiver.trickle = 1.0
     async with running_worker(services, concurrency=2):
@@ -101,6 +101,12 @@ async def test_a_stuck_receiver_holds_only_the_message_lane(
         other = await _accepted(client, [entrance(f"o{i}") for i in range(30)])
         job = await wait_for_batch(client, other, seconds=20)
         assert job["status"] == "completed" and job["result"]["summary"]["successes"] == 30
+        for _ in range(100):
+            if any(other in path.name for path in services.settings.outbox_dir.iterdir()):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the other batch's email was not written")
         assert len(receiver.requests) == 1  # the trickle goes on: the first POST still runs
 
 

@@ -13,7 +13,10 @@ The queues:
   one's remaining chunks.
 - ``completion``: ``check_completion``, with the batch id as its ``queueing_lock``,
   then ``aggregate``.
-- ``messages``: ``send_email`` and ``deliver_webhook``.
+- ``messages``: ``send_email``.
+- ``webhooks``: ``deliver_webhook``, apart from emails, so a slow receiver never delays
+  anyone's email. (A ``deliver_webhook`` job deferred on ``messages`` before the split
+  still runs there.)
 - ``maintenance``: ``reconcile``.
 """
 
@@ -30,8 +33,8 @@ from psycopg import AsyncConnection
 CHUNKS = "chunks"
 COMPLETION = "completion"
 MESSAGES = "messages"
+WEBHOOKS = "webhooks"
 MAINTENANCE = "maintenance"
-QUEUES = (CHUNKS, COMPLETION, MESSAGES, MAINTENANCE)
 
 
 def create_queue_app() -> procrastinate.App:
@@ -86,5 +89,5 @@ class JobQueue:
         await deferrer.defer_async(batch_id=str(batch_id))
 
     async def defer_webhook(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
-        deferrer = self.app.configure_task("deliver_webhook", connection=conn, queue=MESSAGES)
+        deferrer = self.app.configure_task("deliver_webhook", connection=conn, queue=WEBHOOKS)
         await deferrer.defer_async(batch_id=str(batch_id))

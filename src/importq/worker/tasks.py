@@ -44,7 +44,7 @@ from importq.pipeline import batches
 from importq.pipeline.aggregation import aggregate as aggregate_batch
 from importq.pipeline.chunk_processing import fail_chunk, record_attempt
 from importq.pipeline.chunk_processing import process_chunk as process_one_chunk
-from importq.pipeline.job_queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES
+from importq.pipeline.job_queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES, WEBHOOKS
 from importq.pipeline.recovery import reconcile as reconcile_once
 from importq.services import Services
 
@@ -166,7 +166,7 @@ def register_tasks(app: procrastinate.App, *, reconcile_cron: str) -> None:
     )
     app.task(name="aggregate", queue=COMPLETION, pass_context=True, retry=BACKOFF)(aggregate)
     app.task(name="send_email", queue=MESSAGES, pass_context=True, retry=BACKOFF)(send_email)
-    app.task(name="deliver_webhook", queue=MESSAGES, pass_context=True, retry=BACKOFF)(
+    app.task(name="deliver_webhook", queue=WEBHOOKS, pass_context=True, retry=BACKOFF)(
         deliver_webhook
     )
     task = app.task(name="reconcile", queue=MAINTENANCE, pass_context=True)(reconcile)
@@ -188,8 +188,8 @@ async def _notice_outages(
 class Lane:
     """Queues served by a procrastinate worker of their own, with its own job slots.
 
-    So a stuck mail server or webhook receiver holds only message slots, and a big
-    batch's chunks never delay another batch's aggregation.
+    So a stuck mail server holds only email slots, a stuck webhook receiver only webhook
+    slots, and a big batch's chunks never delay another batch's aggregation.
     """
 
     name: str
@@ -202,6 +202,7 @@ def worker_lanes(settings: Settings, chunk_concurrency: int) -> tuple[Lane, ...]
         Lane("chunks", (CHUNKS,), chunk_concurrency),
         Lane("completion", (COMPLETION, MAINTENANCE), settings.completion_concurrency),
         Lane("messages", (MESSAGES,), settings.message_concurrency),
+        Lane("webhooks", (WEBHOOKS,), settings.message_concurrency),
     )
 
 
