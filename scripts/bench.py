@@ -2,6 +2,7 @@
 
     python scripts/bench.py --rows 1000000 [--format csv|xlsx] [--workers 0]
                             [--repeat 3] [--database-url URL] [--no-write]
+                            [--scenario import|health|fairness|webhooks]
 
 Generates an entrances file (CSV, or XLSX with ``--format xlsx``; cached under
 bench-data/), then on the same PostgreSQL:
@@ -13,6 +14,9 @@ bench-data/), then on the same PostgreSQL:
 Each of ``--repeat`` rounds starts from an empty database and measures both; the
 medians and their ratio are printed and recorded in docs/benchmarks.md (a 2-second COPY
 is at the mercy of a checkpoint or a busy cache; one round alone can mislead).
+
+The other scenarios measure whether one user's upload or webhook stalls the others
+(``scripts/stalls.py``); ``--rows`` is then the size of the big upload.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -125,7 +131,20 @@ CONTENT_TYPES = {
 }
 
 
-def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Run:
+@dataclass
+class Service:
+    """A running ``importq serve`` (and its extra workers), as ``serving`` started it."""
+
+    base: str
+    token: str
+    data_dir: Path
+    processes: list[subprocess.Popen[bytes]]
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], workers: int = 0) -> Iterator[Service]:
+    """Start ``importq serve`` (plus ``workers`` extra ``importq worker`` processes) on
+    the data dir of ``env``, wait until it is ready, and stop them all on exit."""
     port = free_port()
     env = {**env, "IMPORTQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     logs = Path(env["IMPORTQ_DATA_DIR"])
@@ -149,13 +168,47 @@ def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Ru
                 )
             )
         token = (logs / "admin-token").read_text().strip()
+        yield Service(base, token, logs, processes)
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_for_job(
+    client: httpx.Client, status_url: str, poll: float = POLL_SECONDS
+) -> dict[str, Any]:
+    """The job once it is finished, polled every ``poll`` seconds."""
+    while True:
+        job: dict[str, Any] = client.get(status_url).json()
+        if job["status"] in ("completed", "failed", "cancelled"):
+            return job
+        time.sleep(poll)
+
+
+def seconds_to_completion(job: dict[str, Any], started_at: float) -> float:
+    """From ``started_at`` (this machine's clock) to the job's ``completedAt``, which the
+    service stamps as the batch completes: how often the status was polled does not
+    change the measure."""
+    completed_at = job["completedAt"] and datetime.fromisoformat(job["completedAt"])
+    if not completed_at:
+        raise SystemExit(f"the batch ended without a completedAt: {job}")
+    return completed_at.timestamp() - started_at
+
+
+def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Run:
+    with serving(env, workers) as service:
         settle_writes()
-        sampler = MemorySampler([p.pid for p in processes])
+        sampler = MemorySampler([p.pid for p in service.processes])
         sampler.start()
-        headers = {"Authorization": f"Bearer {token}"}
+        headers = {"Authorization": f"Bearer {service.token}"}
         kind = upload.suffix.lstrip(".")
         with (
-            httpx.Client(base_url=base, headers=headers, timeout=600) as client,
+            httpx.Client(base_url=service.base, headers=headers, timeout=600) as client,
             upload.open("rb") as handle,
         ):
             started = time.perf_counter()
@@ -168,44 +221,26 @@ def run_import(env: dict[str, str], upload: Path, rows: int, workers: int) -> Ru
             )
             accepted = time.perf_counter() - started
             response.raise_for_status()
-            status_url = response.json()["statusUrl"]
-            # The end is the batch's completedAt, stamped by the service as the batch
-            # completes (this machine's clock, as is started_at): the status is polled
-            # only twice a second, so that the polling takes little of the service's time
-            # (each request costs ~2 ms of CPU) and the measure does not depend on it.
-            while True:
-                job = client.get(status_url).json()
-                if job["status"] in ("completed", "failed", "cancelled"):
-                    break
-                time.sleep(POLL_SECONDS)
-            completed_at = job["completedAt"] and datetime.fromisoformat(job["completedAt"])
-            if not completed_at:
-                raise SystemExit(f"the batch ended without a completedAt: {job}")
-            elapsed = completed_at.timestamp() - started_at
+            # Polled only twice a second, so that the polling takes little of the
+            # service's time (each request costs ~2 ms of CPU).
+            job = wait_for_job(client, response.json()["statusUrl"])
+            elapsed = seconds_to_completion(job, started_at)
         sampler.running = False
         sampler.join()
-        if job["status"] != "completed":
-            raise SystemExit(f"the batch ended {job['status']}: {job}")
-        if job["progress"]["totalRows"] != rows:
-            raise SystemExit(f"the file held {job['progress']['totalRows']} rows, not {rows}")
-        return Run(
-            rows=rows,
-            format=kind,
-            file_mb=upload.stat().st_size / 1e6,
-            copy_seconds=0,
-            accept_seconds=accepted,
-            import_seconds=elapsed,
-            peak_rss_mb=sampler.peak / 1e6,
-            summary=job["result"]["summary"],
-        )
-    finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    if job["status"] != "completed":
+        raise SystemExit(f"the batch ended {job['status']}: {job}")
+    if job["progress"]["totalRows"] != rows:
+        raise SystemExit(f"the file held {job['progress']['totalRows']} rows, not {rows}")
+    return Run(
+        rows=rows,
+        format=kind,
+        file_mb=upload.stat().st_size / 1e6,
+        copy_seconds=0,
+        accept_seconds=accepted,
+        import_seconds=elapsed,
+        peak_rss_mb=sampler.peak / 1e6,
+        summary=job["result"]["summary"],
+    )
 
 
 def machine() -> str:
@@ -287,6 +322,12 @@ def record(run: Run, rounds: list[Run], command: str, server: str) -> None:
             "",
         ]
     )
+    write_section(section)
+
+
+def write_section(section: str) -> None:
+    """Put ``section`` into docs/benchmarks.md: in place of the section with the same
+    first line (its heading), else at the end."""
     heading = section.splitlines()[0]
     text = (
         RESULTS.read_text()
@@ -321,6 +362,12 @@ def main() -> None:
         "--repeat", type=int, default=3, help="rounds of COPY + import; medians are recorded"
     )
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
+    parser.add_argument(
+        "--scenario",
+        choices=["import", "health", "fairness", "webhooks"],
+        default="import",
+        help="import: the file against COPY; the others: see scripts/stalls.py",
+    )
     args = parser.parse_args()
 
     DATA.mkdir(exist_ok=True)
@@ -358,6 +405,14 @@ def main() -> None:
     if version:
         server += f" {version[0]} (shared_buffers {version[1]}, max_wal_size {version[2]})"
 
+    command = "python scripts/bench.py " + " ".join(sys.argv[1:])
+    if args.scenario != "import":
+        from stalls import SCENARIOS
+
+        reset(url, data_dir)
+        SCENARIOS[args.scenario](env, args.rows, command, server, not args.no_write)
+        return
+
     runs = []
     for round_no in range(1, args.repeat + 1):
         reset(url, data_dir)
@@ -382,7 +437,6 @@ def main() -> None:
         f"{median.import_seconds:.2f} s ({median.import_seconds / median.copy_seconds:.1f}×)"
     )
     if not args.no_write:
-        command = "python scripts/bench.py " + " ".join(sys.argv[1:])
         record(median, runs, command, server)
 
 

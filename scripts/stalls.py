@@ -1,0 +1,369 @@
+"""Can one user stall the others? Each scenario is measured on a running service, under
+the load and with the same service idle, in one run; see ``scripts/bench.py --scenario``.
+
+- ``health``: ``GET /health`` every 50 ms and a 10-row batch every half second, while a
+  crafted 1 MB CSV (quoted cells full of line feeds), a ``punycode`` upload, the
+  ``--rows`` CSV and a 100,000-row XLSX are posted at once and read.
+- ``fairness``: 10-row batches, one every half second, from the same user, while a
+  ``--rows`` CSV batch is staged and imported.
+- ``webhooks``: 10-row batches for a minute while four webhook receivers answer one
+  byte every 9 s; each batch to ``completed``, and to its email in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import (
+    CONTENT_TYPES,
+    DATA,
+    Service,
+    machine,
+    seconds_to_completion,
+    serving,
+    wait_for_job,
+    write_section,
+)
+from gen_data import HEADER, entrance_rows, generate
+
+BAR_SECONDS = 1.0
+XLSX_ROWS = 100_000
+TRICKLE_SECONDS = 9.0
+RECEIVERS = 4
+WEBHOOK_LOAD_SECONDS = 60.0
+
+
+def percentile(values: list[float], share: float) -> float:
+    """The nearest-rank percentile: the smallest value at least ``share`` of them reach."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(share * len(ordered)) - 1, 0)]
+
+
+def summary(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    return (
+        f"p50 {statistics.median(values):.3f} s, p95 {percentile(values, 0.95):.3f} s, "
+        f"max {max(values):.3f} s ({len(values)} samples)"
+    )
+
+
+@dataclass
+class Sampler:
+    """Runs ``measure`` again and again in a thread, ``pause`` seconds apart, keeping
+    each value, until stopped."""
+
+    measure: Callable[[], float]
+    pause: float
+    values: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.values.append(self.measure())
+            self._stop.wait(self.pause)
+
+    def __enter__(self) -> Sampler:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+
+
+class Probe:
+    """Times requests and small batches against ``service``."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.client = httpx.Client(
+            base_url=service.base,
+            headers={"Authorization": f"Bearer {service.token}"},
+            timeout=120,
+        )
+        self._batches = 0
+        self._lock = threading.Lock()
+
+    def health(self) -> float:
+        started = time.perf_counter()
+        self.client.get("/health")
+        return time.perf_counter() - started
+
+    def _small_rows(self) -> list[dict[str, str]]:
+        with self._lock:
+            self._batches += 1
+            batch = self._batches
+        rows = entrance_rows(10, duplicates=0, failures=0, seed=batch)
+        return [
+            {**dict(zip(HEADER, map(str, row), strict=True)), "id": f"small-{batch}-{n}"}
+            for n, row in enumerate(rows)
+        ]
+
+    def post_small(self, params: dict[str, str] | None = None) -> tuple[str, float, float]:
+        """POST a 10-row batch: its status URL, when it was posted (this machine's
+        clock), and how long the 202 took."""
+        started_at, started = time.time(), time.perf_counter()
+        response = self.client.post(
+            "/api/v1/entrances/import-rows", json={"data": self._small_rows()}, params=params
+        )
+        response.raise_for_status()
+        return response.json()["statusUrl"], started_at, time.perf_counter() - started
+
+    def small_batch(self) -> float:
+        """POST a 10-row batch and return the seconds from the POST to ``completed``."""
+        status_url, started_at, _ = self.post_small()
+        return seconds_to_completion(wait_for_job(self.client, status_url, 0.05), started_at)
+
+    def small_accept(self) -> float:
+        """POST a 10-row batch and return the seconds to its ``202``."""
+        return self.post_small()[2]
+
+    def post_file(
+        self, path: Path, params: dict[str, str] | None = None
+    ) -> tuple[httpx.Response, float]:
+        """POST a file; its answer and how long the answer took."""
+        started = time.perf_counter()
+        with path.open("rb") as handle:
+            response = self.client.post(
+                "/api/v1/entrances/import-rows",
+                content=handle,
+                params=params,
+                headers={"Content-Type": CONTENT_TYPES[path.suffix.lstrip(".")]},
+            )
+        return response, time.perf_counter() - started
+
+
+def _crafted_csv() -> Path:
+    """1 MB of records whose quoted description holds 2,000 line feeds each."""
+    path = DATA / "crafted-line-feeds.csv"
+    if not path.exists():
+        record = ",".join(['"x"'] * (len(HEADER) - 1) + ['"' + "\n" * 2_000 + '"']) + "\n"
+        count = (1 << 20) // len(record)
+        path.write_text(",".join(HEADER) + "\n" + record * count)
+    return path
+
+
+def _cached(rows: int, kind: str) -> Path:
+    path = DATA / f"entrances-{rows}.{kind}"
+    if not path.exists():
+        partial = path.with_name(f"partial-{path.name}")
+        generate(partial, rows)
+        partial.rename(path)
+    return path
+
+
+def _section(title: str, command: str, server: str, lines: list[str]) -> None:
+    write_section(
+        "\n".join(
+            [
+                f"## {title}",
+                "",
+                f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {server}.",
+                "",
+                f"Command: `{command}`",
+                "",
+                *lines,
+                "",
+            ]
+        )
+    )
+
+
+def _verdict(value: float, bar: float) -> str:
+    return "met" if value <= bar else "NOT met"
+
+
+def health(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
+    crafted, big, xlsx = _crafted_csv(), _cached(rows, "csv"), _cached(XLSX_ROWS, "xlsx")
+    uploads: list[tuple[str, Path, dict[str, str]]] = [
+        ("crafted 1 MB CSV", crafted, {}),
+        ("1 MB CSV with encoding=punycode", crafted, {"encoding": "punycode"}),
+        (f"{rows:,}-row CSV", big, {}),
+        (f"{XLSX_ROWS:,}-row XLSX", xlsx, {}),
+    ]
+    with serving(env) as service:
+        probe = Probe(service)
+        with Sampler(probe.health, 0.05) as idle_health, Sampler(probe.small_accept, 0.5):
+            time.sleep(5)
+        with Sampler(probe.small_accept, 0.5) as idle_small:
+            time.sleep(5)
+        answers: dict[str, tuple[int, float]] = {}
+
+        def post(name: str, path: Path, params: dict[str, str]) -> None:
+            response, seconds = probe.post_file(path, params)
+            answers[name] = (response.status_code, seconds)
+
+        posting = [threading.Thread(target=post, args=upload) for upload in uploads]
+        with Sampler(probe.health, 0.05) as loaded, Sampler(probe.small_accept, 0.5) as small:
+            for thread in posting:
+                thread.start()
+            for thread in posting:
+                thread.join()
+    lines = [
+        "| measure | idle | while the uploads are read |",
+        "|---|---|---|",
+        f"| `GET /health` | {summary(idle_health.values)} | {summary(loaded.values)} |",
+        f"| 10-row batch POST → `202` | {summary(idle_small.values)} | {summary(small.values)} |",
+        "",
+        "The uploads, posted at once: "
+        + "; ".join(f"{n}: {answers[n][0]} after {answers[n][1]:.2f} s" for n, *_ in uploads)
+        + ".",
+        "",
+        f"Bar: `/health` within {BAR_SECONDS:g} s at p95 while they are read: "
+        f"{_verdict(percentile(loaded.values, 0.95), BAR_SECONDS)}.",
+    ]
+    print("\n".join(lines))
+    if write:
+        _section("Responsiveness while crafted and big uploads are read", command, server, lines)
+
+
+def fairness(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
+    big = _cached(rows, "csv")
+    with serving(env) as service:
+        probe = Probe(service)
+        idle = [probe.small_batch() for _ in range(10)]
+        outcome: dict[str, Any] = {}
+
+        def import_big() -> None:
+            outcome["started_at"] = time.time()
+            response, outcome["accepted"] = probe.post_file(big)
+            if response.status_code != 202:
+                raise SystemExit(f"the big upload was refused: {response.text}")
+            outcome["status_url"] = response.json()["statusUrl"]
+
+        posting = threading.Thread(target=import_big)
+        with Sampler(probe.small_batch, 0.5) as loaded:
+            posting.start()
+            posting.join()
+            big_job = wait_for_job(probe.client, outcome["status_url"])
+    big_seconds = seconds_to_completion(big_job, outcome["started_at"])
+    lines = [
+        "| measure | value |",
+        "|---|---|",
+        f"| 10-row batch POST → `completed`, idle | {summary(idle)} |",
+        f"| the same, from the big POST to its `completed` | {summary(loaded.values)} |",
+        f"| the {rows:,}-row batch: `202` / `completed` | {outcome['accepted']:.2f} s / "
+        f"{big_seconds:.2f} s |",
+        "",
+        f"Bar: the 10-row batches within {BAR_SECONDS:g} s at p95: "
+        f"{_verdict(percentile(loaded.values, 0.95), BAR_SECONDS)}.",
+    ]
+    print("\n".join(lines))
+    if write:
+        _section(f"10-row batches behind a {rows:,}-row batch", command, server, lines)
+
+
+@contextlib.contextmanager
+def trickling_receivers(count: int, pause: float) -> Iterator[tuple[list[str], list[int]]]:
+    """``count`` HTTP servers on loopback that read a request, then answer one byte
+    every ``pause`` seconds; their URLs and how many requests each got."""
+    loop = asyncio.new_event_loop()
+    requests = [0] * count
+    servers: list[asyncio.Server] = []
+
+    def handler(index: int) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            requests[index] += 1
+            answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+            with contextlib.suppress(ConnectionError):
+                for byte in answer:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(pause)
+
+        return handle
+
+    async def start() -> None:
+        for index in range(count):
+            servers.append(await asyncio.start_server(handler(index), "127.0.0.1", 0))
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(start(), loop).result()
+    urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}/hook" for s in servers]
+    try:
+        yield urls, requests
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+
+def _email_seconds(probe: Probe, outbox: Path) -> float:
+    """POST a 10-row batch, and return the seconds from its ``completed`` to its email
+    in the outbox."""
+    status_url, _, _ = probe.post_small()
+    job = wait_for_job(probe.client, status_url, 0.05)
+    batch_id = job["batchId"]
+    completed = datetime.fromisoformat(job["completedAt"]).timestamp()
+    while not (found := [p for p in outbox.glob("*.eml") if batch_id in p.name]):
+        time.sleep(0.05)
+    return found[0].stat().st_mtime - completed
+
+
+def webhooks(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
+    env = {**env, "IMPORTQ_WEBHOOK_ALLOW_HOSTS": "127.0.0.1"}
+    with (
+        trickling_receivers(RECEIVERS, TRICKLE_SECONDS) as (urls, requests),
+        serving(env) as service,
+    ):
+        probe = Probe(service)
+        outbox = service.data_dir / "outbox"
+        idle = [probe.small_batch() for _ in range(10)]
+        idle_email = [_email_seconds(probe, outbox) for _ in range(10)]
+        for url in urls:
+            probe.post_small({"callbackUrl": url})
+        while not all(requests):
+            time.sleep(0.1)
+        with (
+            Sampler(probe.small_batch, 0.5) as loaded,
+            Sampler(lambda: _email_seconds(probe, outbox), 0.5) as email,
+        ):
+            time.sleep(WEBHOOK_LOAD_SECONDS)
+        attempts = sum(requests)
+    delay = percentile(loaded.values, 0.95) - percentile(idle, 0.95)
+    lines = [
+        "| measure | idle | while the receivers trickle |",
+        "|---|---|---|",
+        f"| 10-row batch POST → `completed` | {summary(idle)} | {summary(loaded.values)} |",
+        f"| its `completed` → its email in the outbox | {summary(idle_email)} | "
+        f"{summary(email.values)} |",
+        "",
+        f"{RECEIVERS} receivers answered one byte every {TRICKLE_SECONDS:g} s; they were sent "
+        f"{attempts} webhook POSTs in all (each cut off at `IMPORTQ_WEBHOOK_TIMEOUT`, then "
+        "retried).",
+        "",
+        f"Bar: other batches delayed by at most {BAR_SECONDS:g} s (p95 under load − p95 idle "
+        f"= {delay:.3f} s): {_verdict(delay, BAR_SECONDS)}.",
+    ]
+    print("\n".join(lines))
+    if write:
+        _section("10-row batches while four webhook receivers trickle", command, server, lines)
+
+
+SCENARIOS = {"health": health, "fairness": fairness, "webhooks": webhooks}
