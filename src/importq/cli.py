@@ -68,6 +68,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from importq.api.app import create_app
+    from importq.ingest.off_loop import share_the_gil
+
+    share_the_gil()
 
     asyncio.run(_migrate(settings))
     asyncio.run(_bootstrap_admin(settings))
@@ -115,8 +118,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from importq.ingest.off_loop import share_the_gil
     from importq.services import open_services
     from importq.worker.tasks import run_worker, worker_connections, worker_lanes
+
+    share_the_gil()
 
     async def run() -> None:
         concurrency = args.concurrency or settings.worker_concurrency
