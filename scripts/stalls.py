@@ -307,11 +307,22 @@ def trickling_receivers(count: int, pause: float) -> Iterator[tuple[list[str], l
     thread.start()
     asyncio.run_coroutine_threadsafe(start(), loop).result()
     urls = [f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}/hook" for s in servers]
+
+    async def stop() -> None:
+        for server in servers:
+            server.close()
+        answering = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in answering:
+            task.cancel()
+        await asyncio.gather(*answering, return_exceptions=True)
+
     try:
         yield urls, requests
     finally:
+        asyncio.run_coroutine_threadsafe(stop(), loop).result()
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
+        loop.close()
 
 
 def _email_seconds(probe: Probe, outbox: Path) -> float:

@@ -279,11 +279,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate, then run the API and a worker")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--concurrency", type=int, default=None)
+    serve.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="chunk jobs run at once (default: IMPORTQ_WORKER_CONCURRENCY)",
+    )
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser("worker", help="run queue workers only")
-    worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="chunk jobs run at once (default: IMPORTQ_WORKER_CONCURRENCY)",
+    )
     worker.set_defaults(handler=_worker)
 
     commands.add_parser("migrate", help="bring the database up to date").set_defaults(

@@ -176,8 +176,9 @@ def read_csv(
 
     The encoding is the first of these that applies:
 
-    1. ``encoding``, when given. It may be any Python codec name, such as utf-8,
-       utf-16, windows-1252 or latin-1. A name that is not one is refused as
+    1. ``encoding``, when given: one of
+       :data:`importq.ingest.text_encoding.ALLOWED_ENCODINGS` or an alias of one, such
+       as utf-8, utf-16, windows-1252 or latin-1. Any other name is refused as
        ``unknown_encoding``. A BOM of the same Unicode family is skipped, and it tells
        the byte order. Without a BOM, utf-16 and utf-32 are read as little-endian.
     2. The encoding a BOM declares: UTF-8, UTF-16 LE or BE, or UTF-32 LE or BE.
