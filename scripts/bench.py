@@ -127,6 +127,7 @@ class MemorySampler(threading.Thread):
 
 CONTENT_TYPES = {
     "csv": "text/csv",
+    "json": "application/json",
     "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
 }
 

@@ -3,7 +3,7 @@ the load and with the same service idle, in one run; see ``scripts/bench.py --sc
 
 - ``health``: ``GET /health`` every 50 ms and a 10-row batch every half second, while a
   crafted 1 MB CSV (quoted cells full of line feeds), a ``punycode`` upload, the
-  ``--rows`` CSV and a 100,000-row XLSX are posted at once and read.
+  ``--rows`` CSV, a 100,000-row XLSX and a 200,000-row JSON body are posted at once.
 - ``fairness``: 10-row batches, one every half second, from the same user, while a
   ``--rows`` CSV batch is staged and imported.
 - ``webhooks``: 10-row batches for a minute while four webhook receivers answer one
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import statistics
 import threading
@@ -40,6 +41,7 @@ from gen_data import HEADER, entrance_rows, generate
 
 BAR_SECONDS = 1.0
 XLSX_ROWS = 100_000
+JSON_ROWS = 200_000
 TRICKLE_SECONDS = 9.0
 RECEIVERS = 4
 WEBHOOK_LOAD_SECONDS = 60.0
@@ -163,7 +165,11 @@ def _cached(rows: int, kind: str) -> Path:
     path = DATA / f"entrances-{rows}.{kind}"
     if not path.exists():
         partial = path.with_name(f"partial-{path.name}")
-        generate(partial, rows)
+        if kind == "json":
+            records = (dict(zip(HEADER, map(str, r), strict=True)) for r in entrance_rows(rows))
+            partial.write_text(json.dumps({"data": list(records)}))
+        else:
+            generate(partial, rows)
         partial.rename(path)
     return path
 
@@ -190,12 +196,14 @@ def _verdict(value: float, bar: float) -> str:
 
 
 def health(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
-    crafted, big, xlsx = _crafted_csv(), _cached(rows, "csv"), _cached(XLSX_ROWS, "xlsx")
+    crafted, big = _crafted_csv(), _cached(rows, "csv")
+    xlsx, body = _cached(XLSX_ROWS, "xlsx"), _cached(JSON_ROWS, "json")
     uploads: list[tuple[str, Path, dict[str, str]]] = [
         ("crafted 1 MB CSV", crafted, {}),
         ("1 MB CSV with encoding=punycode", crafted, {"encoding": "punycode"}),
         (f"{rows:,}-row CSV", big, {}),
         (f"{XLSX_ROWS:,}-row XLSX", xlsx, {}),
+        (f"{JSON_ROWS:,}-row JSON", body, {}),
     ]
     with serving(env) as service:
         probe = Probe(service)

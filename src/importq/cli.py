@@ -127,7 +127,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> None:
         concurrency = args.concurrency or settings.worker_concurrency
         pool_size = worker_connections(worker_lanes(settings, concurrency))
-        async with open_services(settings, pool_size=pool_size) as services:
+        async with open_services(settings, pool_size=pool_size, auth_pool_size=0) as services:
             worker = asyncio.create_task(run_worker(services, concurrency=concurrency))
             # A stop is a cancel: the worker lets its jobs finish for
             # IMPORTQ_SHUTDOWN_SECONDS and gives back the rest. A second signal cuts that

@@ -47,18 +47,24 @@ def open_storage(settings: Settings) -> Storage:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, *, pool_size: int = 10) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, *, pool_size: int = 10, auth_pool_size: int = AUTH_POOL_SIZE
+) -> AsyncIterator[Services]:
     """Open the pools, the storage and the queue app on the main pool; close them all on
-    exit. ``pool_size`` bounds the main pool."""
+    exit. ``pool_size`` bounds the main pool; with ``auth_pool_size`` 0 (a process that
+    serves no API), authentication would use the main pool."""
     datasets = load_datasets(settings.datasets_file)
     storage = open_storage(settings)
     try:
         url = database_url(settings)
         outage = DatabaseOutage(url)
         pool = create_pool(url, max_size=pool_size, outage=outage)
-        auth_pool = create_pool(url, max_size=AUTH_POOL_SIZE, outage=outage)
+        auth_pool = (
+            create_pool(url, max_size=auth_pool_size, outage=outage) if auth_pool_size else pool
+        )
         await pool.open(wait=True, timeout=60)
-        await auth_pool.open(wait=True, timeout=60)
+        if auth_pool is not pool:
+            await auth_pool.open(wait=True, timeout=60)
         try:
             app = create_queue_app()
             try:
@@ -75,7 +81,8 @@ async def open_services(settings: Settings, *, pool_size: int = 10) -> AsyncIter
             finally:
                 await outage.close()
         finally:
-            await auth_pool.close()
+            if auth_pool is not pool:
+                await auth_pool.close()
             await pool.close()
     finally:
         await storage.close()

@@ -437,6 +437,24 @@ async def test_a_multipart_body_without_exactly_one_whole_file_is_400(
     assert_error(response, 400, code)
 
 
+async def test_a_file_name_outside_ascii_is_taken_from_filename_star(
+    client: httpx.AsyncClient,
+) -> None:
+    text = csv_text([entrance("n1")]).encode()
+    head = (
+        '--b0\r\nContent-Disposition: form-data; name="file"; filename="caves.csv"; '
+        "filename*=UTF-8''grottes%20%C3%A9t%C3%A9.csv\r\n\r\n"
+    )
+    response = await client.post(
+        "/api/v1/entrances/import-rows",
+        content=head.encode() + text + b"\r\n--b0--\r\n",
+        headers={"Content-Type": MULTIPART},
+    )
+    assert response.status_code == 202, response.text
+    job = (await client.get(response.json()["statusUrl"])).json()
+    assert job["fileName"] == "grottes été.csv"
+
+
 async def test_other_multipart_fields_are_ignored(client: httpx.AsyncClient) -> None:
     text = csv_text([entrance("m1")]).encode()
     body = _part("note", None, b"x" * 1000) + _part("file", "a.csv", text) + b"--b0--\r\n"

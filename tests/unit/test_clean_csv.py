@@ -85,3 +85,21 @@ def test_blocks_cut_at_the_same_record_ends_whatever_the_block_size(
     assert b"".join(cut) == b"".join(whole) == data
     for block in cut[:-1]:
         assert _last_record_end_by_counting(block, False) == len(block)
+
+
+CELLS = st.text(alphabet='a,"\n', max_size=12).map(lambda t: '"' + t.replace('"', '""') + '"')
+RECORDS = st.lists(st.lists(st.one_of(CELLS, st.just("b")), min_size=2, max_size=3), max_size=8)
+
+
+@given(RECORDS, st.integers(min_value=1, max_value=40))
+def test_clean_records_with_quoted_line_feeds_stay_clean_at_any_block_size(
+    records: list[list[str]], block_size: int
+) -> None:
+    """RFC 4180 records, quoted cells holding line feeds and quotes, cut at any block
+    size: every block ends where a record does, and none is taken for unclean."""
+    data = "".join(",".join(record) + "\n" for record in records).encode()
+    source = CsvSource(io.BytesIO(data), 0, ",", UploadLimits())
+    blocks = list(source.blocks(block_size))
+    assert b"".join(blocks) == data
+    for block in blocks:
+        assert _last_record_end_by_counting(block, False) == len(block)

@@ -16,6 +16,7 @@ from typing import Any
 
 import hypothesis
 import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 
 from csv_spectrum import SPECTRUM_CASES, SPECTRUM_VERSION, spectrum_case
@@ -541,3 +542,23 @@ def test_a_line_longer_than_any_record_within_the_limits_is_not_read_whole() -> 
     data = b"a,b\n" + b"x" * 10_000_000  # one line, no line end
     bad = refusal(data, limits=limits, delimiter=",")
     assert (bad.code, bad.extra["line"], bad.extra["limit"]) == ("record_too_long", 2, 20)
+
+
+@given(st.text(alphabet='a,"\n\r', max_size=60))
+def test_a_record_is_refused_for_its_width_exactly_when_csv_reads_it_too_wide(
+    text: str,
+) -> None:
+    """The guard counts delimiters as csv does, stray quotes included: a record is
+    refused iff csv reads more than the limit's fields in it, naming that record."""
+    limits = UploadLimits(max_columns=3, max_cell_chars=1000)
+    records = list(csv.reader(io.StringIO(text, newline=""), strict=False))
+    too_wide = [number for number, record in enumerate(records, 1) if len(record) > 3]
+    try:
+        list(parse(text.encode(), limits=limits, delimiter=",").rows)
+    except Refusal as refused:
+        if refused.code != "too_many_columns":
+            assert not too_wide or too_wide[0] > refused.extra.get("line", 0)
+            return
+        assert too_wide and refused.extra["line"] == too_wide[0]
+    else:
+        assert not too_wide

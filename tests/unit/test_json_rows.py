@@ -137,3 +137,45 @@ def test_a_row_past_the_limits_is_refused_while_it_is_read() -> None:
     assert (wide.status, wide.code) == (413, "too_many_columns")
     long_cell = refusal('{"data": [{"a": "123456"}]}', limits)
     assert (long_cell.code, long_cell.extra["line"]) == ("cell_too_long", 2)
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ('{"data": [' + "[" * 100_000 + "]" * 100_000 + "]}", "recursion"),
+        ('{"data": [{"a": ' + "9" * 5_000 + "}]}", "digits"),
+    ],
+)
+def test_json_the_decoder_cannot_take_is_400_not_a_crash(body: str, words: str) -> None:
+    bad = refusal(body)
+    assert (bad.status, bad.code) == (400, "bad_json")
+    assert words in bad.detail
+
+
+def test_rows_and_keys_past_the_limits_are_refused_in_the_first_pass() -> None:
+    rows = refusal('{"data": [{"a": 1}, {"a": 2}, {"a": 3}]}', UploadLimits(max_rows=2))
+    assert (rows.status, rows.code) == (413, "too_many_rows")
+    key = refusal('{"data": [{"a": 1}, {"' + "k" * 6 + '": 2}]}', UploadLimits(max_cell_chars=5))
+    assert (key.code, key.extra["line"]) == ("cell_too_long", 3)
+
+
+def test_many_rows_are_read_in_time_linear_in_their_number() -> None:
+    """Each row is decoded from the text held: a row does not copy the text after it.
+    Counted, not timed: the characters copied while trimming stay within the body's."""
+    body = json.dumps({"data": [{"a": n, "b": "x" * 20} for n in range(50_000)]}).encode()
+    copied = 0
+    original = json_rows._JsonText._fill
+
+    def counting(self: json_rows._JsonText, wanted: int) -> None:
+        nonlocal copied
+        before = len(self.text) - self.pos
+        original(self, wanted)
+        if self.pos == 0:
+            copied += before
+
+    json_rows._JsonText._fill = counting  # type: ignore[method-assign]
+    try:
+        assert len(read(body)) == 50_001
+    finally:
+        json_rows._JsonText._fill = original  # type: ignore[method-assign]
+    assert copied <= 2 * len(body)

@@ -342,6 +342,28 @@ def test_lines_are_sheet_row_numbers(read: Any, tmp_path: Path) -> None:
     ]
 
 
+def test_a_row_with_values_past_the_column_limit_is_413_with_its_line(
+    read: Any, tmp_path: Path
+) -> None:
+    rows = (
+        _HEADER
+        + "<row r='2'>"
+        + _text("A2", "1")
+        + _text("C2", "wide but within")
+        + "</row><row r='3'>"
+        + _text("A3", "1")
+        + _text("D3", "too wide")
+        + "</row>"
+    )
+    path = _hand_made(tmp_path / "wide.xlsx", _sheet(rows))
+    refusal = _refusal(read, path, limits=UploadLimits(max_columns=3))
+    assert (refusal.status, refusal.code, refusal.extra) == (
+        413,
+        "too_many_columns",
+        {"limit": 3, "line": 3},
+    )
+
+
 def test_a_wrong_declared_dimension_loses_no_rows(read: Any, tmp_path: Path) -> None:
     rows = _HEADER + "".join(
         f'<row r="{n}">' + _text(f"A{n}", str(n)) + _text(f"C{n}", "wide") + "</row>"

@@ -11,7 +11,6 @@ the upload.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -31,6 +30,7 @@ from importq.i18n import parse_accept_language, resolve_locale
 from importq.ingest.csv_reader import read_csv, resolve_delimiter
 from importq.ingest.json_rows import read_json_rows
 from importq.ingest.limits import UploadLimits
+from importq.ingest.off_loop import off_loop
 from importq.ingest.parsed_upload import ParsedUpload, within_limits
 from importq.ingest.staging import BatchRequest, stage_batch
 from importq.ingest.text_encoding import resolve_encoding
@@ -243,7 +243,7 @@ async def import_rows(
             )
         if media_type != "multipart/form-data":
             upload_closed.callback(source.close)
-        upload = await asyncio.to_thread(_read_file, source, fmt, default_delimiter, options)
+        upload = await off_loop(_read_file, source, fmt, default_delimiter, options)
 
         callback_url = callbackUrl or definition.callback_url
         if callback_url is not None:
@@ -253,7 +253,7 @@ async def import_rows(
         digest = None
         if idempotency_key is not None:
             asked = [dataset, fmt, file_name, callback_url, encoding, delimiter, sheet]
-            digest = await asyncio.to_thread(_request_digest, source, asked)
+            digest = await off_loop(_request_digest, source, asked)
         batch_request = BatchRequest(
             dataset=definition,
             initiator_id=user.id,

@@ -14,10 +14,12 @@ Invariants:
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
+from urllib.parse import unquote
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -110,12 +112,13 @@ class _FilePart:
         self._field = self._value = b""
 
     def _start_data(self) -> None:
-        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        disposition = self._headers.get(b"content-disposition", b"")
+        _, options = parse_options_header(disposition)
         if options.get(b"name") != b"file":
             return
         if self.spool is not None:
             raise Refusal(400, "too_many_files", "Send one file per upload, in the field 'file'.")
-        self.file_name = options.get(b"filename", b"").decode("utf-8", "replace")
+        self.file_name = _file_name(disposition, options)
         self.spool = self._writing = spool_file(self._directory)
 
     def _data(self, data: bytes, start: int, end: int) -> None:
@@ -131,6 +134,23 @@ class _FilePart:
 
 def _malformed(reason: str) -> Refusal:
     return Refusal(400, "bad_multipart", f"The multipart body is malformed: {reason}.")
+
+
+# RFC 6266's filename*=charset'language'percent-encoded-name, which browsers send for
+# names outside ASCII.
+_EXTENDED_FILE_NAME = re.compile(rb"filename\*\s*=\s*([^';]*)'[^']*'([^;\s]*)", re.IGNORECASE)
+
+
+def _file_name(disposition: bytes, options: dict[bytes, bytes]) -> str:
+    """The part's file name: ``filename*`` when given, else ``filename``."""
+    extended = _EXTENDED_FILE_NAME.search(disposition)
+    if extended is not None:
+        charset = extended.group(1).decode("ascii", "replace") or "utf-8"
+        try:
+            return unquote(extended.group(2).decode("ascii"), encoding=charset, errors="replace")
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return options.get(b"filename", b"").decode("utf-8", "replace")
 
 
 async def spool_form_file(request: Request, limit: int, directory: Path) -> tuple[IO[bytes], str]:

@@ -7,9 +7,10 @@ Invariants:
 - Once the row's ``sent_at`` is recorded, the message is never sent again.
 - Two attempts never send a message at once, unless one outlived its claim. An attempt
   first *claims* the row for ``lease_seconds`` (longer than a send can take), in a
-  transaction of its own, in the name of its claimant (its job). Another claimant that
-  finds the claim running does nothing: the claimant finishes, or its job is retried
-  and takes the claim back at once, even after its worker died.
+  transaction of its own. Another attempt that finds the claim running does nothing:
+  the claimant finishes and records the outcome, or its job retries. A job whose worker
+  died is retried only once its claim has run out
+  (:mod:`importq.pipeline.recovery`).
 - No transaction, row lock or pooled connection is held while a message is handed
   over, so a slow receiver holds nothing but its own job.
 - Nothing here touches the batch's status.
@@ -50,11 +51,12 @@ async def _record(
     conn: AsyncConnection[Any],
     batch_id: uuid.UUID,
     channel: str,
+    claimant: str,
     *,
     status_code: int | None,
     error: str | None,
 ) -> None:
-    params = {"batch_id": batch_id, "channel": channel}
+    params = {"batch_id": batch_id, "channel": channel, "claimant": claimant}
     if error is None:
         await conn.execute(queries["delivery_sent"], params)
         await conn.execute(
@@ -94,18 +96,16 @@ async def deliver_once(
     send: Send,
     *,
     lease_seconds: float,
-    claimant: str | None = None,
     last_attempt: bool = False,
 ) -> bool:
     """Hand over the batch's ``channel`` message, unless it was handed over already.
 
     ``lease_seconds`` bounds how long ``send`` may take; the claim lasts that long.
-    ``claimant`` names the job, the same on each of its runs (default: this call alone).
     Returns True when this call handed it over. The failure of an attempt that may be
     retried is raised, after it is recorded. After recording the last attempt's failure,
     or a permanent failure, it returns False.
     """
-    claimant = claimant or f"call-{uuid.uuid4()}"
+    claimant = str(uuid.uuid4())
     claimed = await _claim(services, batch_id, channel, lease_seconds, claimant)
     if claimed is None:
         return False
@@ -124,6 +124,7 @@ async def deliver_once(
             conn,
             batch_id,
             channel,
+            claimant,
             error=None if failure is None else str(failure),
             status_code=status_code,
         )

@@ -25,7 +25,6 @@ async def send_completion_email(
     batch_id: uuid.UUID,
     *,
     last_attempt: bool = False,
-    claimant: str | None = None,
 ) -> bool:
     """Send the batch's email unless it was sent already. True when this call sent it."""
     settings = services.settings
@@ -74,6 +73,5 @@ async def send_completion_email(
         EMAIL,
         send,
         lease_seconds=lease,
-        claimant=claimant,
         last_attempt=last_attempt,
     )

@@ -26,6 +26,7 @@ that resolves differently a moment later cannot turn the request inward either.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -156,11 +157,12 @@ def pinned_request(
 async def _post(services: Services, url: str, address: str | None, ident: str, body: bytes) -> int:
     """POST the delivery, all of it within ``IMPORTQ_WEBHOOK_TIMEOUT``.
 
-    A receiver that connects, answers or sends its body slowly is cut off at the
-    deadline. At most ``ANSWER_BYTES`` of the answer are read, as they came (never
-    decompressed), and only to quote the start of a refusal.
+    A receiver that connects or answers slowly is cut off at the deadline. A 2xx status
+    is the success, whatever body follows; the body of another status is read for what
+    is left of the deadline, at most ``ANSWER_BYTES`` of it, as it came (never
+    decompressed), only to quote its start in the failure.
     """
-    deadline = services.settings.webhook_timeout
+    seconds = services.settings.webhook_timeout
     stamp = str(int(time.time()))
     headers = {
         "Content-Type": "application/json",
@@ -169,25 +171,30 @@ async def _post(services: Services, url: str, address: str | None, ident: str, b
         "X-Importq-Timestamp": stamp,
         "X-Importq-Signature": signature(services.settings.webhook_key, stamp, body),
     }
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
     try:
-        async with asyncio.timeout(deadline):
-            async with httpx.AsyncClient(timeout=deadline, follow_redirects=False) as client:
-                request = pinned_request(client, url, address, headers, body)
+        async with httpx.AsyncClient(timeout=seconds, follow_redirects=False) as client:
+            request = pinned_request(client, url, address, headers, body)
+            async with asyncio.timeout_at(end):
                 response = await client.send(request, stream=True)
-                try:
-                    answer = await _answer_start(response)
-                finally:
-                    await response.aclose()
+            try:
+                if 200 <= response.status_code < 300:
+                    return response.status_code  # its body is not the receiver's word
+                answer = ""
+                with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                    async with asyncio.timeout_at(end):
+                        answer = await _answer_start(response)
+            finally:
+                await response.aclose()
     except TimeoutError:
-        raise WebhookFailed(f"no whole answer within {deadline:g} s") from None
+        raise WebhookFailed(f"no answer within {seconds:g} s") from None
     except httpx.HTTPError as error:
         raise WebhookFailed(f"{type(error).__name__}: {error}") from error
-    if not 200 <= response.status_code < 300:
-        quoted = f": {answer}" if answer else ""
-        raise WebhookFailed(
-            f"the receiver answered {response.status_code}{quoted}", response.status_code
-        )
-    return response.status_code
+    quoted = f": {answer}" if answer else ""
+    raise WebhookFailed(
+        f"the receiver answered {response.status_code}{quoted}", response.status_code
+    )
 
 
 async def _answer_start(response: httpx.Response) -> str:
@@ -208,7 +215,6 @@ async def deliver_batch_webhook(
     batch_id: uuid.UUID,
     *,
     last_attempt: bool = False,
-    claimant: str | None = None,
 ) -> bool:
     """POST the batch's job JSON unless it was delivered already. True when this call did."""
 
@@ -227,6 +233,5 @@ async def deliver_batch_webhook(
         WEBHOOK,
         send,
         lease_seconds=lease,
-        claimant=claimant,
         last_attempt=last_attempt,
     )

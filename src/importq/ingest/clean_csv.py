@@ -99,7 +99,7 @@ class CsvSource:
             if end == 0:
                 if len(pending) > self.max_record_bytes:
                     raise NotClean("a record is longer than the longest one allowed")
-                quoted ^= block.count(b'"') % 2 == 1
+                quoted ^= pending.count(b'"', scanned) % 2 == 1
                 scanned = len(pending)
                 continue
             clean_records(pending[:end], self.delimiter, at_start=first)

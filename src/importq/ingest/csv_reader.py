@@ -16,6 +16,7 @@ import codecs
 import contextlib
 import csv
 import io
+import re
 from collections.abc import Iterator, Sequence
 from typing import IO, Final
 
@@ -114,17 +115,25 @@ def sniff_delimiter(text: str, *, complete: bool = True) -> str:
 _FIELD_LIMIT_ERROR: Final = "field larger than field limit"
 
 
+# The rest of a quoted section, to its closing quote: doubled quotes are text.
+_CLOSING_QUOTE = re.compile(r'(?:[^"]++|"")*+"(?!")')
+
+
 class _RecordGuard:
     """Feeds the csv reader its lines, and refuses a record past a limit while it is read.
 
     The csv module builds a record whole before it returns it. So the lines it reads are
     checked on their way in: a record longer than
     :attr:`~importq.ingest.limits.UploadLimits.max_record_chars` is refused as
-    ``record_too_long``, and one with ``max_columns`` delimiters or more outside quotes
-    as ``too_many_columns``, both naming the record's row number (:attr:`line`). A line is read at
-    most that many characters at a time, so a file without line ends is never held
-    whole. Quotes are followed as RFC 4180 pairs them; a stray quote in an unquoted cell
-    may make this count differ from the reader's, but only within its own record.
+    ``record_too_long``, and one with ``max_columns`` field-ending delimiters or more as
+    ``too_many_columns``, both naming the record's row number (:attr:`line`). A line is
+    read at most that many characters at a time, so a file without line ends is never
+    held whole.
+
+    Delimiters are counted as csv reads them (:meth:`_scan`): a quote opens a quoted
+    section only at the start of a field. That costs a step of Python a field, so it is
+    done only once the record's delimiters, quoted or not, reach the limit; until then
+    the record's lines are only kept.
 
     :meth:`record_read` must be called after each record the reader returns.
     """
@@ -134,35 +143,59 @@ class _RecordGuard:
         self._delimiter = delimiter
         self._limits = limits
         self.line = 1  # the row number of the record being read: records so far, plus 1
+        self._start_record()
+
+    def _start_record(self) -> None:
         self._chars = 0
-        self._delimiters = 0
+        self._any_delimiters = 0  # quoted ones too: an upper bound of the fields' ends
+        self._unscanned: list[str] = []
+        self._delimiters = 0  # the fields' ends in the lines scanned
         self._quoted = False
+        self._field_start = True
 
     def record_read(self) -> None:
         self.line += 1
-        self._chars = self._delimiters = 0
-        self._quoted = False
+        self._start_record()
 
     def lines(self) -> Iterator[str]:
         longest = self._limits.max_record_chars
+        widest = self._limits.max_columns
         while line := self._text.readline(longest - self._chars + 1):
             self._chars += len(line)
             if self._chars > longest:
                 raise self._limits.record_too_long(self.line)
-            self._count_delimiters(line)
+            self._unscanned.append(line)
+            self._any_delimiters += line.count(self._delimiter)
+            if self._any_delimiters >= widest:
+                for held in self._unscanned:
+                    self._scan(held)
+                self._unscanned.clear()
+                if self._delimiters >= widest:
+                    raise self._limits.too_many_columns(line=self.line)
             yield line
 
-    def _count_delimiters(self, line: str) -> None:
-        if '"' not in line:
-            if not self._quoted:
-                self._delimiters += line.count(self._delimiter)
-        else:
-            pieces = line.split('"')
-            outside = pieces[int(self._quoted) :: 2]
-            self._delimiters += sum(piece.count(self._delimiter) for piece in outside)
-            self._quoted ^= len(pieces) % 2 == 0
-        if self._delimiters >= self._limits.max_columns:
-            raise self._limits.too_many_columns(line=self.line)
+    def _scan(self, line: str) -> None:
+        """Count the delimiters that end a field in ``line``, up to the limit, as csv
+        (``strict=False``) reads them."""
+        position, end = 0, len(line)
+        while position < end and self._delimiters < self._limits.max_columns:
+            if self._quoted:
+                closing = _CLOSING_QUOTE.match(line, position)
+                if closing is None:
+                    return  # the quoted section goes on to the next line
+                self._quoted = self._field_start = False
+                position = closing.end()
+            elif self._field_start and line[position] == '"':
+                self._quoted = True
+                position += 1
+            else:
+                found = line.find(self._delimiter, position)
+                if found == -1:
+                    self._field_start = False
+                    return
+                self._delimiters += 1
+                self._field_start = True
+                position = found + 1
 
 
 def read_csv(
@@ -229,6 +262,8 @@ def read_csv(
         for record in reader:
             first_line = guard.line
             guard.record_read()
+            if len(record) > limits.max_columns:
+                raise limits.too_many_columns(line=first_line)
             if record:
                 header = record
                 break
@@ -243,6 +278,8 @@ def read_csv(
             for record in reader:
                 line = guard.line
                 guard.record_read()
+                if len(record) > limits.max_columns:
+                    raise limits.too_many_columns(line=line)
                 if len(record) == width:
                     yield StagedRow(line, record, None)
                 elif record and (len(record) > 1 or record[0].strip() or width == 1):

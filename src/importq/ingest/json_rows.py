@@ -58,7 +58,13 @@ class _JsonText:
         self.pos = 0
 
     def _fill(self, wanted: int) -> None:
-        """Read until ``wanted`` characters follow ``pos``, or the body ends."""
+        """Make ``wanted`` characters follow ``pos``, unless the body ends first.
+
+        Only then is the text before ``pos`` dropped, so each character is copied a
+        bounded number of times however many values the text holds.
+        """
+        if self._eof or len(self.text) - self.pos >= wanted:
+            return
         self.text, self._consumed = self.text[self.pos :], self._consumed + self.pos
         self.pos = 0
         while len(self.text) < wanted and not self._eof:
@@ -95,14 +101,12 @@ class _JsonText:
     def value(self) -> Any:
         """Decode the next value with json's decoder.
 
-        A value cut by the end of the text read so far is read again with more text,
-        twice as much each time, so a long value costs linear time. Past ``longest``
-        characters it is refused.
+        It is decoded from the text held. A value cut by the end of that text is
+        decoded again with more, twice as much each time, so a long value costs linear
+        time. Past ``longest`` characters it is refused.
         """
         self.peek()
-        wanted = BLOCK_BYTES
         while True:
-            self._fill(wanted)
             try:
                 value, end = _DECODER.raw_decode(self.text, self.pos)
             except json.JSONDecodeError as error:
@@ -111,13 +115,20 @@ class _JsonText:
                     raise _bad_json(
                         f"The body is not valid JSON: {error.msg} {self.where(error.pos)}."
                     ) from None
+            except (RecursionError, ValueError) as error:
+                # Nested too deep for the decoder, or an integer of more digits than
+                # Python converts: no row holds either.
+                raise _bad_json(
+                    f"The body's JSON cannot be read {self.where(self.pos)}: {error}."
+                ) from None
             else:
                 # A number cut by the end of the text read may go on: 12|34, 1|e+5.
                 number = isinstance(value, int | float)
                 if self._eof or not number or end < len(self.text) - 2:
                     self.pos = end
                     return value
-            if len(self.text) - self.pos > self._longest:
+            held = len(self.text) - self.pos
+            if held > self._longest:
                 raise Refusal(
                     413,
                     "record_too_long",
@@ -125,7 +136,7 @@ class _JsonText:
                     "characters, longer than any row within the limits.",
                     limit=self._longest,
                 )
-            wanted = 2 * (len(self.text) - self.pos)
+            self._fill(max(BLOCK_BYTES, 2 * held))
 
 
 def _data_items(binary: IO[bytes], limits: UploadLimits) -> Iterator[Any]:
@@ -186,17 +197,24 @@ def read_json_rows(binary: IO[bytes], *, limits: UploadLimits = UploadLimits()) 
 
     The first pass happens here: invalid JSON or another shape is refused with
     ``400 bad_json``, an empty list with ``400 empty_data``, rows that hold no key at
-    all with ``400 bad_json``, and more keys than ``max_columns`` with
-    ``413 too_many_columns``. The file is left open.
+    all with ``400 bad_json``, and more keys than ``max_columns``, more rows than
+    ``max_rows`` or a key longer than ``max_cell_chars`` with a 413. The file is left open.
     """
     header: dict[str, None] = {}
     count = 0
     for item in _data_items(binary, limits):
         count += 1
-        if isinstance(item, Mapping):
-            header.update(dict.fromkeys(item))
-            if len(header) > limits.max_columns:
-                raise limits.too_many_columns(len(header))
+        if count > limits.max_rows:
+            raise limits.too_many_rows()
+        if not isinstance(item, Mapping):
+            continue
+        for key in item:
+            if key not in header:
+                if len(key) > limits.max_cell_chars:
+                    raise limits.cell_too_long(count + 1)
+                header[key] = None
+        if len(header) > limits.max_columns:
+            raise limits.too_many_columns(len(header))
     if count == 0:
         raise empty_upload()
     if not header:

@@ -14,21 +14,34 @@ shortens that turn, for the service's processes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import sys
-from collections.abc import AsyncIterator, Iterator
-from typing import TypeVar
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+
+# Parsing has threads of its own: in asyncio's default pool it would wait behind
+# blocking calls of other kinds, such as an email to a mail server that does not answer.
+PARSING_THREADS = 8
+_parsing = concurrent.futures.ThreadPoolExecutor(PARSING_THREADS, "importq-parse")
+
+
+async def off_loop(work: Callable[..., R], *args: Any) -> R:
+    """``work(*args)`` run in one of the parsing threads."""
+    return await asyncio.get_running_loop().run_in_executor(_parsing, work, *args)
 
 
 async def in_thread(items: Iterator[T], size: int) -> AsyncIterator[list[T]]:
-    """The items of ``items``, ``size`` at a time, each slice taken in a worker thread.
+    """The items of ``items``, ``size`` at a time, each slice taken in a parsing thread.
 
     Only one slice is taken at a time, so the iterator is never advanced by two threads
     at once. An exception raised by the iterator is raised here.
     """
-    while batch := await asyncio.to_thread(lambda: list(itertools.islice(items, size))):
+    while batch := await off_loop(lambda: list(itertools.islice(items, size))):
         yield batch
 
 

@@ -38,7 +38,7 @@ from psycopg_pool import PoolTimeout
 from importq.errors import Refusal
 from importq.ingest.chunk_bounds import ChunkBound, ChunkSizing
 from importq.ingest.clean_csv import CsvSource, NotClean
-from importq.ingest.off_loop import in_thread
+from importq.ingest.off_loop import in_thread, off_loop
 from importq.ingest.parsed_upload import ParsedUpload, empty_upload
 from importq.ingest.staged_table import (
     FIRST_LINE,
@@ -358,7 +358,7 @@ async def _copy_clean_csv(
         halves = helper = None
         if second is not None and source.binary.seek(0, io.SEEK_END) >= PARALLEL_COPY_BYTES:
             # A pass over half the file, so it runs off the event loop.
-            halves = await asyncio.to_thread(source.halves)
+            halves = await off_loop(source.halves)
             helper = await second.lend(stack) if halves is not None else None
         try:
             # The tables are created in this savepoint, as the COPY's FREEZE requires.

@@ -40,7 +40,8 @@ Invariants:
   problem ``expected N fields, found M``, as
   :func:`importq.ingest.csv_reader.read_csv` does.
 * A cell longer than :attr:`importq.ingest.limits.UploadLimits.max_cell_chars` is a
-  413, in the header too.
+  413, in the header too, and so is a row with values in more columns than
+  ``max_columns``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,8 @@ def read_xlsx(
     def staged() -> Iterator[StagedRow]:
         try:
             for line, cells in rows:
+                if len(cells) > limits.max_columns:
+                    raise limits.too_many_columns(line=line)
                 values: list[Value] = [_checked(cell, line, limits) for cell in cells]
                 if len(values) > width:
                     yield StagedRow(line, values, f"expected {width} fields, found {len(values)}")

@@ -10,7 +10,8 @@ The steps:
 - Jobs of dead workers are retried. A worker is dead when it has sent no heartbeat for
   ``IMPORTQ_STALLED_SECONDS``. procrastinate's ``retry_job`` ignores retry strategies,
   so a chunk job counts the lost attempt on its chunk. At the cap, the chunk is failed
-  instead.
+  instead. A message job is retried only once its delivery's claim has run out: a
+  worker that only looked dead may still be sending it.
 - Missed steps are deferred again. An active batch whose every chunk is finished gets
   its completion check again. A batch stuck in ``aggregating`` with no aggregate job
   gets one; a storage outage can leave it so. A todo chunk with no job waiting or
@@ -65,6 +66,23 @@ async def _retry(manager: JobManager, job: Job) -> None:
         log.info("job %s was not retried: %s", job.id, error)
 
 
+# The channel each message task claims its delivery on.
+MESSAGE_CHANNELS = {"send_email": "email", "deliver_webhook": "webhook"}
+
+
+async def _claim_running(services: Services, job: Job) -> bool:
+    """Whether the delivery of a message job is claimed still. A worker that only looked
+    dead may still be sending it, so its job is retried once the claim has run out."""
+    params = {
+        "batch_id": uuid.UUID(str(job.task_kwargs["batch_id"])),
+        "channel": MESSAGE_CHANNELS[job.task_name],
+    }
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(queries["delivery_claim_running"], params)
+        row = await cursor.fetchone()
+    return bool(row and row[0])
+
+
 class ChunkStillHeld(Exception):
     """The chunk's row is locked. Its worker is alive, and only its heartbeat was late."""
 
@@ -93,6 +111,8 @@ async def _recover_stalled_jobs(services: Services) -> None:
         seconds_since_heartbeat=services.settings.stalled_seconds
     )
     for job in stalled:
+        if job.task_name in MESSAGE_CHANNELS and await _claim_running(services, job):
+            continue  # its worker may still be sending: retried once the claim ends
         if job.task_name != "process_chunk":
             log.warning("retrying job %s (%s) of a stalled worker", job.id, job.task_name)
             await _retry(manager, job)

@@ -37,25 +37,34 @@ VALUES (%(batch_id)s, %(channel)s, %(message_id)s)
 ON CONFLICT DO NOTHING;
 
 -- name: claim_delivery
--- Claim an unsent delivery for lease_seconds, unless another claimant's claim is still
+-- Claim an unsent delivery for lease_seconds, unless another attempt's claim is still
 -- running; two claims of one row are serialized by its row lock.
 UPDATE deliveries
 SET claimed_until = now() + make_interval(secs => %(lease_seconds)s), claimed_by = %(claimant)s
 WHERE batch_id = %(batch_id)s AND channel = %(channel)s AND sent_at IS NULL
-  AND (claimed_until IS NULL OR claimed_until < now() OR claimed_by = %(claimant)s)
+  AND (claimed_until IS NULL OR claimed_until < now())
 RETURNING message_id;
 
+-- name: delivery_claim_running
+-- Whether an attempt's claim on the delivery is still running.
+SELECT EXISTS (
+    SELECT FROM deliveries
+    WHERE batch_id = %(batch_id)s AND channel = %(channel)s AND claimed_until >= now()
+);
+
 -- name: delivery_sent
--- Record a successful send: never sent again after this.
+-- Record a successful send: never sent again after this, whoever holds a claim.
 UPDATE deliveries
 SET sent_at = now(), attempts = attempts + 1, last_error = NULL,
     claimed_until = NULL, claimed_by = NULL
 WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
 
 -- name: delivery_failed
--- Record a failed attempt, and give up its claim.
+-- Record a failed attempt, and give up its claim (not one another attempt took since).
 UPDATE deliveries
-SET attempts = attempts + 1, last_error = %(error)s, claimed_until = NULL, claimed_by = NULL
+SET attempts = attempts + 1, last_error = %(error)s,
+    claimed_until = CASE WHEN claimed_by = %(claimant)s THEN NULL ELSE claimed_until END,
+    claimed_by = CASE WHEN claimed_by = %(claimant)s THEN NULL ELSE claimed_by END
 WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
 
 -- name: record_delivery_attempt

@@ -131,25 +131,16 @@ def _last_attempt(context: JobContext, cap: int) -> bool:
     return context.job.attempts + 1 >= min(cap, BACKOFF_RETRIES + 1)
 
 
-def _claimant(context: JobContext) -> str:
-    """A message job's name on the delivery it claims: the same on each of its runs."""
-    return f"job-{context.job.id}"
-
-
 async def send_email(context: JobContext, batch_id: str) -> None:
     services = _services(context)
     last = _last_attempt(context, services.settings.mail_max_attempts)
-    await send_completion_email(
-        services, uuid.UUID(batch_id), last_attempt=last, claimant=_claimant(context)
-    )
+    await send_completion_email(services, uuid.UUID(batch_id), last_attempt=last)
 
 
 async def deliver_webhook(context: JobContext, batch_id: str) -> None:
     services = _services(context)
     last = _last_attempt(context, services.settings.webhook_max_attempts)
-    await deliver_batch_webhook(
-        services, uuid.UUID(batch_id), last_attempt=last, claimant=_claimant(context)
-    )
+    await deliver_batch_webhook(services, uuid.UUID(batch_id), last_attempt=last)
 
 
 async def reconcile(context: JobContext, timestamp: int) -> None:
