@@ -4,8 +4,8 @@ the load and with the same service idle, in one run; see ``scripts/bench.py --sc
 - ``health``: ``GET /health`` every 50 ms and a 10-row batch every half second, while a
   crafted 1 MB CSV (quoted cells full of line feeds), a ``punycode`` upload, the
   ``--rows`` CSV, a 100,000-row XLSX and a 200,000-row JSON body are posted at once.
-- ``fairness``: 10-row batches, one every half second, from the same user, while a
-  ``--rows`` CSV batch is staged and imported.
+- ``fairness``: 10-row batches, one a quarter of a second after the last completed,
+  from the same user, while a ``--rows`` CSV batch is staged and imported.
 - ``webhooks``: 10-row batches for a minute while four webhook receivers answer one
   byte every 9 s; each batch to ``completed``, and to its email in the outbox.
 """
@@ -174,7 +174,11 @@ def _cached(rows: int, kind: str) -> Path:
     return path
 
 
-def _section(title: str, command: str, server: str, lines: list[str]) -> None:
+def _report(title: str, lines: list[str], command: str, server: str, write: bool) -> None:
+    """Print a scenario's lines, and with ``write`` put them in docs/benchmarks.md."""
+    print("\n".join(lines))
+    if not write:
+        return
     write_section(
         "\n".join(
             [
@@ -236,9 +240,7 @@ def health(env: dict[str, str], rows: int, command: str, server: str, write: boo
         f"Bar: `/health` within {BAR_SECONDS:g} s at p95 while they are read: "
         f"{_verdict(percentile(loaded.values, 0.95), BAR_SECONDS)}.",
     ]
-    print("\n".join(lines))
-    if write:
-        _section("Responsiveness while crafted and big uploads are read", command, server, lines)
+    _report("Responsiveness while crafted and big uploads are read", lines, command, server, write)
 
 
 def fairness(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
@@ -256,7 +258,7 @@ def fairness(env: dict[str, str], rows: int, command: str, server: str, write: b
             outcome["status_url"] = response.json()["statusUrl"]
 
         posting = threading.Thread(target=import_big)
-        with Sampler(probe.small_batch, 0.5) as loaded:
+        with Sampler(probe.small_batch, 0.25) as loaded:
             posting.start()
             posting.join()
             big_job = wait_for_job(probe.client, outcome["status_url"])
@@ -272,9 +274,7 @@ def fairness(env: dict[str, str], rows: int, command: str, server: str, write: b
         f"Bar: the 10-row batches within {BAR_SECONDS:g} s at p95: "
         f"{_verdict(percentile(loaded.values, 0.95), BAR_SECONDS)}.",
     ]
-    print("\n".join(lines))
-    if write:
-        _section(f"10-row batches behind a {rows:,}-row batch", command, server, lines)
+    _report(f"10-row batches behind a {rows:,}-row batch", lines, command, server, write)
 
 
 @contextlib.contextmanager
@@ -299,7 +299,8 @@ def trickling_receivers(count: int, pause: float) -> Iterator[tuple[list[str], l
             await reader.readexactly(length)
             requests[index] += 1
             answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
-            with contextlib.suppress(ConnectionError):
+            # Cut off by the client, or cancelled at the scenario's end.
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 for byte in answer:
                     writer.write(bytes([byte]))
                     await writer.drain()
@@ -380,9 +381,7 @@ def webhooks(env: dict[str, str], rows: int, command: str, server: str, write: b
         f"Bar: other batches delayed by at most {BAR_SECONDS:g} s (p95 under load − p95 idle "
         f"= {delay:.3f} s): {_verdict(delay, BAR_SECONDS)}.",
     ]
-    print("\n".join(lines))
-    if write:
-        _section("10-row batches while four webhook receivers trickle", command, server, lines)
+    _report("10-row batches while four webhook receivers trickle", lines, command, server, write)
 
 
 SCENARIOS = {"health": health, "fairness": fairness, "webhooks": webhooks}

@@ -57,6 +57,20 @@ def entrance(
     return row
 
 
+@contextlib.asynccontextmanager
+async def running_worker(services: Services, concurrency: int = 4) -> AsyncIterator[None]:
+    """A queue worker for part of a test (the ``worker`` fixture lasts the whole test)."""
+    from importq.worker.tasks import run_worker
+
+    task = asyncio.create_task(run_worker(services, concurrency=concurrency))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def json_upload(rows: list[Any]) -> ParsedUpload:
     """``rows`` read as the body ``{"data": rows}`` is."""
     return read_json_rows(io.BytesIO(json.dumps({"data": rows}).encode()))

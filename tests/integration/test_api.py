@@ -29,13 +29,13 @@ from helpers import (
     entrance,
     post_rows,
     read_csv_report,
+    running_worker,
     wait_for_batch,
 )
 from importq.config import Settings
 from importq.ingest.staged_table import SCHEMA, table_name
 from importq.pipeline.target_tables import ensure_target_table
 from importq.services import Services
-from importq.worker.tasks import run_worker
 
 EXTRA_DATASETS = """
 [datasets.caves]
@@ -126,18 +126,6 @@ async def user_client(
     _, token = await new_user(services, name, role)
     async with api_client(services, token) as client:
         yield client
-
-
-@contextlib.asynccontextmanager
-async def running_worker(services: Services) -> AsyncIterator[None]:
-    """A queue worker for part of a test (the ``worker`` fixture lasts the whole test)."""
-    task = asyncio.create_task(run_worker(services, concurrency=4))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def count_rows(services: Services, table: str) -> int:

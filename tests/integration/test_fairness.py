@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +13,9 @@ import httpx
 import pytest
 
 from conftest import make_settings
-from helpers import Receiver, entrance, post_rows, wait_for_batch
+from helpers import Receiver, entrance, post_rows, running_worker, wait_for_batch
 from importq.config import Settings
 from importq.services import Services
-from importq.worker.tasks import run_worker
 
 
 @pytest.fixture
@@ -28,17 +26,6 @@ def options() -> dict[str, Any]:
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, options: dict[str, Any]) -> Settings:
     return make_settings(database_url, tmp_path / "data", **options)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(services: Services, concurrency: int) -> AsyncIterator[None]:
-    task = asyncio.create_task(run_worker(services, concurrency=concurrency))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _accepted(client: httpx.AsyncClient, rows: list[dict[str, str]], **params: str) -> str:

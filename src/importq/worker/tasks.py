@@ -186,21 +186,30 @@ class Lane:
     name: str
     queues: tuple[str, ...]
     concurrency: int
+    #: Whether a job holds a connection while it runs. A message job holds one only to
+    #: claim and to record its delivery, for milliseconds.
+    jobs_hold_connections: bool = True
+
+
+# Connections a worker needs besides its listeners and the slots of jobs that hold one:
+# heartbeats, fetches, and message jobs' claims and records, which take turns.
+SHARED_CONNECTIONS = 4
 
 
 def worker_lanes(settings: Settings, chunk_concurrency: int) -> tuple[Lane, ...]:
     return (
         Lane("chunks", (CHUNKS,), chunk_concurrency),
         Lane("completion", (COMPLETION, MAINTENANCE), settings.completion_concurrency),
-        Lane("messages", (MESSAGES,), settings.message_concurrency),
-        Lane("webhooks", (WEBHOOKS,), settings.message_concurrency),
+        Lane("messages", (MESSAGES,), settings.message_concurrency, jobs_hold_connections=False),
+        Lane("webhooks", (WEBHOOKS,), settings.message_concurrency, jobs_hold_connections=False),
     )
 
 
 def worker_connections(lanes: tuple[Lane, ...]) -> int:
-    """The pool connections a worker's lanes may hold at once: each lane's listener and
-    one per job slot, and two for heartbeats and deferrals."""
-    return sum(1 + lane.concurrency for lane in lanes) + 2
+    """The pool connections a worker's lanes need at once: each lane's listener, one per
+    slot of a lane whose jobs hold one, and ``SHARED_CONNECTIONS``."""
+    held = sum(lane.concurrency for lane in lanes if lane.jobs_hold_connections)
+    return len(lanes) + held + SHARED_CONNECTIONS
 
 
 async def _run_lanes(services: Services, lanes: tuple[Lane, ...]) -> None:
