@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from accounting import (
     slow_down_inserts,
 )
 from helpers import Receiver, entrance, row_results, wait_for_batch
+from importq.delivery.at_most_once import DeliveryBusy
 from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
 from importq.ingest.staged_table import results_table
@@ -75,9 +76,17 @@ async def _jobs(services: Services, task_name: str) -> int:
     return int(row[0])
 
 
+async def _sent_at_once(sends: list[Coroutine[Any, Any, bool]]) -> list[bool]:
+    """Run the sends at once. Each says whether it sent, or finds another's claim
+    running (DeliveryBusy, which its job would retry); nothing else may happen."""
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    assert all(isinstance(o, bool | DeliveryBusy) for o in outcomes), outcomes
+    return [o is True for o in outcomes]
+
+
 async def _race_to_the_end(services: Services, batch_id: str) -> list[bool]:
     """50 completion checks, then 50 aggregations, then 50 email sends and 50 webhook
-    deliveries, all at once; what the email sends returned."""
+    deliveries, all at once; which of the email sends sent."""
     tasks.register_tasks(services.queue.app, reconcile_cron=services.settings.reconcile_cron)
     context = job_context(services, "check_completion", batch_id=batch_id)
     await asyncio.gather(*(tasks.check_completion(context, batch_id) for _ in range(50)))
@@ -85,9 +94,9 @@ async def _race_to_the_end(services: Services, batch_id: str) -> list[bool]:
     await asyncio.gather(*(tasks.aggregate(context, batch_id) for _ in range(50)))
     assert await _jobs(services, "send_email") == 1
     batch = uuid.UUID(batch_id)
-    hooks = await asyncio.gather(*(deliver_batch_webhook(services, batch) for _ in range(50)))
+    hooks = await _sent_at_once([deliver_batch_webhook(services, batch) for _ in range(50)])
     assert hooks.count(True) == (1 if await _jobs(services, "deliver_webhook") else 0)
-    return await asyncio.gather(*(send_completion_email(services, batch) for _ in range(50)))
+    return await _sent_at_once([send_completion_email(services, batch) for _ in range(50)])
 
 
 async def test_fifty_completion_checks_aggregate_once(
@@ -315,7 +324,7 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
             "SELECT count(*) FROM pg_stat_activity"
             " WHERE query LIKE '%%INSERT INTO \"entrances\"%%' AND pid <> pg_backend_pid()",
         )
-        if done >= 2 and sleeping == 1:
+        if done >= 2 and sleeping >= 1:
             break
         assert time.monotonic() < deadline, "the worker never got going"
         await asyncio.sleep(0.05)
@@ -326,7 +335,8 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
         "SELECT count(*) FROM procrastinate_jobs "
         "WHERE task_name = 'process_chunk' AND status = 'doing'",
     )
-    assert in_flight == 1
+    # One chunk slot, and the express slot (a batch this small has its chunks there).
+    assert in_flight in (1, 2)
 
     spawn_worker()
     job = await wait_for_batch(client, batch_id, seconds=120)
@@ -340,7 +350,7 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
             "AND error = 'the worker stopped while processing the chunk' AND attempts = 2",
             batch_id,
         )
-        == 1
+        == in_flight
     )
 
 

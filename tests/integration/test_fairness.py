@@ -46,26 +46,51 @@ async def _completed_at(services: Services, batch_id: str) -> Any:
     return row[0]
 
 
-@pytest.mark.parametrize("options", [{"chunk_size": 5}])
-async def test_a_small_batch_queued_behind_a_big_one_goes_in_after_one_chunk(
+def _entrances(prefix: str, count: int) -> list[dict[str, str]]:
+    return [entrance(f"{prefix}{i}") for i in range(count)]
+
+
+@pytest.mark.parametrize("options", [{"chunk_size": 100}])
+async def test_batches_queued_one_after_the_other_take_turns_chunk_by_chunk(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    """One chunk slot, ten chunks of a big batch queued first: the small batch's only
-    chunk comes right after the big one's first, as chunk priorities interleave them."""
-    big = await _accepted(client, [entrance(f"big{i}") for i in range(50)])
-    small = await _accepted(client, [entrance(f"small{i}") for i in range(3)])
+    """One chunk slot; twelve chunks of one batch queued first, eleven of another after:
+    chunk priorities interleave them, so the second finishes first."""
+    first = await _accepted(client, _entrances("first", 1_200))
+    second = await _accepted(client, _entrances("second", 1_100))
     async with running_worker(services, concurrency=1):
-        await wait_for_batch(client, big)
-        await wait_for_batch(client, small)
-    assert await _completed_at(services, small) < await _completed_at(services, big)
+        await wait_for_batch(client, first)
+        await wait_for_batch(client, second)
+    assert await _completed_at(services, second) < await _completed_at(services, first)
     async with services.pool.connection() as conn:
         cursor = await conn.execute(
-            "SELECT args->>'batch_id', priority FROM procrastinate_jobs"
+            "SELECT args->>'batch_id', priority, queue_name FROM procrastinate_jobs"
             " WHERE task_name = 'process_chunk' ORDER BY id"
         )
-        priorities = await cursor.fetchall()
-    assert [p for b, p in priorities if b == big] == [-n for n in range(10)]
-    assert [p for b, p in priorities if b == small] == [0]
+        jobs = await cursor.fetchall()
+    assert [p for b, p, _ in jobs if b == first] == [-n for n in range(12)]
+    assert [p for b, p, _ in jobs if b == second] == [-n for n in range(11)]
+    assert {q for *_, q in jobs} == {"chunks"}
+
+
+@pytest.mark.parametrize("options", [{"chunk_size": 100}])
+async def test_a_small_batch_has_a_slot_while_a_big_one_holds_every_other(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The big batch's chunk holds the only chunk slot (its row is locked here, so it
+    waits); a batch of at most 1,000 rows goes through the express slot meanwhile."""
+    big = await _accepted(client, _entrances("big", 1_200))
+    async with services.pool.connection() as holder:  # its transaction holds the lock
+        await holder.execute(
+            "SELECT 1 FROM chunks WHERE batch_id = %s FOR UPDATE", (uuid.UUID(big),)
+        )
+        async with running_worker(services, concurrency=1):
+            small = await _accepted(client, _entrances("small", 1_000))
+            job = await wait_for_batch(client, small, seconds=20)
+            assert job["result"]["summary"]["successes"] == 1_000
+            assert (await client.get(f"/api/v1/jobs/{big}")).json()["status"] == "active"
+            await holder.rollback()
+            await wait_for_batch(client, big)
 
 
 @pytest.mark.parametrize(

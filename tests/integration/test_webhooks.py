@@ -18,6 +18,7 @@ from procrastinate.jobs import Job
 from conftest import make_settings
 from helpers import Receiver, entrance, wait_for_batch
 from importq.config import Settings
+from importq.delivery.at_most_once import DeliveryBusy
 from importq.delivery.webhooks import (
     WebhookFailed,
     deliver_batch_webhook,
@@ -278,8 +279,9 @@ async def test_an_answer_is_read_only_up_to_64_kib_and_never_decompressed(
 async def test_a_running_claim_leaves_the_delivery_to_its_attempt_until_it_runs_out(
     client: httpx.AsyncClient, services: Services, receiver: Receiver
 ) -> None:
-    """An attempt whose worker looks dead may still be sending: while its claim runs,
-    another attempt does nothing; once it has run out, the next one sends."""
+    """An attempt whose worker looks dead may still be sending, or may have died before
+    recording: while its claim runs, another attempt is told to retry; once it has run
+    out, the next one sends."""
     batch_id = await _given_up(client, receiver)
 
     async def claim(until: str) -> None:
@@ -301,7 +303,8 @@ async def test_a_running_claim_leaves_the_delivery_to_its_attempt_until_it_runs_
     )
     await claim("1 hour")
     assert await _claim_running(services, stalled) is True
-    assert await deliver_batch_webhook(services, batch_id) is False
+    with pytest.raises(DeliveryBusy):  # its job retries, and sends once the claim ends
+        await deliver_batch_webhook(services, batch_id)
     assert len(receiver.requests) == 1
     await claim("-1 second")
     assert await _claim_running(services, stalled) is False

@@ -7,10 +7,10 @@ Invariants:
 - Once the row's ``sent_at`` is recorded, the message is never sent again.
 - Two attempts never send a message at once, unless one outlived its claim. An attempt
   first *claims* the row for ``lease_seconds`` (longer than a send can take), in a
-  transaction of its own. Another attempt that finds the claim running does nothing:
-  the claimant finishes and records the outcome, or its job retries. A job whose worker
-  died is retried only once its claim has run out
-  (:mod:`importq.pipeline.recovery`).
+  transaction of its own. Another attempt that finds the claim running raises
+  :class:`DeliveryBusy`, and its job retries: the claimant records the outcome, or its
+  claim runs out and the retry sends. A job whose worker died is retried only once its
+  claim has run out (:mod:`importq.pipeline.recovery`).
 - No transaction, row lock or pooled connection is held while a message is handed
   over, so a slow receiver holds nothing but its own job.
 - Nothing here touches the batch's status.
@@ -47,6 +47,11 @@ class PermanentFailure(Exception):
     """A failure no retry can mend (a refused destination, no address)."""
 
 
+class DeliveryBusy(Exception):
+    """Another attempt's claim is running. That attempt may still send, or may have died
+    without recording: the job retries, and goes ahead once the claim has run out."""
+
+
 async def _record(
     conn: AsyncConnection[Any],
     batch_id: uuid.UUID,
@@ -74,7 +79,8 @@ async def _claim(
     services: Services, batch_id: uuid.UUID, channel: str, lease_seconds: float, claimant: str
 ) -> tuple[dict[str, Any], str] | None:
     """Claim the delivery: the batch row and the message id. None when it was sent
-    already, was never owed, or another claimant's claim is running."""
+    already or was never owed. Raises :class:`DeliveryBusy` while another attempt's
+    claim runs."""
     params = {"batch_id": batch_id, "channel": channel}
     async with services.pool.connection() as conn, conn.transaction():
         cursor = await conn.execute(
@@ -83,7 +89,11 @@ async def _claim(
         )
         claimed = await cursor.fetchone()
         if claimed is None:
-            return None
+            cursor = await conn.execute(queries["delivery_state"], params)
+            state = await cursor.fetchone()
+            if state is None or state[0] is not None:
+                return None
+            raise DeliveryBusy(f"another attempt holds it until {state[1]:%H:%M:%S %Z}")
         batch = await batches.get_batch(conn, batch_id)
         assert batch is not None
         return batch, str(claimed[0])

@@ -9,8 +9,10 @@ not an object, or holds a nested value, is staged with a problem.
 The body is never decoded whole. :class:`_JsonText` hands json's own decoder one value
 at a time, so values keep the json module's meaning (big integers, lone surrogates),
 and memory holds one row. The body is read twice: a first pass checks all of it and
-collects the header, and the second yields the rows. A value longer than a row within
-the limits can be is refused while it is read.
+collects the header, and the second yields the rows. A value (a row) may take as many
+characters as a CSV record within the limits
+(:attr:`~importq.ingest.limits.UploadLimits.max_record_chars`); a longer one is refused
+with ``413 record_too_long`` while it is read.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from importq.ingest.parsed_upload import ParsedUpload, empty_upload
 from importq.rules.row_rules import StagedRow, Value
 
 BLOCK_BYTES = 1 << 20
-# The most characters JSON needs for one character of a cell: a \uXXXX escape.
-_ESCAPED = 6
 _SPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
 _SHAPE = 'The body must be an object {"data": [{column: value}, …]}.'
@@ -136,7 +136,8 @@ class _JsonText:
                     "characters, longer than any row within the limits.",
                     limit=self._longest,
                 )
-            self._fill(max(BLOCK_BYTES, 2 * held))
+            # Never more than the bound: past it, the value is refused anyway.
+            self._fill(min(max(BLOCK_BYTES, 2 * held), self._longest + 1))
 
 
 def _data_items(binary: IO[bytes], limits: UploadLimits) -> Iterator[Any]:
@@ -144,7 +145,7 @@ def _data_items(binary: IO[bytes], limits: UploadLimits) -> Iterator[Any]:
 
     Keys other than ``data`` are decoded and ignored, as ``json.load`` would.
     """
-    text = _JsonText(binary, _ESCAPED * limits.max_record_chars)
+    text = _JsonText(binary, limits.max_record_chars)
     if text.peek() != "{":
         raise _bad_json(_SHAPE)
     text.pos += 1

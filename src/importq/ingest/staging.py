@@ -62,7 +62,8 @@ PARALLEL_COPY_BYTES = 32 << 20
 
 # Defers the chunk jobs of a new batch on the staging connection
 # (see ``importq.pipeline.job_queue.JobQueue.defer_chunks``).
-DeferChunks = Callable[[AsyncConnection[Any], uuid.UUID, int], Coroutine[Any, Any, None]]
+# It takes the batch's id, its number of chunks and its number of rows.
+DeferChunks = Callable[[AsyncConnection[Any], uuid.UUID, int, int], Coroutine[Any, Any, None]]
 # The errors that show PostgreSQL's reading of a file differs from importq's, or breaks
 # a limit. importq then reads the file itself, and refuses it with the line at fault if
 # it must. A CHECK fails on a cell longer than the limit. It also fails on a part's lines
@@ -455,7 +456,7 @@ async def stage_batch(
                     "row_counts": [b.row_count for b in bounds],
                 },
             )
-            await defer_chunks(conn, batch_id, len(bounds))
+            await defer_chunks(conn, batch_id, len(bounds), total)
         staged = True
     except errors.UniqueViolation:
         # Another request with the same Idempotency-Key committed first.

@@ -11,6 +11,9 @@ The queues:
   batches are interleaved: every batch's first chunk comes before any batch's second, and
   a small batch posted behind a big one waits for a free slot only, not for the big
   one's remaining chunks.
+- ``chunks-express``: the chunk jobs of a batch of at most ``EXPRESS_ROWS`` rows. A
+  worker serves it with a slot of its own, besides its ``chunks`` slots, so a small
+  batch never waits for a big batch's chunk to end.
 - ``completion``: ``check_completion``, with the batch id as its ``queueing_lock``,
   then ``aggregate``.
 - ``messages``: ``send_email``.
@@ -31,6 +34,9 @@ from procrastinate import exceptions as procrastinate_errors
 from psycopg import AsyncConnection
 
 CHUNKS = "chunks"
+CHUNKS_EXPRESS = "chunks-express"
+# A batch this small, or smaller, has its chunks on the express queue: ~50 ms of work.
+EXPRESS_ROWS = 1_000
 COMPLETION = "completion"
 MESSAGES = "messages"
 WEBHOOKS = "webhooks"
@@ -49,15 +55,21 @@ class JobQueue:
         self.app = app
 
     async def defer_chunks(
-        self, conn: AsyncConnection[Any], batch_id: uuid.UUID, total_chunks: int
+        self, conn: AsyncConnection[Any], batch_id: uuid.UUID, total_chunks: int, total_rows: int
     ) -> None:
-        """One ``process_chunk`` job per chunk of a new batch."""
-        await self.defer_chunk_jobs(conn, batch_id, range(total_chunks))
+        """One ``process_chunk`` job per chunk of a new batch of ``total_rows`` rows."""
+        queue = CHUNKS_EXPRESS if total_rows <= EXPRESS_ROWS else CHUNKS
+        await self.defer_chunk_jobs(conn, batch_id, range(total_chunks), queue=queue)
 
     async def defer_chunk_jobs(
-        self, conn: AsyncConnection[Any], batch_id: uuid.UUID, chunk_nos: Iterable[int]
+        self,
+        conn: AsyncConnection[Any],
+        batch_id: uuid.UUID,
+        chunk_nos: Iterable[int],
+        *,
+        queue: str = CHUNKS,
     ) -> None:
-        deferrer = self.app.configure_task("process_chunk", connection=conn, queue=CHUNKS)
+        deferrer = self.app.configure_task("process_chunk", connection=conn, queue=queue)
         jobs = [
             deferrer.make_new_job(batch_id=str(batch_id), chunk_no=n).evolve(priority=-n)
             for n in chunk_nos

@@ -45,6 +45,11 @@ WHERE batch_id = %(batch_id)s AND channel = %(channel)s AND sent_at IS NULL
   AND (claimed_until IS NULL OR claimed_until < now())
 RETURNING message_id;
 
+-- name: delivery_state
+-- Why a claim failed: the delivery's sent time, and the end of the claim that runs.
+SELECT sent_at, claimed_until FROM deliveries
+WHERE batch_id = %(batch_id)s AND channel = %(channel)s;
+
 -- name: delivery_claim_running
 -- Whether an attempt's claim on the delivery is still running.
 SELECT EXISTS (

@@ -44,7 +44,14 @@ from importq.pipeline import batches
 from importq.pipeline.aggregation import aggregate as aggregate_batch
 from importq.pipeline.chunk_processing import fail_chunk, record_attempt
 from importq.pipeline.chunk_processing import process_chunk as process_one_chunk
-from importq.pipeline.job_queue import CHUNKS, COMPLETION, MAINTENANCE, MESSAGES, WEBHOOKS
+from importq.pipeline.job_queue import (
+    CHUNKS,
+    CHUNKS_EXPRESS,
+    COMPLETION,
+    MAINTENANCE,
+    MESSAGES,
+    WEBHOOKS,
+)
 from importq.pipeline.recovery import reconcile as reconcile_once
 from importq.services import Services
 
@@ -180,7 +187,8 @@ class Lane:
     """Queues served by a procrastinate worker of their own, with its own job slots.
 
     So a stuck mail server holds only email slots, a stuck webhook receiver only webhook
-    slots, and a big batch's chunks never delay another batch's aggregation.
+    slots, a big batch's chunks never delay another batch's aggregation, and a small
+    batch's chunks always have the express slot.
     """
 
     name: str
@@ -198,7 +206,8 @@ SHARED_CONNECTIONS = 4
 
 def worker_lanes(settings: Settings, chunk_concurrency: int) -> tuple[Lane, ...]:
     return (
-        Lane("chunks", (CHUNKS,), chunk_concurrency),
+        Lane("chunks", (CHUNKS, CHUNKS_EXPRESS), chunk_concurrency),
+        Lane("express", (CHUNKS_EXPRESS,), 1),
         Lane("completion", (COMPLETION, MAINTENANCE), settings.completion_concurrency),
         Lane("messages", (MESSAGES,), settings.message_concurrency, jobs_hold_connections=False),
         Lane("webhooks", (WEBHOOKS,), settings.message_concurrency, jobs_hold_connections=False),
@@ -206,10 +215,11 @@ def worker_lanes(settings: Settings, chunk_concurrency: int) -> tuple[Lane, ...]
 
 
 def worker_connections(lanes: tuple[Lane, ...]) -> int:
-    """The pool connections a worker's lanes need at once: each lane's listener, one per
-    slot of a lane whose jobs hold one, and ``SHARED_CONNECTIONS``."""
+    """The pool connections a worker's lanes need at once: one per slot of a lane whose
+    jobs hold one, and ``SHARED_CONNECTIONS``. (Each lane's listener opens a connection
+    of its own, outside the pool.)"""
     held = sum(lane.concurrency for lane in lanes if lane.jobs_hold_connections)
-    return len(lanes) + held + SHARED_CONNECTIONS
+    return held + SHARED_CONNECTIONS
 
 
 async def _run_lanes(services: Services, lanes: tuple[Lane, ...]) -> None:
