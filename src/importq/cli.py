@@ -148,6 +148,11 @@ def _migrate_command(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
+    print(settings.webhook_key.decode())
+    return EXIT_OK
+
+
 def _users(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> str | None:
         async with _connection(settings) as conn, conn.transaction():
@@ -299,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="bring the database up to date").set_defaults(
         handler=_migrate_command
     )
+
+    commands.add_parser(
+        "webhook-secret", help="print the key receivers check webhook signatures with"
+    ).set_defaults(handler=_webhook_secret)
 
     users = commands.add_parser("users", help="manage users and tokens")
     user_commands = users.add_subparsers(dest="users_command", required=True)

@@ -6,6 +6,8 @@ Every setting is documented in the README's configuration table; keep the two in
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import secrets
 from functools import cached_property
@@ -45,6 +47,15 @@ def _memory_size(value: str, name: str, *, smallest: int) -> str:
     if not smallest <= size <= 1 << 40:
         raise ValueError(f"{name} must be between {smallest >> 20}MB and 1024GB")
     return value
+
+
+def purpose_key(master: bytes, purpose: str) -> bytes:
+    """A 32-byte key for one ``purpose``, derived from ``master`` with HKDF-SHA256
+    (RFC 5869, no salt, the purpose as its info). Keys of two purposes tell nothing of
+    each other, or of the master key."""
+    extracted = hmac.new(b"\0" * 32, master, hashlib.sha256).digest()
+    info = f"importq {purpose}".encode()
+    return hmac.new(extracted, info + b"\x01", hashlib.sha256).digest()
 
 
 class Settings(BaseSettings):
@@ -193,7 +204,13 @@ class Settings(BaseSettings):
 
     @property
     def webhook_key(self) -> bytes:
-        return self.webhook_secret.encode() if self.webhook_secret else self.signing_key
+        """The key of webhook signatures: ``IMPORTQ_WEBHOOK_SECRET``, else one derived
+        from the secret key, in hex. Never the key of report links, so a receiver that holds it
+        cannot make a link to anyone's report."""
+        if self.webhook_secret:
+            return self.webhook_secret.encode()
+        # As text, so that a receiver takes it as it is given (``importq webhook-secret``).
+        return purpose_key(self.master_key, "webhook signatures").hex().encode()
 
     @property
     def webhook_allowed(self) -> frozenset[str]:
@@ -240,9 +257,15 @@ class Settings(BaseSettings):
         keep an upload by naming its spool file rather than copying it."""
         return self.data_dir / "spool"
 
-    @cached_property
+    @property
     def signing_key(self) -> bytes:
-        """The key for local report links: the setting, else one kept in the data dir.
+        """The key that signs local report links, derived from the secret key."""
+        return purpose_key(self.master_key, "report links")
+
+    @cached_property
+    def master_key(self) -> bytes:
+        """``IMPORTQ_SECRET_KEY``, else one kept in the data dir. Nothing is signed with
+        it: each purpose has a key derived from it (:func:`purpose_key`).
 
         A generated key is written once and reused, so links survive a restart.
         """

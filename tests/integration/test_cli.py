@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from helpers import csv_text, entrance
+from importq.config import Settings
 from importq.db import embedded_database_url
 from processes import free_port, serving, start_serve, wait_healthy
 
@@ -44,6 +45,17 @@ def test_migrate_twice_is_a_no_op(cli_env: dict[str, str]) -> None:
     first = importq(cli_env, "migrate")
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "database is up to date"
+
+
+def test_webhook_secret_prints_the_key_deliveries_are_signed_with(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    printed = importq(cli_env, "webhook-secret")
+    assert printed.returncode == 0, printed.stderr
+    settings = Settings(data_dir=tmp_path / "data")  # the key generated into the data dir
+    assert printed.stdout.strip().encode() == settings.webhook_key != settings.signing_key
+    chosen = importq({**cli_env, "IMPORTQ_WEBHOOK_SECRET": "shared"}, "webhook-secret")
+    assert chosen.stdout.strip() == "shared"
 
 
 def test_users_create_prints_only_the_token(cli_env: dict[str, str]) -> None:

@@ -80,3 +80,34 @@ def test_a_reconcile_cron_that_leaves_a_minute_without_a_run_is_refused() -> Non
     for malformed in ("*/5 * * * *", "every 15 seconds", "* * * * * 61"):
         with pytest.raises(ValueError, match="is not a six-field cron"):
             Settings(reconcile_cron=malformed)
+
+
+def test_each_purpose_has_its_own_key_derived_with_hkdf(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    from importq.config import purpose_key
+
+    master = b"a secret key of the operator's"
+    expected = HKDF(hashes.SHA256(), 32, None, b"importq report links").derive(master)
+    assert purpose_key(master, "report links") == expected
+    settings = Settings(secret_key=master.decode(), data_dir=tmp_path)
+    keys = {settings.master_key, settings.signing_key, settings.webhook_key}
+    assert len(keys) == 3
+    assert Settings(secret_key="x", webhook_secret="own", data_dir=tmp_path).webhook_key == b"own"
+
+
+def test_the_webhook_key_cannot_make_a_report_link(tmp_path: Path) -> None:
+    """A receiver verifies deliveries with the webhook key; with it, it still cannot
+    sign a link to a report."""
+    import hashlib
+    import hmac
+    import time
+
+    settings = Settings(secret_key="the operator's", data_dir=tmp_path)
+    storage = LocalStorage(tmp_path, public_url="http://x", signing_key=settings.signing_key)
+    path, expires, name = "reports/b/successes.csv", int(time.time()) + 60, "s.csv"
+    message = f"{path}\n{expires}\n{name}".encode()
+    forged = hmac.new(settings.webhook_key, message, hashlib.sha256).hexdigest()
+    assert not storage.verify(path, expires, name, forged)
+    assert storage.verify(path, expires, name, storage.signature(path, expires, name))
