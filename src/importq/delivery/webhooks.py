@@ -14,9 +14,12 @@ Every attempt is logged in ``delivery_attempts``. The headers:
   ``"<timestamp>.<body>"`` keyed with ``IMPORTQ_WEBHOOK_SECRET``.
 - ``X-Importq-Delivery``: the delivery's id.
 
-A destination must resolve to public unicast addresses only. Any other address is
-refused: private, loopback, link-local, shared, reserved, multicast and the like. A
-refusal is not retried. A host listed in ``IMPORTQ_WEBHOOK_ALLOW_HOSTS`` is exempt.
+A destination must resolve to public unicast addresses only, on port 80 or 443. Any
+other address is refused: private, loopback, link-local, shared, reserved, multicast and
+the like, and an IPv6 address that carries one (IPv4-mapped or -compatible, 6to4,
+Teredo, NAT64). A refusal is not retried, and its message ("refused by the webhook
+address policy") does not say what the name resolved to; the log does. A host listed in
+``IMPORTQ_WEBHOOK_ALLOW_HOSTS`` is exempt, on any port.
 Redirects are not followed, so a public URL cannot bounce the request inward. The
 request goes to the address that was checked, while its Host header stays the URL's
 host. For HTTPS, the name sent and verified in TLS also stays the URL's host. So a name
@@ -30,6 +33,7 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
+import logging
 import socket
 import time
 import urllib.request
@@ -43,7 +47,10 @@ from importq.delivery.at_most_once import PermanentFailure, deliver_once
 from importq.job_json import Job
 from importq.services import Services
 
+log = logging.getLogger(__name__)
+
 WEBHOOK = "webhook"
+REFUSED = "refused by the webhook address policy"
 # The most of a receiver's answer that is read, and how much of it a failure quotes.
 ANSWER_BYTES = 64 * 1024
 QUOTED_CHARS = 200
@@ -81,9 +88,26 @@ def inward_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.partition("%")[0])
     if isinstance(ip, ipaddress.IPv6Address):
         carried = [ip.ipv4_mapped, ip.sixtofour, ip.teredo[1] if ip.teredo else None]
+        carried.append(_embedded_ipv4(ip))
         if any(v4 is not None and inward_address(str(v4)) for v4 in carried):
             return True
     return not ip.is_global or ip.is_multicast
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a NAT64 gateway (RFC 6052: the well-known /96 prefix, or the
+    local-use /48 of RFC 8215) or an IPv4-compatible address would reach, if any."""
+    packed = ip.packed
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(packed[12:])
+    if ip in _LOCAL_NAT64:
+        return ipaddress.IPv4Address(packed[6:8] + packed[9:11])  # around the u octet
+    return None
 
 
 def behind_proxy(url: str) -> bool:
@@ -114,6 +138,9 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
         raise WebhookRefused(f"{url!r} is not an http(s) URL")
     if host in allowed_hosts or urlsplit(url).hostname in allowed_hosts:
         return None
+    if target.port not in (None, 80, 443):
+        log.warning("webhook to %s refused: port %s", url, target.port)
+        raise WebhookRefused(f"{REFUSED}: only ports 80 and 443 may be reached")
     try:
         async with asyncio.timeout(LOOKUP_SECONDS):
             infos = await asyncio.get_running_loop().getaddrinfo(
@@ -127,9 +154,11 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
         raise WebhookFailed(f"cannot resolve {host}: {error}") from error
     inward = sorted({str(info[4][0]) for info in infos if inward_address(str(info[4][0]))})
     if inward:
+        # What the name resolved to is for the operator's log, not for the uploader.
+        log.warning("webhook to %s refused: %s resolves to %s", url, host, ", ".join(inward))
         raise WebhookRefused(
-            f"{host} resolves to a private or local address ({', '.join(inward)}); "
-            "allow it with IMPORTQ_WEBHOOK_ALLOW_HOSTS"
+            f"{REFUSED}: {host} is not a public address (an operator may allow it with "
+            "IMPORTQ_WEBHOOK_ALLOW_HOSTS)"
         )
     return None if behind_proxy(url) else str(infos[0][4][0])
 
