@@ -443,6 +443,58 @@ async def test_a_file_name_outside_ascii_is_taken_from_filename_star(
     assert job["fileName"] == "grottes été.csv"
 
 
+async def test_a_file_name_is_cleaned_not_refused(client: httpx.AsyncClient) -> None:
+    """Control characters and line separators go, the length is capped with the
+    extension kept, and the upload is taken."""
+    name = "caves\r\nBcc: everyone@example.org\u2028" + "x" * 400 + ".csv"
+    response = await client.post(
+        "/api/v1/entrances/import-rows",
+        params={"fileName": name},
+        json={"data": [entrance("f1")]},
+    )
+    assert response.status_code == 202, response.text
+    shown = (await client.get(response.json()["statusUrl"])).json()["fileName"]
+    assert shown.startswith("cavesBcc: everyone@example.orgxxx") and shown.endswith("x.csv")
+    assert len(shown) == 255
+    blank = await client.post(
+        "/api/v1/entrances/import-rows",
+        params={"fileName": "\n\t"},
+        json={"data": [entrance("f2")]},
+    )
+    assert (await client.get(blank.json()["statusUrl"])).json()["fileName"] is None
+
+
+@pytest.mark.parametrize("path", ["/api/v1/jobs", "/api/v1/notifications"])
+async def test_a_page_past_any_list_is_refused_not_a_crash(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    for page in (10**12, 2**63):
+        response = await client.get(path, params={"page": page})
+        assert_error(response, 422, "invalid_request")
+    assert (await client.get(path, params={"page": 1_000_000})).status_code == 200
+
+
+async def test_answers_carry_the_security_headers(
+    client: httpx.AsyncClient, app_client: httpx.AsyncClient
+) -> None:
+    api = await client.get("/api/v1/jobs")
+    health = await app_client.get("/health/live")
+    for response in (api, health):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["referrer-policy"] == "no-referrer"
+    assert api.headers["cache-control"] == "no-store"
+    assert "cache-control" not in health.headers
+    assert "strict-transport-security" not in api.headers  # the public URL is http
+
+
+@pytest.mark.parametrize("settings_overrides", [{"public_url": "https://imports.example"}])
+async def test_an_https_service_asks_browsers_to_stay_on_https(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/api/v1/jobs")
+    assert response.headers["strict-transport-security"] == "max-age=31536000"
+
+
 async def test_other_multipart_fields_are_ignored(client: httpx.AsyncClient) -> None:
     text = csv_text([entrance("m1")]).encode()
     body = _part("note", None, b"x" * 1000) + _part("file", "a.csv", text) + b"--b0--\r\n"

@@ -14,10 +14,9 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from importq.pipeline.reports import FORMULA_STARTS
 from importq.rules.row_rules import NUMBER
 from importq.services import Services
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def report_cell(value: str | None, numeric: bool) -> str:

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException
 
 from importq.api import files, health, imports, jobs, notifications
 from importq.api.auth import database_unavailable
+from importq.api.headers import SecurityHeaders
 from importq.config import Settings
 from importq.errors import Refusal
 from importq.services import Services, open_services
@@ -112,6 +113,7 @@ def create_app(
     app.state.draining = False
     app.state.drain = drain
     _install_error_handlers(app)
+    app.add_middleware(SecurityHeaders, https=(settings.public_url or "").startswith("https://"))
     for router in (imports.router, jobs.router, notifications.router, files.router, health.router):
         app.include_router(router)
     return app

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import IO, Annotated, Any
@@ -159,6 +160,28 @@ async def _check_pending_rows(services: Services, user_id: int) -> None:
         )
 
 
+MAX_FILE_NAME_CHARS = 255
+
+
+def clean_file_name(name: str | None) -> str | None:
+    """The file name to show in reports and emails: without control characters or line
+    and paragraph separators, trimmed, at most ``MAX_FILE_NAME_CHARS`` characters (the
+    extension kept). None when nothing is left.
+
+    A name is the client's to choose, so it is cleaned rather than refused: whatever it
+    holds, an email's headers and a report's name can be built from it.
+    """
+    if name is None:
+        return None
+    kept = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Zl", "Zp"))
+    kept = kept.strip()
+    if len(kept) > MAX_FILE_NAME_CHARS:
+        _, dot, extension = kept.rpartition(".")
+        tail = dot + extension if dot and len(extension) <= 16 else ""
+        kept = kept[: MAX_FILE_NAME_CHARS - len(tail)] + tail
+    return kept or None
+
+
 def _file_format(name: str) -> tuple[str, str | None]:
     """The (format, delimiter) of a multipart upload's file name; other types are 415."""
     extension = name[name.rfind(".") :].lower() if "." in name else ""
@@ -188,7 +211,7 @@ async def import_rows(
     services: ServicesDep,
     background: BackgroundTasks,
     callbackUrl: Annotated[str | None, Query(max_length=2000)] = None,
-    fileName: Annotated[str | None, Query(max_length=255)] = None,
+    fileName: str | None = None,
     encoding: Annotated[str | None, Query(max_length=40)] = None,
     delimiter: Annotated[str | None, Query(max_length=10)] = None,
     sheet: Annotated[str | None, Query(max_length=31)] = None,
@@ -212,7 +235,7 @@ async def import_rows(
         raise too_large(limit)
 
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    file_name = fileName
+    file_name = clean_file_name(fileName)
     # Refuse unusable options before reading a byte of the body.
     if encoding is not None:
         resolve_encoding(encoding)
@@ -232,9 +255,10 @@ async def import_rows(
             fmt, default_delimiter = BODY_TYPES[media_type]
             source = await spool_body(request, limit, spool_dir)
         elif media_type == "multipart/form-data":
-            source, file_name = await spool_form_file(request, limit, spool_dir)
+            source, sent_name = await spool_form_file(request, limit, spool_dir)
             upload_closed.callback(source.close)
-            fmt, default_delimiter = _file_format(file_name)
+            fmt, default_delimiter = _file_format(sent_name)
+            file_name = clean_file_name(sent_name)
         else:
             raise Refusal(
                 415,

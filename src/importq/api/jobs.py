@@ -7,13 +7,22 @@ or malformed id gets 404.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from importq.accounts import User
 from importq.api.auth import CurrentUser, ServicesDep
-from importq.api.schemas import ErrorBody, Job, Page, ReportLinks, ReportUrls, Status
+from importq.api.schemas import (
+    ErrorBody,
+    Job,
+    Page,
+    PageNumber,
+    PageSize,
+    ReportLinks,
+    ReportUrls,
+    Status,
+)
 from importq.errors import Refusal
 from importq.pipeline import batches
 from importq.pipeline.aggregation import report_links
@@ -59,8 +68,8 @@ async def list_jobs(
     services: ServicesDep,
     status: Status | None = None,
     dataset: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
-    pageSize: Annotated[int, Query(ge=1, le=500)] = 50,
+    page: PageNumber = 1,
+    pageSize: PageSize = 50,
 ) -> Page[Job]:
     async with services.pool.connection() as conn:
         rows, total = await batches.list_batches(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 from psycopg.rows import dict_row
 
 from importq.api.auth import CurrentUser, ServicesDep
-from importq.api.schemas import Notification, NotificationPage
+from importq.api.schemas import Notification, NotificationPage, PageNumber, PageSize
 from importq.errors import Refusal
 from importq.sql import queries
 
@@ -20,8 +18,8 @@ async def list_notifications(
     user: CurrentUser,
     services: ServicesDep,
     unread: bool = False,
-    page: Annotated[int, Query(ge=1)] = 1,
-    pageSize: Annotated[int, Query(ge=1, le=500)] = 50,
+    page: PageNumber = 1,
+    pageSize: PageSize = 50,
 ) -> NotificationPage:
     params = {
         "user_id": user.id,

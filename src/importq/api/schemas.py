@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
+from fastapi import Query
 from pydantic import BaseModel
 
 from importq.job_json import (
@@ -25,6 +26,8 @@ __all__ = [
     "Notification",
     "NotificationPage",
     "Page",
+    "PageNumber",
+    "PageSize",
     "Progress",
     "ReportLinks",
     "ReportUrls",
@@ -32,6 +35,12 @@ __all__ = [
     "Status",
     "Summary",
 ]
+
+
+# A page past this is refused (422), not sent to PostgreSQL as an offset it cannot hold.
+MAX_PAGE = 1_000_000
+PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE)]
+PageSize = Annotated[int, Query(ge=1, le=500)]
 
 
 class Accepted(BaseModel):

@@ -6,8 +6,8 @@ records, in line order, into the right file (:class:`ReportWriter`).
 
 The files are UTF-8 with a BOM, with CRLF line ends and RFC 4180 quoting, so that Excel
 opens them right. A text cell that a spreadsheet would run as a formula is prefixed with
-``'``. Cells of numeric columns stay numbers. The SQL function ``importq_report_cell``
-formats the cells. ``migrations/0004_staged_tables.sql`` creates it, and
+``'``, in the header too. Cells of numeric columns stay numbers. The SQL function
+``importq_report_cell`` formats the cells. ``migrations/0004_staged_tables.sql`` creates it, and
 ``migrations/0006_report_cell_first_character.sql`` replaces it.
 
 The columns:
@@ -122,6 +122,17 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
     return _record(success, sql.SQL("''")), _record(rejected, _EXTRA_CELLS)
 
 
+# The first characters that make a spreadsheet run a cell as a formula.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(text: str) -> str:
+    """``text`` as a spreadsheet shows it, never runs it: prefixed with ``'`` when it
+    starts as a formula would. For header cells, which come from the upload; data cells
+    get the same from the SQL function ``importq_report_cell``."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 class ReportWriter:
     """Writes formatted records into up to three report files in ``directory``.
 
@@ -143,7 +154,7 @@ class ReportWriter:
             header = (
                 self._layout.success_header if kind == "success" else self._layout.rejected_header
             )
-            csv.writer(handle, lineterminator="\r\n").writerow(header)
+            csv.writer(handle, lineterminator="\r\n").writerow(map(formula_safe, header))
             self._files[kind] = handle
         return handle
 
