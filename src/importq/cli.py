@@ -57,7 +57,8 @@ async def _bootstrap_admin(settings: Settings) -> None:
         _, token = await accounts.create_user(conn, "admin", role="admin")
     path = settings.data_dir / ADMIN_TOKEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Never through a link someone put in its place.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(token + "\n")
     path.chmod(0o600)
@@ -180,7 +181,12 @@ def _default_token(settings: Settings) -> str | None:
     if os.environ.get("IMPORTQ_TOKEN"):
         return os.environ["IMPORTQ_TOKEN"]
     path = settings.data_dir / ADMIN_TOKEN_FILE
-    return path.read_text().strip() if path.exists() else None
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(descriptor) as handle:
+        return handle.read().strip()
 
 
 class _ProgressFile:
@@ -348,6 +354,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Everything importq writes (reports, kept uploads, the outbox, keys, the embedded
+    # server's files) is for the user it runs as alone.
+    os.umask(0o077)
     settings = Settings()
     code: int = args.handler(args, settings)
     return code

@@ -275,8 +275,10 @@ class Settings(BaseSettings):
         if not path.exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{SECRET_KEY_FILE}.{secrets.token_hex(8)}")
-            tmp.write_text(secrets.token_urlsafe(48))
-            tmp.chmod(0o600)
+            # 0600 from its creation, and never through a link.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            with os.fdopen(os.open(tmp, flags, 0o600), "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
             # link() fails when the file exists. So of two processes starting at once,
             # exactly one key wins, and both read it back.
             with contextlib.suppress(FileExistsError):

@@ -117,6 +117,16 @@ def test_serve_creates_the_admin_and_import_waits_for_the_result(
         headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
     ).json()
     assert job["fileName"] == "caves.csv" and job["status"] == "completed"
+    link = next(line for line in lines if line.startswith("failures report: "))
+    assert httpx.get(link.split(": ", 1)[1]).status_code == 200
+    # The access log names the file, not the link's signature.
+    served_log = (tmp_path / "serve.log").read_text()
+    assert "GET /files/reports/" in served_log and "signature=" not in served_log
+    # What the service wrote is its user's alone.
+    written = [p for p in Path(env["IMPORTQ_DATA_DIR"]).rglob("*") if not p.is_symlink()]
+    kinds = {p.suffix for p in written if p.is_file()}
+    assert {".csv", ".eml"} <= kinds
+    assert [p for p in written if p.stat().st_mode & 0o077] == []
 
 
 def test_links_follow_the_port_serve_listens_on_when_no_public_url_is_set(

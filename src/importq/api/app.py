@@ -61,6 +61,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         return await refusal(request, database_unavailable())
 
 
+def _without_query(record: logging.LogRecord) -> bool:
+    """Drop the query from the path an access log line shows: report links carry their
+    signature there, and uploads their callback URL."""
+    args = record.args
+    if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+        record.args = (*args[:2], args[2].partition("?")[0], *args[3:])
+    return True
+
+
 def _worker_ended(worker: asyncio.Task[None]) -> None:
     """Only a cancel should end the in-process worker: anything else is a bug, said
     loudly here (and by /health), not left for the garbage collector to mention."""
@@ -81,6 +90,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         nonlocal worker
+        # Here, after the server has set its logging up: a filter added before may go.
+        access_log = logging.getLogger("uvicorn.access")
+        if _without_query not in access_log.filters:
+            access_log.addFilter(_without_query)
         chunk_concurrency = worker_concurrency or settings.worker_concurrency
         pool_size = API_CONNECTIONS
         if run_worker_in_process:
