@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(
         default=None, description="Signs webhooks; unset uses the secret key"
     )
+    cors_origins: str = Field(
+        default="", description="Comma-separated origins whose pages may call the API"
+    )
+    rate_limit: int = Field(
+        default=120, ge=0, description="Uploads a token may send a minute (0: no limit)"
+    )
     webhook_allow_hosts: str = Field(
         default="", description="Comma-separated hosts webhooks may reach though private"
     )
@@ -211,6 +217,10 @@ class Settings(BaseSettings):
             return self.webhook_secret.encode()
         # As text, so that a receiver takes it as it is given (``importq webhook-secret``).
         return purpose_key(self.master_key, "webhook signatures").hex().encode()
+
+    @property
+    def cors_allowed(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def webhook_allowed(self) -> frozenset[str]:

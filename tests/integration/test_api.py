@@ -495,6 +495,42 @@ async def test_an_https_service_asks_browsers_to_stay_on_https(
     assert response.headers["strict-transport-security"] == "max-age=31536000"
 
 
+@pytest.mark.parametrize("settings_overrides", [{"rate_limit": 2}])
+async def test_a_token_past_its_uploads_a_minute_gets_429(
+    client: httpx.AsyncClient, app_client: httpx.AsyncClient, services: Services
+) -> None:
+    for n in range(2):
+        assert (await post_rows(client, [entrance(f"rl{n}")])).status_code == 202
+    refused = await post_rows(client, [entrance("rl2")])
+    assert_error(refused, 429, "rate_limited")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    _, other = await new_user(services, "another-uploader")
+    app_client.headers["Authorization"] = f"Bearer {other}"
+    assert (await post_rows(app_client, [entrance("rl3")])).status_code == 202
+
+
+@pytest.mark.parametrize("settings_overrides", [{"cors_origins": "https://app.example/"}])
+async def test_only_the_origins_named_may_call_the_api_from_a_page(
+    app_client: httpx.AsyncClient,
+) -> None:
+    preflight = {"Access-Control-Request-Method": "POST"}
+    allowed = await app_client.options(
+        "/api/v1/jobs", headers={"Origin": "https://app.example", **preflight}
+    )
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    other = await app_client.options(
+        "/api/v1/jobs", headers={"Origin": "https://evil.example", **preflight}
+    )
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_no_page_elsewhere_may_call_the_api_by_default(
+    app_client: httpx.AsyncClient,
+) -> None:
+    response = await app_client.get("/health/live", headers={"Origin": "https://app.example"})
+    assert "access-control-allow-origin" not in response.headers
+
+
 async def test_other_multipart_fields_are_ignored(client: httpx.AsyncClient) -> None:
     text = csv_text([entrance("m1")]).encode()
     body = _part("note", None, b"x" * 1000) + _part("file", "a.csv", text) + b"--b0--\r\n"

@@ -16,12 +16,14 @@ import psycopg
 import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from importq.api import files, health, imports, jobs, notifications
 from importq.api.auth import database_unavailable
 from importq.api.headers import SecurityHeaders
+from importq.api.rate_limit import RateLimiter
 from importq.config import Settings
 from importq.errors import Refusal
 from importq.services import Services, open_services
@@ -125,8 +127,20 @@ def create_app(
     app.state.worker = None
     app.state.draining = False
     app.state.drain = drain
+    app.state.rate_limiter = RateLimiter(settings.rate_limit)
     _install_error_handlers(app)
     app.add_middleware(SecurityHeaders, https=(settings.public_url or "").startswith("https://"))
+    if settings.cors_allowed:
+        # Off unless origins are named: a page elsewhere (a club's web app) calling the
+        # API with a user's token.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allowed,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            expose_headers=["Retry-After", "Location"],
+            max_age=600,
+        )
     for router in (imports.router, jobs.router, notifications.router, files.router, health.router):
         app.include_router(router)
     return app

@@ -29,18 +29,26 @@ def database_unavailable() -> Refusal:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, if it holds one."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
 async def current_user(
     services: ServicesDep, authorization: Annotated[str | None, Header()] = None
 ) -> User:
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(authorization)
+    if token is None:
         raise Refusal(
             401, "unauthenticated", "Send an API token as 'Authorization: Bearer <token>'."
         )
     # A pool of its own: uploads and jobs never hold its connections. A request waits
     # this long at most for one; past it, 503.
     async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
-        user = await user_for_token(conn, token.strip())
+        user = await user_for_token(conn, token)
     if user is None:
         raise Refusal(401, "invalid_token", "The API token is not valid.")
     return user

@@ -23,7 +23,8 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request
 
-from importq.api.auth import CurrentUser, ServicesDep
+from importq.accounts import token_digest
+from importq.api.auth import CurrentUser, ServicesDep, bearer_token
 from importq.api.request_body import spool_body, spool_form_file, too_large
 from importq.api.schemas import Accepted, ErrorBody
 from importq.errors import Refusal
@@ -228,6 +229,9 @@ async def import_rows(
         raise Refusal(
             403, "forbidden", f"Importing into {dataset} needs the {definition.import_role} role."
         )
+    token = bearer_token(request.headers.get("authorization"))
+    assert token is not None  # CurrentUser has checked it
+    request.app.state.rate_limiter.take(token_digest(token).hex())
     await _check_pending_rows(services, user.id)
     limit = services.settings.max_upload_bytes
     declared = request.headers.get("content-length")
