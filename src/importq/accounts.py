@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.rows import dict_row
 
 from importq.rules.datasets import ROLES
 from importq.sql import queries
@@ -46,12 +48,35 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-async def issue_token(conn: AsyncConnection[Any], user_id: int) -> str:
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token as it is issued: its secret, shown this once, and the id that names it."""
+
+    id: uuid.UUID
+    secret: str
+
+
+async def issue_token(
+    conn: AsyncConnection[Any],
+    user_id: int,
+    *,
+    name: str | None = None,
+    expires_in: float | None = None,
+) -> IssuedToken:
+    """A new token for the user, expiring ``expires_in`` seconds from now if given."""
     token = secrets.token_urlsafe(32)
-    await conn.execute(
-        queries["insert_token"], {"token_hash": token_digest(token), "user_id": user_id}
+    cursor = await conn.execute(
+        queries["insert_token"],
+        {
+            "token_hash": token_digest(token),
+            "user_id": user_id,
+            "name": name,
+            "expires_in": expires_in,
+        },
     )
-    return token
+    row = await cursor.fetchone()
+    assert row is not None
+    return IssuedToken(row[0], token)
 
 
 async def create_user(
@@ -74,20 +99,78 @@ async def create_user(
     row = await cursor.fetchone()
     assert row is not None
     user_id = int(row[0])
-    return user_id, await issue_token(conn, user_id)
+    return user_id, (await issue_token(conn, user_id)).secret
 
 
-async def token_for_existing(conn: AsyncConnection[Any], name: str) -> str | None:
+async def token_for_existing(
+    conn: AsyncConnection[Any],
+    name: str,
+    *,
+    label: str | None = None,
+    expires_in: float | None = None,
+) -> IssuedToken | None:
     """Issue another token for user ``name``; None when there is no such user."""
     cursor = await conn.execute(queries["find_user_id"], {"name": name})
     row = await cursor.fetchone()
-    return None if row is None else await issue_token(conn, int(row[0]))
+    if row is None:
+        return None
+    return await issue_token(conn, int(row[0]), name=label, expires_in=expires_in)
+
+
+class TokenRefused(Exception):
+    """A token that exists but no longer lets anyone in; ``code`` says why."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
 
 
 async def user_for_token(conn: AsyncConnection[Any], token: str) -> User | None:
+    """The user of a token that lets them in, None for an unknown token.
+
+    Raises :class:`TokenRefused` for a revoked or expired token, or a disabled user's.
+    Notes the token's use (at most once a minute), in the caller's transaction.
+    """
     cursor = await conn.execute(queries["user_by_token"], {"token_hash": token_digest(token)})
     row = await cursor.fetchone()
-    return None if row is None else User(*row)
+    if row is None:
+        return None
+    *fields, token_id, revoked, expired, disabled = row
+    if revoked:
+        raise TokenRefused("token_revoked", "This API token was revoked.")
+    if expired:
+        raise TokenRefused("token_expired", "This API token has expired.")
+    if disabled:
+        raise TokenRefused("user_disabled", "The user of this API token is disabled.")
+    await conn.execute(queries["token_used"], {"id": token_id})
+    return User(*fields)
+
+
+async def revoke_token(
+    conn: AsyncConnection[Any], token_id: uuid.UUID, *, owner_id: int | None
+) -> bool:
+    """Revoke a token; with ``owner_id``, only one of that user's. Whether it was found."""
+    cursor = await conn.execute(queries["revoke_token"], {"id": token_id, "user_id": owner_id})
+    return await cursor.fetchone() is not None
+
+
+async def disable_user(conn: AsyncConnection[Any], name: str) -> bool:
+    """Disable a user, so that none of their tokens works. Whether the user exists."""
+    cursor = await conn.execute(queries["disable_user"], {"name": name})
+    return await cursor.fetchone() is not None
+
+
+async def list_tokens(conn: AsyncConnection[Any], name: str) -> list[dict[str, Any]]:
+    """User ``name``'s tokens, newest first, without their secrets."""
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(queries["list_tokens"], {"name": name})
+        return list(await cursor.fetchall())
+
+
+async def list_users(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(queries["list_users"])
+        return list(await cursor.fetchall())
 
 
 async def admin_exists(conn: AsyncConnection[Any]) -> bool:

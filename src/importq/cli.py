@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from types import FrameType
@@ -155,26 +156,73 @@ def _webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _users(args: argparse.Namespace, settings: Settings) -> int:
+    """``importq users …``: print what the command made or found, or say why not (exit 1)."""
+
     async def run() -> str | None:
         async with _connection(settings) as conn, conn.transaction():
-            if args.users_command == "create":
+            command = args.users_command
+            if command == "create":
                 _, token = await accounts.create_user(
                     conn, args.name, role=args.role, email=args.email, locale=args.locale
                 )
                 return token
-            return await accounts.token_for_existing(conn, args.name)
+            if command == "token":
+                issued = await accounts.token_for_existing(
+                    conn, args.name, label=args.label, expires_in=args.expires_in
+                )
+                if issued is None:
+                    return None
+                # The token alone on stdout, for scripts; its id, to revoke it by, aside.
+                print(f"token id {issued.id}", file=sys.stderr)
+                return issued.secret
+            if command == "tokens":
+                tokens = await accounts.list_tokens(conn, args.name)
+                return "\n".join(_token_line(t) for t in tokens) or "(no tokens)"
+            if command == "revoke":
+                found = await accounts.revoke_token(conn, args.token_id, owner_id=None)
+                return f"token {args.token_id} revoked" if found else None
+            found = await accounts.disable_user(conn, args.name)
+            return f"user {args.name} disabled: none of their tokens works" if found else None
 
     asyncio.run(_migrate(settings))
     try:
-        token = asyncio.run(run())
+        said = asyncio.run(run())
     except accounts.UserExists as error:
         print(f"importq: {error}", file=sys.stderr)
         return EXIT_FAILED
-    if token is None:
-        print(f"importq: there is no user {args.name!r}", file=sys.stderr)
+    if said is None:
+        missing = f"token {args.token_id}" if args.users_command == "revoke" else "user"
+        name = "" if args.users_command == "revoke" else f" {args.name!r}"
+        print(f"importq: there is no {missing}{name}", file=sys.stderr)
         return EXIT_FAILED
-    print(token)
+    print(said)
     return EXIT_OK
+
+
+def _token_line(token: dict[str, Any]) -> str:
+    """One token, as ``importq users tokens`` lists it: never its secret."""
+
+    def when(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+    state = "revoked" if token["revoked_at"] else "active"
+    return (
+        f"{token['id']}  {token['name'] or '-'}  created {when(token['created_at'])}  "
+        f"last used {when(token['last_used_at'])}  expires {when(token['expires_at'])}  {state}"
+    )
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in ``90d``, ``12h``, ``30m``, ``45s`` or a plain number of seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90d or 12h") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("a duration must be positive")
+    return seconds
 
 
 def _default_token(settings: Settings) -> str | None:
@@ -326,6 +374,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     token = user_commands.add_parser("token", help="issue another token, print it")
     token.add_argument("name")
+    token.add_argument("--label", default=None, help="a name to tell the token by")
+    token.add_argument(
+        "--expires-in", type=duration_seconds, default=None, help="e.g. 90d, 12h (default: never)"
+    )
+    tokens = user_commands.add_parser("tokens", help="list a user's tokens (never their secrets)")
+    tokens.add_argument("name")
+    revoke = user_commands.add_parser("revoke", help="revoke a token: it stops working at once")
+    revoke.add_argument("token_id", type=uuid.UUID)
+    disable = user_commands.add_parser("disable", help="disable a user and all their tokens")
+    disable.add_argument("name")
     users.set_defaults(handler=_users)
 
     upload = commands.add_parser(

@@ -20,7 +20,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from importq.api import files, health, imports, jobs, notifications
+from importq.api import files, health, imports, jobs, notifications, users
 from importq.api.auth import database_unavailable
 from importq.api.headers import SecurityHeaders
 from importq.api.rate_limit import RateLimiter
@@ -141,6 +141,7 @@ def create_app(
             expose_headers=["Retry-After", "Location"],
             max_age=600,
         )
-    for router in (imports.router, jobs.router, notifications.router, files.router, health.router):
-        app.include_router(router)
+    routers = (imports, jobs, notifications, users, files, health)
+    for module in routers:
+        app.include_router(module.router)
     return app

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
-from importq.accounts import User, user_for_token
+from importq.accounts import TokenRefused, User, user_for_token
 from importq.errors import Refusal
 from importq.services import Services
 
@@ -48,7 +48,10 @@ async def current_user(
     # A pool of its own: uploads and jobs never hold its connections. A request waits
     # this long at most for one; past it, 503.
     async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
-        user = await user_for_token(conn, token)
+        try:
+            user = await user_for_token(conn, token)
+        except TokenRefused as refused:
+            raise Refusal(401, refused.code, str(refused)) from None
     if user is None:
         raise Refusal(401, "invalid_token", "The API token is not valid.")
     return user

@@ -1,0 +1,175 @@
+"""Users and their tokens over HTTP.
+
+Only admins manage users: list them, create one, issue a token for anyone. Every user
+lists and revokes their own tokens; an admin revokes anyone's. A token's secret is
+shown once, in the answer that issues it; lists never hold one. A revoked token, an
+expired one or a disabled user's gets ``401`` on its very next request.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Response
+from psycopg import errors
+from pydantic import BaseModel, Field
+
+from importq import accounts
+from importq.accounts import User
+from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.schemas import ErrorBody
+from importq.errors import Refusal
+
+router = APIRouter()
+
+Role = Literal["user", "moderator", "admin"]  # ROLES, lowest first
+
+
+class UserInfo(BaseModel):
+    id: int
+    name: str
+    role: Role
+    email: str | None
+    locale: str | None
+    createdAt: datetime
+    disabledAt: datetime | None
+
+
+class NewUser(BaseModel):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\s/]+$")
+    role: Role = "user"
+    email: str | None = Field(default=None, max_length=320)
+    locale: str | None = Field(default=None, max_length=35)
+
+
+class TokenInfo(BaseModel):
+    id: uuid.UUID
+    name: str | None
+    createdAt: datetime
+    lastUsedAt: datetime | None
+    expiresAt: datetime | None
+    revokedAt: datetime | None
+
+
+class NewToken(BaseModel):
+    name: str | None = Field(default=None, max_length=100)
+    expiresIn: float | None = Field(default=None, gt=0, description="Seconds, from now")
+
+
+class IssuedToken(BaseModel):
+    id: uuid.UUID
+    token: str = Field(description="The secret: shown this once")
+
+
+class CreatedUser(BaseModel):
+    user: UserInfo
+    token: IssuedToken
+
+
+def _admin(user: User) -> None:
+    if not user.has_role("admin"):
+        raise Refusal(403, "forbidden", "Only admins manage users.")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, type[ErrorBody]]]:
+    return {code: {"model": ErrorBody} for code in (401, *codes)}
+
+
+@router.get("/api/v1/users", response_model=list[UserInfo], responses=_errors(403))
+async def list_users(user: CurrentUser, services: ServicesDep) -> list[UserInfo]:
+    _admin(user)
+    async with services.pool.connection() as conn:
+        rows = await accounts.list_users(conn)
+    return [
+        UserInfo(
+            id=r["id"],
+            name=r["name"],
+            role=r["role"],
+            email=r["email"],
+            locale=r["locale"],
+            createdAt=r["created_at"],
+            disabledAt=r["disabled_at"],
+        )
+        for r in rows
+    ]
+
+
+@router.post(
+    "/api/v1/users", status_code=201, response_model=CreatedUser, responses=_errors(403, 409)
+)
+async def create_user(user: CurrentUser, services: ServicesDep, new: NewUser) -> CreatedUser:
+    _admin(user)
+    try:
+        async with services.pool.connection() as conn:
+            user_id, secret = await accounts.create_user(
+                conn, new.name, role=new.role, email=new.email, locale=new.locale
+            )
+            created = next(u for u in await accounts.list_users(conn) if u["id"] == user_id)
+            token = (await accounts.list_tokens(conn, new.name))[0]
+    except (accounts.UserExists, errors.UniqueViolation):
+        raise Refusal(409, "user_exists", f"A user named {new.name!r} exists already.") from None
+    return CreatedUser(
+        user=UserInfo(
+            id=user_id,
+            name=new.name,
+            role=new.role,
+            email=new.email,
+            locale=new.locale,
+            createdAt=created["created_at"],
+            disabledAt=None,
+        ),
+        token=IssuedToken(id=token["id"], token=secret),
+    )
+
+
+@router.post(
+    "/api/v1/users/{name}/tokens",
+    status_code=201,
+    response_model=IssuedToken,
+    responses=_errors(403, 404),
+)
+async def issue_token(
+    name: str,
+    user: CurrentUser,
+    services: ServicesDep,
+    new: Annotated[NewToken | None, Body()] = None,
+) -> IssuedToken:
+    _admin(user)
+    asked = new or NewToken()
+    async with services.pool.connection() as conn:
+        issued = await accounts.token_for_existing(
+            conn, name, label=asked.name, expires_in=asked.expiresIn
+        )
+    if issued is None:
+        raise Refusal(404, "unknown_user", f"There is no user named {name!r}.")
+    return IssuedToken(id=issued.id, token=issued.secret)
+
+
+@router.get("/api/v1/tokens", response_model=list[TokenInfo], responses=_errors())
+async def list_own_tokens(user: CurrentUser, services: ServicesDep) -> list[TokenInfo]:
+    async with services.pool.connection() as conn:
+        rows = await accounts.list_tokens(conn, user.name)
+    return [
+        TokenInfo(
+            id=r["id"],
+            name=r["name"],
+            createdAt=r["created_at"],
+            lastUsedAt=r["last_used_at"],
+            expiresAt=r["expires_at"],
+            revokedAt=r["revoked_at"],
+        )
+        for r in rows
+    ]
+
+
+@router.delete("/api/v1/tokens/{token_id}", status_code=204, responses=_errors(404))
+async def revoke_token(token_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> Response:
+    """Revoke one of the caller's tokens (an admin: anyone's). Revoking twice is fine."""
+    owner = None if user.has_role("admin") else user.id
+    async with services.pool.connection() as conn:
+        found = await accounts.revoke_token(conn, token_id, owner_id=owner)
+    if not found:
+        raise Refusal(404, "unknown_token", "There is no such token of yours.")
+    return Response(status_code=204)
