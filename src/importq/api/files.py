@@ -19,7 +19,9 @@ from importq.storage.local import LocalStorage
 router = APIRouter()
 
 
-@router.api_route("/files/{path:path}", methods=["GET", "HEAD"])
+# Two operations of one function: HEAD answers like GET without the body.
+@router.head("/files/{path:path}", operation_id="check_report_link")
+@router.get("/files/{path:path}", operation_id="download_report")
 async def download(
     path: str,
     request: Request,

@@ -1,0 +1,113 @@
+"""Who may call what: every route of the OpenAPI document × every kind of caller.
+
+A route missing from ``MATRIX`` fails the test, so none ships without its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from conftest import new_user
+from helpers import api_client, entrance
+from importq import accounts
+from importq.api.app import create_app
+from importq.services import Services
+
+ACTORS = ("anonymous", "owner", "other", "moderator", "admin", "revoked", "expired")
+# The statuses of the actors above, in order; "ok" stands for the route's success.
+EVERYONE = "ok ok ok ok ok ok ok"
+SIGNED_IN = "401 ok ok ok ok 401 401"
+OWNER_AND_STAFF = "401 ok 403 ok ok 401 401"
+ADMINS = "401 403 403 403 ok 401 401"
+
+# (method, path, JSON body or None, statuses, the success status)
+MATRIX: list[tuple[str, str, Any, str, int]] = [
+    ("POST", "/api/v1/entrances/import-rows", {"data": [{}]}, SIGNED_IN, 202),
+    ("GET", "/api/v1/jobs/{batch}", None, OWNER_AND_STAFF, 200),
+    ("GET", "/api/v1/jobs", None, SIGNED_IN, 200),
+    # The batch has no reports yet: those who may see it are told so.
+    ("POST", "/api/v1/jobs/{batch}/report-links", None, OWNER_AND_STAFF, 409),
+    ("GET", "/api/v1/notifications", None, SIGNED_IN, 200),
+    ("POST", "/api/v1/notifications/{missing}/read", None, SIGNED_IN, 404),
+    ("POST", "/api/v1/notifications/read-all", None, SIGNED_IN, 204),
+    ("GET", "/api/v1/users", None, ADMINS, 200),
+    ("POST", "/api/v1/users", {"name": "{fresh}"}, ADMINS, 201),
+    ("POST", "/api/v1/users/owner/tokens", None, ADMINS, 201),
+    ("GET", "/api/v1/tokens", None, SIGNED_IN, 200),
+    # The owner's spare token: its owner and admins revoke it, others do not find it.
+    ("DELETE", "/api/v1/tokens/{spare}", None, "401 ok 404 404 ok 401 401", 204),
+    # A link with a wrong signature is refused to everyone alike: no token is looked at.
+    ("GET", "/files/reports/x/failures.csv?expires=1&name=a&signature=b", None, EVERYONE, 403),
+    ("HEAD", "/files/reports/x/failures.csv?expires=1&name=a&signature=b", None, EVERYONE, 403),
+    ("GET", "/health", None, EVERYONE, 200),
+    ("GET", "/health/live", None, EVERYONE, 200),
+    ("GET", "/health/ready", None, EVERYONE, 200),
+]
+
+
+def _route(method: str, path: str) -> tuple[str, str]:
+    """The OpenAPI document's name of a route: its method and its path template."""
+    template = path.split("?")[0]
+    for concrete, placeholder in (
+        ("/jobs/{batch}", "/jobs/{batch_id}"),
+        ("/notifications/{missing}", "/notifications/{notification_id}"),
+        ("/tokens/{spare}", "/tokens/{token_id}"),
+        ("/users/owner/", "/users/{name}/"),
+        ("/files/reports/x/failures.csv", "/files/{path}"),
+        ("/api/v1/entrances/", "/api/v1/{dataset}/"),
+    ):
+        template = template.replace(concrete, placeholder)
+    return method.lower(), template
+
+
+def test_every_route_has_its_row(services: Services) -> None:
+    document = create_app(services.settings).openapi()
+    routes = {(m, p) for p, operations in document["paths"].items() for m in operations}
+    assert routes == {_route(method, path) for method, path, *_ in MATRIX}
+
+
+async def test_each_caller_gets_what_its_row_says(services: Services) -> None:
+    _, owner = await new_user(services, "owner")
+    _, other = await new_user(services, "other")
+    _, moderator = await new_user(services, "moderator", "moderator")
+    _, admin = await new_user(services, "admin", "admin")
+    async with services.pool.connection() as conn:
+        spare = await accounts.token_for_existing(conn, "owner")
+        revoked = await accounts.token_for_existing(conn, "owner")
+        expired = await accounts.token_for_existing(conn, "owner", expires_in=0.5)
+        assert spare and revoked and expired
+        await accounts.revoke_token(conn, revoked.id, owner_id=None)
+    await asyncio.sleep(0.6)
+    tokens = {
+        "anonymous": None,
+        "owner": owner,
+        "other": other,
+        "moderator": moderator,
+        "admin": admin,
+        "revoked": revoked.secret,
+        "expired": expired.secret,
+    }
+    async with api_client(services, owner) as client:
+        posted = await client.post(
+            "/api/v1/entrances/import-rows", json={"data": [entrance("authz")]}
+        )
+        batch = posted.json()["batchId"]
+    values = {"batch": batch, "missing": "999999999", "spare": str(spare.id)}
+    wrong: list[str] = []
+    for method, path, body, statuses, success in MATRIX:
+        for actor, expected in zip(ACTORS, statuses.split(), strict=True):
+            concrete = path.format(**values, fresh=f"new-{actor}")
+            sent = None if body is None else _filled(body, actor)
+            async with api_client(services, tokens[actor]) as client:
+                response = await client.request(method, concrete, json=sent)
+            want = success if expected == "ok" else int(expected)
+            if response.status_code != want:
+                wrong.append(f"{method} {concrete} as {actor}: {response.status_code}, not {want}")
+    assert wrong == []
+
+
+def _filled(body: Any, actor: str) -> Any:
+    if body == {"data": [{}]}:
+        return {"data": [entrance(f"by-{actor}")]}
+    return {"name": f"new-{actor}"} if body == {"name": "{fresh}"} else body
