@@ -199,6 +199,14 @@ async def anonymous(services: Services) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+@pytest.fixture
+async def admin(services: Services) -> AsyncIterator[httpx.AsyncClient]:
+    """A client with an admin's token: /health tells it why a component fails."""
+    _, token = await new_user(services, "storage-admin", "admin")
+    async with api_client(services, token) as client:
+        yield client
+
+
 async def fetch(anonymous: httpx.AsyncClient, url: str) -> httpx.Response:
     """GET a report link: local links through the API, SAS links straight from storage."""
     if url.startswith(f"{BASE_URL}/"):
@@ -443,24 +451,28 @@ async def test_another_user_cannot_obtain_links(
 
 async def test_health_reports_storage_as_its_own_component(
     anonymous: httpx.AsyncClient,
+    admin: httpx.AsyncClient,
     services: Services,
     storage_backend: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    response = await anonymous.get("/health")
+    """An admin's call checks storage at once and says why it fails; anyone else's sees
+    the last check's state, ``failing`` without the reason."""
+    as_admin = {"Authorization": admin.headers["Authorization"]}  # on the same service
+    response = await anonymous.get("/health", headers=as_admin)
     assert response.status_code == 200, response.text
     assert response.json()["components"]["storage"] == "ok"
 
     if storage_backend == "azure":
         server: Azurite = request.getfixturevalue("azurite")
         async with stopped(server):
-            response = await anonymous.get("/health")
+            response = await anonymous.get("/health", headers=as_admin)
     else:
         files = services.settings.files_dir
         shutil.rmtree(files, ignore_errors=True)
         files.write_text("not a directory")
         try:
-            response = await anonymous.get("/health")
+            response = await anonymous.get("/health", headers=as_admin)
         finally:
             files.unlink()
     # The service still takes uploads without storage: degraded, not unavailable.
@@ -469,8 +481,10 @@ async def test_health_reports_storage_as_its_own_component(
     assert body["status"] == "degraded"
     assert body["components"]["storage"].startswith("error: ")
     assert body["components"]["database"] == "ok"
+    seen = (await anonymous.get("/health")).json()
+    assert (seen["status"], seen["components"]["storage"]) == ("degraded", "failing")
 
-    response = await anonymous.get("/health")
+    response = await anonymous.get("/health", headers=as_admin)
     assert response.status_code == 200
     assert response.json()["components"]["storage"] == "ok"
 
@@ -505,6 +519,7 @@ async def test_a_storage_outage_holds_the_batch_until_storage_is_back(
     services: Services,
     azurite: Azurite,
     tmp_path: Path,
+    admin: httpx.AsyncClient,
 ) -> None:
     """Azurite down while the batch aggregates: the batch waits in ``aggregating`` with the
     error visible; Azurite back (same port, same blobs): the batch completes once, with one
@@ -528,7 +543,7 @@ async def test_a_storage_outage_holds_the_batch_until_storage_is_back(
             assert job["status"] == "aggregating"
             assert job["lastError"].startswith("aggregation: StorageError: ")
             assert "Azure Blob storage" in job["lastError"]
-            health = await anonymous.get("/health")
+            health = await admin.get("/health")
             assert (health.status_code, health.json()["status"]) == (200, "degraded")
             assert health.json()["components"]["storage"].startswith("error: ")
             assert (await client.get("/api/v1/notifications")).json()["total"] == 0

@@ -128,6 +128,7 @@ def create_app(
     app.state.draining = False
     app.state.drain = drain
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
+    app.state.storage_check = None  # the last check of storage by /health: (when, state)
     _install_error_handlers(app)
     app.add_middleware(SecurityHeaders, https=(settings.public_url or "").startswith("https://"))
     if settings.cors_allowed:

@@ -6,9 +6,12 @@
   and its database answers and is migrated (200); else 503, and a load balancer sends
   requests to another node.
 - ``/health``: each component's state (``database``, ``queue``, ``storage``, ``email``,
-  and ``worker`` where the process runs one). It is 503 only when the database is away:
-  with storage, email or the worker down the service still takes uploads, so it is
-  ``degraded`` and 200, and a proxy does not drop every node over an SMTP outage.
+  and ``worker`` where the process runs one): ``ok`` or ``failing`` to anyone, the error
+  itself to an admin's token. Storage is checked at most every few seconds for others
+  (each check is a request to it), at every call of an admin's. It is 503 only when the
+  database is away: with storage, email or the worker down the service still takes
+  uploads, so it is ``degraded`` and 200, and a proxy does not drop every node over an
+  SMTP outage.
 
 Every check gives up after five seconds, so a load balancer's probe never hangs.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
@@ -25,6 +29,8 @@ from fastapi.responses import JSONResponse
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 
+from importq.accounts import user_for_token
+from importq.api.auth import bearer_token
 from importq.api.schemas import HealthReport, Liveness, Readiness
 from importq.migrate import pending_migrations
 from importq.services import Services
@@ -33,6 +39,10 @@ from importq.storage import StorageError
 
 router = APIRouter()
 
+# What a component's state shows to a caller who is not an admin, when it is not ok: the
+# error itself may name hosts, paths or accounts.
+FAILING = "failing"
+STORAGE_CHECK_SECONDS = 5.0
 # The components without which nothing is served.
 _VITAL = ("database", "queue")
 _CHECK_TIMEOUT = 5.0
@@ -49,7 +59,39 @@ async def _checking(services: Services) -> AsyncIterator[AsyncConnection[TupleRo
         yield conn
 
 
-async def _components(services: Services) -> dict[str, str]:
+async def _storage(request: Request, services: Services, *, fresh: bool) -> str:
+    """Storage's state. Unless ``fresh``, the last check's for ``STORAGE_CHECK_SECONDS``:
+    anyone may call /health, and each check is a request to the storage service."""
+    last: tuple[float, str] | None = request.app.state.storage_check
+    now = time.monotonic()
+    if not fresh and last is not None and now - last[0] < STORAGE_CHECK_SECONDS:
+        return last[1]
+    try:
+        await services.storage.check()
+        state = "ok"
+    except StorageError as error:
+        state = f"error: {error}"
+    request.app.state.storage_check = (now, state)
+    return state
+
+
+async def _is_admin(request: Request, services: Services) -> bool:
+    """Whether the caller sent an admin's token: only they see why a component fails."""
+    token = bearer_token(request.headers.get("authorization"))
+    if token is None or services.outage.ongoing:
+        return False
+    try:
+        async with (
+            asyncio.timeout(_CHECK_TIMEOUT),
+            services.auth_pool.connection(timeout=_CHECK_TIMEOUT) as conn,
+        ):
+            user = await user_for_token(conn, token)
+    except Exception:  # a refused token, or no database: not an admin's call
+        return False
+    return user is not None and user.has_role("admin")
+
+
+async def _components(request: Request, services: Services, *, fresh: bool) -> dict[str, str]:
     components: dict[str, str] = {}
     if services.outage.ongoing:
         # Known to be away: no check would answer before the client gives up.
@@ -68,11 +110,7 @@ async def _components(services: Services) -> dict[str, str]:
             components["queue"] = "ok" if ok else "error: procrastinate schema missing"
         except Exception as error:
             components["queue"] = f"error: {error!r}"
-    try:
-        await services.storage.check()
-        components["storage"] = "ok"
-    except StorageError as error:
-        components["storage"] = f"error: {error}"
+    components["storage"] = await _storage(request, services, fresh=fresh)
     settings = services.settings
     if settings.smtp_url:
         components["email"] = "ok"
@@ -89,12 +127,17 @@ async def health(request: Request) -> JSONResponse:
     if services is None:
         report = HealthReport(status="starting", components={})
     else:
-        components = await _components(services)
+        admin = await _is_admin(request, services)
+        components = await _components(request, services, fresh=admin)
         worker: asyncio.Task[None] | None = request.app.state.worker
         if worker is not None:
             components["worker"] = (
                 "ok" if not worker.done() else f"error: stopped ({_ended(worker)})"
             )
+        if not admin:
+            components = {
+                name: "ok" if state == "ok" else FAILING for name, state in components.items()
+            }
         if any(components[name] != "ok" for name in _VITAL):
             report = HealthReport(status="unavailable", components=components)
         elif any(state != "ok" for state in components.values()):
