@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Response
 from psycopg import errors
@@ -82,18 +82,19 @@ async def list_users(user: CurrentUser, services: ServicesDep) -> list[UserInfo]
     _admin(user)
     async with services.pool.connection() as conn:
         rows = await accounts.list_users(conn)
-    return [
-        UserInfo(
-            id=r["id"],
-            name=r["name"],
-            role=r["role"],
-            email=r["email"],
-            locale=r["locale"],
-            createdAt=r["created_at"],
-            disabledAt=r["disabled_at"],
-        )
-        for r in rows
-    ]
+    return [_user_info(r) for r in rows]
+
+
+def _user_info(row: dict[str, Any]) -> UserInfo:
+    return UserInfo(
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        email=row["email"],
+        locale=row["locale"],
+        createdAt=row["created_at"],
+        disabledAt=row["disabled_at"],
+    )
 
 
 @router.post(
@@ -110,18 +111,7 @@ async def create_user(user: CurrentUser, services: ServicesDep, new: NewUser) ->
             token = (await accounts.list_tokens(conn, new.name))[0]
     except (accounts.UserExists, errors.UniqueViolation):
         raise Refusal(409, "user_exists", f"A user named {new.name!r} exists already.") from None
-    return CreatedUser(
-        user=UserInfo(
-            id=user_id,
-            name=new.name,
-            role=new.role,
-            email=new.email,
-            locale=new.locale,
-            createdAt=created["created_at"],
-            disabledAt=None,
-        ),
-        token=IssuedToken(id=token["id"], token=secret),
-    )
+    return CreatedUser(user=_user_info(created), token=IssuedToken(id=token["id"], token=secret))
 
 
 @router.post(
