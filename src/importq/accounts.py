@@ -48,6 +48,10 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+# The longest a token may be given to live: ten years.
+MAX_EXPIRES_IN = 10 * 365 * 24 * 3600
+
+
 @dataclass(frozen=True)
 class IssuedToken:
     """A token as it is issued: its secret, shown this once, and the id that names it."""

@@ -220,8 +220,8 @@ def duration_seconds(text: str) -> float:
         seconds = float(number) * units[unit]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90d or 12h") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError("a duration must be positive")
+    if not 0 < seconds <= accounts.MAX_EXPIRES_IN:  # NaN fails this too
+        raise argparse.ArgumentTypeError("a duration must be positive, and ten years at most")
     return seconds
 
 

@@ -3,6 +3,8 @@ checked, proxies left alone (no database, no network)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -43,6 +45,9 @@ def test_only_public_unicast_addresses_are_reachable() -> None:
         "64:ff9b::7f00:1",  # NAT64 (RFC 6052) of 127.0.0.1
         "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
         "64:ff9b:1:a9fe:a9:fe00::",  # local-use NAT64 /48 (RFC 8215) of 169.254.169.254
+        "64:ff9b:1:808:8:0:a00:1",  # local-use NAT64 in another layout: local anyway
+        "fec0::1",  # the old site-local addresses
+        "::ffff:0:7f00:1",  # IPv4-translated (SIIT) 127.0.0.1
         "::7f00:1",  # IPv4-compatible 127.0.0.1
         "::a00:1",  # IPv4-compatible 10.0.0.1
     ):
@@ -89,3 +94,11 @@ async def test_a_refusal_does_not_say_what_the_name_resolved_to(
     assert "127.0.0.1" not in str(refused.value)
     assert str(refused.value).startswith("refused by the webhook address policy")
     assert "127.0.0.1" in caplog.text  # the operator's log says it
+
+
+def test_the_log_never_holds_a_callback_urls_secrets(caplog: pytest.LogCaptureFixture) -> None:
+    url = "http://user:pass@10.0.0.1:8080/hook?token=s3cret#x"
+    with pytest.raises(WebhookRefused):
+        asyncio.run(check_destination(url, frozenset()))
+    assert "http://10.0.0.1:8080/hook" in caplog.text
+    assert "s3cret" not in caplog.text and "pass" not in caplog.text

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -38,6 +39,7 @@ from importq.sql import queries
 from importq.storage import StorageError
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 # What a component's state shows to a caller who is not an admin, when it is not ok: the
 # error itself may name hosts, paths or accounts.
@@ -180,5 +182,7 @@ async def _not_ready(request: Request) -> str | None:
         async with _checking(services) as conn:
             pending = await pending_migrations(conn)
     except Exception as error:
-        return f"database unavailable: {error}"
+        # The error names the database's host and user: for the log, not for anyone.
+        log.warning("not ready: the database does not answer: %s", error)
+        return "database unavailable"
     return f"migrations not applied: {', '.join(pending)}" if pending else None

@@ -162,11 +162,15 @@ async def _check_pending_rows(services: Services, user_id: int) -> None:
 
 
 MAX_FILE_NAME_CHARS = 255
+# Controls, format characters (bidi overrides, zero-width), surrogates, private-use and
+# unassigned code points, line and paragraph separators: none belongs in a name shown to
+# people, and some would make it read as another.
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 def clean_file_name(name: str | None) -> str | None:
-    """The file name to show in reports and emails: without control characters or line
-    and paragraph separators, trimmed, at most ``MAX_FILE_NAME_CHARS`` characters (the
+    """The file name to show in reports and emails: without the characters of
+    ``_DROPPED_CATEGORIES``, trimmed, at most ``MAX_FILE_NAME_CHARS`` characters (the
     extension kept). None when nothing is left.
 
     A name is the client's to choose, so it is cleaned rather than refused: whatever it
@@ -174,7 +178,7 @@ def clean_file_name(name: str | None) -> str | None:
     """
     if name is None:
         return None
-    kept = "".join(c for c in name if unicodedata.category(c) not in ("Cc", "Zl", "Zp"))
+    kept = "".join(c for c in name if unicodedata.category(c) not in _DROPPED_CATEGORIES)
     kept = kept.strip()
     if len(kept) > MAX_FILE_NAME_CHARS:
         _, dot, extension = kept.rpartition(".")

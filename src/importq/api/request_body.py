@@ -144,11 +144,11 @@ _EXTENDED_FILE_NAME = re.compile(rb"filename\*\s*=\s*([^';]*)'[^']*'([^;\s]*)", 
 def _file_name(disposition: bytes, options: dict[bytes, bytes]) -> str:
     """The part's file name: ``filename*`` when given, else ``filename``."""
     extended = _EXTENDED_FILE_NAME.search(disposition)
-    if extended is not None:
-        charset = extended.group(1).decode("ascii", "replace") or "utf-8"
+    charset = extended.group(1).decode("ascii", "replace").lower() if extended else ""
+    if extended is not None and charset in ("utf-8", "iso-8859-1"):  # RFC 8187's two
         try:
             return unquote(extended.group(2).decode("ascii"), encoding=charset, errors="replace")
-        except (LookupError, UnicodeDecodeError):
+        except UnicodeDecodeError:  # not the ASCII RFC 8187 percent-encodes into
             pass
     return options.get(b"filename", b"").decode("utf-8", "replace")
 

@@ -55,7 +55,13 @@ class TokenInfo(BaseModel):
 
 class NewToken(BaseModel):
     name: str | None = Field(default=None, max_length=100)
-    expiresIn: float | None = Field(default=None, gt=0, description="Seconds, from now")
+    expiresIn: float | None = Field(
+        default=None,
+        gt=0,
+        le=accounts.MAX_EXPIRES_IN,
+        allow_inf_nan=False,
+        description="Seconds, from now",
+    )
 
 
 class IssuedToken(BaseModel):

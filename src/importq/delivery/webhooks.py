@@ -91,22 +91,25 @@ def inward_address(address: str) -> bool:
         carried.append(_embedded_ipv4(ip))
         if any(v4 is not None and inward_address(str(v4)) for v4 in carried):
             return True
+        if any(ip in network for network in _ALWAYS_INWARD):
+            return True
     return not ip.is_global or ip.is_multicast
 
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT's IPv4-translated form
+# Inward whatever they carry: a local NAT64 (RFC 8215) may place the IPv4 address in
+# more than one layout, and the old site-local addresses are local by definition.
+_ALWAYS_INWARD = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address a NAT64 gateway (RFC 6052: the well-known /96 prefix, or the
-    local-use /48 of RFC 8215) or an IPv4-compatible address would reach, if any."""
+    """The IPv4 address a NAT64 gateway (RFC 6052's well-known /96 prefix), an
+    IPv4-compatible or an IPv4-translated address would reach, if any."""
     packed = ip.packed
-    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+    if ip in _NAT64 or ip in _TRANSLATED or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
         return ipaddress.IPv4Address(packed[12:])
-    if ip in _LOCAL_NAT64:
-        return ipaddress.IPv4Address(packed[6:8] + packed[9:11])  # around the u octet
     return None
 
 
@@ -117,6 +120,16 @@ def behind_proxy(url: str) -> bool:
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
     return not urllib.request.proxy_bypass(parts.hostname or "")
+
+
+def _for_log(url: str) -> str:
+    """``url`` without what may be a secret: its user, password, query and fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | None:
@@ -139,7 +152,7 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
     if host in allowed_hosts or urlsplit(url).hostname in allowed_hosts:
         return None
     if target.port not in (None, 80, 443):
-        log.warning("webhook to %s refused: port %s", url, target.port)
+        log.warning("webhook to %s refused: port %s", _for_log(url), target.port)
         raise WebhookRefused(f"{REFUSED}: only ports 80 and 443 may be reached")
     try:
         async with asyncio.timeout(LOOKUP_SECONDS):
@@ -155,7 +168,9 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
     inward = sorted({str(info[4][0]) for info in infos if inward_address(str(info[4][0]))})
     if inward:
         # What the name resolved to is for the operator's log, not for the uploader.
-        log.warning("webhook to %s refused: %s resolves to %s", url, host, ", ".join(inward))
+        log.warning(
+            "webhook to %s refused: %s resolves to %s", _for_log(url), host, ", ".join(inward)
+        )
         raise WebhookRefused(
             f"{REFUSED}: {host} is not a public address (an operator may allow it with "
             "IMPORTQ_WEBHOOK_ALLOW_HOSTS)"
