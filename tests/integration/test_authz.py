@@ -6,6 +6,7 @@ A route missing from ``MATRIX`` fails the test, so none ships without its row.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from typing import Any
 
 from conftest import new_user
@@ -14,12 +15,12 @@ from importq import accounts
 from importq.api.app import create_app
 from importq.services import Services
 
-ACTORS = ("anonymous", "owner", "other", "moderator", "admin", "revoked", "expired")
+ACTORS = ("anonymous", "owner", "other", "moderator", "admin", "revoked", "expired", "disabled")
 # The statuses of the actors above, in order; "ok" stands for the route's success.
-EVERYONE = "ok ok ok ok ok ok ok"
-SIGNED_IN = "401 ok ok ok ok 401 401"
-OWNER_AND_STAFF = "401 ok 403 ok ok 401 401"
-ADMINS = "401 403 403 403 ok 401 401"
+EVERYONE = "ok ok ok ok ok ok ok ok"
+SIGNED_IN = "401 ok ok ok ok 401 401 401"
+OWNER_AND_STAFF = "401 ok 403 ok ok 401 401 401"
+ADMINS = "401 403 403 403 ok 401 401 401"
 
 # (method, path, JSON body or None, statuses, the success status)
 MATRIX: list[tuple[str, str, Any, str, int]] = [
@@ -36,7 +37,7 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("POST", "/api/v1/users/owner/tokens", None, ADMINS, 201),
     ("GET", "/api/v1/tokens", None, SIGNED_IN, 200),
     # The owner's spare token: its owner and admins revoke it, others do not find it.
-    ("DELETE", "/api/v1/tokens/{spare}", None, "401 ok 404 404 ok 401 401", 204),
+    ("DELETE", "/api/v1/tokens/{spare}", None, "401 ok 404 404 ok 401 401 401", 204),
     # A link with a wrong signature is refused to everyone alike: no token is looked at.
     ("GET", "/files/reports/x/failures.csv?expires=1&name=a&signature=b", None, EVERYONE, 403),
     ("HEAD", "/files/reports/x/failures.csv?expires=1&name=a&signature=b", None, EVERYONE, 403),
@@ -72,12 +73,14 @@ async def test_each_caller_gets_what_its_row_says(services: Services) -> None:
     _, other = await new_user(services, "other")
     _, moderator = await new_user(services, "moderator", "moderator")
     _, admin = await new_user(services, "admin", "admin")
+    _, leaver = await new_user(services, "leaver", "admin")  # an admin, then disabled
     async with services.pool.connection() as conn:
         spare = await accounts.token_for_existing(conn, "owner")
         revoked = await accounts.token_for_existing(conn, "owner")
         expired = await accounts.token_for_existing(conn, "owner", expires_in=0.5)
         assert spare and revoked and expired
         await accounts.revoke_token(conn, revoked.id, owner_id=None)
+        assert await accounts.disable_user(conn, "leaver")
     await asyncio.sleep(0.6)
     tokens = {
         "anonymous": None,
@@ -87,6 +90,7 @@ async def test_each_caller_gets_what_its_row_says(services: Services) -> None:
         "admin": admin,
         "revoked": revoked.secret,
         "expired": expired.secret,
+        "disabled": leaver,
     }
     async with api_client(services, owner) as client:
         posted = await client.post(
@@ -111,3 +115,27 @@ def _filled(body: Any, actor: str) -> Any:
     if body == {"data": [{}]}:
         return {"data": [entrance(f"by-{actor}")]}
     return {"name": f"new-{actor}"} if body == {"name": "{fresh}"} else body
+
+
+async def test_health_tells_why_only_to_an_admin_whose_token_still_works(
+    services: Services,
+) -> None:
+    """A revoked admin token, or a disabled admin's, sees /health as anyone does."""
+    _, admin = await new_user(services, "watcher", "admin")
+    async with services.pool.connection() as conn:
+        spare = await accounts.token_for_existing(conn, "watcher")
+        assert spare is not None
+        await accounts.revoke_token(conn, spare.id, owner_id=None)
+    files = services.settings.files_dir  # storage: failing, with a reason
+    shutil.rmtree(files, ignore_errors=True)
+    files.parent.mkdir(parents=True, exist_ok=True)
+    files.write_text("not a directory")
+    try:
+        seen = {}
+        for who, token in (("admin", admin), ("revoked", spare.secret), ("anonymous", None)):
+            async with api_client(services, token) as client:
+                seen[who] = (await client.get("/health")).json()["components"]["storage"]
+    finally:
+        files.unlink()
+    assert seen["admin"].startswith("error: ")
+    assert seen["revoked"] == seen["anonymous"] == "failing"
