@@ -144,9 +144,10 @@ async def new_user(
     services: Services, name: str, role: str = "user", email: str | None = None, locale: str = "en"
 ) -> tuple[int, str]:
     async with services.pool.connection() as conn:
-        return await accounts.create_user(
+        user_id, issued = await accounts.create_user(
             conn, name, role=role, email=email or f"{name}@example.org", locale=locale
         )
+    return user_id, issued.secret
 
 
 @pytest.fixture

@@ -90,7 +90,7 @@ async def create_user(
     role: str = "user",
     email: str | None = None,
     locale: str | None = None,
-) -> tuple[int, str]:
+) -> tuple[int, IssuedToken]:
     """Create a user and its first token. Raises UserExists for a taken name."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
@@ -103,7 +103,7 @@ async def create_user(
     row = await cursor.fetchone()
     assert row is not None
     user_id = int(row[0])
-    return user_id, (await issue_token(conn, user_id)).secret
+    return user_id, await issue_token(conn, user_id)
 
 
 async def token_for_existing(
@@ -173,8 +173,15 @@ async def list_tokens(conn: AsyncConnection[Any], name: str) -> list[dict[str, A
 
 async def list_users(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
     async with conn.cursor(row_factory=dict_row) as cursor:
-        await cursor.execute(queries["list_users"])
+        await cursor.execute(queries["list_users"], {"user_id": None})
         return list(await cursor.fetchall())
+
+
+async def user_row(conn: AsyncConnection[Any], user_id: int) -> dict[str, Any] | None:
+    """One user, as :func:`list_users` gives each."""
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(queries["list_users"], {"user_id": user_id})
+        return await cursor.fetchone()
 
 
 async def admin_exists(conn: AsyncConnection[Any]) -> bool:

@@ -55,7 +55,8 @@ async def _bootstrap_admin(settings: Settings) -> None:
     async with _connection(settings) as conn, conn.transaction():
         if await accounts.admin_exists(conn):
             return
-        _, token = await accounts.create_user(conn, "admin", role="admin")
+        _, issued = await accounts.create_user(conn, "admin", role="admin")
+    token = issued.secret
     path = settings.data_dir / ADMIN_TOKEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     # Never through a link someone put in its place.
@@ -162,10 +163,10 @@ def _users(args: argparse.Namespace, settings: Settings) -> int:
         async with _connection(settings) as conn, conn.transaction():
             command = args.users_command
             if command == "create":
-                _, token = await accounts.create_user(
+                _, first = await accounts.create_user(
                     conn, args.name, role=args.role, email=args.email, locale=args.locale
                 )
-                return token
+                return first.secret
             if command == "token":
                 issued = await accounts.token_for_existing(
                     conn, args.name, label=args.label, expires_in=args.expires_in
@@ -338,22 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate, then run the API and a worker")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="chunk jobs run at once (default: IMPORTQ_WORKER_CONCURRENCY)",
-    )
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser("worker", help="run queue workers only")
-    worker.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="chunk jobs run at once (default: IMPORTQ_WORKER_CONCURRENCY)",
-    )
     worker.set_defaults(handler=_worker)
+    for runs_jobs in (serve, worker):
+        runs_jobs.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="chunk jobs run at once (default: IMPORTQ_WORKER_CONCURRENCY)",
+        )
 
     commands.add_parser("migrate", help="bring the database up to date").set_defaults(
         handler=_migrate_command

@@ -301,9 +301,10 @@ async def test_the_email_speaks_the_users_locale_else_the_uploads_accept_languag
     expected: str,
 ) -> None:
     async with services.pool.connection() as conn:
-        _, token = await accounts.create_user(
+        _, issued = await accounts.create_user(
             conn, "polyglot", email="p@example.org", locale=user_locale
         )
+    token = issued.secret
     response = await app_client.post(
         "/api/v1/entrances/import-rows",
         json={"data": [entrance("l1")]},

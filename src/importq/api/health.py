@@ -33,6 +33,7 @@ from psycopg.rows import TupleRow
 from importq.accounts import user_for_token
 from importq.api.auth import bearer_token
 from importq.api.schemas import HealthReport, Liveness, Readiness
+from importq.db import Pool
 from importq.migrate import pending_migrations
 from importq.services import Services
 from importq.sql import queries
@@ -51,13 +52,10 @@ _CHECK_TIMEOUT = 5.0
 
 
 @contextlib.asynccontextmanager
-async def _checking(services: Services) -> AsyncIterator[AsyncConnection[TupleRow]]:
-    """A pooled connection for a check, which gives up after ``_CHECK_TIMEOUT`` in all,
-    whether it waits for the connection or for the database's answer."""
-    async with (
-        asyncio.timeout(_CHECK_TIMEOUT),
-        services.pool.connection(timeout=_CHECK_TIMEOUT) as conn,
-    ):
+async def _checking(pool: Pool) -> AsyncIterator[AsyncConnection[TupleRow]]:
+    """A connection of ``pool`` for a check, which gives up after ``_CHECK_TIMEOUT`` in
+    all, whether it waits for the connection or for the database's answer."""
+    async with asyncio.timeout(_CHECK_TIMEOUT), pool.connection(timeout=_CHECK_TIMEOUT) as conn:
         yield conn
 
 
@@ -83,10 +81,7 @@ async def _is_admin(request: Request, services: Services) -> bool:
     if token is None or services.outage.ongoing:
         return False
     try:
-        async with (
-            asyncio.timeout(_CHECK_TIMEOUT),
-            services.auth_pool.connection(timeout=_CHECK_TIMEOUT) as conn,
-        ):
+        async with _checking(services.auth_pool) as conn:
             user = await user_for_token(conn, token)
     except Exception:  # a refused token, or no database: not an admin's call
         return False
@@ -100,7 +95,7 @@ async def _components(request: Request, services: Services, *, fresh: bool) -> d
         components["database"] = components["queue"] = "error: the database is unavailable"
     else:
         try:
-            async with _checking(services) as conn:
+            async with _checking(services.pool) as conn:
                 await conn.execute(queries["ping"])
             components["database"] = "ok"
         except Exception as error:
@@ -179,7 +174,7 @@ async def _not_ready(request: Request) -> str | None:
     if services.outage.ongoing:
         return "database unavailable"
     try:
-        async with _checking(services) as conn:
+        async with _checking(services.pool) as conn:
             pending = await pending_migrations(conn)
     except Exception as error:
         # The error names the database's host and user: for the log, not for anyone.

@@ -110,14 +110,16 @@ async def create_user(user: CurrentUser, services: ServicesDep, new: NewUser) ->
     _admin(user)
     try:
         async with services.pool.connection() as conn:
-            user_id, secret = await accounts.create_user(
+            user_id, issued = await accounts.create_user(
                 conn, new.name, role=new.role, email=new.email, locale=new.locale
             )
-            created = next(u for u in await accounts.list_users(conn) if u["id"] == user_id)
-            token = (await accounts.list_tokens(conn, new.name))[0]
+            created = await accounts.user_row(conn, user_id)
     except (accounts.UserExists, errors.UniqueViolation):
         raise Refusal(409, "user_exists", f"A user named {new.name!r} exists already.") from None
-    return CreatedUser(user=_user_info(created), token=IssuedToken(id=token["id"], token=secret))
+    assert created is not None
+    return CreatedUser(
+        user=_user_info(created), token=IssuedToken(id=issued.id, token=issued.secret)
+    )
 
 
 @router.post(

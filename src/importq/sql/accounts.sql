@@ -49,8 +49,10 @@ UPDATE users SET disabled_at = coalesce(disabled_at, now()) WHERE name = %(name)
 RETURNING id;
 
 -- name: list_users
--- Every user, by name.
-SELECT id, name, role, email, locale, created_at, disabled_at FROM users ORDER BY name;
+-- Every user by name, or the one whose id is given.
+SELECT id, name, role, email, locale, created_at, disabled_at FROM users
+WHERE %(user_id)s::bigint IS NULL OR id = %(user_id)s
+ORDER BY name;
 
 -- name: user_by_id
 -- One user.
