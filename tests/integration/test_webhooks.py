@@ -230,23 +230,32 @@ async def test_a_trickling_receiver_is_cut_off_at_the_deadline_holding_nothing(
 ) -> None:
     """An answer sent a byte at a time never times a read out; the POST's deadline
     stops it; meanwhile no transaction or row lock is open for it. (The
-    receiver listens on a port of its own, which its allowed host may use.)"""
+    receiver listens on a port of its own, which its allowed host may use.)
+
+    The running worker opens short transactions of its own at any moment, so the
+    check looks for one that has been open since the request was sent, and for a
+    lock on the delivery's own row."""
     batch_id = await _given_up(client, receiver)
     receiver.answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + b"x" * 40]
     receiver.trickle = 0.3
     attempt = asyncio.create_task(deliver_batch_webhook(services, batch_id))
     await _wait_for(lambda: len(receiver.requests) == 2)
+    await asyncio.sleep(0.4)
     open_work = await _rows(
         services,
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()",
+        " AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()"
+        " AND xact_start < now() - interval '300 milliseconds'",
     )
-    locks = await _rows(
-        services,
-        "SELECT count(*) FROM pg_locks WHERE relation = 'deliveries'::regclass"
-        " AND pid <> pg_backend_pid()",
-    )
-    assert open_work == [(0,)] and locks == [(0,)]
+    async with services.pool.connection() as conn:
+        # Fails at once (instead of waiting) if anyone holds the row's lock.
+        locked_row = await conn.execute(
+            "SELECT channel FROM deliveries WHERE batch_id = %s AND channel = 'webhook'"
+            " FOR UPDATE NOWAIT",
+            (batch_id,),
+        )
+        assert await locked_row.fetchall() == [("webhook",)]
+    assert open_work == [(0,)]
     with pytest.raises(WebhookFailed, match="no answer within 1 s"):
         await attempt
     recorded = await _rows(
