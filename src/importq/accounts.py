@@ -11,6 +11,7 @@ issued. A token is 32 random bytes, URL-safe encoded.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -42,6 +43,29 @@ class User:
 
 class UserExists(ValueError):
     """A user with that name exists already."""
+
+
+class BadUserName(ValueError):
+    """A name a user cannot have."""
+
+
+# A user's name appears in paths (/users/{name}/tokens) and in lists read by people: no
+# slash, no control, space or invisible format character. Spelled out rather than \s,
+# whose meaning differs between Python and JSON Schema (ECMAScript), which reads it in
+# the OpenAPI document.
+USER_NAME_PATTERN = (
+    r"^[^/\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f"
+    r"\u3000\ufeff]+$"
+)
+MAX_USER_NAME = 100
+
+
+def check_user_name(name: str) -> None:
+    if len(name) > MAX_USER_NAME or not re.fullmatch(USER_NAME_PATTERN, name):
+        raise BadUserName(
+            f"{name!r} cannot be a user's name: use 1 to {MAX_USER_NAME} characters, "
+            "without spaces, slashes or control characters"
+        )
 
 
 def token_digest(token: str) -> bytes:
@@ -91,7 +115,9 @@ async def create_user(
     email: str | None = None,
     locale: str | None = None,
 ) -> tuple[int, IssuedToken]:
-    """Create a user and its first token. Raises UserExists for a taken name."""
+    """Create a user and its first token. Raises UserExists for a taken name, and
+    BadUserName for one that breaks :data:`USER_NAME_PATTERN`."""
+    check_user_name(name)
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     cursor = await conn.execute(queries["find_user_id"], {"name": name})

@@ -188,7 +188,7 @@ def _users(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(_migrate(settings))
     try:
         said = asyncio.run(run())
-    except accounts.UserExists as error:
+    except (accounts.UserExists, accounts.BadUserName) as error:
         print(f"importq: {error}", file=sys.stderr)
         return EXIT_FAILED
     if said is None:

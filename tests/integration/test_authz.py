@@ -56,7 +56,6 @@ def _route(method: str, path: str) -> tuple[str, str]:
         ("/tokens/{spare}", "/tokens/{token_id}"),
         ("/users/owner/", "/users/{name}/"),
         ("/files/reports/x/failures.csv", "/files/{path}"),
-        ("/api/v1/entrances/", "/api/v1/{dataset}/"),
     ):
         template = template.replace(concrete, placeholder)
     return method.lower(), template

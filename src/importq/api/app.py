@@ -19,13 +19,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Route
 
-from importq.api import files, health, imports, jobs, notifications, users
+from importq.api import files, health, imports, jobs, notifications, openapi, users
 from importq.api.auth import database_unavailable
 from importq.api.headers import SecurityHeaders
 from importq.api.rate_limit import RateLimiter
 from importq.config import Settings
 from importq.errors import Refusal
+from importq.rules.datasets import load_datasets
 from importq.services import Services, open_services
 from importq.worker.tasks import run_worker, worker_connections, worker_lanes
 
@@ -42,13 +44,24 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if error.status_code == 400:  # FastAPI's only one: a body it could not decode
+            return await refusal(request, _bad_json("the body could not be decoded"))
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return JSONResponse(
-            {"detail": str(error.detail), "code": code}, status_code=error.status_code
+            {"detail": str(error.detail), "code": code},
+            status_code=error.status_code,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        for problem in error.errors():
+            if problem["type"] == "json_invalid":
+                reason = problem.get("ctx", {}).get("error", "malformed")
+                return await refusal(request, _bad_json(str(reason)))
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
         )
@@ -61,6 +74,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         if services is not None:
             services.outage.noticed(error)  # logs the outage once, and its end
         return await refusal(request, database_unavailable())
+
+
+def _bad_json(reason: str) -> Refusal:
+    """Malformed JSON is 400, as for uploads (``bad_json``); a well-formed body that does
+    not fit the document is 422."""
+    return Refusal(400, "bad_json", f"The body is not valid JSON: {reason}.")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route at the request's path (a path may have several routes,
+    one a method): what a 405's ``Allow`` lists."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods or set()
+    return sorted(methods)
 
 
 def _without_query(record: logging.LogRecord) -> bool:
@@ -145,4 +174,5 @@ def create_app(
     routers = (imports, jobs, notifications, users, files, health)
     for module in routers:
         app.include_router(module.router)
+    openapi.install(app, lambda: load_datasets(settings.datasets_file), settings.upload_limits)
     return app

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from importq.accounts import TokenRefused, User, user_for_token
 from importq.errors import Refusal
@@ -37,11 +38,20 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
+# Declares the scheme in the OpenAPI document; the token itself is checked below.
+_BEARER = HTTPBearer(
+    scheme_name="apiToken",
+    auto_error=False,
+    description="An API token: `Authorization: Bearer <token>`",
+)
+
+
 async def current_user(
-    services: ServicesDep, authorization: Annotated[str | None, Header()] = None
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
 ) -> User:
-    token = bearer_token(authorization)
-    if token is None:
+    token = credentials.credentials.strip() if credentials else None
+    if not token:
         raise Refusal(
             401, "unauthenticated", "Send an API token as 'Authorization: Bearer <token>'."
         )

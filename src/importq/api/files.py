@@ -6,11 +6,12 @@ A link needs no token, and no database: it is answered while the database is awa
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
+from importq.api.schemas import errors
 from importq.errors import Refusal
 from importq.services import Services
 from importq.storage import StorageError
@@ -20,8 +21,27 @@ router = APIRouter()
 
 
 # Two operations of one function: HEAD answers like GET without the body.
-@router.head("/files/{path:path}", operation_id="check_report_link")
-@router.get("/files/{path:path}", operation_id="download_report")
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The report, a CSV file",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    },
+    **errors(403, 404),
+}
+
+
+@router.head(
+    "/files/{path:path}",
+    operation_id="check_report_link",
+    response_class=FileResponse,
+    responses=_ANSWERS,
+)
+@router.get(
+    "/files/{path:path}",
+    operation_id="download_report",
+    response_class=FileResponse,
+    responses=_ANSWERS,
+)
 async def download(
     path: str,
     request: Request,

@@ -118,7 +118,11 @@ async def _components(request: Request, services: Services, *, fresh: bool) -> d
     return components
 
 
-@router.get("/health", response_model=HealthReport)
+@router.get(
+    "/health",
+    response_model=HealthReport,
+    responses={503: {"model": HealthReport, "description": "The database is unavailable"}},
+)
 async def health(request: Request) -> JSONResponse:
     services: Services | None = request.app.state.services
     if services is None:
@@ -156,7 +160,11 @@ async def live() -> Liveness:
     return Liveness(status="ok")
 
 
-@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+@router.get(
+    "/health/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: ``reason`` says why"}},
+)
 async def ready(request: Request) -> JSONResponse:
     reason = await _not_ready(request)
     readiness = (

@@ -15,27 +15,27 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import unicodedata
 import uuid
 from dataclasses import dataclass
 from typing import IO, Annotated, Any
-from urllib.parse import urlsplit
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 
 from importq.accounts import token_digest
 from importq.api.auth import CurrentUser, ServicesDep, bearer_token
 from importq.api.request_body import spool_body, spool_form_file, too_large
-from importq.api.schemas import Accepted, ErrorBody
+from importq.api.schemas import Accepted, errors
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
-from importq.ingest.csv_reader import read_csv, resolve_delimiter
+from importq.ingest.csv_reader import DELIMITER_NAMES, read_csv, resolve_delimiter
 from importq.ingest.json_rows import read_json_rows
 from importq.ingest.limits import UploadLimits
 from importq.ingest.off_loop import off_loop
 from importq.ingest.parsed_upload import ParsedUpload, within_limits
 from importq.ingest.staging import BatchRequest, stage_batch
-from importq.ingest.text_encoding import resolve_encoding
+from importq.ingest.text_encoding import encoding_names, resolve_encoding
 from importq.ingest.xlsx_reader import read_xlsx
 from importq.services import Services
 from importq.sql import queries
@@ -161,6 +161,17 @@ async def _check_pending_rows(services: Services, user_id: int) -> None:
         )
 
 
+# What callbackUrl may be: http(s), an optional user, a host name or IPv4 address (a
+# receiver on IPv6 is named, not bracketed), an optional port within range, then anything
+# printable. Said
+# without \s or \d, whose meaning differs between Python and the OpenAPI document's
+# JSON Schema, where the pattern is published too.
+CALLBACK_URL_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[^\u0000-\u0020\u007f/?#@\[\]]+@)?"
+    r"[A-Za-z0-9._~!$&'()*+,;=%-]+"
+    r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+    r"(?:[/?#][^\u0000-\u0020\u007f]*)?$"
+)
 MAX_FILE_NAME_CHARS = 255
 # Controls, format characters (bidi overrides, zero-width), surrogates, private-use and
 # unassigned code points, line and paragraph separators: none belongs in a name shown to
@@ -206,20 +217,53 @@ def _file_format(name: str) -> tuple[str, str | None]:
     status_code=202,
     response_model=Accepted,
     responses={
-        code: {"model": ErrorBody} for code in (400, 401, 403, 404, 413, 415, 422, 429, 503)
+        202: {
+            "headers": {
+                "Location": {
+                    "description": "The batch's status URL, as ``statusUrl``",
+                    "schema": {"type": "string"},
+                    "required": True,
+                }
+            }
+        },
+        **errors(400, 403, 404, 413, 415, 429, 503),
     },
 )
 async def import_rows(
     dataset: str,
     request: Request,
+    response: Response,
     user: CurrentUser,
     services: ServicesDep,
     background: BackgroundTasks,
-    callbackUrl: Annotated[str | None, Query(max_length=2000)] = None,
+    callbackUrl: Annotated[
+        str | None,
+        Query(
+            max_length=2000,
+            description="An http(s) URL the batch's result is posted to",
+            json_schema_extra={"pattern": CALLBACK_URL_PATTERN},
+        ),
+    ] = None,
     fileName: str | None = None,
-    encoding: Annotated[str | None, Query(max_length=40)] = None,
-    delimiter: Annotated[str | None, Query(max_length=10)] = None,
-    sheet: Annotated[str | None, Query(max_length=31)] = None,
+    encoding: Annotated[
+        str | None,
+        Query(
+            max_length=40,
+            description="The CSV's encoding, any case (default: detected)",
+            json_schema_extra={"enum": encoding_names()},
+        ),
+    ] = None,
+    delimiter: Annotated[
+        str | None,
+        Query(
+            max_length=10,
+            description="The CSV's delimiter, any case (default: sniffed)",
+            json_schema_extra={"enum": list(DELIMITER_NAMES)},
+        ),
+    ] = None,
+    sheet: Annotated[
+        str | None, Query(max_length=31, description="The XLSX sheet (default: the first)")
+    ] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> Any:
     if request.app.state.draining:
@@ -249,6 +293,13 @@ async def import_rows(
         resolve_encoding(encoding)
     if delimiter is not None:
         resolve_delimiter(delimiter)
+    if callbackUrl is not None and not re.fullmatch(CALLBACK_URL_PATTERN, callbackUrl):
+        raise Refusal(
+            400,
+            "bad_callback_url",
+            "callbackUrl must be an http(s) URL with a host name or IPv4 address, and a "
+            "port from 0 to 65535 if any.",
+        )
     options = FileOptions(
         services.settings.upload_limits, encoding=encoding, delimiter=delimiter, sheet=sheet
     )
@@ -278,10 +329,6 @@ async def import_rows(
         upload = await off_loop(_read_file, source, fmt, default_delimiter, options)
 
         callback_url = callbackUrl or definition.callback_url
-        if callback_url is not None:
-            parts = urlsplit(callback_url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise Refusal(400, "bad_callback_url", "callbackUrl must be an http(s) URL.")
         digest = None
         if idempotency_key is not None:
             asked = [dataset, fmt, file_name, callback_url, encoding, delimiter, sheet]
@@ -308,9 +355,11 @@ async def import_rows(
         if staged.created:
             upload_closed.pop_all()  # keep_upload closes it
             background.add_task(keep_upload, services, staged.batch_id, fmt, source)
+    status_url = f"/api/v1/jobs/{staged.batch_id}"
+    response.headers["Location"] = status_url
     return Accepted(
         batchId=staged.batch_id,
         totalRows=staged.total_rows,
         totalChunks=staged.total_chunks,
-        statusUrl=f"/api/v1/jobs/{staged.batch_id}",
+        statusUrl=status_url,
     )

@@ -7,14 +7,14 @@ or malformed id gets 404.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from importq.accounts import User
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.schemas import (
-    ErrorBody,
+    PRINTABLE,
     Job,
     Page,
     PageNumber,
@@ -22,6 +22,7 @@ from importq.api.schemas import (
     ReportLinks,
     ReportUrls,
     Status,
+    errors,
 )
 from importq.errors import Refusal
 from importq.pipeline import batches
@@ -56,7 +57,7 @@ async def readable_batch(services: Services, user: User, raw_id: str) -> dict[st
 @router.get(
     "/api/v1/jobs/{batch_id}",
     response_model=Job,
-    responses={code: {"model": ErrorBody} for code in (401, 403, 404)},
+    responses=errors(403, 404),
 )
 async def get_job(batch_id: str, user: CurrentUser, services: ServicesDep) -> Job:
     return Job.from_row(await readable_batch(services, user, batch_id))
@@ -67,7 +68,7 @@ async def list_jobs(
     user: CurrentUser,
     services: ServicesDep,
     status: Status | None = None,
-    dataset: str | None = None,
+    dataset: Annotated[str | None, Query(max_length=100, pattern=PRINTABLE)] = None,
     page: PageNumber = 1,
     pageSize: PageSize = 50,
 ) -> Page[Job]:
@@ -88,7 +89,7 @@ async def list_jobs(
 @router.post(
     "/api/v1/jobs/{batch_id}/report-links",
     response_model=ReportLinks,
-    responses={code: {"model": ErrorBody} for code in (401, 403, 404, 409)},
+    responses=errors(403, 404, 409),
 )
 async def refresh_report_links(
     batch_id: str, user: CurrentUser, services: ServicesDep

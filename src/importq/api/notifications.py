@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 from psycopg.rows import dict_row
 
 from importq.api.auth import CurrentUser, ServicesDep
-from importq.api.schemas import Notification, NotificationPage, PageNumber, PageSize
+from importq.api.schemas import Notification, NotificationPage, PageNumber, PageSize, errors
 from importq.errors import Refusal
 from importq.sql import queries
 
 router = APIRouter()
+
+MAX_BIGINT = 2**63 - 1  # a larger id cannot be one of ours
 
 
 @router.get("/api/v1/notifications", response_model=NotificationPage)
@@ -53,8 +57,12 @@ async def list_notifications(
     )
 
 
-@router.post("/api/v1/notifications/{notification_id}/read", status_code=204)
-async def mark_read(notification_id: int, user: CurrentUser, services: ServicesDep) -> None:
+@router.post("/api/v1/notifications/{notification_id}/read", status_code=204, responses=errors(404))
+async def mark_read(
+    notification_id: Annotated[int, Path(ge=1, le=MAX_BIGINT)],
+    user: CurrentUser,
+    services: ServicesDep,
+) -> None:
     async with services.pool.connection() as conn:
         cursor = await conn.execute(
             queries["mark_notification_read"], {"id": notification_id, "user_id": user.id}

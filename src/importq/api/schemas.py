@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from fastapi import Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from importq.job_json import (
     Job,
@@ -19,6 +20,8 @@ from importq.job_json import (
 )
 
 __all__ = [
+    "ERROR_MEANINGS",
+    "PRINTABLE",
     "Accepted",
     "ErrorBody",
     "HealthReport",
@@ -34,8 +37,14 @@ __all__ = [
     "Result",
     "Status",
     "Summary",
+    "errors",
 ]
 
+
+# Text without control characters: names and labels shown to people, and anything that
+# goes to PostgreSQL as text (which cannot hold NUL). Spelled out rather than with a
+# class shorthand, for Python and JSON Schema read it alike.
+PRINTABLE = r"^[^\u0000-\u001f\u007f]*$"
 
 # A page past this is refused (422), not sent to PostgreSQL as an offset it cannot hold.
 MAX_PAGE = 1_000_000
@@ -100,5 +109,37 @@ class Readiness(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    detail: str
-    code: str
+    """Every error's body. The keys after ``code`` come with the refusals they help."""
+
+    detail: str = Field(description="What was wrong, for a person")
+    code: str = Field(description="What was wrong, for a program (a refusal's code)")
+    line: int | None = Field(default=None, description="The line of the upload at fault")
+    offset: int | None = Field(default=None, description="The byte offset at fault")
+    columns: list[str] | None = Field(default=None, description="The columns at fault")
+    limit: int | None = Field(default=None, description="The limit that was exceeded")
+    pending: int | None = Field(default=None, description="The caller's rows still waiting")
+    retryAfter: int | None = Field(default=None, description="Seconds to wait before retrying")
+    accepted: list[str] | None = Field(default=None, description="What is accepted instead")
+    sheets: list[str] | None = Field(default=None, description="The workbook's sheets")
+    batchId: uuid.UUID | None = Field(default=None, description="The batch concerned")
+
+
+# Why each error status is answered; a route's own cases are in its refusals' ``code``.
+ERROR_MEANINGS: Mapping[int, str] = {
+    400: "The body cannot be read as sent (``code`` says why; ``line``, ``columns``…).",
+    401: "No API token, or one that is unknown, revoked, expired or its user's disabled.",
+    403: "The caller's role or the link does not allow this.",
+    404: "There is no such thing, or not one of the caller's.",
+    409: "The thing is not in a state that allows this.",
+    413: "The upload is over a limit (``limit`` names it).",
+    415: "The content type or file type is not accepted.",
+    422: "A parameter or the body does not fit this document (``detail`` names which).",
+    429: "Too many requests, or too many rows waiting (``Retry-After`` says when to retry).",
+    503: "The database is unavailable, or the service is stopping; retry after a while.",
+}
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=`` for the errors of its own (401, 422 and 503 are added to
+    every route that can answer them, by :mod:`importq.api.openapi`)."""
+    return {s: {"model": ErrorBody, "description": ERROR_MEANINGS[s]} for s in statuses}

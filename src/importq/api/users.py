@@ -12,14 +12,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Response
-from psycopg import errors
+from fastapi import APIRouter, Body, Path, Response
+from psycopg import errors as pg_errors
 from pydantic import BaseModel, Field
 
 from importq import accounts
 from importq.accounts import User
 from importq.api.auth import CurrentUser, ServicesDep
-from importq.api.schemas import ErrorBody
+from importq.api.schemas import PRINTABLE, errors
 from importq.errors import Refusal
 
 router = APIRouter()
@@ -38,10 +38,19 @@ class UserInfo(BaseModel):
 
 
 class NewUser(BaseModel):
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[^\s/]+$")
+    name: str = Field(
+        min_length=1, max_length=accounts.MAX_USER_NAME, pattern=accounts.USER_NAME_PATTERN
+    )
     role: Role = "user"
-    email: str | None = Field(default=None, max_length=320)
-    locale: str | None = Field(default=None, max_length=35)
+    email: str | None = Field(
+        default=None, max_length=320, pattern=r"^[^\u0000-\u0020\u007f@]+@[^\u0000-\u0020\u007f@]+$"
+    )
+    locale: str | None = Field(
+        default=None,
+        max_length=35,
+        pattern=r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$",
+        description="A language tag such as fr or pt-BR; emails use the nearest one importq has",
+    )
 
 
 class TokenInfo(BaseModel):
@@ -54,7 +63,7 @@ class TokenInfo(BaseModel):
 
 
 class NewToken(BaseModel):
-    name: str | None = Field(default=None, max_length=100)
+    name: str | None = Field(default=None, max_length=100, pattern=PRINTABLE)
     expiresIn: float | None = Field(
         default=None,
         gt=0,
@@ -79,11 +88,7 @@ def _admin(user: User) -> None:
         raise Refusal(403, "forbidden", "Only admins manage users.")
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, type[ErrorBody]]]:
-    return {code: {"model": ErrorBody} for code in (401, *codes)}
-
-
-@router.get("/api/v1/users", response_model=list[UserInfo], responses=_errors(403))
+@router.get("/api/v1/users", response_model=list[UserInfo], responses=errors(403))
 async def list_users(user: CurrentUser, services: ServicesDep) -> list[UserInfo]:
     _admin(user)
     async with services.pool.connection() as conn:
@@ -104,7 +109,7 @@ def _user_info(row: dict[str, Any]) -> UserInfo:
 
 
 @router.post(
-    "/api/v1/users", status_code=201, response_model=CreatedUser, responses=_errors(403, 409)
+    "/api/v1/users", status_code=201, response_model=CreatedUser, responses=errors(403, 409)
 )
 async def create_user(user: CurrentUser, services: ServicesDep, new: NewUser) -> CreatedUser:
     _admin(user)
@@ -114,7 +119,7 @@ async def create_user(user: CurrentUser, services: ServicesDep, new: NewUser) ->
                 conn, new.name, role=new.role, email=new.email, locale=new.locale
             )
             created = await accounts.user_row(conn, user_id)
-    except (accounts.UserExists, errors.UniqueViolation):
+    except (accounts.UserExists, pg_errors.UniqueViolation):
         raise Refusal(409, "user_exists", f"A user named {new.name!r} exists already.") from None
     assert created is not None
     return CreatedUser(
@@ -126,10 +131,12 @@ async def create_user(user: CurrentUser, services: ServicesDep, new: NewUser) ->
     "/api/v1/users/{name}/tokens",
     status_code=201,
     response_model=IssuedToken,
-    responses=_errors(403, 404),
+    responses=errors(403, 404),
 )
 async def issue_token(
-    name: str,
+    name: Annotated[
+        str, Path(max_length=accounts.MAX_USER_NAME, pattern=accounts.USER_NAME_PATTERN)
+    ],
     user: CurrentUser,
     services: ServicesDep,
     new: Annotated[NewToken | None, Body()] = None,
@@ -145,7 +152,7 @@ async def issue_token(
     return IssuedToken(id=issued.id, token=issued.secret)
 
 
-@router.get("/api/v1/tokens", response_model=list[TokenInfo], responses=_errors())
+@router.get("/api/v1/tokens", response_model=list[TokenInfo])
 async def list_own_tokens(user: CurrentUser, services: ServicesDep) -> list[TokenInfo]:
     async with services.pool.connection() as conn:
         rows = await accounts.list_tokens(conn, user.name)
@@ -162,7 +169,7 @@ async def list_own_tokens(user: CurrentUser, services: ServicesDep) -> list[Toke
     ]
 
 
-@router.delete("/api/v1/tokens/{token_id}", status_code=204, responses=_errors(404))
+@router.delete("/api/v1/tokens/{token_id}", status_code=204, responses=errors(404))
 async def revoke_token(token_id: uuid.UUID, user: CurrentUser, services: ServicesDep) -> Response:
     """Revoke one of the caller's tokens (an admin: anyone's). Revoking twice is fine."""
     owner = None if user.has_role("admin") else user.id

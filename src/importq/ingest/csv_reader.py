@@ -31,7 +31,7 @@ SNIFF_BYTES = 64 * 1024
 SNIFF_RECORDS = 20
 #: The delimiters importq reads, in the order sniffing prefers them on a tie.
 DELIMITERS = (",", ";", "\t", "|")
-_DELIMITER_NAMES = {
+DELIMITER_NAMES = {
     ",": ",",
     ";": ";",
     "\t": "\t",
@@ -49,7 +49,7 @@ def resolve_delimiter(name: str) -> str:
 
     Any other name is refused with ``400 bad_delimiter``.
     """
-    found = _DELIMITER_NAMES.get(name) or _DELIMITER_NAMES.get(name.strip().lower())
+    found = DELIMITER_NAMES.get(name) or DELIMITER_NAMES.get(name.strip().lower())
     if found is None:
         raise Refusal(
             400,

@@ -22,6 +22,7 @@ because ``staging_parts`` lists the part until the batch takes it in.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 import logging
@@ -157,23 +158,28 @@ async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> Staged
     return StagedBatch(batch_id, total_rows, total_chunks, created=False)
 
 
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL can keep it: without NUL, a lone surrogate (which a JSON
+    body may hold) replaced."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode()
+
+
 def _unreadable(cells: Sequence[Value]) -> tuple[list[Value], str] | None:
     """Cells that PostgreSQL cannot keep as text, cleaned, with the problem.
 
-    None when every cell is fine. A NUL is dropped, and a lone surrogate is replaced.
+    None when every cell is fine.
     """
     if any(cell and "\x00" in cell for cell in cells):
-        return [cell.replace("\x00", "") if cell else cell for cell in cells], (
-            "a value contains a NUL character"
-        )
-    try:
-        for cell in cells:
-            if cell:
-                cell.encode()
-    except UnicodeEncodeError:  # a lone surrogate from a JSON body
-        cleaned = [cell.encode("utf-8", "replace").decode() if cell else cell for cell in cells]
-        return cleaned, "a value is not valid Unicode text"
-    return None
+        problem = "a value contains a NUL character"
+    else:
+        try:
+            for cell in cells:
+                if cell:
+                    cell.encode()
+            return None
+        except UnicodeEncodeError:
+            problem = "a value is not valid Unicode text"
+    return [_storable(cell) if cell else cell for cell in cells], problem
 
 
 async def _create_tables(
@@ -201,7 +207,8 @@ def _copy_records(upload: ParsedUpload, width: int) -> Iterator[tuple[Any, ...]]
             cleaned, reason = unreadable
             cells, extra = cleaned[:width], cleaned[width:] or None
             problem = problem or reason
-        yield (line, problem, extra, *cells)
+        # A problem may quote a column's name, as the upload spelled it.
+        yield (line, problem and _storable(problem), extra, *cells)
 
 
 async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: ParsedUpload) -> int:
@@ -407,6 +414,8 @@ async def stage_batch(
     It owns the transaction. A request whose Idempotency-Key already made a batch gets
     that batch back. ``connect`` lends a second connection, for a big file's second half.
     """
+    # The header is kept with the batch (and names unknown columns in its warnings).
+    upload = dataclasses.replace(upload, header=[_storable(name) for name in upload.header])
     match = check_header(request.dataset, upload.header)
     existing = await _existing(conn, request)
     if existing is not None:

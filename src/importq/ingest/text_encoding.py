@@ -12,6 +12,7 @@ its bytes look like such text. :func:`choose_encoding` applies these rules, and
 from __future__ import annotations
 
 import codecs
+import encodings.aliases
 import re
 from dataclasses import dataclass
 from typing import IO
@@ -216,6 +217,24 @@ ALLOWED_ENCODINGS = (
 )
 
 
+def encoding_names() -> list[str]:
+    """Every name :func:`resolve_encoding` takes, lower-case (it also ignores case and
+    the spaces around a name): the allowed codecs and Python's aliases of them, each
+    also with hyphens for underscores (``latin-1`` as well as ``latin_1``)."""
+    names = set(ALLOWED_ENCODINGS)
+    for alias, module in encodings.aliases.aliases.items():
+        names.update((alias, module))
+    names |= {n.replace("_", "-") for n in names} | {n.replace("-", "_") for n in names}
+    return sorted(n for n in names if _codec(n) in ALLOWED_ENCODINGS)
+
+
+def _codec(name: str) -> str | None:
+    try:
+        return codecs.lookup(name.strip()).name
+    except (LookupError, ValueError):
+        return None
+
+
 def resolve_encoding(name: str) -> str:
     """The Python codec name for an encoding a client named.
 
@@ -224,11 +243,8 @@ def resolve_encoding(name: str) -> str:
     even when Python has them: some decode in quadratic time (punycode), others are
     not text encodings at all (base64, zlib).
     """
-    try:
-        codec = codecs.lookup(name.strip()).name
-    except (LookupError, ValueError):
-        codec = None
-    if codec not in ALLOWED_ENCODINGS:
+    codec = _codec(name)
+    if codec is None or codec not in ALLOWED_ENCODINGS:
         raise Refusal(
             400,
             "unknown_encoding",

@@ -155,26 +155,24 @@ class Dataset:
     def match_header(self, header: Sequence[str]) -> HeaderMatch:
         """Line up an uploaded header with the columns, by their names and aliases.
 
-        A name is a duplicate when it repeats an earlier one, or names a column already
-        matched.
+        A name is a duplicate when it names a column already matched: which of the two
+        values to take would be a guess. Other names are unknown (each listed once) and
+        their values ignored; a blank one (a spreadsheet's trailing empty column) is not
+        even listed.
         """
         lookup: dict[str, str] = {}
         for column in self.columns:
             for alias in (column.name, *column.aliases):
                 lookup[normalise_header_name(alias)] = column.name
         positions: dict[str, int] = {}
-        seen: set[str] = set()
-        unknown: list[str] = []
+        unknown: dict[str, None] = {}
         duplicated: list[str] = []
         for index, raw in enumerate(header):
             normalised = normalise_header_name(raw)
-            if normalised in seen:
-                duplicated.append(raw.strip())
-                continue
-            seen.add(normalised)
             name = lookup.get(normalised)
             if name is None:
-                unknown.append(raw.strip())
+                if normalised:
+                    unknown.setdefault(raw.strip())
             elif name in positions:
                 duplicated.append(raw.strip())
             else:

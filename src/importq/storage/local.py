@@ -113,7 +113,10 @@ class LocalStorage:
     def verify(self, path: str, expires: int, name: str, signature: str) -> bool:
         """Whether a link's signature is genuine and it has not expired."""
         expected = self.signature(path, expires, name)
-        return hmac.compare_digest(expected, signature) and expires >= time.time()
+        # As bytes: compare_digest refuses str with non-ASCII characters, which a
+        # tampered link may carry.
+        genuine = hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
+        return genuine and expires >= time.time()
 
     async def delete_prefix(self, prefix: str) -> None:
         await asyncio.to_thread(shutil.rmtree, self.resolve(prefix), True)
