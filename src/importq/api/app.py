@@ -86,8 +86,8 @@ def _allowed_methods(request: Request) -> list[str]:
     """The methods of every route at the request's path (a path may have several routes,
     one a method): what a 405's ``Allow`` lists."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE:
+    for route in request.app.state.api_routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
             methods |= route.methods or set()
     return sorted(methods)
 
@@ -174,5 +174,9 @@ def create_app(
     routers = (imports, jobs, notifications, users, files, health)
     for module in routers:
         app.include_router(module.router)
+    # The routes themselves (the app's own list holds each router as one entry).
+    app.state.api_routes = [
+        route for module in routers for route in module.router.routes if isinstance(route, Route)
+    ]
     openapi.install(app, lambda: load_datasets(settings.datasets_file), settings.upload_limits)
     return app
