@@ -28,13 +28,13 @@ from accounting import (
     mixed_rows,
     slow_down_inserts,
 )
-from helpers import Receiver, entrance, row_results, wait_for_batch
+from helpers import Receiver, download, entrance, read_csv_report, row_results, wait_for_batch
 from importq.delivery.at_most_once import DeliveryBusy
 from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
 from importq.ingest.staged_table import results_table
 from importq.pipeline import aggregation
-from importq.pipeline.chunk_processing import fail_chunk, process_chunk
+from importq.pipeline.chunk_processing import NOT_PROCESSED, fail_chunk, process_chunk
 from importq.pipeline.recovery import reconcile
 from importq.pipeline.reports import ReportWriter
 from importq.services import Services
@@ -154,8 +154,10 @@ async def test_a_batch_whose_every_chunk_failed_ends_failed_with_its_email(
     job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
     assert job["status"] == "failed"
     assert job["progress"]["failures"] == 25 and job["failedChunks"] == total_chunks
-    assert job["result"]["reportUrls"]["failures"] is not None
     assert job["result"]["reportUrls"]["success"] is None
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    # What stopped the chunk ("boom") is the operator's; the uploader is told what to do.
+    assert {row[1] for row in failures[1:]} == {NOT_PROCESSED}
     (eml,) = services.settings.outbox_dir.glob("*.eml")
     assert b"Subject: Import failed: Entrances" in eml.read_bytes()
     assert [json.loads(body)["status"] for _, body in receiver.requests] == ["failed"]

@@ -242,9 +242,24 @@ async def test_a_row_the_database_refuses_fails_alone(
     job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
     assert job["result"]["summary"] == {"successes": 2, "duplicates": 1, "failures": 1}
     failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
-    assert failures[1][0] == "3"
-    assert failures[1][1].startswith("database refused the row: ")
-    assert "no_equator" in failures[1][1]
+    assert failures[1][:2] == [
+        "3",
+        "the table refused the row: it breaks a rule of the table (no_equator)",
+    ]
+
+
+async def test_a_refusal_names_the_column_by_its_header_not_the_table(
+    client: httpx.AsyncClient,
+    services: Services,
+) -> None:
+    """PostgreSQL's own words name the table and its columns; the report uses the
+    dataset's."""
+    async with services.pool.connection() as conn:
+        await conn.execute("ALTER TABLE entrances ALTER COLUMN altitude SET NOT NULL")
+    rows = [entrance("h1", **{"w3geo:altitude": "1200"}), entrance("h2")]
+    job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
+    failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
+    assert failures[1][:2] == ["3", "the table refused the row: w3geo:altitude needs a value"]
 
 
 async def test_rows_the_database_refuses_among_many_fail_and_the_next_of_their_key_wins(

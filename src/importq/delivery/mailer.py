@@ -12,6 +12,7 @@ is then sent over SMTP, or written to the outbox folder.
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
 import ssl
 import uuid
@@ -30,6 +31,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from importq.i18n import RTL_LOCALES, babel_locale, translations
 from importq.resources import resource_dir
+
+log = logging.getLogger(__name__)
 
 
 def N_(message: str) -> str:
@@ -232,4 +235,27 @@ async def deliver(
         else:
             await asyncio.to_thread(_write_outbox, outbox, message)
     except (OSError, smtplib.SMTPException, UnicodeError) as error:
-        raise MailError(f"{type(error).__name__}: {error}") from error
+        # The exception is for the operator's log; the batch's lastError gets the sense.
+        log.warning("email %s not handed over: %r", message["Message-ID"], error)
+        raise MailError(_what_went_wrong(error, by_smtp=bool(smtp_url))) from error
+
+
+def _what_went_wrong(error: OSError | smtplib.SMTPException | UnicodeError, by_smtp: bool) -> str:
+    """What a failed hand-over means, for the people who read the batch's lastError."""
+    if isinstance(error, UnicodeError):
+        return "the message could not be encoded"
+    if not by_smtp:
+        return "the message could not be written to the outbox"
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        return "the mail server refused the recipient's address"
+    if isinstance(error, smtplib.SMTPAuthenticationError):
+        return "the mail server refused importq's sign-in"
+    if isinstance(error, smtplib.SMTPResponseException):
+        return f"the mail server answered {error.smtp_code}"
+    if isinstance(error, smtplib.SMTPException):
+        return "the mail server broke off the conversation"
+    if isinstance(error, ssl.SSLError | ssl.CertificateError):
+        return "the TLS connection to the mail server failed"
+    if isinstance(error, TimeoutError):
+        return "the mail server did not answer in time"
+    return "cannot reach the mail server"

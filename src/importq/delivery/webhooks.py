@@ -62,6 +62,17 @@ class WebhookRefused(PermanentFailure):
     """The destination may not be reached: never retried."""
 
 
+def _what_went_wrong(error: httpx.HTTPError) -> str:
+    """What a failed POST means, for the people who read the batch's lastError."""
+    if isinstance(error, httpx.ConnectError):
+        return "cannot connect to the receiver"
+    if isinstance(error, httpx.TimeoutException):
+        return "the receiver did not answer in time"
+    if isinstance(error, httpx.RemoteProtocolError | httpx.DecodingError):
+        return "the receiver's answer was not valid HTTP"
+    return "the connection to the receiver failed"
+
+
 class WebhookFailed(Exception):
     """The receiver did not take the delivery (network error, timeout, non-2xx)."""
 
@@ -164,7 +175,8 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
     except TimeoutError:
         raise WebhookFailed(f"cannot resolve {host} within {LOOKUP_SECONDS:g} s") from None
     except OSError as error:
-        raise WebhookFailed(f"cannot resolve {host}: {error}") from error
+        log.warning("webhook to %s: cannot resolve %s: %r", _for_log(url), host, error)
+        raise WebhookFailed(f"cannot resolve {host}") from error
     inward = sorted({str(info[4][0]) for info in infos if inward_address(str(info[4][0]))})
     if inward:
         # What the name resolved to is for the operator's log, not for the uploader.
@@ -234,7 +246,8 @@ async def _post(services: Services, url: str, address: str | None, ident: str, b
     except TimeoutError:
         raise WebhookFailed(f"no answer within {seconds:g} s") from None
     except httpx.HTTPError as error:
-        raise WebhookFailed(f"{type(error).__name__}: {error}") from error
+        log.warning("webhook to %s failed: %r", _for_log(url), error)
+        raise WebhookFailed(_what_went_wrong(error)) from error
     quoted = f": {answer}" if answer else ""
     raise WebhookFailed(
         f"the receiver answered {response.status_code}{quoted}", response.status_code

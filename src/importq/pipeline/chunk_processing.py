@@ -52,6 +52,7 @@ from psycopg import AsyncConnection, sql
 from importq.ingest.staged_table import StagedTable
 from importq.pipeline.batches import ChunkTally, count_finished_chunk
 from importq.pipeline.job_queue import JobQueue
+from importq.pipeline.row_refusals import refusal_message
 from importq.pipeline.target_tables import ChunkStatements, chunk_statements
 from importq.rules.datasets import Dataset
 from importq.rules.row_rules import RowChecker, StagedRow
@@ -62,6 +63,12 @@ log = logging.getLogger(__name__)
 # How many of a chunk's rows are held in memory at once. A chunk of any size streams
 # through in slices of this many rows.
 SLICE_ROWS = 5_000
+# The failure of every row of a chunk given up on (after its attempts, or its worker
+# lost each time). What went wrong is for the operator: the log and the chunk's error.
+NOT_PROCESSED = (
+    "not imported: importq could not process this part of the upload (the service's log "
+    "says why); send these rows again"
+)
 
 
 async def _claim_chunk(
@@ -182,6 +189,7 @@ async def _settle(
 async def _refuse_bad_rows(
     conn: AsyncConnection[Any],
     statements: ChunkStatements,
+    dataset: Dataset,
     batch_id: uuid.UUID,
     chunk: Mapping[str, Any],
 ) -> int:
@@ -189,8 +197,9 @@ async def _refuse_bad_rows(
     refuses. Returns how many were found.
 
     The rows are inserted in groups, always rolled back. A group the table refuses is
-    halved until each row it refuses stands alone. Each of those becomes a failure with
-    the database's reason. A few refused rows cost a few dozen inserts, not one per row.
+    halved until each row it refuses stands alone. Each of those becomes a failure that
+    says why in the dataset's terms (:mod:`importq.pipeline.row_refusals`). A few refused
+    rows cost a few dozen inserts, not one per row.
     """
     cursor = await conn.execute(statements.lines_to_insert, _bounds(chunk))
     pending = [[line for (line,) in await cursor.fetchall()]]
@@ -205,10 +214,10 @@ async def _refuse_bad_rows(
                 middle = len(lines) // 2
                 pending += [lines[middle:], lines[:middle]]
                 continue
-            detail = error.diag.message_primary or str(error)
+            log.info("batch %s line %s refused by the table: %s", batch_id, lines[0], error)
             await conn.execute(
                 queries["add_failure"],
-                {"line": lines[0], "message": f"database refused the row: {detail}"},
+                {"line": lines[0], "message": refusal_message(error, dataset)},
             )
             found += 1
     return found
@@ -280,7 +289,7 @@ async def process_chunk(
                 # A refused row makes the next row of its key the one to insert, and that
                 # row may be refused too. So repeat until the statement goes through, or
                 # until no row alone is refused.
-                if not await _refuse_bad_rows(conn, statements, batch_id, chunk):
+                if not await _refuse_bad_rows(conn, statements, dataset, batch_id, chunk):
                     raise
         await _finish(conn, queue, batch_id, chunk_no, tally)
     return True
@@ -313,8 +322,8 @@ async def fail_chunk(
 ) -> bool:
     """Give up on a chunk, in a transaction of its own.
 
-    Every row becomes a failure with ``reason``. Returns False when there was nothing to
-    do.
+    Every row becomes a failure with :data:`NOT_PROCESSED`; ``reason``, for the operator,
+    is kept with the chunk. Returns False when there was nothing to do.
     """
     async with conn.transaction():
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
@@ -322,7 +331,6 @@ async def fail_chunk(
             return False
         statements = _statements(datasets, batch_id, chunk)
         await _prepare(conn, statements, chunk)
-        message = f"the chunk could not be processed: {reason}"
-        tally = await _settle(conn, statements, batch_id, chunk, give_up=message)
+        tally = await _settle(conn, statements, batch_id, chunk, give_up=NOT_PROCESSED)
         await _finish(conn, queue, batch_id, chunk_no, tally, error=reason)
     return True

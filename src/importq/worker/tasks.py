@@ -54,6 +54,7 @@ from importq.pipeline.job_queue import (
 )
 from importq.pipeline.recovery import reconcile as reconcile_once
 from importq.services import Services
+from importq.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,14 @@ async def aggregate(context: JobContext, batch_id: str) -> None:
     try:
         await aggregate_batch(services, batch)
     except Exception as error:
+        # The exception goes to the log (procrastinate's, as the job fails and is
+        # retried); the batch's lastError says what it means to its uploader.
+        if isinstance(error, StorageError):
+            reason = "the reports cannot be written to storage yet; this is retried"
+        else:
+            reason = "an error inside importq; this is retried (the service's log has it)"
         async with services.pool.connection() as conn:
-            await batches.record_error(conn, batch, f"aggregation: {type(error).__name__}: {error}")
+            await batches.record_error(conn, batch, f"aggregation: {reason}")
         raise
 
 
