@@ -31,6 +31,8 @@ class User:
     role: str
     email: str | None
     locale: str | None
+    #: The token this user came in with, when they came in with one.
+    token_id: uuid.UUID | None = None
 
     def has_role(self, lowest: str) -> bool:
         """Whether this user's role is ``lowest`` or above (user < moderator < admin)."""
@@ -165,7 +167,7 @@ async def user_for_token(conn: AsyncConnection[Any], token: str) -> User | None:
     row = await cursor.fetchone()
     if row is None:
         return None
-    *fields, token_id, revoked, expired, disabled = row
+    user_id, name, role, email, locale, token_id, revoked, expired, disabled = row
     if revoked:
         raise TokenRefused("token_revoked", "This API token was revoked.")
     if expired:
@@ -173,7 +175,7 @@ async def user_for_token(conn: AsyncConnection[Any], token: str) -> User | None:
     if disabled:
         raise TokenRefused("user_disabled", "The user of this API token is disabled.")
     await conn.execute(queries["token_used"], {"id": token_id})
-    return User(*fields)
+    return User(user_id, name, role, email, locale, token_id=token_id)
 
 
 async def revoke_token(
