@@ -122,8 +122,7 @@ async def create_user(
     check_user_name(name)
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
-    cursor = await conn.execute(queries["find_user_id"], {"name": name})
-    if await cursor.fetchone() is not None:
+    if await find_user_id(conn, name) is not None:
         raise UserExists(f"user {name!r} exists already")
     cursor = await conn.execute(
         queries["insert_user"], {"name": name, "role": role, "email": email, "locale": locale}
@@ -142,11 +141,16 @@ async def token_for_existing(
     expires_in: float | None = None,
 ) -> IssuedToken | None:
     """Issue another token for user ``name``; None when there is no such user."""
+    user_id = await find_user_id(conn, name)
+    if user_id is None:
+        return None
+    return await issue_token(conn, user_id, name=label, expires_in=expires_in)
+
+
+async def find_user_id(conn: AsyncConnection[Any], name: str) -> int | None:
     cursor = await conn.execute(queries["find_user_id"], {"name": name})
     row = await cursor.fetchone()
-    if row is None:
-        return None
-    return await issue_token(conn, int(row[0]), name=label, expires_in=expires_in)
+    return None if row is None else int(row[0])
 
 
 class TokenRefused(Exception):

@@ -152,7 +152,29 @@ def _migrate_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _webhook_secret(args: argparse.Namespace, settings: Settings) -> int:
-    print(settings.webhook_key.decode())
+    """The shared key, or with per-user keys the key of ``--user``."""
+    if settings.webhook_keys == "shared":
+        if args.user is not None:
+            print("importq: webhook keys are shared (IMPORTQ_WEBHOOK_KEYS)", file=sys.stderr)
+            return EXIT_FAILED
+        print(settings.webhook_key.decode())
+        return EXIT_OK
+    if args.user is None:
+        print(
+            "importq: each user has a webhook key of their own: name one with --user",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+    async def user_id() -> int | None:
+        async with _connection(settings) as conn:
+            return await accounts.find_user_id(conn, args.user)
+
+    found = asyncio.run(user_id())
+    if found is None:
+        print(f"importq: there is no user {args.user!r}", file=sys.stderr)
+        return EXIT_FAILED
+    print(settings.webhook_key_of(found).decode())
     return EXIT_OK
 
 
@@ -355,9 +377,13 @@ def build_parser() -> argparse.ArgumentParser:
         handler=_migrate_command
     )
 
-    commands.add_parser(
+    secret = commands.add_parser(
         "webhook-secret", help="print the key receivers check webhook signatures with"
-    ).set_defaults(handler=_webhook_secret)
+    )
+    secret.add_argument(
+        "--user", default=None, help="with IMPORTQ_WEBHOOK_KEYS=per-user: whose key"
+    )
+    secret.set_defaults(handler=_webhook_secret)
 
     users = commands.add_parser("users", help="manage users and tokens")
     user_commands = users.add_subparsers(dest="users_command", required=True)

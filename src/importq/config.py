@@ -12,6 +12,7 @@ import os
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, field_validator
@@ -162,6 +163,10 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(
         default=None, description="Signs webhooks; unset uses the secret key"
     )
+    webhook_keys: Literal["shared", "per-user"] = Field(
+        default="shared",
+        description="One webhook key for all receivers, or a key of its own for each user",
+    )
     cors_origins: str = Field(
         default="", description="Comma-separated origins whose pages may call the API"
     )
@@ -217,6 +222,18 @@ class Settings(BaseSettings):
             return self.webhook_secret.encode()
         # As text, so that a receiver takes it as it is given (``importq webhook-secret``).
         return purpose_key(self.master_key, "webhook signatures").hex().encode()
+
+    def webhook_key_of(self, user_id: int) -> bytes:
+        """The key that signs the webhooks of ``user_id``'s batches.
+
+        With ``IMPORTQ_WEBHOOK_KEYS=per-user``, each user's own, derived from
+        :attr:`webhook_key` with the user's id as its label: a receiver that holds one
+        user's key cannot sign a delivery another user's receiver would take. Otherwise
+        :attr:`webhook_key` itself.
+        """
+        if self.webhook_keys == "shared":
+            return self.webhook_key
+        return purpose_key(self.webhook_key, f"webhook signatures of user {user_id}").hex().encode()
 
     @property
     def cors_allowed(self) -> list[str]:

@@ -36,6 +36,8 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("POST", "/api/v1/users", {"name": "{fresh}"}, ADMINS, 201),
     ("POST", "/api/v1/users/owner/tokens", None, ADMINS, 201),
     ("GET", "/api/v1/tokens", None, SIGNED_IN, 200),
+    # Keys are shared by default: no user reads the one key (per-user keys: test_webhooks).
+    ("GET", "/api/v1/webhook-secret", None, SIGNED_IN, 409),
     # The owner's spare token: its owner and admins revoke it, others do not find it.
     ("DELETE", "/api/v1/tokens/{spare}", None, "401 ok 404 404 ok 401 401 401", 204),
     # A link with a wrong signature is refused to everyone alike: no token is looked at.

@@ -56,6 +56,24 @@ def test_webhook_secret_prints_the_key_deliveries_are_signed_with(
     assert printed.stdout.strip().encode() == settings.webhook_key != settings.signing_key
     chosen = importq({**cli_env, "IMPORTQ_WEBHOOK_SECRET": "shared"}, "webhook-secret")
     assert chosen.stdout.strip() == "shared"
+    assert importq(cli_env, "webhook-secret", "--user", "x").returncode == 1  # keys are shared
+
+
+def test_webhook_secret_prints_a_users_own_key_with_per_user_keys(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**cli_env, "IMPORTQ_WEBHOOK_KEYS": "per-user"}
+    assert importq(env, "users", "create", "carol").returncode == 0
+    printed = importq(env, "webhook-secret", "--user", "carol")
+    assert printed.returncode == 0, printed.stderr
+    with psycopg.connect(env["IMPORTQ_DATABASE_URL"]) as conn:
+        row = conn.execute("SELECT id FROM users WHERE name = 'carol'").fetchone()
+    assert row is not None
+    settings = Settings(data_dir=tmp_path / "data", webhook_keys="per-user")
+    assert printed.stdout.strip().encode() == settings.webhook_key_of(row[0])
+    assert settings.webhook_key_of(row[0]) not in (settings.webhook_key, settings.webhook_key_of(0))
+    assert importq(env, "webhook-secret").returncode == 1  # whose?
+    assert importq(env, "webhook-secret", "--user", "nobody").returncode == 1
 
 
 def test_users_create_prints_only_the_token(cli_env: dict[str, str]) -> None:

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from procrastinate.jobs import Job
 
-from conftest import make_settings
-from helpers import Receiver, entrance, wait_for_batch
+from conftest import make_settings, new_user
+from helpers import Receiver, api_client, entrance, wait_for_batch
 from importq.config import Settings
 from importq.delivery.at_most_once import DeliveryBusy
 from importq.delivery.webhooks import (
@@ -337,3 +337,38 @@ async def test_a_2xx_status_is_a_delivery_whatever_body_follows(
     batch_id = await _given_up(client, receiver)
     receiver.answers = [b"HTTP/1.1 204 X\r\nContent-Length: 1000\r\n\r\ncut short"]
     assert await deliver_batch_webhook(services, batch_id) is True
+
+
+def _signed_with(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    stamp = headers["x-importq-timestamp"].encode()
+    expected = hmac.new(secret.encode(), stamp + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(headers["x-importq-signature"], f"sha256={expected}")
+
+
+@pytest.mark.parametrize("webhook_options", [{"webhook_keys": "per-user"}])
+@pytest.mark.usefixtures("worker")
+async def test_with_per_user_keys_one_users_receiver_cannot_sign_for_another(
+    client: httpx.AsyncClient, services: Services, receiver: Receiver
+) -> None:
+    """Each user reads their own key; a delivery of one user's batch does not verify
+    with another's key, nor with the shared one."""
+    _, other_token = await new_user(services, "bob")
+    async with api_client(services, other_token) as bob:
+        secrets, owners = {}, {}
+        for who, caller in (("alice", client), ("bob", bob)):
+            answer = await caller.get("/api/v1/webhook-secret")
+            assert answer.status_code == 200, answer.text
+            secrets[who] = answer.json()["secret"]
+            owners[await _import(caller, receiver.url)] = who
+    await _wait_for(lambda: len(receiver.requests) == 2)
+    assert len({*secrets.values(), "hook-secret"}) == 3
+    for headers, body in receiver.requests:
+        owner = owners[json.loads(body)["batchId"]]
+        verified = {who for who, secret in secrets.items() if _signed_with(secret, headers, body)}
+        assert verified == {owner}
+        assert not _signed_with("hook-secret", headers, body)
+
+
+async def test_with_a_shared_key_no_user_can_read_it(client: httpx.AsyncClient) -> None:
+    answer = await client.get("/api/v1/webhook-secret")
+    assert (answer.status_code, answer.json()["code"]) == (409, "shared_webhook_secret")

@@ -97,6 +97,19 @@ def test_each_purpose_has_its_own_key_derived_with_hkdf(tmp_path: Path) -> None:
     assert Settings(secret_key="x", webhook_secret="own", data_dir=tmp_path).webhook_key == b"own"
 
 
+def test_per_user_webhook_keys_are_each_users_own(tmp_path: Path) -> None:
+    shared = Settings(secret_key="k", data_dir=tmp_path)
+    assert shared.webhook_key_of(1) == shared.webhook_key_of(2) == shared.webhook_key
+    own = Settings(secret_key="k", data_dir=tmp_path, webhook_keys="per-user")
+    keys = {own.webhook_key_of(1), own.webhook_key_of(2), own.webhook_key, own.signing_key}
+    assert len(keys) == 4
+    # Derived from the webhook key: setting it, or the master key, rotates them all.
+    rotated = Settings(
+        secret_key="k", data_dir=tmp_path, webhook_keys="per-user", webhook_secret="n"
+    )
+    assert rotated.webhook_key_of(1) != own.webhook_key_of(1)
+
+
 def test_the_webhook_key_cannot_make_a_report_link(tmp_path: Path) -> None:
     """A receiver verifies deliveries with the webhook key; with it, it still cannot
     sign a link to a report."""

@@ -78,6 +78,18 @@ class IssuedToken(BaseModel):
     token: str = Field(description="The secret: shown this once")
 
 
+SHARED_WEBHOOK_SECRET = (
+    "Webhooks of this service are all signed with one key, which its operator gives to "
+    "receivers (importq webhook-secret)."
+)
+
+
+class WebhookSecret(BaseModel):
+    secret: str = Field(
+        description="The key of X-Importq-Signature on the webhooks of your batches"
+    )
+
+
 class CreatedUser(BaseModel):
     user: UserInfo
     token: IssuedToken
@@ -178,3 +190,13 @@ async def revoke_token(token_id: uuid.UUID, user: CurrentUser, services: Service
     if not found:
         raise Refusal(404, "unknown_token", "There is no such token of yours.")
     return Response(status_code=204)
+
+
+@router.get("/api/v1/webhook-secret", response_model=WebhookSecret, responses=errors(409))
+async def own_webhook_secret(user: CurrentUser, services: ServicesDep) -> WebhookSecret:
+    """The key the webhooks of the caller's batches are signed with, when each user has
+    their own (``IMPORTQ_WEBHOOK_KEYS=per-user``); a shared key is the operator's to hand
+    out, not every user's to read."""
+    if services.settings.webhook_keys == "shared":
+        raise Refusal(409, "shared_webhook_secret", SHARED_WEBHOOK_SECRET)
+    return WebhookSecret(secret=services.settings.webhook_key_of(user.id).decode())

@@ -210,7 +210,9 @@ def pinned_request(
     )
 
 
-async def _post(services: Services, url: str, address: str | None, ident: str, body: bytes) -> int:
+async def _post(
+    services: Services, url: str, address: str | None, ident: str, body: bytes, key: bytes
+) -> int:
     """POST the delivery, all of it within ``IMPORTQ_WEBHOOK_TIMEOUT``.
 
     A receiver that connects or answers slowly is cut off at the deadline. A 2xx status
@@ -225,7 +227,7 @@ async def _post(services: Services, url: str, address: str | None, ident: str, b
         "User-Agent": "importq-webhook",
         "X-Importq-Delivery": ident,
         "X-Importq-Timestamp": stamp,
-        "X-Importq-Signature": signature(services.settings.webhook_key, stamp, body),
+        "X-Importq-Signature": signature(key, stamp, body),
     }
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
@@ -280,7 +282,8 @@ async def deliver_batch_webhook(
         url = batch["callback_url"]
         address = await check_destination(url, services.settings.webhook_allowed)
         body = Job.from_row(batch).model_dump_json().encode()
-        return await _post(services, url, address, ident, body)
+        key = services.settings.webhook_key_of(batch["initiator_id"])
+        return await _post(services, url, address, ident, body, key)
 
     # The claim outlasts the POST's deadline and the name lookup before it.
     lease = services.settings.webhook_timeout + LOOKUP_SECONDS
