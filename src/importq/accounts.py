@@ -51,22 +51,19 @@ class BadUserName(ValueError):
     """A name a user cannot have."""
 
 
-# A user's name appears in paths (/users/{name}/tokens) and in lists read by people: no
-# slash, no control, space or invisible format character. Spelled out rather than \s,
-# whose meaning differs between Python and JSON Schema (ECMAScript), which reads it in
-# the OpenAPI document.
-USER_NAME_PATTERN = (
-    r"^[^/\u0000-\u0020\u007f-\u00a0\u1680\u2000-\u200f\u2028-\u202f\u205f-\u206f"
-    r"\u3000\ufeff]+$"
-)
+# A user's name is a handle: it appears in paths (/users/{name}/tokens) and in lists read
+# by people. ASCII letters, digits and . _ @ + -, starting with a letter or digit, so that
+# no two names look alike or hide characters, and none is a path's "." or "..". Spelled
+# without class shorthands, for JSON Schema (the OpenAPI document) reads it too.
+USER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$"
 MAX_USER_NAME = 100
 
 
 def check_user_name(name: str) -> None:
     if len(name) > MAX_USER_NAME or not re.fullmatch(USER_NAME_PATTERN, name):
         raise BadUserName(
-            f"{name!r} cannot be a user's name: use 1 to {MAX_USER_NAME} characters, "
-            "without spaces, slashes or control characters"
+            f"{name!r} cannot be a user's name: use 1 to {MAX_USER_NAME} ASCII letters, "
+            "digits and . _ @ + -, starting with a letter or a digit"
         )
 
 

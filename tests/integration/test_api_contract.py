@@ -31,6 +31,8 @@ async def test_a_method_a_path_lacks_is_405_with_every_method_it_has(
     assert response.headers["allow"] == "GET, POST"
     response = await client.delete("/files/reports/x/failures.csv")
     assert response.headers["allow"] == "GET, HEAD"
+    response = await client.post("/openapi.json")  # the app's own route
+    assert response.headers["allow"] == "GET, HEAD"
 
 
 async def test_malformed_json_is_400_bad_json_on_every_route(
@@ -137,8 +139,8 @@ async def test_a_name_a_user_cannot_have_is_refused_by_the_cli_rule_too(
     services: Services,
 ) -> None:
     async with services.pool.connection() as conn:
-        for name in ("two words", "a/b", "tab\there", "", "x" * 101):
+        for name in ("two words", "a/b", "tab\there", "", "x" * 101, "..", "root\u00ad", "josé"):
             with pytest.raises(accounts.BadUserName):
                 await accounts.create_user(conn, name)
-        _, issued = await accounts.create_user(conn, "josé")
+        _, issued = await accounts.create_user(conn, "jose.m+caves@club-42")
     assert issued.secret

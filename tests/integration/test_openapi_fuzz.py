@@ -1,5 +1,5 @@
 """The OpenAPI document tells the truth: schemathesis, with all its checks, against a live
-``importq serve``, as a plain user, finds nothing.
+``importq serve``, as a plain user or an admin, finds nothing.
 
 Every status an operation answers is documented, with the body it has; valid requests
 are taken and invalid ones refused; a method a path does not have gets 405 with
@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from processes import serving
 
@@ -23,7 +24,12 @@ TESTS = Path(__file__).resolve().parents[1]
 SEED = os.environ.get("IMPORTQ_FUZZ_SEED", "20261204")
 
 
-def test_schemathesis_finds_no_failure(database_url: str, tmp_path: Path) -> None:
+# Each run takes one to two minutes on one worker of a 2-core machine.
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("role", ["user", "admin"])
+def test_schemathesis_finds_no_failure(database_url: str, tmp_path: Path, role: str) -> None:
+    """As a plain user (most routes' success, admin routes' 403) and as an admin (the
+    users and tokens routes' success)."""
     env = {
         **os.environ,
         "IMPORTQ_DATABASE_URL": database_url,
@@ -32,7 +38,7 @@ def test_schemathesis_finds_no_failure(database_url: str, tmp_path: Path) -> Non
         "IMPORTQ_RATE_LIMIT": "0",
     }
     created = subprocess.run(
-        [sys.executable, "-m", "importq.cli", "users", "create", "fuzzer"],
+        [sys.executable, "-m", "importq.cli", "users", "create", "fuzzer", "--role", role],
         env=env,
         capture_output=True,
         text=True,

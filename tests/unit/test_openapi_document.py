@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from importq.api.app import create_app
-from importq.api.imports import CALLBACK_URL_PATTERN
+from importq.callback_urls import CALLBACK_URL_PATTERN, is_callback_url
 from importq.config import Settings
 from importq.errors import Refusal
 from importq.ingest.csv_reader import DELIMITER_NAMES, resolve_delimiter
@@ -70,12 +71,23 @@ def test_import_rows_is_one_operation_per_dataset_naming_its_columns(
 
 @settings(max_examples=500)
 @given(st.from_regex(CALLBACK_URL_PATTERN, fullmatch=True))
+@example("http://user:pw@hooks.example.org:65535/x?y=é")
 def test_every_callback_url_the_pattern_admits_can_be_delivered_to(url: str) -> None:
     """The pattern is published in the document and is the whole check; each URL it
-    admits parses with a host and a valid port, as a delivery needs."""
+    admits parses with a host and a valid port, by urllib and by httpx, as a delivery
+    needs."""
     parts = urlsplit(url)
     assert parts.scheme in ("http", "https") and parts.hostname
     assert parts.port is None or 0 <= parts.port <= 65535
+    assert httpx.URL(url).raw_host
+
+
+@pytest.mark.parametrize(
+    "url", ["http://\u2100@example.org/", "http://[::1]/", "http://a:65536/", "ftp://a/"]
+)
+def test_a_callback_url_the_pattern_refuses(url: str) -> None:
+    """A user part urllib would normalise into a delimiter (℀ is a/c) among them."""
+    assert not is_callback_url(url)
 
 
 def test_every_documented_encoding_and_delimiter_is_taken(document: dict[str, Any]) -> None:

@@ -174,9 +174,12 @@ def create_app(
     routers = (imports, jobs, notifications, users, files, health)
     for module in routers:
         app.include_router(module.router)
-    # The routes themselves (the app's own list holds each router as one entry).
+    # Every route itself, for Allow: the app's own list holds each included router as
+    # one entry, beside its own routes (/openapi.json, /docs).
     app.state.api_routes = [
-        route for module in routers for route in module.router.routes if isinstance(route, Route)
+        route
+        for route in (*app.routes, *(r for m in routers for r in m.router.routes))
+        if isinstance(route, Route)
     ]
     openapi.install(app, lambda: load_datasets(settings.datasets_file), settings.upload_limits)
     return app

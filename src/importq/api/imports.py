@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.request_body import spool_body, spool_form_file, too_large
 from importq.api.schemas import Accepted, errors
+from importq.callback_urls import CALLBACK_URL_PATTERN, WHAT_IT_MAY_BE, is_callback_url
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
 from importq.ingest.csv_reader import DELIMITER_NAMES, read_csv, resolve_delimiter
@@ -160,17 +160,6 @@ async def _check_pending_rows(services: Services, user_id: int) -> None:
         )
 
 
-# What callbackUrl may be: http(s), an optional user, a host name or IPv4 address (a
-# receiver on IPv6 is named, not bracketed), an optional port within range, then anything
-# printable. Said
-# without \s or \d, whose meaning differs between Python and the OpenAPI document's
-# JSON Schema, where the pattern is published too.
-CALLBACK_URL_PATTERN = (
-    r"^[Hh][Tt][Tt][Pp][Ss]?://(?:[^\u0000-\u0020\u007f/?#@\[\]]+@)?"
-    r"[A-Za-z0-9._~!$&'()*+,;=%-]+"
-    r"(?::(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
-    r"(?:[/?#][^\u0000-\u0020\u007f]*)?$"
-)
 MAX_FILE_NAME_CHARS = 255
 # Controls, format characters (bidi overrides, zero-width), surrogates, private-use and
 # unassigned code points, line and paragraph separators: none belongs in a name shown to
@@ -290,13 +279,8 @@ async def import_rows(
         resolve_encoding(encoding)
     if delimiter is not None:
         resolve_delimiter(delimiter)
-    if callbackUrl is not None and not re.fullmatch(CALLBACK_URL_PATTERN, callbackUrl):
-        raise Refusal(
-            400,
-            "bad_callback_url",
-            "callbackUrl must be an http(s) URL with a host name or IPv4 address, and a "
-            "port from 0 to 65535 if any.",
-        )
+    if callbackUrl is not None and not is_callback_url(callbackUrl):
+        raise Refusal(400, "bad_callback_url", f"callbackUrl must be {WHAT_IT_MAY_BE}.")
     options = FileOptions(
         services.settings.upload_limits, encoding=encoding, delimiter=delimiter, sheet=sheet
     )

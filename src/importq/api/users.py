@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Path, Response
 from psycopg import errors as pg_errors
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from importq import accounts
 from importq.accounts import User
@@ -38,6 +38,9 @@ class UserInfo(BaseModel):
 
 
 class NewUser(BaseModel):
+    # Strict: a JSON value is taken only as the type the document gives (no true for 1).
+    model_config = ConfigDict(strict=True)
+
     name: str = Field(
         min_length=1, max_length=accounts.MAX_USER_NAME, pattern=accounts.USER_NAME_PATTERN
     )
@@ -63,6 +66,8 @@ class TokenInfo(BaseModel):
 
 
 class NewToken(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str | None = Field(default=None, max_length=100, pattern=PRINTABLE)
     expiresIn: float | None = Field(
         default=None,
@@ -146,9 +151,8 @@ async def create_user(user: CurrentUser, services: ServicesDep, new: NewUser) ->
     responses=errors(403, 404),
 )
 async def issue_token(
-    name: Annotated[
-        str, Path(max_length=accounts.MAX_USER_NAME, pattern=accounts.USER_NAME_PATTERN)
-    ],
+    # Any name a user has: some were given before names had a rule.
+    name: Annotated[str, Path(max_length=accounts.MAX_USER_NAME, pattern=PRINTABLE)],
     user: CurrentUser,
     services: ServicesDep,
     new: Annotated[NewToken | None, Body()] = None,

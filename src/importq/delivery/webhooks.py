@@ -156,11 +156,12 @@ async def check_destination(url: str, allowed_hosts: frozenset[str]) -> str | No
         target = httpx.URL(url)
         # The host as httpx sends it (IDNA 2008), so that it is resolved in the same form.
         host = target.raw_host.decode("ascii").lower()
-    except (httpx.InvalidURL, UnicodeError) as error:
-        raise WebhookRefused(f"{url!r} is not a valid URL: {error}") from error
+        named = urlsplit(url).hostname
+    except (httpx.InvalidURL, ValueError) as error:  # UnicodeError is a ValueError
+        raise WebhookRefused(f"{_for_log(url)} is not a valid URL: {error}") from error
     if target.scheme not in ("http", "https") or not host:
-        raise WebhookRefused(f"{url!r} is not an http(s) URL")
-    if host in allowed_hosts or urlsplit(url).hostname in allowed_hosts:
+        raise WebhookRefused(f"{_for_log(url)} is not an http(s) URL")
+    if host in allowed_hosts or named in allowed_hosts:
         return None
     if target.port not in (None, 80, 443):
         log.warning("webhook to %s refused: port %s", _for_log(url), target.port)

@@ -52,7 +52,7 @@ from psycopg import AsyncConnection, sql
 from importq.ingest.staged_table import StagedTable
 from importq.pipeline.batches import ChunkTally, count_finished_chunk
 from importq.pipeline.job_queue import JobQueue
-from importq.pipeline.row_refusals import refusal_message
+from importq.pipeline.row_refusals import for_the_log, refusal_message
 from importq.pipeline.target_tables import ChunkStatements, chunk_statements
 from importq.rules.datasets import Dataset
 from importq.rules.row_rules import RowChecker, StagedRow
@@ -214,7 +214,7 @@ async def _refuse_bad_rows(
                 middle = len(lines) // 2
                 pending += [lines[middle:], lines[:middle]]
                 continue
-            log.info("batch %s line %s refused by the table: %s", batch_id, lines[0], error)
+            log.info("batch %s line %s refused: %s", batch_id, lines[0], for_the_log(error))
             await conn.execute(
                 queries["add_failure"],
                 {"line": lines[0], "message": refusal_message(error, dataset)},
@@ -284,7 +284,10 @@ async def process_chunk(
                 break
             except (psycopg.DataError, psycopg.IntegrityError) as error:
                 log.info(
-                    "chunk %s of batch %s: finding the rows refused: %s", chunk_no, batch_id, error
+                    "chunk %s of batch %s: finding the rows refused: %s",
+                    chunk_no,
+                    batch_id,
+                    for_the_log(error),
                 )
                 # A refused row makes the next row of its key the one to insert, and that
                 # row may be refused too. So repeat until the statement goes through, or

@@ -4,7 +4,8 @@ A row that passes the dataset's rules can still be refused by the table: a const
 or trigger the operator added, a value past a column's type. The failures report tells
 the uploader why without PostgreSQL's own wording, which names tables and internal
 identifiers: the column by its header name, the operator's rule by its constraint's
-name (which they chose). The database's message itself goes to the log.
+name when they chose it. The database's reason goes to the log, without the row's
+values (:func:`for_the_log`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def refusal_message(error: psycopg.DataError | psycopg.IntegrityError, dataset: 
     """The failures report's message for a row the table refused with ``error``."""
     diag = error.diag
     column = _column_name(dataset, diag.column_name)
-    rule = f" ({diag.constraint_name})" if diag.constraint_name else ""
+    rule = _rule_name(dataset, diag.constraint_name)
     if isinstance(error, errors.NotNullViolation):
         reason = f"{column or 'a column'} needs a value"
     elif isinstance(error, errors.UniqueViolation):
@@ -39,6 +40,19 @@ def refusal_message(error: psycopg.DataError | psycopg.IntegrityError, dataset: 
     else:
         reason = f"a rule of the table (SQLSTATE {diag.sqlstate}){rule}"
     return PREFIX + reason
+
+
+def _rule_name(dataset: Dataset, constraint: str | None) -> str:
+    """`` (<name>)`` for a constraint the operator named; PostgreSQL's own names
+    (``<table>_<column>_check``, ``<table>_pkey``) would show the table's."""
+    if not constraint or constraint.startswith(f"{dataset.table}_"):
+        return ""
+    return f" ({constraint})"
+
+
+def for_the_log(error: psycopg.Error) -> str:
+    """The database's reason without its DETAIL, which quotes the row's values."""
+    return f"{error.diag.message_primary} (SQLSTATE {error.diag.sqlstate})"
 
 
 def _column_name(dataset: Dataset, field: str | None) -> str | None:

@@ -36,6 +36,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from importq.callback_urls import WHAT_IT_MAY_BE, is_callback_url
+
 ROLES = ("user", "moderator", "admin")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Columns every target table carries besides the dataset's own.
@@ -249,6 +251,9 @@ def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
     role = str(raw.get("import_role", "user"))
     if role not in ROLES:
         raise DatasetError(f"{where}: import_role must be one of {ROLES}")
+    callback_url = raw.get("callback_url")
+    if callback_url is not None and not is_callback_url(str(callback_url)):
+        raise DatasetError(f"{where}: callback_url must be {WHAT_IT_MAY_BE}")
     return Dataset(
         name=name,
         label=str(raw.get("label", name)),
@@ -257,7 +262,7 @@ def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
         dedup_key=dedup_key,
         report_columns=report_columns,
         import_role=role,
-        callback_url=raw.get("callback_url"),
+        callback_url=callback_url,
     )
 
 

@@ -53,6 +53,7 @@ from importq.pipeline.job_queue import (
     WEBHOOKS,
 )
 from importq.pipeline.recovery import reconcile as reconcile_once
+from importq.pipeline.row_refusals import for_the_log
 from importq.services import Services
 from importq.storage import StorageError
 
@@ -101,7 +102,12 @@ async def process_chunk(context: JobContext, batch_id: str, chunk_no: int) -> No
             # did nothing wrong, so the retry does not count against its attempts.
             raise
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
+            # psycopg's message may quote a row's values: not for the log.
+            reason = (
+                for_the_log(error)
+                if isinstance(error, psycopg.Error)
+                else f"{type(error).__name__}: {error}"
+            )
             attempts = await record_attempt(conn, batch, chunk_no, reason)
             log.warning("chunk %s/%s attempt %s failed: %s", batch_id, chunk_no, attempts, reason)
             if attempts >= services.settings.chunk_max_attempts:
