@@ -438,8 +438,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     # server's files) is for the user it runs as alone.
     os.umask(0o077)
     settings = Settings()
+    _close_data_dir(settings.data_dir)
     code: int = args.handler(args, settings)
     return code
+
+
+def _close_data_dir(data_dir: Path) -> None:
+    """Make the data dir and the folders in it the user's alone (0700). Files written
+    before the umask was set keep their modes, but no one else can reach them through
+    a folder they cannot enter. A folder of another owner is left, with a warning."""
+    if not data_dir.is_dir():
+        return
+    for folder in (data_dir, *(p for p in data_dir.iterdir() if p.is_dir())):
+        if folder.stat().st_mode & 0o077:
+            try:
+                folder.chmod(0o700)
+            except OSError as error:
+                logging.getLogger(__name__).warning("%s stays open to others: %s", folder, error)
 
 
 if __name__ == "__main__":

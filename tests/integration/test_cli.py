@@ -287,3 +287,19 @@ def test_import_sends_xlsx_with_its_sheet(
 
     assert done.returncode == 0, done.stderr
     assert "successes: 3" in done.stdout.splitlines()
+
+
+def test_any_command_closes_a_data_dir_written_before_the_umask(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Files an older version wrote keep their modes; their folders no longer let anyone
+    else in."""
+    data_dir = tmp_path / "data"
+    (data_dir / "files" / "reports").mkdir(parents=True)
+    (data_dir / "outbox").mkdir()
+    (data_dir / "outbox" / "old.eml").write_text("x")
+    for path in (data_dir, data_dir / "files", data_dir / "outbox"):
+        path.chmod(0o755)
+    assert importq(cli_env, "migrate").returncode == 0
+    for path in (data_dir, data_dir / "files", data_dir / "outbox"):
+        assert path.stat().st_mode & 0o777 == 0o700, path

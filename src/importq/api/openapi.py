@@ -132,10 +132,11 @@ def _paths_per_dataset(
 def _upload_body(dataset: Dataset, limits: UploadLimits) -> dict[str, Any]:
     """The request body of ``dataset``'s import-rows: JSON rows, or a file.
 
-    The JSON schema is exactly what is accepted: any row (a row that is not an object,
-    or holds a nested value, is taken and fails in the failures report), at least one
-    row holding every mandatory column (its name; the service also matches aliases,
-    case and spaces), and the upload limits.
+    The JSON schema is what is accepted: any row (a row that is not an object, or holds
+    a nested value, is taken and fails in the failures report), every mandatory column
+    in some row (the header is every row's keys), and the upload limits. Only one
+    leniency of the service is not in it: a column's key may also be one of its aliases,
+    in any case, with spaces around (the description says so).
     """
     cell = {"maxLength": limits.max_cell_chars}
     row = {
@@ -146,9 +147,8 @@ def _upload_body(dataset: Dataset, limits: UploadLimits) -> dict[str, Any]:
         "maxProperties": limits.max_columns,
     }
     mandatory = list(dataset.mandatory_columns)
-    holds_all: dict[str, Any] = {"type": "object", "minProperties": 1}
-    if mandatory:
-        holds_all["required"] = mandatory
+    # Each mandatory column in some row, not necessarily all in one.
+    somewhere = [{"contains": {"type": "object", "required": [name]}} for name in mandatory]
     rows = {
         "type": "object",
         "required": ["data"],
@@ -158,7 +158,8 @@ def _upload_body(dataset: Dataset, limits: UploadLimits) -> dict[str, Any]:
                 "minItems": 1,
                 "maxItems": limits.max_rows,
                 "items": row,
-                "contains": holds_all,
+                "contains": {"type": "object", "minProperties": 1},
+                **({"allOf": somewhere} if somewhere else {}),
             }
         },
     }
@@ -171,7 +172,8 @@ def _upload_body(dataset: Dataset, limits: UploadLimits) -> dict[str, Any]:
     return {
         "required": True,
         "description": (
-            "JSON rows; or a file as the body or in the multipart field `file` "
+            "JSON rows (a key may also be a column's alias, in any case, with spaces "
+            "around); or a file as the body or in the multipart field `file` "
             f"({', '.join(FILE_EXTENSIONS)}). A file's header names the columns: "
             f"{', '.join(c.name for c in dataset.columns)}; mandatory: "
             f"{', '.join(mandatory) or 'none'}."
