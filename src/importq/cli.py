@@ -1,4 +1,4 @@
-"""The ``importq`` command: serve, worker, migrate, users, import."""
+"""The ``importq`` command: serve, worker, migrate, users, import, cancel."""
 
 from __future__ import annotations
 
@@ -285,12 +285,46 @@ def _bar(done: int, total: int, width: int = 30) -> str:
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total} rows"
 
 
-def _import(args: argparse.Namespace, settings: Settings) -> int:
+def _api_client(args: argparse.Namespace, settings: Settings) -> httpx.Client | None:
+    """A client of the running service that ``--url`` names, with ``--token`` (or
+    IMPORTQ_TOKEN, or the admin token in the data dir); None, said why, without one."""
     token = args.token or _default_token(settings)
     if not token:
         print("importq: no token: pass --token or set IMPORTQ_TOKEN", file=sys.stderr)
+        return None
+    return httpx.Client(
+        base_url=(args.url or settings.base_url).rstrip("/"),
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(30, read=600),
+    )
+
+
+def _refused(response: httpx.Response) -> int:
+    """Say why the service refused, and exit with EXIT_REFUSED."""
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    print(f"importq: refused ({response.status_code}): {detail}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    client = _api_client(args, settings)
+    if client is None:
         return EXIT_REFUSED
-    base = (args.url or settings.base_url).rstrip("/")
+    with client:
+        response = client.post(f"/api/v1/jobs/{args.batch_id}/cancel")
+    if response.status_code != 202:
+        return _refused(response)
+    print(f"batch {args.batch_id} cancelled: it ends once its running chunks finish")
+    return EXIT_OK
+
+
+def _import(args: argparse.Namespace, settings: Settings) -> int:
+    client = _api_client(args, settings)
+    if client is None:
+        return EXIT_REFUSED
     path = Path(args.file)
     kind = UPLOAD_TYPES.get(path.suffix.lower())
     if kind is None:
@@ -305,25 +339,15 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     for name in ("encoding", "delimiter", "sheet"):
         if getattr(args, name):
             params[name] = getattr(args, name)
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": content_type}
-    with httpx.Client(
-        base_url=base,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx.Timeout(30, read=600),
-    ) as client:
+    with client:
         response = client.post(
             f"/api/v1/{args.dataset}/import-rows",
             params=params,
             content=_ProgressFile(path, sys.stderr.isatty()),
-            headers=headers,
+            headers={"Content-Type": content_type},
         )
         if response.status_code != 202:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            print(f"importq: refused ({response.status_code}): {detail}", file=sys.stderr)
-            return EXIT_REFUSED
+            return _refused(response)
         accepted = response.json()
         print(accepted["batchId"])
         if not args.wait:
@@ -352,6 +376,19 @@ def _wait(client: httpx.Client, accepted: dict[str, Any]) -> int:
         if url:
             print(f"{kind} report: {url}")
     return EXIT_OK if job["status"] == "completed" else EXIT_FAILED
+
+
+def _service_options(command: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--token``, for the commands that talk to a running service."""
+    command.add_argument(
+        "--url",
+        default=None,
+        help="the service (default: IMPORTQ_PUBLIC_URL, else the address serve recorded "
+        f"in the data dir, else {DEFAULT_PUBLIC_URL})",
+    )
+    command.add_argument(
+        "--token", default=None, help="default: IMPORTQ_TOKEN, else the admin token"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -413,18 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upload.add_argument("file")
     upload.add_argument("--dataset", required=True)
-    upload.add_argument(
-        "--url",
-        default=None,
-        help="the service (default: IMPORTQ_PUBLIC_URL, else the address serve recorded "
-        f"in the data dir, else {DEFAULT_PUBLIC_URL})",
-    )
-    upload.add_argument("--token", default=None)
+    _service_options(upload)
     upload.add_argument("--wait", action="store_true")
     upload.add_argument("--encoding", default=None, help="CSV encoding (default: detected)")
     upload.add_argument("--delimiter", default=None, help="CSV delimiter (default: sniffed)")
     upload.add_argument("--sheet", default=None, help="XLSX sheet (default: the first)")
     upload.set_defaults(handler=_import)
+
+    cancel = commands.add_parser("cancel", help="cancel a running import")
+    cancel.add_argument("batch_id")
+    _service_options(cancel)
+    cancel.set_defaults(handler=_cancel)
     return parser
 
 

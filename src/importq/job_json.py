@@ -64,6 +64,9 @@ class Job(BaseModel):
     warnings: list[str]
     lastError: str | None
     reportsExpireAt: Timestamp | None
+    #: When the batch was asked to stop; it ends ``cancelled`` (rows never processed
+    #: failed with "not imported: the import was cancelled").
+    cancelledAt: Timestamp | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -90,4 +93,5 @@ class Job(BaseModel):
             warnings=row["warnings"],
             lastError=row["last_error"],
             reportsExpireAt=row["reports_expire_at"],
+            cancelledAt=row["cancelled_at"],
         )

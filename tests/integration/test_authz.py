@@ -29,6 +29,8 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("GET", "/api/v1/jobs", None, SIGNED_IN, 200),
     # The batch has no reports yet: those who may see it are told so.
     ("POST", "/api/v1/jobs/{batch}/report-links", None, OWNER_AND_STAFF, 409),
+    # Cancelling again is fine: those who may see the batch all get 202.
+    ("POST", "/api/v1/jobs/{batch}/cancel", None, OWNER_AND_STAFF, 202),
     ("GET", "/api/v1/notifications", None, SIGNED_IN, 200),
     ("POST", "/api/v1/notifications/{missing}/read", None, SIGNED_IN, 404),
     ("POST", "/api/v1/notifications/read-all", None, SIGNED_IN, 204),

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +138,10 @@ def test_serve_creates_the_admin_and_import_waits_for_the_result(
     assert job["fileName"] == "caves.csv" and job["status"] == "completed"
     link = next(line for line in lines if line.startswith("failures report: "))
     assert httpx.get(link.split(": ", 1)[1]).status_code == 200
+    # Too late to cancel it; and no such batch.
+    late = importq(env, "cancel", lines[0], "--url", url)
+    assert late.returncode == 2 and "refused (409)" in late.stderr
+    assert importq(env, "cancel", str(uuid.uuid4()), "--url", url).returncode == 2
     # The access log names the file, not the link's signature.
     served_log = (tmp_path / "serve.log").read_text()
     assert "GET /files/reports/" in served_log and "signature=" not in served_log

@@ -158,6 +158,9 @@ def test_english_subject_and_headline() -> None:
     failed_subject, failed_text, _html = render("en", "failed")
     assert failed_subject == f"Import failed: {FILE_NAME}"
     assert headline(failed_text) == f"Your import into {DATASET_LABEL} failed."
+    cancelled_subject, cancelled_text, _html = render("en", "cancelled")
+    assert cancelled_subject == f"Import cancelled: {FILE_NAME}"
+    assert headline(cancelled_text).startswith(f"Your import into {DATASET_LABEL} was cancelled")
 
 
 @pytest.mark.parametrize("locale", NON_ENGLISH)
@@ -175,17 +178,17 @@ def test_subject_is_translated(locale: str) -> None:
 
 
 @pytest.mark.parametrize("locale", LOCALES)
-def test_failed_batch_has_its_own_subject_and_wording(locale: str) -> None:
-    subject, text, html = render(locale)
-    failed_subject, failed_text, failed_html = render(locale, "failed")
-    assert failed_subject != subject
-    assert headline(failed_text) != headline(text)
-    assert headline(text) not in failed_text
-    assert headline(failed_text) not in text
-    assert str(escape(headline(failed_text))) in failed_html
-    assert str(escape(headline(text))) not in failed_html
-    assert str(escape(headline(text))) in html
-    assert str(escape(headline(failed_text))) not in html
+def test_each_ending_has_its_own_subject_and_wording(locale: str) -> None:
+    """Completed, failed and cancelled batches: three subjects, three headlines, each
+    headline only in its own email."""
+    endings = {status: render(locale, status) for status in ("completed", "failed", "cancelled")}
+    assert len({subject for subject, _, _ in endings.values()}) == 3
+    for status, (_subject, text, html) in endings.items():
+        assert str(escape(headline(text))) in html
+        for other, (_s, other_text, other_html) in endings.items():
+            if other != status:
+                assert headline(text) not in other_text
+                assert str(escape(headline(text))) not in other_html
 
 
 def _english_patterns() -> list[tuple[str, re.Pattern[str]]]:
@@ -206,7 +209,7 @@ def _english_patterns() -> list[tuple[str, re.Pattern[str]]]:
     return patterns
 
 
-@pytest.mark.parametrize("status", ["completed", "failed"])
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
 @pytest.mark.parametrize("locale", NON_ENGLISH)
 def test_body_has_no_untranslated_message(locale: str, status: str) -> None:
     _subject, text, html = render(locale, status)

@@ -87,6 +87,30 @@ async def list_jobs(
 
 
 @router.post(
+    "/api/v1/jobs/{batch_id}/cancel",
+    status_code=202,
+    response_model=Job,
+    responses=errors(403, 404, 409),
+)
+async def cancel_job(batch_id: str, user: CurrentUser, services: ServicesDep) -> Job:
+    """Stop a running batch: chunks not started are not run (their rows fail, "not
+    imported: the import was cancelled"), a running one finishes, and the batch ends
+    ``cancelled`` through its one aggregation. Cancelling again is fine (202)."""
+    batch = await readable_batch(services, user, batch_id)
+    async with services.pool.connection() as conn:
+        cancelled = await batches.cancel_batch(conn, batch["id"])
+        now = await batches.get_batch(conn, batch["id"])
+    assert now is not None
+    if not cancelled:
+        raise Refusal(
+            409,
+            "already_finished",
+            "The batch is finished, or finishing: it can no longer be cancelled.",
+        )
+    return Job.from_row(now)
+
+
+@router.post(
     "/api/v1/jobs/{batch_id}/report-links",
     response_model=ReportLinks,
     responses=errors(403, 404, 409),

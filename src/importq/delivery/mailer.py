@@ -92,15 +92,21 @@ def render_completion_email(
     gettext = translations(locale).gettext
     where = babel_locale(locale)
     failed = facts.status == "failed"
-    subject = (
-        gettext("Import failed: %(name)s") if failed else gettext("Import complete: %(name)s")
-    ) % {"name": facts.file_name or facts.dataset_label}
+    cancelled = facts.status == "cancelled"
+    if failed:
+        subject = gettext("Import failed: %(name)s")
+    elif cancelled:
+        subject = gettext("Import cancelled: %(name)s")
+    else:
+        subject = gettext("Import complete: %(name)s")
+    subject %= {"name": facts.file_name or facts.dataset_label}
     context: dict[str, Any] = {
         "locale": locale,
         "direction": "rtl" if locale in RTL_LOCALES else "ltr",
         "align": "right" if locale in RTL_LOCALES else "left",
         "subject": subject,
         "failed": failed,
+        "cancelled": cancelled,
         "dataset_label": facts.dataset_label,
         "file_name": facts.file_name or "—",
         "batch_id": facts.batch_id,

@@ -98,6 +98,19 @@ async def record_error(conn: AsyncConnection[Any], batch_id: uuid.UUID, error: s
     await conn.execute(queries["record_batch_error"], {"batch_id": batch_id, "error": error})
 
 
+async def cancel_batch(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> bool | None:
+    """Ask an active batch to stop (``cancelled_at``); its status stays ``active`` until
+    its chunks are settled, and the one aggregation makes it ``cancelled``.
+
+    True when the batch is cancelled (by this call or an earlier one), False when it is
+    finished or about to be (every chunk done, aggregating or after), None when there is
+    no such batch. Its own transaction: the caller holds none.
+    """
+    cursor = await conn.execute(queries["cancel_batch"], {"batch_id": batch_id})
+    row = await cursor.fetchone()
+    return None if row is None else bool(row[1])
+
+
 async def get_batch(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> dict[str, Any] | None:
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(queries["get_batch"], {"batch_id": batch_id})

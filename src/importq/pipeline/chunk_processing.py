@@ -40,6 +40,7 @@ every row as a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import uuid
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 SLICE_ROWS = 5_000
 # The failure of every row of a chunk given up on (after its attempts, or its worker
 # lost each time). What went wrong is for the operator: the log and the chunk's error.
+# The failure of every row of a chunk that had not started when its batch was cancelled.
+CANCELLED = "not imported: the import was cancelled"
 NOT_PROCESSED = (
     "not imported: importq could not process this part of the upload (the service's log "
     "says why); send these rows again"
@@ -182,7 +185,6 @@ async def _settle(
         successes=counts.get("success", 0),
         duplicates=counts.get("duplicate", 0),
         failures=counts.get("failure", 0),
-        failed=give_up is not None,
     )
 
 
@@ -265,6 +267,8 @@ async def process_chunk(
 ) -> bool:
     """Do a chunk's work in one transaction of its own.
 
+    A chunk whose batch was cancelled before it started writes nothing to the target:
+    each of its rows becomes a failure, :data:`CANCELLED`. One that started finishes.
     Returns False when there was nothing to do.
     """
     async with conn.transaction():
@@ -274,6 +278,11 @@ async def process_chunk(
         dataset = datasets[chunk["dataset"]]
         statements = _statements(datasets, batch_id, chunk)
         await _prepare(conn, statements, chunk)
+        if chunk["batch_cancelled"]:
+            # Not started when the batch was cancelled: its rows are reported, not run.
+            tally = await _settle(conn, statements, batch_id, chunk, give_up=CANCELLED)
+            await _finish(conn, queue, batch_id, chunk_no, tally)
+            return True
         checker = RowChecker(dataset, statements.read_positions)
         bad_values = await _bad_values(conn, statements)
         async for rows in _suspect_slices(conn, statements, chunk, bad_values, slice_rows):
@@ -335,5 +344,6 @@ async def fail_chunk(
         statements = _statements(datasets, batch_id, chunk)
         await _prepare(conn, statements, chunk)
         tally = await _settle(conn, statements, batch_id, chunk, give_up=NOT_PROCESSED)
-        await _finish(conn, queue, batch_id, chunk_no, tally, error=reason)
+        failed = dataclasses.replace(tally, failed=True)
+        await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)
     return True

@@ -37,14 +37,31 @@ WHERE id = %(batch_id)s AND status = 'active'
   AND completed_chunks + failed_chunks = total_chunks
 RETURNING id;
 
+-- name: cancel_batch
+-- Ask an active batch to stop, unless its every chunk is finished already (then it is as
+-- good as done). Asking twice keeps the first time. The batch's state after it, and
+-- whether this call was the one that asked: none when there is no such batch.
+WITH asked AS (
+    UPDATE batches
+    SET cancelled_at = now(), updated_at = now()
+    WHERE id = %(batch_id)s AND status = 'active' AND cancelled_at IS NULL
+      AND completed_chunks + failed_chunks < total_chunks
+    RETURNING id
+)
+SELECT b.status, b.cancelled_at IS NOT NULL OR EXISTS (SELECT FROM asked) AS cancelled
+FROM batches b WHERE b.id = %(batch_id)s;
+
 -- name: record_batch_error
 -- Note why the batch is not moving (storage down…) without changing its status.
 UPDATE batches SET last_error = %(error)s, updated_at = now() WHERE id = %(batch_id)s;
 
 -- name: finish_batch
--- aggregating → completed | failed, with the result. Only one aggregation gets a row.
+-- aggregating → cancelled | completed | failed, with the result. Only one aggregation
+-- gets a row.
 UPDATE batches
-SET status = CASE WHEN failed_chunks = total_chunks THEN 'failed' ELSE 'completed' END,
+SET status = CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled'
+                  WHEN failed_chunks = total_chunks THEN 'failed'
+                  ELSE 'completed' END,
     result = %(result)s,
     report_paths = %(report_paths)s,
     reports_expire_at = %(reports_expire_at)s,
@@ -59,7 +76,7 @@ RETURNING status;
 SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, status, header,
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
-       reports_expire_at, created_at, updated_at, completed_at
+       reports_expire_at, created_at, updated_at, completed_at, cancelled_at
 FROM batches
 WHERE id = %(batch_id)s;
 
@@ -68,7 +85,7 @@ WHERE id = %(batch_id)s;
 SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, status, header,
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
-       reports_expire_at, created_at, updated_at, completed_at,
+       reports_expire_at, created_at, updated_at, completed_at, cancelled_at,
        count(*) OVER () AS total
 FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)

@@ -9,7 +9,8 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
 
 -- name: lock_chunk
 -- Lock the chunk: a second delivery of its job waits here, then finds it no longer todo.
-SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header, b.status AS batch_status
+SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
+       b.status AS batch_status, b.cancelled_at IS NOT NULL AS batch_cancelled
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;

@@ -1,0 +1,162 @@
+"""Cancelling a running import: ``POST /api/v1/jobs/{id}/cancel``.
+
+Chunks not started are not run, a running one finishes, and the batch ends ``cancelled``
+through its one aggregation, with every row in exactly one report: the rows never
+processed are failures, "not imported: the import was cancelled".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+
+from helpers import download, entrance, read_csv_report, running_worker, wait_for_batch
+from importq.pipeline.chunk_processing import CANCELLED, process_chunk
+from importq.services import Services
+
+ROWS = [entrance(f"c{i}") for i in range(60)]  # 6 chunks of 10
+
+
+async def _post(client: httpx.AsyncClient, rows: list[dict[str, str]] = ROWS) -> str:
+    response = await client.post("/api/v1/entrances/import-rows", json={"data": rows})
+    assert response.status_code == 202, response.text
+    return str(response.json()["batchId"])
+
+
+async def _failures(client: httpx.AsyncClient, job: dict[str, Any]) -> list[list[str]]:
+    url = job["result"]["reportUrls"]["failures"]
+    return read_csv_report(await download(client, url))[1:] if url else []
+
+
+async def assert_reports_account_for_every_row(
+    client: httpx.AsyncClient, job: dict[str, Any], total: int
+) -> None:
+    """Each line of the file is in exactly one of the three reports."""
+    lines: list[str] = []
+    for url in job["result"]["reportUrls"].values():
+        if url:
+            lines += [row[0] for row in read_csv_report(await download(client, url))[1:]]
+    assert sorted(lines, key=int) == [str(line) for line in range(2, total + 2)]
+
+
+async def _stored(services: Services, batch_id: str) -> int:
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM entrances WHERE imported_batch = %s", (uuid.UUID(batch_id),)
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_a_batch_cancelled_before_it_starts_imports_nothing(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    batch_id = await _post(client)
+    cancelled = await client.post(f"/api/v1/jobs/{batch_id}/cancel")
+    assert cancelled.status_code == 202
+    assert cancelled.json()["status"] == "active" and cancelled.json()["cancelledAt"]
+    again = await client.post(f"/api/v1/jobs/{batch_id}/cancel")
+    assert (
+        again.status_code == 202 and again.json()["cancelledAt"] == cancelled.json()["cancelledAt"]
+    )
+
+    async with running_worker(services):
+        job = await wait_for_batch(client, batch_id, until=("cancelled",))
+    assert job["result"]["summary"] == {"successes": 0, "duplicates": 0, "failures": 60}
+    assert job["result"]["reportUrls"]["success"] is None
+    failures = await _failures(client, job)
+    assert [row[0] for row in failures] == [str(line) for line in range(2, 62)]
+    assert {row[1] for row in failures} == {CANCELLED}
+    assert await _stored(services, batch_id) == 0
+    # Cancelling what is cancelled is fine; there is still one of everything.
+    assert (await client.post(f"/api/v1/jobs/{batch_id}/cancel")).status_code == 202
+    notifications = (await client.get("/api/v1/notifications")).json()["items"]
+    assert [n["payload"]["status"] for n in notifications] == ["cancelled"]
+    (eml,) = services.settings.outbox_dir.glob("*.eml")
+    assert b"Subject: Import cancelled: Entrances" in eml.read_bytes()
+
+
+async def test_a_batch_cancelled_half_way_keeps_what_it_imported(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    batch_id = await _post(client)
+    async with services.pool.connection() as conn:
+        for chunk_no in range(3):  # as a worker would, before the cancel
+            await process_chunk(
+                conn, services.queue, services.datasets, uuid.UUID(batch_id), chunk_no
+            )
+    assert (await client.post(f"/api/v1/jobs/{batch_id}/cancel")).status_code == 202
+    async with running_worker(services):
+        job = await wait_for_batch(client, batch_id, until=("cancelled",))
+    assert job["result"]["summary"] == {"successes": 30, "duplicates": 0, "failures": 30}
+    assert await _stored(services, batch_id) == 30
+    assert {row[1] for row in await _failures(client, job)} == {CANCELLED}
+    await assert_reports_account_for_every_row(client, job, total=60)
+
+
+async def test_a_finished_batch_cannot_be_cancelled(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    batch_id = await _post(client, ROWS[:5])
+    async with running_worker(services):
+        await wait_for_batch(client, batch_id)
+    refused = await client.post(f"/api/v1/jobs/{batch_id}/cancel")
+    assert (refused.status_code, refused.json()["code"]) == (409, "already_finished")
+    assert (await client.get(f"/api/v1/jobs/{batch_id}")).json()["status"] == "completed"
+
+
+async def test_cancel_racing_the_last_chunk_ends_one_way_or_the_other(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The cancel and the last chunk's commit, twenty times, the cancel later each time:
+    it either
+    comes first (202; the chunk, started already, still imports its rows; the batch ends
+    cancelled) or second (409; completed). Never a lost row or a second aggregation."""
+    seen = set()
+    for round_no in range(20):
+        rows = [entrance(f"race{round_no}-{i}") for i in range(10)]  # one chunk
+        batch_id = await _post(client, rows)
+
+        async def work(batch: uuid.UUID) -> None:
+            async with services.pool.connection() as conn:
+                await process_chunk(conn, services.queue, services.datasets, batch, 0)
+
+        async def cancel(batch: str, after: float) -> httpx.Response:
+            await asyncio.sleep(after)
+            return await client.post(f"/api/v1/jobs/{batch}/cancel")
+
+        # From at once to well after the chunk's commit, so that both orders happen.
+        _, answer = await asyncio.gather(
+            work(uuid.UUID(batch_id)), cancel(batch_id, round_no * 0.01)
+        )
+        async with running_worker(services):
+            job = await wait_for_batch(client, batch_id, until=("cancelled", "completed"))
+        expected = "cancelled" if answer.status_code == 202 else "completed"
+        assert answer.status_code in (202, 409) and job["status"] == expected
+        seen.add(expected)
+        # The chunk ran either way (it had started, or the cancel came too late).
+        assert job["result"]["summary"]["successes"] + job["result"]["summary"]["failures"] == 10
+        await assert_reports_account_for_every_row(client, job, total=10)
+    assert seen == {"cancelled", "completed"}
+
+
+async def test_two_cancels_at_once_make_one_cancellation(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    batch_id = await _post(client)
+    answers = await asyncio.gather(
+        *(client.post(f"/api/v1/jobs/{batch_id}/cancel") for _ in range(10))
+    )
+    assert {a.status_code for a in answers} == {202}
+    assert len({a.json()["cancelledAt"] for a in answers}) == 1
+    async with running_worker(services):
+        await wait_for_batch(client, batch_id, until=("cancelled",))
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM notifications WHERE batch_id = %s", (uuid.UUID(batch_id),)
+        )
+        assert await cursor.fetchone() == (1,)
