@@ -2,7 +2,7 @@
 
     python scripts/bench.py --rows 1000000 [--format csv|xlsx] [--workers 0]
                             [--repeat 3] [--database-url URL] [--no-write]
-                            [--scenario import|health|fairness|webhooks]
+                            [--scenario import|health|fairness|webhooks|cancel]
 
 Generates an entrances file (CSV, or XLSX with ``--format xlsx``; cached under
 bench-data/), then on the same PostgreSQL:
@@ -15,8 +15,9 @@ Each of ``--repeat`` rounds starts from an empty database and measures both; the
 medians and their ratio are printed and recorded in docs/benchmarks.md (a 2-second COPY
 is at the mercy of a checkpoint or a busy cache; one round alone can mislead).
 
-The other scenarios measure whether one user's upload or webhook stalls the others
-(``scripts/stalls.py``); ``--rows`` is then the size of the big upload.
+The other scenarios measure whether one user's upload or webhook stalls the others, and
+how fast a cancel ends a big batch (``scripts/stalls.py``); ``--rows`` is then the size
+of the big upload.
 """
 
 from __future__ import annotations
@@ -365,7 +366,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument(
         "--scenario",
-        choices=["import", "health", "fairness", "webhooks"],
+        choices=["import", "health", "fairness", "webhooks", "cancel"],
         default="import",
         help="import: the file against COPY; the others: see scripts/stalls.py",
     )

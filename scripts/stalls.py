@@ -8,6 +8,9 @@ the load and with the same service idle, in one run; see ``scripts/bench.py --sc
   from the same user, while a ``--rows`` CSV batch is staged and imported.
 - ``webhooks``: 10-row batches for a minute while four webhook receivers answer one
   byte every 9 s; each batch to ``completed``, and to its email in the outbox.
+- ``cancel``: the ``--rows`` CSV is posted and cancelled once half its rows are
+  processed; from the cancel's answer to the batch's ``cancelled``, and whether its
+  reports account for every row.
 """
 
 from __future__ import annotations
@@ -384,4 +387,40 @@ def webhooks(env: dict[str, str], rows: int, command: str, server: str, write: b
     _report("10-row batches while four webhook receivers trickle", lines, command, server, write)
 
 
-SCENARIOS = {"health": health, "fairness": fairness, "webhooks": webhooks}
+CANCEL_BAR_SECONDS = 2.0
+
+
+def cancel(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
+    big = _cached(rows, "csv")
+    with serving(env) as service:
+        probe = Probe(service)
+        response, accepted = probe.post_file(big)
+        if response.status_code != 202:
+            raise SystemExit(f"the upload was refused: {response.text}")
+        status_url = response.json()["statusUrl"]
+        while probe.client.get(status_url).json()["progress"]["processedRows"] < rows // 2:
+            time.sleep(0.05)
+        asked_at = time.time()
+        answer = probe.client.post(f"{status_url}/cancel")
+        if answer.status_code != 202:
+            raise SystemExit(f"the cancel was refused: {answer.text}")
+        at_cancel = answer.json()["progress"]["processedRows"]
+        ended = wait_for_job(probe.client, status_url, 0.05)
+    seconds = seconds_to_completion(ended, asked_at)
+    summary_ = ended["result"]["summary"]
+    accounted = sum(summary_.values())
+    lines = [
+        "| measure | value |",
+        "|---|---|",
+        f"| the {rows:,}-row batch: `202` | {accepted:.2f} s |",
+        f"| rows processed when the cancel was answered | {at_cancel:,} |",
+        f"| cancel → `{ended['status']}` | {seconds:.2f} s |",
+        f"| summary | {summary_} ({accounted:,} of {rows:,} rows) |",
+        "",
+        f"Bar: `cancelled` within {CANCEL_BAR_SECONDS:g} s, every row in one report: "
+        f"{_verdict(seconds, CANCEL_BAR_SECONDS) if accounted == rows else 'NOT met'}.",
+    ]
+    _report(f"Cancelling a {rows:,}-row batch half-way", lines, command, server, write)
+
+
+SCENARIOS = {"health": health, "fairness": fairness, "webhooks": webhooks, "cancel": cancel}

@@ -13,7 +13,7 @@ The steps:
 1. Stream the batch's row results, in line order, into the reports, and check that they
    account for every line.
 2. Store the reports.
-3. In one transaction, move the batch ``aggregating → completed | failed`` with its
+3. In one transaction, move the batch ``aggregating → completed | failed | cancelled`` with its
    result. Create the ``IMPORT_COMPLETE`` notification and the email delivery, and
    defer ``send_email``. When the batch has a callback URL, also create the webhook
    delivery and defer ``deliver_webhook``.

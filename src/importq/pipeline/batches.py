@@ -76,7 +76,7 @@ async def finish_batch(
     report_paths: dict[str, str],
     reports_expire_at: datetime | None,
 ) -> str | None:
-    """Move ``aggregating → completed | failed``.
+    """Move ``aggregating → completed | failed | cancelled``.
 
     Returns the new status, or None when another caller finished the batch first.
     """
