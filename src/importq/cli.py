@@ -317,7 +317,7 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
         response = client.post(f"/api/v1/jobs/{args.batch_id}/cancel")
     if response.status_code != 202:
         return _refused(response)
-    print(f"batch {args.batch_id} cancelled: it ends once its running chunks finish")
+    print(f"batch {args.batch_id} cancelled: it ends once its running chunks have finished")
     return EXIT_OK
 
 

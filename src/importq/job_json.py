@@ -66,7 +66,7 @@ class Job(BaseModel):
     reportsExpireAt: Timestamp | None
     #: When the batch was asked to stop; it ends ``cancelled`` (rows never processed
     #: failed with "not imported: the import was cancelled").
-    cancelledAt: Timestamp | None = None
+    cancelledAt: Timestamp | None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:

@@ -76,7 +76,15 @@ JOB_KEYS = {
     "updatedAt",
     "completedAt",
 }
-JOB_EXTRA_KEYS = {"warnings", "lastError", "reportsExpireAt", "format", "fileName", "failedChunks"}
+JOB_EXTRA_KEYS = {
+    "warnings",
+    "lastError",
+    "reportsExpireAt",
+    "format",
+    "fileName",
+    "failedChunks",
+    "cancelledAt",
+}
 PROGRESS_KEYS = {
     "totalChunks",
     "completedChunks",

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 
 from helpers import download, entrance, read_csv_report, running_worker, wait_for_batch
-from importq.pipeline.chunk_processing import CANCELLED, process_chunk
+from importq.pipeline import batches
+from importq.pipeline.chunk_processing import CANCELLED, fail_chunk, process_chunk
 from importq.services import Services
 
 ROWS = [entrance(f"c{i}") for i in range(60)]  # 6 chunks of 10
@@ -112,10 +113,10 @@ async def test_a_finished_batch_cannot_be_cancelled(
 async def test_cancel_racing_the_last_chunk_ends_one_way_or_the_other(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    """The cancel and the last chunk's commit, twenty times, the cancel later each time:
-    it either
-    comes first (202; the chunk, started already, still imports its rows; the batch ends
-    cancelled) or second (409; completed). Never a lost row or a second aggregation."""
+    """The cancel and a batch's one chunk, twenty times, the cancel later each time. Before
+    the chunk starts: 202, nothing imported, ``cancelled``. While it runs: 202, but it
+    finishes, so the batch ends ``completed`` (with ``cancelledAt``). After its commit:
+    409, ``completed``. Never a lost row or a second aggregation."""
     seen = set()
     for round_no in range(20):
         rows = [entrance(f"race{round_no}-{i}") for i in range(10)]  # one chunk
@@ -135,13 +136,48 @@ async def test_cancel_racing_the_last_chunk_ends_one_way_or_the_other(
         )
         async with running_worker(services):
             job = await wait_for_batch(client, batch_id, until=("cancelled", "completed"))
-        expected = "cancelled" if answer.status_code == 202 else "completed"
-        assert answer.status_code in (202, 409) and job["status"] == expected
-        seen.add(expected)
-        # The chunk ran either way (it had started, or the cancel came too late).
-        assert job["result"]["summary"]["successes"] + job["result"]["summary"]["failures"] == 10
+        assert answer.status_code in (202, 409)
+        assert (job["cancelledAt"] is not None) == (answer.status_code == 202)
+        summary = job["result"]["summary"]
+        if job["status"] == "cancelled":
+            assert summary == {"successes": 0, "duplicates": 0, "failures": 10}
+        else:
+            assert summary == {"successes": 10, "duplicates": 0, "failures": 0}
+        seen.add((answer.status_code, job["status"]))
         await assert_reports_account_for_every_row(client, job, total=10)
-    assert seen == {"cancelled", "completed"}
+    assert (409, "completed") in seen and any(code == 202 for code, _ in seen)
+
+
+async def test_a_cancel_waiting_on_another_is_202_too(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Two cancels whose transactions overlap: the second waits for the first's row lock,
+    then finds the batch cancelled, and says so (202), not already_finished."""
+    batch_id = await _post(client)
+    async with services.pool.connection() as first, first.transaction():
+        assert await batches.cancel_batch(first, uuid.UUID(batch_id))
+        second = asyncio.create_task(client.post(f"/api/v1/jobs/{batch_id}/cancel"))
+        await asyncio.sleep(0.3)
+        assert not second.done()  # waiting on the first's lock
+    answer = await second
+    assert answer.status_code == 202 and answer.json()["cancelledAt"]
+
+
+async def test_a_chunk_given_up_after_the_cancel_reports_its_rows_as_cancelled(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """Its attempts all undone, its rows were never imported: cancelled, not "could not
+    process"."""
+    batch_id = await _post(client, ROWS[:10])
+    assert (await client.post(f"/api/v1/jobs/{batch_id}/cancel")).status_code == 202
+    async with services.pool.connection() as conn:
+        assert await fail_chunk(
+            conn, services.queue, services.datasets, uuid.UUID(batch_id), 0, "boom"
+        )
+    async with running_worker(services):
+        job = await wait_for_batch(client, batch_id, until=("cancelled",))
+    assert {row[1] for row in await _failures(client, job)} == {CANCELLED}
+    assert job["failedChunks"] == 0
 
 
 async def test_two_cancels_at_once_make_one_cancellation(

@@ -323,8 +323,8 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
         sleeping = await count(
             services,
             # The chunk statement inserts into the target table (this query names it too).
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE query LIKE '%%INSERT INTO \"entrances\"%%' AND pid <> pg_backend_pid()",
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+            " AND query LIKE '%%INSERT INTO \"entrances\"%%' AND pid <> pg_backend_pid()",
         )
         if done >= 2 and sleeping >= 1:
             break

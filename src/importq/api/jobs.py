@@ -99,6 +99,7 @@ async def cancel_job(batch_id: str, user: CurrentUser, services: ServicesDep) ->
     batch = await readable_batch(services, user, batch_id)
     async with services.pool.connection() as conn:
         cancelled = await batches.cancel_batch(conn, batch["id"])
+        # After the cancel's commit: a fresh look, whatever waited on whom.
         now = await batches.get_batch(conn, batch["id"])
     assert now is not None
     if not cancelled:

@@ -6,10 +6,12 @@ commits.
 A batch's status moves only forward. Staging creates a batch ``active``, in the
 transaction that stages its rows. Then:
 
-    active ──(completion guard)──▶ aggregating ──▶ completed | failed
+    active ──(completion guard)──▶ aggregating ──▶ completed | failed | cancelled
 
 The completion guard lets a batch through once its last chunk is counted. A batch ends
-``failed`` only when every one of its chunks failed; otherwise it ends ``completed``.
+``cancelled`` when a cancel kept some of its chunks from running; else ``failed`` when
+every one of its chunks failed; otherwise ``completed``. A cancel only marks the batch
+(``cancelled_at``), without changing its status.
 
 Each transition is a single ``UPDATE … WHERE status = <expected> RETURNING``. Of any
 number of concurrent callers, exactly one gets a row back. That caller owns what
@@ -41,6 +43,8 @@ class ChunkTally:
     duplicates: int = 0
     failures: int = 0
     failed: bool = False
+    #: Settled without running, as its batch was cancelled (done, not failed).
+    cancelled: bool = False
 
 
 async def count_finished_chunk(
@@ -53,6 +57,7 @@ async def count_finished_chunk(
             "batch_id": batch_id,
             "done": 0 if tally.failed else 1,
             "failed": 1 if tally.failed else 0,
+            "cancelled": 1 if tally.cancelled else 0,
             "successes": tally.successes,
             "duplicates": tally.duplicates,
             "failures": tally.failures,
@@ -98,17 +103,16 @@ async def record_error(conn: AsyncConnection[Any], batch_id: uuid.UUID, error: s
     await conn.execute(queries["record_batch_error"], {"batch_id": batch_id, "error": error})
 
 
-async def cancel_batch(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> bool | None:
+async def cancel_batch(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> bool:
     """Ask an active batch to stop (``cancelled_at``); its status stays ``active`` until
-    its chunks are settled, and the one aggregation makes it ``cancelled``.
+    its chunks are settled, and the one aggregation ends it.
 
-    True when the batch is cancelled (by this call or an earlier one), False when it is
-    finished or about to be (every chunk done, aggregating or after), None when there is
-    no such batch. Its own transaction: the caller holds none.
+    True when the batch is cancelled (by this call or an earlier one), False when there
+    is no such batch or it is finished or about to be (every chunk done, aggregating or
+    after).
     """
     cursor = await conn.execute(queries["cancel_batch"], {"batch_id": batch_id})
-    row = await cursor.fetchone()
-    return None if row is None else bool(row[1])
+    return await cursor.fetchone() is not None
 
 
 async def get_batch(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> dict[str, Any] | None:

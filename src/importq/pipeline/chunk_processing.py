@@ -64,10 +64,10 @@ log = logging.getLogger(__name__)
 # How many of a chunk's rows are held in memory at once. A chunk of any size streams
 # through in slices of this many rows.
 SLICE_ROWS = 5_000
-# The failure of every row of a chunk given up on (after its attempts, or its worker
-# lost each time). What went wrong is for the operator: the log and the chunk's error.
 # The failure of every row of a chunk that had not started when its batch was cancelled.
 CANCELLED = "not imported: the import was cancelled"
+# The failure of every row of a chunk given up on (after its attempts, or its worker
+# lost each time). What went wrong is for the operator: the log and the chunk's error.
 NOT_PROCESSED = (
     "not imported: importq could not process this part of the upload (the service's log "
     "says why); send these rows again"
@@ -246,6 +246,20 @@ async def _finish(
         await queue.defer_completion_check(conn, batch_id)
 
 
+async def _settle_cancelled(
+    conn: AsyncConnection[Any],
+    queue: JobQueue,
+    statements: ChunkStatements,
+    batch_id: uuid.UUID,
+    chunk: Mapping[str, Any],
+) -> None:
+    """Settle a prepared chunk of a cancelled batch without running it: every row a
+    failure, :data:`CANCELLED`; the chunk done, and counted as kept from running."""
+    tally = await _settle(conn, statements, batch_id, chunk, give_up=CANCELLED)
+    cancelled = dataclasses.replace(tally, cancelled=True)
+    await _finish(conn, queue, batch_id, chunk["chunk_no"], cancelled)
+
+
 async def _prepare(
     conn: AsyncConnection[Any], statements: ChunkStatements, chunk: Mapping[str, Any]
 ) -> None:
@@ -280,8 +294,7 @@ async def process_chunk(
         await _prepare(conn, statements, chunk)
         if chunk["batch_cancelled"]:
             # Not started when the batch was cancelled: its rows are reported, not run.
-            tally = await _settle(conn, statements, batch_id, chunk, give_up=CANCELLED)
-            await _finish(conn, queue, batch_id, chunk_no, tally)
+            await _settle_cancelled(conn, queue, statements, batch_id, chunk)
             return True
         checker = RowChecker(dataset, statements.read_positions)
         bad_values = await _bad_values(conn, statements)
@@ -335,7 +348,9 @@ async def fail_chunk(
     """Give up on a chunk, in a transaction of its own.
 
     Every row becomes a failure with :data:`NOT_PROCESSED`; ``reason``, for the operator,
-    is kept with the chunk. Returns False when there was nothing to do.
+    is kept with the chunk. When its batch was cancelled meanwhile, the rows are
+    :data:`CANCELLED` instead, as for a chunk that never started. Returns False when
+    there was nothing to do.
     """
     async with conn.transaction():
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
@@ -343,6 +358,11 @@ async def fail_chunk(
             return False
         statements = _statements(datasets, batch_id, chunk)
         await _prepare(conn, statements, chunk)
+        if chunk["batch_cancelled"]:
+            # Its attempts were all undone, and the batch is cancelled meanwhile: its rows
+            # were never imported, as for a chunk that never started.
+            await _settle_cancelled(conn, queue, statements, batch_id, chunk)
+            return True
         tally = await _settle(conn, statements, batch_id, chunk, give_up=NOT_PROCESSED)
         failed = dataclasses.replace(tally, failed=True)
         await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)

@@ -21,6 +21,7 @@ VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(loca
 UPDATE batches
 SET completed_chunks = completed_chunks + %(done)s,
     failed_chunks = failed_chunks + %(failed)s,
+    cancelled_chunks = cancelled_chunks + %(cancelled)s,
     processed_rows = processed_rows + %(successes)s + %(duplicates)s + %(failures)s,
     successes = successes + %(successes)s,
     duplicates = duplicates + %(duplicates)s,
@@ -38,18 +39,16 @@ WHERE id = %(batch_id)s AND status = 'active'
 RETURNING id;
 
 -- name: cancel_batch
--- Ask an active batch to stop, unless its every chunk is finished already (then it is as
--- good as done). Asking twice keeps the first time. The batch's state after it, and
--- whether this call was the one that asked: none when there is no such batch.
-WITH asked AS (
-    UPDATE batches
-    SET cancelled_at = now(), updated_at = now()
-    WHERE id = %(batch_id)s AND status = 'active' AND cancelled_at IS NULL
-      AND completed_chunks + failed_chunks < total_chunks
-    RETURNING id
-)
-SELECT b.status, b.cancelled_at IS NOT NULL OR EXISTS (SELECT FROM asked) AS cancelled
-FROM batches b WHERE b.id = %(batch_id)s;
+-- Ask a batch to stop: an active one whose chunks are not all finished, or one asked
+-- already (the first time is kept). One UPDATE, so that a cancel waiting on another's
+-- row lock judges the row that other cancel left. A row back: the batch is cancelled.
+UPDATE batches
+SET cancelled_at = coalesce(cancelled_at, now()),
+    updated_at = CASE WHEN cancelled_at IS NULL THEN now() ELSE updated_at END
+WHERE id = %(batch_id)s
+  AND (cancelled_at IS NOT NULL
+       OR (status = 'active' AND completed_chunks + failed_chunks < total_chunks))
+RETURNING id;
 
 -- name: record_batch_error
 -- Note why the batch is not moving (storage down…) without changing its status.
@@ -57,9 +56,10 @@ UPDATE batches SET last_error = %(error)s, updated_at = now() WHERE id = %(batch
 
 -- name: finish_batch
 -- aggregating → cancelled | completed | failed, with the result. Only one aggregation
--- gets a row.
+-- gets a row. Cancelled: the cancel kept some chunk from running (one that came while the
+-- last chunks ran changed nothing, and the batch ends as it would have).
 UPDATE batches
-SET status = CASE WHEN cancelled_at IS NOT NULL THEN 'cancelled'
+SET status = CASE WHEN cancelled_chunks > 0 THEN 'cancelled'
                   WHEN failed_chunks = total_chunks THEN 'failed'
                   ELSE 'completed' END,
     result = %(result)s,
