@@ -1,4 +1,4 @@
-"""The ``importq`` command: serve, worker, migrate, users, import, cancel."""
+"""The ``importq`` command: serve, worker, migrate, users, datasets, import, cancel."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ import psycopg
 from importq import accounts
 from importq.config import DEFAULT_PUBLIC_URL, Settings
 from importq.db import database_url
+from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.migrate import migrate
+from importq.rules.dataset_json import DatasetDetail, DatasetSummary
 from importq.rules.datasets import ROLES, load_datasets
 
 log = logging.getLogger("importq")
 ADMIN_TOKEN_FILE = "admin-token"
-XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 # The body type `importq import` sends for a file extension, with default query options.
 UPLOAD_TYPES: dict[str, tuple[str, dict[str, str]]] = {
     ".csv": ("text/csv", {}),
@@ -309,6 +310,23 @@ def _refused(response: httpx.Response) -> int:
     return EXIT_REFUSED
 
 
+def _datasets(args: argparse.Namespace, settings: Settings) -> int:
+    """``importq datasets list|show``: the definitions this installation serves (its own
+    files, no service needed); ``show`` prints what ``GET /api/v1/datasets/{name}``
+    answers."""
+    defined = load_datasets(settings.datasets_file)
+    if args.datasets_command == "list":
+        for name in sorted(defined):
+            summary = DatasetSummary.of(defined[name])
+            print(f"{summary.name}\t{summary.title}\timport role: {summary.importRole}")
+        return EXIT_OK
+    if args.name not in defined:
+        print(f"importq: there is no dataset {args.name!r}", file=sys.stderr)
+        return EXIT_FAILED
+    print(DatasetDetail.of(defined[args.name]).model_dump_json(indent=2))
+    return EXIT_OK
+
+
 def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     client = _api_client(args, settings)
     if client is None:
@@ -456,6 +474,13 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--delimiter", default=None, help="CSV delimiter (default: sniffed)")
     upload.add_argument("--sheet", default=None, help="XLSX sheet (default: the first)")
     upload.set_defaults(handler=_import)
+
+    datasets = commands.add_parser("datasets", help="the datasets and what they accept")
+    dataset_commands = datasets.add_subparsers(dest="datasets_command", required=True)
+    dataset_commands.add_parser("list", help="one line per dataset")
+    show = dataset_commands.add_parser("show", help="a dataset's columns and rules, as JSON")
+    show.add_argument("name")
+    datasets.set_defaults(handler=_datasets)
 
     cancel = commands.add_parser("cancel", help="cancel a running import")
     cancel.add_argument("batch_id")

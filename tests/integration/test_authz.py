@@ -31,6 +31,10 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("POST", "/api/v1/jobs/{batch}/report-links", None, OWNER_AND_STAFF, 409),
     # Cancelling again is fine: those who may see the batch all get 202.
     ("POST", "/api/v1/jobs/{batch}/cancel", None, OWNER_AND_STAFF, 202),
+    ("GET", "/api/v1/datasets", None, SIGNED_IN, 200),
+    ("GET", "/api/v1/datasets/entrances", None, SIGNED_IN, 200),
+    ("GET", "/api/v1/datasets/entrances/template.csv", None, SIGNED_IN, 200),
+    ("GET", "/api/v1/datasets/entrances/template.xlsx", None, SIGNED_IN, 200),
     ("GET", "/api/v1/notifications", None, SIGNED_IN, 200),
     ("POST", "/api/v1/notifications/{missing}/read", None, SIGNED_IN, 404),
     ("POST", "/api/v1/notifications/read-all", None, SIGNED_IN, 204),
@@ -59,6 +63,7 @@ def _route(method: str, path: str) -> tuple[str, str]:
         ("/notifications/{missing}", "/notifications/{notification_id}"),
         ("/tokens/{spare}", "/tokens/{token_id}"),
         ("/users/owner/", "/users/{name}/"),
+        ("/datasets/entrances", "/datasets/{name}"),
         ("/files/reports/x/failures.csv", "/files/{path}"),
     ):
         template = template.replace(concrete, placeholder)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -308,3 +309,13 @@ def test_any_command_closes_a_data_dir_written_before_the_umask(
     assert importq(cli_env, "migrate").returncode == 0
     for path in (data_dir, data_dir / "files", data_dir / "outbox"):
         assert path.stat().st_mode & 0o777 == 0o700, path
+
+
+def test_datasets_lists_and_shows_what_the_api_shows(cli_env: dict[str, str]) -> None:
+    listed = importq(cli_env, "datasets", "list")
+    assert listed.returncode == 0 and listed.stdout == "entrances\tEntrances\timport role: user\n"
+    shown = importq(cli_env, "datasets", "show", "entrances")
+    assert shown.returncode == 0, shown.stderr
+    detail = json.loads(shown.stdout)
+    assert detail["name"] == "entrances" and len(detail["columns"]) == 19
+    assert importq(cli_env, "datasets", "show", "caves").returncode == 1

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
-from importq.api import files, health, imports, jobs, notifications, openapi, users
+from importq.api import datasets, files, health, imports, jobs, notifications, openapi, users
 from importq.api.auth import database_unavailable
 from importq.api.headers import SecurityHeaders
 from importq.api.rate_limit import RateLimiter
@@ -171,7 +171,7 @@ def create_app(
             expose_headers=["Retry-After", "Location"],
             max_age=600,
         )
-    routers = (imports, jobs, notifications, users, files, health)
+    routers = (imports, jobs, datasets, notifications, users, files, health)
     for module in routers:
         app.include_router(module.router)
     # Every route itself, for Allow: the app's own list holds each included router as

@@ -35,7 +35,7 @@ from importq.ingest.off_loop import off_loop
 from importq.ingest.parsed_upload import ParsedUpload, within_limits
 from importq.ingest.staging import BatchRequest, stage_batch
 from importq.ingest.text_encoding import encoding_names, resolve_encoding
-from importq.ingest.xlsx_reader import read_xlsx
+from importq.ingest.xlsx_reader import XLSX_TYPE, read_xlsx
 from importq.services import Services
 from importq.sql import queries
 from importq.storage import StorageError
@@ -44,7 +44,6 @@ router = APIRouter()
 
 log = logging.getLogger(__name__)
 
-XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 # Raw body types and multipart file extensions, each with its (format, delimiter). A
 # delimiter of None is sniffed.
 BODY_TYPES: dict[str, tuple[str, str | None]] = {

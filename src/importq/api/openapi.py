@@ -28,7 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from importq.api.imports import BODY_TYPES, FILE_EXTENSIONS
 from importq.api.schemas import ERROR_MEANINGS
 from importq.ingest.limits import UploadLimits
-from importq.rules.datasets import Column, ColumnType, Dataset
+from importq.rules.datasets import Column, Dataset
 
 _RETRY_AFTER = {
     "description": "Seconds to wait before retrying",
@@ -194,19 +194,8 @@ def _upload_body(dataset: Dataset, limits: UploadLimits) -> dict[str, Any]:
 
 def _column_text(column: Column) -> str:
     """A column's rules, for a person reading the document."""
-    parts = [column.type.value]
-    if column.required:
-        parts.append("mandatory")
-    if column.required_if:
-        parts.append(f"mandatory when {column.required_if} is given")
-    if column.type is ColumnType.ENUM:
-        parts.append("one of " + ", ".join(column.values))
-    if column.min is not None or column.max is not None:
-        parts.append(f"from {column.min} to {column.max}")
-    if column.max_length is not None:
-        parts.append(f"at most {column.max_length} characters")
-    if column.pattern_description:
-        parts.append(column.pattern_description)
+    parts = [column.type.value, *(["mandatory"] if column.required else [])]
+    parts += column.rules_in_words()
     if column.aliases:
         parts.append("also headed " + ", ".join(column.aliases))
     return "; ".join(parts)

@@ -63,6 +63,7 @@ from importq.ingest.limits import UploadLimits
 from importq.ingest.parsed_upload import ParsedUpload
 from importq.rules.row_rules import StagedRow, Value
 
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 MAX_SHEET_ROWS = 1_048_576  # Excel's last row
 _OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls, and encrypted .xlsx
 _EXACT_FLOAT_INTS = 2**53

@@ -22,7 +22,7 @@ overrides them::
     [[datasets.<name>.columns]]
     name, field (SQL column), type (text|int|float|bool|date|timestamp|enum), required,
     required_if (another column's name), min, max, min_length, max_length, pattern,
-    pattern_description, values (enum), aliases
+    pattern_description, values (enum), aliases, example (a value for the template)
 """
 
 from __future__ import annotations
@@ -89,6 +89,17 @@ _COPY_TYPES = {
 }
 
 
+# A value of each type for a template, where the definition gives no example.
+_TYPE_EXAMPLES = {
+    ColumnType.TEXT: "text",
+    ColumnType.INT: "1",
+    ColumnType.FLOAT: "1.5",
+    ColumnType.BOOL: "true",
+    ColumnType.DATE: "2026-01-31",
+    ColumnType.TIMESTAMP: "2026-01-31T12:00:00Z",
+}
+
+
 class DatasetError(ValueError):
     """A dataset definition is invalid."""
 
@@ -108,6 +119,36 @@ class Column:
     pattern_description: str | None = None
     values: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    #: A value for the dataset's template (the header and one example row).
+    example: str | None = None
+
+    def rules_in_words(self) -> list[str]:
+        """What a value of this column must be, beyond its type and being mandatory, for
+        people: the API's dataset description, the OpenAPI document."""
+        rules = []
+        if self.required_if:
+            rules.append(f"mandatory when {self.required_if} is given")
+        if self.type is ColumnType.ENUM:
+            rules.append("one of " + ", ".join(self.values))
+        if self.min is not None:
+            rules.append(f"at least {self.min:g}")
+        if self.max is not None:
+            rules.append(f"at most {self.max:g}")
+        if self.min_length is not None:
+            rules.append(f"at least {self.min_length} characters")
+        if self.max_length is not None:
+            rules.append(f"at most {self.max_length} characters")
+        if self.pattern is not None:
+            rules.append(self.pattern_description or f"matches {self.pattern.pattern}")
+        return rules
+
+    def example_value(self) -> str:
+        """The template's value: the definition's ``example``, else one of its type."""
+        if self.example is not None:
+            return self.example
+        if self.type is ColumnType.ENUM:
+            return self.values[0]
+        return _TYPE_EXAMPLES[self.type] if self.required else ""
 
 
 @dataclass(frozen=True)
@@ -217,6 +258,7 @@ def _column(raw: Mapping[str, Any], where: str) -> Column:
         pattern_description=raw.get("pattern_description"),
         values=values,
         aliases=tuple(str(a) for a in raw.get("aliases", ())),
+        example=None if raw.get("example") is None else str(raw["example"]),
     )
 
 

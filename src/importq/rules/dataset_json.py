@@ -1,0 +1,71 @@
+"""What the API and ``importq datasets`` say of a dataset: pure pydantic, from the
+definition (:class:`~importq.rules.datasets.Dataset`).
+
+``version`` is 1 and ``modes`` is ``["insert"]`` for every dataset today: the fields are
+there so that clients can rely on them when datasets gain versions and import modes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from importq.rules.datasets import ColumnType, Dataset
+
+Role = Literal["user", "moderator", "admin"]
+
+
+class DatasetSummary(BaseModel):
+    name: str
+    version: int
+    title: str
+    importRole: Role
+    modes: list[Literal["insert"]]
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetSummary:
+        return cls.model_validate(_summary(dataset))
+
+
+class ColumnInfo(BaseModel):
+    name: str
+    type: ColumnType
+    required: bool
+    requiredIf: str | None
+    aliases: list[str]
+    rules: list[str]
+    example: str
+
+
+class DatasetDetail(DatasetSummary):
+    columns: list[ColumnInfo]
+    dedupKey: list[str]
+
+    @classmethod
+    def of(cls, dataset: Dataset) -> DatasetDetail:
+        columns = [
+            ColumnInfo(
+                name=c.name,
+                type=c.type,
+                required=c.required,
+                requiredIf=c.required_if,
+                aliases=list(c.aliases),
+                rules=c.rules_in_words(),
+                example=c.example_value(),
+            )
+            for c in dataset.columns
+        ]
+        return cls.model_validate(
+            {**_summary(dataset), "columns": columns, "dedupKey": list(dataset.dedup_key)}
+        )
+
+
+def _summary(dataset: Dataset) -> dict[str, object]:
+    return {
+        "name": dataset.name,
+        "version": 1,
+        "title": dataset.label,
+        "importRole": dataset.import_role,
+        "modes": ["insert"],
+    }
