@@ -357,6 +357,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     for name in ("encoding", "delimiter", "sheet"):
         if getattr(args, name):
             params[name] = getattr(args, name)
+    if args.dry_run:
+        params["dryRun"] = "true"
     with client:
         response = client.post(
             f"/api/v1/{args.dataset}/import-rows",
@@ -473,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--encoding", default=None, help="CSV encoding (default: detected)")
     upload.add_argument("--delimiter", default=None, help="CSV delimiter (default: sniffed)")
     upload.add_argument("--sheet", default=None, help="XLSX sheet (default: the first)")
+    upload.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run everything, write nothing to the table: the reports say what would happen",
+    )
     upload.set_defaults(handler=_import)
 
     datasets = commands.add_parser("datasets", help="the datasets and what they accept")

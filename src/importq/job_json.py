@@ -67,6 +67,9 @@ class Job(BaseModel):
     #: When the batch was asked to stop; it ends ``cancelled`` (rows never processed
     #: failed with "not imported: the import was cancelled").
     cancelledAt: Timestamp | None
+    #: The whole pipeline ran and nothing was written: the outcomes are what an import
+    #: would do (successes have no targetId).
+    dryRun: bool
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -94,4 +97,5 @@ class Job(BaseModel):
             lastError=row["last_error"],
             reportsExpireAt=row["reports_expire_at"],
             cancelledAt=row["cancelled_at"],
+            dryRun=row["dry_run"],
         )

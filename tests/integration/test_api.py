@@ -84,6 +84,7 @@ JOB_EXTRA_KEYS = {
     "fileName",
     "failedChunks",
     "cancelledAt",
+    "dryRun",
 }
 PROGRESS_KEYS = {
     "totalChunks",

@@ -50,9 +50,10 @@ URL = re.compile(r"https?://[^\s\"<>]+")
 
 
 def facts(status: str = "completed") -> CompletionFacts:
+    """The facts of a batch that ended ``status``; "dry-run": a dry run that completed."""
     return CompletionFacts(
         batch_id="7f3c2a9e",
-        status=status,
+        status="completed" if status == "dry-run" else status,
         dataset_label=DATASET_LABEL,
         file_name=FILE_NAME,
         total=TOTAL,
@@ -63,6 +64,7 @@ def facts(status: str = "completed") -> CompletionFacts:
         report_urls=REPORT_URLS,
         reports_expire_at=EXPIRES_AT,
         batch_url=BATCH_URL,
+        dry_run=status == "dry-run",
     )
 
 
@@ -158,6 +160,10 @@ def test_english_subject_and_headline() -> None:
     failed_subject, failed_text, _html = render("en", "failed")
     assert failed_subject == f"Import failed: {FILE_NAME}"
     assert headline(failed_text) == f"Your import into {DATASET_LABEL} failed."
+    dry_subject, dry_text, _html = render("en", "dry-run")
+    assert dry_subject == f"Dry run: {FILE_NAME}"
+    assert headline(dry_text).startswith(f"Dry run of your import into {DATASET_LABEL}")
+    assert "Would be imported: 1,234,000" in dry_text
     cancelled_subject, cancelled_text, _html = render("en", "cancelled")
     assert cancelled_subject == f"Import cancelled: {FILE_NAME}"
     assert headline(cancelled_text).startswith(f"Your import into {DATASET_LABEL} was cancelled")
@@ -179,10 +185,12 @@ def test_subject_is_translated(locale: str) -> None:
 
 @pytest.mark.parametrize("locale", LOCALES)
 def test_each_ending_has_its_own_subject_and_wording(locale: str) -> None:
-    """Completed, failed and cancelled batches: three subjects, three headlines, each
-    headline only in its own email."""
-    endings = {status: render(locale, status) for status in ("completed", "failed", "cancelled")}
-    assert len({subject for subject, _, _ in endings.values()}) == 3
+    """Completed, failed and cancelled batches and a dry run: four subjects, four
+    headlines, each headline only in its own email."""
+    endings = {
+        status: render(locale, status) for status in ("completed", "failed", "cancelled", "dry-run")
+    }
+    assert len({subject for subject, _, _ in endings.values()}) == 4
     for status, (_subject, text, html) in endings.items():
         assert str(escape(headline(text))) in html
         for other, (_s, other_text, other_html) in endings.items():
@@ -209,7 +217,7 @@ def _english_patterns() -> list[tuple[str, re.Pattern[str]]]:
     return patterns
 
 
-@pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled", "dry-run"])
 @pytest.mark.parametrize("locale", NON_ENGLISH)
 def test_body_has_no_untranslated_message(locale: str, status: str) -> None:
     _subject, text, html = render(locale, status)

@@ -251,6 +251,9 @@ async def import_rows(
     sheet: Annotated[
         str | None, Query(max_length=31, description="The XLSX sheet (default: the first)")
     ] = None,
+    dryRun: Annotated[
+        bool, Query(description="Run everything, write nothing to the table: what would happen")
+    ] = False,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> Any:
     if request.app.state.draining:
@@ -312,6 +315,7 @@ async def import_rows(
         digest = None
         if idempotency_key is not None:
             asked = [dataset, fmt, file_name, callback_url, encoding, delimiter, sheet]
+            asked += ["dry run"] if dryRun else []  # a real upload's digest as it was
             digest = await off_loop(_request_digest, source, asked)
         batch_request = BatchRequest(
             dataset=definition,
@@ -322,6 +326,7 @@ async def import_rows(
             callback_url=callback_url,
             idempotency_key=idempotency_key,
             request_digest=digest,
+            dry_run=dryRun,
         )
         async with services.pool.connection() as conn:
             staged = await stage_batch(

@@ -50,6 +50,7 @@ async def send_completion_email(
             report_urls=batch["result"]["reportUrls"],
             reports_expire_at=batch["reports_expire_at"],
             batch_url=f"{settings.base_url}/api/v1/jobs/{batch_id}",
+            dry_run=batch["dry_run"],
         )
         message = render_completion_email(
             facts,

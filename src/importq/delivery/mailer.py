@@ -71,6 +71,8 @@ class CompletionFacts:
     report_urls: Mapping[str, str | None]
     reports_expire_at: datetime | None
     batch_url: str
+    #: Nothing was written: the email says what an import would do.
+    dry_run: bool = False
 
 
 def _environment(locale: str) -> Environment:
@@ -93,7 +95,9 @@ def render_completion_email(
     where = babel_locale(locale)
     failed = facts.status == "failed"
     cancelled = facts.status == "cancelled"
-    if failed:
+    if facts.dry_run:
+        subject = gettext("Dry run: %(name)s")
+    elif failed:
         subject = gettext("Import failed: %(name)s")
     elif cancelled:
         subject = gettext("Import cancelled: %(name)s")
@@ -107,6 +111,7 @@ def render_completion_email(
         "subject": subject,
         "failed": failed,
         "cancelled": cancelled,
+        "dry_run": facts.dry_run,
         "dataset_label": facts.dataset_label,
         "file_name": facts.file_name or "—",
         "batch_id": facts.batch_id,

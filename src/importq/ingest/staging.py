@@ -98,6 +98,8 @@ class BatchRequest:
     #: A digest of what the request asked for, sent with an idempotency key
     #: (see :mod:`importq.api.imports`).
     request_digest: bytes | None = None
+    #: Run everything, write nothing to the target table.
+    dry_run: bool = False
 
 
 def check_header(dataset: Dataset, header: list[str]) -> HeaderMatch:
@@ -453,6 +455,7 @@ async def stage_batch(
                     "warnings": json.dumps(header_warnings(request.dataset, match)),
                     "idempotency_key": request.idempotency_key,
                     "request_digest": request.request_digest,
+                    "dry_run": request.dry_run,
                 },
             )
             await conn.execute(

@@ -176,6 +176,7 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
                         "batchId": str(batch_id),
                         "dataset": batch["dataset"],
                         "status": status,
+                        "dryRun": batch["dry_run"],
                         "fileName": batch["file_name"],
                         "summary": summary,
                         "statusUrl": f"/api/v1/jobs/{batch_id}",

@@ -96,16 +96,18 @@ async def _claim_chunk(
 def _statements(
     datasets: Mapping[str, Dataset], batch_id: uuid.UUID, chunk: Mapping[str, Any]
 ) -> ChunkStatements:
-    return _batch_statements(batch_id, datasets[chunk["dataset"]], tuple(chunk["header"]))
+    return _batch_statements(
+        batch_id, datasets[chunk["dataset"]], tuple(chunk["header"]), chunk["dry_run"]
+    )
 
 
 @functools.lru_cache(maxsize=32)
 def _batch_statements(
-    batch_id: uuid.UUID, dataset: Dataset, header: tuple[str, ...]
+    batch_id: uuid.UUID, dataset: Dataset, header: tuple[str, ...], dry_run: bool
 ) -> ChunkStatements:
     """The statements of a batch's chunks. They are composed once per batch, because a
     worker runs many chunks of the same batch in a row."""
-    return chunk_statements(StagedTable.of(batch_id, dataset, list(header)), list(header))
+    return chunk_statements(StagedTable.of(batch_id, dataset, list(header)), list(header), dry_run)
 
 
 async def _bad_values(
@@ -268,6 +270,8 @@ async def _prepare(
     await conn.execute(queries["drop_chunk_tables"])
     await conn.execute(statements.create_chunk, _bounds(chunk))
     await conn.execute(queries["create_failures"])
+    if statements.create_dry_run is not None:
+        await conn.execute(statements.create_dry_run)
 
 
 async def process_chunk(

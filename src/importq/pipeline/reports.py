@@ -111,7 +111,8 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
     line = sql.SQL("line::text")
     names = [*dataset.dedup_key, None, *dataset.report_columns]
     success = [line] + [
-        sql.SQL("target_id::text") if name is None else success_cell(name, numeric)
+        # No id in a dry run: nothing was stored.
+        sql.SQL("coalesce(target_id::text, '')") if name is None else success_cell(name, numeric)
         for name, numeric in zip(names, layout.success_numeric[1:], strict=True)
     ]
     read = set(positions.values())

@@ -117,9 +117,16 @@ class ChunkStatements:
     probe: sql.Composed
     #: Dataset column name → index in a suspect_rows row's values (after line, problem).
     read_positions: dict[str, int]
+    #: A dry run's table to write into, created in each chunk's transaction; else None.
+    create_dry_run: sql.Composed | None = None
 
 
-def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStatements:
+def chunk_statements(
+    staged: StagedTable, header: Sequence[str], dry_run: bool = False
+) -> ChunkStatements:
+    """The statements of a batch's chunks. A dry run's write into ``importq_dry_run``
+    (``create_dry_run``), a copy of the target's columns and constraints, and keep no
+    target id; what is already stored is still looked up in the target."""
     dataset = staged.dataset
     positions = staged.positions
     read = sorted(set(positions.values()))
@@ -141,6 +148,8 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
             for p in read
         ),
         "table": sql.Identifier(dataset.table),
+        "write_to": sql.Identifier("importq_dry_run" if dry_run else dataset.table),
+        "stored_id": sql.SQL("NULL::bigint" if dry_run else "target_id"),
         "fields": _fields(dataset),
         "values": sql.SQL(", ").join(values),
     }
@@ -194,5 +203,10 @@ def chunk_statements(staged: StagedTable, header: Sequence[str]) -> ChunkStateme
         settle_guarded=settle.format(**settle_parts, on_conflict=sql.SQL("ON CONFLICT DO NOTHING")),
         lines_to_insert=sql.SQL(queries["lines_to_insert"]).format(to_insert=to_insert),
         probe=sql.SQL(queries["probe_rows"]).format(**parts),
+        create_dry_run=(
+            sql.SQL(queries["create_dry_run_table"]).format(table=parts["table"])
+            if dry_run
+            else None
+        ),
         read_positions={name: read.index(p) for name, p in positions.items()},
     )

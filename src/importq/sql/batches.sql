@@ -11,10 +11,10 @@ WHERE initiator_id = %(initiator_id)s AND idempotency_key = %(idempotency_key)s;
 -- A batch is born active, in the transaction that stages its rows.
 INSERT INTO batches (id, dataset, format, file_name, initiator_id, locale, callback_url,
                      status, header, total_rows, total_chunks, warnings, idempotency_key,
-                     request_digest)
+                     request_digest, dry_run)
 VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(locale)s,
         %(callback_url)s, 'active', %(header)s, %(total_rows)s, %(total_chunks)s,
-        %(warnings)s, %(idempotency_key)s, %(request_digest)s);
+        %(warnings)s, %(idempotency_key)s, %(request_digest)s, %(dry_run)s);
 
 -- name: count_finished_chunk
 -- Add a finished chunk's outcome to its batch (in the chunk's transaction); is it the last?
@@ -76,7 +76,7 @@ RETURNING status;
 SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, status, header,
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
-       reports_expire_at, created_at, updated_at, completed_at, cancelled_at
+       reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run
 FROM batches
 WHERE id = %(batch_id)s;
 
@@ -85,7 +85,7 @@ WHERE id = %(batch_id)s;
 SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, status, header,
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
-       reports_expire_at, created_at, updated_at, completed_at, cancelled_at,
+       reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
        count(*) OVER () AS total
 FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)

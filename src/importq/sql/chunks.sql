@@ -10,7 +10,7 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
 -- name: lock_chunk
 -- Lock the chunk: a second delivery of its job waits here, then finds it no longer todo.
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
-       b.status AS batch_status, b.cancelled_at IS NOT NULL AS batch_cancelled
+       b.status AS batch_status, b.cancelled_at IS NOT NULL AS batch_cancelled, b.dry_run
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
@@ -24,7 +24,15 @@ SELECT set_config('TimeZone', 'UTC', true), set_config('enable_mergejoin', 'off'
 
 -- name: drop_chunk_tables
 -- An enclosing transaction's earlier chunk tables: a savepoint's commit does not drop them.
-DROP TABLE IF EXISTS importq_chunk, importq_failures;
+DROP TABLE IF EXISTS importq_chunk, importq_failures, importq_dry_run;
+
+-- name: create_dry_run_table
+-- What a dry run's chunk inserts into instead of the target: the target's columns,
+-- defaults, identity and CHECK and NOT NULL constraints, so that a row the target would
+-- refuse is refused here too; dropped at commit. Template: {table}.
+CREATE TEMP TABLE importq_dry_run
+    (LIKE {table} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS)
+    ON COMMIT DROP;
 
 -- name: create_chunk
 -- A chunk's rows with the cells the row rules read trimmed once (t<p>); dropped at commit.
@@ -78,15 +86,17 @@ INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 -- A key another batch stores meanwhile fails the plain insert; only then is it rerun with
 -- {on_conflict} (ON CONFLICT DO NOTHING), whose speculative insertion slows every row.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
+-- A dry run writes to importq_dry_run ({write_to}) and keeps no id ({stored_id} NULL).
 -- Template: filled by importq.pipeline.target_tables; {to_insert} is rows_to_insert.
 WITH inserted AS (
     -- Only inserted rows are cast: a later row of its key is a duplicate, castable or not.
-    INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
+    INSERT INTO {write_to} (key_hash, imported_batch, imported_line, {fields})
     SELECT key_hash, %(batch_id)s, line, {values}
     FROM ({to_insert}) AS c
     WHERE %(give_up)s::text IS NULL
     {on_conflict}
-    RETURNING imported_line AS winner_line, target_id, key_hash AS winner_hash, {winner_keys}
+    RETURNING imported_line AS winner_line, {stored_id} AS target_id, key_hash AS winner_hash,
+              {winner_keys}
 ), losers AS (
     -- Valid rows not inserted. OFFSET 0 drops failed rows before the key join casts keys.
     SELECT c.line,
@@ -102,11 +112,11 @@ WITH inserted AS (
 ), outcomes AS (
     SELECT c.*, i.target_id,
            CASE WHEN %(give_up)s::text IS NOT NULL OR f.message IS NOT NULL THEN 'failure'
-                WHEN i.target_id IS NOT NULL THEN 'success'
+                WHEN i.winner_line IS NOT NULL THEN 'success'
                 ELSE 'duplicate' END AS outcome,
            CASE WHEN %(give_up)s::text IS NOT NULL THEN %(give_up)s::text
                 WHEN f.message IS NOT NULL THEN f.message
-                WHEN i.target_id IS NOT NULL THEN NULL
+                WHEN i.winner_line IS NOT NULL THEN NULL
                 WHEN l.first IS NOT NULL THEN 'duplicate of line ' || l.first
                 ELSE 'already exists' END AS message
     FROM importq_chunk c
@@ -167,7 +177,7 @@ SELECT line FROM ({to_insert}) AS c ORDER BY line;
 
 -- name: probe_rows
 -- Whether the target accepts these rows, in a rolled-back savepoint (template: settle_chunk).
-INSERT INTO {table} (key_hash, imported_batch, imported_line, {fields})
+INSERT INTO {write_to} (key_hash, imported_batch, imported_line, {fields})
 SELECT key_hash, %(batch_id)s, line, {values}
 FROM importq_chunk WHERE line = ANY(%(lines)s::int[])
 ON CONFLICT DO NOTHING;
