@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import os
@@ -12,7 +13,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -375,19 +376,58 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         return _wait(client, accepted)
 
 
-def _wait(client: httpx.Client, accepted: dict[str, Any]) -> int:
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+def _job_events(client: httpx.Client, status_url: str) -> Iterator[dict[str, Any]]:
+    """The batch's job JSON at each change, from its event stream, until it is final.
+
+    A stream cut short (the service restarting, a proxy's timeout) is opened again
+    where it stopped (``Last-Event-ID``).
+    """
+    last: str | None = None
     while True:
-        job = client.get(accepted["statusUrl"]).raise_for_status().json()
-        progress = job["progress"]
-        print(
-            f"\r{_bar(progress['processedRows'], progress['totalRows'])} {job['status']}",
-            end="",
-            file=sys.stderr,
-        )
-        if job["status"] in ("completed", "failed", "cancelled"):
-            print(file=sys.stderr)
-            break
-        time.sleep(0.5)
+        headers = {"Last-Event-ID": last} if last else {}
+        try:
+            with client.stream(
+                "GET", f"{status_url}/events", headers=headers, timeout=httpx.Timeout(30, read=60)
+            ) as stream:
+                stream.raise_for_status()
+                event: dict[str, str] = {}
+                for line in stream.iter_lines():
+                    if line and not line.startswith(":"):
+                        name, _, value = line.partition(": ")
+                        event[name] = value
+                    elif not line and "data" in event:
+                        last = event.get("id", last)
+                        job: dict[str, Any] = json.loads(event["data"])
+                        yield job
+                        if job["status"] in FINAL_STATUSES:
+                            return
+                        event = {}
+        except httpx.TransportError:
+            time.sleep(1)
+
+
+def _progress_line(job: dict[str, Any], started: float) -> str:
+    """The bar, and once rows move, their rate and the time left at that rate."""
+    progress = job["progress"]
+    done, total = progress["processedRows"], progress["totalRows"]
+    line = f"{_bar(done, total)} {job['status']}"
+    elapsed = time.monotonic() - started
+    if done and elapsed > 0 and job["status"] == "active":
+        rate = done / elapsed
+        line += f", {rate:,.0f} rows/s, about {math.ceil((total - done) / rate)} s left"
+    return line
+
+
+def _wait(client: httpx.Client, accepted: dict[str, Any]) -> int:
+    started = time.monotonic()
+    job: dict[str, Any] = {}
+    for job in _job_events(client, accepted["statusUrl"]):
+        # Padded: the line it overwrites may have been longer.
+        print(f"\r{_progress_line(job, started):<100}", end="", file=sys.stderr)
+    print(file=sys.stderr)
     summary = job["result"]["summary"] if job["result"] else {}
     print(f"status: {job['status']}")
     for name in ("successes", "duplicates", "failures"):

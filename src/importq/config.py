@@ -173,6 +173,11 @@ class Settings(BaseSettings):
     rate_limit: int = Field(
         default=120, ge=0, description="Uploads a token may send a minute (0: no limit)"
     )
+    events_keep_alive: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds between keep-alive comments of a quiet job event stream",
+    )
     webhook_allow_hosts: str = Field(
         default="", description="Comma-separated hosts webhooks may reach though private"
     )

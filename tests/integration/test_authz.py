@@ -10,7 +10,7 @@ import shutil
 from typing import Any
 
 from conftest import new_user
-from helpers import api_client, entrance
+from helpers import api_client, entrance, running_worker, wait_for_batch
 from importq import accounts
 from importq.api.app import create_app
 from importq.services import Services
@@ -29,6 +29,8 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("GET", "/api/v1/jobs", None, SIGNED_IN, 200),
     # The batch has no reports yet: those who may see it are told so.
     ("POST", "/api/v1/jobs/{batch}/report-links", None, OWNER_AND_STAFF, 409),
+    # A finished batch's events: one, and the end (an active one's stream stays open).
+    ("GET", "/api/v1/jobs/{done}/events", None, OWNER_AND_STAFF, 200),
     # Cancelling again is fine: those who may see the batch all get 202.
     ("POST", "/api/v1/jobs/{batch}/cancel", None, OWNER_AND_STAFF, 202),
     ("GET", "/api/v1/datasets", None, SIGNED_IN, 200),
@@ -60,6 +62,7 @@ def _route(method: str, path: str) -> tuple[str, str]:
     template = path.split("?")[0]
     for concrete, placeholder in (
         ("/jobs/{batch}", "/jobs/{batch_id}"),
+        ("/jobs/{done}", "/jobs/{batch_id}"),
         ("/notifications/{missing}", "/notifications/{notification_id}"),
         ("/tokens/{spare}", "/tokens/{token_id}"),
         ("/users/owner/", "/users/{name}/"),
@@ -101,11 +104,17 @@ async def test_each_caller_gets_what_its_row_says(services: Services) -> None:
         "disabled": leaver,
     }
     async with api_client(services, owner) as client:
+        finished = await client.post(
+            "/api/v1/entrances/import-rows", json={"data": [entrance("authz-done")]}
+        )
+        async with running_worker(services):
+            done = (await wait_for_batch(client, finished.json()["batchId"]))["batchId"]
+        # With no worker: it stays active.
         posted = await client.post(
             "/api/v1/entrances/import-rows", json={"data": [entrance("authz")]}
         )
         batch = posted.json()["batchId"]
-    values = {"batch": batch, "missing": "999999999", "spare": str(spare.id)}
+    values = {"batch": batch, "done": done, "missing": "999999999", "spare": str(spare.id)}
     wrong: list[str] = []
     for method, path, body, statuses, success in MATRIX:
         for actor, expected in zip(ACTORS, statuses.split(), strict=True):

@@ -21,7 +21,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
-from importq.api import datasets, files, health, imports, jobs, notifications, openapi, users
+from importq.api import (
+    datasets,
+    files,
+    health,
+    imports,
+    job_events,
+    jobs,
+    notifications,
+    openapi,
+    users,
+)
 from importq.api.auth import database_unavailable
 from importq.api.headers import SecurityHeaders
 from importq.api.rate_limit import RateLimiter
@@ -142,10 +152,13 @@ def create_app(
                 app.state.services = None
 
     async def drain() -> None:
-        """Stop taking uploads (503 ``shutting_down``, and ``/health/ready`` 503), then
-        stop the worker: it lets its jobs finish for ``IMPORTQ_SHUTDOWN_SECONDS`` and gives
-        back the rest. Status reads and downloads are still answered meanwhile."""
+        """Stop taking uploads (503 ``shutting_down``, and ``/health/ready`` 503), end the
+        job event streams (a client resumes elsewhere with ``Last-Event-ID``), then stop
+        the worker: it lets its jobs finish for ``IMPORTQ_SHUTDOWN_SECONDS`` and gives back
+        the rest. Status reads and downloads are still answered meanwhile."""
         app.state.draining = True
+        if app.state.job_watch is not None:
+            await app.state.job_watch.close()  # event streams end: clients resume elsewhere
         if worker is not None and not worker.done():
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,6 +171,7 @@ def create_app(
     app.state.drain = drain
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.storage_check = None  # the last check of storage by /health: (when, state)
+    app.state.job_watch = None  # the listener of the job event streams, once one opens
     _install_error_handlers(app)
     app.add_middleware(SecurityHeaders, https=(settings.public_url or "").startswith("https://"))
     if settings.cors_allowed:
@@ -171,7 +185,7 @@ def create_app(
             expose_headers=["Retry-After", "Location"],
             max_age=600,
         )
-    routers = (imports, jobs, datasets, notifications, users, files, health)
+    routers = (imports, jobs, job_events, datasets, notifications, users, files, health)
     for module in routers:
         app.include_router(module.router)
     # Every route itself, for Allow: the app's own list holds each included router as

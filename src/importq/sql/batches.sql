@@ -76,7 +76,8 @@ RETURNING status;
 SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, status, header,
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
-       reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run
+       reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
+       revision
 FROM batches
 WHERE id = %(batch_id)s;
 
@@ -86,6 +87,7 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
+       revision,
        count(*) OVER () AS total
 FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
