@@ -2,7 +2,7 @@
 
     python scripts/bench.py --rows 1000000 [--format csv|xlsx] [--workers 0]
                             [--repeat 3] [--database-url URL] [--no-write]
-                            [--scenario import|health|fairness|webhooks|cancel]
+                            [--scenario import|health|fairness|webhooks|cancel|events]
 
 Generates an entrances file (CSV, or XLSX with ``--format xlsx``; cached under
 bench-data/), then on the same PostgreSQL:
@@ -366,7 +366,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument(
         "--scenario",
-        choices=["import", "health", "fairness", "webhooks", "cancel"],
+        choices=["import", "health", "fairness", "webhooks", "cancel", "events"],
         default="import",
         help="import: the file against COPY; the others: see scripts/stalls.py",
     )
@@ -414,6 +414,7 @@ def main() -> None:
         # The scenarios post a small batch every quarter second, past the default limit
         # of uploads a token may send a minute; they measure scheduling, not that limit.
         env["IMPORTQ_RATE_LIMIT"] = "0"
+        env["IMPORTQ_DATABASE_URL"] = url  # the same server; a scenario may reset a table
 
         reset(url, data_dir)
         SCENARIOS[args.scenario](env, args.rows, command, server, not args.no_write)

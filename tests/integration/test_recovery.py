@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ import pytest
 
 from accounting import assert_every_row_accounted_once, count, mixed_rows, slow_down_inserts
 from conftest import make_settings
-from helpers import wait_for_batch
+from helpers import row_results, wait_for_batch
 from importq.db import embedded_database_url, embedded_pg_ctl, start_embedded_server
+from importq.pipeline.chunk_processing import CANCELLED
 from importq.services import Services, open_services
 from processes import free_port, kill_group, start_serve, wait_healthy
 
@@ -99,8 +101,8 @@ async def _chunks_in_flight(services: Services, batch_id: str) -> bool:
     )
     inserting = await count(
         services,
-        "SELECT count(*) FROM pg_stat_activity"
-        " WHERE query LIKE '%%INSERT INTO \"entrances\"%%' AND pid <> pg_backend_pid()",
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+        " AND query LIKE '%%INSERT INTO \"entrances\"%%' AND pid <> pg_backend_pid()",
     )
     return done >= 2 and inserting >= 1
 
@@ -149,6 +151,34 @@ async def test_a_service_killed_mid_batch_finishes_it_after_a_restart(
         batch_id,
     )
     assert lost >= 1
+
+
+async def test_a_batch_cancelled_across_a_crash_ends_cancelled_with_every_row(
+    service: Service, services: Services
+) -> None:
+    """The service dies mid-chunk; the user cancels through the restarted one before
+    recovery has retried the dead worker's chunk. The retried chunk sees the cancel:
+    its rows are reported cancelled, once, and the batch ends cancelled."""
+    batch_id, rows = await _batch_in_flight(service, services)
+    service.stop()  # SIGKILL to uvicorn, its worker and all they run
+    service.start()
+    cancelled = await service.client.post(f"/api/v1/jobs/{batch_id}/cancel")
+    assert cancelled.status_code == 202, cancelled.text
+
+    deadline = STALLED_SECONDS + 2 * RECONCILE_PERIOD + WORK_SECONDS
+    job = await wait_for_batch(service.client, batch_id, seconds=deadline)
+    assert job["status"] == "cancelled"
+    async with services.pool.connection() as conn:
+        results = await row_results(conn, uuid.UUID(batch_id))
+    assert sorted(line for line, _, _ in results) == list(range(2, len(rows) + 2))
+    cancelled_lines = [line for line, _, message in results if message == CANCELLED]
+    assert cancelled_lines  # at least the chunk the crash cut short
+    summary = job["result"]["summary"]
+    assert sum(summary.values()) == len(rows)
+    stored = await count(
+        services, "SELECT count(*) FROM entrances WHERE imported_batch = %s", batch_id
+    )
+    assert stored == summary["successes"]
 
 
 async def test_sigterm_lets_running_chunks_finish_and_gives_back_the_rest(

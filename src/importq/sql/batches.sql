@@ -26,7 +26,9 @@ SET completed_chunks = completed_chunks + %(done)s,
     successes = successes + %(successes)s,
     duplicates = duplicates + %(duplicates)s,
     failures = failures + %(failures)s,
-    updated_at = now()
+    -- When the chunk's work ends, not when its transaction began (now()): what a client
+    -- following the batch is told happened, moments before the commit.
+    updated_at = clock_timestamp()
 WHERE id = %(batch_id)s AND status = 'active'
 RETURNING completed_chunks + failed_chunks = total_chunks AS is_last;
 
