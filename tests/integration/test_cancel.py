@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from accounting import count
 from helpers import download, entrance, read_csv_report, running_worker, wait_for_batch
 from importq.pipeline import batches
 from importq.pipeline.chunk_processing import CANCELLED, fail_chunk, process_chunk
@@ -44,13 +45,9 @@ async def assert_reports_account_for_every_row(
 
 
 async def _stored(services: Services, batch_id: str) -> int:
-    async with services.pool.connection() as conn:
-        cursor = await conn.execute(
-            "SELECT count(*) FROM entrances WHERE imported_batch = %s", (uuid.UUID(batch_id),)
-        )
-        row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0])
+    return await count(
+        services, "SELECT count(*) FROM entrances WHERE imported_batch = %s", batch_id
+    )
 
 
 async def test_a_batch_cancelled_before_it_starts_imports_nothing(
