@@ -11,6 +11,8 @@ the load and with the same service idle, in one run; see ``scripts/bench.py --sc
 - ``cancel``: the ``--rows`` CSV is posted and cancelled once half its rows are
   processed; from the cancel's answer to the batch's ``cancelled``, and whether its
   reports account for every row.
+- ``dry-run``: the ``--rows`` CSV imported, then dry-run, each into an emptied table:
+  their times from the POST to ``completed``, and whether their summaries agree.
 - ``events``: 200 event streams follow the ``--rows`` CSV batch; the CPU time of the
   service's processes against the same import with no stream (each into an emptied
   table), and how late each event arrives after the change it tells of (its job's
@@ -491,15 +493,10 @@ def events(env: dict[str, str], rows: int, command: str, server: str, write: boo
     big = _cached(rows, "csv")
     lags: list[float] = []
 
-    def emptied() -> None:
-        """The target table emptied: each measured import stores every row anew."""
-        with psycopg.connect(env["IMPORTQ_DATABASE_URL"], autocommit=True) as conn:
-            conn.execute("TRUNCATE entrances")
-
     with serving(env) as service:
-        emptied()
+        _emptied(env)
         alone_cpu, alone_seconds, _ = _import_cpu(service, big, 0, [])
-        emptied()
+        _emptied(env)
         followed_cpu, followed_seconds, received = _import_cpu(service, big, STREAMS, lags)
     extra = (followed_cpu - alone_cpu) / followed_seconds
     lines = [
@@ -522,7 +519,43 @@ def events(env: dict[str, str], rows: int, command: str, server: str, write: boo
     )
 
 
+def _emptied(env: dict[str, str]) -> None:
+    """The target table emptied: the next import stores every row anew."""
+    with psycopg.connect(env["IMPORTQ_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("TRUNCATE entrances")
+
+
+def dry_run(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
+    big = _cached(rows, "csv")
+    seconds: dict[str, float] = {}
+    summaries: dict[str, Any] = {}
+    with serving(env) as service:
+        probe = Probe(service)
+        for kind, params in (("import", None), ("dry run", {"dryRun": "true"})):
+            _emptied(env)
+            started_at = time.time()
+            response, _ = probe.post_file(big, params)
+            if response.status_code != 202:
+                raise SystemExit(f"the upload was refused: {response.text}")
+            job = wait_for_job(probe.client, response.json()["statusUrl"], 0.2)
+            seconds[kind] = seconds_to_completion(job, started_at)
+            summaries[kind] = job["result"]["summary"]
+    ratio = seconds["dry run"] / seconds["import"]
+    lines = [
+        "| measure | value |",
+        "|---|---|",
+        f"| the import: POST → `completed` | {seconds['import']:.2f} s |",
+        f"| the dry run of the same file into the same (empty) table | "
+        f"{seconds['dry run']:.2f} s ({ratio:.2f}×) |",
+        f"| summaries equal | {summaries['import'] == summaries['dry run']} |",
+        "",
+        f"Bar: the dry run no slower than the import: {_verdict(ratio, 1.0)}.",
+    ]
+    _report(f"A dry run of {rows:,} rows against its import", lines, command, server, write)
+
+
 SCENARIOS = {
+    "dry-run": dry_run,
     "health": health,
     "fairness": fairness,
     "webhooks": webhooks,
