@@ -10,9 +10,9 @@ tells a browser's EventSource not to come back.
 
 Changes come from PostgreSQL: every update of a batch gets the next ``revision`` and is
 announced on the channel ``importq_jobs`` at its commit (migration 0013), whichever
-process made it. One :class:`JobWatch` a process listens on one connection of its own
-and wakes the streams of that batch; a stream then reads the batch once, on a pooled
-connection it gives back at once. No stream polls the database.
+process made it. One :class:`JobWatch` a process listens on one connection of its own,
+reads a changed batch once for all the streams that follow it, on a pooled connection
+it gives back at once, and wakes them. No stream polls the database.
 """
 
 from __future__ import annotations
@@ -22,16 +22,17 @@ import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
+import psycopg_pool
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.jobs import readable_batch
 from importq.api.schemas import errors
-from importq.db import database_url
+from importq.db import Pool, database_url
 from importq.job_json import Job
 from importq.pipeline import batches
 from importq.services import Services
@@ -48,25 +49,33 @@ RECONNECT_SECONDS = 1.0
 class JobWatch:
     """The process's one listener on ``importq_jobs``, and the streams it wakes.
 
+    A change of a batch that streams follow is read once for all of them: a reader
+    waits a moment (a burst of chunk commits is one read), reads the batch, keeps the
+    row (:meth:`latest`) and wakes the batch's streams. At most
+    :data:`EVENTS_PER_SECOND` reads a batch a second, however many streams follow it.
+
     It connects when the first stream subscribes and stays connected; when the
-    connection is lost it connects again and wakes every stream, which then reads its
-    batch once (a change may have been announced meanwhile).
+    connection is lost it connects again and reads every followed batch once (a change
+    may have been announced meanwhile).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, pool: Pool) -> None:
         self._url = url
+        self._pool = pool
         self._streams: dict[str, set[asyncio.Event]] = {}
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()  # announced while being read: read once more
         self._listener: asyncio.Task[None] | None = None
         #: The process is stopping: streams end (a client resumes elsewhere).
         self.closed = False
 
     @contextlib.contextmanager
     def subscribe(self, batch_id: uuid.UUID) -> Iterator[asyncio.Event]:
-        """An event set whenever the batch may have changed (set at first, too)."""
+        """An event set whenever :meth:`latest` has a newer read of the batch."""
         if not self.closed and (self._listener is None or self._listener.done()):
             self._listener = asyncio.create_task(self._listen())
         changed = asyncio.Event()
-        changed.set()
         key = str(batch_id)
         self._streams.setdefault(key, set()).add(changed)
         try:
@@ -77,6 +86,39 @@ class JobWatch:
                 streams.discard(changed)
                 if not streams:
                     del self._streams[key]
+                    self._latest.pop(key, None)
+                    self._readers.pop(key, None)  # a read under way finds no one
+
+    def latest(self, batch_id: uuid.UUID) -> dict[str, Any] | None:
+        """The batch as last read for its streams (None before the first read)."""
+        return self._latest.get(str(batch_id))
+
+    def _announced(self, key: str) -> None:
+        if key not in self._streams or self.closed:
+            return
+        reader = self._readers.get(key)
+        if reader is None or reader.done():
+            self._readers[key] = asyncio.create_task(self._read(key))
+        else:
+            self._again.add(key)
+
+    async def _read(self, key: str) -> None:
+        while True:
+            await asyncio.sleep(1 / EVENTS_PER_SECOND)  # the rest of a burst comes first
+            self._again.discard(key)
+            try:
+                async with self._pool.connection() as conn:
+                    row = await batches.get_batch(conn, uuid.UUID(key))
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
+                # The next announcement (or the listener's reconnection) reads again.
+                log.warning("job events: batch %s not read: %s", key, error)
+                return
+            if row is not None and key in self._streams:
+                self._latest[key] = row
+                for changed in self._streams[key]:
+                    changed.set()
+            if key not in self._again:
+                return
 
     async def _listen(self) -> None:
         while True:
@@ -85,28 +127,27 @@ class JobWatch:
                     self._url, autocommit=True
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
-                    self._wake_all()  # whatever was announced while not listening
+                    for key in list(self._streams):  # announced while not listening
+                        self._announced(key)
                     async for notice in conn.notifies():
-                        for changed in self._streams.get(notice.payload, ()):
-                            changed.set()
+                        self._announced(notice.payload)
             except psycopg.Error as error:
                 log.warning("job events: listening again after %s", error)
                 await asyncio.sleep(RECONNECT_SECONDS)
-
-    def _wake_all(self) -> None:
-        for streams in self._streams.values():
-            for changed in streams:
-                changed.set()
 
     async def close(self) -> None:
         """End every stream and stop listening: the process is stopping, and uvicorn
         would otherwise wait for the streams before it stops."""
         self.closed = True
-        self._wake_all()
-        if self._listener is not None:
-            self._listener.cancel()
+        for streams in self._streams.values():
+            for changed in streams:
+                changed.set()
+        tasks = [t for t in (self._listener, *self._readers.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+                await task
 
 
 # One event, as OpenAPI 3.1 describes a text/event-stream: the schema of each event.
@@ -128,7 +169,8 @@ _EVENT = {
 def job_watch(request: Request, services: Services) -> JobWatch:
     watch: JobWatch | None = request.app.state.job_watch
     if watch is None:
-        watch = request.app.state.job_watch = JobWatch(database_url(services.settings))
+        watch = JobWatch(database_url(services.settings), services.pool)
+        request.app.state.job_watch = watch
     return watch
 
 
@@ -140,25 +182,22 @@ async def _events(
     services: Services, watch: JobWatch, batch_id: uuid.UUID, last_seen: int | None
 ) -> AsyncIterator[str]:
     with watch.subscribe(batch_id) as changed:
-        while True:
-            changed.clear()
-            async with services.pool.connection() as conn:
-                row = await batches.get_batch(conn, batch_id)
-            if row is None:  # purged meanwhile
-                return
+        # The first read is the stream's own: the batch as it is when the stream opens.
+        async with services.pool.connection() as conn:
+            row = await batches.get_batch(conn, batch_id)
+        while row is not None:
             if last_seen is None or row["revision"] > last_seen:
                 last_seen = row["revision"]
                 yield _event(row["revision"], Job.from_row(row))
             if row["status"] in FINAL or watch.closed:
                 return
-            while True:
+            while not changed.is_set():
                 try:
                     await asyncio.wait_for(changed.wait(), services.settings.events_keep_alive)
-                    break
                 except TimeoutError:
                     yield ": keep-alive\n\n"
-            # Changes come in bursts (a chunk a few ms after another): one event for each.
-            await asyncio.sleep(1 / EVENTS_PER_SECOND)
+            changed.clear()
+            row = watch.latest(batch_id) or row
 
 
 @router.get(
