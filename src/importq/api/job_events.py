@@ -33,6 +33,7 @@ from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.jobs import readable_batch
 from importq.api.schemas import errors
 from importq.db import Pool, database_url
+from importq.errors import Refusal
 from importq.job_json import Job
 from importq.pipeline import batches
 from importq.services import Services
@@ -44,6 +45,7 @@ CHANNEL = "importq_jobs"
 FINAL = frozenset({"completed", "failed", "cancelled"})
 EVENTS_PER_SECOND = 4
 RECONNECT_SECONDS = 1.0
+LISTENER_CHECK_SECONDS = 30.0
 
 
 class JobWatch:
@@ -87,7 +89,10 @@ class JobWatch:
                 if not streams:
                     del self._streams[key]
                     self._latest.pop(key, None)
-                    self._readers.pop(key, None)  # a read under way finds no one
+                    self._again.discard(key)
+                    reader = self._readers.pop(key, None)
+                    if reader is not None:
+                        reader.cancel()  # its row could land after a newer reader's
 
     def latest(self, batch_id: uuid.UUID) -> dict[str, Any] | None:
         """The batch as last read for its streams (None before the first read)."""
@@ -103,19 +108,23 @@ class JobWatch:
             self._again.add(key)
 
     async def _read(self, key: str) -> None:
-        while True:
+        """Read the batch for its streams until no announcement came during a read. A
+        failed read is tried again: its change may be the batch's last."""
+        while key in self._streams and not self.closed:
             await asyncio.sleep(1 / EVENTS_PER_SECOND)  # the rest of a burst comes first
             self._again.discard(key)
             try:
                 async with self._pool.connection() as conn:
                     row = await batches.get_batch(conn, uuid.UUID(key))
             except (psycopg.Error, psycopg_pool.PoolTimeout) as error:
-                # The next announcement (or the listener's reconnection) reads again.
-                log.warning("job events: batch %s not read: %s", key, error)
-                return
-            if row is not None and key in self._streams:
+                log.warning("job events: batch %s not read, trying again: %s", key, error)
+                self._again.add(key)
+                await asyncio.sleep(RECONNECT_SECONDS)
+                continue
+            held = self._latest.get(key)
+            if row is not None and (held is None or row["revision"] > held["revision"]):
                 self._latest[key] = row
-                for changed in self._streams[key]:
+                for changed in self._streams.get(key, ()):
                     changed.set()
             if key not in self._again:
                 return
@@ -129,10 +138,15 @@ class JobWatch:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     for key in list(self._streams):  # announced while not listening
                         self._announced(key)
-                    async for notice in conn.notifies():
-                        self._announced(notice.payload)
-            except psycopg.Error as error:
-                log.warning("job events: listening again after %s", error)
+                    while True:
+                        async for notice in conn.notifies(timeout=LISTENER_CHECK_SECONDS):
+                            self._announced(notice.payload)
+                        # Quiet for a while: is the connection still there? A silently
+                        # dropped one would hear nothing more, and raise nothing.
+                        async with asyncio.timeout(LISTENER_CHECK_SECONDS):
+                            await conn.execute("SELECT 1")
+            except (psycopg.Error, TimeoutError) as error:
+                log.warning("job events: listening again after %r", error)
                 await asyncio.sleep(RECONNECT_SECONDS)
 
     async def close(self) -> None:
@@ -220,10 +234,15 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> Response:
     batch = await readable_batch(services, user, batch_id)
+    watch = job_watch(request, services)
+    if watch.closed:  # stopping: the client resumes on another node, or after the restart
+        raise Refusal(
+            503, "shutting_down", "The service is stopping; follow the batch again shortly."
+        )
     last_seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
     if last_seen is not None and batch["status"] in FINAL and batch["revision"] <= last_seen:
         return Response(status_code=204)
-    stream = _events(services, job_watch(request, services), batch["id"], last_seen)
+    stream = _events(services, watch, batch["id"], last_seen)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
