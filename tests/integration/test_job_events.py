@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import psycopg
 import pytest
 
 from helpers import csv_text, entrance
-from processes import serving
+from processes import free_port, serving, start_serve, wait_healthy
 
 Event = tuple[int, dict[str, Any]]
 
@@ -124,3 +125,29 @@ def test_a_stream_on_one_process_follows_a_batch_another_runs(
         assert resumed.status_code == 204
         again = [e for e in _stream(first, token, batch_id, revisions[0]) if isinstance(e, tuple)]
         assert again == [events[-1]]
+
+
+def test_a_stopping_service_ends_its_streams(database_url: str, tmp_path: Path, token: str) -> None:
+    """SIGTERM: the drain ends every open stream (uvicorn need not wait for them), and
+    the client resumes elsewhere with Last-Event-ID."""
+    env = {**_env(database_url, tmp_path / "s"), "IMPORTQ_SHUTDOWN_SECONDS": "2"}
+    port = free_port()
+    process = start_serve(env, tmp_path / "s.log", port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(process, url, tmp_path / "s.log")
+        with psycopg.connect(database_url) as holder:
+            # Nothing is written for the next batch until this lock goes: it stays active.
+            holder.execute("LOCK TABLE entrances IN SHARE MODE")
+            batch_id = _post(url, token, 10)
+            stream = _stream(url, token, batch_id)
+            first = next(stream)
+            assert isinstance(first, tuple) and first[1]["status"] == "active"
+            process.send_signal(signal.SIGTERM)
+            rest = list(stream)  # ends, although the batch does not
+            holder.rollback()
+        assert all(isinstance(item, str) for item in rest)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
