@@ -30,15 +30,7 @@ def database_unavailable() -> Refusal:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, if it holds one."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
-
-
-# Declares the scheme in the OpenAPI document; the token itself is checked below.
+# Declares the scheme in the OpenAPI document, and parses the header for every caller.
 _BEARER = HTTPBearer(
     scheme_name="apiToken",
     auto_error=False,
@@ -46,12 +38,22 @@ _BEARER = HTTPBearer(
 )
 
 
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return (credentials.credentials.strip() if credentials else "") or None
+
+
+async def bearer_token(request: Request) -> str | None:
+    """The token of the request's ``Authorization: Bearer <token>`` header, if it holds
+    one, read as the routes behind the token read it (for routes open to anyone)."""
+    return _token(await _BEARER(request))
+
+
 async def current_user(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
 ) -> User:
-    token = credentials.credentials.strip() if credentials else None
-    if not token:
+    token = _token(credentials)
+    if token is None:
         raise Refusal(
             401, "unauthenticated", "Send an API token as 'Authorization: Bearer <token>'."
         )

@@ -77,7 +77,7 @@ async def _storage(request: Request, services: Services, *, fresh: bool) -> str:
 
 async def _is_admin(request: Request, services: Services) -> bool:
     """Whether the caller sent an admin's token: only they see why a component fails."""
-    token = bearer_token(request.headers.get("authorization"))
+    token = await bearer_token(request)
     if token is None or services.outage.ongoing:
         return False
     try:
