@@ -406,13 +406,16 @@ def cancel(env: dict[str, str], rows: int, command: str, server: str, write: boo
         if response.status_code != 202:
             raise SystemExit(f"the upload was refused: {response.text}")
         status_url = response.json()["statusUrl"]
-        while probe.client.get(status_url).json()["progress"]["processedRows"] < rows // 2:
+        while (processed := probe.client.get(status_url).json()["progress"]["processedRows"]) < (
+            rows // 2
+        ):
             time.sleep(0.05)
         asked_at = time.time()
         answer = probe.client.post(f"{status_url}/cancel")
         if answer.status_code != 202:
             raise SystemExit(f"the cancel was refused: {answer.text}")
-        at_cancel = answer.json()["progress"]["processedRows"]
+        # The answer counts the rows of the chunks the cancel settled; these were run.
+        at_cancel = processed
         ended = wait_for_job(probe.client, status_url, 0.05)
     seconds = seconds_to_completion(ended, asked_at)
     summary_ = ended["result"]["summary"]
@@ -421,7 +424,7 @@ def cancel(env: dict[str, str], rows: int, command: str, server: str, write: boo
         "| measure | value |",
         "|---|---|",
         f"| the {rows:,}-row batch: `202` | {accepted:.2f} s |",
-        f"| rows processed when the cancel was answered | {at_cancel:,} |",
+        f"| rows processed when the cancel was asked | {at_cancel:,} |",
         f"| cancel → `{ended['status']}` | {seconds:.2f} s |",
         f"| summary | {summary_} ({accounted:,} of {rows:,} rows) |",
         "",

@@ -7,9 +7,10 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import httpx
 from psycopg import sql
 
-from helpers import entrance, json_upload, row_results
+from helpers import download, entrance, json_upload, read_csv_report, row_results
 from importq.rules.datasets import load_datasets
 from importq.rules.row_rules import StagedRow
 from importq.services import Services
@@ -79,3 +80,21 @@ async def slow_down_inserts(services: Services, seconds: float = 0.4) -> None:
             "CREATE TRIGGER slow BEFORE INSERT ON entrances "
             "FOR EACH STATEMENT EXECUTE FUNCTION slow_insert()"
         )
+
+
+async def report_rows(client: httpx.AsyncClient, job: dict[str, Any]) -> dict[str, list[list[str]]]:
+    """A finished batch's reports, by kind (``success``, ``duplicates``, ``failures``):
+    their rows without the header, none for a report that was not written."""
+    rows: dict[str, list[list[str]]] = {}
+    for kind, url in job["result"]["reportUrls"].items():
+        rows[kind] = read_csv_report(await download(client, url))[1:] if url else []
+    return rows
+
+
+async def assert_reports_account_for_every_row(
+    client: httpx.AsyncClient, job: dict[str, Any], total: int
+) -> None:
+    """Each line of a ``total``-row file is in exactly one of the three reports."""
+    reports = await report_rows(client, job)
+    lines = [int(row[0]) for rows in reports.values() for row in rows]
+    assert sorted(lines) == list(range(2, total + 2))

@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from accounting import count
-from helpers import download, entrance, read_csv_report, running_worker, wait_for_batch
+from accounting import assert_reports_account_for_every_row, count, report_rows
+from helpers import csv_text, entrance, quoted_entrances, running_worker, wait_for_batch
 from importq.pipeline import batches
 from importq.pipeline.chunk_processing import CANCELLED, fail_chunk, process_chunk
 from importq.services import Services
@@ -29,19 +29,7 @@ async def _post(client: httpx.AsyncClient, rows: list[dict[str, str]] = ROWS) ->
 
 
 async def _failures(client: httpx.AsyncClient, job: dict[str, Any]) -> list[list[str]]:
-    url = job["result"]["reportUrls"]["failures"]
-    return read_csv_report(await download(client, url))[1:] if url else []
-
-
-async def assert_reports_account_for_every_row(
-    client: httpx.AsyncClient, job: dict[str, Any], total: int
-) -> None:
-    """Each line of the file is in exactly one of the three reports."""
-    lines: list[str] = []
-    for url in job["result"]["reportUrls"].values():
-        if url:
-            lines += [row[0] for row in read_csv_report(await download(client, url))[1:]]
-    assert sorted(lines, key=int) == [str(line) for line in range(2, total + 2)]
+    return (await report_rows(client, job))["failures"]
 
 
 async def _stored(services: Services, batch_id: str) -> int:
@@ -160,17 +148,59 @@ async def test_a_cancel_waiting_on_another_is_202_too(
     assert answer.status_code == 202 and answer.json()["cancelledAt"]
 
 
+async def _chunk_statuses(services: Services, batch_id: str) -> list[str]:
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT status FROM chunks WHERE batch_id = %s ORDER BY chunk_no",
+            (uuid.UUID(batch_id),),
+        )
+        return [str(status) for (status,) in await cursor.fetchall()]
+
+
+async def test_the_cancel_settles_every_chunk_not_held_at_once(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """One chunk is held, as a running chunk or a failing attempt holds it: the cancel
+    settles the five others in its own transaction, without waiting. The held one is
+    left to its holder; released unfinished, it is cancelled by its next delivery."""
+    batch_id = await _post(client)
+    async with services.pool.connection() as holder:
+        await holder.execute(
+            "SELECT FROM chunks WHERE batch_id = %s AND chunk_no = 2 FOR UPDATE",
+            (uuid.UUID(batch_id),),
+        )
+        answer = await client.post(f"/api/v1/jobs/{batch_id}/cancel")
+        assert answer.status_code == 202
+        assert answer.json()["progress"]["processedRows"] == 50
+        statuses = await _chunk_statuses(services, batch_id)
+        assert statuses == ["cancelled", "cancelled", "todo", "cancelled", "cancelled", "cancelled"]
+        await holder.rollback()
+    async with running_worker(services):
+        job = await wait_for_batch(client, batch_id, until=("cancelled",))
+    assert job["result"]["summary"] == {"successes": 0, "duplicates": 0, "failures": 60}
+    assert await _chunk_statuses(services, batch_id) == ["cancelled"] * 6
+    assert await _stored(services, batch_id) == 0
+    await assert_reports_account_for_every_row(client, job, total=60)
+
+
 async def test_a_chunk_given_up_after_the_cancel_reports_its_rows_as_cancelled(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    """Its attempts all undone, its rows were never imported: cancelled, not "could not
-    process"."""
+    """Held by a failing attempt when the cancel came, then given up: its rows were never
+    imported, so they are cancelled, not "could not process"."""
     batch_id = await _post(client, ROWS[:10])
-    assert (await client.post(f"/api/v1/jobs/{batch_id}/cancel")).status_code == 202
+    async with services.pool.connection() as holder:
+        await holder.execute(
+            "SELECT FROM chunks WHERE batch_id = %s FOR UPDATE", (uuid.UUID(batch_id),)
+        )
+        assert (await client.post(f"/api/v1/jobs/{batch_id}/cancel")).status_code == 202
+        await holder.rollback()
+    assert await _chunk_statuses(services, batch_id) == ["todo"]
     async with services.pool.connection() as conn:
         assert await fail_chunk(
             conn, services.queue, services.datasets, uuid.UUID(batch_id), 0, "boom"
         )
+    assert await _chunk_statuses(services, batch_id) == ["cancelled"]
     async with running_worker(services):
         job = await wait_for_batch(client, batch_id, until=("cancelled",))
     assert {row[1] for row in await _failures(client, job)} == {CANCELLED}
@@ -193,3 +223,43 @@ async def test_two_cancels_at_once_make_one_cancellation(
             "SELECT count(*) FROM notifications WHERE batch_id = %s", (uuid.UUID(batch_id),)
         )
         assert await cursor.fetchone() == (1,)
+
+
+async def test_cancelled_rows_are_reported_as_a_chunk_reports_them(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """The aggregation makes the failure records of cancelled chunks from their staged
+    rows; they are the records a chunk makes of the same rows (given up, here), byte for
+    byte but the message: quoting, line feeds, formula prefixes, numbers, padding, cells
+    past the header."""
+    rows = quoted_entrances()
+    rows[1]["rdfs:label"] = "  padded, with a comma  "
+    rows[2]["rdfs:label"] = '=HYPERLINK("x")'
+    rows[3]["w3geo:latitude"] = "-12.5"
+    rows[4]["w3geo:longitude"] = "+3"
+    rows[6]["dct:rights/cc:attributionName"] = "@club"
+    rows[8]["w3geo:latitude"] = "-north"
+    body = csv_text(rows) + "ragged,karstlink:UndergroundCavity,FFS,CC-BY-SA,FR,1,2,fra,x,y,=z\r\n"
+
+    async def post() -> uuid.UUID:
+        response = await client.post(
+            "/api/v1/entrances/import-rows", content=body, headers={"Content-Type": "text/csv"}
+        )
+        assert response.status_code == 202, response.text
+        return uuid.UUID(response.json()["batchId"])
+
+    cancelled, given_up = await post(), await post()
+    assert (await client.post(f"/api/v1/jobs/{cancelled}/cancel")).status_code == 202
+    async with services.pool.connection() as conn:
+        for chunk_no in range((await batches.get_batch(conn, given_up) or {})["total_chunks"]):
+            await fail_chunk(conn, services.queue, services.datasets, given_up, chunk_no, "x")
+    async with running_worker(services):
+        reports = [
+            (await report_rows(client, await wait_for_batch(client, str(batch), until=until)))
+            for batch, until in ((cancelled, ("cancelled",)), (given_up, ("failed",)))
+        ]
+    assert reports[0]["success"] == reports[0]["duplicates"] == []
+    assert [row[1] for row in reports[0]["failures"]] == [CANCELLED] * (len(rows) + 1)
+    without_message = [[[row[0], *row[2:]] for row in r["failures"]] for r in reports]
+    assert without_message[0] == without_message[1]
+    assert without_message[0][-1][-1] == "'=z"  # a formula cell past the header

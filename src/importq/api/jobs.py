@@ -27,6 +27,7 @@ from importq.api.schemas import (
 from importq.errors import Refusal
 from importq.pipeline import batches
 from importq.pipeline.aggregation import report_links
+from importq.pipeline.chunk_processing import cancel_chunks
 from importq.services import Services
 
 router = APIRouter()
@@ -98,7 +99,10 @@ async def cancel_job(batch_id: str, user: CurrentUser, services: ServicesDep) ->
     ``cancelled`` through its one aggregation. Cancelling again is fine (202)."""
     batch = await readable_batch(services, user, batch_id)
     async with services.pool.connection() as conn:
-        cancelled = await batches.cancel_batch(conn, batch["id"])
+        async with conn.transaction():
+            cancelled = await batches.cancel_batch(conn, batch["id"])
+            if cancelled:
+                await cancel_chunks(conn, services.queue, batch["id"])
         # After the cancel's commit: a fresh look, whatever waited on whom.
         now = await batches.get_batch(conn, batch["id"])
     assert now is not None

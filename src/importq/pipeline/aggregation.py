@@ -30,12 +30,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 
 from importq.delivery.mailer import message_id
 from importq.delivery.webhooks import WEBHOOK, delivery_id
-from importq.ingest.staged_table import results_table
+from importq.ingest.staged_table import StagedTable, results_table
 from importq.pipeline import batches
+from importq.pipeline.chunk_processing import CANCELLED
 from importq.pipeline.reports import (
     BLOCK_LINES,
     FILE_NAMES,
@@ -43,6 +44,7 @@ from importq.pipeline.reports import (
     OUTCOME_KIND,
     ReportLayout,
     ReportWriter,
+    staged_failure_record,
 )
 from importq.rules.datasets import Dataset
 from importq.services import Services
@@ -66,6 +68,27 @@ def download_name(dataset: str, batch_id: uuid.UUID | str, kind: str) -> str:
     return f"{dataset}-{batch_id}-{FILE_NAMES[kind]}"
 
 
+def _records(batch: dict[str, Any], dataset: Dataset) -> sql.Composed:
+    """The query of the batch's report records: the ones its chunks stored and, when a
+    cancel kept chunks from running, the failures of those chunks' staged rows."""
+    stored = sql.SQL(queries["result_records"]).format(results=results_table(batch["id"]))
+    if not batch["cancelled_chunks"]:
+        return stored
+    staged = StagedTable.of(batch["id"], dataset, batch["header"])
+    cancelled = sql.SQL(queries["cancelled_records"]).format(
+        staged=staged.name, record=staged_failure_record(dataset, batch["header"])
+    )
+    return sql.SQL("{} UNION ALL {}").format(stored, cancelled)
+
+
+async def _cancelled_ranges(conn: AsyncConnection[Any], batch: dict[str, Any]) -> str | None:
+    if not batch["cancelled_chunks"]:
+        return None
+    cursor = await conn.execute(queries["cancelled_ranges"], {"batch_id": batch["id"]})
+    row = await cursor.fetchone()
+    return None if row is None else cast(str | None, row[0])
+
+
 async def _write_reports(
     services: Services, batch: dict[str, Any], dataset: Dataset, directory: Path
 ) -> dict[str, Path]:
@@ -77,15 +100,17 @@ async def _write_reports(
     writer = ReportWriter(directory, ReportLayout.for_batch(dataset, batch["header"]))
     found = lines = 0
     query = sql.SQL(queries["report_blocks"]).format(
-        results=results_table(batch["id"]), block=sql.Literal(BLOCK_LINES)
+        results=_records(batch, dataset), block=sql.Literal(BLOCK_LINES)
     )
     try:
         async with services.pool.connection() as conn, conn.transaction():
             await conn.execute(queries["report_plan"])
+            ranges = await _cancelled_ranges(conn, batch)
+            params = {"cancelled": CANCELLED, "cancelled_ranges": ranges}
             # Streamed rather than read through a cursor, because PostgreSQL never runs a
             # cursor's query in parallel. The stream is closed on any error, since an
             # open stream keeps the connection locked.
-            stream = cast(AsyncGenerator[tuple[Any, ...]], conn.cursor().stream(query))
+            stream = cast(AsyncGenerator[tuple[Any, ...]], conn.cursor().stream(query, params))
             async with contextlib.aclosing(stream) as blocks:
                 async for *records, distinct in blocks:
                     # report_blocks gives the outcomes in OUTCOME_KIND's order.

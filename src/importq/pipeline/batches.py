@@ -43,8 +43,6 @@ class ChunkTally:
     duplicates: int = 0
     failures: int = 0
     failed: bool = False
-    #: Settled without running, as its batch was cancelled (done, not failed).
-    cancelled: bool = False
 
 
 async def count_finished_chunk(
@@ -57,7 +55,6 @@ async def count_finished_chunk(
             "batch_id": batch_id,
             "done": 0 if tally.failed else 1,
             "failed": 1 if tally.failed else 0,
-            "cancelled": 1 if tally.cancelled else 0,
             "successes": tally.successes,
             "duplicates": tally.duplicates,
             "failures": tally.failures,

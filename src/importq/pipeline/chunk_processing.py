@@ -36,6 +36,9 @@ row of a refused row's key is then the one inserted, and it may be refused in tu
 
 :func:`fail_chunk` ends a chunk that kept failing. The same statement then records
 every row as a failure.
+
+:func:`cancel_chunks` ends the chunks a cancel kept from running, all in one statement
+that reads none of their rows: the aggregation reports those rows, from the staged table.
 """
 
 from __future__ import annotations
@@ -248,18 +251,23 @@ async def _finish(
         await queue.defer_completion_check(conn, batch_id)
 
 
-async def _settle_cancelled(
-    conn: AsyncConnection[Any],
-    queue: JobQueue,
-    statements: ChunkStatements,
-    batch_id: uuid.UUID,
-    chunk: Mapping[str, Any],
+async def cancel_chunks(
+    conn: AsyncConnection[Any], queue: JobQueue, batch_id: uuid.UUID, chunk_no: int | None = None
 ) -> None:
-    """Settle a prepared chunk of a cancelled batch without running it: every row a
-    failure, :data:`CANCELLED`; the chunk done, and counted as kept from running."""
-    tally = await _settle(conn, statements, batch_id, chunk, give_up=CANCELLED)
-    cancelled = dataclasses.replace(tally, cancelled=True)
-    await _finish(conn, queue, batch_id, chunk["chunk_no"], cancelled)
+    """Settle a cancelled batch's chunks that have not started, in the caller's
+    transaction, without running them: ``todo → cancelled``, every row a failure,
+    :data:`CANCELLED`. The aggregation reports those rows from the staged table.
+
+    With ``chunk_no``, only that chunk, which the caller holds. Without, every chunk of
+    the batch that no transaction holds: a running one finishes. When that leaves no
+    chunk to run, the completion check is deferred.
+    """
+    cursor = await conn.execute(
+        queries["cancel_chunks"], {"batch_id": batch_id, "chunk_no": chunk_no}
+    )
+    row = await cursor.fetchone()
+    if row is not None and row[0]:
+        await queue.defer_completion_check(conn, batch_id)
 
 
 async def _prepare(
@@ -293,13 +301,14 @@ async def process_chunk(
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
             return False
+        if chunk["batch_cancelled"]:
+            # Not started when the batch was cancelled (its job came first, or the cancel
+            # found it held by a failing attempt): its rows are reported, not run.
+            await cancel_chunks(conn, queue, batch_id, chunk_no)
+            return True
         dataset = datasets[chunk["dataset"]]
         statements = _statements(datasets, batch_id, chunk)
         await _prepare(conn, statements, chunk)
-        if chunk["batch_cancelled"]:
-            # Not started when the batch was cancelled: its rows are reported, not run.
-            await _settle_cancelled(conn, queue, statements, batch_id, chunk)
-            return True
         checker = RowChecker(dataset, statements.read_positions)
         bad_values = await _bad_values(conn, statements)
         async for rows in _suspect_slices(conn, statements, chunk, bad_values, slice_rows):
@@ -360,13 +369,13 @@ async def fail_chunk(
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
             return False
-        statements = _statements(datasets, batch_id, chunk)
-        await _prepare(conn, statements, chunk)
         if chunk["batch_cancelled"]:
             # Its attempts were all undone, and the batch is cancelled meanwhile: its rows
             # were never imported, as for a chunk that never started.
-            await _settle_cancelled(conn, queue, statements, batch_id, chunk)
+            await cancel_chunks(conn, queue, batch_id, chunk_no)
             return True
+        statements = _statements(datasets, batch_id, chunk)
+        await _prepare(conn, statements, chunk)
         tally = await _settle(conn, statements, batch_id, chunk, give_up=NOT_PROCESSED)
         failed = dataclasses.replace(tally, failed=True)
         await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)

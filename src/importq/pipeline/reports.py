@@ -8,7 +8,8 @@ The files are UTF-8 with a BOM, with CRLF line ends and RFC 4180 quoting, so tha
 opens them right. A text cell that a spreadsheet would run as a formula is prefixed with
 ``'``, in the header too. Cells of numeric columns stay numbers. The SQL function
 ``importq_report_cell`` formats the cells. ``migrations/0004_staged_tables.sql`` creates it, and
-``migrations/0006_report_cell_first_character.sql`` replaces it.
+``migrations/0006_report_cell_first_character.sql`` replaces it; ``importq_report_extra``
+(``migrations/0014_cancelled_chunks.sql``) formats a ragged row's cells past the header.
 
 The columns:
 
@@ -20,14 +21,14 @@ The columns:
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 from psycopg import sql
 
-from importq.ingest.staged_table import original, trimmed
+from importq.ingest.staged_table import cell, original, trimmed
 from importq.rules.datasets import Dataset
 
 KINDS = ("success", "duplicates", "failures")
@@ -80,11 +81,19 @@ def _record(fields: Sequence[sql.Composable], tail: sql.Composable) -> sql.Compo
 
 
 # Cells past the header (a ragged row) print after the others, as text.
-_EXTRA_CELLS = sql.SQL(
-    "CASE WHEN extra IS NULL THEN '' ELSE (SELECT string_agg(',' || "
-    "importq_report_cell(x, false), '' ORDER BY n) FROM unnest(extra) WITH ORDINALITY "
-    "AS e(x, n)) END"
-)
+_EXTRA_CELLS = sql.SQL("CASE WHEN extra IS NULL THEN '' ELSE importq_report_extra(extra) END")
+
+
+def _rejected_record(
+    layout: ReportLayout, uploaded: Callable[[int], sql.Composable]
+) -> sql.Composed:
+    """A duplicate's or a failure's record: ``line``, ``message``, then each uploaded cell
+    (``uploaded(position)``) and ``extra``."""
+    fields = [sql.SQL("line::text"), _cell(sql.Identifier("message"), False)] + [
+        _cell(uploaded(position), numeric)
+        for position, numeric in enumerate(layout.rejected_numeric[2:])
+    ]
+    return _record(fields, _EXTRA_CELLS)
 
 
 def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, sql.Composed]:
@@ -108,19 +117,22 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
             return sql.SQL("coalesce({}, '')").format(trimmed_cell(name))
         return _cell(trimmed_cell(name), numeric)
 
-    line = sql.SQL("line::text")
     names = [*dataset.dedup_key, None, *dataset.report_columns]
-    success = [line] + [
+    success = [sql.SQL("line::text")] + [
         # No id in a dry run: nothing was stored.
         sql.SQL("coalesce(target_id::text, '')") if name is None else success_cell(name, numeric)
         for name, numeric in zip(names, layout.success_numeric[1:], strict=True)
     ]
     read = set(positions.values())
-    rejected = [line, _cell(sql.Identifier("message"), False)] + [
-        _cell(original(position, read), numeric)
-        for position, numeric in enumerate(layout.rejected_numeric[2:])
-    ]
-    return _record(success, sql.SQL("''")), _record(rejected, _EXTRA_CELLS)
+    return _record(success, sql.SQL("''")), _rejected_record(
+        layout, lambda position: original(position, read)
+    )
+
+
+def staged_failure_record(dataset: Dataset, header: Sequence[str]) -> sql.Composed:
+    """A failure's record over a staged row (its cells ``c<n>`` as uploaded, ``line``,
+    ``extra``) and a ``message`` column: the same record a chunk makes of that row."""
+    return _rejected_record(ReportLayout.for_batch(dataset, header), cell)
 
 
 # The first characters that make a spreadsheet run a cell as a formula.

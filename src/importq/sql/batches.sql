@@ -21,7 +21,6 @@ VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(loca
 UPDATE batches
 SET completed_chunks = completed_chunks + %(done)s,
     failed_chunks = failed_chunks + %(failed)s,
-    cancelled_chunks = cancelled_chunks + %(cancelled)s,
     processed_rows = processed_rows + %(successes)s + %(duplicates)s + %(failures)s,
     successes = successes + %(successes)s,
     duplicates = duplicates + %(duplicates)s,
@@ -79,7 +78,7 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
-       revision
+       revision, cancelled_chunks
 FROM batches
 WHERE id = %(batch_id)s;
 

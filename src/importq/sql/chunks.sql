@@ -1,4 +1,4 @@
--- Chunks and their rows. A chunk goes todo → done or todo → failed, once; both are final.
+-- Chunks and their rows. A chunk goes todo → done, failed or cancelled, once; all are final.
 
 -- name: insert_chunks
 -- The chunks of a new batch, from parallel arrays.
@@ -190,9 +190,10 @@ WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s AND status = 'todo'
 RETURNING chunk_no;
 
 -- name: report_blocks
--- A batch's report records in blocks of up to {block} lines, in line order ({results}).
+-- A batch's report records in blocks of up to {block} lines, in line order.
 -- Per block, each outcome's records and count, appended to its report file in block order;
 -- the distinct lines let the aggregation check each line has one result (all in its block).
+-- Template: {results} is result_records, or it UNION ALL cancelled_records.
 SELECT string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'success'),
        count(*) FILTER (WHERE outcome = 'success'),
        string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'duplicate'),
@@ -200,9 +201,32 @@ SELECT string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'success'),
        string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'failure'),
        count(*) FILTER (WHERE outcome = 'failure'),
        count(DISTINCT line)
-FROM {results}, unnest(lines, records) AS result(line, record)
+FROM ({results}) AS result(outcome, line, record)
 GROUP BY line / {block}
 ORDER BY line / {block};
+
+-- name: result_records
+-- The records the batch's chunks stored ({results}: its results table). Each branch of
+-- report_blocks is one subquery with no condition of its own, so that the UNION ALL is
+-- planned as one parallel append, sorted in the workers.
+SELECT * FROM (SELECT r.outcome, u.line, u.record
+               FROM {results} r, unnest(r.lines, r.records) AS u(line, record)) AS stored
+
+-- name: cancelled_ranges
+-- The hash ranges of a batch's cancelled chunks, as one multirange (text).
+SELECT range_agg(int8range(hash_from, hash_to))::text
+FROM chunks
+WHERE batch_id = %(batch_id)s AND status = 'cancelled';
+
+-- name: cancelled_records
+-- The failure records of the staged rows ({staged}) of the batch's cancelled chunks, made
+-- here ({record}: the failure record of a staged row and its message), in the parallel
+-- workers. Their hash ranges come as a value: a subquery there would keep the sort out
+-- of the workers.
+SELECT * FROM (SELECT 'failure'::text, line, {record}
+               FROM (SELECT s.*, %(cancelled)s::text AS message
+                     FROM {staged} s
+                     WHERE s.key_hash <@ %(cancelled_ranges)s::int8multirange) AS s) AS cancelled
 
 -- name: report_plan
 -- The aggregation transaction's settings: a parallel sort, memory to sort in, no JIT.
@@ -213,6 +237,32 @@ ORDER BY line / {block};
 SELECT set_config('work_mem', '192MB', true), set_config('parallel_tuple_cost', '0', true),
        set_config('parallel_setup_cost', '0', true),
        set_config('min_parallel_table_scan_size', '0', true), set_config('jit', 'off', true);
+
+-- name: cancel_chunks
+-- todo → cancelled, for a cancelled batch's chunks that no other transaction holds (a
+-- running chunk finishes), or only for %(chunk_no)s when set (its caller holds it: its own
+-- lock is not skipped). Their rows count as failures; the aggregation reports them from
+-- the staged rows. In the caller's transaction. A row back: is the batch's last chunk done?
+WITH cancelled AS (
+    UPDATE chunks c SET status = 'cancelled'
+    FROM (SELECT batch_id, chunk_no FROM chunks
+          WHERE batch_id = %(batch_id)s AND status = 'todo'
+            AND (%(chunk_no)s::int IS NULL OR chunk_no = %(chunk_no)s::int)
+          FOR UPDATE SKIP LOCKED) AS free
+    WHERE c.batch_id = free.batch_id AND c.chunk_no = free.chunk_no
+    RETURNING c.row_count
+), counted AS (
+    SELECT count(*)::int AS chunks, coalesce(sum(row_count), 0)::int AS rows FROM cancelled
+)
+UPDATE batches
+SET completed_chunks = completed_chunks + counted.chunks,
+    cancelled_chunks = cancelled_chunks + counted.chunks,
+    processed_rows = processed_rows + counted.rows,
+    failures = failures + counted.rows,
+    updated_at = clock_timestamp()
+FROM counted
+WHERE id = %(batch_id)s AND status = 'active' AND counted.chunks > 0
+RETURNING completed_chunks + failed_chunks = total_chunks AS is_last;
 
 -- name: count_chunk_attempt
 -- Count a failed or lost attempt, in its own transaction.
