@@ -9,7 +9,7 @@ import io
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -85,10 +85,33 @@ def csv_text(rows: list[dict[str, str]], header: list[str] | None = None) -> str
     return out.getvalue()
 
 
+def xlsx_bytes(sheets: Mapping[str, Sequence[Sequence[object]]]) -> bytes:
+    """A workbook with these sheets, in order, each with these rows."""
+    from openpyxl import Workbook  # type: ignore[import-untyped]
+
+    book = Workbook()
+    book.remove(book.active)
+    for title, rows in sheets.items():
+        sheet = book.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
 def read_csv_report(raw: bytes) -> list[list[str]]:
     assert raw.startswith(b"\xef\xbb\xbf"), "reports start with a UTF-8 BOM"
     text = raw.decode("utf-8-sig")
     return list(csv.reader(io.StringIO(text, newline="")))
+
+
+async def until(condition: Callable[[], Awaitable[Any]], seconds: float = 60) -> None:
+    """Wait until ``condition()`` holds, checking every 50 ms; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not await condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.05)
 
 
 async def wait_for_batch(

@@ -14,7 +14,14 @@ from typing import Any
 import httpx
 
 from accounting import assert_reports_account_for_every_row, count, report_rows
-from helpers import csv_text, entrance, quoted_entrances, running_worker, wait_for_batch
+from helpers import (
+    csv_text,
+    entrance,
+    quoted_entrances,
+    running_worker,
+    until,
+    wait_for_batch,
+)
 from importq.pipeline import batches
 from importq.pipeline.chunk_processing import CANCELLED, fail_chunk, process_chunk
 from importq.services import Services
@@ -263,3 +270,30 @@ async def test_cancelled_rows_are_reported_as_a_chunk_reports_them(
     without_message = [[[row[0], *row[2:]] for row in r["failures"]] for r in reports]
     assert without_message[0] == without_message[1]
     assert without_message[0][-1][-1] == "'=z"  # a formula cell past the header
+
+
+async def test_a_delivery_that_waited_on_a_rolled_back_holder_sees_the_cancel(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A second delivery of a chunk job waits on the chunk's lock; the cancel commits
+    (skipping the held chunk); the holder rolls back. The waiting delivery must see the
+    cancel, though its statement began before it, and cancel the chunk, not run it."""
+    batch_id = await _post(client, ROWS[:10])
+    async with services.pool.connection() as holder:
+        await holder.execute(
+            "SELECT FROM chunks WHERE batch_id = %s FOR UPDATE", (uuid.UUID(batch_id),)
+        )
+
+        async def deliver() -> bool:
+            async with services.pool.connection() as conn:
+                return await process_chunk(
+                    conn, services.queue, services.datasets, uuid.UUID(batch_id), 0
+                )
+
+        delivery = asyncio.create_task(deliver())
+        await until(lambda: count(services, "SELECT count(*) FROM pg_locks WHERE NOT granted"))
+        assert (await client.post(f"/api/v1/jobs/{batch_id}/cancel")).status_code == 202
+        await holder.rollback()
+    assert await delivery
+    assert await _chunk_statuses(services, batch_id) == ["cancelled"]
+    assert await _stored(services, batch_id) == 0

@@ -3,31 +3,15 @@ the encoding, delimiter and sheet options; what the batch then reports."""
 
 from __future__ import annotations
 
-import io
-from collections.abc import Mapping, Sequence
-
 import httpx
 import pytest
-from openpyxl import Workbook  # type: ignore[import-untyped]
 
-from helpers import HEADER, download, entrance, read_csv_report, wait_for_batch
+from helpers import HEADER, download, entrance, read_csv_report, wait_for_batch, xlsx_bytes
 from importq.services import Services
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
-
-
-def _xlsx(sheets: Mapping[str, Sequence[Sequence[object]]]) -> bytes:
-    book = Workbook()
-    book.remove(book.active)
-    for title, rows in sheets.items():
-        sheet = book.create_sheet(title)
-        for row in rows:
-            sheet.append(row)
-    out = io.BytesIO()
-    book.save(out)
-    return out.getvalue()
 
 
 def _row(ident: str, latitude: object = 45.5) -> list[object]:
@@ -86,7 +70,7 @@ async def test_unusable_options_are_refused(
 
 
 async def test_a_raw_xlsx_body_imports_its_first_sheet(client: httpx.AsyncClient) -> None:
-    body = _xlsx(
+    body = xlsx_bytes(
         {
             "entrances": [HEADER, _row("x1"), [], _row("x2", latitude=91.5)],
             "other": [["id"], ["ignored"]],
@@ -107,7 +91,7 @@ async def test_a_raw_xlsx_body_imports_its_first_sheet(client: httpx.AsyncClient
 
 
 async def test_a_multipart_xlsx_with_a_sheet_named(client: httpx.AsyncClient) -> None:
-    body = _xlsx({"notes": [["nothing here"]], "data": [HEADER, _row("s1"), _row("s2")]})
+    body = xlsx_bytes({"notes": [["nothing here"]], "data": [HEADER, _row("s1"), _row("s2")]})
     response = await client.post(
         "/api/v1/entrances/import-rows",
         params={"sheet": "data"},

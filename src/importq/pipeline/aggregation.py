@@ -106,6 +106,8 @@ async def _write_reports(
         async with services.pool.connection() as conn, conn.transaction():
             await conn.execute(queries["report_plan"])
             ranges = await _cancelled_ranges(conn, batch)
+            # Passed even when unused: psycopg then reads every "%" of the query as a
+            # placeholder's, so a "%" in report_blocks must be written "%%".
             params = {"cancelled": CANCELLED, "cancelled_ranges": ranges}
             # Streamed rather than read through a cursor, because PostgreSQL never runs a
             # cursor's query in parallel. The stream is closed on any error, since an

@@ -17,8 +17,10 @@ Each transition is a single ``UPDATE … WHERE status = <expected> RETURNING``. 
 number of concurrent callers, exactly one gets a row back. That caller owns what
 follows: one aggregation, one notification, one email.
 
-The counters change only in the transaction that finishes a chunk. So a progress read
-is one row (O(1)), and it never runs ahead of the row results.
+The counters change only in the transaction that finishes a chunk, or in a cancel's,
+which counts the rows of the chunks it kept from running as failures at once. So a
+progress read is one row (O(1)), and it never runs ahead of the row results, except for
+those cancelled rows, whose records the aggregation makes from the staged rows.
 """
 
 from __future__ import annotations

@@ -93,6 +93,10 @@ async def _claim_chunk(
     chunk = dict(zip(names, row, strict=True))
     if chunk["status"] != "todo" or chunk["batch_status"] != "active":
         return None
+    # Read now, not with the lock: a cancel may have committed while this waited.
+    cursor = await conn.execute(queries["batch_cancelled"], {"batch_id": batch_id})
+    cancelled = await cursor.fetchone()
+    chunk["batch_cancelled"] = bool(cancelled and cancelled[0])
     return chunk
 
 

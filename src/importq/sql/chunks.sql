@@ -9,11 +9,17 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
 
 -- name: lock_chunk
 -- Lock the chunk: a second delivery of its job waits here, then finds it no longer todo.
+-- The batch's columns come from the statement's snapshot: a cancel that committed while
+-- this waited on a holder that then rolled back is not seen here (batch_cancelled is).
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
-       b.status AS batch_status, b.cancelled_at IS NOT NULL AS batch_cancelled, b.dry_run
+       b.status AS batch_status, b.dry_run
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
+
+-- name: batch_cancelled
+-- Whether the batch was cancelled, read after the chunk's lock (a snapshot of its own).
+SELECT cancelled_at IS NOT NULL FROM batches WHERE id = %(batch_id)s;
 
 -- name: chunk_settings
 -- Chunk transaction settings: UTC as the row rules read times; no merge joins; no JIT.
@@ -248,7 +254,8 @@ WITH cancelled AS (
     FROM (SELECT batch_id, chunk_no FROM chunks
           WHERE batch_id = %(batch_id)s AND status = 'todo'
             AND (%(chunk_no)s::int IS NULL OR chunk_no = %(chunk_no)s::int)
-          FOR UPDATE SKIP LOCKED) AS free
+            AND EXISTS (SELECT FROM batches WHERE id = %(batch_id)s AND status = 'active')
+          FOR UPDATE OF chunks SKIP LOCKED) AS free
     WHERE c.batch_id = free.batch_id AND c.chunk_no = free.chunk_no
     RETURNING c.row_count
 ), counted AS (
@@ -275,5 +282,5 @@ WHERE c.batch_id = free.batch_id AND c.chunk_no = free.chunk_no
 RETURNING c.attempts;
 
 -- name: chunk_status
--- A chunk's status (todo, done, failed).
+-- A chunk's status (todo, done, failed, cancelled).
 SELECT status FROM chunks WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s;
