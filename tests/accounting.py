@@ -98,3 +98,15 @@ async def assert_reports_account_for_every_row(
     reports = await report_rows(client, job)
     lines = [int(row[0]) for rows in reports.values() for row in rows]
     assert sorted(lines) == list(range(2, total + 2))
+
+
+async def inserts_running(services: Services) -> int:
+    """How many statements inserting into ``entrances`` run now in the test's database
+    (a slowed chunk, say). Other tests' databases on the same server are not counted."""
+    return await count(
+        services,
+        # The chunk statement inserts into the target table (this query names it too).
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
+        " AND datname = current_database()"
+        " AND query LIKE '%%INSERT INTO \"entrances\"%%' AND pid <> pg_backend_pid()",
+    )

@@ -1,6 +1,6 @@
 """Hooks for the schemathesis run of ``tests/integration/test_openapi_fuzz.py``.
 
-- import-rows is fuzzed with JSON bodies. The document lists CSV, TSV, XLSX and the
+- import-rows and preview are fuzzed with JSON bodies. The document lists CSV, TSV, XLSX and the
   multipart form too, but as strings or bytes: what makes a file acceptable (a header
   naming the mandatory columns, a delimiter, quoting) is beyond JSON Schema, so random
   ones would be refused rightly. Files have their own tests (csv-spectrum, XLSX, forms).
@@ -16,7 +16,7 @@ from typing import Any
 
 import schemathesis
 
-IMPORT_ROWS = "/import-rows"
+UPLOADS = ("/import-rows", "/preview")
 KEY = "Idempotency-Key"
 
 
@@ -24,7 +24,7 @@ KEY = "Idempotency-Key"
 def before_load_schema(context: Any, raw_schema: dict[str, Any]) -> None:
     for path, operations in raw_schema["paths"].items():
         body = operations.get("post", {}).get("requestBody")
-        if path.endswith(IMPORT_ROWS) and body is not None:
+        if path.endswith(UPLOADS) and body is not None:
             body["content"] = {"application/json": body["content"]["application/json"]}
 
 

@@ -10,7 +10,10 @@ issued. A token is 32 random bytes, URL-safe encoded.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
+import hmac
 import re
 import secrets
 import uuid
@@ -165,7 +168,16 @@ async def user_for_token(conn: AsyncConnection[Any], token: str) -> User | None:
     Notes the token's use (at most once a minute), in the caller's transaction.
     """
     cursor = await conn.execute(queries["user_by_token"], {"token_hash": token_digest(token)})
-    row = await cursor.fetchone()
+    return await _admitted(conn, await cursor.fetchone())
+
+
+async def user_for_token_id(conn: AsyncConnection[Any], token_id: uuid.UUID) -> User | None:
+    """:func:`user_for_token`, for the token with this id (a web session's)."""
+    cursor = await conn.execute(queries["user_by_token_id"], {"token_id": token_id})
+    return await _admitted(conn, await cursor.fetchone())
+
+
+async def _admitted(conn: AsyncConnection[Any], row: tuple[Any, ...] | None) -> User | None:
     if row is None:
         return None
     user_id, name, role, email, locale, token_id, revoked, expired, disabled = row
@@ -217,3 +229,68 @@ async def admin_exists(conn: AsyncConnection[Any]) -> bool:
     cursor = await conn.execute(queries["any_admin"])
     row = await cursor.fetchone()
     return bool(row and row[0])
+
+
+# scrypt's cost: 16 MiB and ~50 ms a check on one core (RFC 7914's interactive setting).
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+
+
+class BadPassword(ValueError):
+    """A password a user cannot have."""
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$<n>$<r>$<p>$<salt>$<hash>``, with a fresh 16-byte salt."""
+    if not MIN_PASSWORD <= len(password) <= MAX_PASSWORD:
+        raise BadPassword(f"a password has {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    salt = secrets.token_bytes(16)
+    digest = _scrypt(password, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    parts = [str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P), _b64(salt), _b64(digest)]
+    return "$".join(["scrypt", *parts])
+
+
+def password_matches(stored: str | None, password: str) -> bool:
+    """Whether ``password`` is the one ``stored`` was made of. With nothing stored, a
+    check of the same cost still runs, so that the time tells no one which names exist."""
+    if stored is None:
+        _scrypt(password, b"\0" * 16, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+        return False
+    kind, n, r, p, salt, digest = stored.split("$")
+    assert kind == "scrypt"
+    found = _scrypt(password, base64.b64decode(salt), int(n), int(r), int(p))
+    return hmac.compare_digest(found, base64.b64decode(digest))
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    data = password.encode("utf-8", "surrogatepass")
+    return hashlib.scrypt(data, salt=salt, n=n, r=r, p=p, maxmem=64 * 1024 * 1024, dklen=32)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+async def set_password(conn: AsyncConnection[Any], name: str, password: str | None) -> bool:
+    """Set user ``name``'s password (None removes it). Whether the user exists. Raises
+    :class:`BadPassword` for a password too short or too long."""
+    stored = None if password is None else hash_password(password)
+    cursor = await conn.execute(queries["set_password"], {"name": name, "password_hash": stored})
+    return await cursor.fetchone() is not None
+
+
+async def user_id_for_password(conn: AsyncConnection[Any], name: str, password: str) -> int | None:
+    """The id of user ``name`` when ``password`` is theirs, else None. Raises
+    :class:`TokenRefused` (``user_disabled``) for a disabled user with the right password.
+
+    The hash is checked in a worker thread: ~50 ms of CPU, kept off the event loop.
+    """
+    cursor = await conn.execute(queries["user_password"], {"name": name})
+    row = await cursor.fetchone()
+    stored = None if row is None else row[1]
+    if not await asyncio.to_thread(password_matches, stored, password) or row is None:
+        return None
+    if row[2]:
+        raise TokenRefused("user_disabled", "This user is disabled.")
+    return int(row[0])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import math
@@ -206,13 +207,22 @@ def _users(args: argparse.Namespace, settings: Settings) -> int:
             if command == "revoke":
                 found = await accounts.revoke_token(conn, args.token_id, owner_id=None)
                 return f"token {args.token_id} revoked" if found else None
+            if command == "password":
+                found = await accounts.set_password(conn, args.name, password)
+                done = "removed" if password is None else "set: they may sign in to the pages"
+                return f"password of {args.name} {done}" if found else None
             found = await accounts.disable_user(conn, args.name)
             return f"user {args.name} disabled: none of their tokens works" if found else None
 
+    password = None
+    if args.users_command == "password" and not args.remove:
+        password = _read_password()
+        if password is None:
+            return EXIT_FAILED
     asyncio.run(_migrate(settings))
     try:
         said = asyncio.run(run())
-    except (accounts.UserExists, accounts.BadUserName) as error:
+    except (accounts.UserExists, accounts.BadUserName, accounts.BadPassword) as error:
         print(f"importq: {error}", file=sys.stderr)
         return EXIT_FAILED
     if said is None:
@@ -222,6 +232,17 @@ def _users(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_FAILED
     print(said)
     return EXIT_OK
+
+
+def _read_password() -> str | None:
+    """A new password: typed twice at a terminal, else the first line of stdin."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("New password: ")
+    if getpass.getpass("The same again: ") != first:
+        print("importq: the two passwords differ; nothing was changed", file=sys.stderr)
+        return None
+    return first
 
 
 def _token_line(token: dict[str, Any]) -> str:
@@ -501,6 +522,12 @@ def build_parser() -> argparse.ArgumentParser:
     tokens.add_argument("name")
     revoke = user_commands.add_parser("revoke", help="revoke a token: it stops working at once")
     revoke.add_argument("token_id", type=uuid.UUID)
+    password = user_commands.add_parser(
+        "password",
+        help="set the password a user signs in to the pages with (typed, or read from stdin)",
+    )
+    password.add_argument("name")
+    password.add_argument("--remove", action="store_true", help="remove it: tokens only")
     disable = user_commands.add_parser("disable", help="disable a user and all their tokens")
     disable.add_argument("name")
     users.set_defaults(handler=_users)

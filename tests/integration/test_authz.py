@@ -25,6 +25,7 @@ ADMINS = "401 403 403 403 ok 401 401 401"
 # (method, path, JSON body or None, statuses, the success status)
 MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("POST", "/api/v1/entrances/import-rows", {"data": [{}]}, SIGNED_IN, 202),
+    ("POST", "/api/v1/entrances/preview", {"data": [{}]}, SIGNED_IN, 200),
     ("GET", "/api/v1/jobs/{batch}", None, OWNER_AND_STAFF, 200),
     ("GET", "/api/v1/jobs", None, SIGNED_IN, 200),
     # The batch has no reports yet: those who may see it are told so.

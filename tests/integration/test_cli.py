@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from helpers import csv_text, entrance
+from importq import accounts
 from importq.config import Settings
 from importq.db import embedded_database_url
 from processes import free_port, serving, start_serve, wait_healthy
@@ -31,10 +32,13 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def importq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def importq(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "importq.cli", *args],
         env=env,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=120,
@@ -102,6 +106,32 @@ def test_users_create_prints_only_the_token(cli_env: dict[str, str]) -> None:
     another = importq(cli_env, "users", "token", "bob")
     assert another.returncode == 0 and another.stdout.strip() not in ("", token)
     assert importq(cli_env, "users", "token", "nobody").returncode == 1
+
+
+def test_users_password_sets_and_removes_the_pages_password(
+    cli_env: dict[str, str], database_url: str
+) -> None:
+    assert importq(cli_env, "users", "create", "dora").returncode == 0
+
+    def stored() -> str | None:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT password_hash FROM users WHERE name = 'dora'").fetchone()
+        assert row is not None
+        return None if row[0] is None else str(row[0])
+
+    short = importq(cli_env, "users", "password", "dora", stdin="short\n")
+    assert short.returncode == 1 and "10 to 1024 characters" in short.stderr
+    assert stored() is None
+    done = importq(cli_env, "users", "password", "dora", stdin="a long passphrase\n")
+    assert done.returncode == 0, done.stderr
+    assert "password of dora set" in done.stdout
+    assert accounts.password_matches(stored(), "a long passphrase")
+    assert not accounts.password_matches(stored(), "a long passphrasf")
+    assert (
+        importq(cli_env, "users", "password", "nobody", stdin="a long passphrase\n").returncode == 1
+    )
+    assert importq(cli_env, "users", "password", "dora", "--remove").returncode == 0
+    assert stored() is None
 
 
 @pytest.fixture

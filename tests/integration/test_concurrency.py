@@ -25,6 +25,7 @@ from psycopg import sql
 from accounting import (
     assert_every_row_accounted_once,
     count,
+    inserts_running,
     mixed_rows,
     slow_down_inserts,
 )
@@ -320,12 +321,7 @@ async def test_a_worker_killed_mid_chunk_loses_and_doubles_nothing(
             "SELECT count(*) FROM chunks WHERE batch_id = %s AND status = 'done'",
             batch_id,
         )
-        sleeping = await count(
-            services,
-            # The chunk statement inserts into the target table (this query names it too).
-            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
-            " AND query LIKE '%%INSERT INTO \"entrances\"%%' AND pid <> pg_backend_pid()",
-        )
+        sleeping = await inserts_running(services)
         if done >= 2 and sleeping >= 1:
             break
         assert time.monotonic() < deadline, "the worker never got going"

@@ -20,6 +20,7 @@ from accounting import (
     assert_every_row_accounted_once,
     assert_reports_account_for_every_row,
     count,
+    inserts_running,
     mixed_rows,
     report_rows,
     slow_down_inserts,
@@ -97,11 +98,7 @@ async def _chunks_in_flight(services: Services, batch_id: str) -> bool:
         "SELECT count(*) FROM chunks WHERE batch_id = %s AND status = 'done'",
         batch_id,
     )
-    inserting = await count(
-        services,
-        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active'"
-        " AND query LIKE '%%INSERT INTO \"entrances\"%%' AND pid <> pg_backend_pid()",
-    )
+    inserting = await inserts_running(services)
     return done >= 2 and inserting >= 1
 
 

@@ -35,7 +35,7 @@ RTL = {"ar", "he"}
 TOTAL = 1234567
 FILE_NAME = "<b>x</b>.csv"
 DATASET_LABEL = "CRM & <Kontakte>"
-BATCH_URL = "https://importq.example/api/v1/jobs/7f3c2a9e"
+BATCH_URL = "https://importq.example/jobs/7f3c2a9e"  # the batch's page
 # Two reports, signed like blob-storage URLs (the "&" must be escaped in HTML attributes).
 # The URLs name the report kinds ("success", "failures"), which is why the "no English
 # left" check removes URLs before looking for msgids.
@@ -199,8 +199,23 @@ def test_each_ending_has_its_own_subject_and_wording(locale: str) -> None:
                 assert str(escape(headline(text))) not in other_html
 
 
+def email_msgids() -> set[str]:
+    """The catalog's messages that an email uses (the pages' own words, such as "Import"
+    or "no", are ordinary words in some languages' email text)."""
+    with (resource_dir("locales") / f"{i18n.DOMAIN}.pot").open("rb") as handle:
+        return {
+            singular(message.id)
+            for message in read_po(handle)
+            if message.id
+            and any(
+                path.startswith("templates/email/") or path.endswith("delivery/mailer.py")
+                for path, _line in message.locations
+            )
+        }
+
+
 def _english_patterns() -> list[tuple[str, re.Pattern[str]]]:
-    """One pattern per English phrase of the catalog.
+    """One pattern per English phrase the email's messages hold.
 
     Each msgid is split at its placeholders and every piece that has letters becomes a
     whole-word, case-insensitive pattern: "Your import into %(dataset)s failed." gives
@@ -208,7 +223,7 @@ def _english_patterns() -> list[tuple[str, re.Pattern[str]]]:
     contain a msgid as part of a longer word (Catalan "Files" = rows, next to "File").
     """
     patterns = []
-    for msgid in sorted(template_msgids()):
+    for msgid in sorted(email_msgids()):
         for piece in PLACEHOLDER.split(msgid)[::2]:
             phrase = piece.strip(" .:()")
             if re.search(r"[A-Za-z]", phrase):

@@ -30,6 +30,7 @@ from importq.api import (
     jobs,
     notifications,
     openapi,
+    preview,
     users,
 )
 from importq.api.auth import database_unavailable
@@ -39,6 +40,7 @@ from importq.config import Settings
 from importq.errors import Refusal
 from importq.rules.datasets import load_datasets
 from importq.services import Services, open_services
+from importq.ui import pages
 from importq.worker.tasks import run_worker, worker_connections, worker_lanes
 
 log = logging.getLogger(__name__)
@@ -185,14 +187,25 @@ def create_app(
             expose_headers=["Retry-After", "Location"],
             max_age=600,
         )
-    routers = (imports, jobs, job_events, datasets, notifications, users, files, health)
+    routers = (
+        imports,
+        preview,
+        jobs,
+        job_events,
+        datasets,
+        notifications,
+        users,
+        files,
+        health,
+    )
     for module in routers:
         app.include_router(module.router)
+    pages.install(app)
     # Every route itself, for Allow: the app's own list holds each included router as
     # one entry, beside its own routes (/openapi.json, /docs).
     app.state.api_routes = [
         route
-        for route in (*app.routes, *(r for m in routers for r in m.router.routes))
+        for route in (*app.routes, *(r for m in (*routers, pages) for r in m.router.routes))
         if isinstance(route, Route)
     ]
     openapi.install(app, lambda: load_datasets(settings.datasets_file), settings.upload_limits)

@@ -1,4 +1,5 @@
-"""Authentication: ``Authorization: Bearer <token>`` on every /api/v1 route."""
+"""Authentication: ``Authorization: Bearer <token>`` on every /api/v1 route, or the web
+pages' session cookie (:mod:`importq.api.sessions`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from importq.accounts import TokenRefused, User, user_for_token
+from importq.accounts import TokenRefused, User, user_for_token, user_for_token_id
+from importq.api.sessions import CSRF_HEADER, SAFE_METHODS, csrf_matches, session_of
 from importq.errors import Refusal
 from importq.services import Services
 
@@ -49,14 +51,15 @@ async def bearer_token(request: Request) -> str | None:
 
 
 async def current_user(
+    request: Request,
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None,
 ) -> User:
+    """The caller: by their bearer token, else by the web pages' session cookie (an
+    unsafe method then needs the session's CSRF token in ``X-CSRF-Token``)."""
     token = _token(credentials)
     if token is None:
-        raise Refusal(
-            401, "unauthenticated", "Send an API token as 'Authorization: Bearer <token>'."
-        )
+        return await session_user(request, services, header=request.headers.get(CSRF_HEADER))
     # A pool of its own: uploads and jobs never hold its connections. A request waits
     # this long at most for one; past it, 503.
     async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
@@ -66,6 +69,27 @@ async def current_user(
             raise Refusal(401, refused.code, str(refused)) from None
     if user is None:
         raise Refusal(401, "invalid_token", "The API token is not valid.")
+    return user
+
+
+async def session_user(request: Request, services: Services, *, header: str | None) -> User:
+    """The user of the request's web session. ``header`` is the CSRF token the request
+    carries, checked unless the method is safe (a form's token comes from its field)."""
+    found = session_of(request, services.settings)
+    if found is None:
+        raise Refusal(
+            401, "unauthenticated", "Send an API token as 'Authorization: Bearer <token>'."
+        )
+    session, cookie = found
+    if request.method not in SAFE_METHODS and not csrf_matches(services.settings, cookie, header):
+        raise Refusal(403, "csrf", "The request lacks the page's CSRF token; reload the page.")
+    async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
+        try:
+            user = await user_for_token_id(conn, session.token_id)
+        except TokenRefused as refused:
+            raise Refusal(401, refused.code, "Your session has ended; sign in again.") from None
+    if user is None:
+        raise Refusal(401, "invalid_token", "Your session has ended; sign in again.")
     return user
 
 

@@ -22,6 +22,7 @@ from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 
+from importq.accounts import User
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.request_body import spool_body, spool_form_file, too_large
 from importq.api.schemas import Accepted, errors
@@ -36,6 +37,7 @@ from importq.ingest.parsed_upload import ParsedUpload, within_limits
 from importq.ingest.staging import BatchRequest, stage_batch
 from importq.ingest.text_encoding import encoding_names, resolve_encoding
 from importq.ingest.xlsx_reader import XLSX_TYPE, read_xlsx
+from importq.rules.datasets import Dataset
 from importq.services import Services
 from importq.sql import queries
 from importq.storage import StorageError
@@ -70,6 +72,28 @@ ACCEPTED_TYPES = (
 )
 
 
+# How to read a file, for an upload and its preview alike.
+EncodingOption = Annotated[
+    str | None,
+    Query(
+        max_length=40,
+        description="The CSV's encoding, any case (default: detected)",
+        json_schema_extra={"enum": encoding_names()},
+    ),
+]
+DelimiterOption = Annotated[
+    str | None,
+    Query(
+        max_length=10,
+        description="The CSV's delimiter, any case (default: sniffed)",
+        json_schema_extra={"enum": list(DELIMITER_NAMES)},
+    ),
+]
+SheetOption = Annotated[
+    str | None, Query(max_length=31, description="The XLSX sheet (default: the first)")
+]
+
+
 @dataclass(frozen=True)
 class FileOptions:
     """How to read an uploaded file: the query options and the limits in force."""
@@ -80,7 +104,71 @@ class FileOptions:
     sheet: str | None = None
 
 
-def _read_file(
+def importable_dataset(services: Services, user: User, name: str) -> Dataset:
+    """The dataset ``name``, if ``user`` may import into it (else 404 or 403)."""
+    definition = services.datasets.get(name)
+    if definition is None:
+        raise Refusal(404, "unknown_dataset", f"There is no dataset named {name!r}.")
+    if not user.has_role(definition.import_role):
+        raise Refusal(
+            403, "forbidden", f"Importing into {name} needs the {definition.import_role} role."
+        )
+    return definition
+
+
+def file_options(
+    services: Services, encoding: str | None, delimiter: str | None, sheet: str | None
+) -> FileOptions:
+    """The options of a request, checked before a byte of its body is read: an unknown
+    encoding or delimiter is refused at once (400)."""
+    if encoding is not None:
+        resolve_encoding(encoding)
+    if delimiter is not None:
+        resolve_delimiter(delimiter)
+    return FileOptions(
+        services.settings.upload_limits, encoding=encoding, delimiter=delimiter, sheet=sheet
+    )
+
+
+@dataclass(frozen=True)
+class SpooledBody:
+    """A request's body in a spool file, and the file format its type says."""
+
+    source: IO[bytes]
+    format: str
+    default_delimiter: str | None
+    #: The file name a multipart form gave, if the body came as one.
+    sent_name: str | None
+
+
+async def spool_upload(
+    request: Request, services: Services, closed: contextlib.ExitStack
+) -> SpooledBody:
+    """Spool the request's body under the upload limit, by its content type (415 for a
+    type not accepted). ``closed`` closes the spool, unless the caller pops it."""
+    limit = services.settings.max_upload_bytes
+    spool_dir = services.settings.spool_dir
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        source, sent_name = await spool_form_file(request, limit, spool_dir)
+        closed.callback(source.close)
+        return SpooledBody(source, *_file_format(sent_name), sent_name)
+    if media_type == "application/json":
+        fmt, default_delimiter = "json", None
+    elif media_type in BODY_TYPES:
+        fmt, default_delimiter = BODY_TYPES[media_type]
+    else:
+        raise Refusal(
+            415,
+            "unsupported_type",
+            f"Content type {media_type or '(none)'} is not accepted; send {ACCEPTED_TYPES}.",
+        )
+    source = await spool_body(request, limit, spool_dir)
+    closed.callback(source.close)
+    return SpooledBody(source, fmt, default_delimiter, None)
+
+
+def read_file(
     binary: IO[bytes], fmt: str, default_delimiter: str | None, options: FileOptions
 ) -> ParsedUpload:
     """Read the upload's header (and, for JSON, check all of it). The caller runs this in
@@ -232,25 +320,9 @@ async def import_rows(
         ),
     ] = None,
     fileName: str | None = None,
-    encoding: Annotated[
-        str | None,
-        Query(
-            max_length=40,
-            description="The CSV's encoding, any case (default: detected)",
-            json_schema_extra={"enum": encoding_names()},
-        ),
-    ] = None,
-    delimiter: Annotated[
-        str | None,
-        Query(
-            max_length=10,
-            description="The CSV's delimiter, any case (default: sniffed)",
-            json_schema_extra={"enum": list(DELIMITER_NAMES)},
-        ),
-    ] = None,
-    sheet: Annotated[
-        str | None, Query(max_length=31, description="The XLSX sheet (default: the first)")
-    ] = None,
+    encoding: EncodingOption = None,
+    delimiter: DelimiterOption = None,
+    sheet: SheetOption = None,
     dryRun: Annotated[
         bool, Query(description="Run everything, write nothing to the table: what would happen")
     ] = False,
@@ -260,13 +332,7 @@ async def import_rows(
         raise Refusal(
             503, "shutting_down", "The service is stopping; send the upload again shortly."
         )
-    definition = services.datasets.get(dataset)
-    if definition is None:
-        raise Refusal(404, "unknown_dataset", f"There is no dataset named {dataset!r}.")
-    if not user.has_role(definition.import_role):
-        raise Refusal(
-            403, "forbidden", f"Importing into {dataset} needs the {definition.import_role} role."
-        )
+    definition = importable_dataset(services, user, dataset)
     request.app.state.rate_limiter.take(str(user.token_id))
     await _check_pending_rows(services, user.id)
     limit = services.settings.max_upload_bytes
@@ -274,42 +340,18 @@ async def import_rows(
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
 
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     file_name = clean_file_name(fileName)
     # Refuse unusable options before reading a byte of the body.
-    if encoding is not None:
-        resolve_encoding(encoding)
-    if delimiter is not None:
-        resolve_delimiter(delimiter)
+    options = file_options(services, encoding, delimiter, sheet)
     if callbackUrl is not None and not is_callback_url(callbackUrl):
         raise Refusal(400, "bad_callback_url", f"callbackUrl must be {WHAT_IT_MAY_BE}.")
-    options = FileOptions(
-        services.settings.upload_limits, encoding=encoding, delimiter=delimiter, sheet=sheet
-    )
-    spool_dir = services.settings.spool_dir
     # Whatever refuses the upload, it is closed, and a spool file is then gone. Only an
     # upload handed over to keep_upload stays open.
     with contextlib.ExitStack() as upload_closed:
-        if media_type == "application/json":
-            fmt, default_delimiter = "json", None
-            source = await spool_body(request, limit, spool_dir)
-        elif media_type in BODY_TYPES:
-            fmt, default_delimiter = BODY_TYPES[media_type]
-            source = await spool_body(request, limit, spool_dir)
-        elif media_type == "multipart/form-data":
-            source, sent_name = await spool_form_file(request, limit, spool_dir)
-            upload_closed.callback(source.close)
-            fmt, default_delimiter = _file_format(sent_name)
-            file_name = clean_file_name(sent_name)
-        else:
-            raise Refusal(
-                415,
-                "unsupported_type",
-                f"Content type {media_type or '(none)'} is not accepted; send {ACCEPTED_TYPES}.",
-            )
-        if media_type != "multipart/form-data":
-            upload_closed.callback(source.close)
-        upload = await off_loop(_read_file, source, fmt, default_delimiter, options)
+        body = await spool_upload(request, services, upload_closed)
+        fmt, default_delimiter, source = body.format, body.default_delimiter, body.source
+        file_name = clean_file_name(body.sent_name) if body.sent_name else file_name
+        upload = await off_loop(read_file, source, fmt, default_delimiter, options)
 
         callback_url = callbackUrl or definition.callback_url
         digest = None

@@ -10,7 +10,8 @@ FastAPI builds the document from the routes; :func:`install` finishes it:
 - ``import-rows`` is one operation per dataset (``/api/v1/entrances/import-rows``…),
   since each dataset has its own columns: its JSON body's schema names them, says which
   are mandatory, and carries the upload limits in force. CSV, TSV and XLSX bodies and
-  the multipart form are listed by media type.
+  the multipart form are listed by media type. ``preview`` takes the same bodies, so it
+  is one operation per dataset too (``/api/v1/entrances/preview``…).
 
 Routes name their own errors with :func:`errors`; the rest is added here, once, so that
 a new route cannot forget the statuses every route shares.
@@ -48,6 +49,12 @@ _STATUS_HEADERS: Mapping[str, dict[str, Any]] = {
 }
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 IMPORT_ROWS = "/api/v1/{dataset}/import-rows"
+PREVIEW = "/api/v1/{dataset}/preview"
+# The routes that take an upload's body: their operation id and summary per dataset.
+_PER_DATASET = {
+    IMPORT_ROWS: ("import_rows_{name}", "Import rows into {label}"),
+    PREVIEW: ("preview_{name}", "Preview a file for {label}: nothing is staged"),
+}
 DESCRIPTION = (
     "Bulk import of rows into PostgreSQL: post rows, get a batch id at once, follow the "
     'batch to its reports. Every error answers `{"detail", "code", …}`: `detail` '
@@ -116,21 +123,22 @@ def _error_response(status: int) -> dict[str, Any]:
 def _paths_per_dataset(
     document: dict[str, Any], datasets: Mapping[str, Dataset], limits: UploadLimits
 ) -> None:
-    """Replace the ``{dataset}`` path of import-rows with one path per dataset, each
-    with the body its columns make."""
-    template = document["paths"].pop(IMPORT_ROWS)["post"]
-    template["parameters"] = [p for p in template["parameters"] if p["name"] != "dataset"]
-    for name, dataset in sorted(datasets.items()):
-        operation = copy.deepcopy(template)
-        operation["operationId"] = f"import_rows_{name}"
-        operation["summary"] = f"Import rows into {dataset.label}"
-        operation["requestBody"] = _upload_body(dataset, limits)
-        path = IMPORT_ROWS.replace("{dataset}", name)
-        document["paths"][path] = {"post": operation}
+    """Replace the ``{dataset}`` path of import-rows and preview with one path per
+    dataset, each with the body its columns make."""
+    for generic, (operation_id, summary) in _PER_DATASET.items():
+        template = document["paths"].pop(generic)["post"]
+        template["parameters"] = [p for p in template["parameters"] if p["name"] != "dataset"]
+        for name, dataset in sorted(datasets.items()):
+            operation = copy.deepcopy(template)
+            operation["operationId"] = operation_id.format(name=name)
+            operation["summary"] = summary.format(label=dataset.label)
+            operation["requestBody"] = _upload_body(dataset, limits)
+            document["paths"][generic.replace("{dataset}", name)] = {"post": operation}
 
 
 def _upload_body(dataset: Dataset, limits: UploadLimits) -> dict[str, Any]:
-    """The request body of ``dataset``'s import-rows: JSON rows, or a file.
+    """The request body of an upload into ``dataset`` (or its preview): JSON rows, or a
+    file.
 
     The JSON schema is what is accepted: any row (a row that is not an object, or holds
     a nested value, is taken and fails in the failures report), every mandatory column

@@ -49,7 +49,7 @@ async def send_completion_email(
             completed_at=batch["completed_at"],
             report_urls=batch["result"]["reportUrls"],
             reports_expire_at=batch["reports_expire_at"],
-            batch_url=f"{settings.base_url}/api/v1/jobs/{batch_id}",
+            batch_url=f"{settings.base_url}/jobs/{batch_id}",  # the page people read
             dry_run=batch["dry_run"],
         )
         message = render_completion_email(

@@ -207,6 +207,7 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
                         "fileName": batch["file_name"],
                         "summary": summary,
                         "statusUrl": f"/api/v1/jobs/{batch_id}",
+                        "pageUrl": f"/jobs/{batch_id}",  # what people open
                         "reportUrls": result["reportUrls"],
                         "reportsExpireAt": expires_at.isoformat().replace("+00:00", "Z"),
                     }

@@ -24,6 +24,22 @@ SELECT u.id, u.name, u.role, u.email, u.locale, t.id,
 FROM api_tokens t JOIN users u ON u.id = t.user_id
 WHERE t.token_hash = %(token_hash)s;
 
+-- name: user_by_token_id
+-- user_by_token, for a token named by its id (a web session's).
+SELECT u.id, u.name, u.role, u.email, u.locale, t.id,
+       t.revoked_at IS NOT NULL, t.expires_at <= now(), u.disabled_at IS NOT NULL
+FROM api_tokens t JOIN users u ON u.id = t.user_id
+WHERE t.id = %(token_id)s;
+
+-- name: set_password
+-- Set a user's password hash (NULL: no password). A row back: the user exists.
+UPDATE users SET password_hash = %(password_hash)s WHERE name = %(name)s
+RETURNING id;
+
+-- name: user_password
+-- A user's id, password hash and whether they are disabled, by name.
+SELECT id, password_hash, disabled_at IS NOT NULL FROM users WHERE name = %(name)s;
+
 -- name: token_used
 -- Note when a token was used, at most once a minute (a write per request would cost more).
 UPDATE api_tokens SET last_used_at = now()

@@ -1,0 +1,1 @@
+"""The web pages people use: server-rendered, on the API's port, over the same API."""
