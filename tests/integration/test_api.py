@@ -907,6 +907,35 @@ async def test_job_list_filters_by_status_and_dataset(
     assert await listed({"status": "failed"}) == []
 
 
+async def test_job_list_filters_by_initiator_and_day(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    mine = (await post_rows(client, [entrance("d1")])).json()["batchId"]
+    async with user_client(services, "bob") as bob:
+        theirs = (await post_rows(bob, [entrance("d2")])).json()["batchId"]
+        assert_error(await bob.get("/api/v1/jobs?initiator=alice"), 403, "forbidden")
+        assert (await bob.get("/api/v1/jobs?initiator=bob")).json()["total"] == 1
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE batches SET created_at = '2026-03-01 23:30+00' WHERE id = %s", (mine,)
+        )
+    async with user_client(services, "mod", "moderator") as staff:
+
+        async def listed(query: str) -> list[str]:
+            body = (await staff.get(f"/api/v1/jobs?{query}")).json()
+            return [j["batchId"] for j in body["items"]]
+
+        assert await listed("initiator=bob") == [theirs]
+        assert await listed("initiator=alice") == [mine]
+        assert await listed("initiator=nobody") == []
+        # Days are UTC days, both ends included.
+        assert await listed("since=2026-03-01&until=2026-03-01") == [mine]
+        assert await listed("until=2026-02-28") == []
+        assert await listed("since=2026-03-02") == [theirs]
+        for wrong in ("March", "0", "2026-02-31"):
+            assert_error(await staff.get(f"/api/v1/jobs?since={wrong}"), 422, "invalid_request")
+
+
 async def test_job_list_pages(client: httpx.AsyncClient) -> None:
     ids = [(await post_rows(client, [entrance(f"g{i}")])).json()["batchId"] for i in range(3)]
     body = (await client.get("/api/v1/jobs?pageSize=1&page=2")).json()

@@ -178,3 +178,22 @@ async def test_someone_elses_job_page_is_refused(
         page = await other.get(f"/jobs/{posted.json()['batchId']}")
         assert page.status_code == 403
         assert (await other.get("/jobs/not-a-batch")).status_code == 404
+
+
+async def test_the_jobs_page_filters_and_keeps_its_filters_across_pages(
+    app_client: httpx.AsyncClient, services: Services
+) -> None:
+    _, token = await new_user(services, "pager", "moderator")
+    async with api_client(services, token) as api:
+        for i in range(27):
+            assert (
+                await api.post("/api/v1/entrances/import-rows", json={"data": [entrance(f"j{i}")]})
+            ).status_code == 202
+    await _sign_in(app_client, token=token)
+    page = await app_client.get("/jobs?status=active&initiator=pager&since=2000-01-01&page=1")
+    assert page.status_code == 200
+    assert page.text.count('<th scope="row"><a href="/jobs/') == 25
+    assert 'href="?page=2&amp;status=active&amp;initiator=pager&amp;since=2000-01-01"' in page.text
+    assert 'id="filter-initiator"' in page.text  # staff may filter by user
+    none = await app_client.get("/jobs?initiator=nobody&since=not-a-day")
+    assert none.status_code == 200 and "No jobs yet." in none.text

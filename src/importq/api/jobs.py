@@ -6,12 +6,14 @@ or malformed id gets 404.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from datetime import date
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from importq.accounts import User
+from importq.accounts import User, find_user_id
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.schemas import (
     PRINTABLE,
@@ -64,27 +66,72 @@ async def get_job(batch_id: str, user: CurrentUser, services: ServicesDep) -> Jo
     return Job.from_row(await readable_batch(services, user, batch_id))
 
 
-@router.get("/api/v1/jobs", response_model=Page[Job])
+def _day_query(description: str) -> Any:
+    # A text of the day's form, read by utc_day: a date parameter would also take a
+    # number (0 is 1970-01-01), which the document does not allow.
+    return Query(pattern=DAY_PATTERN, description=description, json_schema_extra={"format": "date"})
+
+
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
+def utc_day(text: str | None) -> date | None:
+    """A ``YYYY-MM-DD`` day; 422 for one the calendar does not have."""
+    if text is None:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise Refusal(422, "invalid_request", f"{text!r} is not a day (YYYY-MM-DD).") from None
+
+
+async def list_for(
+    services: Services,
+    user: User,
+    which: batches.BatchFilter,
+    initiator: str | None,
+    *,
+    page: int,
+    page_size: int,
+) -> Page[Job]:
+    """A page of the batches ``user`` may read that ``which`` matches, newest first;
+    ``initiator`` (a user's name) narrows them to that user's, which only a moderator or
+    an admin may ask of another user (else 403). An unknown name matches nothing."""
+    if not user.sees_all_batches:
+        if initiator not in (None, user.name):
+            raise Refusal(403, "forbidden", "Only moderators and admins see others' batches.")
+        which = dataclasses.replace(which, initiator_id=user.id)
+    async with services.pool.connection() as conn:
+        if initiator is not None and user.sees_all_batches:
+            found = await find_user_id(conn, initiator)
+            if found is None:
+                return Page[Job](items=[], total=0, page=page, pageSize=page_size)
+            which = dataclasses.replace(which, initiator_id=found)
+        rows, total = await batches.list_batches(conn, which, page=page, page_size=page_size)
+    return Page[Job](
+        items=[Job.from_row(r) for r in rows], total=total, page=page, pageSize=page_size
+    )
+
+
+@router.get("/api/v1/jobs", response_model=Page[Job], responses=errors(403))
 async def list_jobs(
     user: CurrentUser,
     services: ServicesDep,
     status: Status | None = None,
     dataset: Annotated[str | None, Query(max_length=100, pattern=PRINTABLE)] = None,
+    initiator: Annotated[
+        str | None,
+        Query(max_length=100, description="A user's name: their batches (staff: anyone's)"),
+    ] = None,
+    since: Annotated[str | None, _day_query("Created on this UTC day or after")] = None,
+    until: Annotated[str | None, _day_query("Created on this UTC day or before")] = None,
     page: PageNumber = 1,
     pageSize: PageSize = 50,
 ) -> Page[Job]:
-    async with services.pool.connection() as conn:
-        rows, total = await batches.list_batches(
-            conn,
-            initiator_id=None if user.sees_all_batches else user.id,
-            status=status,
-            dataset=dataset,
-            page=page,
-            page_size=pageSize,
-        )
-    return Page[Job](
-        items=[Job.from_row(r) for r in rows], total=total, page=page, pageSize=pageSize
+    which = batches.BatchFilter(
+        status=status, dataset=dataset, since=utc_day(since), until=utc_day(until)
     )
+    return await list_for(services, user, which, initiator, page=page, page_size=pageSize)
 
 
 @router.post(

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -120,23 +120,23 @@ async def get_batch(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> dict[str
         return await cursor.fetchone()
 
 
+@dataclass(frozen=True)
+class BatchFilter:
+    """Which batches a list shows; None matches every value. ``since`` and ``until`` are
+    UTC days, both included."""
+
+    initiator_id: int | None = None
+    status: str | None = None
+    dataset: str | None = None
+    since: date | None = None
+    until: date | None = None
+
+
 async def list_batches(
-    conn: AsyncConnection[Any],
-    *,
-    initiator_id: int | None,
-    status: str | None,
-    dataset: str | None,
-    page: int,
-    page_size: int,
+    conn: AsyncConnection[Any], which: BatchFilter, *, page: int, page_size: int
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of batches, newest first, and how many match in all."""
-    params = {
-        "initiator_id": initiator_id,
-        "status": status,
-        "dataset": dataset,
-        "limit": page_size,
-        "offset": (page - 1) * page_size,
-    }
+    params = {**asdict(which), "limit": page_size, "offset": (page - 1) * page_size}
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(queries["list_batches"], params)
         rows = await cursor.fetchall()

@@ -83,7 +83,8 @@ FROM batches
 WHERE id = %(batch_id)s;
 
 -- name: list_batches
--- A page of batches, newest first; NULL filters match everything.
+-- A page of batches, newest first; NULL filters match everything. Days are UTC days,
+-- until included.
 SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, status, header,
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
@@ -94,6 +95,9 @@ FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
   AND (%(dataset)s::text IS NULL OR dataset = %(dataset)s)
+  AND (%(since)s::date IS NULL OR created_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC')
+  AND (%(until)s::date IS NULL
+       OR created_at < (%(until)s::date + 1)::timestamp AT TIME ZONE 'UTC')
 ORDER BY created_at DESC, id
 LIMIT %(limit)s OFFSET %(offset)s;
 
@@ -103,7 +107,10 @@ SELECT count(*)
 FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
   AND (%(status)s::text IS NULL OR status = %(status)s)
-  AND (%(dataset)s::text IS NULL OR dataset = %(dataset)s);
+  AND (%(dataset)s::text IS NULL OR dataset = %(dataset)s)
+  AND (%(since)s::date IS NULL OR created_at >= %(since)s::date::timestamp AT TIME ZONE 'UTC')
+  AND (%(until)s::date IS NULL
+       OR created_at < (%(until)s::date + 1)::timestamp AT TIME ZONE 'UTC');
 
 -- name: batches_waiting_for_completion
 -- Active batches whose every chunk is finished: their completion check was missed.

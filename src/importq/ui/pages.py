@@ -18,9 +18,10 @@ import json
 import math
 import time
 import uuid
+from datetime import date
 from functools import lru_cache
 from typing import Annotated, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from babel.dates import format_datetime
 from babel.numbers import format_decimal
@@ -37,7 +38,7 @@ from importq.accounts import (
     user_id_for_password,
 )
 from importq.api.auth import ServicesDep, session_user
-from importq.api.jobs import readable_batch
+from importq.api.jobs import list_for, readable_batch, utc_day
 from importq.api.schemas import Job
 from importq.api.sessions import (
     COOKIE,
@@ -61,7 +62,7 @@ from importq.i18n import (
     translations,
 )
 from importq.ingest.text_encoding import encoding_names
-from importq.pipeline import batches
+from importq.pipeline.batches import BatchFilter
 from importq.resources import resource_dir
 from importq.rules.dataset_json import DatasetDetail
 from importq.services import Services
@@ -321,33 +322,58 @@ async def jobs_page(
     user: PageUser,
     status: Annotated[str | None, Query()] = None,
     dataset: Annotated[str | None, Query()] = None,
+    initiator: Annotated[str | None, Query(max_length=100)] = None,
+    since: Annotated[str | None, Query()] = None,
+    until: Annotated[str | None, Query()] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
 ) -> Response:
-    status = status if status in STATUSES else None
-    dataset = dataset if dataset in services.datasets else None
-    async with services.pool.connection() as conn:
-        rows, total = await batches.list_batches(
-            conn,
-            initiator_id=None if user.sees_all_batches else user.id,
-            status=status,
-            dataset=dataset,
-            page=page,
-            page_size=JOBS_PAGE_SIZE,
-        )
+    """The reader's batches (a moderator's or admin's: everyone's, or one user's), by
+    status, dataset and UTC days; a filter the form cannot have sent is left out."""
+    which = BatchFilter(
+        status=status if status in STATUSES else None,
+        dataset=dataset if dataset in services.datasets else None,
+        since=_day(since),
+        until=_day(until),
+    )
+    initiator = (initiator or "").strip() or None
+    if not user.sees_all_batches:
+        initiator = None
+    found = await list_for(services, user, which, initiator, page=page, page_size=JOBS_PAGE_SIZE)
     return render(
         request,
         services,
         "jobs.html.j2",
         user,
-        jobs=[Job.from_row(r) for r in rows],
-        total=total,
+        jobs=found.items,
+        total=found.total,
         page=page,
-        pages=max(1, math.ceil(total / JOBS_PAGE_SIZE)),
-        chosen_status=status,
-        chosen_dataset=dataset,
+        pages=max(1, math.ceil(found.total / JOBS_PAGE_SIZE)),
+        chosen=which,
+        initiator=initiator,
+        filters=urlencode(
+            {
+                key: value
+                for key, value in (
+                    ("status", which.status),
+                    ("dataset", which.dataset),
+                    ("initiator", initiator),
+                    ("since", which.since),
+                    ("until", which.until),
+                )
+                if value
+            }
+        ),
         statuses=STATUSES,
         datasets=sorted(services.datasets.values(), key=lambda d: d.name),
     )
+
+
+def _day(text: str | None) -> date | None:
+    """A filter's day, or none for what the form's date field could not have sent."""
+    try:
+        return utc_day(text or None)
+    except Refusal:
+        return None
 
 
 @router.get("/datasets")
