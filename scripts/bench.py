@@ -2,7 +2,7 @@
 
     python scripts/bench.py --rows 1000000 [--format csv|xlsx] [--workers 0]
                             [--repeat 3] [--database-url URL] [--no-write]
-                            [--scenario import|health|fairness|webhooks|cancel|events|dry-run]
+                            [--scenario import|health|fairness|webhooks|cancel|events|dry-run|page]
 
 Generates an entrances file (CSV, or XLSX with ``--format xlsx``; cached under
 bench-data/), then on the same PostgreSQL:
@@ -16,8 +16,8 @@ medians and their ratio are printed and recorded in docs/benchmarks.md (a 2-seco
 is at the mercy of a checkpoint or a busy cache; one round alone can mislead).
 
 The other scenarios measure whether one user's upload or webhook stalls the others, and
-how fast a cancel ends a big batch (``scripts/stalls.py``); ``--rows`` is then the size
-of the big upload.
+how fast a cancel ends a big batch, how late a job's events and its page are
+(``scripts/stalls.py``); ``--rows`` is then the size of the big upload.
 """
 
 from __future__ import annotations
@@ -366,7 +366,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument(
         "--scenario",
-        choices=["import", "health", "fairness", "webhooks", "cancel", "events", "dry-run"],
+        choices=["import", "health", "fairness", "webhooks", "cancel", "events", "dry-run", "page"],
         default="import",
         help="import: the file against COPY; the others: see scripts/stalls.py",
     )
