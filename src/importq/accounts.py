@@ -92,8 +92,10 @@ async def issue_token(
     *,
     name: str | None = None,
     expires_in: float | None = None,
+    for_session: bool = False,
 ) -> IssuedToken:
-    """A new token for the user, expiring ``expires_in`` seconds from now if given."""
+    """A new token for the user, expiring ``expires_in`` seconds from now if given.
+    ``for_session``: a password sign-in's, revoked when the password changes."""
     token = secrets.token_urlsafe(32)
     cursor = await conn.execute(
         queries["insert_token"],
@@ -102,6 +104,7 @@ async def issue_token(
             "user_id": user_id,
             "name": name,
             "expires_in": expires_in,
+            "for_session": for_session,
         },
     )
     row = await cursor.fetchone()
@@ -273,8 +276,9 @@ def _b64(data: bytes) -> str:
 
 
 async def set_password(conn: AsyncConnection[Any], name: str, password: str | None) -> bool:
-    """Set user ``name``'s password (None removes it). Whether the user exists. Raises
-    :class:`BadPassword` for a password too short or too long."""
+    """Set user ``name``'s password (None removes it), and revoke the tokens of the web
+    sessions a password opened. Whether the user exists. Raises :class:`BadPassword` for
+    a password too short or too long."""
     stored = None if password is None else hash_password(password)
     cursor = await conn.execute(queries["set_password"], {"name": name, "password_hash": stored})
     return await cursor.fetchone() is not None

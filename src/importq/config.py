@@ -171,7 +171,7 @@ class Settings(BaseSettings):
         default="", description="Comma-separated origins whose pages may call the API"
     )
     rate_limit: int = Field(
-        default=120, ge=0, description="Uploads a token may send a minute (0: no limit)"
+        default=120, ge=0, description="Uploads a user may send a minute (0: no limit)"
     )
     events_keep_alive: float = Field(
         default=15.0,

@@ -32,6 +32,7 @@ from helpers import (
     running_worker,
     wait_for_batch,
 )
+from importq import accounts
 from importq.config import Settings
 from importq.ingest.staged_table import SCHEMA, table_name
 from importq.pipeline.target_tables import ensure_target_table
@@ -505,7 +506,7 @@ async def test_an_https_service_asks_browsers_to_stay_on_https(
 
 
 @pytest.mark.parametrize("settings_overrides", [{"rate_limit": 2}])
-async def test_a_token_past_its_uploads_a_minute_gets_429(
+async def test_a_user_past_their_uploads_a_minute_gets_429(
     client: httpx.AsyncClient, app_client: httpx.AsyncClient, services: Services
 ) -> None:
     for n in range(2):
@@ -513,6 +514,12 @@ async def test_a_token_past_its_uploads_a_minute_gets_429(
     refused = await post_rows(client, [entrance("rl2")])
     assert_error(refused, 429, "rate_limited")
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    # Another token of the same user (a second sign-in, say) shares the count.
+    async with services.pool.connection() as conn:
+        second = await accounts.token_for_existing(conn, "alice")
+    assert second is not None
+    app_client.headers["Authorization"] = f"Bearer {second.secret}"
+    assert_error(await post_rows(app_client, [entrance("rl3")]), 429, "rate_limited")
     _, other = await new_user(services, "another-uploader")
     app_client.headers["Authorization"] = f"Bearer {other}"
     assert (await post_rows(app_client, [entrance("rl3")])).status_code == 202

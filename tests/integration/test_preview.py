@@ -7,6 +7,7 @@ import httpx
 
 from accounting import count
 from helpers import csv_text, entrance, xlsx_bytes
+from importq.api.preview import PARTIAL_BYTES
 from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.services import Services
 
@@ -58,7 +59,8 @@ async def test_a_missing_mandatory_column_is_named_and_each_row_says_so(
 
 async def test_the_beginning_of_a_file_is_enough(client: httpx.AsyncClient) -> None:
     """A client sends a file's first megabyte: the record cut at the end is left out,
-    a quoted line feed or a UTF-16 character is never split."""
+    a quoted line feed or a UTF-16 or UTF-32 character is never split; a part is at most
+    PARTIAL_BYTES."""
     text = csv_text([entrance(f"q{i}", **{"rdfs:label": "a\nb"}) for i in range(5)])
     cut = text.encode()[: len(text.encode()) - 7]
     found = (await _preview(client, cut, partial="true")).json()
@@ -68,8 +70,13 @@ async def test_the_beginning_of_a_file_is_enough(client: httpx.AsyncClient) -> N
     wide = text.encode("utf-16")
     found = (await _preview(client, wide[: len(wide) - 9], partial="true")).json()
     assert [row["line"] for row in found["rows"]] == [2, 3, 4, 5]
+    wide32 = text.encode("utf-32")
+    found = (await _preview(client, wide32[: len(wide32) - 6], partial="true")).json()
+    assert [row["line"] for row in found["rows"]] == [2, 3, 4, 5]
     whole = await _preview(client, b'{"data": [{"id": "w"}]}', "application/json", partial="true")
     assert whole.status_code == 200 and whole.json()["rows"][0]["cells"] == ["w"]
+    too_much = await _preview(client, b"id\n" + b"x\n" * PARTIAL_BYTES, partial="true")
+    assert (too_much.status_code, too_much.json()["code"]) == (413, "too_large")
 
 
 async def test_json_and_xlsx_are_previewed_whole(client: httpx.AsyncClient) -> None:

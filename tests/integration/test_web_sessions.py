@@ -58,6 +58,7 @@ async def test_a_page_sends_the_signed_out_to_sign_in_and_back(
     page = await app_client.get("/jobs")
     assert page.status_code == 200
     assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"  # Back after sign-out shows nothing
     assert 'lang="en" dir="ltr"' in page.text
 
 
@@ -196,4 +197,30 @@ async def test_the_jobs_page_filters_and_keeps_its_filters_across_pages(
     assert 'href="?page=2&amp;status=active&amp;initiator=pager&amp;since=2000-01-01"' in page.text
     assert 'id="filter-initiator"' in page.text  # staff may filter by user
     none = await app_client.get("/jobs?initiator=nobody&since=not-a-day")
-    assert none.status_code == 200 and "No jobs yet." in none.text
+    assert none.status_code == 200 and "No jobs match these filters." in none.text
+
+
+async def test_a_new_password_ends_the_sessions_the_old_one_opened(
+    app_client: httpx.AsyncClient, services: Services
+) -> None:
+    _, token = await new_user(services, "frank")
+    async with services.pool.connection() as conn:
+        assert await accounts.set_password(conn, "frank", "the first passphrase")
+    await _sign_in(app_client, name="frank", password="the first passphrase")
+    assert (await app_client.get("/jobs")).status_code == 200
+    async with services.pool.connection() as conn:
+        assert await accounts.set_password(conn, "frank", None)
+    assert (await app_client.get("/jobs")).status_code == 303
+    # The user's own API tokens are theirs to revoke: a password change leaves them be.
+    async with api_client(services, token) as api:
+        assert (await api.get("/api/v1/jobs")).status_code == 200
+
+
+async def test_another_site_cannot_sign_anyone_out(
+    app_client: httpx.AsyncClient, user_token: str
+) -> None:
+    await _sign_in(app_client, token=user_token)
+    forged = await app_client.post("/logout", data={"csrf": "0" * 64})
+    assert forged.status_code == 303 and forged.headers["location"] == "/jobs"
+    assert "set-cookie" not in forged.headers
+    assert (await app_client.get("/jobs")).status_code == 200

@@ -142,11 +142,15 @@ class SpooledBody:
 
 
 async def spool_upload(
-    request: Request, services: Services, closed: contextlib.ExitStack
+    request: Request,
+    services: Services,
+    closed: contextlib.ExitStack,
+    limit: int | None = None,
 ) -> SpooledBody:
-    """Spool the request's body under the upload limit, by its content type (415 for a
-    type not accepted). ``closed`` closes the spool, unless the caller pops it."""
-    limit = services.settings.max_upload_bytes
+    """Spool the request's body under the upload limit (or a lower ``limit``), by its
+    content type (415 for a type not accepted). ``closed`` closes the spool, unless the
+    caller pops it."""
+    limit = min(limit or services.settings.max_upload_bytes, services.settings.max_upload_bytes)
     spool_dir = services.settings.spool_dir
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type == "multipart/form-data":
@@ -333,7 +337,8 @@ async def import_rows(
             503, "shutting_down", "The service is stopping; send the upload again shortly."
         )
     definition = importable_dataset(services, user, dataset)
-    request.app.state.rate_limiter.take(str(user.token_id))
+    # Per user: each password sign-in has a token of its own.
+    request.app.state.rate_limiter.take(str(user.id))
     await _check_pending_rows(services, user.id)
     limit = services.settings.max_upload_bytes
     declared = request.headers.get("content-length")

@@ -4,12 +4,14 @@ with nothing staged.
 The answer lines the file's header up with the dataset's columns (names, aliases, case
 and spaces as an import matches them), names the mandatory columns missing and the
 unknown ones, and gives the first :data:`PREVIEW_ROWS` rows with the problems the row
-rules find in them, cell by cell. Nothing is written; the body is read in a worker
-thread, within the upload limits, and only as far as those rows.
+rules find in them, cell by cell. Nothing is written; the body is parsed in a worker
+thread, within the upload limits.
 
-With ``partial=true`` the body is the beginning of a CSV or text file (a client sends
-its first megabyte): the record cut at its end is left out. JSON and XLSX bodies are
-always read whole (a JSON document or a workbook cannot be cut).
+With ``partial=true`` the body is the beginning of a CSV or text file, at most
+:data:`PARTIAL_BYTES` (a client sends its first megabyte): the record cut at its end is
+left out. Any other body is read whole, and may be at most :data:`WHOLE_BYTES` (a JSON
+document's header is every row's keys; a workbook cannot be cut): a larger one is
+``413``, and a dry run says what it holds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import contextlib
 import io
 import itertools
 from collections.abc import Mapping
-from typing import IO, Annotated
+from typing import IO, Annotated, AnyStr, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
@@ -42,9 +44,18 @@ from importq.rules.row_rules import RowChecker, StagedRow
 router = APIRouter()
 
 PREVIEW_ROWS = 20
-# The most of a partial body that is read: a client sends a megabyte.
+# The most a partial body may be: a client sends a megabyte.
 PARTIAL_BYTES = 4 * 1024 * 1024
-_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+# The most a whole body (JSON, XLSX, or a CSV sent whole) may be for a preview.
+WHOLE_BYTES = 64 * 1024 * 1024
+# Byte order marks, longest first, with the size of their code units.
+ByteOrder = Literal["little", "big"]
+_BOMS: tuple[tuple[bytes, int, ByteOrder], ...] = (
+    (b"\xff\xfe\x00\x00", 4, "little"),
+    (b"\x00\x00\xfe\xff", 4, "big"),
+    (b"\xff\xfe", 2, "little"),
+    (b"\xfe\xff", 2, "big"),
+)
 
 
 class PreviewRow(BaseModel):
@@ -90,7 +101,9 @@ async def preview(
     definition = importable_dataset(services, user, dataset)
     options = file_options(services, encoding, delimiter, sheet)
     with contextlib.ExitStack() as closed:
-        body = await spool_upload(request, services, closed)
+        body = await spool_upload(
+            request, services, closed, limit=PARTIAL_BYTES if partial else WHOLE_BYTES
+        )
         # Only a text file can be cut at a line end; any other is read whole.
         cut = partial and body.format == "csv"
         return await off_loop(
@@ -98,16 +111,45 @@ async def preview(
         )
 
 
-def _whole_records(source: IO[bytes]) -> IO[bytes]:
-    """The beginning of a text file, up to its last line end (UTF-16 kept aligned)."""
-    data = source.read(PARTIAL_BYTES)
-    step = 2 if data.startswith(_UTF16_BOMS) else 1
-    end = len(data) - (len(data) % step)
-    while end > 0:
-        if b"\n" in data[end - step : end]:
-            break
-        end -= step
-    return io.BytesIO(data[:end] if end > 0 else data)
+def _code_unit(data: bytes, encoding: str | None) -> tuple[int, ByteOrder]:
+    """The size and byte order of the text's code units: from its byte order mark, else
+    from the encoding asked for (UTF-16 and UTF-32 without a mark are little-endian)."""
+    for bom, size, order in _BOMS:
+        if data.startswith(bom):
+            return size, order
+    name = (encoding or "").lower().replace("_", "-")
+    size = 4 if name.startswith("utf-32") else 2 if name.startswith("utf-16") else 1
+    return size, "big" if name.endswith("be") else "little"
+
+
+def _whole_records(source: IO[bytes], encoding: str | None) -> IO[bytes]:
+    """The beginning of a text file, up to its last line end outside quotes: neither a
+    character nor a record (a quoted cell may hold line feeds) is cut. UTF-16 and UTF-32
+    are looked at as text; any other allowed encoding keeps a line feed and a quote as
+    the bytes 0x0A and 0x22, which no other character's bytes contain."""
+    data = source.read()
+    size, order = _code_unit(data, encoding)
+    if size == 1:
+        end = _last_record_end(data, b'"', b"\n")
+        return io.BytesIO(data[:end] if end else data)
+    codec = f"utf-{size * 8}-{'le' if order == 'little' else 'be'}"
+    mark = next((bom for bom, _, _ in _BOMS if data.startswith(bom)), b"")
+    # A character cut at the end is dropped; the cut below ends before it anyway.
+    text = data[len(mark) :].decode(codec, errors="ignore")
+    end = _last_record_end(text, '"', "\n")
+    return io.BytesIO(mark + text[:end].encode(codec) if end else data)
+
+
+def _last_record_end(text: AnyStr, quote: AnyStr, line_feed: AnyStr) -> int:
+    """Just past the last line feed with an even number of quotes before it, or 0."""
+    before = text.count(quote)  # quotes before the end, then before each line feed
+    end = len(text)
+    while (found := text.rfind(line_feed, 0, end)) >= 0:
+        before -= text.count(quote, found, end)
+        if before % 2 == 0:
+            return found + 1
+        end = found
+    return 0
 
 
 def _preview(
@@ -119,7 +161,10 @@ def _preview(
     partial: bool,
 ) -> Preview:
     upload = read_file(
-        _whole_records(source) if partial else source, fmt, default_delimiter, options
+        _whole_records(source, options.encoding) if partial else source,
+        fmt,
+        default_delimiter,
+        options,
     )
     match = dataset.match_header(upload.header)
     rows = list(itertools.islice(upload.rows, PREVIEW_ROWS))

@@ -1,4 +1,5 @@
-"""How many uploads a token may send a minute (``IMPORTQ_RATE_LIMIT``).
+"""How many uploads a user may send a minute (``IMPORTQ_RATE_LIMIT``), whichever of
+their tokens or web sessions they come with.
 
 The count is kept per process, over a sliding minute: a service of several processes
 allows each the limit. An upload past it is refused at once with ``429 rate_limited``

@@ -37,6 +37,7 @@ COOKIE = "importq_session"
 LOGIN_COOKIE = "importq_sign_in"
 CSRF_HEADER = "X-CSRF-Token"
 SESSION_SECONDS = 12 * 3600
+CLOCK_SKEW_SECONDS = 60
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -75,7 +76,8 @@ def unseal(settings: Settings, value: str) -> Session | None:
         session = Session(uuid.UUID(payload["t"]), int(payload["at"]), bool(payload["m"]))
     except (binascii.Error, ValueError, KeyError, TypeError):
         return None
-    if not 0 <= time.time() - session.signed_in_at < SESSION_SECONDS:
+    # A minute of grace: another process's clock may be a little ahead of this one's.
+    if not -CLOCK_SKEW_SECONDS <= time.time() - session.signed_in_at < SESSION_SECONDS:
         return None
     return session
 

@@ -12,9 +12,9 @@ SELECT id FROM users WHERE name = %(name)s;
 
 -- name: insert_token
 -- Store a token's digest for a user, with its name and expiry; its id names it.
-INSERT INTO api_tokens (token_hash, user_id, name, expires_at)
+INSERT INTO api_tokens (token_hash, user_id, name, expires_at, for_session)
 VALUES (%(token_hash)s, %(user_id)s, %(name)s,
-        now() + make_interval(secs => %(expires_in)s))
+        now() + make_interval(secs => %(expires_in)s), %(for_session)s)
 RETURNING id;
 
 -- name: user_by_token
@@ -32,9 +32,16 @@ FROM api_tokens t JOIN users u ON u.id = t.user_id
 WHERE t.id = %(token_id)s;
 
 -- name: set_password
--- Set a user's password hash (NULL: no password). A row back: the user exists.
-UPDATE users SET password_hash = %(password_hash)s WHERE name = %(name)s
-RETURNING id;
+-- Set a user's password hash (NULL: no password), and end the sessions the old one
+-- opened: their tokens are revoked. A row back: the user exists.
+WITH changed AS (
+    UPDATE users SET password_hash = %(password_hash)s WHERE name = %(name)s
+    RETURNING id
+), ended AS (
+    UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now())
+    WHERE for_session AND user_id IN (SELECT id FROM changed)
+)
+SELECT id FROM changed;
 
 -- name: user_password
 -- A user's id, password hash and whether they are disabled, by name.

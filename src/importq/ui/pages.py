@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
-from datetime import date
+from datetime import UTC, date
 from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -61,7 +60,7 @@ from importq.i18n import (
     resolve_locale,
     translations,
 )
-from importq.ingest.text_encoding import encoding_names
+from importq.ingest.text_encoding import ALLOWED_ENCODINGS
 from importq.pipeline.batches import BatchFilter
 from importq.resources import resource_dir
 from importq.rules.dataset_json import DatasetDetail
@@ -144,12 +143,17 @@ def render(
             user=user,
             csrf=csrf_token(services.settings, found[1]) if found else "",
             number=lambda n: format_decimal(n, locale=where),
-            when=lambda t: format_datetime(t, "medium", locale=where) if t else "",
+            # In UTC, said so: the jobs' day filters are UTC days too.
+            when=lambda t: (
+                f"{format_datetime(t, 'medium', tzinfo=UTC, locale=where)} UTC" if t else ""
+            ),
             path=request.url.path,
             **context,
         )
     )
-    return HTMLResponse(html, status_code=status, headers={"Content-Security-Policy": CSP})
+    # Not kept by the browser: Back after signing out shows no one's jobs.
+    headers = {"Content-Security-Policy": CSP, "Cache-Control": "no-store"}
+    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 @router.get("/ui/static/{name}")
@@ -164,8 +168,15 @@ async def static(name: str) -> Response:
 
 
 def _local(target: str | None) -> str:
-    """Where to go after signing in: a path of this site only (never ``//host``)."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    """Where to go after signing in: a path of this site only (never ``//host``, nor
+    one with a space or a control character a browser might read around)."""
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith(("//", "/\\"))
+        and target.isprintable()
+        and " " not in target
+    ):
         return target
     return "/import"
 
@@ -245,7 +256,9 @@ async def _session_for(services: Services, token: str, name: str, password: str)
         user_id = await user_id_for_password(conn, name, password)
         if user_id is None:
             return None
-        issued = await issue_token(conn, user_id, name="web sign-in", expires_in=SESSION_SECONDS)
+        issued = await issue_token(
+            conn, user_id, name="web sign-in", expires_in=SESSION_SECONDS, for_session=True
+        )
         return Session(issued.id, now, True)
 
 
@@ -254,11 +267,12 @@ async def sign_out(
     request: Request, services: ServicesDep, csrf: Annotated[str, Form()] = ""
 ) -> Response:
     found = session_of(request, services.settings)
-    if found is not None and csrf_matches(services.settings, found[1], csrf):
-        session = found[0]
-        if session.minted:
-            async with services.auth_pool.connection() as conn, conn.transaction():
-                await revoke_token(conn, session.token_id, owner_id=None)
+    if found is not None and not csrf_matches(services.settings, found[1], csrf):
+        # Not this site's form: another site cannot sign anyone out.
+        return RedirectResponse("/jobs", status_code=303)
+    if found is not None and found[0].minted:
+        async with services.auth_pool.connection() as conn, conn.transaction():
+            await revoke_token(conn, found[0].token_id, owner_id=None)
     response = RedirectResponse("/login", status_code=303)
     clear_cookie(response, services.settings, COOKIE)
     return response
@@ -288,7 +302,7 @@ async def import_page(
         user,
         datasets=_importable(services, user),
         chosen=dataset,
-        encodings=encoding_names(),
+        encodings=ALLOWED_ENCODINGS,
     )
 
 
@@ -346,6 +360,8 @@ async def jobs_page(
         user,
         jobs=found.items,
         total=found.total,
+        filtered=bool(which.status or which.dataset or which.since or which.until or initiator)
+        or page > 1,
         page=page,
         pages=max(1, math.ceil(found.total / JOBS_PAGE_SIZE)),
         chosen=which,
@@ -385,8 +401,3 @@ async def datasets_page(request: Request, services: ServicesDep, user: PageUser)
         user,
         datasets=[DatasetDetail.of(d) for _, d in sorted(services.datasets.items())],
     )
-
-
-def batch_page_path(batch_id: uuid.UUID | str) -> str:
-    """The page of a batch, where emails and notifications send people."""
-    return f"/jobs/{batch_id}"

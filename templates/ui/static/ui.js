@@ -10,13 +10,33 @@
   const numbers = new Intl.NumberFormat(words.locale);
   const FINAL = ["completed", "failed", "cancelled"];
 
-  function api(method, url, body, headers) {
-    return fetch(url, {
+  // A call of the API with the session. A 401 means the session has ended: sign in again,
+  // and come back here.
+  async function api(method, url, body, headers, keepalive) {
+    const answer = await fetch(url, {
       method: method,
       body: body,
+      keepalive: Boolean(keepalive),
       credentials: "same-origin",
       headers: Object.assign({ "X-CSRF-Token": csrf }, headers || {}),
     });
+    if (answer.status === 401) {
+      signInAgain();
+    }
+    return answer;
+  }
+
+  function signInAgain() {
+    window.location.assign("/login?next=" + encodeURIComponent(location.pathname + location.search));
+  }
+
+  // What an error answer says: its JSON detail, else its status.
+  async function detailOf(answer) {
+    try {
+      return (await answer.json()).detail || String(answer.status);
+    } catch (ignored) {
+      return String(answer.status) + " " + answer.statusText;
+    }
   }
 
   function show(element, visible) {
@@ -33,7 +53,12 @@
     const count = document.getElementById("notifications-count");
 
     const refresh = async function () {
-      const answer = await api("GET", "/api/v1/notifications?pageSize=20");
+      let answer;
+      try {
+        answer = await api("GET", "/api/v1/notifications?pageSize=20");
+      } catch (ignored) {
+        return; // offline for a moment: the next round tries again
+      }
       if (!answer.ok) {
         return;
       }
@@ -41,7 +66,7 @@
       count.textContent = page.unreadCount ? "(" + numbers.format(page.unreadCount) + ")" : "";
       bell.setAttribute(
         "aria-label",
-        bell.dataset.label + (page.unreadCount ? " (" + page.unreadCount + ")" : ""),
+        bell.dataset.label + (page.unreadCount ? " (" + numbers.format(page.unreadCount) + ")" : ""),
       );
       list.replaceChildren();
       for (const item of page.items) {
@@ -55,7 +80,8 @@
           ": " +
           (payload.fileName || payload.dataset || item.batchId);
         link.addEventListener("click", function () {
-          api("POST", "/api/v1/notifications/" + item.id + "/read");
+          // keepalive: the page is left at once, and the request must outlive it.
+          api("POST", "/api/v1/notifications/" + item.id + "/read", undefined, undefined, true);
         });
         entry.append(link);
         list.append(entry);
@@ -127,7 +153,11 @@
       show(error, true);
     };
 
+    let previews = 0; // only the answer to the latest question is shown
+    const PART = 1024 * 1024;
     const preview = async function () {
+      const asked = ++previews;
+      fresh();
       const chosen = file.files[0];
       const section = document.getElementById("preview");
       if (!chosen) {
@@ -135,28 +165,45 @@
         return;
       }
       const dataset = document.getElementById("dataset").value;
-      // The first megabyte says enough of a text file; a spreadsheet is read whole.
+      // The first megabyte says enough of a text file; a workbook or a JSON document
+      // is sent whole (neither can be cut).
       const extension = chosen.name.split(".").pop().toLowerCase();
-      const part = extension === "xlsx" ? chosen : chosen.slice(0, 1024 * 1024);
-      const answer = await api(
-        "POST",
-        "/api/v1/" + encodeURIComponent(dataset) + "/preview?" + query({ partial: String(part !== chosen) }),
-        part,
-        { "Content-Type": contentType(chosen) },
-      );
+      const cut = ["csv", "tsv", "txt"].includes(extension) && chosen.size > PART;
+      let answer;
+      let found;
+      try {
+        answer = await api(
+          "POST",
+          "/api/v1/" + encodeURIComponent(dataset) + "/preview?" + query({ partial: String(cut) }),
+          cut ? chosen.slice(0, PART) : chosen,
+          { "Content-Type": contentType(chosen) },
+        );
+        found = answer.ok ? await answer.json() : await detailOf(answer);
+      } catch (error) {
+        found = String(error);
+      }
+      if (asked !== previews) {
+        return;
+      }
       const body = document.getElementById("preview-body");
       body.replaceChildren();
-      if (!answer.ok) {
+      if (typeof found === "string") {
         const message = document.createElement("p");
         message.className = "error";
-        message.textContent = (await answer.json()).detail;
+        message.textContent = found;
         body.append(message);
       } else {
-        renderPreview(body, await answer.json());
+        renderPreview(body, found);
       }
       show(section, true);
     };
 
+    // One Idempotency-Key per file and options: sending the same again (a double click,
+    // Back then Import) answers with the batch it made, never a second one.
+    let key = null;
+    const fresh = function () {
+      key = null;
+    };
     file.addEventListener("change", function () {
       show(error, false);
       preview();
@@ -181,6 +228,13 @@
       }
     });
 
+    const buttons = [document.getElementById("dry-run"), document.getElementById("import")];
+    let mode = "import";
+    for (const button of buttons) {
+      button.addEventListener("click", function () {
+        mode = button.value;
+      });
+    }
     form.addEventListener("submit", function (event) {
       event.preventDefault();
       const chosen = file.files[0];
@@ -189,8 +243,13 @@
         file.focus();
         return;
       }
-      const dryRun = event.submitter && event.submitter.value === "dry-run";
+      const dryRun = mode === "dry-run";
       const dataset = document.getElementById("dataset").value;
+      key = key || (mode + "-" + Date.now() + "-" + Math.random().toString(36).slice(2));
+      const sent = dryRun + ":" + key;
+      for (const button of buttons) {
+        button.disabled = true;
+      }
       const request = new XMLHttpRequest();
       request.open(
         "POST",
@@ -198,19 +257,29 @@
       );
       request.setRequestHeader("Content-Type", contentType(chosen));
       request.setRequestHeader("X-CSRF-Token", csrf);
+      request.setRequestHeader("Idempotency-Key", sent);
       request.upload.addEventListener("progress", function (progressEvent) {
         if (progressEvent.lengthComputable) {
           progress.value = Math.round((100 * progressEvent.loaded) / progressEvent.total);
         }
       });
+      const done = function () {
+        for (const button of buttons) {
+          button.disabled = false;
+        }
+      };
       request.addEventListener("load", function () {
+        done();
         if (request.status === 202) {
           window.location.assign("/jobs/" + JSON.parse(request.responseText).batchId);
+        } else if (request.status === 401) {
+          signInAgain();
         } else {
           refused(request.status, request.responseText);
         }
       });
       request.addEventListener("error", function () {
+        done();
         refused(0, "");
       });
       request.send(chosen);
@@ -340,12 +409,46 @@
       return final;
     };
 
-    if (!render()) {
-      const events = new EventSource("/api/v1/jobs/" + article.dataset.batch + "/events");
+    const jobUrl = "/api/v1/jobs/" + article.dataset.batch;
+    // Without the stream (the service restarting, the session ended), the job is read
+    // every few seconds instead; a 401 sends the reader to sign in again.
+    const poll = async function () {
+      try {
+        const answer = await api("GET", jobUrl);
+        if (answer.ok) {
+          job = await answer.json();
+        }
+      } catch (ignored) {
+        // offline for a moment: the next round tries again
+      }
+      if (!render()) {
+        window.setTimeout(poll, 3000);
+      }
+    };
+    // Links older than their expiry are made again (the reports are kept longer).
+    const freshLinks = async function () {
+      if (!job.result || !job.reportsExpireAt || Date.parse(job.reportsExpireAt) > Date.now()) {
+        return;
+      }
+      const answer = await api("POST", jobUrl + "/report-links");
+      if (answer.ok) {
+        job.result.reportUrls = (await answer.json()).reportUrls;
+        render();
+      }
+    };
+    if (render()) {
+      freshLinks();
+    } else {
+      const events = new EventSource(jobUrl + "/events");
       events.addEventListener("job", function (event) {
         job = JSON.parse(event.data);
         if (render()) {
           events.close();
+        }
+      });
+      events.addEventListener("error", function () {
+        if (events.readyState === EventSource.CLOSED) {
+          poll();
         }
       });
       const clock = window.setInterval(function () {
