@@ -151,3 +151,23 @@ def test_a_stopping_service_ends_its_streams(database_url: str, tmp_path: Path, 
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_a_stream_ends_once_its_token_is_revoked(
+    database_url: str, tmp_path: Path, token: str
+) -> None:
+    """Checked again at each keep-alive: a revoked token's stream ends, as its next
+    request would be refused, though the batch goes on."""
+    with serving(_env(database_url, tmp_path / "r"), tmp_path / "r.log") as (url, _):
+        with psycopg.connect(database_url) as holder:
+            holder.execute("LOCK TABLE entrances IN SHARE MODE")  # the batch stays active
+            batch_id = _post(url, token, 10)
+            stream = _stream(url, token, batch_id)
+            first = next(stream)
+            assert isinstance(first, tuple) and first[1]["status"] == "active"
+            assert next(stream) == ": keep-alive"
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("UPDATE api_tokens SET revoked_at = now()")
+            rest = list(stream)  # ends within a keep-alive
+            holder.rollback()
+        assert all(item == ": keep-alive" for item in rest) and len(rest) <= 1

@@ -29,7 +29,8 @@ import psycopg_pool
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
-from importq.api.auth import CurrentUser, ServicesDep
+from importq.accounts import TokenRefused, user_for_token_id
+from importq.api.auth import CONNECTION_WAIT_SECONDS, CurrentUser, ServicesDep
 from importq.api.jobs import readable_batch
 from importq.api.schemas import errors
 from importq.db import Pool, database_url
@@ -192,9 +193,28 @@ def _event(revision: int, job: Job) -> str:
     return f"id: {revision}\nevent: job\ndata: {job.model_dump_json()}\n\n"
 
 
+async def _still_admitted(services: Services, token_id: uuid.UUID | None) -> bool:
+    """Whether the stream's caller still gets in: their token (or web session's token)
+    neither revoked nor expired, their user not disabled."""
+    if token_id is None:
+        return True
+    async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
+        try:
+            return await user_for_token_id(conn, token_id) is not None
+        except TokenRefused:
+            return False
+
+
 async def _events(
-    services: Services, watch: JobWatch, batch_id: uuid.UUID, last_seen: int | None
+    services: Services,
+    watch: JobWatch,
+    batch_id: uuid.UUID,
+    last_seen: int | None,
+    token_id: uuid.UUID | None,
 ) -> AsyncIterator[str]:
+    """The batch's events. The caller is checked again at each keep-alive: a stream ends
+    once their token is revoked or expires or their user is disabled, as a request
+    would be refused (the client's reconnection then gets its 401)."""
     with watch.subscribe(batch_id) as changed:
         # The first read is the stream's own: the batch as it is when the stream opens.
         async with services.pool.connection() as conn:
@@ -209,6 +229,8 @@ async def _events(
                 try:
                     await asyncio.wait_for(changed.wait(), services.settings.events_keep_alive)
                 except TimeoutError:
+                    if not await _still_admitted(services, token_id):
+                        return
                     yield ": keep-alive\n\n"
             changed.clear()
             row = watch.latest(batch_id) or row
@@ -242,7 +264,7 @@ async def job_events(
     last_seen = int(last_event_id) if last_event_id and last_event_id.isdigit() else None
     if last_seen is not None and batch["status"] in FINAL and batch["revision"] <= last_seen:
         return Response(status_code=204)
-    stream = _events(services, watch, batch["id"], last_seen)
+    stream = _events(services, watch, batch["id"], last_seen, user.token_id)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
