@@ -144,9 +144,10 @@ def test_catalog_is_fully_translated(locale: str) -> None:
         assert not message.fuzzy, f"{locale}: {message.id!r} is fuzzy"
         assert set(PLACEHOLDER.findall(message.string)) == set(PLACEHOLDER.findall(message.id))
         # The template's {% trans %} output is %-formatted and, in HTML, trusted as
-        # markup: a stray "%" or "<"/"&" in a translation would break or inject.
+        # markup: a stray "%" or "<"/"&" in a translation would break or inject, and a
+        # '"' would end the page's attribute it stands in (data-…, placeholder).
         assert "%" not in PLACEHOLDER.sub("", message.string)
-        assert not set("<>&") & set(message.string)
+        assert not set('<>&"') & set(message.string)
     assert [errors for _message, errors in catalog.check()] == []
 
 
