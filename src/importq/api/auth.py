@@ -3,10 +3,12 @@ pages' session cookie (:mod:`importq.api.sessions`)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from psycopg import AsyncConnection
 
 from importq.accounts import TokenRefused, User, user_for_token, user_for_token_id
 from importq.api.sessions import CSRF_HEADER, SAFE_METHODS, csrf_matches, session_of
@@ -60,15 +62,27 @@ async def current_user(
     token = _token(credentials)
     if token is None:
         return await session_user(request, services, header=request.headers.get(CSRF_HEADER))
-    # A pool of its own: uploads and jobs never hold its connections. A request waits
-    # this long at most for one; past it, 503.
+    return await admitted_user(services, lambda conn: user_for_token(conn, token))
+
+
+async def admitted_user(
+    services: Services,
+    find: Callable[[AsyncConnection[Any]], Awaitable[User | None]],
+    ended: str | None = None,
+) -> User:
+    """The user ``find`` looks up by a token, if that token lets them in; else ``401``,
+    worded ``ended`` when given (a web session's), else by the token's refusal.
+
+    The lookup runs on a pool of its own: uploads and jobs never hold its connections.
+    A request waits this long at most for one; past it, 503.
+    """
     async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
         try:
-            user = await user_for_token(conn, token)
+            user = await find(conn)
         except TokenRefused as refused:
-            raise Refusal(401, refused.code, str(refused)) from None
+            raise Refusal(401, refused.code, ended or str(refused)) from None
     if user is None:
-        raise Refusal(401, "invalid_token", "The API token is not valid.")
+        raise Refusal(401, "invalid_token", ended or "The API token is not valid.")
     return user
 
 
@@ -83,14 +97,11 @@ async def session_user(request: Request, services: Services, *, header: str | No
     session, cookie = found
     if request.method not in SAFE_METHODS and not csrf_matches(services.settings, cookie, header):
         raise Refusal(403, "csrf", "The request lacks the page's CSRF token; reload the page.")
-    async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
-        try:
-            user = await user_for_token_id(conn, session.token_id)
-        except TokenRefused as refused:
-            raise Refusal(401, refused.code, "Your session has ended; sign in again.") from None
-    if user is None:
-        raise Refusal(401, "invalid_token", "Your session has ended; sign in again.")
-    return user
+    return await admitted_user(
+        services,
+        lambda conn: user_for_token_id(conn, session.token_id),
+        "Your session has ended; sign in again.",
+    )
 
 
 CurrentUser = Annotated[User, Depends(current_user)]

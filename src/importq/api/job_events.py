@@ -29,8 +29,8 @@ import psycopg_pool
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import StreamingResponse
 
-from importq.accounts import TokenRefused, user_for_token_id
-from importq.api.auth import CONNECTION_WAIT_SECONDS, CurrentUser, ServicesDep
+from importq.accounts import user_for_token_id
+from importq.api.auth import CurrentUser, ServicesDep, admitted_user
 from importq.api.jobs import readable_batch
 from importq.api.schemas import errors
 from importq.db import Pool, database_url
@@ -198,11 +198,11 @@ async def _still_admitted(services: Services, token_id: uuid.UUID | None) -> boo
     neither revoked nor expired, their user not disabled."""
     if token_id is None:
         return True
-    async with services.auth_pool.connection(timeout=CONNECTION_WAIT_SECONDS) as conn:
-        try:
-            return await user_for_token_id(conn, token_id) is not None
-        except TokenRefused:
-            return False
+    try:
+        await admitted_user(services, lambda conn: user_for_token_id(conn, token_id))
+    except Refusal:
+        return False
+    return True
 
 
 async def _events(

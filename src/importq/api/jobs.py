@@ -66,13 +66,13 @@ async def get_job(batch_id: str, user: CurrentUser, services: ServicesDep) -> Jo
     return Job.from_row(await readable_batch(services, user, batch_id))
 
 
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+
+
 def _day_query(description: str) -> Any:
     # A text of the day's form, read by utc_day: a date parameter would also take a
     # number (0 is 1970-01-01), which the document does not allow.
     return Query(pattern=DAY_PATTERN, description=description, json_schema_extra={"format": "date"})
-
-
-DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 
 
 def utc_day(text: str | None) -> date | None:

@@ -111,15 +111,16 @@ async def preview(
         )
 
 
-def _code_unit(data: bytes, encoding: str | None) -> tuple[int, ByteOrder]:
-    """The size and byte order of the text's code units: from its byte order mark, else
-    from the encoding asked for (UTF-16 and UTF-32 without a mark are little-endian)."""
+def _code_unit(data: bytes, encoding: str | None) -> tuple[int, ByteOrder, bytes]:
+    """The size and byte order of the text's code units and its byte order mark: from
+    the mark, else from the encoding asked for (UTF-16 and UTF-32 without a mark are
+    little-endian)."""
     for bom, size, order in _BOMS:
         if data.startswith(bom):
-            return size, order
+            return size, order, bom
     name = (encoding or "").lower().replace("_", "-")
     size = 4 if name.startswith("utf-32") else 2 if name.startswith("utf-16") else 1
-    return size, "big" if name.endswith("be") else "little"
+    return size, "big" if name.endswith("be") else "little", b""
 
 
 def _whole_records(source: IO[bytes], encoding: str | None) -> IO[bytes]:
@@ -128,12 +129,11 @@ def _whole_records(source: IO[bytes], encoding: str | None) -> IO[bytes]:
     are looked at as text; any other allowed encoding keeps a line feed and a quote as
     the bytes 0x0A and 0x22, which no other character's bytes contain."""
     data = source.read()
-    size, order = _code_unit(data, encoding)
+    size, order, mark = _code_unit(data, encoding)
     if size == 1:
         end = _last_record_end(data, b'"', b"\n")
         return io.BytesIO(data[:end] if end else data)
     codec = f"utf-{size * 8}-{'le' if order == 'little' else 'be'}"
-    mark = next((bom for bom, _, _ in _BOMS if data.startswith(bom)), b"")
     # A character cut at the end is dropped; the cut below ends before it anyway.
     text = data[len(mark) :].decode(codec, errors="ignore")
     end = _last_record_end(text, '"', "\n")
@@ -184,20 +184,17 @@ def _judged(
 ) -> list[PreviewRow]:
     """Each row with its problems put on the cells they are about. A problem reads
     ``<column>: <what>``; one about a column the file lacks stays with the row."""
-    checker = RowChecker(dataset, positions)
-    readable = [row for row in rows if row.problem is None]
-    checked = iter(checker.check([row.values for row in readable]))
     # Longest names first: a column named like the start of another is not mistaken.
     names = sorted(positions, key=len, reverse=True)
     judged = []
-    for row in rows:
+    for row, (_, found) in zip(rows, RowChecker(dataset, positions).judged(rows), strict=True):
         cells = list(row.values)
         if row.problem is not None:
             judged.append(PreviewRow(line=row.line, cells=cells, problems={}, message=row.problem))
             continue
         problems: dict[str, str] = {}
         unplaced: list[str] = []
-        for problem in next(checked)[1]:
+        for problem in found:
             name = next((n for n in names if problem.startswith(f"{n}: ")), None)
             if name is None:
                 unplaced.append(problem)

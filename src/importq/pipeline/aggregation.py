@@ -68,25 +68,24 @@ def download_name(dataset: str, batch_id: uuid.UUID | str, kind: str) -> str:
     return f"{dataset}-{batch_id}-{FILE_NAMES[kind]}"
 
 
-def _records(batch: dict[str, Any], dataset: Dataset) -> sql.Composed:
-    """The query of the batch's report records: the ones its chunks stored and, when a
-    cancel kept chunks from running, the failures of those chunks' staged rows."""
+async def _records(
+    conn: AsyncConnection[Any], batch: dict[str, Any], dataset: Dataset
+) -> tuple[sql.Composed, dict[str, Any] | None]:
+    """The query of the batch's report records, and its parameters: the records its
+    chunks stored and, when a cancel kept chunks from running, the failures of those
+    chunks' staged rows (whose hash ranges are read first, as one multirange)."""
     stored = sql.SQL(queries["result_records"]).format(results=results_table(batch["id"]))
     if not batch["cancelled_chunks"]:
-        return stored
+        return stored, None
+    cursor = await conn.execute(queries["cancelled_ranges"], {"batch_id": batch["id"]})
+    row = await cursor.fetchone()
     staged = StagedTable.of(batch["id"], dataset, batch["header"])
     cancelled = sql.SQL(queries["cancelled_records"]).format(
         staged=staged.name, record=staged_failure_record(dataset, batch["header"])
     )
-    return sql.SQL("{} UNION ALL {}").format(stored, cancelled)
-
-
-async def _cancelled_ranges(conn: AsyncConnection[Any], batch: dict[str, Any]) -> str | None:
-    if not batch["cancelled_chunks"]:
-        return None
-    cursor = await conn.execute(queries["cancelled_ranges"], {"batch_id": batch["id"]})
-    row = await cursor.fetchone()
-    return None if row is None else cast(str | None, row[0])
+    ranges = None if row is None else row[0]
+    params = {"cancelled": CANCELLED, "cancelled_ranges": ranges}
+    return sql.SQL("{} UNION ALL {}").format(stored, cancelled), params
 
 
 async def _write_reports(
@@ -99,16 +98,13 @@ async def _write_reports(
     """
     writer = ReportWriter(directory, ReportLayout.for_batch(dataset, batch["header"]))
     found = lines = 0
-    query = sql.SQL(queries["report_blocks"]).format(
-        results=_records(batch, dataset), block=sql.Literal(BLOCK_LINES)
-    )
     try:
         async with services.pool.connection() as conn, conn.transaction():
             await conn.execute(queries["report_plan"])
-            ranges = await _cancelled_ranges(conn, batch)
-            # Passed even when unused: psycopg then reads every "%" of the query as a
-            # placeholder's, so a "%" in report_blocks must be written "%%".
-            params = {"cancelled": CANCELLED, "cancelled_ranges": ranges}
+            rows, params = await _records(conn, batch, dataset)
+            query = sql.SQL(queries["report_blocks"]).format(
+                results=rows, block=sql.Literal(BLOCK_LINES)
+            )
             # Streamed rather than read through a cursor, because PostgreSQL never runs a
             # cursor's query in parallel. The stream is closed on any error, since an
             # open stream keeps the connection locked.

@@ -267,6 +267,15 @@ class RowChecker:
             if column.required_if is not None
         ]
 
+    def judged(
+        self, rows: Sequence[StagedRow]
+    ) -> list[tuple[tuple[Coerced, ...] | None, list[str]]]:
+        """Per row, its record (None for a row with a reading problem) and its problems:
+        the reading problem alone, or the validation problems (none: a valid row)."""
+        readable = [row for row in rows if row.problem is None]
+        checked = iter(self.check([row.values for row in readable]))
+        return [(None, [row.problem]) if row.problem is not None else next(checked) for row in rows]
+
     def verdicts(
         self, rows: Sequence[StagedRow]
     ) -> list[tuple[tuple[Coerced, ...] | None, str | None]]:
@@ -275,16 +284,10 @@ class RowChecker:
         The message is the row's reading problem, or else its validation problems
         joined by ``; ``.
         """
-        readable = [row for row in rows if row.problem is None]
-        checked = iter(self.check([row.values for row in readable]))
-        verdicts: list[tuple[tuple[Coerced, ...] | None, str | None]] = []
-        for row in rows:
-            if row.problem is not None:
-                verdicts.append((None, row.problem))
-                continue
-            record, problems = next(checked)
-            verdicts.append((None, "; ".join(problems)) if problems else (record, None))
-        return verdicts
+        return [
+            (None, "; ".join(problems)) if problems else (record, None)
+            for record, problems in self.judged(rows)
+        ]
 
     def failures(self, rows: Sequence[StagedRow]) -> list[tuple[int, str]]:
         """The rows that fail, as ``(line, message)`` (see :meth:`verdicts`)."""

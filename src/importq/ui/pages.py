@@ -148,6 +148,7 @@ def render(
                 f"{format_datetime(t, 'medium', tzinfo=UTC, locale=where)} UTC" if t else ""
             ),
             path=request.url.path,
+            statuses=STATUSES,
             **context,
         )
     )
@@ -353,6 +354,17 @@ async def jobs_page(
     if not user.sees_all_batches:
         initiator = None
     found = await list_for(services, user, which, initiator, page=page, page_size=JOBS_PAGE_SIZE)
+    filters = {
+        key: value
+        for key, value in (
+            ("status", which.status),
+            ("dataset", which.dataset),
+            ("initiator", initiator),
+            ("since", which.since),
+            ("until", which.until),
+        )
+        if value
+    }
     return render(
         request,
         services,
@@ -360,26 +372,12 @@ async def jobs_page(
         user,
         jobs=found.items,
         total=found.total,
-        filtered=bool(which.status or which.dataset or which.since or which.until or initiator)
-        or page > 1,
+        filtered=bool(filters) or page > 1,
         page=page,
         pages=max(1, math.ceil(found.total / JOBS_PAGE_SIZE)),
         chosen=which,
         initiator=initiator,
-        filters=urlencode(
-            {
-                key: value
-                for key, value in (
-                    ("status", which.status),
-                    ("dataset", which.dataset),
-                    ("initiator", initiator),
-                    ("since", which.since),
-                    ("until", which.until),
-                )
-                if value
-            }
-        ),
-        statuses=STATUSES,
+        filters=urlencode(filters),
         datasets=sorted(services.datasets.values(), key=lambda d: d.name),
     )
 
