@@ -2,7 +2,8 @@
 
     python scripts/bench.py --rows 1000000 [--format csv|xlsx] [--workers 0]
                             [--repeat 3] [--database-url URL] [--no-write]
-                            [--scenario import|health|fairness|webhooks|cancel|events|dry-run|page]
+                            [--scenario import|health|fairness|webhooks|cancel|events|
+                                        dry-run|page|upsert]
 
 Generates an entrances file (CSV, or XLSX with ``--format xlsx``; cached under
 bench-data/), then on the same PostgreSQL:
@@ -366,7 +367,17 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="do not update the docs")
     parser.add_argument(
         "--scenario",
-        choices=["import", "health", "fairness", "webhooks", "cancel", "events", "dry-run", "page"],
+        choices=[
+            "import",
+            "health",
+            "fairness",
+            "webhooks",
+            "cancel",
+            "events",
+            "dry-run",
+            "page",
+            "upsert",
+        ],
         default="import",
         help="import: the file against COPY; the others: see scripts/stalls.py",
     )

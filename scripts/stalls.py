@@ -48,6 +48,7 @@ from bench import (
     machine,
     seconds_to_completion,
     serving,
+    settle_writes,
     wait_for_job,
     write_section,
 )
@@ -58,6 +59,8 @@ XLSX_ROWS = 100_000
 JSON_ROWS = 200_000
 TRICKLE_SECONDS = 9.0
 RECEIVERS = 4
+# Rounds of the upsert scenario, each an import and an upsert.
+ROUNDS = 3
 WEBHOOK_LOAD_SECONDS = 60.0
 
 
@@ -560,6 +563,55 @@ def dry_run(env: dict[str, str], rows: int, command: str, server: str, write: bo
     _report(f"A dry run of {rows:,} rows against its import", lines, command, server, write)
 
 
+def _half_stored(env: dict[str, str]) -> None:
+    """Of the rows an import stored, every other one deleted and the rest changed, then
+    vacuumed: an upsert of the same file updates half its rows and inserts the others."""
+    with psycopg.connect(env["IMPORTQ_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute("DELETE FROM entrances WHERE target_id % 2 = 0")
+        conn.execute("UPDATE entrances SET label = coalesce(label, '') || '*'")
+        conn.execute("VACUUM ANALYZE entrances")
+
+
+def upsert(env: dict[str, str], rows: int, command: str, server: str, write: bool) -> None:
+    """An upsert of a file half of whose keys are stored, against its import into an
+    empty table, in rounds that alternate the two."""
+    big = _cached(rows, "csv")
+    seconds: dict[str, list[float]] = {"import": [], "upsert": []}
+    summaries: dict[str, Any] = {}
+    with serving(env) as service:
+        probe = Probe(service)
+        for _ in range(ROUNDS):
+            for kind in seconds:
+                if kind == "import":
+                    _emptied(env)
+                else:
+                    _half_stored(env)
+                settle_writes()
+                started_at = time.time()
+                response, _ = probe.post_file(big, {"mode": "upsert"} if kind == "upsert" else {})
+                if response.status_code != 202:
+                    raise SystemExit(f"the upload was refused: {response.text}")
+                job = wait_for_job(probe.client, response.json()["statusUrl"], 0.2)
+                seconds[kind].append(seconds_to_completion(job, started_at))
+                summaries[kind] = job["result"]["summary"]
+    median = {kind: statistics.median(times) for kind, times in seconds.items()}
+    ratio = median["upsert"] / median["import"]
+    lines = [
+        "| measure | rounds | median |",
+        "|---|---|---|",
+        f"| the import into an empty table: POST → `completed` | "
+        f"{', '.join(f'{t:.2f}' for t in seconds['import'])} s | {median['import']:.2f} s |",
+        f"| the upsert, half the keys stored (changed) | "
+        f"{', '.join(f'{t:.2f}' for t in seconds['upsert'])} s | {median['upsert']:.2f} s "
+        f"({ratio:.2f}×) |",
+        "",
+        f"The upsert's summary: {json.dumps(summaries['upsert'])}.",
+        "",
+        f"Bar: the upsert no slower than 1.5× the import: {_verdict(ratio, 1.5)}.",
+    ]
+    _report(f"An upsert of {rows:,} rows, half of them stored", lines, command, server, write)
+
+
 # Run in the page before its own script: each job event, once the page has drawn it (a
 # task after the page's own listener), with the change's time as the service stamped it.
 _PAGE_RECORDER = """
@@ -622,6 +674,7 @@ def page(env: dict[str, str], rows: int, command: str, server: str, write: bool)
 
 SCENARIOS = {
     "dry-run": dry_run,
+    "upsert": upsert,
     "page": page,
     "health": health,
     "fairness": fairness,

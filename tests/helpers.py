@@ -226,3 +226,17 @@ def quoted_entrances() -> list[dict[str, str]]:
     rows[50]["w3geo:longitude"] = "999"
     rows.append(entrance("p3", author="FFS"))  # a duplicate of line 5, in the second half
     return rows
+
+
+def summary(
+    successes: int, duplicates: int, failures: int, *, updated: int = 0, unchanged: int = 0
+) -> dict[str, int]:
+    """A job's ``summary``: the successes not updated or unchanged were inserted."""
+    return {
+        "successes": successes,
+        "duplicates": duplicates,
+        "failures": failures,
+        "inserted": successes - updated - unchanged,
+        "updated": updated,
+        "unchanged": unchanged,
+    }

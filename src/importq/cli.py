@@ -28,7 +28,7 @@ from importq.db import EMBEDDED_DIR, database_url
 from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.migrate import migrate
 from importq.rules.dataset_json import DatasetDetail, DatasetSummary
-from importq.rules.datasets import ROLES, load_datasets
+from importq.rules.datasets import MODES, ROLES, load_datasets
 
 log = logging.getLogger("importq")
 ADMIN_TOKEN_FILE = "admin-token"
@@ -376,7 +376,7 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_REFUSED
     content_type, default_params = kind
     params = {"fileName": path.name, **default_params}
-    for name in ("encoding", "delimiter", "sheet"):
+    for name in ("encoding", "delimiter", "sheet", "mode"):
         if getattr(args, name):
             params[name] = getattr(args, name)
     if args.dry_run:
@@ -546,6 +546,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="run everything, write nothing to the table: the reports say what would happen",
+    )
+    upload.add_argument(
+        "--mode",
+        choices=MODES,
+        default=None,
+        help="a row whose key is stored: insert (a duplicate), upsert (update it; a new key "
+        "is inserted) or update-only (update it; a new key fails) (default: the dataset's)",
     )
     upload.set_defaults(handler=_import)
 

@@ -21,6 +21,9 @@ Timestamp = Annotated[datetime, PlainSerializer(_utc, return_type=str)]
 Status = Literal["pending", "active", "aggregating", "completed", "failed", "cancelled"]
 
 
+Mode = Literal["insert", "upsert", "update-only"]
+
+
 class Progress(BaseModel):
     totalChunks: int
     completedChunks: int
@@ -29,6 +32,10 @@ class Progress(BaseModel):
     successes: int
     duplicates: int
     failures: int
+    #: What the successes did to the table; the three add up to ``successes``.
+    inserted: int
+    updated: int
+    unchanged: int
 
 
 class ReportUrls(BaseModel):
@@ -41,6 +48,14 @@ class Summary(BaseModel):
     successes: int
     duplicates: int
     failures: int
+    inserted: int
+    updated: int
+    unchanged: int
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Summary:
+        """The counters of a batch row."""
+        return cls(**{name: row[name] for name in cls.model_fields})
 
 
 class Result(BaseModel):
@@ -52,6 +67,8 @@ class Job(BaseModel):
     batchId: uuid.UUID
     type: Literal["csv-import"] = "csv-import"
     dataset: str
+    #: What a row whose key is stored does: see ``Mode``.
+    mode: Mode
     status: Status
     progress: Progress
     result: Result | None
@@ -76,17 +93,23 @@ class Job(BaseModel):
         return cls(
             batchId=row["id"],
             dataset=row["dataset"],
+            mode=row["mode"],
             status=row["status"],
             progress=Progress(
                 totalChunks=row["total_chunks"],
                 completedChunks=row["completed_chunks"] + row["failed_chunks"],
                 totalRows=row["total_rows"],
                 processedRows=row["processed_rows"],
-                successes=row["successes"],
-                duplicates=row["duplicates"],
-                failures=row["failures"],
+                **Summary.of(row).model_dump(),
             ),
-            result=Result.model_validate(row["result"]) if row["result"] else None,
+            # The summary from the counters, which are final once there is a result (and
+            # hold what a batch finished before import modes has no words for).
+            result=Result(
+                reportUrls=ReportUrls.model_validate(row["result"]["reportUrls"]),
+                summary=Summary.of(row),
+            )
+            if row["result"]
+            else None,
             createdAt=row["created_at"],
             updatedAt=row["updated_at"],
             completedAt=row["completed_at"],

@@ -30,6 +30,7 @@ from helpers import (
     post_rows,
     read_csv_report,
     running_worker,
+    summary,
     wait_for_batch,
 )
 from importq import accounts
@@ -86,6 +87,7 @@ JOB_EXTRA_KEYS = {
     "failedChunks",
     "cancelledAt",
     "dryRun",
+    "mode",
 }
 PROGRESS_KEYS = {
     "totalChunks",
@@ -95,6 +97,9 @@ PROGRESS_KEYS = {
     "successes",
     "duplicates",
     "failures",
+    "inserted",
+    "updated",
+    "unchanged",
 }
 
 
@@ -710,7 +715,7 @@ async def test_json_rows_missing_a_mandatory_value_or_with_nested_values_fail(
     response = await client.post("/api/v1/entrances/import-rows", json={"data": rows})
     assert response.status_code == 202, response.text
     job = await wait_for_batch(client, response.json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 2, "duplicates": 0, "failures": 4}
+    assert job["result"]["summary"] == summary(2, 0, 4)
     failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
     assert [(r[0], r[1]) for r in failures[1:]] == [
         ("3", "gn:countryCode: missing"),
@@ -734,7 +739,7 @@ async def test_json_rows_may_leave_out_optional_keys_and_order_them_freely(
     )
     assert response.status_code == 202, response.text
     job = await wait_for_batch(client, response.json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 3, "duplicates": 0, "failures": 0}
+    assert job["result"]["summary"] == summary(3, 0, 0)
     assert job["warnings"] == []
 
 
@@ -750,7 +755,7 @@ async def test_json_numbers_and_booleans_become_text(
     response = await client.post("/api/v1/entrances/import-rows", json={"data": rows})
     assert response.status_code == 202, response.text
     job = await wait_for_batch(client, response.json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 3, "duplicates": 0, "failures": 0}
+    assert job["result"]["summary"] == summary(3, 0, 0)
     async with services.pool.connection() as conn:
         cursor = await conn.execute(
             "SELECT source_id, latitude, longitude FROM entrances ORDER BY imported_line"
@@ -792,9 +797,7 @@ async def test_job_has_the_contract_fields_while_active(client: httpx.AsyncClien
         "completedChunks": 0,
         "totalRows": 12,
         "processedRows": 0,
-        "successes": 0,
-        "duplicates": 0,
-        "failures": 0,
+        **summary(0, 0, 0),
     }
     assert job["result"] is None
     assert job["completedAt"] is None
@@ -814,7 +817,7 @@ async def test_finished_job_has_report_urls_and_summary(client: httpx.AsyncClien
     assert all(
         isinstance(url, str) and url.startswith(f"{BASE_URL}/files/") for url in urls.values()
     )
-    assert job["result"]["summary"] == {"successes": 1, "duplicates": 1, "failures": 1}
+    assert job["result"]["summary"] == summary(1, 1, 1)
     progress = job["progress"]
     assert progress["completedChunks"] == progress["totalChunks"]
     assert progress["processedRows"] == progress["totalRows"] == 3

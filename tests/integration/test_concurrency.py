@@ -29,7 +29,15 @@ from accounting import (
     mixed_rows,
     slow_down_inserts,
 )
-from helpers import Receiver, download, entrance, read_csv_report, row_results, wait_for_batch
+from helpers import (
+    Receiver,
+    download,
+    entrance,
+    read_csv_report,
+    row_results,
+    summary,
+    wait_for_batch,
+)
 from importq.delivery.at_most_once import DeliveryBusy
 from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
@@ -119,7 +127,7 @@ async def test_fifty_completion_checks_aggregate_once(
     assert sent.count(True) == 1
     job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
     assert job["status"] == "completed"
-    assert job["result"]["summary"] == {"successes": 35, "duplicates": 1, "failures": 1}
+    assert job["result"]["summary"] == summary(35, 1, 1)
     assert (
         await count(services, "SELECT count(*) FROM notifications WHERE batch_id = %s", batch_id)
         == 1
@@ -441,7 +449,7 @@ async def test_two_batches_storing_one_key_at_once_store_it_once(
             (2, "duplicate", "already exists"),
             (3, "duplicate", "already exists"),
             (4, "duplicate", "already exists"),
-            (5, "success", None),
+            (5, "inserted", None),
         ]
     assert not [r for r in caplog.records if "finding the rows refused" in r.getMessage()]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from helpers import running_worker, wait_for_batch
+from helpers import running_worker, summary, wait_for_batch
 from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.rules.datasets import load_datasets
 from importq.services import Services
@@ -23,7 +23,8 @@ async def test_the_list_names_each_dataset_with_who_may_import(
             "version": 1,
             "title": "Entrances",
             "importRole": "user",
-            "modes": ["insert"],
+            "modes": {"insert": "user", "upsert": "user", "update-only": "user"},
+            "defaultMode": "insert",
         }
     ]
 
@@ -80,4 +81,4 @@ async def test_a_template_imports_as_it_is_downloaded(
     assert posted.status_code == 202, posted.text
     async with running_worker(services):
         job = await wait_for_batch(client, posted.json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 1, "duplicates": 0, "failures": 0}
+    assert job["result"]["summary"] == summary(1, 0, 0)

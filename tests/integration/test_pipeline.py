@@ -11,7 +11,15 @@ from email import policy
 import httpx
 import pytest
 
-from helpers import csv_text, download, entrance, post_rows, read_csv_report, wait_for_batch
+from helpers import (
+    csv_text,
+    download,
+    entrance,
+    post_rows,
+    read_csv_report,
+    summary,
+    wait_for_batch,
+)
 from importq import accounts
 from importq.ingest.staged_table import SCHEMA, table_name
 from importq.services import Services
@@ -38,7 +46,7 @@ async def test_rows_end_in_the_right_reports(client: httpx.AsyncClient, services
 
     job = await wait_for_batch(client, accepted["batchId"])
     assert job["status"] == "completed"
-    assert job["result"]["summary"] == {"successes": 3, "duplicates": 2, "failures": 3}
+    assert job["result"]["summary"] == summary(3, 2, 3)
     assert job["progress"]["processedRows"] == 8
     assert job["progress"]["completedChunks"] == job["progress"]["totalChunks"]
 
@@ -49,13 +57,15 @@ async def test_rows_end_in_the_right_reports(client: httpx.AsyncClient, services
         "id",
         "dct:rights/cc:attributionName",
         "targetId",
+        "outcome",
+        "changedColumns",
         "w3geo:latitude",
         "w3geo:longitude",
     ]
-    assert [(r[0], r[1], r[2]) for r in successes[1:]] == [
-        ("2", "a1", "FFS"),
-        ("6", "a3", "FFS"),
-        ("7", "a1", "Other"),
+    assert [(r[0], r[1], r[2], r[4], r[5]) for r in successes[1:]] == [
+        ("2", "a1", "FFS", "inserted", ""),
+        ("6", "a3", "FFS", "inserted", ""),
+        ("7", "a1", "Other", "inserted", ""),
     ]
     assert all(r[3].isdigit() for r in successes[1:])
 
@@ -102,7 +112,7 @@ async def test_keys_already_in_the_table_are_duplicates_across_batches(
     await wait_for_batch(client, first.json()["batchId"])
     second = await post_rows(client, [entrance("k2"), entrance("k3"), entrance(" k1 ")])
     job = await wait_for_batch(client, second.json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 1, "duplicates": 2, "failures": 0}
+    assert job["result"]["summary"] == summary(1, 2, 0)
     duplicates = read_csv_report(await download(client, job["result"]["reportUrls"]["duplicates"]))
     assert [(r[0], r[1]) for r in duplicates[1:]] == [
         ("2", "already exists"),
@@ -171,7 +181,7 @@ async def test_blank_lines_before_the_header_count_and_are_not_data(
     assert response.status_code == 202, response.text
     assert response.json()["totalRows"] == 2
     job = await wait_for_batch(client, response.json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 1, "duplicates": 0, "failures": 1}
+    assert job["result"]["summary"] == summary(1, 0, 1)
     # blank = 1, header = 2, rows = 3 and 4
     successes = read_csv_report(await download(client, job["result"]["reportUrls"]["success"]))
     assert successes[1][:2] == ["3", "b1"]
@@ -240,7 +250,7 @@ async def test_a_row_the_database_refuses_fails_alone(
         await conn.execute("ALTER TABLE entrances ADD CONSTRAINT no_equator CHECK (latitude <> 0)")
     rows = [entrance("d1"), entrance("d2", latitude="0"), entrance("d3"), entrance("d1")]
     job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 2, "duplicates": 1, "failures": 1}
+    assert job["result"]["summary"] == summary(2, 1, 1)
     failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
     assert failures[1][:2] == [
         "3",
@@ -275,7 +285,7 @@ async def test_rows_the_database_refuses_among_many_fail_and_the_next_of_their_k
         rows[n] = entrance(f"m{n}", latitude="0")
     rows.append(entrance("m40"))  # line 62: m40 again, valid this time
     job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 58, "duplicates": 0, "failures": 3}
+    assert job["result"]["summary"] == summary(58, 0, 3)
     failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))
     assert [row[0] for row in failures[1:]] == ["7", "8", "42"]
     assert all("no_equator" in row[1] for row in failures[1:])
@@ -301,7 +311,7 @@ async def test_a_later_row_of_a_key_stays_its_duplicate_when_other_rows_are_refu
         entrance("p3"),  # line 7: stored
     ]
     job = await wait_for_batch(client, (await post_rows(client, rows)).json()["batchId"])
-    assert job["result"]["summary"] == {"successes": 2, "duplicates": 1, "failures": 3}
+    assert job["result"]["summary"] == summary(2, 1, 3)
     duplicates = read_csv_report(await download(client, job["result"]["reportUrls"]["duplicates"]))
     assert [(row[0], row[1]) for row in duplicates[1:]] == [("3", "duplicate of line 2")]
     failures = read_csv_report(await download(client, job["result"]["reportUrls"]["failures"]))

@@ -107,7 +107,7 @@ def _expected(
         if winner.key in stored:
             yield winner.line, "duplicate", "already exists", None
         else:
-            yield winner.line, "success", None, winner.key
+            yield winner.line, "inserted", None, winner.key
     for row in rejected:
         yield row.line, row.outcome, row.message, None
 

@@ -76,8 +76,8 @@ async def test_a_dataset_wider_than_a_functions_arguments_is_imported(
     ]
     rows[2]["c0"] = "r0-0"  # the key of the first row: a duplicate
     assert await _import(services, WIDE, rows) == [
-        (2, "success", None),
-        (3, "success", None),
+        (2, "inserted", None),
+        (3, "inserted", None),
         (4, "duplicate", "duplicate of line 2"),
     ]
     async with services.pool.connection() as conn:
@@ -177,7 +177,7 @@ async def test_a_chunks_results_are_stored_a_report_block_at_a_time(services: Se
     assert all(first == last for _, first, last, _ in stored)
     assert len(stored) > 2  # 9,000 lines span three blocks
     assert [line for line, _, _ in results] == list(range(2, 9_002))
-    assert [outcome for _, outcome, _ in results] == ["success"] * 7_000 + ["duplicate"] * 2_000
+    assert [outcome for _, outcome, _ in results] == ["inserted"] * 7_000 + ["duplicate"] * 2_000
 
 
 async def _chunk_bounds(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> list[tuple[Any, ...]]:
@@ -225,7 +225,7 @@ async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
         assert await _chunk_bounds(conn, second.batch_id) == bounds  # same rows, same chunks
         assert len(bounds) == 4 and len(kept) == 4
         assert await row_results(conn, second.batch_id) == [
-            (line, "duplicate", "already exists") if line in kept else (line, "success", None)
+            (line, "duplicate", "already exists") if line in kept else (line, "inserted", None)
             for line in range(2, 42)
         ]
 

@@ -37,6 +37,7 @@ from importq.ingest.parsed_upload import ParsedUpload, within_limits
 from importq.ingest.staging import BatchRequest, stage_batch
 from importq.ingest.text_encoding import encoding_names, resolve_encoding
 from importq.ingest.xlsx_reader import XLSX_TYPE, read_xlsx
+from importq.job_json import Mode
 from importq.rules.datasets import Dataset
 from importq.services import Services
 from importq.sql import queries
@@ -330,6 +331,15 @@ async def import_rows(
     dryRun: Annotated[
         bool, Query(description="Run everything, write nothing to the table: what would happen")
     ] = False,
+    mode: Annotated[
+        Mode | None,
+        Query(
+            description="What a row whose key is stored does: insert (it is a duplicate, "
+            '"already exists"), upsert (it updates the stored row; a new key is inserted) '
+            'or update-only (it updates the stored row; a new key fails, "not found"). '
+            "Default: the dataset's"
+        ),
+    ] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> Any:
     if request.app.state.draining:
@@ -337,6 +347,12 @@ async def import_rows(
             503, "shutting_down", "The service is stopping; send the upload again shortly."
         )
     definition = importable_dataset(services, user, dataset)
+    chosen = mode or definition.default_mode
+    needs = definition.mode_role(chosen)
+    if not user.has_role(needs):
+        raise Refusal(
+            403, "forbidden", f"Importing into {dataset} in {chosen} mode needs the {needs} role."
+        )
     # Per user: each password sign-in has a token of its own.
     request.app.state.rate_limiter.take(str(user.id))
     await _check_pending_rows(services, user.id)
@@ -362,7 +378,9 @@ async def import_rows(
         digest = None
         if idempotency_key is not None:
             asked = [dataset, fmt, file_name, callback_url, encoding, delimiter, sheet]
-            asked += ["dry run"] if dryRun else []  # a real upload's digest as it was
+            # What an upload asked for before these options existed is digested as it was.
+            asked += ["dry run"] if dryRun else []
+            asked += [f"mode {chosen}"] if chosen != "insert" else []
             digest = await off_loop(_request_digest, source, asked)
         batch_request = BatchRequest(
             dataset=definition,
@@ -374,6 +392,7 @@ async def import_rows(
             idempotency_key=idempotency_key,
             request_digest=digest,
             dry_run=dryRun,
+            mode=chosen,
         )
         async with services.pool.connection() as conn:
             staged = await stage_batch(

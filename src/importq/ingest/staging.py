@@ -100,6 +100,8 @@ class BatchRequest:
     request_digest: bytes | None = None
     #: Run everything, write nothing to the target table.
     dry_run: bool = False
+    #: What a row whose key is stored does (``importq.rules.datasets.MODES``).
+    mode: str = "insert"
 
 
 def check_header(dataset: Dataset, header: list[str]) -> HeaderMatch:
@@ -456,6 +458,7 @@ async def stage_batch(
                     "idempotency_key": request.idempotency_key,
                     "request_digest": request.request_digest,
                     "dry_run": request.dry_run,
+                    "mode": request.mode,
                 },
             )
             await conn.execute(

@@ -35,6 +35,7 @@ from psycopg import AsyncConnection, sql
 from importq.delivery.mailer import message_id
 from importq.delivery.webhooks import WEBHOOK, delivery_id
 from importq.ingest.staged_table import StagedTable, results_table
+from importq.job_json import Summary
 from importq.pipeline import batches
 from importq.pipeline.chunk_processing import CANCELLED
 from importq.pipeline.reports import (
@@ -176,11 +177,7 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
             )
 
     links, expires_at = report_links(services, batch, paths)
-    summary = {
-        "successes": batch["successes"],
-        "duplicates": batch["duplicates"],
-        "failures": batch["failures"],
-    }
+    summary = Summary.of(batch).model_dump()
     result = {"reportUrls": links, "summary": summary}
     async with services.pool.connection() as conn, conn.transaction():
         status = await batches.finish_batch(

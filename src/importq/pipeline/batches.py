@@ -41,10 +41,16 @@ from importq.sql import queries
 class ChunkTally:
     """A finished chunk's contribution to its batch's counters."""
 
-    successes: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
     duplicates: int = 0
     failures: int = 0
     failed: bool = False
+
+    @property
+    def successes(self) -> int:
+        return self.inserted + self.updated + self.unchanged
 
 
 async def count_finished_chunk(
@@ -58,6 +64,9 @@ async def count_finished_chunk(
             "done": 0 if tally.failed else 1,
             "failed": 1 if tally.failed else 0,
             "successes": tally.successes,
+            "inserted": tally.inserted,
+            "updated": tally.updated,
+            "unchanged": tally.unchanged,
             "duplicates": tally.duplicates,
             "failures": tally.failures,
         },

@@ -71,6 +71,8 @@ SLICE_ROWS = 5_000
 CANCELLED = "not imported: the import was cancelled"
 # The failure of every row of a chunk given up on (after its attempts, or its worker
 # lost each time). What went wrong is for the operator: the log and the chunk's error.
+# The failure of an update-only row whose key is not stored.
+NOT_FOUND = "not found"
 NOT_PROCESSED = (
     "not imported: importq could not process this part of the upload (the service's log "
     "says why); send these rows again"
@@ -104,17 +106,22 @@ def _statements(
     datasets: Mapping[str, Dataset], batch_id: uuid.UUID, chunk: Mapping[str, Any]
 ) -> ChunkStatements:
     return _batch_statements(
-        batch_id, datasets[chunk["dataset"]], tuple(chunk["header"]), chunk["dry_run"]
+        batch_id,
+        datasets[chunk["dataset"]],
+        tuple(chunk["header"]),
+        chunk["dry_run"],
+        chunk["mode"],
     )
 
 
 @functools.lru_cache(maxsize=32)
 def _batch_statements(
-    batch_id: uuid.UUID, dataset: Dataset, header: tuple[str, ...], dry_run: bool
+    batch_id: uuid.UUID, dataset: Dataset, header: tuple[str, ...], dry_run: bool, mode: str
 ) -> ChunkStatements:
     """The statements of a batch's chunks. They are composed once per batch, because a
     worker runs many chunks of the same batch in a row."""
-    return chunk_statements(StagedTable.of(batch_id, dataset, list(header)), list(header), dry_run)
+    staged = StagedTable.of(batch_id, dataset, list(header))
+    return chunk_statements(staged, list(header), dry_run, mode)
 
 
 async def _bad_values(
@@ -167,31 +174,51 @@ async def _settle(
     chunk: Mapping[str, Any],
     give_up: str | None = None,
 ) -> ChunkTally:
-    """Run ``settle_chunk`` and return the chunk's tally.
+    """Settle the chunk's rows and return its tally.
 
-    The statement runs in a savepoint, so a database error leaves the chunk's transaction
-    usable. When another batch stores one of the chunk's keys meanwhile, the plain insert
-    fails and the guarded statement runs instead.
+    Each try runs in a savepoint, so a database error leaves the chunk's transaction
+    usable. When another batch stores one of the chunk's keys meanwhile, insert mode runs
+    its guarded statement instead; an update mode runs again from the start, locking the
+    stored rows anew (that key's among them), so that it updates that key's row.
     """
-    params = {"batch_id": batch_id, "give_up": give_up, **_bounds(chunk)}
+    params = {
+        "batch_id": batch_id,
+        "chunk_no": chunk["chunk_no"],
+        "give_up": give_up,
+        "insert_new": chunk["mode"] == "upsert",
+        "not_found": NOT_FOUND,
+        **_bounds(chunk),
+    }
+    updates = None if give_up is not None else statements.updates
 
-    async def run(statement: sql.Composed) -> dict[str, int]:
+    async def run(*steps: sql.Composed) -> dict[str, int]:
         async with conn.transaction():
-            cursor = await conn.execute(statement, params)
+            for step in steps[:-1]:
+                await conn.execute(step, params)
+            cursor = await conn.execute(steps[-1], params)
             return dict(await cursor.fetchall())
 
-    try:
-        counts = await run(statements.settle)
-    except psycopg.errors.UniqueViolation as error:
-        log.info(
-            "chunk %s of batch %s: a key was stored meanwhile (%s); settled with ON CONFLICT",
-            chunk["chunk_no"],
-            batch_id,
-            error.diag.message_detail,
-        )
-        counts = await run(statements.settle_guarded)
+    while True:
+        try:
+            if updates is not None:
+                counts = await run(updates.lock_stored, updates.settle)
+            else:
+                counts = await run(statements.settle)
+            break
+        except psycopg.errors.UniqueViolation as error:
+            log.info(
+                "chunk %s of batch %s: a key was stored meanwhile (%s); settling again",
+                chunk["chunk_no"],
+                batch_id,
+                error.diag.message_detail,
+            )
+            if updates is None:
+                counts = await run(statements.settle_guarded)
+                break
     return ChunkTally(
-        successes=counts.get("success", 0),
+        inserted=counts.get("inserted", 0),
+        updated=counts.get("updated", 0),
+        unchanged=counts.get("unchanged", 0),
         duplicates=counts.get("duplicate", 0),
         failures=counts.get("failure", 0),
     )
@@ -219,7 +246,10 @@ async def _refuse_bad_rows(
         lines = pending.pop()
         try:
             async with conn.transaction(force_rollback=True):
-                await conn.execute(statements.probe, {"batch_id": batch_id, "lines": lines})
+                params = {"batch_id": batch_id, "lines": lines}
+                await conn.execute(statements.probe, params)
+                if statements.updates is not None:
+                    await conn.execute(statements.updates.probe, params)
         except (psycopg.DataError, psycopg.IntegrityError) as error:
             if len(lines) > 1:
                 middle = len(lines) // 2
@@ -284,6 +314,8 @@ async def _prepare(
     await conn.execute(queries["create_failures"])
     if statements.create_dry_run is not None:
         await conn.execute(statements.create_dry_run)
+    if statements.updates is not None:
+        await conn.execute(statements.updates.create_stored)
 
 
 async def process_chunk(

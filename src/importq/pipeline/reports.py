@@ -13,7 +13,9 @@ opens them right. A text cell that a spreadsheet would run as a formula is prefi
 
 The columns:
 
-- ``successes.csv``: ``line``, the key columns, ``targetId``, then the report columns.
+- ``successes.csv``: ``line``, the key columns, ``targetId``, ``outcome`` (``inserted``,
+  ``updated`` or ``unchanged``), ``changedColumns`` (an update's changed columns, by
+  their uploaded header names, separated by ``; ``), then the report columns.
 - ``duplicates.csv`` and ``failures.csv``: ``line``, ``message``, then every uploaded
   column under its uploaded header. The file can then be fixed and uploaded again.
 """
@@ -37,6 +39,8 @@ OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "fai
 # A chunk stores its results in the same blocks. So an array of a chunk's results never
 # holds more than one of the report query's texts, and a text is limited to 1 GB.
 BLOCK_LINES = 4096
+# The columns of the successes report between the key and the report columns.
+SUCCESS_FIELDS = ("targetId", "outcome", "changedColumns")
 FILE_NAMES = {
     "success": "successes.csv",
     "duplicates": "duplicates.csv",
@@ -60,10 +64,15 @@ class ReportLayout:
         numeric_at = {i for name, i in positions.items() if dataset.column(name).type.is_numeric}
         return cls(
             key_count=len(dataset.dedup_key),
-            success_header=["line", *dataset.dedup_key, "targetId", *dataset.report_columns],
+            success_header=[
+                "line",
+                *dataset.dedup_key,
+                *SUCCESS_FIELDS,
+                *dataset.report_columns,
+            ],
             success_numeric=[True]
             + [dataset.column(n).type.is_numeric for n in dataset.dedup_key]
-            + [True]
+            + [True, False, False]
             + [dataset.column(n).type.is_numeric for n in dataset.report_columns],
             rejected_header=["line", "message", *uploaded_header],
             rejected_numeric=[True, False] + [i in numeric_at for i in range(len(uploaded_header))],
@@ -102,7 +111,7 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
     Returns two: one for a success, and one for a duplicate or a failure. They read these
     columns of a chunk row: the cells as uploaded
     (:func:`importq.ingest.staged_table.original`), the trimmed cells (``t<n>``),
-    ``line``, ``extra``, ``message`` and ``target_id``.
+    ``line``, ``extra``, ``message``, ``target_id``, ``outcome`` and ``changed_columns``.
     """
     layout = ReportLayout.for_batch(dataset, header)
     positions = dataset.match_header(list(header)).positions
@@ -117,11 +126,17 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
             return sql.SQL("coalesce({}, '')").format(trimmed_cell(name))
         return _cell(trimmed_cell(name), numeric)
 
-    names = [*dataset.dedup_key, None, *dataset.report_columns]
-    success = [sql.SQL("line::text")] + [
+    def success_cells(names: Sequence[str]) -> list[sql.Composable]:
+        return [success_cell(name, dataset.column(name).type.is_numeric) for name in names]
+
+    success = [
+        sql.SQL("line::text"),
+        *success_cells(dataset.dedup_key),
         # No id in a dry run: nothing was stored.
-        sql.SQL("coalesce(target_id::text, '')") if name is None else success_cell(name, numeric)
-        for name, numeric in zip(names, layout.success_numeric[1:], strict=True)
+        sql.SQL("coalesce(target_id::text, '')"),
+        sql.SQL("outcome"),  # a word of letters: never quoted
+        _cell(sql.Identifier("changed_columns"), False),
+        *success_cells(dataset.report_columns),
     ]
     read = set(positions.values())
     return _record(success, sql.SQL("''")), _rejected_record(

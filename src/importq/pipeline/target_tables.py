@@ -82,14 +82,16 @@ def _value(column: Column, positions: Mapping[str, int], row: str | None = None)
     return sql.SQL("{}::{}").format(value, sql.SQL(column.type.sql_type))
 
 
-def _joined(cells: Sequence[sql.Composable]) -> sql.Composable:
-    """The cells joined by U+0001, leaving NULL cells out.
+def _joined(cells: Sequence[sql.Composable], separator: str = "\x01") -> sql.Composable:
+    """The cells joined by ``separator``, leaving NULL cells out.
 
     They are joined in groups of 99, because a function takes at most 100 arguments.
     """
 
     def concat(parts: Sequence[sql.Composable]) -> sql.Composable:
-        return sql.SQL("concat_ws(E'\\x01', {})").format(sql.SQL(", ").join(parts))
+        return sql.SQL("concat_ws({}, {})").format(
+            sql.Literal(separator), sql.SQL(", ").join(parts)
+        )
 
     groups = [concat(cells[start : start + 99]) for start in range(0, len(cells), 99)]
     return groups[0] if len(groups) == 1 else concat(groups)
@@ -102,6 +104,18 @@ def _winner_key(index: int) -> sql.Identifier:
 
 
 @dataclass(frozen=True)
+class UpdateStatements:
+    """The statements of an update mode's chunk (upsert, update-only), besides the
+    insert mode's, which still give a chunk up."""
+
+    create_stored: sql.Composed
+    lock_stored: sql.Composed
+    settle: sql.Composed
+    #: Whether the target takes given lines' values over their stored rows.
+    probe: sql.Composed
+
+
+@dataclass(frozen=True)
 class ChunkStatements:
     """The statements that settle a batch's chunks (``sql/chunks.sql`` templates)."""
 
@@ -110,35 +124,131 @@ class ChunkStatements:
     #: None when no column is judged by value.
     judged_values: sql.Composed | None
     suspect_rows: sql.Composed
+    #: Insert mode's settle; in every mode, what gives a chunk up.
     settle: sql.Composed
     #: settle with ON CONFLICT DO NOTHING, for when another batch stored a key meanwhile.
     settle_guarded: sql.Composed
+    #: The lines the settle statement writes (update modes: every key's first line).
     lines_to_insert: sql.Composed
     probe: sql.Composed
     #: Dataset column name → index in a suspect_rows row's values (after line, problem).
     read_positions: dict[str, int]
     #: A dry run's table to write into, created in each chunk's transaction; else None.
     create_dry_run: sql.Composed | None = None
+    #: The update modes' statements; None in insert mode.
+    updates: UpdateStatements | None = None
+
+
+def _update_statements(
+    staged: StagedTable,
+    header: Sequence[str],
+    parts: Mapping[str, sql.Composable],
+    first_valid: sql.Composable,
+    dry_run: bool,
+) -> UpdateStatements:
+    """An update mode's statements. A winner's columns that the file has and that are not
+    key columns are compared with the stored row's, and written when they differ."""
+    dataset, positions = staged.dataset, staged.positions
+    keys = {c.name for c in dataset.key_columns}
+    written = [c for c in dataset.columns if c.name in positions and c.name not in keys]
+    kept_columns = [c for c in dataset.columns if c.name not in positions]
+
+    def stored(column: Column) -> sql.Identifier:
+        return sql.Identifier(f"s.{column.field}")
+
+    stored_fields: list[sql.Composable] = [sql.SQL("s.target_id AS stored_id")]
+    if dry_run:
+        stored_fields += [
+            sql.SQL("s.{} AS {}").format(sql.Identifier(c.field), stored(c)) for c in kept_columns
+        ]
+    changed = _joined(
+        [
+            sql.SQL("CASE WHEN s.{} IS DISTINCT FROM {} THEN {} END").format(
+                sql.Identifier(c.field),
+                _value(c, positions, "c"),
+                sql.Literal(header[positions[c.name]].strip()),
+            )
+            for c in written
+        ]
+        or [sql.NULL],
+        "; ",
+    )
+    update: sql.Composable
+    if dry_run:
+        update = sql.SQL(queries["check_updates"]).format(
+            fields=parts["fields"],
+            merged=sql.SQL(", ").join(
+                sql.SQL("w.{}").format(stored(c))
+                if c in kept_columns
+                else _value(c, positions, "w")
+                for c in dataset.columns
+            ),
+        )
+    elif written:
+        update = sql.SQL(queries["update_stored"]).format(
+            table=parts["table"],
+            columns=sql.SQL(", ").join(sql.Identifier(c.field) for c in written),
+            values=sql.SQL(", ").join(_value(c, positions, "w") for c in written),
+        )
+    else:
+        update = sql.SQL("updated AS (SELECT)")  # the file has only the key's columns
+    stored_key = sql.SQL(" AND ").join(
+        sql.SQL("s.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
+        for c in dataset.key_columns
+    )
+    shared = {
+        "stored_fields": sql.SQL(", ").join(stored_fields),
+        "update": update,
+    }
+    return UpdateStatements(
+        create_stored=sql.SQL(queries["create_stored"]).format(table=parts["table"]),
+        lock_stored=sql.SQL(queries["lock_stored"]).format(
+            first_valid=first_valid,
+            table=parts["table"],
+            stored_key=parts["stored_key"],
+            stored_order=sql.SQL(", ").join(
+                [sql.SQL("t.key_hash")]
+                + [sql.SQL("t.{}").format(sql.Identifier(c.field)) for c in dataset.key_columns]
+            ),
+            lock=sql.SQL("" if dry_run else "FOR UPDATE OF t"),
+        ),
+        settle=sql.SQL(queries["settle_update"]).format(
+            **parts,
+            **shared,
+            first_valid=first_valid,
+            changed=changed,
+            stored_ref=sql.SQL("NULL::bigint" if dry_run else "w.stored_id"),
+        ),
+        probe=sql.SQL(queries["probe_updates"]).format(
+            **shared, table=parts["table"], stored_key_s=stored_key
+        ),
+    )
 
 
 def chunk_statements(
-    staged: StagedTable, header: Sequence[str], dry_run: bool = False
+    staged: StagedTable, header: Sequence[str], dry_run: bool = False, mode: str = "insert"
 ) -> ChunkStatements:
-    """The statements of a batch's chunks. A dry run's write into ``importq_dry_run``
-    (``create_dry_run``), a copy of the target's columns and constraints, and keep no
-    target id; what is already stored is still looked up in the target."""
+    """The statements of a batch's chunks in ``mode`` (:data:`importq.rules.datasets.MODES`).
+
+    A dry run's write into ``importq_dry_run`` (``create_dry_run``), a copy of the
+    target's columns and constraints, and keep no target id; what is already stored is
+    still looked up in the target, and never locked.
+    """
     dataset = staged.dataset
     positions = staged.positions
     read = sorted(set(positions.values()))
     values = [_value(c, positions) for c in dataset.columns]
     key_values = [values[dataset.columns.index(c)] for c in dataset.key_columns]
-    order = [sql.SQL("key_hash")] + [
-        sql.SQL('{} COLLATE "C"').format(value) if c.type.sql_type == "text" else value
-        for c, value in zip(dataset.key_columns, key_values, strict=True)
-    ]
+    order = sql.SQL(", ").join(
+        [sql.SQL("key_hash")]
+        + [
+            sql.SQL('{} COLLATE "C"').format(value) if c.type.sql_type == "text" else value
+            for c, value in zip(dataset.key_columns, key_values, strict=True)
+        ]
+    )
     success_record, rejected_record = record_sql(dataset, header)
     screen = Screen.of(dataset, positions)
-    parts = {
+    parts: dict[str, sql.Composable] = {
         "staged": staged.name,
         "results": staged.results,
         "trimmed": sql.SQL(", ").join(
@@ -152,24 +262,34 @@ def chunk_statements(
         "stored_id": sql.SQL("NULL::bigint" if dry_run else "target_id"),
         "fields": _fields(dataset),
         "values": sql.SQL(", ").join(values),
+        "order": order,
+        "key_values": sql.SQL(", ").join(key_values),
+        "stored_key": sql.SQL(" AND ").join(
+            sql.SQL("t.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
+            for c in dataset.key_columns
+        ),
+        "results_of_outcomes": sql.SQL(queries["results_of_outcomes"]).format(
+            success_record=success_record,
+            rejected_record=rejected_record,
+            block=sql.Literal(BLOCK_LINES),
+            results=staged.results,
+        ),
     }
     judged = sql.SQL(" UNION ALL ").join(
         sql.SQL(queries["judged_values"]).format(position=sql.Literal(p), value=trimmed(p))
         for p in screen.judged
     )
-    to_insert = sql.SQL(queries["rows_to_insert"]).format(
-        order=sql.SQL(", ").join(order),
-        table=parts["table"],
-        stored_key=sql.SQL(" AND ").join(
-            sql.SQL("t.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
-            for c in dataset.key_columns
-        ),
+
+    def first_valid(condition: sql.Composable) -> sql.Composed:
+        return sql.SQL(queries["first_valid_rows"]).format(order=order, condition=condition)
+
+    to_insert = first_valid(
+        sql.SQL(queries["new_keys"]).format(table=parts["table"], stored_key=parts["stored_key"])
     )
     settle = sql.SQL(queries["settle_chunk"])
     settle_parts = {
         **parts,
         "to_insert": to_insert,
-        "key_values": sql.SQL(", ").join(key_values),
         "winner_keys": sql.SQL(", ").join(
             sql.SQL("{} AS {}").format(sql.Identifier(c.field), _winner_key(i))
             for i, c in enumerate(dataset.key_columns)
@@ -177,10 +297,11 @@ def chunk_statements(
         "same_key": sql.SQL(" AND ").join(
             sql.SQL("w.{} = {}").format(_winner_key(i), value) for i, value in enumerate(key_values)
         ),
-        "success_record": success_record,
-        "rejected_record": rejected_record,
-        "block": sql.Literal(BLOCK_LINES),
     }
+    every_key = first_valid(sql.SQL("true"))
+    updates = (
+        None if mode == "insert" else _update_statements(staged, header, parts, every_key, dry_run)
+    )
     return ChunkStatements(
         screen=screen,
         create_chunk=sql.SQL(queries["create_chunk"]).format(
@@ -201,7 +322,9 @@ def chunk_statements(
         ),
         settle=settle.format(**settle_parts, on_conflict=sql.SQL("")),
         settle_guarded=settle.format(**settle_parts, on_conflict=sql.SQL("ON CONFLICT DO NOTHING")),
-        lines_to_insert=sql.SQL(queries["lines_to_insert"]).format(to_insert=to_insert),
+        lines_to_insert=sql.SQL(queries["lines_to_insert"]).format(
+            to_insert=to_insert if updates is None else every_key
+        ),
         probe=sql.SQL(queries["probe_rows"]).format(**parts),
         create_dry_run=(
             sql.SQL(queries["create_dry_run_table"]).format(table=parts["table"])
@@ -209,4 +332,5 @@ def chunk_statements(
             else None
         ),
         read_positions={name: read.index(p) for name, p in positions.items()},
+        updates=updates,
     )

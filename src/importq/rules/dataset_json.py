@@ -1,8 +1,8 @@
 """What the API and ``importq datasets`` say of a dataset: pure pydantic, from the
 definition (:class:`~importq.rules.datasets.Dataset`).
 
-``version`` is 1 and ``modes`` is ``["insert"]`` for every dataset today: the fields are
-there so that clients can rely on them when datasets gain versions and import modes.
+``version`` is 1 for every dataset today: the field is there so that clients can rely on
+it when datasets gain versions. ``modes`` lists the import modes with the role each needs.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from importq.rules.datasets import ColumnType, Dataset
+from importq.rules.datasets import MODES, ColumnType, Dataset
 
 Role = Literal["user", "moderator", "admin"]
+Mode = Literal["insert", "upsert", "update-only"]
 
 
 class DatasetSummary(BaseModel):
@@ -21,7 +22,9 @@ class DatasetSummary(BaseModel):
     version: int
     title: str
     importRole: Role
-    modes: list[Literal["insert"]]
+    #: Each import mode and the role it needs.
+    modes: dict[Mode, Role]
+    defaultMode: Mode
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetSummary:
@@ -67,5 +70,6 @@ def _summary(dataset: Dataset) -> dict[str, object]:
         "version": 1,
         "title": dataset.label,
         "importRole": dataset.import_role,
-        "modes": ["insert"],
+        "modes": {mode: dataset.mode_role(mode) for mode in MODES},
+        "defaultMode": dataset.default_mode,
     }

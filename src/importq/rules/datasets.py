@@ -18,7 +18,9 @@ overrides them::
     [datasets.<name>]
     label, table, import_role ("user" | "moderator" | "admin"),
     callback_url (a default webhook for its batches),
-    dedup_key = [column names], report_columns = [column names]
+    dedup_key = [column names], report_columns = [column names],
+    default_mode ("insert" | "upsert" | "update-only": what an upload does by default),
+    mode_roles = {<mode> = <role>} (the role a mode needs; else the import_role)
     [[datasets.<name>.columns]]
     name, field (SQL column), type (text|int|float|bool|date|timestamp|enum), required,
     required_if (another column's name), min, max, min_length, max_length, pattern,
@@ -39,6 +41,10 @@ from typing import Any
 from importq.callback_urls import WHAT_IT_MAY_BE, is_callback_url
 
 ROLES = ("user", "moderator", "admin")
+#: What an import does with a row whose key is stored: insert makes it a duplicate
+#: ("already exists"); upsert and update-only update the stored row, and a new key is
+#: inserted by upsert and a failure ("not found") for update-only.
+MODES = ("insert", "upsert", "update-only")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Columns every target table carries besides the dataset's own.
 RESERVED_FIELDS = frozenset({"target_id", "key_hash", "imported_batch", "imported_line"})
@@ -179,6 +185,10 @@ class Dataset:
     report_columns: tuple[str, ...] = ()
     import_role: str = "user"
     callback_url: str | None = None
+    default_mode: str = "insert"
+    #: (mode, role): the role a mode needs (at least the import role); a mode not listed
+    #: needs the import role. Pairs, so that a dataset stays hashable.
+    mode_roles: tuple[tuple[str, str], ...] = ()
     _by_name: Mapping[str, Column] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -190,6 +200,10 @@ class Dataset:
     @property
     def key_columns(self) -> tuple[Column, ...]:
         return tuple(self._by_name[n] for n in self.dedup_key)
+
+    def mode_role(self, mode: str) -> str:
+        """The role importing in ``mode`` needs."""
+        return dict(self.mode_roles).get(mode, self.import_role)
 
     @property
     def mandatory_columns(self) -> tuple[str, ...]:
@@ -296,6 +310,16 @@ def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
     callback_url = raw.get("callback_url")
     if callback_url is not None and not is_callback_url(str(callback_url)):
         raise DatasetError(f"{where}: callback_url must be {WHAT_IT_MAY_BE}")
+    default_mode = str(raw.get("default_mode", "insert"))
+    mode_roles = {str(mode): str(needs) for mode, needs in raw.get("mode_roles", {}).items()}
+    for mode in (default_mode, *mode_roles):
+        if mode not in MODES:
+            raise DatasetError(f"{where}: {mode!r} is not a mode; the modes are {MODES}")
+    for mode, needs in mode_roles.items():
+        if needs not in ROLES or ROLES.index(needs) < ROLES.index(role):
+            raise DatasetError(
+                f"{where}: mode_roles.{mode} must be one of {ROLES[ROLES.index(role) :]}"
+            )
     return Dataset(
         name=name,
         label=str(raw.get("label", name)),
@@ -305,6 +329,8 @@ def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
         report_columns=report_columns,
         import_role=role,
         callback_url=callback_url,
+        default_mode=default_mode,
+        mode_roles=tuple(mode_roles.items()),
     )
 
 

@@ -11,10 +11,10 @@ WHERE initiator_id = %(initiator_id)s AND idempotency_key = %(idempotency_key)s;
 -- A batch is born active, in the transaction that stages its rows.
 INSERT INTO batches (id, dataset, format, file_name, initiator_id, locale, callback_url,
                      status, header, total_rows, total_chunks, warnings, idempotency_key,
-                     request_digest, dry_run)
+                     request_digest, dry_run, mode)
 VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(locale)s,
         %(callback_url)s, 'active', %(header)s, %(total_rows)s, %(total_chunks)s,
-        %(warnings)s, %(idempotency_key)s, %(request_digest)s, %(dry_run)s);
+        %(warnings)s, %(idempotency_key)s, %(request_digest)s, %(dry_run)s, %(mode)s);
 
 -- name: count_finished_chunk
 -- Add a finished chunk's outcome to its batch (in the chunk's transaction); is it the last?
@@ -23,6 +23,9 @@ SET completed_chunks = completed_chunks + %(done)s,
     failed_chunks = failed_chunks + %(failed)s,
     processed_rows = processed_rows + %(successes)s + %(duplicates)s + %(failures)s,
     successes = successes + %(successes)s,
+    inserted = inserted + %(inserted)s,
+    updated = updated + %(updated)s,
+    unchanged = unchanged + %(unchanged)s,
     duplicates = duplicates + %(duplicates)s,
     failures = failures + %(failures)s,
     -- When the chunk's work ends, not when its transaction began (now()): what a client
@@ -78,7 +81,7 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
-       revision, cancelled_chunks
+       revision, cancelled_chunks, mode, inserted, updated, unchanged
 FROM batches
 WHERE id = %(batch_id)s;
 
@@ -89,7 +92,7 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
-       revision,
+       revision, mode, inserted, updated, unchanged,
        count(*) OVER () AS total
 FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)

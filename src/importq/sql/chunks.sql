@@ -12,7 +12,7 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
 -- The batch's columns come from the statement's snapshot: a cancel that committed while
 -- this waited on a holder that then rolled back is not seen here (batch_cancelled is).
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
-       b.status AS batch_status, b.dry_run
+       b.status AS batch_status, b.dry_run, b.mode
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
@@ -30,7 +30,7 @@ SELECT set_config('TimeZone', 'UTC', true), set_config('enable_mergejoin', 'off'
 
 -- name: drop_chunk_tables
 -- An enclosing transaction's earlier chunk tables: a savepoint's commit does not drop them.
-DROP TABLE IF EXISTS importq_chunk, importq_failures, importq_dry_run;
+DROP TABLE IF EXISTS importq_chunk, importq_failures, importq_dry_run, importq_stored;
 
 -- name: create_dry_run_table
 -- What a dry run's chunk inserts into instead of the target: the target's columns,
@@ -86,14 +86,16 @@ COPY importq_failures (line, message) FROM STDIN (FORMAT BINARY);
 INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 
 -- name: settle_chunk
--- All of a chunk's writes in one statement: inserts, row results, each outcome's count.
--- Of the valid rows, the first line of each new key is inserted and the key's other rows
--- duplicate it; of a stored key, the first row "already exists", the others duplicate it.
--- A key another batch stores meanwhile fails the plain insert; only then is it rerun with
--- {on_conflict} (ON CONFLICT DO NOTHING), whose speculative insertion slows every row.
+-- All of a chunk's writes in one statement (insert mode): inserts, row results, each
+-- outcome's count. Of the valid rows, the first line of each new key is inserted and the
+-- key's other rows duplicate it; of a stored key, the first row "already exists", the
+-- others duplicate it. A key another batch stores meanwhile fails the plain insert; only
+-- then is it rerun with {on_conflict} (ON CONFLICT DO NOTHING), whose speculative
+-- insertion slows every row.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
 -- A dry run writes to importq_dry_run ({write_to}) and keeps no id ({stored_id} NULL).
--- Template: filled by importq.pipeline.target_tables; {to_insert} is rows_to_insert.
+-- Template: filled by importq.pipeline.target_tables; {to_insert} is first_valid_rows of
+-- the keys not stored; {results_of_outcomes} ends it.
 WITH inserted AS (
     -- Only inserted rows are cast: a later row of its key is a duplicate, castable or not.
     INSERT INTO {write_to} (key_hash, imported_batch, imported_line, {fields})
@@ -116,9 +118,9 @@ WITH inserted AS (
           OFFSET 0) AS c
     LEFT JOIN inserted w ON w.winner_hash = c.key_hash AND {same_key}
 ), outcomes AS (
-    SELECT c.*, i.target_id,
+    SELECT c.*, i.target_id, '' AS changed_columns,
            CASE WHEN %(give_up)s::text IS NOT NULL OR f.message IS NOT NULL THEN 'failure'
-                WHEN i.winner_line IS NOT NULL THEN 'success'
+                WHEN i.winner_line IS NOT NULL THEN 'inserted'
                 ELSE 'duplicate' END AS outcome,
            CASE WHEN %(give_up)s::text IS NOT NULL THEN %(give_up)s::text
                 WHEN f.message IS NOT NULL THEN f.message
@@ -129,12 +131,23 @@ WITH inserted AS (
     LEFT JOIN importq_failures f ON f.line = c.line
     LEFT JOIN inserted i ON i.winner_line = c.line
     LEFT JOIN losers l ON l.line = c.line
-), gathered AS (
+), {results_of_outcomes}
+
+-- name: results_of_outcomes
+-- The end of both settle statements: every row's result, from the CTE outcomes (the chunk
+-- row with outcome, message, target_id and changed_columns), into the results table, and
+-- the count of each outcome. Template: {success_record}, {rejected_record}, {block},
+-- {results}.
+gathered AS (
     -- Arrays per outcome and block of {block} lines, so a report text stays under 1 GB.
     -- A FILTER per outcome, since a GROUP BY outcome would be planned as a sort on it.
     -- OFFSET 0 makes the records before the block sort: it moves a record, not its cells.
-    SELECT array_agg(line) FILTER (WHERE outcome = 'success') AS success_lines,
-           array_agg(record) FILTER (WHERE outcome = 'success') AS success_records,
+    SELECT array_agg(line) FILTER (WHERE outcome = 'inserted') AS inserted_lines,
+           array_agg(record) FILTER (WHERE outcome = 'inserted') AS inserted_records,
+           array_agg(line) FILTER (WHERE outcome = 'updated') AS updated_lines,
+           array_agg(record) FILTER (WHERE outcome = 'updated') AS updated_records,
+           array_agg(line) FILTER (WHERE outcome = 'unchanged') AS unchanged_lines,
+           array_agg(record) FILTER (WHERE outcome = 'unchanged') AS unchanged_records,
            array_agg(line) FILTER (WHERE outcome = 'duplicate') AS duplicate_lines,
            array_agg(message) FILTER (WHERE outcome = 'duplicate') AS duplicate_messages,
            array_agg(record) FILTER (WHERE outcome = 'duplicate') AS duplicate_records,
@@ -142,16 +155,18 @@ WITH inserted AS (
            array_agg(message) FILTER (WHERE outcome = 'failure') AS failure_messages,
            array_agg(record) FILTER (WHERE outcome = 'failure') AS failure_records
     FROM (SELECT line, outcome, message,
-                 CASE WHEN outcome = 'success' THEN {success_record} ELSE {rejected_record} END
-                     AS record
+                 CASE WHEN outcome IN ('duplicate', 'failure') THEN {rejected_record}
+                      ELSE {success_record} END AS record
           FROM outcomes
           OFFSET 0) AS o
     GROUP BY line / {block}
 ), results AS (
-    INSERT INTO {results} (outcome, lines, messages, records)
-    SELECT r.*
+    INSERT INTO {results} (outcome, chunk_no, lines, messages, records)
+    SELECT r.outcome, %(chunk_no)s, r.lines, r.messages, r.records
     FROM gathered,
-         LATERAL (VALUES ('success', success_lines, NULL, success_records),
+         LATERAL (VALUES ('inserted', inserted_lines, NULL, inserted_records),
+                         ('updated', updated_lines, NULL, updated_records),
+                         ('unchanged', unchanged_lines, NULL, unchanged_records),
                          ('duplicate', duplicate_lines, duplicate_messages, duplicate_records),
                          ('failure', failure_lines, failure_messages, failure_records))
              AS r(outcome, lines, messages, records)
@@ -160,25 +175,130 @@ WITH inserted AS (
 )
 SELECT outcome, sum(cardinality)::int FROM results GROUP BY outcome;
 
--- name: rows_to_insert
--- Rows settle_chunk inserts: of the valid rows, the first line of each key not stored yet.
--- Template: {order} (dedup index order), {table}, {stored_key} (c has stored row t's key).
--- OFFSET 0 takes the valid rows before the lookups, which cast keys a failed row may not.
--- Keys are looked up only if the table holds a row of the chunk's hash range: that test
--- runs once, in the lookups' snapshot, and finds nothing exactly when they all would.
--- Both its bounds are index conditions; the last chunk has no upper one (NULL hash_to).
+-- name: create_stored
+-- Update modes: the stored rows of a chunk's keys, as they were before the chunk, with
+-- the line whose values they take. Dropped at commit. Template {table}.
+CREATE TEMP TABLE importq_stored ON COMMIT DROP AS
+SELECT 0 AS line, t.* FROM {table} t WITH NO DATA;
+
+-- name: lock_stored
+-- Update modes: each key's stored row into importq_stored, locked ({lock}: FOR UPDATE OF
+-- t; nothing in a dry run), so as it is once locked, the newest version. Every row is
+-- locked before anything is written, in the dedup index's order ({stored_order}): two
+-- batches updating the same keys wait on each other, never in a cycle. In the settle's
+-- savepoint, so a rerun starts with none. Template {first_valid}, {table}, {stored_key}.
+INSERT INTO importq_stored
+SELECT c.line, t.*
+FROM ({first_valid}) AS c
+JOIN {table} t ON t.key_hash = c.key_hash AND {stored_key}
+ORDER BY {stored_order}
+{lock};
+
+-- name: settle_update
+-- All of a chunk's writes in one statement (update modes), after lock_stored. Of the
+-- valid rows, the first line of each key wins; the key's other rows duplicate it. A
+-- winner whose key is stored updates the columns the file has ({update}), or is
+-- unchanged when they hold its values already; a new key is inserted (upsert:
+-- %(insert_new)s) or fails, "not found" (update-only). A key another batch stores
+-- meanwhile fails the insert: the caller rolls back and runs lock_stored and this again.
+-- Template: {first_valid} (of every key), {stored_fields} (the stored row's id, as
+-- stored_id, and in a dry run the columns the file has not, as "s.<column>"), {changed} (the header names of the changed columns), {update}
+-- (update_stored, or check_updates in a dry run), {stored_ref} (a stored row's id, or
+-- NULL in a dry run), {results_of_outcomes}.
+WITH winners AS MATERIALIZED (
+    SELECT c.*, s.line IS NOT NULL AS stored, {stored_fields},
+           CASE WHEN s.line IS NULL THEN '' ELSE {changed} END AS changed_columns
+    FROM ({first_valid}) AS c
+    LEFT JOIN importq_stored s ON s.line = c.line
+), inserted AS (
+    INSERT INTO {write_to} (key_hash, imported_batch, imported_line, {fields})
+    SELECT key_hash, %(batch_id)s, line, {values}
+    FROM winners AS c
+    WHERE %(insert_new)s AND NOT stored
+    ORDER BY {order}
+    RETURNING imported_line AS line, {stored_id} AS target_id
+), {update},
+valid AS (
+    SELECT c.line, min(c.line) OVER (PARTITION BY c.key_hash, {key_values}) AS first
+    FROM (SELECT * FROM importq_chunk c
+          WHERE NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
+          OFFSET 0) AS c
+), outcomes AS (
+    SELECT c.*, coalesce(i.target_id, {stored_ref}) AS target_id,
+           coalesce(w.changed_columns, '') AS changed_columns,
+           CASE WHEN f.message IS NOT NULL THEN 'failure'
+                WHEN w.line IS NULL THEN 'duplicate'
+                WHEN w.stored AND w.changed_columns = '' THEN 'unchanged'
+                WHEN w.stored THEN 'updated'
+                WHEN %(insert_new)s THEN 'inserted'
+                ELSE 'failure' END AS outcome,
+           CASE WHEN f.message IS NOT NULL THEN f.message
+                WHEN w.line IS NULL THEN 'duplicate of line ' || v.first
+                WHEN w.stored OR %(insert_new)s THEN NULL
+                ELSE %(not_found)s END AS message
+    FROM importq_chunk c
+    LEFT JOIN importq_failures f ON f.line = c.line
+    LEFT JOIN winners w ON w.line = c.line
+    LEFT JOIN inserted i ON i.line = c.line
+    LEFT JOIN valid v ON v.line = c.line
+), {results_of_outcomes}
+
+-- name: update_stored
+-- The CTE that writes a changed winner's columns ({columns}, {values}) over its stored
+-- row, which lock_stored locked; it runs whether or not anything reads it. A dry run
+-- checks the rows against importq_dry_run's constraints instead (check_updates).
+-- Template {table}; it reads the CTE winners.
+updated AS (
+    UPDATE {table} t SET ({columns}) = ROW({values})
+    FROM winners w
+    WHERE t.target_id = w.stored_id AND w.changed_columns <> ''
+)
+
+-- name: check_updates
+-- A dry run's update_stored: each changed winner's row as the update would leave it
+-- ({merged}: its new values over the stored ones), into importq_dry_run, whose
+-- constraints are the target's.
+updated AS (
+    INSERT INTO importq_dry_run (key_hash, imported_batch, imported_line, {fields})
+    SELECT w.key_hash, %(batch_id)s, w.line, {merged}
+    FROM winners w
+    WHERE w.changed_columns <> ''
+)
+
+-- name: first_valid_rows
+-- Of the valid rows, the first line of each key in the dedup index's order ({order}),
+-- among the rows that meet {condition}. OFFSET 0 takes the valid rows before any key is
+-- cast, as a failed row's may not be.
 SELECT DISTINCT ON ({order}) *
 FROM (SELECT * FROM importq_chunk c
       WHERE NOT EXISTS (SELECT FROM importq_failures f WHERE f.line = c.line)
       OFFSET 0) AS c
-WHERE NOT EXISTS (SELECT FROM {table}
-                  WHERE key_hash BETWEEN %(hash_from)s::bigint
-                                     AND coalesce(%(hash_to)s::bigint - 1, 9223372036854775807))
-   OR NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key})
+WHERE {condition}
 ORDER BY {order}, line
 
+-- name: new_keys
+-- first_valid_rows' condition in insert mode: keys not stored yet. Template {table},
+-- {stored_key} (c has stored row t's key).
+-- Keys are looked up only if the table holds a row of the chunk's hash range: that test
+-- runs once, in the lookups' snapshot, and finds nothing exactly when they all would.
+-- Both its bounds are index conditions; the last chunk has no upper one (NULL hash_to).
+NOT EXISTS (SELECT FROM {table}
+            WHERE key_hash BETWEEN %(hash_from)s::bigint
+                               AND coalesce(%(hash_to)s::bigint - 1, 9223372036854775807))
+OR NOT EXISTS (SELECT FROM {table} t WHERE t.key_hash = c.key_hash AND {stored_key})
+
+-- name: probe_updates
+-- Whether the target takes these rows' values over their stored rows (update modes), in
+-- a rolled-back savepoint. Template as settle_update's; {update}: of every row.
+WITH winners AS (
+    SELECT c.*, {stored_fields}, '-' AS changed_columns
+    FROM importq_chunk c JOIN {table} s ON s.key_hash = c.key_hash AND {stored_key_s}
+    WHERE c.line = ANY(%(lines)s::int[])
+), {update}
+SELECT;
+
 -- name: lines_to_insert
--- The lines of the rows settle_chunk inserts, in line order (template {to_insert}).
+-- The lines of the rows a settle statement writes, in line order (template {to_insert}).
 SELECT line FROM ({to_insert}) AS c ORDER BY line;
 
 -- name: probe_rows
@@ -212,10 +332,13 @@ GROUP BY line / {block}
 ORDER BY line / {block};
 
 -- name: result_records
--- The records the batch's chunks stored ({results}: its results table). Each branch of
+-- The records the batch's chunks stored ({results}: its results table), by report: a
+-- success's outcome is what it did to the table. Each branch of
 -- report_blocks is one subquery with no condition of its own, so that the UNION ALL is
 -- planned as one parallel append, sorted in the workers.
-SELECT * FROM (SELECT r.outcome, u.line, u.record
+SELECT * FROM (SELECT CASE WHEN r.outcome IN ('duplicate', 'failure') THEN r.outcome
+                           ELSE 'success' END,
+                      u.line, u.record
                FROM {results} r, unnest(r.lines, r.records) AS u(line, record)) AS stored
 
 -- name: cancelled_ranges

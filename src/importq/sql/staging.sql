@@ -66,8 +66,12 @@ CREATE INDEX ON {table} (key_hash);
 -- No index, no compression, no vacuum: written once, read once, dropped whole. The staged
 -- table keeps autovacuum: on a table it skips, PostgreSQL 18's CREATE INDEX leaves
 -- relpages and relallvisible unset, and the chunk bounds' index-only scan needs them.
+-- A success's outcome is what it did to the table: inserted, updated or unchanged
+-- ('success': a batch staged before import modes). chunk_no: the chunk that made it.
 CREATE TABLE {results} (
-    outcome   text NOT NULL CHECK (outcome IN ('success', 'duplicate', 'failure')),
+    outcome   text NOT NULL CHECK (outcome IN ('success', 'inserted', 'updated', 'unchanged',
+                                               'duplicate', 'failure')),
+    chunk_no  integer,
     lines     integer[] NOT NULL,
     messages  text[],  -- NULL for the successes, which have none
     records   text[] NOT NULL
