@@ -379,6 +379,8 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
     for name in ("encoding", "delimiter", "sheet", "mode"):
         if getattr(args, name):
             params[name] = getattr(args, name)
+    if args.on_error:
+        params["onError"] = args.on_error
     if args.dry_run:
         params["dryRun"] = "true"
     with client:
@@ -553,6 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a row whose key is stored: insert (a duplicate), upsert (update it; a new key "
         "is inserted) or update-only (update it; a new key fails) (default: the dataset's)",
+    )
+    upload.add_argument(
+        "--on-error",
+        default=None,
+        metavar="POLICY",
+        help="what failed rows do: continue (the default: every valid row is written), "
+        "abort-above=N%% (more than N%% failed: nothing is written) or atomic (nothing is "
+        "written unless every row is valid)",
     )
     upload.set_defaults(handler=_import)
 

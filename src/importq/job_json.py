@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, PlainSerializer
 
+from importq.pipeline.on_error import OnError
+
 
 def _utc(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -69,6 +71,8 @@ class Job(BaseModel):
     dataset: str
     #: What a row whose key is stored does: see ``Mode``.
     mode: Mode
+    #: What failed rows do: continue, atomic or abort-above=<n>%.
+    onError: str
     status: Status
     progress: Progress
     result: Result | None
@@ -87,6 +91,9 @@ class Job(BaseModel):
     #: The whole pipeline ran and nothing was written: the outcomes are what an import
     #: would do (successes have no targetId).
     dryRun: bool
+    #: When the batch was stopped for its failed rows (``onError``); it ends ``failed``,
+    #: with nothing written.
+    abortedAt: Timestamp | None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -94,6 +101,7 @@ class Job(BaseModel):
             batchId=row["id"],
             dataset=row["dataset"],
             mode=row["mode"],
+            onError=OnError(row["on_error"], row["abort_percent"]).text,
             status=row["status"],
             progress=Progress(
                 totalChunks=row["total_chunks"],
@@ -121,4 +129,5 @@ class Job(BaseModel):
             reportsExpireAt=row["reports_expire_at"],
             cancelledAt=row["cancelled_at"],
             dryRun=row["dry_run"],
+            abortedAt=row["aborted_at"],
         )

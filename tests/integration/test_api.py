@@ -88,6 +88,8 @@ JOB_EXTRA_KEYS = {
     "cancelledAt",
     "dryRun",
     "mode",
+    "onError",
+    "abortedAt",
 }
 PROGRESS_KEYS = {
     "totalChunks",

@@ -115,7 +115,8 @@ async def test_cancel_racing_the_last_chunk_ends_one_way_or_the_other(
         rows = [entrance(f"race{round_no}-{i}") for i in range(10)]  # one chunk
         batch_id = await _post(client, rows)
 
-        async def work(batch: uuid.UUID) -> None:
+        async def work(batch: uuid.UUID, after: float) -> None:
+            await asyncio.sleep(after)
             async with services.pool.connection() as conn:
                 await process_chunk(conn, services.queue, services.datasets, batch, 0)
 
@@ -123,9 +124,11 @@ async def test_cancel_racing_the_last_chunk_ends_one_way_or_the_other(
             await asyncio.sleep(after)
             return await client.post(f"/api/v1/jobs/{batch}/cancel")
 
-        # From at once to well after the chunk's commit, so that both orders happen.
+        # From before the chunk starts (the first round, whatever the machine's load) to
+        # well after its commit, so that both orders happen.
         _, answer = await asyncio.gather(
-            work(uuid.UUID(batch_id)), cancel(batch_id, round_no * 0.01)
+            work(uuid.UUID(batch_id), 0.5 if round_no == 0 else 0),
+            cancel(batch_id, round_no * 0.01),
         )
         async with running_worker(services):
             job = await wait_for_batch(client, batch_id, until=("cancelled", "completed"))

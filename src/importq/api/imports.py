@@ -38,6 +38,7 @@ from importq.ingest.staging import BatchRequest, stage_batch
 from importq.ingest.text_encoding import encoding_names, resolve_encoding
 from importq.ingest.xlsx_reader import XLSX_TYPE, read_xlsx
 from importq.job_json import Mode
+from importq.pipeline.on_error import ON_ERROR_PATTERN, OnError
 from importq.rules.datasets import Dataset
 from importq.services import Services
 from importq.sql import queries
@@ -331,6 +332,17 @@ async def import_rows(
     dryRun: Annotated[
         bool, Query(description="Run everything, write nothing to the table: what would happen")
     ] = False,
+    onError: Annotated[
+        str,
+        Query(
+            max_length=30,
+            description="What failed rows do: continue (every valid row is written), "
+            "abort-above=<n>% (once more than n % of the rows failed, the batch stops and "
+            "ends failed with nothing written) or atomic (nothing is written unless every "
+            "row is valid)",
+            json_schema_extra={"pattern": ON_ERROR_PATTERN},
+        ),
+    ] = "continue",
     mode: Annotated[
         Mode | None,
         Query(
@@ -348,6 +360,7 @@ async def import_rows(
         )
     definition = importable_dataset(services, user, dataset)
     chosen = mode or definition.default_mode
+    on_error = OnError.parse(onError)
     needs = definition.mode_role(chosen)
     if not user.has_role(needs):
         raise Refusal(
@@ -381,6 +394,7 @@ async def import_rows(
             # What an upload asked for before these options existed is digested as it was.
             asked += ["dry run"] if dryRun else []
             asked += [f"mode {chosen}"] if chosen != "insert" else []
+            asked += [f"on error {on_error.text}"] if on_error.checked else []
             digest = await off_loop(_request_digest, source, asked)
         batch_request = BatchRequest(
             dataset=definition,
@@ -393,6 +407,7 @@ async def import_rows(
             request_digest=digest,
             dry_run=dryRun,
             mode=chosen,
+            on_error=on_error,
         )
         async with services.pool.connection() as conn:
             staged = await stage_batch(

@@ -29,7 +29,7 @@ import logging
 import uuid
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import psycopg
@@ -48,6 +48,7 @@ from importq.ingest.staged_table import (
     drop_staged_table,
     part_name,
 )
+from importq.pipeline.on_error import OnError
 from importq.rules.datasets import Dataset, HeaderMatch
 from importq.rules.row_rules import Value
 from importq.sql import queries
@@ -102,6 +103,8 @@ class BatchRequest:
     dry_run: bool = False
     #: What a row whose key is stored does (``importq.rules.datasets.MODES``).
     mode: str = "insert"
+    #: What the batch does about failed rows.
+    on_error: OnError = field(default_factory=OnError)
 
 
 def check_header(dataset: Dataset, header: list[str]) -> HeaderMatch:
@@ -459,6 +462,8 @@ async def stage_batch(
                     "request_digest": request.request_digest,
                     "dry_run": request.dry_run,
                     "mode": request.mode,
+                    "on_error": request.on_error.kind,
+                    "abort_percent": request.on_error.percent,
                 },
             )
             await conn.execute(

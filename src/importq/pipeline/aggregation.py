@@ -37,7 +37,9 @@ from importq.delivery.webhooks import WEBHOOK, delivery_id
 from importq.ingest.staged_table import StagedTable, results_table
 from importq.job_json import Summary
 from importq.pipeline import batches
-from importq.pipeline.chunk_processing import CANCELLED
+from importq.pipeline.batches import ChunkTally
+from importq.pipeline.chunk_processing import CANCELLED, write_checked_batch
+from importq.pipeline.on_error import ABORTED, OnError
 from importq.pipeline.reports import (
     BLOCK_LINES,
     FILE_NAMES,
@@ -69,24 +71,67 @@ def download_name(dataset: str, batch_id: uuid.UUID | str, kind: str) -> str:
     return f"{dataset}-{batch_id}-{FILE_NAMES[kind]}"
 
 
+def _held(batch: dict[str, Any]) -> bool:
+    """Whether the batch was checked (``onError`` other than continue) and not written:
+    the rows its chunks found valid were not imported, and are reported as failures."""
+    return batch["on_error"] != "continue" and batch["written_at"] is None
+
+
 async def _records(
     conn: AsyncConnection[Any], batch: dict[str, Any], dataset: Dataset
-) -> tuple[sql.Composed, dict[str, Any] | None]:
+) -> tuple[sql.Composed, dict[str, Any]]:
     """The query of the batch's report records, and its parameters: the records its
-    chunks stored and, when a cancel kept chunks from running, the failures of those
-    chunks' staged rows (whose hash ranges are read first, as one multirange)."""
-    stored = sql.SQL(queries["result_records"]).format(results=results_table(batch["id"]))
-    if not batch["cancelled_chunks"]:
-        return stored, None
-    cursor = await conn.execute(queries["cancelled_ranges"], {"batch_id": batch["id"]})
-    row = await cursor.fetchone()
-    staged = StagedTable.of(batch["id"], dataset, batch["header"])
-    cancelled = sql.SQL(queries["cancelled_records"]).format(
-        staged=staged.name, record=staged_failure_record(dataset, batch["header"])
+    chunks stored and, when a cancel or an abort kept chunks from running, the failures
+    of those chunks' staged rows (whose hash ranges are read first, as one multirange).
+    A held batch's successes are failures instead, made from their staged rows."""
+    held = _held(batch)
+    results = results_table(batch["id"])
+    stored = sql.SQL(queries["result_records"]).format(
+        results=results,
+        which=sql.SQL("r.outcome IN ('duplicate', 'failure')" if held else "true"),
     )
-    ranges = None if row is None else row[0]
-    params = {"cancelled": CANCELLED, "cancelled_ranges": ranges}
-    return sql.SQL("{} UNION ALL {}").format(stored, cancelled), params
+    staged = StagedTable.of(batch["id"], dataset, batch["header"])
+    record = staged_failure_record(dataset, batch["header"])
+    params: dict[str, Any] = {"stopped": ABORTED if batch["aborted_at"] else CANCELLED}
+    parts = [stored]
+    if held:
+        parts.append(
+            sql.SQL(queries["held_records"]).format(
+                staged=staged.name, results=results, record=record
+            )
+        )
+    if batch["cancelled_chunks"]:
+        cursor = await conn.execute(queries["cancelled_ranges"], {"batch_id": batch["id"]})
+        row = await cursor.fetchone()
+        params["cancelled_ranges"] = None if row is None else row[0]
+        parts.append(
+            sql.SQL(queries["cancelled_records"]).format(staged=staged.name, record=record)
+        )
+    return sql.SQL(" UNION ALL ").join(parts), params
+
+
+async def _settle_checked(services: Services, batch: dict[str, Any]) -> None:
+    """Write a checked batch's chunks if its failures allow (a dry run's are final as
+    checked), else hold it: aborted, unless a cancel stopped it. Either is done once: a
+    rerun finds the batch written or held."""
+    policy = OnError(batch["on_error"], batch["abort_percent"])
+    total = batch["total_rows"]
+    stopped = batch["aborted_at"] is not None or batch["cancelled_chunks"] > 0
+    if not stopped and policy.passes(batch["failures"], total):
+        async with services.pool.connection() as conn:
+            if batch["dry_run"]:
+                async with conn.transaction():
+                    await batches.record_written_batch(conn, batch["id"], ChunkTally.of(batch))
+                return
+            if await write_checked_batch(
+                conn,
+                services.datasets,
+                batch["id"],
+                lambda failures: policy.passes(failures, total),
+            ):
+                return
+    async with services.pool.connection() as conn, conn.transaction():
+        await batches.hold_checked_batch(conn, batch["id"])
 
 
 async def _write_reports(
@@ -160,6 +205,12 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
         batch = await batches.get_batch(conn, batch_id)
     if batch is None or batch["status"] != "aggregating":
         return None
+    if _held(batch):
+        await _settle_checked(services, batch)
+        async with services.pool.connection() as conn:
+            batch = await batches.get_batch(conn, batch_id)
+        if batch is None or batch["status"] != "aggregating":
+            return None
     dataset = services.datasets[batch["dataset"]]
     # Written in the data dir, so local storage can take the files without copying them.
     services.settings.data_dir.mkdir(parents=True, exist_ok=True)

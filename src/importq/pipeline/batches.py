@@ -52,27 +52,77 @@ class ChunkTally:
     def successes(self) -> int:
         return self.inserted + self.updated + self.unchanged
 
+    @classmethod
+    def of(cls, batch: dict[str, Any]) -> ChunkTally:
+        """A batch row's counters, as one tally."""
+        return cls(
+            inserted=batch["inserted"],
+            updated=batch["updated"],
+            unchanged=batch["unchanged"],
+            duplicates=batch["duplicates"],
+            failures=batch["failures"],
+        )
+
+    def counters(self) -> dict[str, int]:
+        """The batch counters this tally adds to (or sets)."""
+        return {
+            "successes": self.successes,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "duplicates": self.duplicates,
+            "failures": self.failures,
+        }
+
+    def __add__(self, other: ChunkTally) -> ChunkTally:
+        return ChunkTally(
+            inserted=self.inserted + other.inserted,
+            updated=self.updated + other.updated,
+            unchanged=self.unchanged + other.unchanged,
+            duplicates=self.duplicates + other.duplicates,
+            failures=self.failures + other.failures,
+        )
+
+
+@dataclass(frozen=True)
+class Counted:
+    """What counting a finished chunk found."""
+
+    #: It was the batch's last chunk.
+    is_last: bool
+    #: The batch is aborted: more of its rows failed than its ``onError`` allows.
+    aborted: bool
+
 
 async def count_finished_chunk(
     conn: AsyncConnection[Any], batch_id: uuid.UUID, tally: ChunkTally
-) -> bool:
-    """Add a finished chunk's tally to the batch. True when it was the batch's last chunk."""
+) -> Counted:
+    """Add a finished chunk's tally to the batch, and abort it when its failures pass its
+    ``abort-above`` share."""
     cursor = await conn.execute(
         queries["count_finished_chunk"],
         {
             "batch_id": batch_id,
             "done": 0 if tally.failed else 1,
             "failed": 1 if tally.failed else 0,
-            "successes": tally.successes,
-            "inserted": tally.inserted,
-            "updated": tally.updated,
-            "unchanged": tally.unchanged,
-            "duplicates": tally.duplicates,
-            "failures": tally.failures,
+            **tally.counters(),
         },
     )
     row = await cursor.fetchone()
-    return bool(row and row[0])
+    return Counted(is_last=bool(row and row[0]), aborted=bool(row and row[1]))
+
+
+async def record_written_batch(
+    conn: AsyncConnection[Any], batch_id: uuid.UUID, tally: ChunkTally
+) -> None:
+    """Set a checked batch's counters to what writing its chunks did (in that transaction)."""
+    await conn.execute(queries["record_written_batch"], {"batch_id": batch_id, **tally.counters()})
+
+
+async def hold_checked_batch(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
+    """A checked batch that will not be written: aborted (unless cancelled), and the rows
+    its chunks found valid counted as failures."""
+    await conn.execute(queries["hold_checked_batch"], {"batch_id": batch_id})
 
 
 async def start_aggregation(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> bool:

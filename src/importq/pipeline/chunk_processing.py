@@ -47,14 +47,14 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
 
-from importq.ingest.staged_table import StagedTable
-from importq.pipeline.batches import ChunkTally, count_finished_chunk
+from importq.ingest.staged_table import StagedTable, results_table
+from importq.pipeline.batches import ChunkTally, count_finished_chunk, record_written_batch
 from importq.pipeline.job_queue import JobQueue
 from importq.pipeline.row_refusals import for_the_log, refusal_message
 from importq.pipeline.target_tables import ChunkStatements, chunk_statements
@@ -96,20 +96,28 @@ async def _claim_chunk(
     if chunk["status"] != "todo" or chunk["batch_status"] != "active":
         return None
     # Read now, not with the lock: a cancel may have committed while this waited.
-    cursor = await conn.execute(queries["batch_cancelled"], {"batch_id": batch_id})
-    cancelled = await cursor.fetchone()
-    chunk["batch_cancelled"] = bool(cancelled and cancelled[0])
+    cursor = await conn.execute(queries["batch_stopped"], {"batch_id": batch_id})
+    stopped = await cursor.fetchone()
+    chunk["batch_stopped"] = bool(stopped and stopped[0])
     return chunk
 
 
 def _statements(
-    datasets: Mapping[str, Dataset], batch_id: uuid.UUID, chunk: Mapping[str, Any]
+    datasets: Mapping[str, Dataset],
+    batch_id: uuid.UUID,
+    chunk: Mapping[str, Any],
+    *,
+    write: bool = False,
 ) -> ChunkStatements:
+    """A chunk's statements. A checked batch's (``onError`` other than continue) write
+    nothing, as a dry run's, unless ``write``: its chunks are written all at once, once
+    every one is checked."""
+    checked = chunk["on_error"] != "continue" and not write
     return _batch_statements(
         batch_id,
         datasets[chunk["dataset"]],
         tuple(chunk["header"]),
-        chunk["dry_run"],
+        chunk["dry_run"] or checked,
         chunk["mode"],
     )
 
@@ -281,8 +289,12 @@ async def _finish(
             "error": error,
         },
     )
-    if await count_finished_chunk(conn, batch_id, tally):
+    counted = await count_finished_chunk(conn, batch_id, tally)
+    if counted.is_last:
         await queue.defer_completion_check(conn, batch_id)
+    elif counted.aborted:
+        # Too many failures: the chunks that have not started are not run.
+        await cancel_chunks(conn, queue, batch_id)
 
 
 async def cancel_chunks(
@@ -337,35 +349,91 @@ async def process_chunk(
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
             return False
-        if chunk["batch_cancelled"]:
-            # Not started when the batch was cancelled (its job came first, or the cancel
-            # found it held by a failing attempt): its rows are reported, not run.
+        if chunk["batch_stopped"]:
+            # Not started when the batch was cancelled or aborted (its job came first, or
+            # the cancel found it held by a failing attempt): its rows are reported, not run.
             await cancel_chunks(conn, queue, batch_id, chunk_no)
             return True
-        dataset = datasets[chunk["dataset"]]
         statements = _statements(datasets, batch_id, chunk)
-        await _prepare(conn, statements, chunk)
-        checker = RowChecker(dataset, statements.read_positions)
-        bad_values = await _bad_values(conn, statements)
-        async for rows in _suspect_slices(conn, statements, chunk, bad_values, slice_rows):
-            await _write_failures(conn, checker.failures(rows))
-        while True:
-            try:
-                tally = await _settle(conn, statements, batch_id, chunk)
-                break
-            except (psycopg.DataError, psycopg.IntegrityError) as error:
-                log.info(
-                    "chunk %s of batch %s: finding the rows refused: %s",
-                    chunk_no,
-                    batch_id,
-                    for_the_log(error),
-                )
-                # A refused row makes the next row of its key the one to insert, and that
-                # row may be refused too. So repeat until the statement goes through, or
-                # until no row alone is refused.
-                if not await _refuse_bad_rows(conn, statements, dataset, batch_id, chunk):
-                    raise
+        tally = await _work(
+            conn, statements, datasets[chunk["dataset"]], batch_id, chunk, slice_rows
+        )
         await _finish(conn, queue, batch_id, chunk_no, tally)
+    return True
+
+
+async def _work(
+    conn: AsyncConnection[Any],
+    statements: ChunkStatements,
+    dataset: Dataset,
+    batch_id: uuid.UUID,
+    chunk: Mapping[str, Any],
+    slice_rows: int = SLICE_ROWS,
+) -> ChunkTally:
+    """Judge and settle a chunk's rows, in the caller's transaction; its tally."""
+    await _prepare(conn, statements, chunk)
+    checker = RowChecker(dataset, statements.read_positions)
+    bad_values = await _bad_values(conn, statements)
+    async for rows in _suspect_slices(conn, statements, chunk, bad_values, slice_rows):
+        await _write_failures(conn, checker.failures(rows))
+    while True:
+        try:
+            return await _settle(conn, statements, batch_id, chunk)
+        except (psycopg.DataError, psycopg.IntegrityError) as error:
+            log.info(
+                "chunk %s of batch %s: finding the rows refused: %s",
+                chunk["chunk_no"],
+                batch_id,
+                for_the_log(error),
+            )
+            # A refused row makes the next row of its key the one to insert, and that row
+            # may be refused too. So repeat until the statement goes through, or until no
+            # row alone is refused.
+            if not await _refuse_bad_rows(conn, statements, dataset, batch_id, chunk):
+                raise
+
+
+class _TooManyFailures(Exception):
+    """Rolls back a checked batch's writes: they failed more rows than it allows."""
+
+
+async def write_checked_batch(
+    conn: AsyncConnection[Any],
+    datasets: Mapping[str, Dataset],
+    batch_id: uuid.UUID,
+    passes: Callable[[int], bool],
+) -> bool:
+    """Write every chunk of a checked batch, in one transaction of its own, in chunk order
+    (which is the dedup index's order, as each chunk locks and inserts in it). The
+    checking run's row results are replaced, and the counters set, by the writes'.
+
+    ``passes(failures)`` says whether the batch may be written with that many failed
+    rows: a row can still fail here (a key another batch deleted meanwhile, a value the
+    table's trigger refuses). If it may not, everything is rolled back and this returns
+    False. A chunk given up on while checked is given up on again, as it was.
+    """
+    try:
+        async with conn.transaction():
+            clear = sql.SQL(queries["clear_results"]).format(results=results_table(batch_id))
+            await conn.execute(clear)
+            cursor = await conn.execute(queries["chunks_to_write"], {"batch_id": batch_id})
+            names = [d.name for d in cursor.description or ()]
+            chunks = [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+            total = ChunkTally()
+            for chunk in chunks:
+                statements = _statements(datasets, batch_id, chunk, write=True)
+                if chunk["status"] == "failed":
+                    await _prepare(conn, statements, chunk)
+                    total += await _settle(conn, statements, batch_id, chunk, NOT_PROCESSED)
+                else:
+                    total += await _work(
+                        conn, statements, datasets[chunk["dataset"]], batch_id, chunk
+                    )
+            if not passes(total.failures):
+                raise _TooManyFailures
+            await record_written_batch(conn, batch_id, total)
+    except _TooManyFailures:
+        return False
     return True
 
 
@@ -405,7 +473,7 @@ async def fail_chunk(
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
             return False
-        if chunk["batch_cancelled"]:
+        if chunk["batch_stopped"]:
             # Its attempts were all undone, and the batch is cancelled meanwhile: its rows
             # were never imported, as for a chunk that never started.
             await cancel_chunks(conn, queue, batch_id, chunk_no)

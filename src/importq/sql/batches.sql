@@ -11,13 +11,16 @@ WHERE initiator_id = %(initiator_id)s AND idempotency_key = %(idempotency_key)s;
 -- A batch is born active, in the transaction that stages its rows.
 INSERT INTO batches (id, dataset, format, file_name, initiator_id, locale, callback_url,
                      status, header, total_rows, total_chunks, warnings, idempotency_key,
-                     request_digest, dry_run, mode)
+                     request_digest, dry_run, mode, on_error, abort_percent)
 VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(locale)s,
         %(callback_url)s, 'active', %(header)s, %(total_rows)s, %(total_chunks)s,
-        %(warnings)s, %(idempotency_key)s, %(request_digest)s, %(dry_run)s, %(mode)s);
+        %(warnings)s, %(idempotency_key)s, %(request_digest)s, %(dry_run)s, %(mode)s,
+        %(on_error)s, %(abort_percent)s);
 
 -- name: count_finished_chunk
 -- Add a finished chunk's outcome to its batch (in the chunk's transaction); is it the last?
+-- Is the batch aborted (now or before): on_error abort, and more than abort_percent % of
+-- its rows failed? (SET reads the row as it was: failures is the count before this chunk.)
 UPDATE batches
 SET completed_chunks = completed_chunks + %(done)s,
     failed_chunks = failed_chunks + %(failed)s,
@@ -28,11 +31,14 @@ SET completed_chunks = completed_chunks + %(done)s,
     unchanged = unchanged + %(unchanged)s,
     duplicates = duplicates + %(duplicates)s,
     failures = failures + %(failures)s,
+    aborted_at = CASE WHEN aborted_at IS NULL AND on_error = 'abort'
+                           AND (failures + %(failures)s) * 100 > abort_percent * total_rows
+                      THEN clock_timestamp() ELSE aborted_at END,
     -- When the chunk's work ends, not when its transaction began (now()): what a client
     -- following the batch is told happened, moments before the commit.
     updated_at = clock_timestamp()
 WHERE id = %(batch_id)s AND status = 'active'
-RETURNING completed_chunks + failed_chunks = total_chunks AS is_last;
+RETURNING completed_chunks + failed_chunks = total_chunks AS is_last, aborted_at IS NOT NULL;
 
 -- name: start_aggregation
 -- The completion guard: exactly one caller moves a fully processed batch to aggregating.
@@ -60,10 +66,12 @@ UPDATE batches SET last_error = %(error)s, updated_at = now() WHERE id = %(batch
 
 -- name: finish_batch
 -- aggregating → cancelled | completed | failed, with the result. Only one aggregation
--- gets a row. Cancelled: the cancel kept some chunk from running (one that came while the
--- last chunks ran changed nothing, and the batch ends as it would have).
+-- gets a row. Failed: aborted for its failures. Cancelled: the cancel kept some chunk from
+-- running (one that came while the last chunks ran changed nothing, and the batch ends as
+-- it would have).
 UPDATE batches
-SET status = CASE WHEN cancelled_chunks > 0 THEN 'cancelled'
+SET status = CASE WHEN aborted_at IS NOT NULL THEN 'failed'
+                  WHEN cancelled_chunks > 0 THEN 'cancelled'
                   WHEN failed_chunks = total_chunks THEN 'failed'
                   ELSE 'completed' END,
     result = %(result)s,
@@ -81,7 +89,8 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
-       revision, cancelled_chunks, mode, inserted, updated, unchanged
+       revision, cancelled_chunks, mode, inserted, updated, unchanged, on_error,
+       abort_percent, aborted_at, written_at
 FROM batches
 WHERE id = %(batch_id)s;
 
@@ -92,7 +101,8 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        total_rows, total_chunks, completed_chunks, failed_chunks, processed_rows,
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
-       revision, mode, inserted, updated, unchanged,
+       revision, mode, inserted, updated, unchanged, on_error, abort_percent, aborted_at,
+       written_at,
        count(*) OVER () AS total
 FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
@@ -160,3 +170,22 @@ UPDATE batches SET purged_at = now(), updated_at = now() WHERE id = %(batch_id)s
 -- Rows of a user's active batches that no chunk has processed yet.
 SELECT coalesce(sum(total_rows - processed_rows), 0)::bigint FROM batches
 WHERE initiator_id = %(user_id)s AND status = 'active';
+
+-- name: record_written_batch
+-- A checked batch's chunks written, in the transaction that wrote them: its counters are
+-- now those of the writes.
+UPDATE batches
+SET successes = %(successes)s, inserted = %(inserted)s, updated = %(updated)s,
+    unchanged = %(unchanged)s, duplicates = %(duplicates)s, failures = %(failures)s,
+    written_at = now(), updated_at = now()
+WHERE id = %(batch_id)s AND status = 'aggregating' AND written_at IS NULL;
+
+-- name: hold_checked_batch
+-- A checked batch that is not written: aborted unless a cancel stopped it, and what its
+-- chunks found valid counted as failures (not imported). Running it again changes nothing.
+UPDATE batches
+SET aborted_at = CASE WHEN cancelled_chunks > 0 THEN aborted_at
+                      ELSE coalesce(aborted_at, now()) END,
+    failures = failures + successes, successes = 0, inserted = 0, updated = 0,
+    unchanged = 0, updated_at = now()
+WHERE id = %(batch_id)s AND status = 'aggregating' AND written_at IS NULL;

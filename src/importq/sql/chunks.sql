@@ -10,16 +10,31 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
 -- name: lock_chunk
 -- Lock the chunk: a second delivery of its job waits here, then finds it no longer todo.
 -- The batch's columns come from the statement's snapshot: a cancel that committed while
--- this waited on a holder that then rolled back is not seen here (batch_cancelled is).
+-- this waited on a holder that then rolled back is not seen here (batch_stopped is).
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
-       b.status AS batch_status, b.dry_run, b.mode
+       b.status AS batch_status, b.dry_run, b.mode, b.on_error
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
 
--- name: batch_cancelled
--- Whether the batch was cancelled, read after the chunk's lock (a snapshot of its own).
-SELECT cancelled_at IS NOT NULL FROM batches WHERE id = %(batch_id)s;
+-- name: batch_stopped
+-- Whether the batch was cancelled or aborted, read after the chunk's lock (a snapshot of
+-- its own).
+SELECT cancelled_at IS NOT NULL OR aborted_at IS NOT NULL FROM batches
+WHERE id = %(batch_id)s;
+
+-- name: chunks_to_write
+-- A checked batch's chunks, as lock_chunk gives a chunk, in chunk order (the hash order).
+SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
+       b.dry_run, b.mode, b.on_error
+FROM chunks c JOIN batches b ON b.id = c.batch_id
+WHERE c.batch_id = %(batch_id)s AND c.status IN ('done', 'failed')
+ORDER BY c.chunk_no;
+
+-- name: clear_results
+-- A checked batch's results, gone before its chunks are written and recorded again
+-- (template {results}); in the writing transaction.
+TRUNCATE {results};
 
 -- name: chunk_settings
 -- Chunk transaction settings: UTC as the row rules read times; no merge joins; no JIT.
@@ -333,13 +348,15 @@ ORDER BY line / {block};
 
 -- name: result_records
 -- The records the batch's chunks stored ({results}: its results table), by report: a
--- success's outcome is what it did to the table. Each branch of
+-- success's outcome is what it did to the table; {which}: the results read (a held
+-- batch's successes are held_records instead). Each branch of
 -- report_blocks is one subquery with no condition of its own, so that the UNION ALL is
 -- planned as one parallel append, sorted in the workers.
 SELECT * FROM (SELECT CASE WHEN r.outcome IN ('duplicate', 'failure') THEN r.outcome
                            ELSE 'success' END,
                       u.line, u.record
-               FROM {results} r, unnest(r.lines, r.records) AS u(line, record)) AS stored
+               FROM {results} r, unnest(r.lines, r.records) AS u(line, record)
+               WHERE {which}) AS stored
 
 -- name: cancelled_ranges
 -- The hash ranges of a batch's cancelled chunks, as one multirange (text).
@@ -348,14 +365,26 @@ FROM chunks
 WHERE batch_id = %(batch_id)s AND status = 'cancelled';
 
 -- name: cancelled_records
--- The failure records of the staged rows ({staged}) of the batch's cancelled chunks, made
+-- The failure records of the staged rows ({staged}) of the batch's cancelled chunks
+-- (%(stopped)s: the message of a cancel or of an abort), made
 -- here ({record}: the failure record of a staged row and its message), in the parallel
 -- workers. Their hash ranges come as a value: a subquery there would keep the sort out
 -- of the workers.
 SELECT * FROM (SELECT 'failure'::text, line, {record}
-               FROM (SELECT s.*, %(cancelled)s::text AS message
+               FROM (SELECT s.*, %(stopped)s::text AS message
                      FROM {staged} s
                      WHERE s.key_hash <@ %(cancelled_ranges)s::int8multirange) AS s) AS cancelled
+
+-- name: held_records
+-- The failure records of a held batch's valid rows (a checked batch that was not written:
+-- its successes were not imported), made from their staged rows ({staged}, {record}) with
+-- the message %(stopped)s; their lines are its results' ({results}) successes.
+SELECT * FROM (SELECT 'failure'::text, line, {record}
+               FROM (SELECT s.*, %(stopped)s::text AS message
+                     FROM {staged} s
+                     JOIN (SELECT unnest(lines) AS line FROM {results}
+                           WHERE outcome NOT IN ('duplicate', 'failure')) AS held
+                       USING (line)) AS s) AS held
 
 -- name: report_plan
 -- The aggregation transaction's settings: a parallel sort, memory to sort in, no JIT.
