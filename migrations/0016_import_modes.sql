@@ -13,8 +13,9 @@ ALTER TABLE batches ADD CONSTRAINT batches_successes_check
     CHECK (inserted + updated + unchanged = successes) NOT VALID;
 ALTER TABLE batches VALIDATE CONSTRAINT batches_successes_check;
 
--- A batch's row results keep a success's kind as its outcome, and the chunk that made
--- them, so that an undo finds a chunk's inserted and updated lines. Results tables of
+-- A batch's row results keep a success's kind as its outcome (an undo's: deleted,
+-- restored), and the chunk that made them, so that an undo finds a chunk's inserted and
+-- updated lines. Results tables of
 -- batches staged before this migration take the new outcomes and column too.
 DO $$
 DECLARE
@@ -27,8 +28,8 @@ BEGIN
         EXECUTE format('ALTER TABLE %s DROP CONSTRAINT IF EXISTS %I, ADD COLUMN chunk_no integer',
                        results, (SELECT conname FROM pg_constraint
                                  WHERE conrelid = results AND contype = 'c' LIMIT 1));
-        EXECUTE format('ALTER TABLE %s ADD CHECK (outcome IN (%L, %L, %L, %L, %L, %L))',
-                       results, 'success', 'inserted', 'updated', 'unchanged', 'duplicate',
-                       'failure');
+        EXECUTE format('ALTER TABLE %s ADD CHECK (outcome IN (%L, %L, %L, %L, %L, %L, %L, %L))',
+                       results, 'success', 'inserted', 'updated', 'unchanged', 'deleted',
+                       'restored', 'duplicate', 'failure');
     END LOOP;
 END $$;

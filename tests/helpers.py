@@ -229,14 +229,24 @@ def quoted_entrances() -> list[dict[str, str]]:
 
 
 def summary(
-    successes: int, duplicates: int, failures: int, *, updated: int = 0, unchanged: int = 0
+    successes: int,
+    duplicates: int,
+    failures: int,
+    *,
+    updated: int = 0,
+    unchanged: int = 0,
+    deleted: int = 0,
+    restored: int = 0,
 ) -> dict[str, int]:
-    """A job's ``summary``: the successes not updated or unchanged were inserted."""
+    """A job's ``summary``: the successes not updated, unchanged, deleted or restored
+    were inserted."""
     return {
         "successes": successes,
         "duplicates": duplicates,
         "failures": failures,
-        "inserted": successes - updated - unchanged,
+        "inserted": successes - updated - unchanged - deleted - restored,
         "updated": updated,
         "unchanged": unchanged,
+        "deleted": deleted,
+        "restored": restored,
     }

@@ -361,6 +361,21 @@ def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _undo(args: argparse.Namespace, settings: Settings) -> int:
+    client = _api_client(args, settings)
+    if client is None:
+        return EXIT_REFUSED
+    with client:
+        response = client.post(f"/api/v1/jobs/{args.batch_id}/undo")
+        if response.status_code != 202:
+            return _refused(response)
+        accepted = response.json()
+        print(accepted["batchId"])
+        if not args.wait:
+            return EXIT_OK
+        return _wait(client, accepted)
+
+
 def _import(args: argparse.Namespace, settings: Settings) -> int:
     client = _api_client(args, settings)
     if client is None:
@@ -455,6 +470,12 @@ def _wait(client: httpx.Client, accepted: dict[str, Any]) -> int:
     print(f"status: {job['status']}")
     for name in ("successes", "duplicates", "failures"):
         print(f"{name}: {summary.get(name, 0)}")
+    # What the successes did, where they did anything but insert.
+    done = {name: summary.get(name, 0) for name in ("updated", "unchanged", "deleted", "restored")}
+    if any(done.values()):
+        for name in ("inserted", *done):
+            if summary.get(name):
+                print(f"{name}: {summary[name]}")
     for kind, url in (job["result"] or {}).get("reportUrls", {}).items():
         if url:
             print(f"{kind} report: {url}")
@@ -577,6 +598,16 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("batch_id")
     _service_options(cancel)
     cancel.set_defaults(handler=_cancel)
+
+    undo = commands.add_parser(
+        "undo",
+        help="undo a finished import: delete the rows it inserted and restore those it "
+        "updated, unless changed since; prints the undo's batch id",
+    )
+    undo.add_argument("batch_id")
+    undo.add_argument("--wait", action="store_true", help="follow the undo to its end")
+    _service_options(undo)
+    undo.set_defaults(handler=_undo)
     return parser
 
 

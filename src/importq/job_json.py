@@ -20,7 +20,7 @@ def _utc(moment: datetime) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_utc, return_type=str)]
-Status = Literal["pending", "active", "aggregating", "completed", "failed", "cancelled"]
+Status = Literal["pending", "active", "aggregating", "completed", "failed", "cancelled", "undone"]
 
 
 Mode = Literal["insert", "upsert", "update-only"]
@@ -34,10 +34,13 @@ class Progress(BaseModel):
     successes: int
     duplicates: int
     failures: int
-    #: What the successes did to the table; the three add up to ``successes``.
+    #: What the successes did to the table; the five add up to ``successes``. An undo's
+    #: are deleted (rows the batch undone inserted) and restored (rows it updated).
     inserted: int
     updated: int
     unchanged: int
+    deleted: int
+    restored: int
 
 
 class ReportUrls(BaseModel):
@@ -53,6 +56,8 @@ class Summary(BaseModel):
     inserted: int
     updated: int
     unchanged: int
+    deleted: int
+    restored: int
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Summary:
@@ -67,7 +72,11 @@ class Result(BaseModel):
 
 class Job(BaseModel):
     batchId: uuid.UUID
-    type: Literal["csv-import"] = "csv-import"
+    #: csv-import, or undo: a batch that takes back what another (undoOf) wrote.
+    type: Literal["csv-import", "undo"]
+    undoOf: uuid.UUID | None
+    #: The undo of this batch, once it is undone.
+    undoneBy: uuid.UUID | None
     dataset: str
     #: What a row whose key is stored does: see ``Mode``.
     mode: Mode
@@ -99,6 +108,9 @@ class Job(BaseModel):
     def from_row(cls, row: dict[str, Any]) -> Job:
         return cls(
             batchId=row["id"],
+            type="undo" if row["type"] == "undo" else "csv-import",
+            undoOf=row["undo_of"],
+            undoneBy=row["undone_by"],
             dataset=row["dataset"],
             mode=row["mode"],
             onError=OnError(row["on_error"], row["abort_percent"]).text,

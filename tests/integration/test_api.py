@@ -90,6 +90,8 @@ JOB_EXTRA_KEYS = {
     "mode",
     "onError",
     "abortedAt",
+    "undoOf",
+    "undoneBy",
 }
 PROGRESS_KEYS = {
     "totalChunks",
@@ -102,6 +104,8 @@ PROGRESS_KEYS = {
     "inserted",
     "updated",
     "unchanged",
+    "deleted",
+    "restored",
 }
 
 

@@ -34,6 +34,8 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("GET", "/api/v1/jobs/{done}/events", None, OWNER_AND_STAFF, 200),
     # Cancelling again is fine: those who may see the batch all get 202.
     ("POST", "/api/v1/jobs/{batch}/cancel", None, OWNER_AND_STAFF, 202),
+    # The batch has not ended: those who may see it are told it cannot be undone yet.
+    ("POST", "/api/v1/jobs/{batch}/undo", None, OWNER_AND_STAFF, 409),
     ("GET", "/api/v1/datasets", None, SIGNED_IN, 200),
     ("GET", "/api/v1/datasets/entrances", None, SIGNED_IN, 200),
     ("GET", "/api/v1/datasets/entrances/template.csv", None, SIGNED_IN, 200),

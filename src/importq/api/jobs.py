@@ -11,12 +11,13 @@ import uuid
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
 from importq.accounts import User, find_user_id
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.schemas import (
     PRINTABLE,
+    Accepted,
     Job,
     Page,
     PageNumber,
@@ -27,9 +28,11 @@ from importq.api.schemas import (
     errors,
 )
 from importq.errors import Refusal
+from importq.i18n import parse_accept_language, resolve_locale
 from importq.pipeline import batches
 from importq.pipeline.aggregation import report_links
 from importq.pipeline.chunk_processing import cancel_chunks
+from importq.pipeline.undo import start_undo
 from importq.services import Services
 
 router = APIRouter()
@@ -145,6 +148,9 @@ async def cancel_job(batch_id: str, user: CurrentUser, services: ServicesDep) ->
     imported: the import was cancelled"), a running one finishes, and the batch ends
     ``cancelled`` through its one aggregation. Cancelling again is fine (202)."""
     batch = await readable_batch(services, user, batch_id)
+    if batch["type"] == "undo":
+        # Its rows are the batch undone's: a cancel would leave that batch half undone.
+        raise Refusal(409, "not_cancellable", "An undo runs to its end: it cannot be cancelled.")
     async with services.pool.connection() as conn:
         async with conn.transaction():
             cancelled = await batches.cancel_batch(conn, batch["id"])
@@ -160,6 +166,57 @@ async def cancel_job(batch_id: str, user: CurrentUser, services: ServicesDep) ->
             "The batch is finished, or finishing: it can no longer be cancelled.",
         )
     return Job.from_row(now)
+
+
+@router.post(
+    "/api/v1/jobs/{batch_id}/undo",
+    status_code=202,
+    response_model=Accepted,
+    responses={
+        202: {
+            "headers": {
+                "Location": {
+                    "description": "The undo's status URL, as ``statusUrl``",
+                    "schema": {"type": "string"},
+                    "required": True,
+                }
+            }
+        },
+        **errors(403, 404, 409, 429),
+    },
+)
+async def undo_job(
+    batch_id: str, request: Request, response: Response, user: CurrentUser, services: ServicesDep
+) -> Accepted:
+    """Undo a finished batch, as a batch of its own (type ``undo``, with reports, a
+    notification and an email): the rows it inserted are deleted and those it updated get
+    their values back, unless another batch or a user changed them since (those lines are
+    the undo's failures, left alone). The batch becomes ``undone``. 409: a dry run, a
+    batch not finished, undone already, an undo, with nothing written, or past the
+    retention period (``expired``)."""
+    batch = await readable_batch(services, user, batch_id)
+    dataset = services.datasets.get(batch["dataset"])
+    if dataset is None:
+        raise Refusal(409, "unknown_dataset", f"The dataset {batch['dataset']} is not defined.")
+    request.app.state.rate_limiter.take(str(user.id))
+    async with services.pool.connection() as conn:
+        started = await start_undo(
+            conn,
+            services.queue,
+            dataset,
+            batch["id"],
+            initiator_id=user.id,
+            locale=resolve_locale(*parse_accept_language(request.headers.get("accept-language"))),
+            retention_days=services.settings.retention_days,
+        )
+    status_url = f"/api/v1/jobs/{started.batch_id}"
+    response.headers["Location"] = status_url
+    return Accepted(
+        batchId=started.batch_id,
+        totalRows=started.total_rows,
+        totalChunks=started.total_chunks,
+        statusUrl=status_url,
+    )
 
 
 @router.post(

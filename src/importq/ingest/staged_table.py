@@ -144,6 +144,21 @@ class StagedTable:
         """The batch's row results: ``importq_staging.r_<batch id hex>``."""
         return results_table(self.batch_id)
 
+    @property
+    def undo_log(self) -> sql.Identifier:
+        """An update mode's undo log: ``importq_staging.u_<batch id hex>``, the stored
+        rows its chunks updated, as they were."""
+        return sql.Identifier(SCHEMA, f"u_{self.batch_id.hex}")
+
+    def create_undo_log(self) -> sql.Composed:
+        """The undo log, unless it exists (a batch in insert mode has none: it updates no
+        row, and its undo makes an empty one)."""
+        return sql.SQL(queries["create_undo_log"]).format(
+            undo_log=self.undo_log,
+            index=sql.Identifier(f"u_{self.batch_id.hex}_chunk"),
+            table=sql.Identifier(self.dataset.table),
+        )
+
     @cached_property
     def key_hash(self) -> sql.Composed:
         """The chunking hash of a row, as an expression over the table's columns."""

@@ -444,6 +444,8 @@ async def stage_batch(
             size = sizing.target(total)
             await conn.execute(table.index())
             bounds = await _cut_chunks(conn, table, size)
+            if request.mode != "insert" and not request.dry_run:
+                await conn.execute(table.create_undo_log())
             await conn.execute(
                 queries["insert_batch"],
                 {

@@ -36,6 +36,9 @@ from psycopg.rows import dict_row
 
 from importq.sql import queries
 
+# The outcomes a tally counts, as the batch's counters are named.
+_COUNTED = ("inserted", "updated", "unchanged", "deleted", "restored", "duplicates", "failures")
+
 
 @dataclass(frozen=True)
 class ChunkTally:
@@ -44,44 +47,35 @@ class ChunkTally:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+    #: An undo's: the rows it deleted (inserted by the batch undone), and restored.
+    deleted: int = 0
+    restored: int = 0
     duplicates: int = 0
     failures: int = 0
     failed: bool = False
 
     @property
     def successes(self) -> int:
-        return self.inserted + self.updated + self.unchanged
+        return self.inserted + self.updated + self.unchanged + self.deleted + self.restored
 
     @classmethod
     def of(cls, batch: dict[str, Any]) -> ChunkTally:
         """A batch row's counters, as one tally."""
-        return cls(
-            inserted=batch["inserted"],
-            updated=batch["updated"],
-            unchanged=batch["unchanged"],
-            duplicates=batch["duplicates"],
-            failures=batch["failures"],
-        )
+        return cls(**{name: batch[name] for name in _COUNTED})
+
+    @classmethod
+    def of_outcomes(cls, counts: dict[str, int]) -> ChunkTally:
+        """The tally of a settle statement's count per outcome."""
+        named = {"duplicates": "duplicate", "failures": "failure"}
+        values: dict[str, Any] = {name: counts.get(named.get(name, name), 0) for name in _COUNTED}
+        return cls(**values)
 
     def counters(self) -> dict[str, int]:
         """The batch counters this tally adds to (or sets)."""
-        return {
-            "successes": self.successes,
-            "inserted": self.inserted,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "duplicates": self.duplicates,
-            "failures": self.failures,
-        }
+        return {"successes": self.successes, **{name: getattr(self, name) for name in _COUNTED}}
 
     def __add__(self, other: ChunkTally) -> ChunkTally:
-        return ChunkTally(
-            inserted=self.inserted + other.inserted,
-            updated=self.updated + other.updated,
-            unchanged=self.unchanged + other.unchanged,
-            duplicates=self.duplicates + other.duplicates,
-            failures=self.failures + other.failures,
-        )
+        return ChunkTally(**{name: getattr(self, name) + getattr(other, name) for name in _COUNTED})
 
 
 @dataclass(frozen=True)

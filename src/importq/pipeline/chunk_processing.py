@@ -73,6 +73,9 @@ CANCELLED = "not imported: the import was cancelled"
 # lost each time). What went wrong is for the operator: the log and the chunk's error.
 # The failure of an update-only row whose key is not stored.
 NOT_FOUND = "not found"
+# The failures of an undo's row that is no longer as the batch undone left it.
+GONE = "not undone: the row is no longer in the table"
+CHANGED = "not undone: the row was changed after this import"
 NOT_PROCESSED = (
     "not imported: importq could not process this part of the upload (the service's log "
     "says why); send these rows again"
@@ -119,15 +122,25 @@ def _statements(
         tuple(chunk["header"]),
         chunk["dry_run"] or checked,
         chunk["mode"],
+        chunk["undo_of"],
     )
 
 
 @functools.lru_cache(maxsize=32)
 def _batch_statements(
-    batch_id: uuid.UUID, dataset: Dataset, header: tuple[str, ...], dry_run: bool, mode: str
+    batch_id: uuid.UUID,
+    dataset: Dataset,
+    header: tuple[str, ...],
+    dry_run: bool,
+    mode: str,
+    undo_of: uuid.UUID | None,
 ) -> ChunkStatements:
     """The statements of a batch's chunks. They are composed once per batch, because a
-    worker runs many chunks of the same batch in a row."""
+    worker runs many chunks of the same batch in a row. An undo's read the staged rows
+    of the batch it undoes."""
+    if undo_of is not None:
+        staged = StagedTable.of(undo_of, dataset, list(header))
+        return chunk_statements(staged, list(header), undo_results=results_table(batch_id))
     staged = StagedTable.of(batch_id, dataset, list(header))
     return chunk_statements(staged, list(header), dry_run, mode)
 
@@ -195,9 +208,13 @@ async def _settle(
         "give_up": give_up,
         "insert_new": chunk["mode"] == "upsert",
         "not_found": NOT_FOUND,
+        "undone": chunk["undo_of"],
+        "gone": GONE,
+        "changed": CHANGED,
         **_bounds(chunk),
     }
     updates = None if give_up is not None else statements.updates
+    undo = None if give_up is not None else statements.undo
 
     async def run(*steps: sql.Composed) -> dict[str, int]:
         async with conn.transaction():
@@ -208,7 +225,9 @@ async def _settle(
 
     while True:
         try:
-            if updates is not None:
+            if undo is not None:
+                counts = await run(undo.lock, undo.settle)
+            elif updates is not None:
                 counts = await run(updates.lock_stored, updates.settle)
             else:
                 counts = await run(statements.settle)
@@ -223,13 +242,7 @@ async def _settle(
             if updates is None:
                 counts = await run(statements.settle_guarded)
                 break
-    return ChunkTally(
-        inserted=counts.get("inserted", 0),
-        updated=counts.get("updated", 0),
-        unchanged=counts.get("unchanged", 0),
-        duplicates=counts.get("duplicate", 0),
-        failures=counts.get("failure", 0),
-    )
+    return ChunkTally.of_outcomes(counts)
 
 
 async def _refuse_bad_rows(
@@ -254,7 +267,7 @@ async def _refuse_bad_rows(
         lines = pending.pop()
         try:
             async with conn.transaction(force_rollback=True):
-                params = {"batch_id": batch_id, "lines": lines}
+                params = {"batch_id": batch_id, "lines": lines, "chunk_no": chunk["chunk_no"]}
                 await conn.execute(statements.probe, params)
                 if statements.updates is not None:
                     await conn.execute(statements.updates.probe, params)
@@ -328,6 +341,11 @@ async def _prepare(
         await conn.execute(statements.create_dry_run)
     if statements.updates is not None:
         await conn.execute(statements.updates.create_stored)
+    if statements.undo is not None:
+        params = {"chunk_no": chunk["chunk_no"]}
+        await conn.execute(statements.undo.plan, params)
+        await conn.execute(statements.undo.keep_planned)
+        await conn.execute(statements.undo.create_rows)
 
 
 async def process_chunk(
@@ -370,8 +388,11 @@ async def _work(
     chunk: Mapping[str, Any],
     slice_rows: int = SLICE_ROWS,
 ) -> ChunkTally:
-    """Judge and settle a chunk's rows, in the caller's transaction; its tally."""
+    """Judge and settle a chunk's rows, in the caller's transaction; its tally. An undo's
+    rows were judged when they were imported, and what they wrote is taken back as it is."""
     await _prepare(conn, statements, chunk)
+    if statements.undo is not None:
+        return await _settle(conn, statements, batch_id, chunk)
     checker = RowChecker(dataset, statements.read_positions)
     bad_values = await _bad_values(conn, statements)
     async for rows in _suspect_slices(conn, statements, chunk, bad_values, slice_rows):

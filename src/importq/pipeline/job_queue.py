@@ -55,11 +55,18 @@ class JobQueue:
         self.app = app
 
     async def defer_chunks(
-        self, conn: AsyncConnection[Any], batch_id: uuid.UUID, total_chunks: int, total_rows: int
+        self,
+        conn: AsyncConnection[Any],
+        batch_id: uuid.UUID,
+        total_chunks: int,
+        total_rows: int,
+        chunk_nos: Iterable[int] | None = None,
     ) -> None:
-        """One ``process_chunk`` job per chunk of a new batch of ``total_rows`` rows."""
+        """One ``process_chunk`` job per chunk of a new batch of ``total_rows`` rows:
+        chunks 0 to ``total_chunks`` - 1, or those ``chunk_nos`` (an undo's)."""
         queue = CHUNKS_EXPRESS if total_rows <= EXPRESS_ROWS else CHUNKS
-        await self.defer_chunk_jobs(conn, batch_id, range(total_chunks), queue=queue)
+        numbers = range(total_chunks) if chunk_nos is None else chunk_nos
+        await self.defer_chunk_jobs(conn, batch_id, numbers, queue=queue)
 
     async def defer_chunk_jobs(
         self,

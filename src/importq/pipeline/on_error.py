@@ -20,9 +20,11 @@ from importq.errors import Refusal
 
 # The failure of a valid row of a batch that stopped for its failures.
 ABORTED = "not imported: the import was aborted"
-#: onError as the OpenAPI document spells it (without class shorthands such as \d).
-ON_ERROR_PATTERN = r"^(continue|atomic|abort-above=[0-9]{1,3}([.][0-9]{1,2})?%)$"
-_ABORT_ABOVE = re.compile(r"abort-above=([0-9]{1,3}(?:[.][0-9]{1,2})?)%")
+#: onError's forms, as the OpenAPI document spells them too (without class shorthands such
+#: as \d, which Python and JSON Schema read differently); group 2 is abort-above's share.
+ON_ERROR_PATTERN = (
+    r"^(continue|atomic|abort-above=(100(?:[.]0{1,2})?|[0-9]{1,2}(?:[.][0-9]{1,2})?)%)$"
+)
 WHAT_IT_MAY_BE = "continue, atomic, or abort-above=<n>% with n from 0 to 100"
 
 
@@ -36,12 +38,12 @@ class OnError:
     @classmethod
     def parse(cls, text: str) -> OnError:
         """The policy ``text`` names; else a 400 ``bad_on_error``."""
-        if text in ("continue", "atomic"):
-            return cls(text)
-        match = _ABORT_ABOVE.fullmatch(text)
-        if match is None or Decimal(match.group(1)) > 100:
+        match = re.fullmatch(ON_ERROR_PATTERN, text)
+        if match is None:
             raise Refusal(400, "bad_on_error", f"onError must be {WHAT_IT_MAY_BE}.")
-        return cls("abort", Decimal(match.group(1)))
+        if match.group(2) is None:
+            return cls(text)
+        return cls("abort", Decimal(match.group(2)))
 
     @property
     def text(self) -> str:

@@ -161,7 +161,13 @@ async def _purge(services: Services) -> None:
         cursor = await conn.execute(queries["staged_tables_to_drop"], {"cutoff": cutoff})
         for (name,) in await cursor.fetchall():
             async with conn.transaction():
-                await conn.execute(drop_staged_table(name))
+                # Its batch locked, and spared while an undo of it runs: an undo asked
+                # for meanwhile waits for this transaction, then finds its tables gone.
+                droppable = await conn.execute(
+                    queries["batch_to_purge_lock"], {"batch_id": uuid.UUID(name[2:])}
+                )
+                if await droppable.fetchone() is not None:
+                    await conn.execute(drop_staged_table(name))
         await _drop_abandoned_parts(conn)
     _sweep_report_scratch(services.settings.data_dir)
     await _purge_stored_files(services, cutoff)

@@ -13,7 +13,7 @@ collation, so that the insert's sort order is the index's order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from psycopg import AsyncConnection, sql
@@ -116,6 +116,19 @@ class UpdateStatements:
 
 
 @dataclass(frozen=True)
+class UndoStatements:
+    """The statements of an undo's chunk: what a chunk of the batch undone wrote, taken
+    back."""
+
+    #: The chunk's planned rows (importq_planned), and only those kept in importq_chunk.
+    plan: sql.Composed
+    keep_planned: sql.Composed
+    create_rows: sql.Composed
+    lock: sql.Composed
+    settle: sql.Composed
+
+
+@dataclass(frozen=True)
 class ChunkStatements:
     """The statements that settle a batch's chunks (``sql/chunks.sql`` templates)."""
 
@@ -137,6 +150,82 @@ class ChunkStatements:
     create_dry_run: sql.Composed | None = None
     #: The update modes' statements; None in insert mode.
     updates: UpdateStatements | None = None
+    #: An undo's statements; None for an import.
+    undo: UndoStatements | None = None
+
+
+def _stored_order(dataset: Dataset) -> sql.Composable:
+    """The dedup index's order of stored rows ``t``: the order rows are locked in."""
+    return sql.SQL(", ").join(
+        [sql.SQL("t.key_hash")]
+        + [sql.SQL("t.{}").format(sql.Identifier(c.field)) for c in dataset.key_columns]
+    )
+
+
+def _changed_names(
+    header: Sequence[str],
+    positions: Mapping[str, int],
+    columns: Sequence[Column],
+    differs: Callable[[Column], sql.Composable],
+) -> sql.Composable:
+    """The uploaded header names of ``columns`` where ``differs(column)`` holds, joined by
+    "; " (an empty text when none does)."""
+    return _joined(
+        [
+            sql.SQL("CASE WHEN {} THEN {} END").format(
+                differs(c), sql.Literal(header[positions[c.name]].strip())
+            )
+            for c in columns
+        ]
+        or [sql.NULL],
+        "; ",
+    )
+
+
+def _undo_statements(
+    staged: StagedTable, header: Sequence[str], parts: Mapping[str, sql.Composable]
+) -> UndoStatements:
+    """An undo's statements over the staged rows, results and undo log of the batch
+    undone (``staged``)."""
+    dataset, positions = staged.dataset, staged.positions
+    keys = {c.name for c in dataset.key_columns}
+
+    def of(row: str) -> Callable[[Column], sql.Composable]:
+        return lambda c: sql.SQL("{}.{}").format(sql.Identifier(row), sql.Identifier(c.field))
+
+    current, logged = of("u"), of("l")
+
+    def listed(value: Callable[[Column], sql.Composable]) -> sql.Composable:
+        return sql.SQL(", ").join(value(c) for c in dataset.columns)
+
+    written = [c for c in dataset.columns if c.name in positions and c.name not in keys]
+    return UndoStatements(
+        plan=sql.SQL(queries["plan_undo"]).format(undone_results=staged.results),
+        keep_planned=sql.SQL(queries["keep_planned"]).format(),
+        create_rows=sql.SQL(queries["create_undo_rows"]).format(table=parts["table"]),
+        lock=sql.SQL(queries["lock_undo"]).format(
+            table=parts["table"],
+            stored_key=parts["stored_key"],
+            stored_order=_stored_order(dataset),
+            undo_log=staged.undo_log,
+        ),
+        settle=sql.SQL(queries["undo_chunk"]).format(
+            table=parts["table"],
+            undo_log=staged.undo_log,
+            fields=parts["fields"],
+            current=listed(current),
+            inserted=listed(lambda c: _value(c, positions, "c")),
+            after=listed(lambda c: _value(c, positions, "c") if c.name in positions else logged(c)),
+            before=listed(logged),
+            restored_columns=_changed_names(
+                header,
+                positions,
+                written,
+                lambda c: sql.SQL("{} IS DISTINCT FROM {}").format(logged(c), current(c)),
+            ),
+            results_of_outcomes=parts["results_of_outcomes"],
+        ),
+    )
 
 
 def _update_statements(
@@ -161,17 +250,13 @@ def _update_statements(
         stored_fields += [
             sql.SQL("s.{} AS {}").format(sql.Identifier(c.field), stored(c)) for c in kept_columns
         ]
-    changed = _joined(
-        [
-            sql.SQL("CASE WHEN s.{} IS DISTINCT FROM {} THEN {} END").format(
-                sql.Identifier(c.field),
-                _value(c, positions, "c"),
-                sql.Literal(header[positions[c.name]].strip()),
-            )
-            for c in written
-        ]
-        or [sql.NULL],
-        "; ",
+    changed = _changed_names(
+        header,
+        positions,
+        written,
+        lambda c: sql.SQL("s.{} IS DISTINCT FROM {}").format(
+            sql.Identifier(c.field), _value(c, positions, "c")
+        ),
     )
     update: sql.Composable
     if dry_run:
@@ -187,6 +272,7 @@ def _update_statements(
     elif written:
         update = sql.SQL(queries["update_stored"]).format(
             table=parts["table"],
+            undo_log=staged.undo_log,
             columns=sql.SQL(", ").join(sql.Identifier(c.field) for c in written),
             values=sql.SQL(", ").join(_value(c, positions, "w") for c in written),
         )
@@ -206,10 +292,7 @@ def _update_statements(
             first_valid=first_valid,
             table=parts["table"],
             stored_key=parts["stored_key"],
-            stored_order=sql.SQL(", ").join(
-                [sql.SQL("t.key_hash")]
-                + [sql.SQL("t.{}").format(sql.Identifier(c.field)) for c in dataset.key_columns]
-            ),
+            stored_order=_stored_order(dataset),
             lock=sql.SQL("" if dry_run else "FOR UPDATE OF t"),
         ),
         settle=sql.SQL(queries["settle_update"]).format(
@@ -226,13 +309,19 @@ def _update_statements(
 
 
 def chunk_statements(
-    staged: StagedTable, header: Sequence[str], dry_run: bool = False, mode: str = "insert"
+    staged: StagedTable,
+    header: Sequence[str],
+    dry_run: bool = False,
+    mode: str = "insert",
+    *,
+    undo_results: sql.Identifier | None = None,
 ) -> ChunkStatements:
     """The statements of a batch's chunks in ``mode`` (:data:`importq.rules.datasets.MODES`).
 
     A dry run's write into ``importq_dry_run`` (``create_dry_run``), a copy of the
     target's columns and constraints, and keep no target id; what is already stored is
-    still looked up in the target, and never locked.
+    still looked up in the target, and never locked. With ``undo_results`` (an undo's
+    results table), they are an undo's of the batch ``staged`` holds.
     """
     dataset = staged.dataset
     positions = staged.positions
@@ -272,7 +361,7 @@ def chunk_statements(
             success_record=success_record,
             rejected_record=rejected_record,
             block=sql.Literal(BLOCK_LINES),
-            results=staged.results,
+            results=undo_results or staged.results,
         ),
     }
     judged = sql.SQL(" UNION ALL ").join(
@@ -333,4 +422,5 @@ def chunk_statements(
         ),
         read_positions={name: read.index(p) for name, p in positions.items()},
         updates=updates,
+        undo=None if undo_results is None else _undo_statements(staged, header, parts),
     )

@@ -29,6 +29,8 @@ SET completed_chunks = completed_chunks + %(done)s,
     inserted = inserted + %(inserted)s,
     updated = updated + %(updated)s,
     unchanged = unchanged + %(unchanged)s,
+    deleted = deleted + %(deleted)s,
+    restored = restored + %(restored)s,
     duplicates = duplicates + %(duplicates)s,
     failures = failures + %(failures)s,
     aborted_at = CASE WHEN aborted_at IS NULL AND on_error = 'abort'
@@ -90,7 +92,7 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
        revision, cancelled_chunks, mode, inserted, updated, unchanged, on_error,
-       abort_percent, aborted_at, written_at
+       abort_percent, aborted_at, written_at, deleted, restored, type, undo_of, undone_by
 FROM batches
 WHERE id = %(batch_id)s;
 
@@ -102,7 +104,7 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
        revision, mode, inserted, updated, unchanged, on_error, abort_percent, aborted_at,
-       written_at,
+       written_at, deleted, restored, type, undo_of, undone_by,
        count(*) OVER () AS total
 FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
@@ -176,7 +178,8 @@ WHERE initiator_id = %(user_id)s AND status = 'active';
 -- now those of the writes.
 UPDATE batches
 SET successes = %(successes)s, inserted = %(inserted)s, updated = %(updated)s,
-    unchanged = %(unchanged)s, duplicates = %(duplicates)s, failures = %(failures)s,
+    unchanged = %(unchanged)s, deleted = %(deleted)s, restored = %(restored)s,
+    duplicates = %(duplicates)s, failures = %(failures)s,
     written_at = now(), updated_at = now()
 WHERE id = %(batch_id)s AND status = 'aggregating' AND written_at IS NULL;
 
@@ -189,3 +192,49 @@ SET aborted_at = CASE WHEN cancelled_chunks > 0 THEN aborted_at
     failures = failures + successes, successes = 0, inserted = 0, updated = 0,
     unchanged = 0, updated_at = now()
 WHERE id = %(batch_id)s AND status = 'aggregating' AND written_at IS NULL;
+
+-- name: batch_to_undo
+-- The batch an undo is asked for, locked until the undo's transaction ends (a second
+-- undo waits here, then finds it undone; the purge waits too, then spares its tables).
+-- expired: past the retention period, or its staged rows, results or chunk numbers gone
+-- (a batch imported before undo existed has results without chunk numbers).
+SELECT b.id, b.status, b.type, b.dry_run, b.inserted + b.updated AS written, b.undone_by,
+       b.purged_at IS NOT NULL OR b.completed_at < %(cutoff)s
+       OR to_regclass(%(staged)s) IS NULL OR to_regclass(%(results)s) IS NULL AS expired
+FROM batches b
+WHERE b.id = %(batch_id)s
+FOR UPDATE;
+
+-- name: insert_undo_batch
+-- An undo, born active, of batch %(undo_of)s: its dataset, header, file and webhook;
+-- initiated by who asked.
+INSERT INTO batches (id, type, undo_of, dataset, format, file_name, initiator_id, locale,
+                     callback_url, status, header, total_rows, total_chunks, mode)
+SELECT %(id)s, 'undo', b.id, b.dataset, b.format, b.file_name, %(initiator_id)s, %(locale)s,
+       b.callback_url, 'active', b.header, %(total_rows)s, %(total_chunks)s, b.mode
+FROM batches b
+WHERE b.id = %(undo_of)s;
+
+-- name: insert_undo_chunks
+-- An undo's chunks: the hash ranges of the undone batch's chunks that wrote rows, under
+-- their numbers, each with the rows it wrote.
+INSERT INTO chunks (batch_id, chunk_no, hash_from, hash_to, row_count)
+SELECT %(id)s, c.chunk_no, c.hash_from, c.hash_to, w.row_count
+FROM chunks c
+JOIN unnest(%(chunk_nos)s::int[], %(row_counts)s::int[]) AS w(chunk_no, row_count)
+  ON w.chunk_no = c.chunk_no
+WHERE c.batch_id = %(undo_of)s;
+
+-- name: mark_undone
+-- A finished batch → undone, by its undo, in the undo's transaction.
+UPDATE batches SET status = 'undone', undone_by = %(undo_id)s, updated_at = now()
+WHERE id = %(batch_id)s AND status IN ('completed', 'failed', 'cancelled');
+
+-- name: batch_to_purge_lock
+-- The batch whose staged tables the purge is about to drop, locked, unless an undo of it
+-- is running (it reads them). No row: leave them.
+SELECT FROM batches b
+WHERE b.id = %(batch_id)s
+  AND NOT EXISTS (SELECT FROM batches u
+                  WHERE u.undo_of = b.id AND u.status IN ('active', 'aggregating'))
+FOR UPDATE OF b;

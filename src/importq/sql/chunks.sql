@@ -12,7 +12,7 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
 -- The batch's columns come from the statement's snapshot: a cancel that committed while
 -- this waited on a holder that then rolled back is not seen here (batch_stopped is).
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
-       b.status AS batch_status, b.dry_run, b.mode, b.on_error
+       b.status AS batch_status, b.dry_run, b.mode, b.on_error, b.undo_of
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
@@ -26,7 +26,7 @@ WHERE id = %(batch_id)s;
 -- name: chunks_to_write
 -- A checked batch's chunks, as lock_chunk gives a chunk, in chunk order (the hash order).
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
-       b.dry_run, b.mode, b.on_error
+       b.dry_run, b.mode, b.on_error, b.undo_of
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.status IN ('done', 'failed')
 ORDER BY c.chunk_no;
@@ -163,6 +163,10 @@ gathered AS (
            array_agg(record) FILTER (WHERE outcome = 'updated') AS updated_records,
            array_agg(line) FILTER (WHERE outcome = 'unchanged') AS unchanged_lines,
            array_agg(record) FILTER (WHERE outcome = 'unchanged') AS unchanged_records,
+           array_agg(line) FILTER (WHERE outcome = 'deleted') AS deleted_lines,
+           array_agg(record) FILTER (WHERE outcome = 'deleted') AS deleted_records,
+           array_agg(line) FILTER (WHERE outcome = 'restored') AS restored_lines,
+           array_agg(record) FILTER (WHERE outcome = 'restored') AS restored_records,
            array_agg(line) FILTER (WHERE outcome = 'duplicate') AS duplicate_lines,
            array_agg(message) FILTER (WHERE outcome = 'duplicate') AS duplicate_messages,
            array_agg(record) FILTER (WHERE outcome = 'duplicate') AS duplicate_records,
@@ -182,6 +186,8 @@ gathered AS (
          LATERAL (VALUES ('inserted', inserted_lines, NULL, inserted_records),
                          ('updated', updated_lines, NULL, updated_records),
                          ('unchanged', unchanged_lines, NULL, unchanged_records),
+                         ('deleted', deleted_lines, NULL, deleted_records),
+                         ('restored', restored_lines, NULL, restored_records),
                          ('duplicate', duplicate_lines, duplicate_messages, duplicate_records),
                          ('failure', failure_lines, failure_messages, failure_records))
              AS r(outcome, lines, messages, records)
@@ -259,14 +265,20 @@ valid AS (
 ), {results_of_outcomes}
 
 -- name: update_stored
--- The CTE that writes a changed winner's columns ({columns}, {values}) over its stored
--- row, which lock_stored locked; it runs whether or not anything reads it. A dry run
--- checks the rows against importq_dry_run's constraints instead (check_updates).
--- Template {table}; it reads the CTE winners.
+-- The CTEs that write a changed winner's columns ({columns}, {values}) over its stored
+-- row, which lock_stored locked, and keep that row as it was in the batch's undo log
+-- ({undo_log}); they run whether or not anything reads them. A dry run checks the rows
+-- against importq_dry_run's constraints instead (check_updates). Template {table}; they
+-- read the CTE winners.
 updated AS (
     UPDATE {table} t SET ({columns}) = ROW({values})
     FROM winners w
     WHERE t.target_id = w.stored_id AND w.changed_columns <> ''
+), logged AS (
+    INSERT INTO {undo_log}
+    SELECT %(chunk_no)s, s.*
+    FROM importq_stored s JOIN winners w ON w.line = s.line
+    WHERE w.changed_columns <> ''
 )
 
 -- name: check_updates
@@ -436,3 +448,92 @@ RETURNING c.attempts;
 -- name: chunk_status
 -- A chunk's status (todo, done, failed, cancelled).
 SELECT status FROM chunks WHERE batch_id = %(batch_id)s AND chunk_no = %(chunk_no)s;
+
+-- name: plan_undo
+-- An undo chunk's rows: the lines that chunk %(chunk_no)s of the batch undone inserted or
+-- updated ({undone_results}: its results), and which it did; dropped at commit.
+CREATE TEMP TABLE importq_planned ON COMMIT DROP AS
+SELECT u.line, r.outcome AS kind
+FROM {undone_results} r, unnest(r.lines) AS u(line)
+WHERE r.chunk_no = %(chunk_no)s AND r.outcome IN ('inserted', 'updated');
+
+-- name: keep_planned
+-- Only an undo chunk's rows stay in importq_chunk, so every statement after (a give-up's
+-- included) reads those alone.
+DELETE FROM importq_chunk c WHERE NOT EXISTS (SELECT FROM importq_planned p WHERE p.line = c.line);
+
+-- name: create_undo_rows
+-- An undo chunk's rows as they are stored now (target columns), with line and kind.
+-- Dropped at commit. Template {table}.
+CREATE TEMP TABLE importq_undo ON COMMIT DROP AS
+SELECT 0 AS line, ''::text AS kind, t.* FROM {table} t WITH NO DATA;
+
+-- name: lock_undo
+-- An undo chunk's stored rows into importq_undo, locked in the dedup index's order (as
+-- update modes lock), each as it is once locked: an inserted row found by its key, if it
+-- is still the row the batch undone inserted (imported_batch, imported_line); an updated
+-- row by its id, from the undo log ({undo_log}). A row deleted since is not found. In the
+-- settle's savepoint. Template {table}, {stored_key}, {stored_order}.
+INSERT INTO importq_undo
+SELECT x.line, x.kind, t.*
+FROM (SELECT c.line, p.kind,
+             CASE WHEN p.kind = 'inserted'
+                  THEN (SELECT t.target_id FROM {table} t
+                        WHERE t.key_hash = c.key_hash AND {stored_key}
+                          AND t.imported_batch = %(undone)s AND t.imported_line = c.line)
+                  ELSE l.target_id END AS target_id
+      FROM importq_chunk c
+      JOIN importq_planned p ON p.line = c.line
+      LEFT JOIN {undo_log} l ON l.chunk_no = %(chunk_no)s AND l.line = c.line) AS x
+JOIN {table} t ON t.target_id = x.target_id
+ORDER BY {stored_order}
+FOR UPDATE OF t;
+
+-- name: undo_chunk
+-- All of an undo chunk's writes in one statement, after lock_undo. A row as the batch
+-- undone left it is undone: an inserted row deleted, an updated row restored from the
+-- undo log. A row changed since (by a batch or a user), or gone, is left alone and fails.
+-- Template: {table}, {undo_log}, {fields}; {current}: importq_undo u's dataset columns;
+-- {inserted}: the values the batch inserted (from the chunk row c); {after}: those its
+-- update left (c's for the file's columns, the log's l for the others); {before}: l's;
+-- {restored_columns}: the header names of the columns a restore changes;
+-- {results_of_outcomes}.
+WITH judged AS MATERIALIZED (
+    SELECT c.line, p.kind, u.target_id,
+           CASE WHEN u.line IS NULL THEN 'gone'
+                WHEN p.kind = 'inserted' AND ROW({current}) IS NOT DISTINCT FROM ROW({inserted})
+                    THEN 'undo'
+                WHEN p.kind = 'updated' AND ROW({current}) IS NOT DISTINCT FROM ROW({after})
+                    THEN 'undo'
+                ELSE 'changed' END AS verdict,
+           CASE WHEN p.kind = 'updated' AND u.line IS NOT NULL THEN {restored_columns}
+                ELSE '' END AS changed_columns
+    FROM importq_chunk c
+    JOIN importq_planned p ON p.line = c.line
+    LEFT JOIN importq_undo u ON u.line = c.line
+    LEFT JOIN {undo_log} l ON l.chunk_no = %(chunk_no)s AND l.line = c.line
+), deleted AS (
+    DELETE FROM {table} t USING judged j
+    WHERE t.target_id = j.target_id AND j.kind = 'inserted' AND j.verdict = 'undo'
+), restored AS (
+    UPDATE {table} t SET ({fields}) = ROW({before})
+    FROM judged j JOIN {undo_log} l ON l.chunk_no = %(chunk_no)s AND l.line = j.line
+    WHERE t.target_id = j.target_id AND j.kind = 'updated' AND j.verdict = 'undo'
+), outcomes AS (
+    SELECT c.*, j.target_id, j.changed_columns,
+           CASE WHEN j.verdict <> 'undo' THEN 'failure'
+                WHEN j.kind = 'inserted' THEN 'deleted'
+                ELSE 'restored' END AS outcome,
+           CASE j.verdict WHEN 'gone' THEN %(gone)s WHEN 'changed' THEN %(changed)s END
+               AS message
+    FROM importq_chunk c JOIN judged j ON j.line = c.line
+), {results_of_outcomes}
+
+-- name: written_per_chunk
+-- The rows each chunk of a batch inserted or updated ({results}: its results table).
+-- chunk_no NULL: results made before undo existed.
+SELECT chunk_no, sum(cardinality(lines))::int
+FROM {results}
+WHERE outcome IN ('inserted', 'updated', 'success')
+GROUP BY chunk_no
+ORDER BY chunk_no;

@@ -66,11 +66,12 @@ CREATE INDEX ON {table} (key_hash);
 -- No index, no compression, no vacuum: written once, read once, dropped whole. The staged
 -- table keeps autovacuum: on a table it skips, PostgreSQL 18's CREATE INDEX leaves
 -- relpages and relallvisible unset, and the chunk bounds' index-only scan needs them.
--- A success's outcome is what it did to the table: inserted, updated or unchanged
--- ('success': a batch staged before import modes). chunk_no: the chunk that made it.
+-- A success's outcome is what it did to the table: inserted, updated or unchanged, or
+-- an undo's deleted or restored ('success': a batch staged before import modes).
+-- chunk_no: the chunk that made it.
 CREATE TABLE {results} (
     outcome   text NOT NULL CHECK (outcome IN ('success', 'inserted', 'updated', 'unchanged',
-                                               'duplicate', 'failure')),
+                                               'deleted', 'restored', 'duplicate', 'failure')),
     chunk_no  integer,
     lines     integer[] NOT NULL,
     messages  text[],  -- NULL for the successes, which have none
@@ -78,6 +79,14 @@ CREATE TABLE {results} (
 ) WITH (autovacuum_enabled = false);
 ALTER TABLE {results} ALTER COLUMN lines SET STORAGE EXTERNAL,
     ALTER COLUMN messages SET STORAGE EXTERNAL, ALTER COLUMN records SET STORAGE EXTERNAL;
+
+-- name: create_undo_log
+-- An update mode's undo log: the stored rows its chunks update, as they were, with the
+-- chunk and the line that updated each; an undo restores them from it. Dropped with the
+-- staged rows. Template {undo_log}, {index}, {table} (the target).
+CREATE TABLE IF NOT EXISTS {undo_log} WITH (autovacuum_enabled = false) AS
+SELECT 0 AS chunk_no, 0 AS line, t.* FROM {table} t WITH NO DATA;
+CREATE INDEX IF NOT EXISTS {index} ON {undo_log} (chunk_no);
 
 -- name: staged_key_hash
 -- A row's chunking hash ({key}: the parts trimmed once, NULL if empty, joined by U+001F).
@@ -111,7 +120,7 @@ FROM chunk
 ORDER BY hash_from;
 
 -- name: staged_tables_to_drop
--- Staged rows and row results of batches that finished before the cutoff.
+-- Staged rows, row results and undo logs of batches that finished before the cutoff.
 SELECT t.tablename
 FROM pg_tables t
 JOIN batches b ON substr(t.tablename, 3) = replace(b.id::text, '-', '')
