@@ -139,6 +139,18 @@ async def post_rows(
     return await client.post(f"/api/v1/{dataset}/import-rows", json={"data": rows})
 
 
+async def report_records(
+    client: httpx.AsyncClient, job: dict[str, Any], kind: str
+) -> list[dict[str, str]]:
+    """A finished job's ``kind`` report (success, duplicates, failures), a dict a line by
+    its header; no lines when the report was not written."""
+    url = job["result"]["reportUrls"][kind]
+    if url is None:
+        return []
+    header, *rows = read_csv_report(await download(client, url))
+    return [dict(zip(header, row, strict=True)) for row in rows]
+
+
 async def download(client: httpx.AsyncClient, url: str) -> bytes:
     response = await client.get(url.removeprefix("http://importq.test"))
     response.raise_for_status()

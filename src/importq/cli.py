@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -349,31 +349,37 @@ def _datasets(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+def _job_action(
+    args: argparse.Namespace,
+    settings: Settings,
+    action: str,
+    then: Callable[[httpx.Client, dict[str, Any]], int],
+) -> int:
+    """POST ``/api/v1/jobs/<batch_id>/<action>``; on its 202, ``then(client, answer)``."""
     client = _api_client(args, settings)
     if client is None:
         return EXIT_REFUSED
     with client:
-        response = client.post(f"/api/v1/jobs/{args.batch_id}/cancel")
-    if response.status_code != 202:
-        return _refused(response)
-    print(f"batch {args.batch_id} cancelled: it ends once its running chunks have finished")
-    return EXIT_OK
+        response = client.post(f"/api/v1/jobs/{args.batch_id}/{action}")
+        if response.status_code != 202:
+            return _refused(response)
+        return then(client, response.json())
+
+
+def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    def said(_: httpx.Client, __: dict[str, Any]) -> int:
+        print(f"batch {args.batch_id} cancelled: it ends once its running chunks have finished")
+        return EXIT_OK
+
+    return _job_action(args, settings, "cancel", said)
 
 
 def _undo(args: argparse.Namespace, settings: Settings) -> int:
-    client = _api_client(args, settings)
-    if client is None:
-        return EXIT_REFUSED
-    with client:
-        response = client.post(f"/api/v1/jobs/{args.batch_id}/undo")
-        if response.status_code != 202:
-            return _refused(response)
-        accepted = response.json()
+    def follow(client: httpx.Client, accepted: dict[str, Any]) -> int:
         print(accepted["batchId"])
-        if not args.wait:
-            return EXIT_OK
-        return _wait(client, accepted)
+        return _wait(client, accepted) if args.wait else EXIT_OK
+
+    return _job_action(args, settings, "undo", follow)
 
 
 def _import(args: argparse.Namespace, settings: Settings) -> int:

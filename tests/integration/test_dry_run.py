@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from accounting import count
-from helpers import download, entrance, read_csv_report, summary, wait_for_batch
+from helpers import download, entrance, report_records, summary, wait_for_batch
 from importq.services import Services
 
 ROWS = [
@@ -35,11 +35,6 @@ async def _import(
     return await wait_for_batch(client, answer.json()["batchId"])
 
 
-async def _successes(client: httpx.AsyncClient, job: dict[str, Any]) -> list[dict[str, str]]:
-    header, *rows = read_csv_report(await download(client, job["result"]["reportUrls"]["success"]))
-    return [dict(zip(header, row, strict=True)) for row in rows]
-
-
 @pytest.mark.usefixtures("worker")
 async def test_a_dry_run_reports_what_the_import_then_does_and_writes_nothing(
     client: httpx.AsyncClient, services: Services
@@ -56,7 +51,10 @@ async def test_a_dry_run_reports_what_the_import_then_does_and_writes_nothing(
     assert real["dryRun"] is False
     assert dry["result"]["summary"] == real["result"]["summary"] == summary(2, 2, 2)
     # Same reports, line for line, but for the ids only a real import has.
-    dry_rows, real_rows = await _successes(client, dry), await _successes(client, real)
+    dry_rows, real_rows = (
+        await report_records(client, dry, "success"),
+        await report_records(client, real, "success"),
+    )
     assert [r["targetId"] for r in dry_rows] == ["", ""]
     assert all(r["targetId"] for r in real_rows)
     assert [{**r, "targetId": ""} for r in real_rows] == dry_rows

@@ -15,9 +15,8 @@ from conftest import make_settings, new_user
 from helpers import (
     api_client,
     csv_text,
-    download,
     entrance,
-    read_csv_report,
+    report_records,
     running_worker,
     summary,
     wait_for_batch,
@@ -45,16 +44,6 @@ async def _import(
     )
     assert answer.status_code == 202, answer.text
     return await wait_for_batch(client, answer.json()["batchId"])
-
-
-async def _report(
-    client: httpx.AsyncClient, job: dict[str, Any], kind: str
-) -> list[dict[str, str]]:
-    url = job["result"]["reportUrls"][kind]
-    if url is None:
-        return []
-    header, *rows = read_csv_report(await download(client, url))
-    return [dict(zip(header, row, strict=True)) for row in rows]
 
 
 async def _stored(services: Services) -> dict[str, dict[str, Any]]:
@@ -99,7 +88,7 @@ async def test_upsert_updates_stored_rows_inserts_new_ones_and_leaves_equal_ones
     progress = job["progress"]
     assert (progress["inserted"], progress["updated"], progress["unchanged"]) == (1, 2, 1)
 
-    successes = await _report(client, job, "success")
+    successes = await report_records(client, job, "success")
     assert [(r["line"], r["id"], r["outcome"], r["changedColumns"]) for r in successes] == [
         ("2", "a", "updated", "w3geo:latitude; rdfs:label"),
         ("3", "b", "unchanged", ""),
@@ -115,7 +104,7 @@ async def test_upsert_updates_stored_rows_inserts_new_ones_and_leaves_equal_ones
     assert after["a"]["description"] == "kept"
     assert after["c"]["label"] is None  # an empty cell stores NULL
     assert after["b"] == before["b"]
-    duplicates = await _report(client, job, "duplicates")
+    duplicates = await report_records(client, job, "duplicates")
     assert [(r["line"], r["message"]) for r in duplicates] == [("5", "duplicate of line 2")]
 
 
@@ -127,9 +116,9 @@ async def test_update_only_fails_new_keys_and_insert_keeps_stored_rows(
     rows = [entrance("a", latitude="7"), entrance("z", latitude="8"), entrance("z")]
     job = await _import(client, rows, "update-only")
     assert job["result"]["summary"] == summary(1, 1, 1, updated=1)
-    failures = await _report(client, job, "failures")
+    failures = await report_records(client, job, "failures")
     assert [(r["line"], r["message"], r["id"]) for r in failures] == [("3", "not found", "z")]
-    assert [(r["line"], r["message"]) for r in await _report(client, job, "duplicates")] == [
+    assert [(r["line"], r["message"]) for r in await report_records(client, job, "duplicates")] == [
         ("4", "duplicate of line 3")
     ]
     assert (await _stored(services))["a"]["latitude"] == 7
@@ -160,15 +149,17 @@ async def test_an_upsert_dry_run_reports_what_the_upsert_then_does(
     real = await _import(client, rows, "upsert")
     assert dry["result"]["summary"] == real["result"]["summary"]
     assert real["result"]["summary"] == summary(3, 0, 2, updated=1, unchanged=1)
-    refused = await _report(client, real, "failures")
+    refused = await report_records(client, real, "failures")
     assert [(r["line"], r["message"]) for r in refused] == [
         ("3", "the table refused the row: it breaks a rule of the table (no_equator)"),
         ("4", "the table refused the row: it breaks a rule of the table (no_equator)"),
     ]
     for kind in ("duplicates", "failures"):
-        assert await _report(client, dry, kind) == await _report(client, real, kind)
-    real_rows = await _report(client, real, "success")
-    assert [{**r, "targetId": ""} for r in real_rows] == await _report(client, dry, "success")
+        assert await report_records(client, dry, kind) == await report_records(client, real, kind)
+    real_rows = await report_records(client, real, "success")
+    assert [{**r, "targetId": ""} for r in real_rows] == await report_records(
+        client, dry, "success"
+    )
 
 
 async def test_an_unknown_mode_is_refused_before_the_body_is_read(

@@ -15,6 +15,7 @@ from helpers import (
     download,
     entrance,
     read_csv_report,
+    report_records,
     running_worker,
     summary,
     until,
@@ -44,11 +45,7 @@ async def _import(
 
 
 async def _messages(client: httpx.AsyncClient, job: dict[str, Any], kind: str) -> dict[int, str]:
-    url = job["result"]["reportUrls"][kind]
-    if url is None:
-        return {}
-    _, *rows = read_csv_report(await download(client, url))
-    return {int(row[0]): row[1] for row in rows}
+    return {int(r["line"]): r["message"] for r in await report_records(client, job, kind)}
 
 
 def _rows(count_: int, failing: set[int]) -> list[dict[str, str]]:

@@ -13,9 +13,8 @@ from accounting import count, report_rows
 from conftest import new_user
 from helpers import (
     api_client,
-    download,
     entrance,
-    read_csv_report,
+    report_records,
     running_worker,
     summary,
     wait_for_batch,
@@ -45,16 +44,6 @@ async def _undo(client: httpx.AsyncClient, services: Services, batch_id: str) ->
     lines = [int(row[0]) for rows in (await report_rows(client, job)).values() for row in rows]
     assert len(lines) == len(set(lines)) == accepted["totalRows"]
     return job
-
-
-async def _report(
-    client: httpx.AsyncClient, job: dict[str, Any], kind: str
-) -> list[dict[str, str]]:
-    url = job["result"]["reportUrls"][kind]
-    if url is None:
-        return []
-    header, *rows = read_csv_report(await download(client, url))
-    return [dict(zip(header, row, strict=True)) for row in rows]
 
 
 async def _latitudes(services: Services) -> dict[str, float]:
@@ -94,12 +83,12 @@ async def test_undo_deletes_inserts_restores_updates_and_spares_later_changes(
     assert undo["result"]["summary"] == summary(2, 0, 4, deleted=1, restored=1)
     undone = (await client.get(f"/api/v1/jobs/{upsert['batchId']}")).json()
     assert undone["status"] == "undone" and undone["undoneBy"] == undo["batchId"]
-    successes = await _report(client, undo, "success")
+    successes = await report_records(client, undo, "success")
     assert [(r["line"], r["id"], r["outcome"], r["changedColumns"]) for r in successes] == [
         ("2", "s0", "restored", "w3geo:latitude"),
         ("5", "n0", "deleted", ""),
     ]
-    failures = await _report(client, undo, "failures")
+    failures = await report_records(client, undo, "failures")
     assert [(r["line"], r["message"], r["id"]) for r in failures] == [
         ("3", CHANGED, "s1"),
         ("6", CHANGED, "n1"),

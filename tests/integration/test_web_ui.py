@@ -177,3 +177,45 @@ async def test_an_arabic_reader_gets_right_to_left_pages(
     await expect(page).to_have_url(f"{site}/import")
     await expect(html).to_have_attribute("dir", "rtl")
     await context.close()
+
+
+async def test_an_upsert_chosen_on_the_page_is_undone_from_its_job_page(
+    browser: Browser, site: str, services: Services
+) -> None:
+    _, token = await new_user(services, "mender")
+    page = await browser.new_page()
+    await _sign_in(page, site, token)
+    await page.get_by_label("File").set_input_files(
+        _upload("first.csv", [entrance("u1", latitude="1"), entrance("u2", latitude="1")])
+    )
+    await page.get_by_role("button", name="Import", exact=True).click()
+    await _wait_final(page)
+
+    # Stored keys updated, a new one inserted; failed rows would stop it all.
+    await page.goto(f"{site}/import")
+    await page.get_by_label("Rows whose key is stored").select_option("upsert")
+    await page.get_by_label("When rows fail").select_option("abort")
+    await page.get_by_label("Share of rows, in percent").fill("10")
+    rows = [entrance("u1", latitude="2"), entrance("u2", latitude="1"), entrance("u3")]
+    await page.get_by_label("File").set_input_files(_upload("second.csv", rows))
+    await page.get_by_role("button", name="Import", exact=True).click()
+    await expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f-]{36}$"))
+    upsert_page = page.url
+    await _wait_final(page)
+    await expect(page.locator("#count-updated")).to_have_text("1")
+    await expect(page.locator("#count-unchanged")).to_have_text("1")
+    await expect(page.locator("#count-inserted")).to_have_text("1")
+    assert await count(services, "SELECT count(*) FROM batches WHERE on_error = 'abort'") == 1
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    await page.get_by_role("button", name="Undo").click()
+    await expect(page).not_to_have_url(upsert_page, timeout=WORK_MS)
+    await _wait_final(page)
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Undo: second.csv")
+    await expect(page.locator("#count-deleted")).to_have_text("1")
+    await expect(page.locator("#count-restored")).to_have_text("1")
+    await expect(page.get_by_role("button", name="Undo")).to_be_hidden()
+    assert await count(services, "SELECT count(*) FROM entrances WHERE latitude = 1") == 2
+    await page.goto(upsert_page)
+    await expect(page.locator("#status-words")).to_have_text("Undone")
+    await expect(page.get_by_role("link", name=re.compile("[0-9a-f-]{36}"))).to_be_visible()

@@ -25,7 +25,7 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 from importq.accounts import User
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.request_body import spool_body, spool_form_file, too_large
-from importq.api.schemas import Accepted, errors
+from importq.api.schemas import Accepted, accepted_with_location, errors
 from importq.callback_urls import CALLBACK_URL_PATTERN, WHAT_IT_MAY_BE, is_callback_url
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
@@ -298,15 +298,7 @@ def _file_format(name: str) -> tuple[str, str | None]:
     status_code=202,
     response_model=Accepted,
     responses={
-        202: {
-            "headers": {
-                "Location": {
-                    "description": "The batch's status URL, as ``statusUrl``",
-                    "schema": {"type": "string"},
-                    "required": True,
-                }
-            }
-        },
+        **accepted_with_location("The batch"),
         **errors(400, 403, 404, 413, 415, 429, 503),
     },
 )
@@ -421,11 +413,13 @@ async def import_rows(
         if staged.created:
             upload_closed.pop_all()  # keep_upload closes it
             background.add_task(keep_upload, services, staged.batch_id, fmt, source)
-    status_url = f"/api/v1/jobs/{staged.batch_id}"
+    return accepted(response, staged.batch_id, staged.total_rows, staged.total_chunks)
+
+
+def accepted(response: Response, batch_id: uuid.UUID, total_rows: int, chunks: int) -> Accepted:
+    """The 202 of a new batch, its status URL in ``Location`` too."""
+    status_url = f"/api/v1/jobs/{batch_id}"
     response.headers["Location"] = status_url
     return Accepted(
-        batchId=staged.batch_id,
-        totalRows=staged.total_rows,
-        totalChunks=staged.total_chunks,
-        statusUrl=status_url,
+        batchId=batch_id, totalRows=total_rows, totalChunks=chunks, statusUrl=status_url
     )

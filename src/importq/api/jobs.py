@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from importq.accounts import User, find_user_id
 from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.imports import accepted
 from importq.api.schemas import (
     PRINTABLE,
     Accepted,
@@ -25,6 +26,7 @@ from importq.api.schemas import (
     ReportLinks,
     ReportUrls,
     Status,
+    accepted_with_location,
     errors,
 )
 from importq.errors import Refusal
@@ -172,18 +174,7 @@ async def cancel_job(batch_id: str, user: CurrentUser, services: ServicesDep) ->
     "/api/v1/jobs/{batch_id}/undo",
     status_code=202,
     response_model=Accepted,
-    responses={
-        202: {
-            "headers": {
-                "Location": {
-                    "description": "The undo's status URL, as ``statusUrl``",
-                    "schema": {"type": "string"},
-                    "required": True,
-                }
-            }
-        },
-        **errors(403, 404, 409, 429),
-    },
+    responses={**accepted_with_location("The undo"), **errors(403, 404, 409, 429)},
 )
 async def undo_job(
     batch_id: str, request: Request, response: Response, user: CurrentUser, services: ServicesDep
@@ -209,14 +200,7 @@ async def undo_job(
             locale=resolve_locale(*parse_accept_language(request.headers.get("accept-language"))),
             retention_days=services.settings.retention_days,
         )
-    status_url = f"/api/v1/jobs/{started.batch_id}"
-    response.headers["Location"] = status_url
-    return Accepted(
-        batchId=started.batch_id,
-        totalRows=started.total_rows,
-        totalChunks=started.total_chunks,
-        statusUrl=status_url,
-    )
+    return accepted(response, started.batch_id, started.total_rows, started.total_chunks)
 
 
 @router.post(

@@ -37,6 +37,7 @@ __all__ = [
     "Result",
     "Status",
     "Summary",
+    "accepted_with_location",
     "errors",
 ]
 
@@ -50,6 +51,13 @@ PRINTABLE = r"^[^\u0000-\u001f\u007f]*$"
 MAX_PAGE = 1_000_000
 PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 PageSize = Annotated[int, Query(ge=1, le=500)]
+
+
+def accepted_with_location(what: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI answer 202 of a route that answers :class:`Accepted` and a ``Location``
+    header naming ``what``'s status URL."""
+    header = {"description": f"{what}'s status URL, as ``statusUrl``", "schema": {"type": "string"}}
+    return {202: {"headers": {"Location": {**header, "required": True}}}}
 
 
 class Accepted(BaseModel):

@@ -51,6 +51,12 @@ async def send_completion_email(
             reports_expire_at=batch["reports_expire_at"],
             batch_url=f"{settings.base_url}/jobs/{batch_id}",  # the page people read
             dry_run=batch["dry_run"],
+            undo=batch["type"] == "undo",
+            aborted=batch["aborted_at"] is not None,
+            mode=batch["mode"],
+            inserted=batch["inserted"],
+            updated=batch["updated"],
+            unchanged=batch["unchanged"],
         )
         message = render_completion_email(
             facts,

@@ -45,6 +45,8 @@ REPORT_LABELS = {
     "duplicates": N_("Duplicates"),
     "failures": N_("Failures"),
 }
+# An undo's successes report: the rows it took back.
+UNDONE_ROWS = N_("Undone rows")
 
 
 class MailError(RuntimeError):
@@ -73,6 +75,15 @@ class CompletionFacts:
     batch_url: str
     #: Nothing was written: the email says what an import would do.
     dry_run: bool = False
+    #: The batch is an undo of another: its successes are rows undone.
+    undo: bool = False
+    #: Stopped for its failed rows (onError): nothing was written.
+    aborted: bool = False
+    #: An update mode's successes, by what they did (shown for upsert and update-only).
+    mode: str = "insert"
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
 
 
 def _environment(locale: str) -> Environment:
@@ -97,6 +108,10 @@ def render_completion_email(
     cancelled = facts.status == "cancelled"
     if facts.dry_run:
         subject = gettext("Dry run: %(name)s")
+    elif facts.undo:
+        subject = gettext("Undo failed: %(name)s") if failed else gettext("Undo complete: %(name)s")
+    elif facts.aborted:
+        subject = gettext("Import aborted: %(name)s")
     elif failed:
         subject = gettext("Import failed: %(name)s")
     elif cancelled:
@@ -112,6 +127,12 @@ def render_completion_email(
         "failed": failed,
         "cancelled": cancelled,
         "dry_run": facts.dry_run,
+        "undo": facts.undo,
+        "aborted": facts.aborted,
+        "by_outcome": facts.mode != "insert" and not facts.undo,
+        "inserted": format_decimal(facts.inserted, locale=where),
+        "updated": format_decimal(facts.updated, locale=where),
+        "unchanged": format_decimal(facts.unchanged, locale=where),
         "dataset_label": facts.dataset_label,
         "file_name": facts.file_name or "—",
         "batch_id": facts.batch_id,
@@ -123,7 +144,9 @@ def render_completion_email(
         "failures": format_decimal(facts.failures, locale=where),
         "reports": [
             {"label": gettext(label), "url": facts.report_urls.get(kind)}
-            for kind, label in REPORT_LABELS.items()
+            for kind, label in (
+                REPORT_LABELS | ({"success": UNDONE_ROWS} if facts.undo else {})
+            ).items()
             if facts.report_urls.get(kind)
         ],
         "reports_expire": (

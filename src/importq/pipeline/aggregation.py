@@ -245,8 +245,12 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
                 "payload": json.dumps(
                     {
                         "batchId": str(batch_id),
+                        "type": "undo" if batch["type"] == "undo" else "csv-import",
+                        "undoOf": batch["undo_of"] and str(batch["undo_of"]),
                         "dataset": batch["dataset"],
+                        "mode": batch["mode"],
                         "status": status,
+                        "aborted": batch["aborted_at"] is not None,
                         "dryRun": batch["dry_run"],
                         "fileName": batch["file_name"],
                         "summary": summary,

@@ -64,13 +64,14 @@ from importq.ingest.text_encoding import ALLOWED_ENCODINGS
 from importq.pipeline.batches import BatchFilter
 from importq.resources import resource_dir
 from importq.rules.dataset_json import DatasetDetail
+from importq.rules.datasets import MODES
 from importq.services import Services
 
 router = APIRouter(include_in_schema=False)
 
 STATIC_FILES = {"ui.css": "text/css", "ui.js": "text/javascript"}
 JOBS_PAGE_SIZE = 25
-STATUSES = ("active", "aggregating", "completed", "failed", "cancelled")
+STATUSES = ("active", "aggregating", "completed", "failed", "cancelled", "undone")
 # What a page may load and send: only this service's own script, style and API.
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -302,6 +303,11 @@ async def import_page(
         "import.html.j2",
         user,
         datasets=_importable(services, user),
+        # Per dataset, the import modes this reader may use.
+        modes={
+            name: [mode for mode in MODES if user.has_role(d.mode_role(mode))]
+            for name, d in services.datasets.items()
+        },
         chosen=dataset,
         encodings=ALLOWED_ENCODINGS,
     )

@@ -8,7 +8,7 @@
   const csrfMeta = document.querySelector('meta[name="csrf-token"]');
   const csrf = csrfMeta ? csrfMeta.content : "";
   const numbers = new Intl.NumberFormat(words.locale);
-  const FINAL = ["completed", "failed", "cancelled"];
+  const FINAL = ["completed", "failed", "cancelled", "undone"];
 
   // A call of the API with the session. A 401 means the session has ended: sign in again,
   // and come back here.
@@ -137,6 +137,33 @@
       return parameters;
     };
 
+    // What rows whose key is stored do, and what failed rows do: the modes the reader may
+    // use in the chosen dataset; a share of failed rows above which nothing is written.
+    const importMode = document.getElementById("import-mode");
+    const onError = document.getElementById("on-error");
+    const percent = document.getElementById("abort-percent");
+    const datasetChosen = function () {
+      const option = document.getElementById("dataset").selectedOptions[0];
+      const allowed = option.dataset.modes.split(" ");
+      for (const choice of importMode.options) {
+        choice.disabled = !allowed.includes(choice.value);
+      }
+      importMode.value = allowed.includes(option.dataset.defaultMode)
+        ? option.dataset.defaultMode
+        : allowed[0];
+    };
+    const onErrorChosen = function () {
+      show(percent, onError.value === "abort");
+      show(percent.labels[0], onError.value === "abort");
+    };
+    const whatItDoes = function () {
+      const asked = { mode: importMode.value, onError: onError.value };
+      if (onError.value === "abort") {
+        asked.onError = "abort-above=" + (percent.value || "0") + "%";
+      }
+      return asked;
+    };
+
     const contentType = function (chosen) {
       const extension = chosen.name.split(".").pop().toLowerCase();
       return TYPES[extension] || "text/csv";
@@ -208,7 +235,17 @@
       show(error, false);
       preview();
     });
-    document.getElementById("dataset").addEventListener("change", preview);
+    document.getElementById("dataset").addEventListener("change", function () {
+      datasetChosen();
+      preview();
+    });
+    datasetChosen();
+    for (const choice of [importMode, onError, percent]) {
+      choice.addEventListener("change", function () {
+        fresh();
+        onErrorChosen();
+      });
+    }
     for (const name of ["encoding", "delimiter", "sheet"]) {
       document.getElementById(name).addEventListener("change", preview);
     }
@@ -253,7 +290,10 @@
       const request = new XMLHttpRequest();
       request.open(
         "POST",
-        "/api/v1/" + encodeURIComponent(dataset) + "/import-rows?" + query({ dryRun: String(dryRun) }),
+        "/api/v1/" +
+          encodeURIComponent(dataset) +
+          "/import-rows?" +
+          query(Object.assign({ dryRun: String(dryRun) }, whatItDoes())),
       );
       request.setRequestHeader("Content-Type", contentType(chosen));
       request.setRequestHeader("X-CSRF-Token", csrf);
@@ -363,6 +403,7 @@
     let job = JSON.parse(article.dataset.job);
     const bar = document.getElementById("progress");
     const cancel = document.getElementById("cancel");
+    const undo = document.getElementById("undo");
     const REPORTS = { success: "report-success", duplicates: "report-duplicates", failures: "report-failures" };
 
     const render = function () {
@@ -381,8 +422,12 @@
         (job.dryRun ? words.dryRun + ": " : "") + status;
       document.getElementById("count-rows").textContent = numbers.format(progress.totalRows);
       document.getElementById("count-processed").textContent = numbers.format(progress.processedRows);
-      for (const kind of ["successes", "duplicates", "failures"]) {
-        document.getElementById("count-" + kind).textContent = numbers.format(progress[kind]);
+      const kinds = ["successes", "duplicates", "failures", "inserted", "updated", "unchanged"];
+      for (const kind of kinds.concat(["deleted", "restored"])) {
+        const cell = document.getElementById("count-" + kind);
+        if (cell) {
+          cell.textContent = numbers.format(progress[kind]);
+        }
       }
       const started = Date.parse(job.createdAt);
       const ended = job.completedAt ? Date.parse(job.completedAt) : Date.now();
@@ -392,7 +437,12 @@
       const lastError = document.getElementById("last-error");
       lastError.textContent = job.lastError || "";
       show(lastError, Boolean(job.lastError));
-      show(cancel, job.status === "active" && !job.cancelledAt);
+      show(cancel, job.status === "active" && !job.cancelledAt && job.type !== "undo");
+      const wrote = progress.inserted + progress.updated > 0;
+      show(
+        undo,
+        final && wrote && !job.dryRun && job.type !== "undo" && job.status !== "undone",
+      );
       const reports = document.getElementById("reports");
       show(reports, final);
       if (final) {
@@ -410,6 +460,21 @@
     };
 
     const jobUrl = "/api/v1/jobs/" + article.dataset.batch;
+    undo.addEventListener("click", async function () {
+      if (!window.confirm(undo.dataset.confirm)) {
+        return;
+      }
+      undo.disabled = true;
+      const answer = await api("POST", jobUrl + "/undo");
+      undo.disabled = false;
+      const lastError = document.getElementById("last-error");
+      if (answer.status === 202) {
+        window.location.assign("/jobs/" + (await answer.json()).batchId);
+      } else if (answer.status !== 401) {
+        lastError.textContent = await detailOf(answer);
+        show(lastError, true);
+      }
+    });
     // Without the stream (the service restarting, the session ended), the job is read
     // every few seconds instead; a 401 sends the reader to sign in again.
     const poll = async function () {
