@@ -22,6 +22,7 @@ from helpers import (
     wait_for_batch,
 )
 from importq.config import Settings
+from importq.pipeline.target_tables import ensure_target_table
 from importq.services import Services
 
 
@@ -174,12 +175,18 @@ async def test_an_unknown_mode_is_refused_before_the_body_is_read(
 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
-    """The built-in datasets and ``caves``, whose update modes need a moderator."""
+    """The built-in datasets and ``caves``, whose upsert needs a moderator and whose
+    update-only an admin."""
     datasets = tmp_path / "datasets.toml"
     datasets.write_text(
         '[datasets.caves]\ntable = "caves"\ndedup_key = ["id"]\ndefault_mode = "upsert"\n'
         'mode_roles = { upsert = "moderator", "update-only" = "admin" }\n'
-        '[[datasets.caves.columns]]\nname = "id"\nfield = "id"\nrequired = true\n',
+        '[[datasets.caves.columns]]\nname = "id"\nfield = "id"\nrequired = true\n'
+        # Fields named as importq's own bookkeeping columns are theirs to use.
+        + "".join(
+            f'[[datasets.caves.columns]]\nname = "{name}"\nfield = "{name}"\n'
+            for name in ("line", "kind", "chunk_no", "stored", "changed_columns")
+        ),
         encoding="utf-8",
     )
     return make_settings(database_url, tmp_path / "data", datasets_file=datasets)
@@ -279,3 +286,71 @@ async def test_concurrent_upserts_run_in_parallel_workers(
     assert sum(job["result"]["summary"]["inserted"] for job in jobs) == 200
     assert sum(job["result"]["summary"]["successes"] for job in jobs) == 2000
     assert await count(services, "SELECT count(*) FROM entrances") == 200
+
+
+async def test_fields_named_as_importqs_columns_upsert_and_undo(services: Services) -> None:
+    async with services.pool.connection() as conn:
+        await ensure_target_table(conn, services.datasets["caves"])
+    admin = (await new_user(services, "root", "admin"))[1]
+    moderator = (await new_user(services, "moder", "moderator"))[1]
+    fields = ("line", "kind", "chunk_no", "stored", "changed_columns")
+
+    def cave(ident: str, value: str) -> dict[str, str]:
+        return {"id": ident, **dict.fromkeys(fields, value)}
+
+    async with api_client(services, admin) as client, running_worker(services):
+        first = await _post_and_wait(client, [cave("1", "a"), cave("2", "a")], "insert")
+        assert first["result"]["summary"] == summary(2, 0, 0)
+        second = await _post_and_wait(client, [cave("1", "b"), cave("3", "b")], "upsert")
+        assert second["result"]["summary"] == summary(2, 0, 0, updated=1)
+        updated = await report_records(client, second, "success")
+        assert updated[0]["changedColumns"] == "; ".join(fields)
+        changed = await _post_and_wait(client, [cave("1", "c")], "update-only")
+        assert changed["result"]["summary"] == summary(1, 0, 0, updated=1)
+
+        # A moderator sees every batch, but may not undo what only an admin may import.
+        async with api_client(services, moderator) as as_moderator:
+            refused = await as_moderator.post(f"/api/v1/jobs/{changed['batchId']}/undo")
+            assert refused.status_code == 403, refused.text
+        for job in (changed, second, first):
+            answer = await client.post(f"/api/v1/jobs/{job['batchId']}/undo")
+            assert answer.status_code == 202, answer.text
+            undo = await wait_for_batch(client, answer.json()["batchId"])
+            assert undo["status"] == "completed" and undo["result"]["summary"]["failures"] == 0
+    assert await count(services, "SELECT count(*) FROM caves") == 0
+
+
+async def _post_and_wait(
+    client: httpx.AsyncClient, rows: list[dict[str, str]], mode: str
+) -> dict[str, Any]:
+    answer = await client.post(
+        "/api/v1/caves/import-rows", params={"mode": mode}, json={"data": rows}
+    )
+    assert answer.status_code == 202, answer.text
+    return await wait_for_batch(client, answer.json()["batchId"])
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_value_another_unique_index_refuses_fails_its_row_alone(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    await _import(client, STORED)
+    async with services.pool.connection() as conn:
+        await conn.execute("CREATE UNIQUE INDEX entrances_label ON entrances (label)")
+    rows = [
+        entrance("b", **{"rdfs:label": "A"}),  # a's label: the index refuses it
+        entrance("c", **{"rdfs:label": "C2"}),
+        entrance("n", **{"rdfs:label": "B"}),  # b's label (still), for a new row
+    ]
+    for mode, expected in (("upsert", summary(1, 0, 2, updated=1)), ("insert", summary(0, 2, 1))):
+        job = await _import(client, rows, mode)
+        assert job["status"] == "completed", job
+        assert job["result"]["summary"] == expected
+    refused = await report_records(
+        client, job := await _import(client, rows, "update-only"), "failures"
+    )
+    assert {r["id"]: r["message"] for r in refused} == {
+        "b": "the table refused the row: a stored row has the same value",
+        "n": "not found",
+    }
+    assert job["status"] == "completed"

@@ -4,6 +4,7 @@ failures are too many; its reports still account for every line."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -21,7 +22,9 @@ from helpers import (
     until,
     wait_for_batch,
 )
-from importq.pipeline.chunk_processing import CANCELLED
+from importq.pipeline.aggregation import aggregate
+from importq.pipeline.batches import start_aggregation
+from importq.pipeline.chunk_processing import CANCELLED, process_chunk
 from importq.pipeline.on_error import ABORTED
 from importq.services import Services
 
@@ -179,3 +182,24 @@ async def test_an_unknown_policy_is_refused(client: httpx.AsyncClient, policy: s
     )
     assert answer.status_code in (400, 422), answer.text
     assert "onError" in answer.text
+
+
+async def test_two_runs_of_a_checked_batchs_aggregation_write_it_once(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A stalled aggregation retried while the first still runs: one writes, the other
+    finds the batch written, and the reports are the writes'."""
+    accepted = await _post(client, _rows(25, set()), onError="atomic")
+    batch_id = uuid.UUID(accepted["batchId"])
+    async with services.pool.connection() as conn:
+        for chunk_no in range(accepted["totalChunks"]):
+            await process_chunk(conn, services.queue, services.datasets, batch_id, chunk_no)
+        async with conn.transaction():
+            assert await start_aggregation(conn, batch_id)
+    statuses = await asyncio.gather(aggregate(services, batch_id), aggregate(services, batch_id))
+    assert "completed" in statuses
+    job = (await client.get(f"/api/v1/jobs/{batch_id}")).json()
+    assert job["result"]["summary"] == summary(25, 0, 0)
+    successes = await report_records(client, job, "success")
+    assert len(successes) == 25 and all(r["targetId"] for r in successes)
+    assert await count(services, "SELECT count(*) FROM entrances") == 25

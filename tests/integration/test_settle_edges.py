@@ -38,7 +38,11 @@ WIDE = parse_datasets(
 
 
 async def _process(
-    services: Services, dataset: Dataset, rows: list[dict[str, Any]], chunk_size: int = 50
+    services: Services,
+    dataset: Dataset,
+    rows: list[dict[str, Any]],
+    chunk_size: int = 50,
+    mode: str = "insert",
 ) -> StagedBatch:
     """Stage ``rows`` and process every chunk."""
     user_id = (await new_user(services, f"edge-{uuid.uuid4().hex[:8]}"))[0]
@@ -47,7 +51,7 @@ async def _process(
         await conn.commit()
         staged = await stage_batch(
             conn,
-            BatchRequest(dataset=dataset, initiator_id=user_id, format="json"),
+            BatchRequest(dataset=dataset, initiator_id=user_id, format="json", mode=mode),
             json_upload(rows),
             sizing=ChunkSizing(chunk_size, services.settings.max_chunks),
             defer_chunks=services.queue.defer_chunks,
@@ -65,6 +69,26 @@ async def _import(
     staged = await _process(services, dataset, rows)
     async with services.pool.connection() as conn:
         return await row_results(conn, staged.batch_id)
+
+
+async def test_a_wide_upsert_tells_equal_rows_from_changed_ones(services: Services) -> None:
+    """Past 99 columns the changed columns are compared in groups: a group with no
+    change adds nothing to the list."""
+    rows = [{f"c{n}": f"r{line}-{n}" for n in range(WIDTH)} for line in range(2)]
+    await _process(services, WIDE, rows)
+    staged = await _process(services, WIDE, [rows[0], {**rows[1], "c110": "new"}], mode="upsert")
+    async with services.pool.connection() as conn:
+        assert await row_results(conn, staged.batch_id) == [
+            (2, "unchanged", None),
+            (3, "updated", None),
+        ]
+        cursor = await conn.execute(
+            sql.SQL("SELECT records[1] FROM {} WHERE outcome = 'updated'").format(
+                results_table(staged.batch_id)
+            )
+        )
+        record = (await cursor.fetchone() or [""])[0]
+    assert record.endswith(",updated,c110\r\n"), record
 
 
 async def test_a_dataset_wider_than_a_functions_arguments_is_imported(

@@ -118,6 +118,18 @@ def importable_dataset(services: Services, user: User, name: str) -> Dataset:
     return definition
 
 
+def check_mode_role(user: User, definition: Dataset, mode: str) -> None:
+    """Refuse (403) a user whose role the dataset does not let import in ``mode``: to
+    import so, or to undo what such an import wrote."""
+    needs = definition.mode_role(mode)
+    if not user.has_role(needs):
+        raise Refusal(
+            403,
+            "forbidden",
+            f"Importing into {definition.name} in {mode} mode needs the {needs} role.",
+        )
+
+
 def file_options(
     services: Services, encoding: str | None, delimiter: str | None, sheet: str | None
 ) -> FileOptions:
@@ -353,11 +365,7 @@ async def import_rows(
     definition = importable_dataset(services, user, dataset)
     chosen = mode or definition.default_mode
     on_error = OnError.parse(onError)
-    needs = definition.mode_role(chosen)
-    if not user.has_role(needs):
-        raise Refusal(
-            403, "forbidden", f"Importing into {dataset} in {chosen} mode needs the {needs} role."
-        )
+    check_mode_role(user, definition, chosen)
     # Per user: each password sign-in has a token of its own.
     request.app.state.rate_limiter.take(str(user.id))
     await _check_pending_rows(services, user.id)

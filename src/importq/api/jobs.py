@@ -15,7 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from importq.accounts import User, find_user_id
 from importq.api.auth import CurrentUser, ServicesDep
-from importq.api.imports import accepted
+from importq.api.imports import accepted, check_mode_role, importable_dataset
 from importq.api.schemas import (
     PRINTABLE,
     Accepted,
@@ -186,9 +186,9 @@ async def undo_job(
     batch not finished, undone already, an undo, with nothing written, or past the
     retention period (``expired``)."""
     batch = await readable_batch(services, user, batch_id)
-    dataset = services.datasets.get(batch["dataset"])
-    if dataset is None:
-        raise Refusal(409, "unknown_dataset", f"The dataset {batch['dataset']} is not defined.")
+    # Undoing writes to the dataset's table as the import did: the same roles may.
+    dataset = importable_dataset(services, user, batch["dataset"])
+    check_mode_role(user, dataset, batch["mode"])
     request.app.state.rate_limiter.take(str(user.id))
     async with services.pool.connection() as conn:
         started = await start_undo(

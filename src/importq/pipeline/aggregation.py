@@ -116,7 +116,9 @@ async def _settle_checked(services: Services, batch: dict[str, Any]) -> None:
     rerun finds the batch written or held."""
     policy = OnError(batch["on_error"], batch["abort_percent"])
     total = batch["total_rows"]
-    stopped = batch["aborted_at"] is not None or batch["cancelled_chunks"] > 0
+    # A cancel stops a checked batch even when it came after its last chunk: nothing of
+    # it is written yet.
+    stopped = batch["aborted_at"] is not None or batch["cancelled_at"] is not None
     if not stopped and policy.passes(batch["failures"], total):
         async with services.pool.connection() as conn:
             if batch["dry_run"]:

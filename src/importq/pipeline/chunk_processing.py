@@ -71,6 +71,8 @@ SLICE_ROWS = 5_000
 CANCELLED = "not imported: the import was cancelled"
 # The failure of every row of a chunk given up on (after its attempts, or its worker
 # lost each time). What went wrong is for the operator: the log and the chunk's error.
+# How many times in a row a chunk settles again because other batches stored its keys.
+MAX_KEY_RACES = 100
 # The failure of an update-only row whose key is not stored.
 NOT_FOUND = "not found"
 # The failures of an undo's row that is no longer as the batch undone left it.
@@ -223,7 +225,7 @@ async def _settle(
             cursor = await conn.execute(steps[-1], params)
             return dict(await cursor.fetchall())
 
-    while True:
+    for attempt in range(MAX_KEY_RACES + 1):
         try:
             if undo is not None:
                 counts = await run(undo.lock, undo.settle)
@@ -233,6 +235,10 @@ async def _settle(
                 counts = await run(statements.settle)
             break
         except psycopg.errors.UniqueViolation as error:
+            if error.diag.constraint_name != statements.dedup_index or attempt == MAX_KEY_RACES:
+                # Another unique index of the table refuses a value: the caller finds the
+                # row (_refuse_bad_rows). Or races without end: the job tries again later.
+                raise
             log.info(
                 "chunk %s of batch %s: a key was stored meanwhile (%s); settling again",
                 chunk["chunk_no"],
@@ -268,7 +274,8 @@ async def _refuse_bad_rows(
         try:
             async with conn.transaction(force_rollback=True):
                 params = {"batch_id": batch_id, "lines": lines, "chunk_no": chunk["chunk_no"]}
-                await conn.execute(statements.probe, params)
+                if chunk["mode"] != "update-only":  # whose new keys are not found, not inserted
+                    await conn.execute(statements.probe, params)
                 if statements.updates is not None:
                     await conn.execute(statements.updates.probe, params)
         except (psycopg.DataError, psycopg.IntegrityError) as error:
@@ -431,15 +438,27 @@ async def write_checked_batch(
     ``passes(failures)`` says whether the batch may be written with that many failed
     rows: a row can still fail here (a key another batch deleted meanwhile, a value the
     table's trigger refuses). If it may not, everything is rolled back and this returns
-    False. A chunk given up on while checked is given up on again, as it was.
+    False. A chunk given up on while checked is given up on again, as it was. True too
+    when another run of the aggregation wrote or held the batch first (the batch row,
+    locked first, says so).
+
+    In an update mode, every stored row of the batch's keys is locked first, in the dedup
+    index's order: the chunks' inserts then wait on nothing but other inserts.
     """
     try:
         async with conn.transaction():
+            cursor = await conn.execute(queries["checked_batch_to_write"], {"batch_id": batch_id})
+            if await cursor.fetchone() is None:
+                return True
             clear = sql.SQL(queries["clear_results"]).format(results=results_table(batch_id))
             await conn.execute(clear)
             cursor = await conn.execute(queries["chunks_to_write"], {"batch_id": batch_id})
             names = [d.name for d in cursor.description or ()]
             chunks = [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
+            if chunks:
+                updates = _statements(datasets, batch_id, chunks[0], write=True).updates
+                if updates is not None:
+                    await conn.execute(updates.lock_batch_keys)
             total = ChunkTally()
             for chunk in chunks:
                 statements = _statements(datasets, batch_id, chunk, write=True)

@@ -161,17 +161,26 @@ async def _purge(services: Services) -> None:
         cursor = await conn.execute(queries["staged_tables_to_drop"], {"cutoff": cutoff})
         for (name,) in await cursor.fetchall():
             async with conn.transaction():
-                # Its batch locked, and spared while an undo of it runs: an undo asked
-                # for meanwhile waits for this transaction, then finds its tables gone.
-                droppable = await conn.execute(
-                    queries["batch_to_purge_lock"], {"batch_id": uuid.UUID(name[2:])}
-                )
-                if await droppable.fetchone() is not None:
-                    await conn.execute(drop_staged_table(name))
+                if await _undo_reads(conn, uuid.UUID(name[2:])):
+                    continue
+                await conn.execute(drop_staged_table(name))
         await _drop_abandoned_parts(conn)
     _sweep_report_scratch(services.settings.data_dir)
     await _purge_stored_files(services, cutoff)
     await services.queue.app.job_manager.delete_old_jobs(nb_hours=days * 24, include_failed=True)
+
+
+async def _undo_reads(conn: AsyncConnection[Any], batch_id: uuid.UUID) -> bool:
+    """Lock the batch whose staged tables are to be dropped, in the caller's transaction,
+    and say whether an undo of it is running, which reads them: then they stay. An undo
+    asked for meanwhile waits for the caller's commit, then finds them gone."""
+    cursor = await conn.execute(queries["batch_to_purge_lock"], {"batch_id": batch_id})
+    locked = await cursor.fetchone()
+    if locked is None or locked[0] is None:
+        return False
+    cursor = await conn.execute(queries["undo_running"], {"batch_id": locked[0]})
+    running = await cursor.fetchone()
+    return bool(running and running[0])
 
 
 async def _drop_abandoned_parts(conn: AsyncConnection[Any]) -> None:

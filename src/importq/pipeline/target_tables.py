@@ -38,6 +38,11 @@ def _column_ddl(column: Column, key_fields: set[str]) -> sql.Composable:
     )
 
 
+def dedup_index(dataset: Dataset) -> str:
+    """The name of the unique index on the target's ``key_hash`` and key columns."""
+    return f"{dataset.table}_dedup_key"
+
+
 def _key(dataset: Dataset) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(c.field) for c in dataset.key_columns)
 
@@ -52,7 +57,7 @@ async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -
     ddl = sql.SQL(queries["create_target_table"]).format(
         table=sql.Identifier(dataset.table),
         columns=sql.SQL(",\n    ").join(_column_ddl(c, key_fields) for c in dataset.columns),
-        index=sql.Identifier(f"{dataset.table}_dedup_key"),
+        index=sql.Identifier(dedup_index(dataset)),
         key=_key(dataset),
     )
     await conn.execute(ddl)
@@ -85,7 +90,8 @@ def _value(column: Column, positions: Mapping[str, int], row: str | None = None)
 def _joined(cells: Sequence[sql.Composable], separator: str = "\x01") -> sql.Composable:
     """The cells joined by ``separator``, leaving NULL cells out.
 
-    They are joined in groups of 99, because a function takes at most 100 arguments.
+    They are joined in groups of 99, because a function takes at most 100 arguments; a
+    group with nothing to join is NULL, so that it is left out too.
     """
 
     def concat(parts: Sequence[sql.Composable]) -> sql.Composable:
@@ -94,7 +100,9 @@ def _joined(cells: Sequence[sql.Composable], separator: str = "\x01") -> sql.Com
         )
 
     groups = [concat(cells[start : start + 99]) for start in range(0, len(cells), 99)]
-    return groups[0] if len(groups) == 1 else concat(groups)
+    if len(groups) == 1:
+        return groups[0]
+    return concat([sql.SQL("NULLIF({}, '')").format(group) for group in groups])
 
 
 def _winner_key(index: int) -> sql.Identifier:
@@ -110,6 +118,8 @@ class UpdateStatements:
 
     create_stored: sql.Composed
     lock_stored: sql.Composed
+    #: A checked batch's stored rows, all locked before it writes any chunk.
+    lock_batch_keys: sql.Composed
     settle: sql.Composed
     #: Whether the target takes given lines' values over their stored rows.
     probe: sql.Composed
@@ -146,6 +156,8 @@ class ChunkStatements:
     probe: sql.Composed
     #: Dataset column name → index in a suspect_rows row's values (after line, problem).
     read_positions: dict[str, int]
+    #: The target's unique index on the key: a violation of it is a key stored meanwhile.
+    dedup_index: str
     #: A dry run's table to write into, created in each chunk's transaction; else None.
     create_dry_run: sql.Composed | None = None
     #: The update modes' statements; None in insert mode.
@@ -288,6 +300,9 @@ def _update_statements(
     }
     return UpdateStatements(
         create_stored=sql.SQL(queries["create_stored"]).format(table=parts["table"]),
+        lock_batch_keys=sql.SQL(queries["lock_batch_keys"]).format(
+            table=parts["table"], staged=staged.name, stored_order=_stored_order(dataset)
+        ),
         lock_stored=sql.SQL(queries["lock_stored"]).format(
             first_valid=first_valid,
             table=parts["table"],
@@ -350,6 +365,11 @@ def chunk_statements(
         "write_to": sql.Identifier("importq_dry_run" if dry_run else dataset.table),
         "stored_id": sql.SQL("NULL::bigint" if dry_run else "target_id"),
         "fields": _fields(dataset),
+        # A key stored meanwhile is passed over; a value another unique index refuses is not.
+        # (A dry run's table has no index at all.)
+        "on_stored_key": sql.SQL("ON CONFLICT DO NOTHING")
+        if dry_run
+        else sql.SQL("ON CONFLICT (key_hash, {}) DO NOTHING").format(_key(dataset)),
         "values": sql.SQL(", ").join(values),
         "order": order,
         "key_values": sql.SQL(", ").join(key_values),
@@ -410,7 +430,7 @@ def chunk_statements(
             passes=screen.passes,
         ),
         settle=settle.format(**settle_parts, on_conflict=sql.SQL("")),
-        settle_guarded=settle.format(**settle_parts, on_conflict=sql.SQL("ON CONFLICT DO NOTHING")),
+        settle_guarded=settle.format(**settle_parts, on_conflict=parts["on_stored_key"]),
         lines_to_insert=sql.SQL(queries["lines_to_insert"]).format(
             to_insert=to_insert if updates is None else every_key
         ),
@@ -421,6 +441,7 @@ def chunk_statements(
             else None
         ),
         read_positions={name: read.index(p) for name, p in positions.items()},
+        dedup_index=dedup_index(dataset),
         updates=updates,
         undo=None if undo_results is None else _undo_statements(staged, header, parts),
     )

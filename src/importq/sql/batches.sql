@@ -20,7 +20,8 @@ VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(loca
 -- name: count_finished_chunk
 -- Add a finished chunk's outcome to its batch (in the chunk's transaction); is it the last?
 -- Is the batch aborted (now or before): on_error abort, and more than abort_percent % of
--- its rows failed? (SET reads the row as it was: failures is the count before this chunk.)
+-- its rows failed, unless a cancel came first (its rows count as failures, and it is no
+-- abort)? (SET reads the row as it was: failures is the count before this chunk.)
 UPDATE batches
 SET completed_chunks = completed_chunks + %(done)s,
     failed_chunks = failed_chunks + %(failed)s,
@@ -33,7 +34,7 @@ SET completed_chunks = completed_chunks + %(done)s,
     restored = restored + %(restored)s,
     duplicates = duplicates + %(duplicates)s,
     failures = failures + %(failures)s,
-    aborted_at = CASE WHEN aborted_at IS NULL AND on_error = 'abort'
+    aborted_at = CASE WHEN aborted_at IS NULL AND cancelled_at IS NULL AND on_error = 'abort'
                            AND (failures + %(failures)s) * 100 > abort_percent * total_rows
                       THEN clock_timestamp() ELSE aborted_at END,
     -- When the chunk's work ends, not when its transaction began (now()): what a client
@@ -69,11 +70,13 @@ UPDATE batches SET last_error = %(error)s, updated_at = now() WHERE id = %(batch
 -- name: finish_batch
 -- aggregating → cancelled | completed | failed, with the result. Only one aggregation
 -- gets a row. Failed: aborted for its failures. Cancelled: the cancel kept some chunk from
--- running (one that came while the last chunks ran changed nothing, and the batch ends as
--- it would have).
+-- running, or a checked batch from being written (otherwise one that came while the last
+-- chunks ran changed nothing, and the batch ends as it would have).
 UPDATE batches
 SET status = CASE WHEN aborted_at IS NOT NULL THEN 'failed'
-                  WHEN cancelled_chunks > 0 THEN 'cancelled'
+                  WHEN cancelled_chunks > 0
+                       OR (cancelled_at IS NOT NULL AND on_error <> 'continue'
+                           AND written_at IS NULL) THEN 'cancelled'
                   WHEN failed_chunks = total_chunks THEN 'failed'
                   ELSE 'completed' END,
     result = %(result)s,
@@ -187,7 +190,7 @@ WHERE id = %(batch_id)s AND status = 'aggregating' AND written_at IS NULL;
 -- A checked batch that is not written: aborted unless a cancel stopped it, and what its
 -- chunks found valid counted as failures (not imported). Running it again changes nothing.
 UPDATE batches
-SET aborted_at = CASE WHEN cancelled_chunks > 0 THEN aborted_at
+SET aborted_at = CASE WHEN cancelled_at IS NOT NULL THEN aborted_at
                       ELSE coalesce(aborted_at, now()) END,
     failures = failures + successes, successes = 0, inserted = 0, updated = 0,
     unchanged = 0, updated_at = now()
@@ -231,10 +234,13 @@ UPDATE batches SET status = 'undone', undone_by = %(undo_id)s, updated_at = now(
 WHERE id = %(batch_id)s AND status IN ('completed', 'failed', 'cancelled');
 
 -- name: batch_to_purge_lock
--- The batch whose staged tables the purge is about to drop, locked, unless an undo of it
--- is running (it reads them). No row: leave them.
-SELECT FROM batches b
-WHERE b.id = %(batch_id)s
-  AND NOT EXISTS (SELECT FROM batches u
-                  WHERE u.undo_of = b.id AND u.status IN ('active', 'aggregating'))
-FOR UPDATE OF b;
+-- The batch whose staged tables the purge is about to drop, locked: an undo asked for it
+-- meanwhile waits, then finds them gone. Its undo, if any (the locked row's newest
+-- version says).
+SELECT undone_by FROM batches WHERE id = %(batch_id)s FOR UPDATE;
+
+-- name: undo_running
+-- Whether an undo still runs (it reads the staged tables of the batch it undoes). A
+-- statement of its own after batch_to_purge_lock: its snapshot sees an undo committed
+-- while that one waited.
+SELECT status IN ('active', 'aggregating') FROM batches WHERE id = %(batch_id)s;

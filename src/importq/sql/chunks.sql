@@ -31,6 +31,24 @@ FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.status IN ('done', 'failed')
 ORDER BY c.chunk_no;
 
+-- name: checked_batch_to_write
+-- A checked batch about to be written, locked for the writing transaction: no row when
+-- another run of its aggregation wrote or held it already.
+SELECT FROM batches
+WHERE id = %(batch_id)s AND status = 'aggregating' AND written_at IS NULL
+  AND aborted_at IS NULL
+FOR UPDATE;
+
+-- name: lock_batch_keys
+-- Update modes, writing a checked batch: every stored row whose key hash is one of the
+-- batch's staged rows' ({staged}), locked at once in the dedup index's order
+-- ({stored_order}), before any chunk inserts: a transaction that writes many chunks then
+-- never waits for a lock while it holds an insert. Template {table}.
+SELECT FROM {table} t
+WHERE t.key_hash IN (SELECT key_hash FROM {staged})
+ORDER BY {stored_order}
+FOR UPDATE OF t;
+
 -- name: clear_results
 -- A checked batch's results, gone before its chunks are written and recorded again
 -- (template {results}); in the writing transaction.
@@ -105,8 +123,8 @@ INSERT INTO importq_failures (line, message) VALUES (%(line)s, %(message)s);
 -- outcome's count. Of the valid rows, the first line of each new key is inserted and the
 -- key's other rows duplicate it; of a stored key, the first row "already exists", the
 -- others duplicate it. A key another batch stores meanwhile fails the plain insert; only
--- then is it rerun with {on_conflict} (ON CONFLICT DO NOTHING), whose speculative
--- insertion slows every row.
+-- then is it rerun with {on_conflict} (ON CONFLICT on the dedup key DO NOTHING), whose
+-- speculative insertion slows every row.
 -- %(give_up)s set: nothing is inserted and every row is a failure with that message.
 -- A dry run writes to importq_dry_run ({write_to}) and keeps no id ({stored_id} NULL).
 -- Template: filled by importq.pipeline.target_tables; {to_insert} is first_valid_rows of
@@ -198,9 +216,10 @@ SELECT outcome, sum(cardinality)::int FROM results GROUP BY outcome;
 
 -- name: create_stored
 -- Update modes: the stored rows of a chunk's keys, as they were before the chunk, with
--- the line whose values they take. Dropped at commit. Template {table}.
+-- the line whose values they take ("@line": a name no dataset field can have). Dropped at
+-- commit. Template {table}.
 CREATE TEMP TABLE importq_stored ON COMMIT DROP AS
-SELECT 0 AS line, t.* FROM {table} t WITH NO DATA;
+SELECT 0 AS "@line", t.* FROM {table} t WITH NO DATA;
 
 -- name: lock_stored
 -- Update modes: each key's stored row into importq_stored, locked ({lock}: FOR UPDATE OF
@@ -227,10 +246,10 @@ ORDER BY {stored_order}
 -- (update_stored, or check_updates in a dry run), {stored_ref} (a stored row's id, or
 -- NULL in a dry run), {results_of_outcomes}.
 WITH winners AS MATERIALIZED (
-    SELECT c.*, s.line IS NOT NULL AS stored, {stored_fields},
-           CASE WHEN s.line IS NULL THEN '' ELSE {changed} END AS changed_columns
+    SELECT c.*, s."@line" IS NOT NULL AS stored, {stored_fields},
+           CASE WHEN s."@line" IS NULL THEN '' ELSE {changed} END AS changed_columns
     FROM ({first_valid}) AS c
-    LEFT JOIN importq_stored s ON s.line = c.line
+    LEFT JOIN importq_stored s ON s."@line" = c.line
 ), inserted AS (
     INSERT INTO {write_to} (key_hash, imported_batch, imported_line, {fields})
     SELECT key_hash, %(batch_id)s, line, {values}
@@ -277,7 +296,7 @@ updated AS (
 ), logged AS (
     INSERT INTO {undo_log}
     SELECT %(chunk_no)s, s.*
-    FROM importq_stored s JOIN winners w ON w.line = s.line
+    FROM importq_stored s JOIN winners w ON w.line = s."@line"
     WHERE w.changed_columns <> ''
 )
 
@@ -329,11 +348,12 @@ SELECT;
 SELECT line FROM ({to_insert}) AS c ORDER BY line;
 
 -- name: probe_rows
--- Whether the target accepts these rows, in a rolled-back savepoint (template: settle_chunk).
+-- Whether the target accepts these rows, in a rolled-back savepoint (template: settle_chunk;
+-- {on_stored_key}: a stored key is no refusal).
 INSERT INTO {write_to} (key_hash, imported_batch, imported_line, {fields})
 SELECT key_hash, %(batch_id)s, line, {values}
 FROM importq_chunk WHERE line = ANY(%(lines)s::int[])
-ON CONFLICT DO NOTHING;
+{on_stored_key};
 
 -- name: finish_chunk
 -- todo → done | failed. Only a todo chunk moves; the error of an earlier attempt stays.
@@ -463,10 +483,10 @@ WHERE r.chunk_no = %(chunk_no)s AND r.outcome IN ('inserted', 'updated');
 DELETE FROM importq_chunk c WHERE NOT EXISTS (SELECT FROM importq_planned p WHERE p.line = c.line);
 
 -- name: create_undo_rows
--- An undo chunk's rows as they are stored now (target columns), with line and kind.
--- Dropped at commit. Template {table}.
+-- An undo chunk's rows as they are stored now (target columns), with "@line" and "@kind"
+-- (names no dataset field can have). Dropped at commit. Template {table}.
 CREATE TEMP TABLE importq_undo ON COMMIT DROP AS
-SELECT 0 AS line, ''::text AS kind, t.* FROM {table} t WITH NO DATA;
+SELECT 0 AS "@line", ''::text AS "@kind", t.* FROM {table} t WITH NO DATA;
 
 -- name: lock_undo
 -- An undo chunk's stored rows into importq_undo, locked in the dedup index's order (as
@@ -484,7 +504,7 @@ FROM (SELECT c.line, p.kind,
                   ELSE l.target_id END AS target_id
       FROM importq_chunk c
       JOIN importq_planned p ON p.line = c.line
-      LEFT JOIN {undo_log} l ON l.chunk_no = %(chunk_no)s AND l.line = c.line) AS x
+      LEFT JOIN {undo_log} l ON l."@chunk" = %(chunk_no)s AND l."@line" = c.line) AS x
 JOIN {table} t ON t.target_id = x.target_id
 ORDER BY {stored_order}
 FOR UPDATE OF t;
@@ -500,24 +520,24 @@ FOR UPDATE OF t;
 -- {results_of_outcomes}.
 WITH judged AS MATERIALIZED (
     SELECT c.line, p.kind, u.target_id,
-           CASE WHEN u.line IS NULL THEN 'gone'
+           CASE WHEN u."@line" IS NULL THEN 'gone'
                 WHEN p.kind = 'inserted' AND ROW({current}) IS NOT DISTINCT FROM ROW({inserted})
                     THEN 'undo'
                 WHEN p.kind = 'updated' AND ROW({current}) IS NOT DISTINCT FROM ROW({after})
                     THEN 'undo'
                 ELSE 'changed' END AS verdict,
-           CASE WHEN p.kind = 'updated' AND u.line IS NOT NULL THEN {restored_columns}
+           CASE WHEN p.kind = 'updated' AND u."@line" IS NOT NULL THEN {restored_columns}
                 ELSE '' END AS changed_columns
     FROM importq_chunk c
     JOIN importq_planned p ON p.line = c.line
-    LEFT JOIN importq_undo u ON u.line = c.line
-    LEFT JOIN {undo_log} l ON l.chunk_no = %(chunk_no)s AND l.line = c.line
+    LEFT JOIN importq_undo u ON u."@line" = c.line
+    LEFT JOIN {undo_log} l ON l."@chunk" = %(chunk_no)s AND l."@line" = c.line
 ), deleted AS (
     DELETE FROM {table} t USING judged j
     WHERE t.target_id = j.target_id AND j.kind = 'inserted' AND j.verdict = 'undo'
 ), restored AS (
     UPDATE {table} t SET ({fields}) = ROW({before})
-    FROM judged j JOIN {undo_log} l ON l.chunk_no = %(chunk_no)s AND l.line = j.line
+    FROM judged j JOIN {undo_log} l ON l."@chunk" = %(chunk_no)s AND l."@line" = j.line
     WHERE t.target_id = j.target_id AND j.kind = 'updated' AND j.verdict = 'undo'
 ), outcomes AS (
     SELECT c.*, j.target_id, j.changed_columns,

@@ -82,11 +82,12 @@ ALTER TABLE {results} ALTER COLUMN lines SET STORAGE EXTERNAL,
 
 -- name: create_undo_log
 -- An update mode's undo log: the stored rows its chunks update, as they were, with the
--- chunk and the line that updated each; an undo restores them from it. Dropped with the
--- staged rows. Template {undo_log}, {index}, {table} (the target).
+-- chunk and the line that updated each ("@chunk", "@line": names no dataset field can
+-- have); an undo restores them from it. Dropped with the staged rows. Template
+-- {undo_log}, {index}, {table} (the target).
 CREATE TABLE IF NOT EXISTS {undo_log} WITH (autovacuum_enabled = false) AS
-SELECT 0 AS chunk_no, 0 AS line, t.* FROM {table} t WITH NO DATA;
-CREATE INDEX IF NOT EXISTS {index} ON {undo_log} (chunk_no);
+SELECT 0 AS "@chunk", 0 AS "@line", t.* FROM {table} t WITH NO DATA;
+CREATE INDEX IF NOT EXISTS {index} ON {undo_log} ("@chunk");
 
 -- name: staged_key_hash
 -- A row's chunking hash ({key}: the parts trimmed once, NULL if empty, joined by U+001F).
