@@ -183,6 +183,45 @@ def test_serve_creates_the_admin_and_import_waits_for_the_result(
     assert [p for p in written if p.stat().st_mode & 0o077] == []
 
 
+def test_import_modes_failure_policies_and_undo_from_the_command_line(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, env = served
+    upload = tmp_path / "modes.csv"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return importq(env, *args, "--url", url)
+
+    upload.write_text(csv_text([entrance("m1", latitude="1"), entrance("m2", latitude="1")]))
+    first = run("import", str(upload), "--dataset", "entrances", "--wait")
+    assert first.returncode == 0, first.stderr
+    # One bad row: atomic writes nothing, and the command says the batch failed.
+    upload.write_text(
+        csv_text([entrance("m1", latitude="2"), entrance("m3"), entrance("x", latitude="95")])
+    )
+    atomic = run(
+        "import", str(upload), "--dataset", "entrances", "--mode", "upsert",
+        "--on-error", "atomic", "--wait",
+    )  # fmt: skip
+    assert atomic.returncode == 1, atomic.stderr
+    assert "status: failed" in atomic.stdout and "failures: 3" in atomic.stdout
+    # Within 50 %: the good rows are written, one of them updating m1.
+    upsert = run(
+        "import", str(upload), "--dataset", "entrances", "--mode", "upsert",
+        "--on-error", "abort-above=50%", "--wait",
+    )  # fmt: skip
+    assert upsert.returncode == 0, upsert.stderr
+    assert {"inserted: 1", "updated: 1", "failures: 1"} <= set(upsert.stdout.splitlines())
+    refused = run("import", str(upload), "--dataset", "entrances", "--on-error", "stop")
+    assert refused.returncode == 2 and "onError must be" in refused.stderr
+
+    undo = run("undo", upsert.stdout.splitlines()[0], "--wait")
+    assert undo.returncode == 0, undo.stderr
+    assert {"status: completed", "deleted: 1", "restored: 1"} <= set(undo.stdout.splitlines())
+    again = run("undo", upsert.stdout.splitlines()[0])
+    assert again.returncode == 2 and "undone already" in again.stderr
+
+
 def test_links_follow_the_port_serve_listens_on_when_no_public_url_is_set(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
