@@ -105,13 +105,17 @@ def _rejected_record(
     return _record(fields, _EXTRA_CELLS)
 
 
-def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, sql.Composed]:
+def record_sql(
+    dataset: Dataset, header: Sequence[str], only_inserts: bool = False
+) -> tuple[sql.Composed, sql.Composed]:
     """The SQL expressions of a row's report record, CRLF included.
 
     Returns two: one for a success, and one for a duplicate or a failure. They read these
     columns of a chunk row: the cells as uploaded
     (:func:`importq.ingest.staged_table.original`), the trimmed cells (``t<n>``),
     ``line``, ``extra``, ``message``, ``target_id``, ``outcome`` and ``changed_columns``.
+    With ``only_inserts`` (insert mode), a success's outcome and changed columns are
+    known, and written as constants: a million rows spare a million formattings.
     """
     layout = ReportLayout.for_batch(dataset, header)
     positions = dataset.match_header(list(header)).positions
@@ -129,13 +133,20 @@ def record_sql(dataset: Dataset, header: Sequence[str]) -> tuple[sql.Composed, s
     def success_cells(names: Sequence[str]) -> list[sql.Composable]:
         return [success_cell(name, dataset.column(name).type.is_numeric) for name in names]
 
+    # No id in a dry run: nothing was stored. An outcome is a word of letters: never quoted.
+    done = (
+        [sql.SQL("coalesce(target_id::text, '') || ',inserted,'")]
+        if only_inserts
+        else [
+            sql.SQL("coalesce(target_id::text, '')"),
+            sql.SQL("outcome"),
+            _cell(sql.Identifier("changed_columns"), False),
+        ]
+    )
     success = [
         sql.SQL("line::text"),
         *success_cells(dataset.dedup_key),
-        # No id in a dry run: nothing was stored.
-        sql.SQL("coalesce(target_id::text, '')"),
-        sql.SQL("outcome"),  # a word of letters: never quoted
-        _cell(sql.Identifier("changed_columns"), False),
+        *done,
         *success_cells(dataset.report_columns),
     ]
     read = set(positions.values())

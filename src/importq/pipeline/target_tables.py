@@ -323,6 +323,55 @@ def _update_statements(
     )
 
 
+# The outcomes a batch's settle statements give, by mode (and an undo's).
+OUTCOMES = {
+    "insert": ("inserted", "duplicate", "failure"),
+    "upsert": ("inserted", "updated", "unchanged", "duplicate", "failure"),
+    "update-only": ("updated", "unchanged", "duplicate", "failure"),
+    "undo": ("deleted", "restored", "failure"),
+}
+
+
+def _results_of_outcomes(
+    outcomes: Sequence[str],
+    success_record: sql.Composable,
+    rejected_record: sql.Composable,
+    results: sql.Identifier,
+) -> sql.Composed:
+    """The end of the settle statements, gathering the arrays of ``outcomes`` alone."""
+    arrays: list[sql.Composable] = []
+    rows: list[sql.Composable] = []
+    for outcome in outcomes:
+        values = (
+            ("line", "message", "record")
+            if outcome in ("duplicate", "failure")
+            else (
+                "line",
+                "record",
+            )
+        )
+        names = {value: sql.Identifier(f"{outcome}_{value}s") for value in values}
+        arrays += [
+            sql.SQL(queries["outcome_array"]).format(
+                value=sql.Identifier(value), outcome=sql.Literal(outcome), name=name
+            )
+            for value, name in names.items()
+        ]
+        rows.append(
+            sql.SQL("({}, {}, {}, {})").format(
+                sql.Literal(outcome), names["line"], names.get("message", sql.NULL), names["record"]
+            )
+        )
+    return sql.SQL(queries["results_of_outcomes"]).format(
+        arrays=sql.SQL(",\n           ").join(arrays),
+        outcomes=sql.SQL(", ").join(rows),
+        success_record=success_record,
+        rejected_record=rejected_record,
+        block=sql.Literal(BLOCK_LINES),
+        results=results,
+    )
+
+
 def chunk_statements(
     staged: StagedTable,
     header: Sequence[str],
@@ -350,7 +399,9 @@ def chunk_statements(
             for c, value in zip(dataset.key_columns, key_values, strict=True)
         ]
     )
-    success_record, rejected_record = record_sql(dataset, header)
+    success_record, rejected_record = record_sql(
+        dataset, header, only_inserts=mode == "insert" and undo_results is None
+    )
     screen = Screen.of(dataset, positions)
     parts: dict[str, sql.Composable] = {
         "staged": staged.name,
@@ -377,11 +428,11 @@ def chunk_statements(
             sql.SQL("t.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
             for c in dataset.key_columns
         ),
-        "results_of_outcomes": sql.SQL(queries["results_of_outcomes"]).format(
-            success_record=success_record,
-            rejected_record=rejected_record,
-            block=sql.Literal(BLOCK_LINES),
-            results=undo_results or staged.results,
+        "results_of_outcomes": _results_of_outcomes(
+            OUTCOMES["undo" if undo_results is not None else mode],
+            success_record,
+            rejected_record,
+            undo_results or staged.results,
         ),
     }
     judged = sql.SQL(" UNION ALL ").join(

@@ -167,30 +167,17 @@ WITH inserted AS (
 ), {results_of_outcomes}
 
 -- name: results_of_outcomes
--- The end of both settle statements: every row's result, from the CTE outcomes (the chunk
+-- The end of every settle statement: every row's result, from the CTE outcomes (the chunk
 -- row with outcome, message, target_id and changed_columns), into the results table, and
 -- the count of each outcome. Template: {success_record}, {rejected_record}, {block},
--- {results}.
+-- {results}; {arrays}: outcome_array's, for each outcome the statement can give (a
+-- FILTER it never passes costs each row a test), and {outcomes}: each outcome's arrays
+-- as a VALUES row (outcome, lines, messages, records).
 gathered AS (
     -- Arrays per outcome and block of {block} lines, so a report text stays under 1 GB.
     -- A FILTER per outcome, since a GROUP BY outcome would be planned as a sort on it.
     -- OFFSET 0 makes the records before the block sort: it moves a record, not its cells.
-    SELECT array_agg(line) FILTER (WHERE outcome = 'inserted') AS inserted_lines,
-           array_agg(record) FILTER (WHERE outcome = 'inserted') AS inserted_records,
-           array_agg(line) FILTER (WHERE outcome = 'updated') AS updated_lines,
-           array_agg(record) FILTER (WHERE outcome = 'updated') AS updated_records,
-           array_agg(line) FILTER (WHERE outcome = 'unchanged') AS unchanged_lines,
-           array_agg(record) FILTER (WHERE outcome = 'unchanged') AS unchanged_records,
-           array_agg(line) FILTER (WHERE outcome = 'deleted') AS deleted_lines,
-           array_agg(record) FILTER (WHERE outcome = 'deleted') AS deleted_records,
-           array_agg(line) FILTER (WHERE outcome = 'restored') AS restored_lines,
-           array_agg(record) FILTER (WHERE outcome = 'restored') AS restored_records,
-           array_agg(line) FILTER (WHERE outcome = 'duplicate') AS duplicate_lines,
-           array_agg(message) FILTER (WHERE outcome = 'duplicate') AS duplicate_messages,
-           array_agg(record) FILTER (WHERE outcome = 'duplicate') AS duplicate_records,
-           array_agg(line) FILTER (WHERE outcome = 'failure') AS failure_lines,
-           array_agg(message) FILTER (WHERE outcome = 'failure') AS failure_messages,
-           array_agg(record) FILTER (WHERE outcome = 'failure') AS failure_records
+    SELECT {arrays}
     FROM (SELECT line, outcome, message,
                  CASE WHEN outcome IN ('duplicate', 'failure') THEN {rejected_record}
                       ELSE {success_record} END AS record
@@ -201,18 +188,16 @@ gathered AS (
     INSERT INTO {results} (outcome, chunk_no, lines, messages, records)
     SELECT r.outcome, %(chunk_no)s, r.lines, r.messages, r.records
     FROM gathered,
-         LATERAL (VALUES ('inserted', inserted_lines, NULL, inserted_records),
-                         ('updated', updated_lines, NULL, updated_records),
-                         ('unchanged', unchanged_lines, NULL, unchanged_records),
-                         ('deleted', deleted_lines, NULL, deleted_records),
-                         ('restored', restored_lines, NULL, restored_records),
-                         ('duplicate', duplicate_lines, duplicate_messages, duplicate_records),
-                         ('failure', failure_lines, failure_messages, failure_records))
-             AS r(outcome, lines, messages, records)
+         LATERAL (VALUES {outcomes}) AS r(outcome, lines, messages, records)
     WHERE r.lines IS NOT NULL
     RETURNING outcome, cardinality(lines)
 )
 SELECT outcome, sum(cardinality)::int FROM results GROUP BY outcome;
+
+-- name: outcome_array
+-- One of results_of_outcomes' arrays: {value} (line, message or record) of the rows whose
+-- outcome is {outcome}, named {name}.
+array_agg({value}) FILTER (WHERE outcome = {outcome}) AS {name}
 
 -- name: create_stored
 -- Update modes: the stored rows of a chunk's keys, as they were before the chunk, with
@@ -242,7 +227,8 @@ ORDER BY {stored_order}
 -- %(insert_new)s) or fails, "not found" (update-only). A key another batch stores
 -- meanwhile fails the insert: the caller rolls back and runs lock_stored and this again.
 -- Template: {first_valid} (of every key), {stored_fields} (the stored row's id, as
--- stored_id, and in a dry run the columns the file has not, as "s.<column>"), {changed} (the header names of the changed columns), {update}
+-- stored_id, and in a dry run the columns the file has not, as "s.<column>"), {changed}
+-- (the header names of the changed columns), {update}
 -- (update_stored, or check_updates in a dry run), {stored_ref} (a stored row's id, or
 -- NULL in a dry run), {results_of_outcomes}.
 WITH winners AS MATERIALIZED (
@@ -364,11 +350,13 @@ RETURNING chunk_no;
 
 -- name: report_blocks
 -- A batch's report records in blocks of up to {block} lines, in line order.
--- Per block, each outcome's records and count, appended to its report file in block order;
+-- Per block, each report's records and count, appended to its file in block order (every
+-- outcome but a duplicate and a failure is a success);
 -- the distinct lines let the aggregation check each line has one result (all in its block).
 -- Template: {results} is result_records, or it UNION ALL cancelled_records.
-SELECT string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'success'),
-       count(*) FILTER (WHERE outcome = 'success'),
+SELECT string_agg(record, '' ORDER BY line)
+           FILTER (WHERE outcome NOT IN ('duplicate', 'failure')),
+       count(*) FILTER (WHERE outcome NOT IN ('duplicate', 'failure')),
        string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'duplicate'),
        count(*) FILTER (WHERE outcome = 'duplicate'),
        string_agg(record, '' ORDER BY line) FILTER (WHERE outcome = 'failure'),
@@ -379,14 +367,13 @@ GROUP BY line / {block}
 ORDER BY line / {block};
 
 -- name: result_records
--- The records the batch's chunks stored ({results}: its results table), by report: a
--- success's outcome is what it did to the table; {which}: the results read (a held
--- batch's successes are held_records instead). Each branch of
+-- The records the batch's chunks stored ({results}: its results table), each with its
+-- outcome (a success's: what it did to the table, which report_blocks counts as a
+-- success); {which}: the results read (a held batch's successes are held_records
+-- instead). Each branch of
 -- report_blocks is one subquery with no condition of its own, so that the UNION ALL is
 -- planned as one parallel append, sorted in the workers.
-SELECT * FROM (SELECT CASE WHEN r.outcome IN ('duplicate', 'failure') THEN r.outcome
-                           ELSE 'success' END,
-                      u.line, u.record
+SELECT * FROM (SELECT r.outcome, u.line, u.record
                FROM {results} r, unnest(r.lines, r.records) AS u(line, record)
                WHERE {which}) AS stored
 
