@@ -19,7 +19,7 @@ from helpers import (
     summary,
     wait_for_batch,
 )
-from importq.pipeline.chunk_processing import CHANGED, GONE, process_chunk
+from importq.pipeline.chunk_processing import CHANGED, GONE, NOT_UNDONE, fail_chunk, process_chunk
 from importq.services import Services
 
 
@@ -160,3 +160,24 @@ async def test_only_the_owner_and_staff_may_undo(
             undo = await wait_for_batch(as_mod, answer.json()["batchId"])
     assert undo["result"]["summary"]["deleted"] == 1
     assert await count(services, "SELECT count(*) FROM entrances") == 0
+
+
+async def test_an_undo_given_up_leaves_every_row_and_says_so(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    job = await _import(client, services, [entrance(f"g{i}") for i in range(30)])
+    answer = await client.post(f"/api/v1/jobs/{job['batchId']}/undo")
+    undo_id = uuid.UUID(answer.json()["batchId"])
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute("SELECT chunk_no FROM chunks WHERE batch_id = %s", [undo_id])
+        for (chunk_no,) in await cursor.fetchall():
+            assert await fail_chunk(
+                conn, services.queue, services.datasets, undo_id, chunk_no, "broken"
+            )
+    async with running_worker(services):
+        undo = await wait_for_batch(client, str(undo_id))
+    assert undo["status"] == "failed" and undo["result"]["summary"] == summary(0, 0, 30)
+    failures = await report_records(client, undo, "failures")
+    assert {r["message"] for r in failures} == {NOT_UNDONE}
+    assert sorted(int(r["line"]) for r in failures) == list(range(2, 32))
+    assert await count(services, "SELECT count(*) FROM entrances") == 30

@@ -82,6 +82,11 @@ NOT_PROCESSED = (
     "not imported: importq could not process this part of the upload (the service's log "
     "says why); send these rows again"
 )
+# The same for a row of an undo: it was left as it was.
+NOT_UNDONE = (
+    "not undone: importq could not process this part of the undo (the service's log says "
+    "why); the row was left as it was"
+)
 
 
 async def _claim_chunk(
@@ -504,10 +509,10 @@ async def fail_chunk(
 ) -> bool:
     """Give up on a chunk, in a transaction of its own.
 
-    Every row becomes a failure with :data:`NOT_PROCESSED`; ``reason``, for the operator,
-    is kept with the chunk. When its batch was cancelled meanwhile, the rows are
-    :data:`CANCELLED` instead, as for a chunk that never started. Returns False when
-    there was nothing to do.
+    Every row becomes a failure with :data:`NOT_PROCESSED` (an undo's, :data:`NOT_UNDONE`);
+    ``reason``, for the operator, is kept with the chunk. When its batch was cancelled
+    meanwhile, the rows are :data:`CANCELLED` instead, as for a chunk that never started.
+    Returns False when there was nothing to do.
     """
     async with conn.transaction():
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
@@ -520,7 +525,8 @@ async def fail_chunk(
             return True
         statements = _statements(datasets, batch_id, chunk)
         await _prepare(conn, statements, chunk)
-        tally = await _settle(conn, statements, batch_id, chunk, give_up=NOT_PROCESSED)
+        given_up = NOT_PROCESSED if chunk["undo_of"] is None else NOT_UNDONE
+        tally = await _settle(conn, statements, batch_id, chunk, give_up=given_up)
         failed = dataclasses.replace(tally, failed=True)
         await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)
     return True

@@ -63,7 +63,8 @@ SELECT set_config('TimeZone', 'UTC', true), set_config('enable_mergejoin', 'off'
 
 -- name: drop_chunk_tables
 -- An enclosing transaction's earlier chunk tables: a savepoint's commit does not drop them.
-DROP TABLE IF EXISTS importq_chunk, importq_failures, importq_dry_run, importq_stored;
+DROP TABLE IF EXISTS importq_chunk, importq_failures, importq_dry_run, importq_stored,
+    importq_planned, importq_undo;
 
 -- name: create_dry_run_table
 -- What a dry run's chunk inserts into instead of the target: the target's columns,
