@@ -69,8 +69,13 @@ class LineRange:
     next: int | None
 
 
+def results_name(batch_id: uuid.UUID) -> str:
+    """The name of a batch's results table, in the ``SCHEMA``."""
+    return f"r_{batch_id.hex}"
+
+
 def results_table(batch_id: uuid.UUID) -> sql.Identifier:
-    return sql.Identifier(SCHEMA, f"r_{batch_id.hex}")
+    return sql.Identifier(SCHEMA, results_name(batch_id))
 
 
 def drop_staged_table(name: str) -> sql.Composed:

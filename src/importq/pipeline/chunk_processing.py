@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 SLICE_ROWS = 5_000
 # The failure of every row of a chunk that had not started when its batch was cancelled.
 CANCELLED = "not imported: the import was cancelled"
-# The failure of every row of a chunk given up on (after its attempts, or its worker
-# lost each time). What went wrong is for the operator: the log and the chunk's error.
 # How many times in a row a chunk settles again because other batches stored its keys.
 MAX_KEY_RACES = 100
 # The failure of an update-only row whose key is not stored.
@@ -78,6 +76,8 @@ NOT_FOUND = "not found"
 # The failures of an undo's row that is no longer as the batch undone left it.
 GONE = "not undone: the row is no longer in the table"
 CHANGED = "not undone: the row was changed after this import"
+# The failure of every row of a chunk given up on (after its attempts, or its worker
+# lost each time). What went wrong is for the operator: the log and the chunk's error.
 NOT_PROCESSED = (
     "not imported: importq could not process this part of the upload (the service's log "
     "says why); send these rows again"
@@ -426,6 +426,19 @@ async def _work(
                 raise
 
 
+async def _give_up(
+    conn: AsyncConnection[Any],
+    statements: ChunkStatements,
+    batch_id: uuid.UUID,
+    chunk: Mapping[str, Any],
+) -> ChunkTally:
+    """Settle every row of the chunk as a failure, :data:`NOT_PROCESSED` (an undo's,
+    :data:`NOT_UNDONE`), in the caller's transaction; its tally."""
+    await _prepare(conn, statements, chunk)
+    message = NOT_PROCESSED if chunk["undo_of"] is None else NOT_UNDONE
+    return await _settle(conn, statements, batch_id, chunk, give_up=message)
+
+
 class _TooManyFailures(Exception):
     """Rolls back a checked batch's writes: they failed more rows than it allows."""
 
@@ -468,8 +481,7 @@ async def write_checked_batch(
             for chunk in chunks:
                 statements = _statements(datasets, batch_id, chunk, write=True)
                 if chunk["status"] == "failed":
-                    await _prepare(conn, statements, chunk)
-                    total += await _settle(conn, statements, batch_id, chunk, NOT_PROCESSED)
+                    total += await _give_up(conn, statements, batch_id, chunk)
                 else:
                     total += await _work(
                         conn, statements, datasets[chunk["dataset"]], batch_id, chunk
@@ -523,10 +535,7 @@ async def fail_chunk(
             # were never imported, as for a chunk that never started.
             await cancel_chunks(conn, queue, batch_id, chunk_no)
             return True
-        statements = _statements(datasets, batch_id, chunk)
-        await _prepare(conn, statements, chunk)
-        given_up = NOT_PROCESSED if chunk["undo_of"] is None else NOT_UNDONE
-        tally = await _settle(conn, statements, batch_id, chunk, give_up=given_up)
+        tally = await _give_up(conn, _statements(datasets, batch_id, chunk), batch_id, chunk)
         failed = dataclasses.replace(tally, failed=True)
         await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)
     return True

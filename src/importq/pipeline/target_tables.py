@@ -149,7 +149,8 @@ class ChunkStatements:
     suspect_rows: sql.Composed
     #: Insert mode's settle; in every mode, what gives a chunk up.
     settle: sql.Composed
-    #: settle with ON CONFLICT DO NOTHING, for when another batch stored a key meanwhile.
+    #: settle passing over stored keys (ON CONFLICT on the dedup key DO NOTHING), for when
+    #: another batch stored a key meanwhile.
     settle_guarded: sql.Composed
     #: The lines the settle statement writes (update modes: every key's first line).
     lines_to_insert: sql.Composed
@@ -164,6 +165,22 @@ class ChunkStatements:
     updates: UpdateStatements | None = None
     #: An undo's statements; None for an import.
     undo: UndoStatements | None = None
+
+
+def _written_columns(dataset: Dataset, positions: Mapping[str, int]) -> list[Column]:
+    """The columns an update writes: those the file has, but the key's (it matched)."""
+    keys = {c.name for c in dataset.key_columns}
+    return [c for c in dataset.columns if c.name in positions and c.name not in keys]
+
+
+def _stored_key(dataset: Dataset, positions: Mapping[str, int], stored: str) -> sql.Composable:
+    """The test that the stored row ``stored`` has the chunk row ``c``'s key."""
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}.{} = {}").format(
+            sql.Identifier(stored), sql.Identifier(c.field), _value(c, positions, "c")
+        )
+        for c in dataset.key_columns
+    )
 
 
 def _stored_order(dataset: Dataset) -> sql.Composable:
@@ -200,7 +217,6 @@ def _undo_statements(
     """An undo's statements over the staged rows, results and undo log of the batch
     undone (``staged``)."""
     dataset, positions = staged.dataset, staged.positions
-    keys = {c.name for c in dataset.key_columns}
 
     def of(row: str) -> Callable[[Column], sql.Composable]:
         return lambda c: sql.SQL("{}.{}").format(sql.Identifier(row), sql.Identifier(c.field))
@@ -210,7 +226,6 @@ def _undo_statements(
     def listed(value: Callable[[Column], sql.Composable]) -> sql.Composable:
         return sql.SQL(", ").join(value(c) for c in dataset.columns)
 
-    written = [c for c in dataset.columns if c.name in positions and c.name not in keys]
     return UndoStatements(
         plan=sql.SQL(queries["plan_undo"]).format(undone_results=staged.results),
         keep_planned=sql.SQL(queries["keep_planned"]).format(),
@@ -232,7 +247,7 @@ def _undo_statements(
             restored_columns=_changed_names(
                 header,
                 positions,
-                written,
+                _written_columns(dataset, positions),
                 lambda c: sql.SQL("{} IS DISTINCT FROM {}").format(logged(c), current(c)),
             ),
             results_of_outcomes=parts["results_of_outcomes"],
@@ -250,8 +265,7 @@ def _update_statements(
     """An update mode's statements. A winner's columns that the file has and that are not
     key columns are compared with the stored row's, and written when they differ."""
     dataset, positions = staged.dataset, staged.positions
-    keys = {c.name for c in dataset.key_columns}
-    written = [c for c in dataset.columns if c.name in positions and c.name not in keys]
+    written = _written_columns(dataset, positions)
     kept_columns = [c for c in dataset.columns if c.name not in positions]
 
     def stored(column: Column) -> sql.Identifier:
@@ -290,10 +304,6 @@ def _update_statements(
         )
     else:
         update = sql.SQL("updated AS (SELECT)")  # the file has only the key's columns
-    stored_key = sql.SQL(" AND ").join(
-        sql.SQL("s.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
-        for c in dataset.key_columns
-    )
     shared = {
         "stored_fields": sql.SQL(", ").join(stored_fields),
         "update": update,
@@ -318,7 +328,7 @@ def _update_statements(
             stored_ref=sql.SQL("NULL::bigint" if dry_run else "w.stored_id"),
         ),
         probe=sql.SQL(queries["probe_updates"]).format(
-            **shared, table=parts["table"], stored_key_s=stored_key
+            **shared, table=parts["table"], stored_key_s=_stored_key(dataset, positions, "s")
         ),
     )
 
@@ -342,14 +352,9 @@ def _results_of_outcomes(
     arrays: list[sql.Composable] = []
     rows: list[sql.Composable] = []
     for outcome in outcomes:
-        values = (
-            ("line", "message", "record")
-            if outcome in ("duplicate", "failure")
-            else (
-                "line",
-                "record",
-            )
-        )
+        # A success has no message.
+        rejected = outcome in ("duplicate", "failure")
+        values = ("line", "message", "record") if rejected else ("line", "record")
         names = {value: sql.Identifier(f"{outcome}_{value}s") for value in values}
         arrays += [
             sql.SQL(queries["outcome_array"]).format(
@@ -424,10 +429,7 @@ def chunk_statements(
         "values": sql.SQL(", ").join(values),
         "order": order,
         "key_values": sql.SQL(", ").join(key_values),
-        "stored_key": sql.SQL(" AND ").join(
-            sql.SQL("t.{} = {}").format(sql.Identifier(c.field), _value(c, positions, "c"))
-            for c in dataset.key_columns
-        ),
+        "stored_key": _stored_key(dataset, positions, "t"),
         "results_of_outcomes": _results_of_outcomes(
             OUTCOMES["undo" if undo_results is not None else mode],
             success_record,

@@ -32,7 +32,13 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from importq.errors import Refusal
-from importq.ingest.staged_table import SCHEMA, StagedTable, results_table, table_name
+from importq.ingest.staged_table import (
+    SCHEMA,
+    StagedTable,
+    results_name,
+    results_table,
+    table_name,
+)
 from importq.pipeline.job_queue import JobQueue
 from importq.rules.datasets import Dataset
 from importq.sql import queries
@@ -94,7 +100,7 @@ async def start_undo(
                     "cutoff": datetime.now(UTC) - timedelta(days=retention_days),
                     # Their names as to_regclass reads them: plain, so needing no quotes.
                     "staged": f"{SCHEMA}.{table_name(batch_id)}",
-                    "results": f"{SCHEMA}.r_{batch_id.hex}",
+                    "results": f"{SCHEMA}.{results_name(batch_id)}",
                 },
             )
             batch = await cursor.fetchone()
@@ -109,6 +115,7 @@ async def start_undo(
         if None in written:
             raise Refusal(409, "expired", "The batch was imported before imports could be undone.")
         undo_id = uuid.uuid4()
+        total_rows = sum(written.values())
         await conn.execute(StagedTable.of(batch_id, dataset, []).create_undo_log())
         await conn.execute(StagedTable.of(undo_id, dataset, []).create_results())
         params = {
@@ -116,7 +123,7 @@ async def start_undo(
             "undo_of": batch_id,
             "initiator_id": initiator_id,
             "locale": locale,
-            "total_rows": sum(written.values()),
+            "total_rows": total_rows,
             "total_chunks": len(written),
             "chunk_nos": list(written),
             "row_counts": list(written.values()),
@@ -124,7 +131,5 @@ async def start_undo(
         await conn.execute(queries["insert_undo_batch"], params)
         await conn.execute(queries["insert_undo_chunks"], params)
         await conn.execute(queries["mark_undone"], {"batch_id": batch_id, "undo_id": undo_id})
-        await queue.defer_chunks(
-            conn, undo_id, len(written), sum(written.values()), chunk_nos=list(written)
-        )
-    return StartedUndo(undo_id, sum(written.values()), len(written))
+        await queue.defer_chunks(conn, undo_id, len(written), total_rows, chunk_nos=list(written))
+    return StartedUndo(undo_id, total_rows, len(written))
