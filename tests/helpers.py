@@ -134,9 +134,44 @@ async def wait_for_batch(
 
 
 async def post_rows(
-    client: httpx.AsyncClient, rows: list[dict[str, str]], dataset: str = "entrances"
+    client: httpx.AsyncClient,
+    rows: list[dict[str, str]],
+    dataset: str = "entrances",
+    **params: str,
 ) -> httpx.Response:
-    return await client.post(f"/api/v1/{dataset}/import-rows", json={"data": rows})
+    return await client.post(f"/api/v1/{dataset}/import-rows", params=params, json={"data": rows})
+
+
+async def accepted_rows(
+    client: httpx.AsyncClient,
+    rows: list[dict[str, str]],
+    dataset: str = "entrances",
+    **params: str,
+) -> dict[str, Any]:
+    """POST the rows as JSON with the query ``params``; the 202's body."""
+    answer = await post_rows(client, rows, dataset, **params)
+    assert answer.status_code == 202, answer.text
+    return dict(answer.json())
+
+
+async def imported(
+    client: httpx.AsyncClient,
+    rows: list[dict[str, str]],
+    dataset: str = "entrances",
+    **params: str,
+) -> dict[str, Any]:
+    """POST the rows (202), then wait for the batch to end (a worker must run); its job."""
+    accepted = await accepted_rows(client, rows, dataset, **params)
+    return await wait_for_batch(client, accepted["batchId"])
+
+
+async def imported_by_a_worker(
+    client: httpx.AsyncClient, services: Services, rows: list[dict[str, str]], **params: str
+) -> dict[str, Any]:
+    """As :func:`imported` into entrances, a worker running only once the rows are in."""
+    accepted = await accepted_rows(client, rows, **params)
+    async with running_worker(services):
+        return await wait_for_batch(client, accepted["batchId"])
 
 
 async def report_records(

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from accounting import count
-from helpers import download, entrance, report_records, summary, wait_for_batch
+from helpers import download, entrance, imported, report_records, summary
 from importq.services import Services
 
 ROWS = [
@@ -26,13 +26,7 @@ ROWS = [
 async def _import(
     client: httpx.AsyncClient, rows: list[dict[str, str]], dry: bool
 ) -> dict[str, Any]:
-    answer = await client.post(
-        "/api/v1/entrances/import-rows",
-        params={"dryRun": "true"} if dry else {},
-        json={"data": rows},
-    )
-    assert answer.status_code == 202, answer.text
-    return await wait_for_batch(client, answer.json()["batchId"])
+    return await imported(client, rows, **({"dryRun": "true"} if dry else {}))
 
 
 @pytest.mark.usefixtures("worker")

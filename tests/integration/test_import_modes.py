@@ -16,6 +16,7 @@ from helpers import (
     api_client,
     csv_text,
     entrance,
+    imported,
     report_records,
     running_worker,
     summary,
@@ -299,13 +300,13 @@ async def test_fields_named_as_importqs_columns_upsert_and_undo(services: Servic
         return {"id": ident, **dict.fromkeys(fields, value)}
 
     async with api_client(services, admin) as client, running_worker(services):
-        first = await _post_and_wait(client, [cave("1", "a"), cave("2", "a")], "insert")
+        first = await imported(client, [cave("1", "a"), cave("2", "a")], "caves", mode="insert")
         assert first["result"]["summary"] == summary(2, 0, 0)
-        second = await _post_and_wait(client, [cave("1", "b"), cave("3", "b")], "upsert")
+        second = await imported(client, [cave("1", "b"), cave("3", "b")], "caves", mode="upsert")
         assert second["result"]["summary"] == summary(2, 0, 0, updated=1)
         updated = await report_records(client, second, "success")
         assert updated[0]["changedColumns"] == "; ".join(fields)
-        changed = await _post_and_wait(client, [cave("1", "c")], "update-only")
+        changed = await imported(client, [cave("1", "c")], "caves", mode="update-only")
         assert changed["result"]["summary"] == summary(1, 0, 0, updated=1)
 
         # A moderator sees every batch, but may not undo what only an admin may import.
@@ -318,16 +319,6 @@ async def test_fields_named_as_importqs_columns_upsert_and_undo(services: Servic
             undo = await wait_for_batch(client, answer.json()["batchId"])
             assert undo["status"] == "completed" and undo["result"]["summary"]["failures"] == 0
     assert await count(services, "SELECT count(*) FROM caves") == 0
-
-
-async def _post_and_wait(
-    client: httpx.AsyncClient, rows: list[dict[str, str]], mode: str
-) -> dict[str, Any]:
-    answer = await client.post(
-        "/api/v1/caves/import-rows", params={"mode": mode}, json={"data": rows}
-    )
-    assert answer.status_code == 202, answer.text
-    return await wait_for_batch(client, answer.json()["batchId"])
 
 
 @pytest.mark.usefixtures("worker")

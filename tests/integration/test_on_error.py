@@ -13,8 +13,10 @@ import pytest
 
 from accounting import assert_reports_account_for_every_row, count
 from helpers import (
+    accepted_rows,
     download,
     entrance,
+    imported_by_a_worker,
     read_csv_report,
     report_records,
     running_worker,
@@ -29,20 +31,10 @@ from importq.pipeline.on_error import ABORTED
 from importq.services import Services
 
 
-async def _post(
-    client: httpx.AsyncClient, rows: list[dict[str, str]], **params: str
-) -> dict[str, Any]:
-    answer = await client.post("/api/v1/entrances/import-rows", params=params, json={"data": rows})
-    assert answer.status_code == 202, answer.text
-    return dict(answer.json())
-
-
 async def _import(
     client: httpx.AsyncClient, services: Services, rows: list[dict[str, str]], **params: str
 ) -> dict[str, Any]:
-    accepted = await _post(client, rows, **params)
-    async with running_worker(services):
-        job = await wait_for_batch(client, accepted["batchId"])
+    job = await imported_by_a_worker(client, services, rows, **params)
     await assert_reports_account_for_every_row(client, job, total=len(rows))
     return job
 
@@ -61,7 +53,7 @@ async def test_an_abort_threshold_crossed_half_way_stops_the_batch_and_writes_no
 ) -> None:
     failing = set(range(0, 100, 4))  # 25 %, everywhere in the file
     rows = _rows(100, failing)
-    accepted = await _post(client, rows, onError="abort-above=10%")
+    accepted = await accepted_rows(client, rows, onError="abort-above=10%")
     # One chunk at a time: the threshold is crossed after a few chunks, and the others
     # are not run.
     async with running_worker(services, concurrency=1):
@@ -157,7 +149,7 @@ async def test_a_cancelled_checked_batch_imports_nothing(
     client: httpx.AsyncClient, services: Services
 ) -> None:
     rows = _rows(1000, set())
-    accepted = await _post(client, rows, onError="atomic")
+    accepted = await accepted_rows(client, rows, onError="atomic")
     status_url = f"/api/v1/jobs/{accepted['batchId']}"
 
     async def some_checked() -> bool:
@@ -189,7 +181,7 @@ async def test_two_runs_of_a_checked_batchs_aggregation_write_it_once(
 ) -> None:
     """A stalled aggregation retried while the first still runs: one writes, the other
     finds the batch written, and the reports are the writes'."""
-    accepted = await _post(client, _rows(25, set()), onError="atomic")
+    accepted = await accepted_rows(client, _rows(25, set()), onError="atomic")
     batch_id = uuid.UUID(accepted["batchId"])
     async with services.pool.connection() as conn:
         for chunk_no in range(accepted["totalChunks"]):

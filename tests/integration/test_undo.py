@@ -14,6 +14,7 @@ from conftest import new_user
 from helpers import (
     api_client,
     entrance,
+    imported_by_a_worker,
     report_records,
     running_worker,
     summary,
@@ -21,15 +22,6 @@ from helpers import (
 )
 from importq.pipeline.chunk_processing import CHANGED, GONE, NOT_UNDONE, fail_chunk, process_chunk
 from importq.services import Services
-
-
-async def _import(
-    client: httpx.AsyncClient, services: Services, rows: list[dict[str, str]], **params: str
-) -> dict[str, Any]:
-    answer = await client.post("/api/v1/entrances/import-rows", params=params, json={"data": rows})
-    assert answer.status_code == 202, answer.text
-    async with running_worker(services):
-        return await wait_for_batch(client, answer.json()["batchId"])
 
 
 async def _undo(client: httpx.AsyncClient, services: Services, batch_id: str) -> dict[str, Any]:
@@ -55,7 +47,9 @@ async def _latitudes(services: Services) -> dict[str, float]:
 async def test_undo_deletes_inserts_restores_updates_and_spares_later_changes(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    await _import(client, services, [entrance(f"s{i}", latitude="1") for i in range(4)])
+    await imported_by_a_worker(
+        client, services, [entrance(f"s{i}", latitude="1") for i in range(4)]
+    )
     rows = [
         entrance("s0", latitude="2"),  # 2 updated
         entrance("s1", latitude="2"),  # 3 updated, then changed by a later batch
@@ -66,9 +60,9 @@ async def test_undo_deletes_inserts_restores_updates_and_spares_later_changes(
         entrance("s3", latitude="5"),  # 8 updated, then deleted by a user
         entrance("bad", latitude="95"),  # 9 failure: nothing to undo
     ]
-    upsert = await _import(client, services, rows, mode="upsert")
+    upsert = await imported_by_a_worker(client, services, rows, mode="upsert")
     assert upsert["result"]["summary"] == summary(7, 0, 1, updated=3, unchanged=1)
-    later = await _import(
+    later = await imported_by_a_worker(
         client,
         services,
         [entrance("s1", latitude="7"), entrance("n1", latitude="7")],
@@ -103,7 +97,7 @@ async def test_undo_deletes_inserts_restores_updates_and_spares_later_changes(
     assert again.json()["batchId"] == undo["batchId"]
     of_undo = await client.post(f"/api/v1/jobs/{undo['batchId']}/undo")
     assert (of_undo.status_code, of_undo.json()["code"]) == (409, "not_undoable")
-    dry = await _import(client, services, [entrance("d")], dryRun="true")
+    dry = await imported_by_a_worker(client, services, [entrance("d")], dryRun="true")
     refused = await client.post(f"/api/v1/jobs/{dry['batchId']}/undo")
     assert (refused.status_code, refused.json()["code"]) == (409, "dry_run")
     cancel = await client.post(f"/api/v1/jobs/{undo['batchId']}/cancel")
@@ -133,7 +127,7 @@ async def test_a_cancelled_batch_is_undone_and_an_expired_one_is_not(
     assert undo["result"]["summary"] == summary(imported, 0, 0, deleted=imported)
     assert await count(services, "SELECT count(*) FROM entrances") == 0
 
-    old = await _import(client, services, [entrance("old")])
+    old = await imported_by_a_worker(client, services, [entrance("old")])
     async with services.pool.connection() as conn:
         await conn.execute(
             "UPDATE batches SET completed_at = %s WHERE id = %s",
@@ -149,7 +143,7 @@ async def test_a_cancelled_batch_is_undone_and_an_expired_one_is_not(
 async def test_only_the_owner_and_staff_may_undo(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    job = await _import(client, services, [entrance("o1")])
+    job = await imported_by_a_worker(client, services, [entrance("o1")])
     other = (await new_user(services, "mallory"))[1]
     moderator = (await new_user(services, "mod", "moderator"))[1]
     async with api_client(services, other) as as_other, api_client(services, moderator) as as_mod:
@@ -165,7 +159,7 @@ async def test_only_the_owner_and_staff_may_undo(
 async def test_an_undo_given_up_leaves_every_row_and_says_so(
     client: httpx.AsyncClient, services: Services
 ) -> None:
-    job = await _import(client, services, [entrance(f"g{i}") for i in range(30)])
+    job = await imported_by_a_worker(client, services, [entrance(f"g{i}") for i in range(30)])
     answer = await client.post(f"/api/v1/jobs/{job['batchId']}/undo")
     undo_id = uuid.UUID(answer.json()["batchId"])
     async with services.pool.connection() as conn:
