@@ -18,6 +18,8 @@ from psycopg import AsyncConnection, sql
 from importq.ingest.json_rows import read_json_rows
 from importq.ingest.parsed_upload import ParsedUpload
 from importq.ingest.staged_table import results_table
+from importq.pipeline.dataset_versions import publish, publish_files
+from importq.rules.datasets import Dataset, load_datasets
 
 if TYPE_CHECKING:
     from importq.services import Services
@@ -297,3 +299,23 @@ def summary(
         "deleted": deleted,
         "restored": restored,
     }
+
+
+async def published(services: Services, dataset: Dataset) -> Dataset:
+    """``dataset``'s definition published as its next version (unchanged when it is the
+    current one): how a test's own dataset, or its target table, reaches the database."""
+    async with services.pool.connection() as conn:
+        return (await publish(conn, dataset.name, dataset.definition)).dataset
+
+
+async def publish_configured(services: Services) -> None:
+    """Publish the datasets of the settings' datasets file, as ``importq migrate`` does:
+    the template database was migrated with the built-in datasets alone."""
+    async with services.pool.connection() as conn:
+        await publish_files(conn, load_datasets(services.settings.datasets_file))
+
+
+async def judging(services: Services, batch: Mapping[str, Any]) -> Dataset:
+    """The definition that judges ``batch`` (a batch row)."""
+    async with services.pool.connection() as conn:
+        return await services.datasets.judging(conn, batch)

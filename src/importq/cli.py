@@ -25,10 +25,19 @@ import psycopg
 from importq import accounts
 from importq.config import DEFAULT_PUBLIC_URL, Settings
 from importq.db import EMBEDDED_DIR, database_url
+from importq.errors import Refusal
 from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.migrate import migrate
+from importq.pipeline.dataset_versions import DatasetCatalog, Published, publish
 from importq.rules.dataset_json import DatasetDetail, DatasetSummary
-from importq.rules.datasets import MODES, ROLES, load_datasets
+from importq.rules.datasets import (
+    MODES,
+    ROLES,
+    Dataset,
+    DatasetError,
+    load_datasets,
+    parse_datasets,
+)
 
 log = logging.getLogger("importq")
 ADMIN_TOKEN_FILE = "admin-token"
@@ -333,19 +342,65 @@ def _refused(response: httpx.Response) -> int:
 
 
 def _datasets(args: argparse.Namespace, settings: Settings) -> int:
-    """``importq datasets list|show``: the definitions this installation serves (its own
-    files, no service needed); ``show`` prints what ``GET /api/v1/datasets/{name}``
-    answers."""
-    defined = load_datasets(settings.datasets_file)
+    """``importq datasets list|show|publish``, straight in the database (migrated first):
+    ``list`` and ``show`` (``--version``) print the published definitions, ``show`` as
+    ``GET /api/v1/datasets/{name}`` answers; ``publish FILE.toml`` publishes each dataset
+    the file declares as its next version."""
+    asyncio.run(_migrate(settings))
+    if args.datasets_command == "publish":
+        return _publish(Path(args.file), settings)
+    catalog = DatasetCatalog()
+
+    async def read() -> dict[str, Dataset]:
+        async with _connection(settings) as conn:
+            if args.datasets_command == "list":
+                return await catalog.current(conn)
+            found = await catalog.get(conn, args.name, args.version)
+            return {} if found is None else {args.name: found}
+
+    defined = asyncio.run(read())
     if args.datasets_command == "list":
         for name in sorted(defined):
             summary = DatasetSummary.of(defined[name])
-            print(f"{summary.name}\t{summary.title}\timport role: {summary.importRole}")
+            print(
+                f"{summary.name}\tv{summary.version}\t{summary.title}\t"
+                f"import role: {summary.importRole}"
+            )
         return EXIT_OK
     if args.name not in defined:
-        print(f"importq: there is no dataset {args.name!r}", file=sys.stderr)
+        which = f" version {args.version}" if args.version else ""
+        print(f"importq: there is no dataset {args.name!r}{which}", file=sys.stderr)
         return EXIT_FAILED
     print(DatasetDetail.of(defined[args.name]).model_dump_json(indent=2))
+    return EXIT_OK
+
+
+def _publish(path: Path, settings: Settings) -> int:
+    try:
+        declared = parse_datasets(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, DatasetError) as error:
+        print(f"importq: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if not declared:
+        print(f"importq: {path} declares no [datasets.<name>]", file=sys.stderr)
+        return EXIT_FAILED
+
+    async def run() -> list[Published]:
+        async with _connection(settings) as conn:
+            return [await publish(conn, n, d.definition) for n, d in declared.items()]
+
+    try:
+        done = asyncio.run(run())
+    except Refusal as refused:
+        print(f"importq: {refused.detail}", file=sys.stderr)
+        return EXIT_REFUSED
+    for published in done:
+        dataset = published.dataset
+        if not published.created:
+            print(f"{dataset.name}: unchanged, version {dataset.version} is current")
+            continue
+        changes = "; ".join(published.changes) or "the table is unchanged"
+        print(f"{dataset.name}: published version {dataset.version} ({changes})")
     return EXIT_OK
 
 
@@ -397,9 +452,11 @@ def _import(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_REFUSED
     content_type, default_params = kind
     params = {"fileName": path.name, **default_params}
-    for name in ("encoding", "delimiter", "sheet", "mode"):
+    for name in ("encoding", "delimiter", "sheet", "mode", "mapping", "decimal"):
         if getattr(args, name):
             params[name] = getattr(args, name)
+    if args.date_format:
+        params["dateFormat"] = args.date_format
     if args.on_error:
         params["onError"] = args.on_error
     if args.dry_run:
@@ -572,6 +629,16 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--delimiter", default=None, help="CSV delimiter (default: sniffed)")
     upload.add_argument("--sheet", default=None, help="XLSX sheet (default: the first)")
     upload.add_argument(
+        "--mapping",
+        default=None,
+        help="the header's mapping: a JSON object upload header -> dataset column, or the "
+        "name of one of your saved mappings",
+    )
+    upload.add_argument(
+        "--decimal", choices=("dot", "comma"), default=None, help="the numbers' decimal mark"
+    )
+    upload.add_argument("--date-format", default=None, help="the dates' format, such as DD/MM/YYYY")
+    upload.add_argument(
         "--dry-run",
         action="store_true",
         help="run everything, write nothing to the table: the reports say what would happen",
@@ -595,9 +662,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = commands.add_parser("datasets", help="the datasets and what they accept")
     dataset_commands = datasets.add_subparsers(dest="datasets_command", required=True)
-    dataset_commands.add_parser("list", help="one line per dataset")
+    dataset_commands.add_parser("list", help="one line per dataset, at its current version")
     show = dataset_commands.add_parser("show", help="a dataset's columns and rules, as JSON")
     show.add_argument("name")
+    show.add_argument("--version", type=int, help="a published version (default: the current)")
+    publish_file = dataset_commands.add_parser(
+        "publish",
+        help="publish each dataset a TOML file declares ([datasets.<name>]) as its next "
+        "version; refused when its table cannot take the change",
+    )
+    publish_file.add_argument("file")
     datasets.set_defaults(handler=_datasets)
 
     cancel = commands.add_parser("cancel", help="cancel a running import")

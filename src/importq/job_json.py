@@ -78,6 +78,15 @@ class Job(BaseModel):
     #: The undo of this batch, once it is undone.
     undoneBy: uuid.UUID | None
     dataset: str
+    #: The version of the dataset's definition that judged the batch.
+    datasetVersion: int
+    #: A rerun: the batch whose upload it runs again (the one the upload came with).
+    rerunOf: uuid.UUID | None
+    #: How the upload was read beyond the definition: its header mapping (upload header
+    #: -> column), decimal mark and date format; null: the dataset's.
+    mapping: dict[str, str] | None
+    decimal: Literal["dot", "comma"] | None
+    dateFormat: str | None
     #: What a row whose key is stored does: see ``Mode``.
     mode: Mode
     #: What failed rows do: continue, atomic or abort-above=<n>%.
@@ -112,6 +121,11 @@ class Job(BaseModel):
             undoOf=row["undo_of"],
             undoneBy=row["undone_by"],
             dataset=row["dataset"],
+            datasetVersion=row["dataset_version"],
+            rerunOf=row["rerun_of"],
+            mapping=row["mapping"],
+            decimal=row["decimal_mark"],
+            dateFormat=row["date_format"],
             mode=row["mode"],
             onError=OnError(row["on_error"], row["abort_percent"]).text,
             status=row["status"],

@@ -1,5 +1,5 @@
 """``importq migrate``: importq's numbered migrations, procrastinate's schema, and the
-datasets' target tables.
+datasets files' definitions, published as versions (with their target tables).
 
 A migration runs in one transaction, under an advisory lock, so two processes migrating
 at once apply each step once. Each applied step is recorded in ``importq_migrations``
@@ -21,7 +21,7 @@ import psycopg
 from procrastinate.schema import SchemaManager
 from psycopg import AsyncConnection
 
-from importq.pipeline.target_tables import ensure_target_table
+from importq.pipeline.dataset_versions import publish_files
 from importq.resources import resource_dir
 from importq.rules.datasets import Dataset
 from importq.sql import queries
@@ -93,8 +93,7 @@ async def migrate(conn: AsyncConnection[object], datasets: dict[str, Dataset]) -
                 )
                 applied_now.append(path.name)
 
-        for dataset in datasets.values():
-            await ensure_target_table(conn, dataset)
+        applied_now += await publish_files(conn, datasets)
     for step in applied_now:
         log.info("applied %s", step)
     return applied_now

@@ -1,4 +1,4 @@
-"""Everything a process needs, built once: settings, pool, datasets, storage, queue.
+"""Everything a process needs, built once: settings, pool, dataset catalog, storage, queue.
 
 The API, the worker and the tests all start from :func:`open_services`, so each part is
 wired one way only.
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from importq.config import Settings
 from importq.db import DatabaseOutage, Pool, create_pool, database_url
+from importq.pipeline.dataset_versions import DatasetCatalog
 from importq.pipeline.job_queue import JobQueue, create_queue_app
-from importq.rules.datasets import Dataset, load_datasets
 from importq.storage import Storage
 from importq.storage.local import LocalStorage
 
@@ -27,7 +27,8 @@ class Services:
     settings: Settings
     pool: Pool
     auth_pool: Pool
-    datasets: dict[str, Dataset]
+    #: The published dataset definitions (``importq migrate`` publishes the files').
+    datasets: DatasetCatalog
     storage: Storage
     queue: JobQueue
     outage: DatabaseOutage
@@ -53,7 +54,6 @@ async def open_services(
     """Open the pools, the storage and the queue app on the main pool; close them all on
     exit. ``pool_size`` bounds the main pool; with ``auth_pool_size`` 0 (a process that
     serves no API), authentication would use the main pool."""
-    datasets = load_datasets(settings.datasets_file)
     storage = open_storage(settings)
     try:
         url = database_url(settings)
@@ -73,7 +73,7 @@ async def open_services(
                         settings=settings,
                         pool=pool,
                         auth_pool=auth_pool,
-                        datasets=datasets,
+                        datasets=DatasetCatalog(),
                         storage=storage,
                         queue=JobQueue(app),
                         outage=outage,

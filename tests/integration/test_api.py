@@ -28,6 +28,7 @@ from helpers import (
     download,
     entrance,
     post_rows,
+    publish_configured,
     read_csv_report,
     running_worker,
     summary,
@@ -36,7 +37,6 @@ from helpers import (
 from importq import accounts
 from importq.config import Settings
 from importq.ingest.staged_table import SCHEMA, table_name
-from importq.pipeline.target_tables import ensure_target_table
 from importq.services import Services
 
 EXTRA_DATASETS = """
@@ -92,6 +92,11 @@ JOB_EXTRA_KEYS = {
     "abortedAt",
     "undoOf",
     "undoneBy",
+    "datasetVersion",
+    "rerunOf",
+    "mapping",
+    "decimal",
+    "dateFormat",
 }
 PROGRESS_KEYS = {
     "totalChunks",
@@ -129,14 +134,12 @@ def settings(database_url: str, tmp_path: Path, settings_overrides: dict[str, An
 
 @pytest.fixture
 async def services(services: Services) -> Services:
-    """conftest's services, plus the target tables of the extra datasets.
+    """conftest's services, with the extra datasets published.
 
     The template database was migrated with the built-in datasets only, as
     ``importq migrate`` would have been before the datasets file was added.
     """
-    async with services.pool.connection() as conn:
-        for name in ("caves", "vault"):
-            await ensure_target_table(conn, services.datasets[name])
+    await publish_configured(services)
     return services
 
 

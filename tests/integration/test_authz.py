@@ -13,6 +13,7 @@ from conftest import new_user
 from helpers import api_client, entrance, running_worker, wait_for_batch
 from importq import accounts
 from importq.api.app import create_app
+from importq.rules.datasets import load_datasets
 from importq.services import Services
 
 ACTORS = ("anonymous", "owner", "other", "moderator", "admin", "revoked", "expired", "disabled")
@@ -21,6 +22,9 @@ EVERYONE = "ok ok ok ok ok ok ok ok"
 SIGNED_IN = "401 ok ok ok ok 401 401 401"
 OWNER_AND_STAFF = "401 ok 403 ok ok 401 401 401"
 ADMINS = "401 403 403 403 ok 401 401 401"
+
+ENTRANCES = load_datasets()["entrances"].definition
+MAPPING = {"dataset": "entrances", "mapping": {"Lat": "w3geo:latitude"}}
 
 # (method, path, JSON body or None, statuses, the success status)
 MATRIX: list[tuple[str, str, Any, str, int]] = [
@@ -36,7 +40,16 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("POST", "/api/v1/jobs/{batch}/cancel", None, OWNER_AND_STAFF, 202),
     # The batch has not ended: those who may see it are told it cannot be undone yet.
     ("POST", "/api/v1/jobs/{batch}/undo", None, OWNER_AND_STAFF, 409),
+    # A finished batch's upload, run again as a dry run: a new batch for each who may.
+    ("POST", "/api/v1/jobs/{done}/rerun", None, OWNER_AND_STAFF, 202),
+    # A run compared with itself: nothing moved.
+    ("GET", "/api/v1/jobs/{done}/compare/{done}", None, OWNER_AND_STAFF, 200),
     ("GET", "/api/v1/datasets", None, SIGNED_IN, 200),
+    # The current definition again: nothing is published, and admins are told so.
+    ("POST", "/api/v1/datasets/entrances/versions", ENTRANCES, ADMINS, 200),
+    ("GET", "/api/v1/mappings", None, SIGNED_IN, 200),
+    ("PUT", "/api/v1/mappings/mine", MAPPING, SIGNED_IN, 200),
+    ("DELETE", "/api/v1/mappings/{missing}", None, SIGNED_IN, 404),
     ("GET", "/api/v1/datasets/entrances", None, SIGNED_IN, 200),
     ("GET", "/api/v1/datasets/entrances/template.csv", None, SIGNED_IN, 200),
     ("GET", "/api/v1/datasets/entrances/template.xlsx", None, SIGNED_IN, 200),
@@ -64,6 +77,9 @@ def _route(method: str, path: str) -> tuple[str, str]:
     """The OpenAPI document's name of a route: its method and its path template."""
     template = path.split("?")[0]
     for concrete, placeholder in (
+        ("/compare/{done}", "/compare/{other_id}"),
+        ("/mappings/mine", "/mappings/{name}"),
+        ("/mappings/{missing}", "/mappings/{name}"),
         ("/jobs/{batch}", "/jobs/{batch_id}"),
         ("/jobs/{done}", "/jobs/{batch_id}"),
         ("/notifications/{missing}", "/notifications/{notification_id}"),

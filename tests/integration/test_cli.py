@@ -386,9 +386,59 @@ def test_any_command_closes_the_folders_of_a_data_dir_written_before_the_umask(
 
 def test_datasets_lists_and_shows_what_the_api_shows(cli_env: dict[str, str]) -> None:
     listed = importq(cli_env, "datasets", "list")
-    assert listed.returncode == 0 and listed.stdout == "entrances\tEntrances\timport role: user\n"
+    assert (
+        listed.returncode == 0 and listed.stdout == "entrances\tv1\tEntrances\timport role: user\n"
+    )
     shown = importq(cli_env, "datasets", "show", "entrances")
     assert shown.returncode == 0, shown.stderr
     detail = json.loads(shown.stdout)
     assert detail["name"] == "entrances" and len(detail["columns"]) == 19
     assert importq(cli_env, "datasets", "show", "caves").returncode == 1
+
+
+def test_a_published_version_judges_an_import_read_with_a_mapping_and_a_decimal_comma(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    url, env = served
+    builtin = Path(__file__).parents[2] / "src" / "importq" / "builtin" / "entrances.toml"
+    loosened = builtin.read_text(encoding="utf-8").replace(
+        'pattern = "[A-Za-z]{2}"', 'pattern = "[A-Za-z]{2,3}"'
+    )
+    definition = tmp_path / "entrances-v2.toml"
+    definition.write_text(loosened, encoding="utf-8")
+    published = importq(env, "datasets", "publish", str(definition))
+    assert published.returncode == 0, published.stderr
+    assert published.stdout == "entrances: published version 2 (the table is unchanged)\n"
+    again = importq(env, "datasets", "publish", str(definition))
+    assert again.stdout == "entrances: unchanged, version 2 is current\n"
+    shown = json.loads(importq(env, "datasets", "show", "entrances", "--version", "1").stdout)
+    assert shown["version"] == 1 and "[A-Za-z]{2}" in json.dumps(shown["definition"])
+
+    rows = [entrance(f"c{i}", country="FRA", latitude="45,5") for i in range(3)]
+    upload = tmp_path / "export.csv"
+    upload.write_text(csv_text(rows).replace("w3geo:latitude", "Lat"), encoding="utf-8")
+    done = importq(
+        env,
+        "import",
+        str(upload),
+        "--dataset",
+        "entrances",
+        "--url",
+        url,
+        "--mapping",
+        '{"Lat": "w3geo:latitude"}',
+        "--decimal",
+        "comma",
+        "--wait",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "successes: 3" in done.stdout.splitlines()
+
+    mandatory = tmp_path / "entrances-v3.toml"
+    mandatory.write_text(
+        loosened + '\n[[datasets.entrances.columns]]\nname = "x"\nfield = "x"\nrequired = true\n',
+        encoding="utf-8",
+    )
+    refused = importq(env, "datasets", "publish", str(mandatory))
+    assert refused.returncode == 2
+    assert "column x is mandatory and new" in refused.stderr

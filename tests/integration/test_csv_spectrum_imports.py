@@ -11,9 +11,8 @@ import pytest
 
 from conftest import make_settings
 from csv_spectrum import SPECTRUM_CASES, spectrum_case
-from helpers import summary, wait_for_batch
+from helpers import publish_configured, summary, wait_for_batch
 from importq.config import Settings
-from importq.pipeline.target_tables import ensure_target_table
 from importq.services import Services
 
 # The datasets a spectrum case is imported into: one per case, every column optional
@@ -59,8 +58,7 @@ def settings(database_url: str, tmp_path: Path, spectrum: Path) -> Settings:
 
 @pytest.fixture
 async def services(services: Services, spectrum_case_name: str) -> Services:
-    async with services.pool.connection() as conn:
-        await ensure_target_table(conn, services.datasets[f"spectrum_{spectrum_case_name}"])
+    await publish_configured(services)
     return services
 
 

@@ -17,13 +17,13 @@ from helpers import (
     csv_text,
     entrance,
     imported,
+    publish_configured,
     report_records,
     running_worker,
     summary,
     wait_for_batch,
 )
 from importq.config import Settings
-from importq.pipeline.target_tables import ensure_target_table
 from importq.services import Services
 
 
@@ -193,6 +193,13 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     return make_settings(database_url, tmp_path / "data", datasets_file=datasets)
 
 
+@pytest.fixture
+async def services(services: Services) -> Services:
+    """conftest's services, with ``caves`` published."""
+    await publish_configured(services)
+    return services
+
+
 async def test_a_mode_needs_the_role_the_dataset_gives_it(services: Services) -> None:
     user, moderator = (
         (await new_user(services, "u"))[1],
@@ -290,8 +297,6 @@ async def test_concurrent_upserts_run_in_parallel_workers(
 
 
 async def test_fields_named_as_importqs_columns_upsert_and_undo(services: Services) -> None:
-    async with services.pool.connection() as conn:
-        await ensure_target_table(conn, services.datasets["caves"])
     admin = (await new_user(services, "root", "admin"))[1]
     moderator = (await new_user(services, "moder", "moderator"))[1]
     fields = ("line", "kind", "chunk_no", "stored", "changed_columns")

@@ -32,6 +32,7 @@ from importq.ingest.limits import UploadLimits
 from importq.ingest.staged_table import SCHEMA, part_name, table_name
 from importq.ingest.staging import BatchRequest
 from importq.pipeline.recovery import reconcile
+from importq.rules.datasets import load_datasets
 from importq.services import Services
 
 
@@ -188,7 +189,7 @@ async def test_with_no_second_connection_free_the_file_is_copied_in_one_piece(
     body = csv_text(quoted_entrances()).encode()
     upload = read_csv(io.BytesIO(body), limits=UploadLimits())
     user_id = (await new_user(services, "busy"))[0]
-    request = BatchRequest(services.datasets["entrances"], initiator_id=user_id, format="csv")
+    request = BatchRequest(load_datasets()["entrances"], initiator_id=user_id, format="csv")
     busy = create_pool(database_url, max_size=1)
     await busy.open(wait=True)
     try:

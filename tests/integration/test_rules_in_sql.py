@@ -24,6 +24,7 @@ from importq.ingest.parsed_upload import ParsedUpload
 from importq.ingest.staged_table import trimmed
 from importq.ingest.staging import BatchRequest, stage_batch
 from importq.pipeline.chunk_processing import process_chunk
+from importq.pipeline.target_tables import _value
 from importq.rules.datasets import Dataset, load_datasets, parse_datasets
 from importq.rules.row_rules import StagedRow, converter
 from importq.rules.sql_screen import Screen
@@ -214,6 +215,18 @@ type = "date"
 name = "seen"
 field = "seen"
 type = "timestamp"
+[[datasets.probe.columns]]
+name = "share"
+field = "share"
+type = "float"
+decimal = "comma"
+min = -0.5
+max = 1e12
+[[datasets.probe.columns]]
+name = "dated"
+field = "dated"
+type = "date"
+formats = ["DD/MM/YYYY", "YYYY.MM.DD", "MM DD YYYY"]
 """
 )["probe"]
 
@@ -267,6 +280,43 @@ PROBES = {
     "open": ["true", "T", "yes", "0", "maybe", "ｙes", "yeſ", "FALSE"],
     "found": ["2024-02-29", "2023-02-29", "20240229", "2024-W09-4", "24-1-1"],
     "seen": ["2024-02-29T10:00:00", "2024-02-29 10:00:00+02:00", "2024-02-29", "noon"],
+    "share": [
+        "45,123",
+        "45.123",
+        "-0,5",
+        "-0,51",
+        ",5",
+        "5,",
+        "1 234,5",
+        "-0\u00a0000,5",
+        "1\u202f234\u202f567,891",
+        "999 999 999 999,9",
+        "1 000 000 000 000",
+        "1.234,5",
+        "1,2,3",
+        "12 34,5",
+        "1,5e3",
+        "1,5e999",
+        "0,1e-400",
+        "nan",
+    ],
+    "dated": [
+        "3/4/2026",
+        "03/04/2026",
+        "31/12/1999",
+        "29/02/2024",
+        "29/02/2026",
+        "31/04/2026",
+        "2026.4.3",
+        "2026.12.31",
+        "12 31 2026",
+        "1 2 0999",
+        "2026-04-03",
+        "20260403",
+        "2026-4-3",
+        "3-4-2026",
+        "25/13/2026",
+    ],
 }
 
 
@@ -304,3 +354,35 @@ async def test_the_screen_passes_no_value_its_column_refuses(services: Services)
     assert passed["code"] >= {"ab", "abc", "  ab  ", "日本"}  # 6 bytes, 2 characters
     assert {"AB-1"} <= passed["ref"] and {"pit", "cave"} <= passed["kind"]
     assert passed["open"] >= {"true", "T", "0", "FALSE"} and "2024-02-29" in passed["found"]
+    assert passed["share"] >= {"45,123", "45.123", "1 234,5", "1\u202f234\u202f567,891"}
+    assert passed["dated"] >= {"3/4/2026", "2026.4.3", "12 31 2026", "2026-04-03"}
+
+
+async def test_the_sql_cast_writes_the_converters_value(services: Services) -> None:
+    """Every value the rules accept is written, by ``_value``, as its converter reads it:
+    local formats (a decimal comma, grouped digits, declared date formats) included."""
+    positions = {column.name: p for p, column in enumerate(SCREENED.columns)}
+    cells = sql.SQL(", ").join(
+        sql.SQL("{}::text AS {}").format(sql.Placeholder(f"v{p}"), trimmed(p))
+        for p in positions.values()
+    )
+    written = 0
+    async with services.pool.connection() as conn:
+        for name, values in PROBES.items():
+            column = SCREENED.column(name)
+            convert = converter(column)
+            assert convert is not None
+            query = sql.SQL("SELECT {} FROM (SELECT {}) AS s").format(
+                _value(column, positions), cells
+            )
+            for value in values:
+                expected, problem = convert(normalise(value))
+                if problem is not None:
+                    continue
+                row = {f"v{p}": "" for p in positions.values()} | {
+                    f"v{positions[name]}": normalise(value)
+                }
+                cursor = await conn.execute(query, row)
+                assert await cursor.fetchone() == (expected,), (name, value)
+                written += 1
+    assert written > 40

@@ -15,14 +15,13 @@ from hypothesis import strategies as st
 from psycopg import AsyncConnection, sql
 
 from conftest import new_user
-from helpers import entrance, json_upload, row_results
+from helpers import entrance, json_upload, published, row_results
 from importq.ingest.chunk_bounds import ChunkSizing
 from importq.ingest.staged_table import results_table
 from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.pipeline.chunk_processing import process_chunk
 from importq.pipeline.reports import BLOCK_LINES
-from importq.pipeline.target_tables import ensure_target_table
-from importq.rules.datasets import Dataset, parse_datasets
+from importq.rules.datasets import Dataset, load_datasets, parse_datasets
 from importq.rules.row_rules import _bool, _date, _timestamp
 from importq.services import Services
 
@@ -46,9 +45,8 @@ async def _process(
 ) -> StagedBatch:
     """Stage ``rows`` and process every chunk."""
     user_id = (await new_user(services, f"edge-{uuid.uuid4().hex[:8]}"))[0]
+    dataset = await published(services, dataset)
     async with services.pool.connection() as conn:
-        await ensure_target_table(conn, dataset)
-        await conn.commit()
         staged = await stage_batch(
             conn,
             BatchRequest(dataset=dataset, initiator_id=user_id, format="json", mode=mode),
@@ -56,9 +54,10 @@ async def _process(
             sizing=ChunkSizing(chunk_size, services.settings.max_chunks),
             defer_chunks=services.queue.defer_chunks,
         )
-        datasets = {dataset.name: dataset}
         for chunk_no in range(staged.total_chunks):
-            assert await process_chunk(conn, services.queue, datasets, staged.batch_id, chunk_no)
+            assert await process_chunk(
+                conn, services.queue, services.datasets, staged.batch_id, chunk_no
+            )
     return staged
 
 
@@ -219,7 +218,7 @@ async def test_a_chunk_finds_stored_keys_at_the_edges_of_its_hash_range(
     of the chunk's hash range (settle_chunk): a stored key whose hash is a chunk's first
     or last one (the last chunk's range has no upper bound) is found all the same, and a
     key not stored in a range that holds others is inserted."""
-    entrances = services.datasets["entrances"]
+    entrances = load_datasets()["entrances"]
     rows = [entrance(f"edge-{n}") for n in range(40)]
     first = await _process(services, entrances, rows, chunk_size=10)
     async with services.pool.connection() as conn:

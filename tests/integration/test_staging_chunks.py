@@ -25,8 +25,11 @@ from importq.ingest.chunk_bounds import ChunkBound, ChunkSizing, chunk_bounds, c
 from importq.ingest.staged_table import StagedTable, original, table_name
 from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.pipeline.target_tables import chunk_statements
+from importq.rules.datasets import load_datasets
 from importq.services import Services
 from rules_model import row_key
+
+ENTRANCES = load_datasets()["entrances"]
 
 CHUNK_SIZE = 7
 
@@ -60,9 +63,7 @@ async def _stage_json(
 ) -> StagedBatch:
     """Entrance rows staged as a JSON upload by a new user, chunks of ``chunk_size``."""
     user_id = (await new_user(services, user))[0]
-    request = BatchRequest(
-        dataset=services.datasets["entrances"], initiator_id=user_id, format="json"
-    )
+    request = BatchRequest(dataset=ENTRANCES, initiator_id=user_id, format="json")
     async with services.pool.connection() as conn:
         return await stage_batch(
             conn,
@@ -75,7 +76,7 @@ async def _stage_json(
 
 async def test_staged_chunks_match_the_pure_chunking(services: Services) -> None:
     data = upload_rows(300)
-    dataset = services.datasets["entrances"]
+    dataset = ENTRANCES
     staged = await _stage_json(services, "stager", data, CHUNK_SIZE)
 
     # The same rows, keyed by row_rules in Python.
@@ -262,7 +263,7 @@ async def test_a_key_group_bigger_than_a_chunk_is_one_chunk_as_the_rule_cuts_it(
     groups several chunks long too."""
     rows = [entrance(f"g{n % 3}" if n < 60 else f"s{n}") for n in range(90)]
     staged = await _stage_json(services, "grouper", rows, CHUNK_SIZE)
-    table = StagedTable.of(staged.batch_id, services.datasets["entrances"], list(rows[0]))
+    table = StagedTable.of(staged.batch_id, ENTRANCES, list(rows[0]))
     async with services.pool.connection() as conn:
         cursor = await conn.execute(
             sql.SQL("SELECT key_hash FROM {} ORDER BY key_hash").format(table.name)
@@ -336,7 +337,7 @@ async def test_a_chunk_trims_its_cells_exactly_as_str_strip(services: Services) 
     padded or not: strings to trim sit in every column, among rows with nothing to trim
     and rows with one padded cell."""
     strings = strings_to_trim()
-    dataset = services.datasets["entrances"]
+    dataset = ENTRANCES
     header = [column.name for column in dataset.columns]
     rnd = random.Random(20261127)
     rows: list[dict[str, Any]] = []

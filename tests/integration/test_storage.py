@@ -42,6 +42,7 @@ from helpers import (
     BASE_URL,
     api_client,
     entrance,
+    judging,
     post_rows,
     read_csv_report,
     summary,
@@ -230,7 +231,7 @@ async def written_reports(services: Services, batch_id: str) -> dict[str, bytes]
     assert batch is not None
     with tempfile.TemporaryDirectory() as directory:
         files = await _write_reports(
-            services, batch, services.datasets[batch["dataset"]], Path(directory)
+            services, batch, await judging(services, batch), Path(directory)
         )
         return {kind: file.read_bytes() for kind, file in files.items()}
 

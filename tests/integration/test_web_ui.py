@@ -18,7 +18,7 @@ from playwright.async_api import Browser, FilePayload, Page, async_playwright, e
 
 from accounting import count, slow_down_inserts
 from conftest import new_user
-from helpers import csv_text, entrance, read_csv_report
+from helpers import api_client, csv_text, entrance, read_csv_report
 from importq.services import Services
 from processes import serving
 
@@ -219,3 +219,39 @@ async def test_an_upsert_chosen_on_the_page_is_undone_from_its_job_page(
     await page.goto(upsert_page)
     await expect(page.locator("#status-words")).to_have_text("Undone")
     await expect(page.get_by_role("link", name=re.compile("[0-9a-f-]{36}"))).to_be_visible()
+
+
+async def test_a_saved_mapping_reads_an_export_with_decimal_commas(
+    browser: Browser, site: str, services: Services
+) -> None:
+    """The preview finds the reader's saved mapping for the file's header and says so; the
+    import then reads the file with it and with the decimal comma chosen."""
+    _, token = await new_user(services, "mapper")
+    names = {"id": "Ident", "w3geo:latitude": "Lat", "w3geo:longitude": "Lon"}
+    async with api_client(services, token) as client:
+        saved = await client.put(
+            "/api/v1/mappings/my-export",
+            json={"dataset": "entrances", "mapping": {v: k for k, v in names.items()}},
+        )
+        assert saved.status_code == 200, saved.text
+    rows = [
+        {names.get(k, k): v for k, v in entrance(f"e{i}", latitude="45,5").items()}
+        for i in range(3)
+    ]
+    text = csv_text(rows)  # the latitudes quoted, for their commas
+    page = await browser.new_page()
+    await _sign_in(page, site, token)
+    await page.get_by_text("Options").click()
+    await page.get_by_label("Decimal mark").select_option("comma")
+    await page.get_by_label("File").set_input_files(
+        {"name": "export.csv", "mimeType": "text/csv", "buffer": text.encode()}
+    )
+    preview = page.locator("#preview")
+    await expect(preview).to_contain_text("Your saved mapping applies to this header: my-export")
+    await expect(preview).to_contain_text("Every mandatory column is there.")
+    await expect(page.locator("#preview td.refused")).to_have_count(0)
+    await page.get_by_role("button", name="Import", exact=True).click()
+    await expect(page).to_have_url(re.compile(r"/jobs/[0-9a-f-]{36}$"))
+    await _wait_final(page)
+    await expect(page.locator("#count-successes")).to_have_text("3")
+    assert await count(services, "SELECT count(*) FROM entrances WHERE latitude = 45.5") == 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import psycopg
 import psycopg_pool
@@ -28,9 +28,11 @@ from importq.api import (
     imports,
     job_events,
     jobs,
+    mappings,
     notifications,
     openapi,
     preview,
+    reruns,
     users,
 )
 from importq.api.auth import database_unavailable
@@ -38,7 +40,7 @@ from importq.api.headers import SecurityHeaders
 from importq.api.rate_limit import RateLimiter
 from importq.config import Settings
 from importq.errors import Refusal
-from importq.rules.datasets import load_datasets
+from importq.rules.datasets import Dataset, load_datasets
 from importq.services import Services, open_services
 from importq.ui import pages
 from importq.worker.tasks import run_worker, worker_connections, worker_lanes
@@ -142,6 +144,8 @@ def create_app(
         if run_worker_in_process:
             pool_size += worker_connections(worker_lanes(settings, chunk_concurrency))
         async with open_services(settings, pool_size=pool_size) as services:
+            async with services.pool.connection() as conn:
+                await services.datasets.current(conn)  # for the OpenAPI document
             if run_worker_in_process:
                 worker = asyncio.create_task(run_worker(services, concurrency=chunk_concurrency))
                 worker.add_done_callback(_worker_ended)
@@ -182,7 +186,7 @@ def create_app(
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_allowed,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
             expose_headers=["Retry-After", "Location"],
             max_age=600,
@@ -191,8 +195,10 @@ def create_app(
         imports,
         preview,
         jobs,
+        reruns,
         job_events,
         datasets,
+        mappings,
         notifications,
         users,
         files,
@@ -208,5 +214,14 @@ def create_app(
         for route in (*app.routes, *(r for m in (*routers, pages) for r in m.router.routes))
         if isinstance(route, Route)
     ]
-    openapi.install(app, lambda: load_datasets(settings.datasets_file), settings.upload_limits)
+    openapi.install(app, lambda: _datasets_seen(app, settings), settings.upload_limits)
     return app
+
+
+def _datasets_seen(app: FastAPI, settings: Settings) -> Mapping[str, Dataset]:
+    """The datasets' current versions as this process last read them; before the
+    service opens, those of the datasets files."""
+    services: Services | None = app.state.services
+    if services is None:
+        return load_datasets(settings.datasets_file)
+    return services.datasets.last_seen

@@ -24,6 +24,12 @@ from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 
 from importq.accounts import User
 from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.reading import (
+    DateFormatOption,
+    DecimalOption,
+    MappingOption,
+    upload_reading,
+)
 from importq.api.request_body import spool_body, spool_form_file, too_large
 from importq.api.schemas import Accepted, accepted_with_location, errors
 from importq.callback_urls import CALLBACK_URL_PATTERN, WHAT_IT_MAY_BE, is_callback_url
@@ -34,7 +40,7 @@ from importq.ingest.json_rows import read_json_rows
 from importq.ingest.limits import UploadLimits
 from importq.ingest.off_loop import off_loop
 from importq.ingest.parsed_upload import ParsedUpload, within_limits
-from importq.ingest.staging import BatchRequest, stage_batch
+from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.ingest.text_encoding import encoding_names, resolve_encoding
 from importq.ingest.xlsx_reader import XLSX_TYPE, read_xlsx
 from importq.job_json import Mode
@@ -105,10 +111,20 @@ class FileOptions:
     delimiter: str | None = None
     sheet: str | None = None
 
+    def asked(self) -> dict[str, str] | None:
+        """The options given (kept with the batch, so that a rerun reads the same)."""
+        given = {"encoding": self.encoding, "delimiter": self.delimiter, "sheet": self.sheet}
+        kept = {name: value for name, value in given.items() if value is not None}
+        return kept or None
 
-def importable_dataset(services: Services, user: User, name: str) -> Dataset:
-    """The dataset ``name``, if ``user`` may import into it (else 404 or 403)."""
-    definition = services.datasets.get(name)
+
+async def importable_dataset(
+    services: Services, user: User, name: str, version: int | None = None
+) -> Dataset:
+    """The dataset ``name`` (its current version, or ``version``), if ``user`` may import
+    into it (else 404 or 403)."""
+    async with services.pool.connection() as conn:
+        definition = await services.datasets.get(conn, name, version)
     if definition is None:
         raise Refusal(404, "unknown_dataset", f"There is no dataset named {name!r}.")
     if not user.has_role(definition.import_role):
@@ -207,8 +223,9 @@ async def keep_upload(services: Services, batch_id: uuid.UUID, fmt: str, source:
     """Keep the uploaded file in storage under ``uploads/<batchId>/`` for the retention
     period. The periodic clean-up deletes it.
 
-    This runs after the 202. The rows are staged already, so this copy is only for the
-    record and never holds the answer up. A failure to keep it is only logged.
+    This runs after the 202. The rows are staged already, so this copy never holds the
+    answer up: only a rerun reads it. A failure to keep it is only logged (a rerun then
+    finds it gone: ``409 expired``).
     """
     path = f"uploads/{batch_id}/upload.{fmt}"
     try:
@@ -356,13 +373,16 @@ async def import_rows(
             "Default: the dataset's"
         ),
     ] = None,
+    mapping: MappingOption = None,
+    decimal: DecimalOption = None,
+    dateFormat: DateFormatOption = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> Any:
     if request.app.state.draining:
         raise Refusal(
             503, "shutting_down", "The service is stopping; send the upload again shortly."
         )
-    definition = importable_dataset(services, user, dataset)
+    definition = await importable_dataset(services, user, dataset)
     chosen = mode or definition.default_mode
     on_error = OnError.parse(onError)
     check_mode_role(user, definition, chosen)
@@ -377,6 +397,7 @@ async def import_rows(
     file_name = clean_file_name(fileName)
     # Refuse unusable options before reading a byte of the body.
     options = file_options(services, encoding, delimiter, sheet)
+    reading = await upload_reading(services, user.id, definition, mapping, decimal, dateFormat)
     if callbackUrl is not None and not is_callback_url(callbackUrl):
         raise Refusal(400, "bad_callback_url", f"callbackUrl must be {WHAT_IT_MAY_BE}.")
     # Whatever refuses the upload, it is closed, and a spool file is then gone. Only an
@@ -395,6 +416,7 @@ async def import_rows(
             asked += ["dry run"] if dryRun else []
             asked += [f"mode {chosen}"] if chosen != "insert" else []
             asked += [f"on error {on_error.text}"] if on_error.checked else []
+            asked += reading.digested()
             digest = await off_loop(_request_digest, source, asked)
         batch_request = BatchRequest(
             dataset=definition,
@@ -408,20 +430,41 @@ async def import_rows(
             dry_run=dryRun,
             mode=chosen,
             on_error=on_error,
+            mapping=reading.mapping,
+            decimal=reading.decimal,
+            date_format=reading.date_format,
+            file_options=options.asked(),
         )
-        async with services.pool.connection() as conn:
-            staged = await stage_batch(
-                conn,
-                batch_request,
-                within_limits(upload, options.limits),
-                sizing=services.settings.chunk_sizing,
-                defer_chunks=services.queue.defer_chunks,
-                connect=services.pool.connection,
-            )
-        if staged.created:
-            upload_closed.pop_all()  # keep_upload closes it
-            background.add_task(keep_upload, services, staged.batch_id, fmt, source)
+        staged = await stage_and_keep(
+            services, background, upload_closed, batch_request, upload, options, source
+        )
     return accepted(response, staged.batch_id, staged.total_rows, staged.total_chunks)
+
+
+async def stage_and_keep(
+    services: Services,
+    background: BackgroundTasks,
+    upload_closed: contextlib.ExitStack,
+    request: BatchRequest,
+    upload: ParsedUpload,
+    options: FileOptions,
+    source: IO[bytes],
+) -> StagedBatch:
+    """Stage ``upload`` as ``request`` asks; a new batch keeps ``source`` (closed by
+    :func:`keep_upload`, after the answer, rather than by ``upload_closed``)."""
+    async with services.pool.connection() as conn:
+        staged = await stage_batch(
+            conn,
+            request,
+            within_limits(upload, options.limits),
+            sizing=services.settings.chunk_sizing,
+            defer_chunks=services.queue.defer_chunks,
+            connect=services.pool.connection,
+        )
+    if staged.created:
+        upload_closed.pop_all()
+        background.add_task(keep_upload, services, staged.batch_id, request.format, source)
+    return staged
 
 
 def accepted(response: Response, batch_id: uuid.UUID, total_rows: int, chunks: int) -> Accepted:

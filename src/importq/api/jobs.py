@@ -187,7 +187,7 @@ async def undo_job(
     retention period (``expired``)."""
     batch = await readable_batch(services, user, batch_id)
     # Undoing writes to the dataset's table as the import did: the same roles may.
-    dataset = importable_dataset(services, user, batch["dataset"])
+    dataset = await importable_dataset(services, user, batch["dataset"], batch["dataset_version"])
     check_mode_role(user, dataset, batch["mode"])
     request.app.state.rate_limiter.take(str(user.id))
     async with services.pool.connection() as conn:

@@ -68,20 +68,24 @@ def install(
     datasets: Callable[[], Mapping[str, Dataset]],
     limits: UploadLimits,
 ) -> None:
-    """Make ``app.openapi()`` (and so ``/openapi.json``) build the finished document, once.
+    """Make ``app.openapi()`` (and so ``/openapi.json``) build the finished document,
+    again only when the datasets' versions differ from the last document's.
 
-    ``datasets`` gives the datasets the service serves when the document is first asked
-    for.
+    ``datasets`` gives the datasets the service serves (their current versions).
     """
+    built_for: list[object] = [None]
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
+        served = datasets()
+        versions = sorted((name, d.version) for name, d in served.items())
+        if app.openapi_schema is None or built_for[0] != versions:
             document = get_openapi(
                 title=app.title, version=app.version, routes=app.routes, description=DESCRIPTION
             )
             _complete_errors(document)
-            _paths_per_dataset(document, datasets(), limits)
+            _paths_per_dataset(document, served, limits)
             app.openapi_schema = document
+            built_for[0] = versions
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -17,6 +17,7 @@ document's header is every row's keys; a workbook cannot be cut): a larger one i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import itertools
 from collections.abc import Mapping
@@ -36,8 +37,16 @@ from importq.api.imports import (
     read_file,
     spool_upload,
 )
+from importq.api.reading import (
+    DateFormatOption,
+    DecimalOption,
+    MappingOption,
+    Reading,
+    upload_reading,
+)
 from importq.api.schemas import errors
 from importq.ingest.off_loop import off_loop
+from importq.mappings import mapping_for_header
 from importq.rules.datasets import Dataset
 from importq.rules.row_rules import RowChecker, StagedRow
 
@@ -76,6 +85,11 @@ class Preview(BaseModel):
     unknown: list[str]
     duplicated: list[str]
     rows: list[PreviewRow]
+    #: The header mapping applied: the one asked for, else the newest of your saved
+    #: mappings of the dataset made for this header (``mappingName`` names it: send it
+    #: as the import's ``mapping``), else None.
+    mapping: dict[str, str] | None = None
+    mappingName: str | None = None
 
 
 @router.post(
@@ -91,24 +105,50 @@ async def preview(
     encoding: EncodingOption = None,
     delimiter: DelimiterOption = None,
     sheet: SheetOption = None,
+    mapping: MappingOption = None,
+    decimal: DecimalOption = None,
+    dateFormat: DateFormatOption = None,
     partial: Annotated[
         bool,
         Query(description="The body is only the beginning of a CSV or text file (else ignored)"),
     ] = False,
 ) -> Preview:
-    """What an import of the file would find in its header and first rows; nothing is
-    staged."""
-    definition = importable_dataset(services, user, dataset)
+    """What an import of the file would find in its header and first rows, read with
+    the options given (or a saved mapping made for its header); nothing is staged."""
+    definition = await importable_dataset(services, user, dataset)
     options = file_options(services, encoding, delimiter, sheet)
+    reading = await upload_reading(services, user.id, definition, mapping, decimal, dateFormat)
     with contextlib.ExitStack() as closed:
         body = await spool_upload(
             request, services, closed, limit=PARTIAL_BYTES if partial else WHOLE_BYTES
         )
         # Only a text file can be cut at a line end; any other is read whole.
         cut = partial and body.format == "csv"
-        return await off_loop(
-            _preview, body.source, body.format, body.default_delimiter, options, definition, cut
-        )
+
+        async def judged(reading: Reading) -> Preview:
+            body.source.seek(0)
+            found = await off_loop(
+                _preview,
+                body.source,
+                body.format,
+                body.default_delimiter,
+                options,
+                reading.judging(definition),
+                cut,
+            )
+            return found.model_copy(
+                update={"mapping": reading.mapping, "mappingName": reading.mapping_name}
+            )
+
+        found = await judged(reading)
+        if mapping is None:
+            async with services.pool.connection() as conn:
+                saved = await mapping_for_header(conn, user.id, definition.name, found.header)
+            if saved is not None:
+                found = await judged(
+                    dataclasses.replace(reading, mapping=saved.mapping, mapping_name=saved.name)
+                )
+        return found
 
 
 def _code_unit(data: bytes, encoding: str | None) -> tuple[int, ByteOrder, bytes]:

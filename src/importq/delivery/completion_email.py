@@ -36,7 +36,10 @@ async def send_completion_email(
         assert user is not None and batch["result"] is not None
         if not user["email"] and settings.smtp_url:
             raise PermanentFailure(f"user {user['name']} has no email address")
-        dataset = services.datasets.get(batch["dataset"])
+        async with services.pool.connection() as conn:
+            dataset = await services.datasets.version(
+                conn, batch["dataset"], batch["dataset_version"]
+            )
         facts = CompletionFacts(
             batch_id=str(batch_id),
             status=batch["status"],

@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 
 import psycopg
 from psycopg import AsyncConnection, errors, sql
+from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
 from importq.errors import Refusal
@@ -48,6 +49,7 @@ from importq.ingest.staged_table import (
     drop_staged_table,
     part_name,
 )
+from importq.pipeline.dataset_versions import check_current
 from importq.pipeline.on_error import OnError
 from importq.rules.datasets import Dataset, HeaderMatch
 from importq.rules.row_rules import Value
@@ -105,6 +107,21 @@ class BatchRequest:
     mode: str = "insert"
     #: What the batch does about failed rows.
     on_error: OnError = field(default_factory=OnError)
+    #: How the upload is read beyond the definition (``Dataset.read_as``): its header
+    #: mapping (upload header -> column), decimal mark and date format.
+    mapping: dict[str, str] | None = None
+    decimal: str | None = None
+    date_format: str | None = None
+    #: The batch whose kept upload this one runs again.
+    rerun_of: uuid.UUID | None = None
+    #: The encoding, delimiter and sheet the upload asked for (those given), so that a
+    #: rerun reads the kept file as the upload was read.
+    file_options: dict[str, str] | None = None
+
+    @property
+    def judged_by(self) -> Dataset:
+        """The definition that judges the upload: the dataset, read as asked."""
+        return self.dataset.read_as(self.mapping, self.decimal, self.date_format)
 
 
 def check_header(dataset: Dataset, header: list[str]) -> HeaderMatch:
@@ -423,16 +440,19 @@ async def stage_batch(
     """
     # The header is kept with the batch (and names unknown columns in its warnings).
     upload = dataclasses.replace(upload, header=[_storable(name) for name in upload.header])
-    match = check_header(request.dataset, upload.header)
+    judged_by = request.judged_by
+    match = check_header(judged_by, upload.header)
     existing = await _existing(conn, request)
     if existing is not None:
         return existing
     batch_id = uuid.uuid4()
-    table = StagedTable(batch_id, len(upload.header), request.dataset, dict(match.positions))
+    table = StagedTable(batch_id, len(upload.header), judged_by, dict(match.positions))
     second = SecondPart(connect, table) if connect is not None else None
     staged = False
     try:
         async with conn.transaction():
+            # A dry run may be judged by an older version (a rerun's): it writes nothing.
+            await check_current(conn, request.dataset, any_version=request.dry_run)
             total = None
             if upload.source is not None:
                 total = await _copy_clean_csv(conn, table, upload.source, second)
@@ -466,6 +486,14 @@ async def stage_batch(
                     "mode": request.mode,
                     "on_error": request.on_error.kind,
                     "abort_percent": request.on_error.percent,
+                    "dataset_version": request.dataset.version,
+                    "mapping": None if request.mapping is None else Jsonb(request.mapping),
+                    "decimal_mark": request.decimal,
+                    "date_format": request.date_format,
+                    "rerun_of": request.rerun_of,
+                    "file_options": None
+                    if request.file_options is None
+                    else Jsonb(request.file_options),
                 },
             )
             await conn.execute(

@@ -213,7 +213,8 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
             batch = await batches.get_batch(conn, batch_id)
         if batch is None or batch["status"] != "aggregating":
             return None
-    dataset = services.datasets[batch["dataset"]]
+    async with services.pool.connection() as conn:
+        dataset = await services.datasets.judging(conn, batch)
     # Written in the data dir, so local storage can take the files without copying them.
     services.settings.data_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(

@@ -55,6 +55,7 @@ from psycopg import AsyncConnection, sql
 
 from importq.ingest.staged_table import StagedTable, results_table
 from importq.pipeline.batches import ChunkTally, count_finished_chunk, record_written_batch
+from importq.pipeline.dataset_versions import DatasetCatalog
 from importq.pipeline.job_queue import JobQueue
 from importq.pipeline.row_refusals import for_the_log, refusal_message
 from importq.pipeline.target_tables import ChunkStatements, chunk_statements
@@ -113,7 +114,7 @@ async def _claim_chunk(
 
 
 def _statements(
-    datasets: Mapping[str, Dataset],
+    dataset: Dataset,
     batch_id: uuid.UUID,
     chunk: Mapping[str, Any],
     *,
@@ -121,15 +122,18 @@ def _statements(
 ) -> ChunkStatements:
     """A chunk's statements. A checked batch's (``onError`` other than continue) write
     nothing, as a dry run's, unless ``write``: its chunks are written all at once, once
-    every one is checked."""
+    every one is checked. ``dataset`` judges the chunk's batch
+    (:meth:`~importq.pipeline.dataset_versions.DatasetCatalog.judging`)."""
     checked = chunk["on_error"] != "continue" and not write
     return _batch_statements(
         batch_id,
-        datasets[chunk["dataset"]],
+        dataset,
         tuple(chunk["header"]),
         chunk["dry_run"] or checked,
         chunk["mode"],
         chunk["undo_of"],
+        # A dry run rerunning an insert does not see what the batch it reruns inserted.
+        chunk["rerun_of"] if chunk["dry_run"] and chunk["mode"] == "insert" else None,
     )
 
 
@@ -141,6 +145,7 @@ def _batch_statements(
     dry_run: bool,
     mode: str,
     undo_of: uuid.UUID | None,
+    unseen_batch: uuid.UUID | None,
 ) -> ChunkStatements:
     """The statements of a batch's chunks. They are composed once per batch, because a
     worker runs many chunks of the same batch in a row. An undo's read the staged rows
@@ -149,7 +154,7 @@ def _batch_statements(
         staged = StagedTable.of(undo_of, dataset, list(header))
         return chunk_statements(staged, list(header), undo_results=results_table(batch_id))
     staged = StagedTable.of(batch_id, dataset, list(header))
-    return chunk_statements(staged, list(header), dry_run, mode)
+    return chunk_statements(staged, list(header), dry_run, mode, unseen_batch=unseen_batch)
 
 
 async def _bad_values(
@@ -363,7 +368,7 @@ async def _prepare(
 async def process_chunk(
     conn: AsyncConnection[Any],
     queue: JobQueue,
-    datasets: Mapping[str, Dataset],
+    datasets: DatasetCatalog,
     batch_id: uuid.UUID,
     chunk_no: int,
     *,
@@ -384,10 +389,9 @@ async def process_chunk(
             # the cancel found it held by a failing attempt): its rows are reported, not run.
             await cancel_chunks(conn, queue, batch_id, chunk_no)
             return True
-        statements = _statements(datasets, batch_id, chunk)
-        tally = await _work(
-            conn, statements, datasets[chunk["dataset"]], batch_id, chunk, slice_rows
-        )
+        dataset = await datasets.judging(conn, chunk)
+        statements = _statements(dataset, batch_id, chunk)
+        tally = await _work(conn, statements, dataset, batch_id, chunk, slice_rows)
         await _finish(conn, queue, batch_id, chunk_no, tally)
     return True
 
@@ -445,7 +449,7 @@ class _TooManyFailures(Exception):
 
 async def write_checked_batch(
     conn: AsyncConnection[Any],
-    datasets: Mapping[str, Dataset],
+    datasets: DatasetCatalog,
     batch_id: uuid.UUID,
     passes: Callable[[int], bool],
 ) -> bool:
@@ -474,18 +478,17 @@ async def write_checked_batch(
             names = [d.name for d in cursor.description or ()]
             chunks = [dict(zip(names, row, strict=True)) for row in await cursor.fetchall()]
             if chunks:
-                updates = _statements(datasets, batch_id, chunks[0], write=True).updates
+                dataset = await datasets.judging(conn, chunks[0])
+                updates = _statements(dataset, batch_id, chunks[0], write=True).updates
                 if updates is not None:
                     await conn.execute(updates.lock_batch_keys)
             total = ChunkTally()
             for chunk in chunks:
-                statements = _statements(datasets, batch_id, chunk, write=True)
+                statements = _statements(dataset, batch_id, chunk, write=True)
                 if chunk["status"] == "failed":
                     total += await _give_up(conn, statements, batch_id, chunk)
                 else:
-                    total += await _work(
-                        conn, statements, datasets[chunk["dataset"]], batch_id, chunk
-                    )
+                    total += await _work(conn, statements, dataset, batch_id, chunk)
             if not passes(total.failures):
                 raise _TooManyFailures
             await record_written_batch(conn, batch_id, total)
@@ -514,7 +517,7 @@ async def record_attempt(
 async def fail_chunk(
     conn: AsyncConnection[Any],
     queue: JobQueue,
-    datasets: Mapping[str, Dataset],
+    datasets: DatasetCatalog,
     batch_id: uuid.UUID,
     chunk_no: int,
     reason: str,
@@ -535,7 +538,8 @@ async def fail_chunk(
             # were never imported, as for a chunk that never started.
             await cancel_chunks(conn, queue, batch_id, chunk_no)
             return True
-        tally = await _give_up(conn, _statements(datasets, batch_id, chunk), batch_id, chunk)
+        statements = _statements(await datasets.judging(conn, chunk), batch_id, chunk)
+        tally = await _give_up(conn, statements, batch_id, chunk)
         failed = dataclasses.replace(tally, failed=True)
         await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)
     return True

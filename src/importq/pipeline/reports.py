@@ -31,7 +31,7 @@ from typing import TextIO
 from psycopg import sql
 
 from importq.ingest.staged_table import cell, original, trimmed
-from importq.rules.datasets import Dataset
+from importq.rules.datasets import Column, Dataset
 
 KINDS = ("success", "duplicates", "failures")
 OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "failures"}
@@ -61,7 +61,7 @@ class ReportLayout:
     @classmethod
     def for_batch(cls, dataset: Dataset, uploaded_header: Sequence[str]) -> ReportLayout:
         positions = dataset.match_header(list(uploaded_header)).positions
-        numeric_at = {i for name, i in positions.items() if dataset.column(name).type.is_numeric}
+        numeric_at = {i for name, i in positions.items() if dataset.column(name).reports_as_number}
         return cls(
             key_count=len(dataset.dedup_key),
             success_header=[
@@ -71,9 +71,9 @@ class ReportLayout:
                 *dataset.report_columns,
             ],
             success_numeric=[True]
-            + [dataset.column(n).type.is_numeric for n in dataset.dedup_key]
+            + [dataset.column(n).reports_as_number for n in dataset.dedup_key]
             + [True, False, False]
-            + [dataset.column(n).type.is_numeric for n in dataset.report_columns],
+            + [dataset.column(n).reports_as_number for n in dataset.report_columns],
             rejected_header=["line", "message", *uploaded_header],
             rejected_numeric=[True, False] + [i in numeric_at for i in range(len(uploaded_header))],
         )
@@ -123,15 +123,20 @@ def record_sql(
     def trimmed_cell(name: str) -> sql.Composable:
         return trimmed(positions[name]) if name in positions else sql.NULL
 
-    def success_cell(name: str, numeric: bool) -> sql.Composable:
+    def success_cell(column: Column) -> sql.Composable:
         # A success's numbers passed the row rules, and a valid number prints as itself,
         # so it needs no formatting. tests/integration/test_report_cells.py pins this.
-        if numeric:
-            return sql.SQL("coalesce({}, '')").format(trimmed_cell(name))
-        return _cell(trimmed_cell(name), numeric)
+        # One with a decimal comma is never a formula either, but is quoted.
+        value = trimmed_cell(column.name)
+        if column.reports_as_number:
+            return sql.SQL("coalesce({}, '')").format(value)
+        if column.type.is_numeric:
+            return sql.SQL("""CASE WHEN strpos({v}, ',') > 0 THEN '"' || {v} || '"'
+                              ELSE coalesce({v}, '') END""").format(v=value)
+        return _cell(value, False)
 
     def success_cells(names: Sequence[str]) -> list[sql.Composable]:
-        return [success_cell(name, dataset.column(name).type.is_numeric) for name in names]
+        return [success_cell(dataset.column(name)) for name in names]
 
     # No id in a dry run: nothing was stored. An outcome is a word of letters: never quoted.
     done = (

@@ -92,6 +92,8 @@ async def start_undo(
     """Create the undo of batch ``batch_id`` and defer its chunks, in one transaction of
     its own; the batch becomes ``undone``. Refused (409) when it cannot be undone."""
     async with conn.transaction():
+        # Shared with staging: a type change is not published while the undo starts.
+        await conn.execute(queries["share_dataset"], {"dataset": dataset.name})
         async with conn.cursor(row_factory=dict_row) as cursor:
             await cursor.execute(
                 queries["batch_to_undo"],

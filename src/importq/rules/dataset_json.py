@@ -1,13 +1,15 @@
 """What the API and ``importq datasets`` say of a dataset: pure pydantic, from the
 definition (:class:`~importq.rules.datasets.Dataset`).
 
-``version`` is 1 for every dataset today: the field is there so that clients can rely on
-it when datasets gain versions. ``modes`` lists the import modes with the role each needs.
+``version`` is the published version described (the current one, unless asked for
+another). ``modes`` lists the import modes with the role each needs. ``definition`` is
+the definition itself, as TOML gives it: publishing it again (edited) makes a new
+version.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -44,6 +46,8 @@ class ColumnInfo(BaseModel):
 class DatasetDetail(DatasetSummary):
     columns: list[ColumnInfo]
     dedupKey: list[str]
+    #: The definition, with the keys of a ``[datasets.<name>]`` TOML table.
+    definition: dict[str, Any]
 
     @classmethod
     def of(cls, dataset: Dataset) -> DatasetDetail:
@@ -60,14 +64,19 @@ class DatasetDetail(DatasetSummary):
             for c in dataset.columns
         ]
         return cls.model_validate(
-            {**_summary(dataset), "columns": columns, "dedupKey": list(dataset.dedup_key)}
+            {
+                **_summary(dataset),
+                "columns": columns,
+                "dedupKey": list(dataset.dedup_key),
+                "definition": dict(dataset.definition),
+            }
         )
 
 
 def _summary(dataset: Dataset) -> dict[str, object]:
     return {
         "name": dataset.name,
-        "version": 1,
+        "version": dataset.version,
         "title": dataset.label,
         "importRole": dataset.import_role,
         "modes": {mode: dataset.mode_role(mode) for mode in MODES},

@@ -9,7 +9,8 @@ fields are unique. A field, and the table, must be a plain SQL identifier, and a
 must not be one of ``RESERVED_FIELDS``. The dedup key is required, and so are its
 columns: a valid row must have a whole key, because the key's unique index is what
 dedups. The dedup key, the report columns and ``required_if`` name columns of the
-dataset. An enum column needs ``values``.
+dataset. An enum column needs ``values``. Only a float column may have ``decimal =
+"comma"``, and only a date column ``formats`` (each as :func:`check_date_format` allows).
 
 A dataset is declared in TOML. The built-in ``entrances`` ships in
 ``importq/builtin/entrances.toml``, and ``IMPORTQ_DATASETS_FILE`` adds others or
@@ -24,7 +25,9 @@ overrides them::
     [[datasets.<name>.columns]]
     name, field (SQL column), type (text|int|float|bool|date|timestamp|enum), required,
     required_if (another column's name), min, max, min_length, max_length, pattern,
-    pattern_description, values (enum), aliases, example (a value for the template)
+    pattern_description, values (enum), aliases, example (a value for the template),
+    decimal ("dot" | "comma": a float's decimal mark), formats (a date's local formats,
+    such as ["DD/MM/YYYY"]; YYYY-MM-DD is always accepted too)
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -48,6 +51,15 @@ MODES = ("insert", "upsert", "update-only")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Columns every target table carries besides the dataset's own.
 RESERVED_FIELDS = frozenset({"target_id", "key_hash", "imported_batch", "imported_line"})
+#: A float column's decimal mark. With "comma", a value may use a comma or a dot.
+DECIMAL_MARKS = ("dot", "comma")
+# A date format: DD, MM and YYYY once each, in any order, with one separator twice.
+_DATE_TOKENS = ("DD", "MM", "YYYY")
+_DATE_FORMAT = re.compile(r"(?:DD|MM|YYYY)([/. -])(?:DD|MM|YYYY)\1(?:DD|MM|YYYY)")
+_DATE_FORMAT_RULE = (
+    "A date format has DD, MM and YYYY once each, separated by the same one of"
+    " /, ., - or a space, such as DD/MM/YYYY."
+)
 
 
 class ColumnType(StrEnum):
@@ -127,6 +139,17 @@ class Column:
     aliases: tuple[str, ...] = ()
     #: A value for the dataset's template (the header and one example row).
     example: str | None = None
+    #: A float's decimal mark (one of ``DECIMAL_MARKS``).
+    decimal: str = "dot"
+    #: A date's local formats, as :func:`check_date_format` returns them, tried in order
+    #: before YYYY-MM-DD.
+    formats: tuple[str, ...] = ()
+
+    @property
+    def reports_as_number(self) -> bool:
+        """Whether a report may write this column's valid values as they are: numbers
+        with a dot. A decimal comma's need quoting, and the formula guard of text."""
+        return self.type.is_numeric and self.decimal == "dot"
 
     def rules_in_words(self) -> list[str]:
         """What a value of this column must be, beyond its type and being mandatory, for
@@ -146,6 +169,10 @@ class Column:
             rules.append(f"at most {self.max_length} characters")
         if self.pattern is not None:
             rules.append(self.pattern_description or f"matches {self.pattern.pattern}")
+        if self.decimal == "comma":
+            rules.append("decimal comma accepted, such as 1 234,5")
+        if self.formats:
+            rules.append("dates as " + " or ".join(dict.fromkeys([*self.formats, "YYYY-MM-DD"])))
         return rules
 
     def example_value(self) -> str:
@@ -189,6 +216,14 @@ class Dataset:
     #: (mode, role): the role a mode needs (at least the import role); a mode not listed
     #: needs the import role. Pairs, so that a dataset stays hashable.
     mode_roles: tuple[tuple[str, str], ...] = ()
+    #: The published version this definition is (``dataset_versions``).
+    version: int = 1
+    #: (normalised upload header, column name): one upload's header mapping
+    #: (:meth:`read_as`), which wins over the columns' names and aliases.
+    header_mapping: tuple[tuple[str, str], ...] = ()
+    #: The definition as TOML gives it (keys and values as in ``[datasets.<name>]``):
+    #: what is stored and shown, so that it can be published again.
+    definition: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
     _by_name: Mapping[str, Column] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -209,18 +244,60 @@ class Dataset:
     def mandatory_columns(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if c.required)
 
+    def _header_lookup(self) -> dict[str, str]:
+        """Column names by the normalised header names that name them: names, aliases."""
+        lookup: dict[str, str] = {}
+        for column in self.columns:
+            for alias in (column.name, *column.aliases):
+                lookup[normalise_header_name(alias)] = column.name
+        return lookup
+
+    def read_as(
+        self,
+        mapping: Mapping[str, str] | None = None,
+        decimal: str | None = None,
+        date_format: str | None = None,
+    ) -> Dataset:
+        """This definition as one upload is read: ``mapping`` (upload header -> column
+        name or alias) decides which column a header names before the columns' own
+        names do; ``decimal`` (``comma``/``dot``) replaces every float column's decimal
+        mark, ``date_format`` every date column's formats. Raises :class:`DatasetError`
+        for a mapping to a column the dataset does not have, or a bad date format.
+        """
+        lookup = self._header_lookup()
+        pairs: dict[str, str] = {}
+        for header, target in (mapping or {}).items():
+            column = lookup.get(normalise_header_name(target))
+            if column is None:
+                raise DatasetError(
+                    f"the mapping sends {header!r} to {target!r}, which is not a column "
+                    f"of dataset {self.name}"
+                )
+            pairs[normalise_header_name(header)] = column
+        formats = (check_date_format(date_format),) if date_format is not None else None
+        columns = tuple(
+            replace(
+                c,
+                decimal=decimal
+                if decimal is not None and c.type is ColumnType.FLOAT
+                else c.decimal,
+                formats=formats if formats is not None and c.type is ColumnType.DATE else c.formats,
+            )
+            for c in self.columns
+        )
+        return replace(self, columns=columns, header_mapping=tuple(sorted(pairs.items())))
+
     def match_header(self, header: Sequence[str]) -> HeaderMatch:
-        """Line up an uploaded header with the columns, by their names and aliases.
+        """Line up an uploaded header with the columns, by the header mapping, then
+        their names and aliases.
 
         A name is a duplicate when it names a column already matched: which of the two
         values to take would be a guess. Other names are unknown (each listed once) and
         their values ignored; a blank one (a spreadsheet's trailing empty column) is not
         even listed.
         """
-        lookup: dict[str, str] = {}
-        for column in self.columns:
-            for alias in (column.name, *column.aliases):
-                lookup[normalise_header_name(alias)] = column.name
+        lookup = self._header_lookup()
+        lookup.update(self.header_mapping)
         positions: dict[str, int] = {}
         unknown: dict[str, None] = {}
         duplicated: list[str] = []
@@ -236,6 +313,56 @@ class Dataset:
                 positions[name] = index
         missing = tuple(n for n in self.mandatory_columns if n not in positions)
         return HeaderMatch(positions, missing, tuple(unknown), tuple(duplicated))
+
+
+def check_date_format(text: str) -> str:
+    """``text`` as a date format, upper-case and trimmed, such as ``DD/MM/YYYY``.
+
+    Raises :class:`DatasetError` saying what is wrong and what a format may be. The
+    message stands on its own, for a definition's author and an API user alike.
+    """
+    form = text.strip().upper()
+    problem = _date_format_problem(form)
+    if problem is not None:
+        raise DatasetError(f'"{text}" is not a date format: {problem}. {_DATE_FORMAT_RULE}')
+    return form
+
+
+def _date_format_problem(form: str) -> str | None:
+    words = re.findall(r"[A-Z]+", form)
+    unknown = [word for word in words if word not in _DATE_TOKENS]
+    if unknown:
+        return f"{unknown[0]} is not DD, MM or YYYY"
+    for token in _DATE_TOKENS:
+        if words.count(token) != 1:
+            return f"it lacks {token}" if token not in words else f"it has {token} twice"
+    if not _DATE_FORMAT.fullmatch(form):
+        return "its separators are wrong"
+    if form == "YYYY-DD-MM":  # the one format whose texts are ISO dates too
+        return "it would misread YYYY-MM-DD dates, which are always accepted"
+    return None
+
+
+def _decimal(raw: Mapping[str, Any], column_type: ColumnType, where: str) -> str:
+    decimal = raw.get("decimal", "dot")
+    if decimal not in DECIMAL_MARKS:
+        raise DatasetError(f'{where}: decimal must be "dot" or "comma", not {decimal!r}')
+    if decimal == "comma" and column_type is not ColumnType.FLOAT:
+        raise DatasetError(f'{where}: decimal = "comma" is only for a float column')
+    return str(decimal)
+
+
+def _formats(raw: Mapping[str, Any], column_type: ColumnType, where: str) -> tuple[str, ...]:
+    formats = raw.get("formats", [])
+    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
+        raise DatasetError(f'{where}: formats must be a list of strings, such as ["DD/MM/YYYY"]')
+    if formats and column_type is not ColumnType.DATE:
+        raise DatasetError(f"{where}: formats are only for a date column")
+    try:
+        # A format listed twice would only be tried twice.
+        return tuple(dict.fromkeys(check_date_format(f) for f in formats))
+    except DatasetError as error:
+        raise DatasetError(f"{where}: {error}") from None
 
 
 def _column(raw: Mapping[str, Any], where: str) -> Column:
@@ -273,11 +400,53 @@ def _column(raw: Mapping[str, Any], where: str) -> Column:
         values=values,
         aliases=tuple(str(a) for a in raw.get("aliases", ())),
         example=None if raw.get("example") is None else str(raw["example"]),
+        decimal=_decimal(raw, column_type, where),
+        formats=_formats(raw, column_type, where),
     )
+
+
+_DATASET_KEYS = frozenset(
+    {
+        "label",
+        "table",
+        "import_role",
+        "callback_url",
+        "dedup_key",
+        "report_columns",
+        "default_mode",
+        "mode_roles",
+        "columns",
+    }
+)
+
+
+def build_dataset(name: str, raw: Mapping[str, Any], version: int = 1) -> Dataset:
+    """The dataset that the definition ``raw`` (a ``[datasets.<name>]`` table, as TOML
+    or JSON gives it) declares, as ``version``; :class:`DatasetError` says what is wrong
+    with one that breaks a rule, whatever its shape."""
+    if not isinstance(raw, Mapping):
+        raise DatasetError(f"dataset {name!r}: a definition is a table of keys")
+    try:
+        return replace(_dataset(name, raw), version=version, definition=dict(raw))
+    except DatasetError:
+        raise
+    except re.error as error:
+        raise DatasetError(
+            f"dataset {name!r}: a pattern is not a regular expression: {error}"
+        ) from None
+    except (TypeError, AttributeError, ValueError) as error:
+        raise DatasetError(
+            f"dataset {name!r}: a key has a value of the wrong kind ({error})"
+        ) from None
 
 
 def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
     where = f"dataset {name!r}"
+    if not _IDENTIFIER.fullmatch(name):
+        raise DatasetError(f"{where}: a name is lower-case letters, digits and _")
+    extra = set(raw) - _DATASET_KEYS
+    if extra:
+        raise DatasetError(f"{where}: unknown keys {sorted(extra)}")
     columns = tuple(
         _column(c, f"{where} column {i + 1}") for i, c in enumerate(raw.get("columns", ()))
     )
@@ -341,7 +510,7 @@ def parse_datasets(toml_text: str) -> dict[str, Dataset]:
     except tomllib.TOMLDecodeError as error:
         raise DatasetError(f"datasets file is not valid TOML: {error}") from None
     declared = document.get("datasets", {})
-    return {name: _dataset(name, raw) for name, raw in declared.items()}
+    return {name: build_dataset(name, raw) for name, raw in declared.items()}
 
 
 def load_datasets(extra_file: Path | None = None) -> dict[str, Dataset]:

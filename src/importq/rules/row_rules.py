@@ -10,6 +10,9 @@ Invariants:
   trims them.
 - SQL screens a chunk's rows first (:mod:`importq.rules.sql_screen`). This module checks
   the rows the screen does not pass, and it alone words their problems.
+- A valid value is stored as its converter reads it. SQL casts the trimmed cell when it
+  writes it (``_value`` in :mod:`importq.pipeline.target_tables`), and the cast must
+  give the same value, local formats (a decimal comma, a date's formats) included.
 
 These are pure functions over plain data, with no I/O. The chunk worker and the tests
 share them.
@@ -31,6 +34,16 @@ Coerced = str | int | float | bool | date | datetime | None
 _INT = re.compile(r"[+-]?[0-9]+")
 # A number as importq reads it (and reports write it): ASCII digits, a dot for decimals.
 NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+#: What groups a decimal-comma float's digits by threes: a space, a no-break space or a
+#: narrow no-break space (as French and German spreadsheets write them).
+DIGIT_GROUP_SEPARATORS = " \u00a0\u202f"
+# A float of a decimal-comma column: NUMBER with a comma or a dot as the decimal mark,
+# and its whole part perhaps grouped by threes. XLSX and JSON numbers come with a dot.
+_COMMA_NUMBER = re.compile(
+    rf"[+-]?(?:(?:[0-9]{{1,3}}(?:[{DIGIT_GROUP_SEPARATORS}][0-9]{{3}})+|[0-9]+)(?:[.,][0-9]*)?"
+    r"|[.,][0-9]+)(?:[eE][+-]?[0-9]+)?"
+)
+_UNGROUPED = str.maketrans({",": ".", **dict.fromkeys(DIGIT_GROUP_SEPARATORS)})
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TRUE = frozenset({"true", "t", "yes", "y", "1"})
 _FALSE = frozenset({"false", "f", "no", "n", "0"})
@@ -73,12 +86,31 @@ def _float_converter(column: Column) -> Converter:
     def convert(text: str) -> tuple[Coerced, str | None]:
         if not NUMBER.fullmatch(text):
             return None, f'"{text}" is not a number'
-        number = float(text)
-        if not math.isfinite(number) or _underflows(text, number):
-            return None, f'"{text}" is out of range'
-        return number, _in_range(column, text, number)
+        return _float(column, text, text)
 
     return convert
+
+
+def _comma_float_converter(column: Column) -> Converter:
+    """A decimal-comma column's converter: its value is that of the text with its group
+    separators removed and a comma made a dot, which then matches NUMBER."""
+
+    def convert(text: str) -> tuple[Coerced, str | None]:
+        if not _COMMA_NUMBER.fullmatch(text):
+            if "." in text and "," in text:
+                return None, f'"{text}" is not a number: write it without a thousands separator'
+            return None, f'"{text}" is not a number'
+        return _float(column, text, text.translate(_UNGROUPED))
+
+    return convert
+
+
+def _float(column: Column, text: str, plain: str) -> tuple[Coerced, str | None]:
+    """The float of ``plain``, a NUMBER, checked; problems quote ``text``, as uploaded."""
+    number = float(plain)
+    if not math.isfinite(number) or _underflows(plain, number):
+        return None, f'"{text}" is out of range'
+    return number, _in_range(column, text, number)
 
 
 def _bool(text: str) -> tuple[Coerced, str | None]:
@@ -107,13 +139,105 @@ TIMESTAMP_FORM = re.compile(rf"(?:{_DATE})(?:[T ](?:{_TIME}|{_BASIC_TIME}))?")
 _LONGEST_OFFSET = timedelta(hours=16)
 
 
-def _date(text: str) -> tuple[Coerced, str | None]:
+# A date as people write it locally: day and month in either order, then the year.
+# Without a declared format it is never read, only worded.
+_LOCAL_DATE = re.compile(r"([0-9]{1,2})([/.-])([0-9]{1,2})\2([0-9]{4})")
+_MONTHS = (
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+)
+_DATE_PARTS = {"DD": "[0-9][0-9]?", "MM": "[0-9][0-9]?", "YYYY": "[0-9][0-9][0-9][0-9]"}
+
+
+def _iso_date(text: str) -> date | None:
     try:
-        if DATE_FORM.fullmatch(text):
-            return date.fromisoformat(text), None
+        return date.fromisoformat(text) if DATE_FORM.fullmatch(text) else None
     except ValueError:
-        pass
-    return None, f'"{text}" is not a date (YYYY-MM-DD)'
+        return None
+
+
+def _date(text: str) -> tuple[Coerced, str | None]:
+    """A date of a column without formats: YYYY-MM-DD (or YYYYMMDD) alone."""
+    value = _iso_date(text)
+    if value is not None:
+        return value, None
+    local = _LOCAL_DATE.fullmatch(text)
+    if local is None:
+        return None, f'"{text}" is not a date (YYYY-MM-DD)'
+    advice = "write YYYY-MM-DD or declare the date format"
+    first, second = int(local[1]), int(local[3])
+    if first != second and 1 <= first <= 12 and 1 <= second <= 12:
+        readings = f"{first} {_MONTHS[second - 1]} or {second} {_MONTHS[first - 1]}"
+        return None, f'"{text}" is ambiguous ({readings}): {advice}'
+    return None, f'"{text}" is not a date (YYYY-MM-DD): {advice}'
+
+
+def _separator(form: str) -> str:
+    """The separator of a format that ``check_date_format`` returned."""
+    return next(character for character in form if not character.isalpha())
+
+
+def date_format_regex(form: str) -> str:
+    """The anchored regex, the same in Python and PostgreSQL, of the texts that a format
+    (as ``check_date_format`` returns it) reads: DD and MM of 1 or 2 digits, YYYY of 4.
+
+    Those texts are the format's, whether or not they name a real day.
+    """
+    separator = _separator(form)
+    parts = [_DATE_PARTS[token] for token in form.split(separator)]
+    return "^" + f"[{separator}]".join(parts) + "$"
+
+
+def _format_reader(form: str) -> Callable[[str], date | None]:
+    """The date a text of the format's regex names, or None for no real day."""
+    separator = _separator(form)
+    tokens = form.split(separator)
+
+    def read(text: str) -> date | None:
+        parts = dict(zip(tokens, map(int, text.split(separator)), strict=True))
+        try:
+            return date(parts["YYYY"], parts["MM"], parts["DD"])
+        except ValueError:
+            return None
+
+    return read
+
+
+def _formats_converter(column: Column) -> Converter:
+    """A date column's converter with formats.
+
+    The first format whose regex matches the text decides, and a text naming no real
+    day in it fails: no later format is tried. A text that no format matches must be
+    YYYY-MM-DD (or YYYYMMDD). SQL writes the date by the same order (``_value`` in
+    :mod:`importq.pipeline.target_tables`), so the two must not differ.
+    """
+    readers = [
+        (re.compile(date_format_regex(form)).fullmatch, _format_reader(form))
+        for form in column.formats
+    ]
+    problem = " or ".join(column.formats)
+
+    def read(text: str) -> date | None:
+        for matches, read_format in readers:
+            if matches(text):
+                return read_format(text)
+        return _iso_date(text)
+
+    def convert(text: str) -> tuple[Coerced, str | None]:
+        value = read(text)
+        return (value, None) if value is not None else (None, f'"{text}" is not a date ({problem})')
+
+    return convert
 
 
 def _timestamp(text: str) -> tuple[Coerced, str | None]:
@@ -155,11 +279,15 @@ def converter(column: Column) -> Converter | None:
     if column.type is ColumnType.INT:
         return _int_converter(column)
     if column.type is ColumnType.FLOAT:
-        return _float_converter(column)
+        return (
+            _comma_float_converter(column)
+            if column.decimal == "comma"
+            else _float_converter(column)
+        )
     if column.type is ColumnType.BOOL:
         return _bool
     if column.type is ColumnType.DATE:
-        return _date
+        return _formats_converter(column) if column.formats else _date
     if column.type is ColumnType.TIMESTAMP:
         return _timestamp
     constrained = (column.min_length, column.max_length, column.pattern) != (None, None, None)
@@ -172,7 +300,9 @@ def _screen(column: Column) -> Callable[[list[str]], list[Coerced]] | None:
     """A fast pass over a whole column, or None for a column that has none.
 
     The cells that are plainly valid come back converted, and the others as None. The
-    per-cell converter decides those, and it alone words their problems.
+    per-cell converter decides those, and it alone words their problems. So a screen may
+    pass fewer cells than are valid, never more, and a cell it passes has the value that
+    the converter gives it.
     """
     low = -math.inf if column.min is None else column.min
     high = math.inf if column.max is None else column.max
@@ -181,8 +311,13 @@ def _screen(column: Column) -> Callable[[list[str]], list[Coerced]] | None:
         parse: Callable[[str], float] = int if column.type is ColumnType.INT else float
         bounds = (max(low, _INT64_MIN), min(high, _INT64_MAX)) if parse is int else (low, high)
         lowest, highest = bounds
+        comma = column.type is ColumnType.FLOAT and column.decimal == "comma"
 
         def numbers(texts: list[str]) -> list[Coerced]:
+            # A decimal comma made a dot: the converter's reading of an ungrouped number.
+            # Grouped digits are left to the converter.
+            if comma:
+                texts = [t.replace(",", ".") for t in texts]
             parsed = [parse(t) if t and match(t) else None for t in texts]
             # v - v == 0 is False for inf and nan, which are out of range.
             return [

@@ -16,14 +16,14 @@ Each column present in the upload is tested on its trimmed cell ``t<position>``:
   short row.
 - An int has at most 18 characters, sign included, so it fits a bigint. It is compared
   with min and max exactly.
-- A float is in plain decimal notation, in at most 30 characters, so it is never out of
-  a double's range. It is compared with min and max as doubles, as Python compares
-  them.
+- A float (with a decimal dot) is in plain decimal notation, in at most 30 characters,
+  so it is never out of a double's range. It is compared with min and max as doubles,
+  as Python compares them.
 - A text is within its length bounds. PostgreSQL and Python both count code points.
 - A column whose check only Python makes is *judged by value*. That is a pattern, an
-  enum, a bool, a date or a timestamp. The chunk's distinct values of the column go
-  through its converter once. A row holding a value found wanting
-  (``%(bad_<position>)s``) is a suspect.
+  enum, a bool, a date (with local formats or not), a timestamp, or a float with a
+  decimal comma. The chunk's distinct values of the column go through its converter
+  once. A row holding a value found wanting (``%(bad_<position>)s``) is a suspect.
 - For a conditional column, a row whose source is filled while the column is empty is
   a suspect.
 
@@ -109,7 +109,9 @@ def _lengths(t: sql.Composable, column: Column) -> sql.Composable:
 
 
 def _judged_by_value(column: Column) -> bool:
-    if column.type in (ColumnType.INT, ColumnType.FLOAT):
+    if column.type is ColumnType.FLOAT:
+        return column.decimal == "comma"
+    if column.type is ColumnType.INT:
         return False
     if column.type is ColumnType.TEXT:
         return column.pattern is not None

@@ -11,11 +11,13 @@ WHERE initiator_id = %(initiator_id)s AND idempotency_key = %(idempotency_key)s;
 -- A batch is born active, in the transaction that stages its rows.
 INSERT INTO batches (id, dataset, format, file_name, initiator_id, locale, callback_url,
                      status, header, total_rows, total_chunks, warnings, idempotency_key,
-                     request_digest, dry_run, mode, on_error, abort_percent)
+                     request_digest, dry_run, mode, on_error, abort_percent, dataset_version,
+                     mapping, decimal_mark, date_format, rerun_of, file_options)
 VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(locale)s,
         %(callback_url)s, 'active', %(header)s, %(total_rows)s, %(total_chunks)s,
         %(warnings)s, %(idempotency_key)s, %(request_digest)s, %(dry_run)s, %(mode)s,
-        %(on_error)s, %(abort_percent)s);
+        %(on_error)s, %(abort_percent)s, %(dataset_version)s, %(mapping)s,
+        %(decimal_mark)s, %(date_format)s, %(rerun_of)s, %(file_options)s);
 
 -- name: count_finished_chunk
 -- Add a finished chunk's outcome to its batch (in the chunk's transaction); is it the last?
@@ -95,7 +97,8 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
        revision, cancelled_chunks, mode, inserted, updated, unchanged, on_error,
-       abort_percent, aborted_at, written_at, deleted, restored, type, undo_of, undone_by
+       abort_percent, aborted_at, written_at, deleted, restored, type, undo_of, undone_by,
+       dataset_version, mapping, decimal_mark, date_format, rerun_of, file_options, purged_at
 FROM batches
 WHERE id = %(batch_id)s;
 
@@ -107,7 +110,8 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        successes, duplicates, failures, result, warnings, last_error, report_paths,
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
        revision, mode, inserted, updated, unchanged, on_error, abort_percent, aborted_at,
-       written_at, deleted, restored, type, undo_of, undone_by,
+       written_at, deleted, restored, type, undo_of, undone_by, dataset_version, mapping,
+       decimal_mark, date_format, rerun_of,
        count(*) OVER () AS total
 FROM batches
 WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
@@ -209,12 +213,14 @@ WHERE b.id = %(batch_id)s
 FOR UPDATE;
 
 -- name: insert_undo_batch
--- An undo, born active, of batch %(undo_of)s: its dataset, header, file and webhook;
--- initiated by who asked.
+-- An undo, born active, of batch %(undo_of)s: its dataset (the version that judged it,
+-- read as its upload was), header, file and webhook; initiated by who asked.
 INSERT INTO batches (id, type, undo_of, dataset, format, file_name, initiator_id, locale,
-                     callback_url, status, header, total_rows, total_chunks, mode)
+                     callback_url, status, header, total_rows, total_chunks, mode,
+                     dataset_version, mapping, decimal_mark, date_format)
 SELECT %(id)s, 'undo', b.id, b.dataset, b.format, b.file_name, %(initiator_id)s, %(locale)s,
-       b.callback_url, 'active', b.header, %(total_rows)s, %(total_chunks)s, b.mode
+       b.callback_url, 'active', b.header, %(total_rows)s, %(total_chunks)s, b.mode,
+       b.dataset_version, b.mapping, b.decimal_mark, b.date_format
 FROM batches b
 WHERE b.id = %(undo_of)s;
 

@@ -12,7 +12,8 @@ FROM unnest(%(chunk_nos)s::int[], %(hash_froms)s::bigint[], %(hash_tos)s::bigint
 -- The batch's columns come from the statement's snapshot: a cancel that committed while
 -- this waited on a holder that then rolled back is not seen here (batch_stopped is).
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
-       b.status AS batch_status, b.dry_run, b.mode, b.on_error, b.undo_of
+       b.status AS batch_status, b.dry_run, b.mode, b.on_error, b.undo_of,
+       b.dataset_version, b.mapping, b.decimal_mark, b.date_format, b.rerun_of
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.chunk_no = %(chunk_no)s
 FOR UPDATE OF c;
@@ -26,7 +27,8 @@ WHERE id = %(batch_id)s;
 -- name: chunks_to_write
 -- A checked batch's chunks, as lock_chunk gives a chunk, in chunk order (the hash order).
 SELECT c.chunk_no, c.status, c.hash_from, c.hash_to, c.attempts, b.dataset, b.header,
-       b.dry_run, b.mode, b.on_error, b.undo_of
+       b.dry_run, b.mode, b.on_error, b.undo_of, b.dataset_version, b.mapping,
+       b.decimal_mark, b.date_format, b.rerun_of
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE c.batch_id = %(batch_id)s AND c.status IN ('done', 'failed')
 ORDER BY c.chunk_no;

@@ -48,6 +48,10 @@ class Storage(Protocol):
         one. It defaults to the path's last part.
         """
 
+    async def read_into(self, path: str, target: IO[bytes]) -> None:
+        """Write what is stored at ``path`` into ``target``; :class:`FileNotFoundError`
+        when nothing is."""
+
     def link(self, path: str, *, download_name: str, expires_at: datetime) -> str:
         """A download URL for ``path`` valid until ``expires_at``."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime
+from typing import IO
 from urllib.parse import quote
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
@@ -147,6 +148,15 @@ class AzureStorage:
                 max_concurrency=UPLOAD_CONCURRENCY,
                 content_settings=settings,
             )
+
+    async def read_into(self, path: str, target: IO[bytes]) -> None:
+        try:
+            downloader = await self._container.download_blob(path)
+            await downloader.readinto(target)
+        except ResourceNotFoundError:
+            raise FileNotFoundError(path) from None
+        except ERRORS as error:
+            raise StorageError(f"cannot read {path} from Azure Blob storage: {error}") from error
 
     def link(self, path: str, *, download_name: str, expires_at: datetime) -> str:
         """A read-only SAS URL whose download is named ``download_name``. No network call."""

@@ -20,6 +20,7 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path, PurePosixPath
+from typing import IO
 from urllib.parse import quote, urlencode
 
 from importq.storage import Source, StorageError, open_source
@@ -94,6 +95,20 @@ class LocalStorage:
             await asyncio.to_thread(store)
         except OSError as error:
             raise StorageError(f"cannot write {path}: {error}") from error
+
+    async def read_into(self, path: str, target: IO[bytes]) -> None:
+        source = self.resolve(path)
+
+        def copy() -> None:
+            with source.open("rb") as stream:
+                shutil.copyfileobj(stream, target, 1 << 20)
+
+        try:
+            await asyncio.to_thread(copy)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise StorageError(f"cannot read {path}: {error}") from error
 
     def signature(self, path: str, expires: int, name: str) -> str:
         message = f"{path}\n{expires}\n{name}".encode()

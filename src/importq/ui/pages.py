@@ -38,6 +38,7 @@ from importq.accounts import (
 )
 from importq.api.auth import ServicesDep, session_user
 from importq.api.jobs import list_for, readable_batch, utc_day
+from importq.api.reading import DATE_FORMATS
 from importq.api.schemas import Job
 from importq.api.sessions import (
     COOKIE,
@@ -64,7 +65,7 @@ from importq.ingest.text_encoding import ALLOWED_ENCODINGS
 from importq.pipeline.batches import BatchFilter
 from importq.resources import resource_dir
 from importq.rules.dataset_json import DatasetDetail
-from importq.rules.datasets import MODES
+from importq.rules.datasets import MODES, Dataset
 from importq.services import Services
 
 router = APIRouter(include_in_schema=False)
@@ -285,31 +286,33 @@ async def home(user: PageUser) -> Response:
     return RedirectResponse("/import", status_code=303)
 
 
-def _importable(services: Services, user: User) -> list[DatasetDetail]:
-    return [
-        DatasetDetail.of(d)
-        for _, d in sorted(services.datasets.items())
-        if user.has_role(d.import_role)
-    ]
+async def _current(services: Services) -> dict[str, Dataset]:
+    """Every dataset's current version, by name."""
+    async with services.pool.connection() as conn:
+        return await services.datasets.current(conn)
 
 
 @router.get("/import")
 async def import_page(
     request: Request, services: ServicesDep, user: PageUser, dataset: str | None = None
 ) -> Response:
+    current = await _current(services)
     return render(
         request,
         services,
         "import.html.j2",
         user,
-        datasets=_importable(services, user),
+        datasets=[
+            DatasetDetail.of(d) for _, d in sorted(current.items()) if user.has_role(d.import_role)
+        ],
         # Per dataset, the import modes this reader may use.
         modes={
             name: [mode for mode in MODES if user.has_role(d.mode_role(mode))]
-            for name, d in services.datasets.items()
+            for name, d in current.items()
         },
         chosen=dataset,
         encodings=ALLOWED_ENCODINGS,
+        date_formats=DATE_FORMATS,
     )
 
 
@@ -324,7 +327,8 @@ async def job_page(
             request, services, "error.html.j2", user, status=refused.status, message=str(refused)
         )
     job = Job.from_row(batch)
-    dataset = services.datasets.get(job.dataset)
+    async with services.pool.connection() as conn:
+        dataset = await services.datasets.version(conn, job.dataset, job.datasetVersion)
     return render(
         request,
         services,
@@ -350,9 +354,10 @@ async def jobs_page(
 ) -> Response:
     """The reader's batches (a moderator's or admin's: everyone's, or one user's), by
     status, dataset and UTC days; a filter the form cannot have sent is left out."""
+    current = await _current(services)
     which = BatchFilter(
         status=status if status in STATUSES else None,
-        dataset=dataset if dataset in services.datasets else None,
+        dataset=dataset if dataset in current else None,
         since=_day(since),
         until=_day(until),
     )
@@ -384,7 +389,7 @@ async def jobs_page(
         chosen=which,
         initiator=initiator,
         filters=urlencode(filters),
-        datasets=sorted(services.datasets.values(), key=lambda d: d.name),
+        datasets=[d for _, d in sorted(current.items())],
     )
 
 
@@ -403,5 +408,5 @@ async def datasets_page(request: Request, services: ServicesDep, user: PageUser)
         services,
         "datasets.html.j2",
         user,
-        datasets=[DatasetDetail.of(d) for _, d in sorted(services.datasets.items())],
+        datasets=[DatasetDetail.of(d) for _, d in sorted((await _current(services)).items())],
     )

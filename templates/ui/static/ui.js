@@ -128,14 +128,19 @@
       const chosen = file.files[0];
       const parameters = new URLSearchParams(extra);
       parameters.set("fileName", chosen.name);
-      for (const name of ["encoding", "delimiter", "sheet"]) {
+      for (const name of ["encoding", "delimiter", "sheet", "decimal", "dateFormat"]) {
         const value = document.getElementById(name).value.trim();
         if (value) {
           parameters.set(name, value);
         }
       }
+      // The saved mapping the preview found for this header reads the upload too.
+      if (savedMapping && !parameters.has("partial")) {
+        parameters.set("mapping", savedMapping);
+      }
       return parameters;
     };
+    let savedMapping = null;
 
     // What rows whose key is stored do, and what failed rows do: the modes the reader may
     // use in the chosen dataset; a share of failed rows above which nothing is written.
@@ -185,6 +190,7 @@
     const preview = async function () {
       const asked = ++previews;
       fresh();
+      savedMapping = null;
       const chosen = file.files[0];
       const section = document.getElementById("preview");
       if (!chosen) {
@@ -220,6 +226,7 @@
         message.textContent = found;
         body.append(message);
       } else {
+        savedMapping = found.mappingName;
         renderPreview(body, found);
       }
       show(section, true);
@@ -246,7 +253,7 @@
         onErrorChosen();
       });
     }
-    for (const name of ["encoding", "delimiter", "sheet"]) {
+    for (const name of ["encoding", "delimiter", "sheet", "decimal", "dateFormat"]) {
       document.getElementById(name).addEventListener("change", preview);
     }
     drop.addEventListener("dragover", function (event) {
@@ -324,6 +331,9 @@
       });
       request.send(chosen);
     });
+    for (const button of buttons) {
+      button.disabled = false;
+    }
   }
 
   function renderPreview(body, found) {
@@ -335,6 +345,9 @@
       item.className = kind;
       facts.append(item);
     };
+    if (found.mappingName) {
+      fact(said.mapping + " " + found.mappingName, "note-mapping");
+    }
     if (found.missing.length) {
       fact(said.missing + " " + found.missing.join(", "), "note-missing");
     } else {
