@@ -58,8 +58,13 @@ async def _connection(settings: Settings) -> AsyncIterator[psycopg.AsyncConnecti
 
 
 async def _migrate(settings: Settings) -> list[str]:
+    """Migrate; a datasets file's definition its table cannot take stops the command,
+    saying why (nothing is applied)."""
     async with _connection(settings) as conn:
-        return await migrate(conn, load_datasets(settings.datasets_file))
+        try:
+            return await migrate(conn, load_datasets(settings.datasets_file))
+        except Refusal as refused:
+            raise SystemExit(f"importq: {refused.detail}") from None
 
 
 async def _bootstrap_admin(settings: Settings) -> None:

@@ -336,5 +336,13 @@ async def test_publishing_migrates_a_type_only_when_every_stored_value_fits(
         with pytest.raises(Refusal) as other_table:
             await publish(conn, "caves", {**retyped("int"), "table": "other_caves"})
         assert "the table cannot change" in other_table.value.detail
+        # A new dataset never writes into another's table, nor into importq's own.
+        for table, reason in (
+            ("caves", "table caves is dataset caves's"),
+            ("users", "table 'users' of dataset 'pits' lacks columns"),
+        ):
+            with pytest.raises(Refusal) as taken:
+                await publish(conn, "pits", {**caves.definition, "table": table})
+            assert taken.value.code == "incompatible" and reason in taken.value.detail
     job = await imported(client, [{"id": "c", "depth": "7.5"}], "caves")
     assert job["datasetVersion"] == 2 and job["result"]["summary"] == summary(0, 0, 1)

@@ -39,6 +39,7 @@ from psycopg.types.json import Jsonb
 from importq.errors import Refusal
 from importq.pipeline.target_tables import (
     IncompatibleChange,
+    TargetTableError,
     ensure_target_table,
     evolve_target_table,
 )
@@ -122,8 +123,17 @@ async def publish(
         cursor = await conn.execute(queries["latest_version"], {"dataset": name})
         row = await cursor.fetchone()
         version, changes = 1, ["created"]
+        cursor = await conn.execute(
+            queries["other_datasets_of_table"], {"dataset": name, "table": dataset.table}
+        )
+        taken = [str(other) for (other,) in await cursor.fetchall()]
+        if taken:
+            raise _incompatible(name, f"table {dataset.table} is dataset {taken[0]}'s")
         if row is None:
-            await ensure_target_table(conn, dataset)
+            try:
+                await ensure_target_table(conn, dataset)
+            except TargetTableError as refused:
+                raise _incompatible(name, f"{refused}: it is not a dataset's table") from None
         else:
             latest, stored, last_file_digest = row
             current = build_dataset(name, stored, latest)
@@ -136,11 +146,7 @@ async def publish(
             try:
                 changes = await evolve_target_table(conn, current, dataset, running=running)
             except IncompatibleChange as refused:
-                raise Refusal(
-                    409,
-                    "incompatible",
-                    f"Version {latest + 1} of {name} cannot be published: {refused}.",
-                ) from None
+                raise _incompatible(name, str(refused)) from None
             version = latest + 1
         await conn.execute(
             queries["insert_dataset_version"],
@@ -153,6 +159,10 @@ async def publish(
             },
         )
     return Published(build_dataset(name, definition, version), created=True, changes=changes)
+
+
+def _incompatible(name: str, reason: str) -> Refusal:
+    return Refusal(409, "incompatible", f"This version of {name} cannot be published: {reason}.")
 
 
 async def publish_files(conn: Connection, datasets: Mapping[str, Dataset]) -> list[str]:

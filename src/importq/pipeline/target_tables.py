@@ -55,7 +55,18 @@ def _fields(dataset: Dataset) -> sql.Composable:
 
 
 async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -> None:
-    """Create the target table if missing, else check it has the dataset's columns."""
+    """Create the target table if missing, else check it has the dataset's columns (and
+    so is a target table: any other table lacks importq's own), before anything is
+    created in it."""
+    cursor = await conn.execute(queries["table_columns"], {"table": dataset.table})
+    present = {str(row[0]) for row in await cursor.fetchall()}  # type: ignore[index]
+    needed = {"target_id", "key_hash", "imported_batch", "imported_line"}
+    needed |= {c.field for c in dataset.columns}
+    absent = sorted(needed - present)
+    if present and absent:
+        raise TargetTableError(
+            f"table {dataset.table!r} of dataset {dataset.name!r} lacks columns {absent}"
+        )
     key_fields = {c.field for c in dataset.key_columns}
     ddl = sql.SQL(queries["create_target_table"]).format(
         table=sql.Identifier(dataset.table),
@@ -64,15 +75,6 @@ async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -
         key=_key(dataset),
     )
     await conn.execute(ddl)
-    cursor = await conn.execute(queries["table_columns"], {"table": dataset.table})
-    present = {str(row[0]) for row in await cursor.fetchall()}  # type: ignore[index]
-    needed = {"target_id", "key_hash", "imported_batch", "imported_line"}
-    needed |= {c.field for c in dataset.columns}
-    absent = sorted(needed - present)
-    if absent:
-        raise TargetTableError(
-            f"table {dataset.table!r} of dataset {dataset.name!r} lacks columns {absent}"
-        )
 
 
 class IncompatibleChange(ValueError):

@@ -53,3 +53,8 @@ ALTER TABLE {table} ADD COLUMN {column};
 -- from its text, as an upload's would be, so a value that does not fit fails the
 -- statement (template {table}, {field}, {type}).
 ALTER TABLE {table} ALTER COLUMN {field} TYPE {type} USING {field}::text::{type};
+
+-- name: other_datasets_of_table
+-- The other datasets whose versions write to a table.
+SELECT DISTINCT dataset FROM dataset_versions
+WHERE dataset <> %(dataset)s AND coalesce(definition ->> 'table', dataset) = %(table)s;
