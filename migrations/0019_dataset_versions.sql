@@ -9,9 +9,12 @@ CREATE TABLE dataset_versions (
     version integer NOT NULL CHECK (version >= 1),
     -- The definition as TOML gives it, as JSON (importq.rules.datasets builds it).
     definition jsonb NOT NULL,
-    -- SHA-256 of the definition, when a datasets file published it: a file publishes a
-    -- definition once, so that a restart never publishes an older one again.
-    file_digest text,
+    -- Which datasets file published it (builtin: the built-in one; file:
+    -- IMPORTQ_DATASETS_FILE; NULL: the API or the CLI) and the definition's SHA-256: a
+    -- file publishes a definition once, so that a restart never publishes an older one
+    -- again, nor one file's over another's.
+    source text CHECK (source IN ('builtin', 'file')),
+    source_digest text CHECK ((source IS NULL) = (source_digest IS NULL)),
     published_by bigint REFERENCES users (id),
     published_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (dataset, version)

@@ -28,7 +28,7 @@ from importq import accounts
 from importq.config import Settings
 from importq.db import embedded_database_url
 from importq.migrate import migrate
-from importq.rules.datasets import load_datasets
+from importq.rules.datasets import dataset_sources
 from importq.services import Services, open_services
 from importq.worker.tasks import run_worker
 
@@ -68,7 +68,7 @@ def template_db(server_url: str, worker_id: str) -> Iterator[str]:
 
     async def apply() -> None:
         async with await psycopg.AsyncConnection.connect(_with_dbname(server_url, name)) as conn:
-            await migrate(conn, load_datasets())
+            await migrate(conn, dataset_sources())
 
     asyncio.run(apply())
     yield name

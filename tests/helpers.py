@@ -19,7 +19,7 @@ from importq.ingest.json_rows import read_json_rows
 from importq.ingest.parsed_upload import ParsedUpload
 from importq.ingest.staged_table import results_table
 from importq.pipeline.dataset_versions import publish, publish_files
-from importq.rules.datasets import Dataset, load_datasets
+from importq.rules.datasets import Dataset, dataset_sources
 
 if TYPE_CHECKING:
     from importq.services import Services
@@ -312,7 +312,7 @@ async def publish_configured(services: Services) -> None:
     """Publish the datasets of the settings' datasets file, as ``importq migrate`` does:
     the template database was migrated with the built-in datasets alone."""
     async with services.pool.connection() as conn:
-        await publish_files(conn, load_datasets(services.settings.datasets_file))
+        await publish_files(conn, dataset_sources(services.settings.datasets_file))
 
 
 async def judging(services: Services, batch: Mapping[str, Any]) -> Dataset:

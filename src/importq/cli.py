@@ -35,7 +35,7 @@ from importq.rules.datasets import (
     ROLES,
     Dataset,
     DatasetError,
-    load_datasets,
+    dataset_sources,
     parse_datasets,
 )
 
@@ -57,12 +57,15 @@ async def _connection(settings: Settings) -> AsyncIterator[psycopg.AsyncConnecti
         yield conn
 
 
-async def _migrate(settings: Settings) -> list[str]:
-    """Migrate; a datasets file's definition its table cannot take stops the command,
+async def _migrate(settings: Settings, *, publish_files: bool = False) -> list[str]:
+    """Migrate the schema and, with ``publish_files`` (``serve``, ``migrate``), publish
+    the datasets files' new definitions: a command that only reads or manages users
+    never changes a dataset. A definition its table cannot take stops the command,
     saying why (nothing is applied)."""
+    sources = dataset_sources(settings.datasets_file) if publish_files else None
     async with _connection(settings) as conn:
         try:
-            return await migrate(conn, load_datasets(settings.datasets_file))
+            return await migrate(conn, sources)
         except Refusal as refused:
             raise SystemExit(f"importq: {refused.detail}") from None
 
@@ -92,7 +95,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     share_the_gil()
 
-    asyncio.run(_migrate(settings))
+    asyncio.run(_migrate(settings, publish_files=True))
     asyncio.run(_bootstrap_admin(settings))
     settings.record_serving_address(args.host, args.port)
     app = create_app(settings, run_worker_in_process=True, worker_concurrency=args.concurrency)
@@ -163,7 +166,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate_command(args: argparse.Namespace, settings: Settings) -> int:
-    applied = asyncio.run(_migrate(settings))
+    applied = asyncio.run(_migrate(settings, publish_files=True))
     print("\n".join(applied) if applied else "database is up to date")
     return EXIT_OK
 

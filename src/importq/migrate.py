@@ -13,6 +13,7 @@ in order.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 from typing import LiteralString
@@ -21,7 +22,7 @@ import psycopg
 from procrastinate.schema import SchemaManager
 from psycopg import AsyncConnection
 
-from importq.pipeline.dataset_versions import publish_files
+from importq.pipeline.dataset_versions import ensure_target_tables, publish_files
 from importq.resources import resource_dir
 from importq.rules.datasets import Dataset
 from importq.sql import queries
@@ -51,8 +52,12 @@ def _sql_file(path: Path) -> LiteralString:
     return path.read_text(encoding="utf-8")
 
 
-async def migrate(conn: AsyncConnection[object], datasets: dict[str, Dataset]) -> list[str]:
-    """Bring the database up to date; return the names of the steps applied.
+async def migrate(
+    conn: AsyncConnection[object], sources: Mapping[str, Mapping[str, Dataset]] | None = None
+) -> list[str]:
+    """Bring the database up to date and, given the datasets files' definitions by source
+    (:func:`importq.rules.datasets.dataset_sources`), publish those that are new; return
+    the names of the steps applied.
 
     Owns its transaction: everything is applied, or nothing.
     """
@@ -93,7 +98,9 @@ async def migrate(conn: AsyncConnection[object], datasets: dict[str, Dataset]) -
                 )
                 applied_now.append(path.name)
 
-        applied_now += await publish_files(conn, datasets)
+        if sources is not None:
+            applied_now += await publish_files(conn, sources)
+            await ensure_target_tables(conn)
     for step in applied_now:
         log.info("applied %s", step)
     return applied_now

@@ -441,4 +441,4 @@ def test_a_published_version_judges_an_import_read_with_a_mapping_and_a_decimal_
     )
     refused = importq(env, "datasets", "publish", str(mandatory))
     assert refused.returncode == 2
-    assert "column x is mandatory and new" in refused.stderr
+    assert "column x is mandatory and stored rows have no value" in refused.stderr

@@ -116,7 +116,7 @@ async def test_a_rule_change_is_checked_on_an_earlier_batch_then_a_mapped_export
     async with api_client(services, (await new_user(services, "chief", "admin"))[1]) as admin:
         refused = await admin.post("/api/v1/datasets/entrances/versions", json=definition)
     assert (refused.status_code, refused.json()["code"]) == (409, "incompatible")
-    assert "column x is mandatory and new" in refused.json()["detail"]
+    assert "column x is mandatory and stored rows have no value" in refused.json()["detail"]
     assert done["changes"] == [
         "added column depth (double precision)",
         "added column created (date)",

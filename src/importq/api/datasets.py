@@ -69,7 +69,11 @@ VersionOption = Annotated[
 async def get_dataset(
     name: str, user: CurrentUser, services: ServicesDep, version: VersionOption = None
 ) -> DatasetDetail:
-    return DatasetDetail.of(await _dataset(services, name, version))
+    detail = DatasetDetail.of(await _dataset(services, name, version))
+    if not user.has_role("admin"):
+        # A webhook's address may carry credentials: only those who publish see it.
+        detail.definition.pop("callback_url", None)
+    return detail
 
 
 # A definition is small: a dataset of a thousand columns is some 200 kB of TOML.
@@ -115,10 +119,13 @@ async def publish_version(
         if media_type == "application/json":
             try:
                 definition = definition_from_json(json.loads(text))
-            except json.JSONDecodeError as error:
+            except (json.JSONDecodeError, RecursionError) as error:
                 raise DatasetError(f"the body is not valid JSON: {error}") from None
         elif media_type in ("application/toml", "text/plain", "text/x-toml"):
-            definition = definition_from_toml(name, text)
+            try:
+                definition = definition_from_toml(name, text)
+            except RecursionError:
+                raise DatasetError("the TOML is nested too deeply") from None
         else:
             raise Refusal(
                 415, "unsupported_type", "Send the definition as application/toml or JSON."

@@ -111,9 +111,11 @@ class FileOptions:
     delimiter: str | None = None
     sheet: str | None = None
 
-    def asked(self) -> dict[str, str] | None:
-        """The options given (kept with the batch, so that a rerun reads the same)."""
-        given = {"encoding": self.encoding, "delimiter": self.delimiter, "sheet": self.sheet}
+    def asked(self, default_delimiter: str | None = None) -> dict[str, str] | None:
+        """The options given, the body type's delimiter for one not given (kept with the
+        batch, so that a rerun reads the same)."""
+        delimiter = self.delimiter or default_delimiter
+        given = {"encoding": self.encoding, "delimiter": delimiter, "sheet": self.sheet}
         kept = {name: value for name, value in given.items() if value is not None}
         return kept or None
 
@@ -433,7 +435,7 @@ async def import_rows(
             mapping=reading.mapping,
             decimal=reading.decimal,
             date_format=reading.date_format,
-            file_options=options.asked(),
+            file_options=options.asked(default_delimiter),
         )
         staged = await stage_and_keep(
             services, background, upload_closed, batch_request, upload, options, source

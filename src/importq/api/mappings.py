@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from importq.api.auth import CurrentUser, ServicesDep
 from importq.api.imports import importable_dataset
-from importq.api.reading import Reading
+from importq.api.reading import Reading, check_mapping, check_names
 from importq.api.schemas import errors
 from importq.errors import Refusal
 from importq.job_json import Timestamp
@@ -77,6 +77,8 @@ async def put_mapping(
     definition = await importable_dataset(services, user, body.dataset)
     if not body.mapping:
         raise Refusal(400, "bad_mapping", "A mapping maps at least one header.")
+    check_names([name, *(body.header or ())])
+    check_mapping(body.mapping)
     Reading(body.mapping).judging(definition)
     async with services.pool.connection() as conn:
         saved = await save_mapping(
@@ -92,6 +94,7 @@ async def put_mapping(
 
 @router.delete("/api/v1/mappings/{name}", status_code=204, responses=errors(404))
 async def remove_mapping(name: MappingName, user: CurrentUser, services: ServicesDep) -> Response:
+    check_names([name])
     async with services.pool.connection() as conn:
         if not await delete_mapping(conn, user.id, name):
             raise Refusal(404, "not_found", f"You have no saved mapping named {name!r}.")

@@ -146,7 +146,11 @@ async def preview(
                 saved = await mapping_for_header(conn, user.id, definition.name, found.header)
             if saved is not None:
                 found = await judged(
-                    dataclasses.replace(reading, mapping=saved.mapping, mapping_name=saved.name)
+                    dataclasses.replace(
+                        reading,
+                        mapping=definition.known_mapping(saved.mapping),
+                        mapping_name=saved.name,
+                    )
                 )
         return found
 

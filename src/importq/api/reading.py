@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -21,7 +22,12 @@ from fastapi import Query
 
 from importq.errors import Refusal
 from importq.mappings import SavedMapping, saved_mapping
-from importq.rules.datasets import Dataset, DatasetError, check_date_format
+from importq.rules.datasets import (
+    Dataset,
+    DatasetError,
+    check_date_format,
+    normalise_header_name,
+)
 from importq.services import Services
 
 MappingOption = Annotated[
@@ -102,10 +108,11 @@ def parse_mapping(text: str) -> dict[str, str] | None:
     """A mapping option written as a JSON object (None when ``text`` is not JSON, so a
     saved mapping's name); ``400`` for JSON that is not an object of strings."""
     if not text.lstrip().startswith("{"):
+        check_names([text])
         return None
     try:
         found = json.loads(text)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, RecursionError) as error:
         raise Refusal(400, "bad_mapping", f"mapping is not valid JSON: {error}.") from None
     if not isinstance(found, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in found.items()
@@ -115,7 +122,28 @@ def parse_mapping(text: str) -> dict[str, str] | None:
             "bad_mapping",
             "mapping must be a JSON object of upload header names to column names.",
         )
+    check_mapping(found)
     return found
+
+
+def check_names(names: Iterable[str]) -> None:
+    """Refuse (400) a mapping's or a mapping name's text that PostgreSQL cannot keep."""
+    if any("\x00" in name for name in names):
+        raise Refusal(400, "bad_mapping", "A mapping holds no NUL character.")
+
+
+def check_mapping(mapping: Mapping[str, str]) -> None:
+    """Refuse (400) a mapping with an empty header, or one header twice (names are
+    compared as an import compares them)."""
+    check_names([*mapping, *mapping.values()])
+    seen: set[str] = set()
+    for header in mapping:
+        key = normalise_header_name(header)
+        if not key:
+            raise Refusal(400, "bad_mapping", "A mapping does not map an empty header.")
+        if key in seen:
+            raise Refusal(400, "bad_mapping", f"The mapping names the header {header!r} twice.")
+        seen.add(key)
 
 
 async def upload_reading(
@@ -146,7 +174,7 @@ async def upload_reading(
                 "bad_mapping",
                 f"Mapping {mapping!r} is for dataset {saved.dataset}, not {definition.name}.",
             )
-        given, name = saved.mapping, saved.name
+        given, name = definition.known_mapping(saved.mapping), saved.name
     reading = Reading(given, name, decimal, date_format)
     reading.judging(definition)
     return reading

@@ -20,6 +20,7 @@ import contextlib
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import IO, Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
@@ -42,8 +43,10 @@ from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
 from importq.ingest.off_loop import off_loop
 from importq.ingest.staging import BatchRequest
-from importq.pipeline.compare import compare_runs, results_kept
+from importq.pipeline.aggregation import REPORT_SCRATCH_PREFIX
+from importq.pipeline.compare import comparison_path, results_kept, write_moved_lines
 from importq.pipeline.on_error import OnError
+from importq.pipeline.target_evolution import type_changes
 from importq.services import Services
 
 router = APIRouter()
@@ -106,8 +109,8 @@ async def rerun_job(
 ) -> Accepted:
     """Run the batch's kept upload again, as a new batch (``rerunOf``) judged by version
     ``version`` of its dataset. 409: an undo (``not_rerunnable``), an import under a
-    version that is not the current one (``not_current``), the upload purged
-    (``expired``)."""
+    version that is not the current one (``not_current``), a version whose column types
+    the table no longer has (``outdated``), the upload purged (``expired``)."""
     batch = await readable_batch(services, user, batch_id)
     if batch["type"] != "import":
         raise Refusal(409, "not_rerunnable", "An undo has no upload to run again.")
@@ -122,7 +125,18 @@ async def rerun_job(
                 "import; rerun under an older one as a dry run.",
             )
     check_mode_role(user, definition, batch["mode"])
-    mapping, decimal, date_format = batch["mapping"], batch["decimal_mark"], batch["date_format"]
+    async with services.pool.connection() as conn:
+        changed = await type_changes(conn, definition)
+    if changed:
+        raise Refusal(
+            409,
+            "outdated",
+            f"Version {definition.version} of {definition.name} no longer fits its table "
+            f"({'; '.join(changed)}): rerun under a later version.",
+        )
+    # The first batch's mapping, less what the version no longer has.
+    mapping = definition.known_mapping(batch["mapping"] or {}) or None
+    decimal, date_format = batch["decimal_mark"], batch["date_format"]
     Reading(mapping, None, decimal, date_format).judging(definition)
     request.app.state.rate_limiter.take(str(user.id))
     options = FileOptions(services.settings.upload_limits, **(batch["file_options"] or {}))
@@ -193,16 +207,20 @@ async def compare_jobs(
     for run in (batch, other):
         if run["status"] not in FINISHED:
             raise Refusal(409, "not_finished", f"Batch {run['id']} is still {run['status']}.")
-    async with services.pool.connection() as conn:
-        if not await results_kept(conn, batch["id"], other["id"]):
-            raise _expired("results")
-        compared = await compare_runs(
-            conn, services.storage, services.settings.spool_dir, batch["id"], other["id"]
-        )
+    path = comparison_path(batch["id"], other["id"])
+    name = f"{batch['dataset']}-{batch['id']}-{other['id']}-compare.csv"
+    services.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # Written in the data dir, so local storage can take the file without copying it.
+    with tempfile.TemporaryDirectory(
+        prefix=REPORT_SCRATCH_PREFIX, dir=services.settings.data_dir
+    ) as directory:
+        written = Path(directory) / "compare.csv"
+        async with services.pool.connection() as conn:
+            if not await results_kept(conn, batch["id"], other["id"]):
+                raise _expired("results")
+            moved = await write_moved_lines(conn, batch["id"], other["id"], written)
+        # Stored once the read's transaction is over: storage may take its time.
+        await services.storage.put_file(path, written, content_type="text/csv", download_name=name)
     expires_at = datetime.now(UTC) + timedelta(seconds=services.settings.report_url_ttl)
-    url = services.storage.link(
-        compared.path,
-        download_name=f"{batch['dataset']}-{batch['id']}-{other['id']}-compare.csv",
-        expires_at=expires_at,
-    )
-    return Comparison(moved=compared.moved, url=url)
+    url = services.storage.link(path, download_name=name, expires_at=expires_at)
+    return Comparison(moved=moved, url=url)

@@ -132,7 +132,7 @@ def _statements(
         chunk["dry_run"] or checked,
         chunk["mode"],
         chunk["undo_of"],
-        # A dry run rerunning an insert does not see what the batch it reruns inserted.
+        # A dry run rerunning an insert does not see what the runs of its upload inserted.
         chunk["rerun_of"] if chunk["dry_run"] and chunk["mode"] == "insert" else None,
     )
 
@@ -145,7 +145,7 @@ def _batch_statements(
     dry_run: bool,
     mode: str,
     undo_of: uuid.UUID | None,
-    unseen_batch: uuid.UUID | None,
+    unseen_upload: uuid.UUID | None,
 ) -> ChunkStatements:
     """The statements of a batch's chunks. They are composed once per batch, because a
     worker runs many chunks of the same batch in a row. An undo's read the staged rows
@@ -154,7 +154,7 @@ def _batch_statements(
         staged = StagedTable.of(undo_of, dataset, list(header))
         return chunk_statements(staged, list(header), undo_results=results_table(batch_id))
     staged = StagedTable.of(batch_id, dataset, list(header))
-    return chunk_statements(staged, list(header), dry_run, mode, unseen_batch=unseen_batch)
+    return chunk_statements(staged, list(header), dry_run, mode, unseen_upload=unseen_upload)
 
 
 async def _bad_values(

@@ -10,18 +10,19 @@ Invariants:
   chunks, its aggregation, its reruns' comparisons and its undo read that version:
   publishing never changes how a batch already staged is judged.
 - Publishing checks the new definition against the dataset's target table and alters
-  the table (:func:`importq.pipeline.target_tables.evolve_target_table`) in the
-  transaction that inserts the version, so a version is current only with a table that
+  the table (:mod:`importq.pipeline.target_evolution`) in the transaction that inserts
+  the version, so a version is current only with a table that
   serves it.
 - Publishing holds the dataset's lock exclusively and staging holds it shared
   (``share_dataset``), and a staging transaction checks that the version it read is
   still current (:func:`check_current`). So a batch is never staged under a version
   older than the current one, and a type change is refused while a batch of an older
   version runs.
-- A datasets file (the built-in ``entrances.toml``, ``IMPORTQ_DATASETS_FILE``) is one
-  publisher among others: ``importq migrate`` publishes a file's definition once, when
-  its digest differs from the last one a file published, so a restart never publishes
-  an older definition over a newer one published through the API.
+- A datasets file (``builtin``: the built-in ``entrances.toml``; ``file``:
+  ``IMPORTQ_DATASETS_FILE``) is one publisher among others: ``importq migrate`` (and
+  ``serve``) publishes a file's definition once, when its digest differs from the last
+  one that file published. So a restart never publishes an older definition over one
+  published through the API, nor the built-in one over a file's that replaced it.
 """
 
 from __future__ import annotations
@@ -33,16 +34,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from importq.errors import Refusal
-from importq.pipeline.target_tables import (
-    IncompatibleChange,
-    TargetTableError,
-    ensure_target_table,
-    evolve_target_table,
-)
+from importq.pipeline.target_evolution import IncompatibleChange, evolve_target_table
+from importq.pipeline.target_tables import TargetTableError, ensure_target_table
 from importq.rules.datasets import Dataset, DatasetError, build_dataset
 from importq.sql import queries
 
@@ -101,26 +99,34 @@ async def publish(
     definition: Mapping[str, Any],
     *,
     published_by: int | None = None,
-    from_file: bool = False,
+    source: str | None = None,
 ) -> Published:
     """Publish ``definition`` as the next version of dataset ``name``; the first
     version creates its target table. Runs in a transaction of its own (a savepoint in
     the caller's).
 
     ``409 incompatible`` (or ``400 bad_definition``) says why a definition is refused.
-    A definition equal to the current version's publishes nothing. With ``from_file``
-    it is published only if a file has not published it before (see the module's
-    docstring).
+    A definition equal to the current version's publishes nothing. From a datasets file
+    (``source``), one that file published last is not published again (see the
+    module's docstring).
     """
     definition = _jsonable(definition)
     try:
         dataset = build_dataset(name, definition)
     except DatasetError as error:
         raise Refusal(400, "bad_definition", str(error)) from None
-    file_digest = digest(definition) if from_file else None
+    source_digest = digest(definition) if source is not None else None
     async with conn.transaction():
-        await conn.execute(queries["lock_dataset"], {"dataset": name})
-        cursor = await conn.execute(queries["latest_version"], {"dataset": name})
+        try:
+            await conn.execute(queries["lock_dataset"], {"dataset": name, "table": dataset.table})
+        except psycopg.errors.LockNotAvailable:
+            raise Refusal(
+                409,
+                "busy",
+                f"Uploads into {name} are being staged, or another version published; "
+                "publish again shortly.",
+            ) from None
+        cursor = await conn.execute(queries["latest_version"], {"dataset": name, "source": source})
         row = await cursor.fetchone()
         version, changes = 1, ["created"]
         cursor = await conn.execute(
@@ -135,10 +141,10 @@ async def publish(
             except TargetTableError as refused:
                 raise _incompatible(name, f"{refused}: it is not a dataset's table") from None
         else:
-            latest, stored, last_file_digest = row
+            latest, stored, last_source_digest = row
             current = build_dataset(name, stored, latest)
             if digest(stored) == digest(definition) or (
-                from_file and file_digest == last_file_digest
+                source is not None and source_digest == last_source_digest
             ):
                 return Published(current, created=False, changes=[])
             cursor = await conn.execute(queries["unfinished_batches_of_dataset"], {"dataset": name})
@@ -154,7 +160,8 @@ async def publish(
                 "dataset": name,
                 "version": version,
                 "definition": Jsonb(definition),
-                "file_digest": file_digest,
+                "source": source,
+                "source_digest": source_digest,
                 "published_by": published_by,
             },
         )
@@ -165,18 +172,26 @@ def _incompatible(name: str, reason: str) -> Refusal:
     return Refusal(409, "incompatible", f"This version of {name} cannot be published: {reason}.")
 
 
-async def publish_files(conn: Connection, datasets: Mapping[str, Dataset]) -> list[str]:
-    """Publish the datasets files' definitions (:func:`publish` ``from_file``); what was
-    published, as ``name vN``."""
+async def publish_files(
+    conn: Connection, sources: Mapping[str, Mapping[str, Dataset]]
+) -> list[str]:
+    """Publish the datasets files' definitions, by source (``builtin``, then ``file``:
+    :func:`importq.rules.datasets.dataset_sources`); what was published, as ``name
+    vN``."""
     published = []
-    for name, dataset in datasets.items():
-        done = await publish(conn, name, dataset.definition, from_file=True)
-        if done.created:
-            published.append(f"{name} v{done.dataset.version}")
-        else:
-            # An existing table must still have the columns the current version needs.
-            await ensure_target_table(conn, done.dataset)
+    for source, datasets in sources.items():
+        for name, dataset in datasets.items():
+            done = await publish(conn, name, dataset.definition, source=source)
+            if done.created:
+                published.append(f"{name} v{done.dataset.version}")
     return published
+
+
+async def ensure_target_tables(conn: Connection) -> None:
+    """Create any current version's target table found missing (dropped by hand), or
+    refuse one that lacks the version's columns (``TargetTableError``)."""
+    for dataset in (await DatasetCatalog().current(conn)).values():
+        await ensure_target_table(conn, dataset)
 
 
 async def check_current(conn: Connection, dataset: Dataset, *, any_version: bool = False) -> None:

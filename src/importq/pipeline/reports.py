@@ -50,18 +50,18 @@ FILE_NAMES = {
 
 @dataclass(frozen=True)
 class ReportLayout:
-    """Headers and numeric-column flags of a batch's reports."""
+    """Headers of a batch's reports, and the column each uploaded cell fills (None: no
+    column), which says how its cells are written."""
 
     key_count: int
     success_header: list[str]
-    success_numeric: list[bool]
     rejected_header: list[str]
-    rejected_numeric: list[bool]
+    rejected_columns: list[Column | None]
 
     @classmethod
     def for_batch(cls, dataset: Dataset, uploaded_header: Sequence[str]) -> ReportLayout:
         positions = dataset.match_header(list(uploaded_header)).positions
-        numeric_at = {i for name, i in positions.items() if dataset.column(name).reports_as_number}
+        at = {i: dataset.column(name) for name, i in positions.items()}
         return cls(
             key_count=len(dataset.dedup_key),
             success_header=[
@@ -70,16 +70,28 @@ class ReportLayout:
                 *SUCCESS_FIELDS,
                 *dataset.report_columns,
             ],
-            success_numeric=[True]
-            + [dataset.column(n).reports_as_number for n in dataset.dedup_key]
-            + [True, False, False]
-            + [dataset.column(n).reports_as_number for n in dataset.report_columns],
             rejected_header=["line", "message", *uploaded_header],
-            rejected_numeric=[True, False] + [i in numeric_at for i in range(len(uploaded_header))],
+            rejected_columns=[at.get(i) for i in range(len(uploaded_header))],
         )
 
 
-def _cell(expression: sql.Composable, numeric: bool) -> sql.Composed:
+# A decimal-comma number as uploaded (spaces around it, digits grouped by spaces): a
+# number, never a formula, whose comma needs quotes.
+_COMMA_NUMBER = sql.Literal(
+    "^ *[+-]?([0-9][0-9 \u00a0\u202f]*([.,][0-9]*)?|[.,][0-9]+)([eE][+-]?[0-9]+)? *$"
+)
+
+
+def report_cell(expression: sql.Composable, column: Column | None) -> sql.Composed:
+    """A report cell of ``column``'s value ``expression``, as uploaded: RFC 4180 quoting
+    and the formula guard (``importq_report_cell``), which a number is spared: one with
+    a dot as it is numeric, one with a decimal comma as it is quoted."""
+    if column is not None and column.type.is_numeric and not column.reports_as_number:
+        return sql.SQL(
+            "CASE WHEN {v} ~ {number} THEN CASE WHEN strpos({v}, ',') > 0 "
+            "THEN '\"' || {v} || '\"' ELSE {v} END ELSE importq_report_cell({v}, false) END"
+        ).format(v=expression, number=_COMMA_NUMBER)
+    numeric = column is not None and column.reports_as_number
     return sql.SQL("importq_report_cell({}, {})").format(expression, sql.Literal(numeric))
 
 
@@ -98,9 +110,9 @@ def _rejected_record(
 ) -> sql.Composed:
     """A duplicate's or a failure's record: ``line``, ``message``, then each uploaded cell
     (``uploaded(position)``) and ``extra``."""
-    fields = [sql.SQL("line::text"), _cell(sql.Identifier("message"), False)] + [
-        _cell(uploaded(position), numeric)
-        for position, numeric in enumerate(layout.rejected_numeric[2:])
+    fields = [sql.SQL("line::text"), report_cell(sql.Identifier("message"), None)] + [
+        report_cell(uploaded(position), column)
+        for position, column in enumerate(layout.rejected_columns)
     ]
     return _record(fields, _EXTRA_CELLS)
 
@@ -124,16 +136,12 @@ def record_sql(
         return trimmed(positions[name]) if name in positions else sql.NULL
 
     def success_cell(column: Column) -> sql.Composable:
-        # A success's numbers passed the row rules, and a valid number prints as itself,
-        # so it needs no formatting. tests/integration/test_report_cells.py pins this.
-        # One with a decimal comma is never a formula either, but is quoted.
-        value = trimmed_cell(column.name)
+        # A success's numbers passed the row rules, and a valid number with a dot prints
+        # as itself, so it needs no formatting. tests/integration/test_report_cells.py
+        # pins this.
         if column.reports_as_number:
-            return sql.SQL("coalesce({}, '')").format(value)
-        if column.type.is_numeric:
-            return sql.SQL("""CASE WHEN strpos({v}, ',') > 0 THEN '"' || {v} || '"'
-                              ELSE coalesce({v}, '') END""").format(v=value)
-        return _cell(value, False)
+            return sql.SQL("coalesce({}, '')").format(trimmed_cell(column.name))
+        return report_cell(trimmed_cell(column.name), column)
 
     def success_cells(names: Sequence[str]) -> list[sql.Composable]:
         return [success_cell(dataset.column(name)) for name in names]
@@ -145,7 +153,7 @@ def record_sql(
         else [
             sql.SQL("coalesce(target_id::text, '')"),
             sql.SQL("outcome"),
-            _cell(sql.Identifier("changed_columns"), False),
+            report_cell(sql.Identifier("changed_columns"), None),
         ]
     )
     success = [

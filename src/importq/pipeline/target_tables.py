@@ -17,7 +17,6 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import psycopg
 from psycopg import AsyncConnection, sql
 
 from importq.ingest.staged_table import StagedTable, cell, kept, original, trimmed
@@ -32,7 +31,7 @@ class TargetTableError(RuntimeError):
     """A dataset's target table exists but lacks columns the dataset needs."""
 
 
-def _column_ddl(column: Column, key_fields: set[str]) -> sql.Composable:
+def column_ddl(column: Column, key_fields: set[str]) -> sql.Composable:
     textual = column.type.sql_type == "text"
     collate = sql.SQL(' COLLATE "C"') if column.field in key_fields and textual else sql.SQL("")
     not_null = sql.SQL(" NOT NULL") if column.field in key_fields else sql.SQL("")
@@ -70,82 +69,11 @@ async def ensure_target_table(conn: AsyncConnection[object], dataset: Dataset) -
     key_fields = {c.field for c in dataset.key_columns}
     ddl = sql.SQL(queries["create_target_table"]).format(
         table=sql.Identifier(dataset.table),
-        columns=sql.SQL(",\n    ").join(_column_ddl(c, key_fields) for c in dataset.columns),
+        columns=sql.SQL(",\n    ").join(column_ddl(c, key_fields) for c in dataset.columns),
         index=sql.Identifier(dedup_index(dataset)),
         key=_key(dataset),
     )
     await conn.execute(ddl)
-
-
-class IncompatibleChange(ValueError):
-    """A new version of a dataset that its target table cannot take; says why."""
-
-
-async def evolve_target_table(
-    conn: AsyncConnection[object], old: Dataset, new: Dataset, *, running: int
-) -> list[str]:
-    """Alter the target table of ``old`` so that it serves ``new``; the changes made, in
-    words. Runs in the caller's transaction, which publishes ``new``; ``running`` is the
-    number of the dataset's batches still being processed.
-
-    Additive changes are made: a new column is added (NULL in the rows stored). A type
-    change is made when every stored value reads as the new type from its text, as an
-    upload's value would. Refused with :class:`IncompatibleChange`: another table or
-    dedup key (the stored key hashes and the unique index depend on it), a new mandatory
-    column when rows are stored (they would lack it), a type change while batches judged
-    by an older version are running (their chunks write the old type) or one that a
-    stored value does not fit. A column the new version drops stays in the table.
-    """
-    if new.table != old.table:
-        raise IncompatibleChange(f"the table cannot change (it is {old.table})")
-    old_key = [(c.field, c.type.sql_type) for c in old.key_columns]
-    if [(c.field, c.type.sql_type) for c in new.key_columns] != old_key:
-        raise IncompatibleChange(
-            "the dedup key cannot change: the table's unique index and the stored rows' "
-            "key hashes are built on it"
-        )
-    table = sql.Identifier(new.table)
-    cursor = await conn.execute(queries["table_columns"], {"table": new.table})
-    present = {str(row[0]) for row in await cursor.fetchall()}  # type: ignore[index]
-    old_types = {c.field: c.type.sql_type for c in old.columns}
-    cursor = await conn.execute(sql.SQL(queries["target_has_rows"]).format(table=table))
-    has_rows = bool((await cursor.fetchone())[0])  # type: ignore[index]
-    changes: list[str] = []
-    for column in new.columns:
-        if column.field not in present:
-            if column.required and has_rows:
-                raise IncompatibleChange(
-                    f"column {column.name} is mandatory and new, and the table holds rows "
-                    "that have no value for it: publish it optional"
-                )
-            ddl = _column_ddl(column, set())
-            await conn.execute(
-                sql.SQL(queries["add_target_column"]).format(table=table, column=ddl)
-            )
-            changes.append(f"added column {column.field} ({column.type.sql_type})")
-            continue
-        was = old_types.get(column.field)
-        if was is None or was == column.type.sql_type:
-            continue
-        if running:
-            raise IncompatibleChange(
-                f"column {column.name} changes type from {was} to {column.type.sql_type} "
-                f"while {running} batches of the dataset are running: publish it once "
-                "they have finished"
-            )
-        retype = sql.SQL(queries["retype_target_column"]).format(
-            table=table, field=sql.Identifier(column.field), type=sql.SQL(column.type.sql_type)
-        )
-        try:
-            async with conn.transaction():
-                await conn.execute(retype)
-        except (psycopg.DataError, psycopg.errors.CannotCoerce) as error:
-            raise IncompatibleChange(
-                f"column {column.name} cannot become {column.type.sql_type}: a stored value "
-                f"does not fit ({error.diag.message_primary})"
-            ) from None
-        changes.append(f"column {column.field} is now {column.type.sql_type}")
-    return changes
 
 
 def _value(column: Column, positions: Mapping[str, int], row: str | None = None) -> sql.Composable:
@@ -159,14 +87,19 @@ def _value(column: Column, positions: Mapping[str, int], row: str | None = None)
     """
     if column.name not in positions:
         return sql.NULL
-    value = sql.SQL("NULLIF({}, '')").format(trimmed(positions[column.name], row))
+    return typed(column, sql.SQL("NULLIF({}, '')").format(trimmed(positions[column.name], row)))
+
+
+def typed(column: Column, text: sql.Composable) -> sql.Composable:
+    """``text``, a value of ``column`` its converter passed (or NULL), as the column's
+    type: the value the converter gives, local formats included."""
     if column.type.sql_type == "text":
-        return value
+        return text
     if column.type is ColumnType.FLOAT and column.decimal == "comma":
-        value = _with_decimal_dot(value)
+        text = _with_decimal_dot(text)
     elif column.type is ColumnType.DATE and column.formats:
-        return _local_date(value, column.formats)
-    return sql.SQL("{}::{}").format(value, sql.SQL(column.type.sql_type))
+        return _local_date(text, column.formats)
+    return sql.SQL("{}::{}").format(text, sql.SQL(column.type.sql_type))
 
 
 def _with_decimal_dot(value: sql.Composable) -> sql.Composed:
@@ -401,6 +334,8 @@ def _update_statements(
         update = sql.SQL(queries["update_stored"]).format(
             table=parts["table"],
             undo_log=staged.undo_log,
+            fields=parts["fields"],
+            stored_fields=sql.SQL(", ").join(sql.Identifier("s", c.field) for c in dataset.columns),
             columns=sql.SQL(", ").join(sql.Identifier(c.field) for c in written),
             values=sql.SQL(", ").join(_value(c, positions, "w") for c in written),
         )
@@ -486,16 +421,16 @@ def chunk_statements(
     mode: str = "insert",
     *,
     undo_results: sql.Identifier | None = None,
-    unseen_batch: uuid.UUID | None = None,
+    unseen_upload: uuid.UUID | None = None,
 ) -> ChunkStatements:
     """The statements of a batch's chunks in ``mode`` (:data:`importq.rules.datasets.MODES`).
 
     A dry run's write into ``importq_dry_run`` (``create_dry_run``), a copy of the
     target's columns and constraints, and keep no target id; what is already stored is
     still looked up in the target, and never locked. With ``undo_results`` (an undo's
-    results table), they are an undo's of the batch ``staged`` holds. The rows batch
-    ``unseen_batch`` inserted are not looked up as stored (a dry run rerunning that
-    batch's upload judges it as though it came in its place).
+    results table), they are an undo's of the batch ``staged`` holds. The rows any run of
+    batch ``unseen_upload``'s upload inserted (it, or a rerun of it) are not looked up as
+    stored: a dry run rerunning that upload judges it as though it came in their place.
     """
     dataset = staged.dataset
     positions = staged.positions
@@ -535,9 +470,10 @@ def chunk_statements(
         "order": order,
         "key_values": sql.SQL(", ").join(key_values),
         "stored_key": _stored_key(dataset, positions, "t")
-        if unseen_batch is None
-        else sql.SQL("{} AND t.imported_batch IS DISTINCT FROM {}::uuid").format(
-            _stored_key(dataset, positions, "t"), sql.Literal(str(unseen_batch))
+        if unseen_upload is None
+        else sql.SQL(queries["not_a_run_of"]).format(
+            stored_key=_stored_key(dataset, positions, "t"),
+            upload=sql.Literal(str(unseen_upload)),
         ),
         "results_of_outcomes": _results_of_outcomes(
             OUTCOMES["undo" if undo_results is not None else mode],

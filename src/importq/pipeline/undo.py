@@ -40,6 +40,7 @@ from importq.ingest.staged_table import (
     table_name,
 )
 from importq.pipeline.job_queue import JobQueue
+from importq.pipeline.target_evolution import type_changes
 from importq.rules.datasets import Dataset
 from importq.sql import queries
 
@@ -94,6 +95,14 @@ async def start_undo(
     async with conn.transaction():
         # Shared with staging: a type change is not published while the undo starts.
         await conn.execute(queries["share_dataset"], {"dataset": dataset.name})
+        changed = await type_changes(conn, dataset)
+        if changed:
+            raise Refusal(
+                409,
+                "outdated",
+                f"The table of {dataset.name} changed since this batch ({'; '.join(changed)}): "
+                "it cannot be undone.",
+            )
         async with conn.cursor(row_factory=dict_row) as cursor:
             await cursor.execute(
                 queries["batch_to_undo"],

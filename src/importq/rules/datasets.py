@@ -32,9 +32,10 @@ overrides them::
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from importlib import resources
@@ -50,7 +51,9 @@ ROLES = ("user", "moderator", "admin")
 MODES = ("insert", "upsert", "update-only")
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Columns every target table carries besides the dataset's own.
-RESERVED_FIELDS = frozenset({"target_id", "key_hash", "imported_batch", "imported_line"})
+RESERVED_FIELDS = frozenset(
+    {"target_id", "key_hash", "imported_batch", "imported_line", "imported_at"}
+)
 #: A float column's decimal mark. With "comma", a value may use a comma or a dot.
 DECIMAL_MARKS = ("dot", "comma")
 # A date format: DD, MM and YYYY once each, in any order, with one separator twice.
@@ -252,6 +255,13 @@ class Dataset:
                 lookup[normalise_header_name(alias)] = column.name
         return lookup
 
+    def known_mapping(self, mapping: Mapping[str, str]) -> dict[str, str]:
+        """The entries of ``mapping`` whose column (name or alias) this version has: a
+        saved or earlier batch's mapping, read by a version that dropped a column, keeps
+        the rest (the header it named is then unknown, as any other)."""
+        lookup = self._header_lookup()
+        return {h: t for h, t in mapping.items() if normalise_header_name(t) in lookup}
+
     def read_as(
         self,
         mapping: Mapping[str, str] | None = None,
@@ -261,7 +271,8 @@ class Dataset:
         """This definition as one upload is read: ``mapping`` (upload header -> column
         name or alias) decides which column a header names before the columns' own
         names do; ``decimal`` (``comma``/``dot``) replaces every float column's decimal
-        mark, ``date_format`` every date column's formats. Raises :class:`DatasetError`
+        mark, ``date_format`` every date column's formats, the dedup key's aside (a key
+        is deduplicated by its text, so it is read in one form only). Raises :class:`DatasetError`
         for a mapping to a column the dataset does not have, or a bad date format.
         """
         lookup = self._header_lookup()
@@ -275,8 +286,11 @@ class Dataset:
                 )
             pairs[normalise_header_name(header)] = column
         formats = (check_date_format(date_format),) if date_format is not None else None
+        keys = set(self.dedup_key)  # read in one form only, as their definition says
         columns = tuple(
-            replace(
+            c
+            if c.name in keys
+            else replace(
                 c,
                 decimal=decimal
                 if decimal is not None and c.type is ColumnType.FLOAT
@@ -353,9 +367,7 @@ def _decimal(raw: Mapping[str, Any], column_type: ColumnType, where: str) -> str
 
 
 def _formats(raw: Mapping[str, Any], column_type: ColumnType, where: str) -> tuple[str, ...]:
-    formats = raw.get("formats", [])
-    if not isinstance(formats, list) or not all(isinstance(f, str) for f in formats):
-        raise DatasetError(f'{where}: formats must be a list of strings, such as ["DD/MM/YYYY"]')
+    formats = raw.get("formats", [])  # a list of strings (_checked)
     if formats and column_type is not ColumnType.DATE:
         raise DatasetError(f"{where}: formats are only for a date column")
     try:
@@ -365,11 +377,81 @@ def _formats(raw: Mapping[str, Any], column_type: ColumnType, where: str) -> tup
         raise DatasetError(f"{where}: {error}") from None
 
 
-def _column(raw: Mapping[str, Any], where: str) -> Column:
-    known = set(Column.__dataclass_fields__)
-    extra = set(raw) - known
+# What each key of a definition holds: a check of its value and the words for it. A
+# definition may come from any JSON body, so every value is checked before it is used.
+_Kind = tuple[Callable[[Any], bool], str]
+_TEXT: _Kind = (lambda v: isinstance(v, str), "a string")
+_FLAG: _Kind = (lambda v: isinstance(v, bool), "true or false")
+_NUMBER: _Kind = (
+    lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
+    "a number",
+)
+_COUNT: _Kind = (
+    lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+    "a whole number, 0 or more",
+)
+_SCALAR: _Kind = (
+    lambda v: isinstance(v, str | int | float) and not isinstance(v, bool),
+    "a string or a number",
+)
+_TEXTS: _Kind = (
+    lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a list of strings",
+)
+_SCALARS: _Kind = (
+    lambda v: isinstance(v, list) and all(_SCALAR[0](x) for x in v),
+    "a list of strings or numbers",
+)
+_COLUMN_KINDS: dict[str, _Kind] = {
+    "name": _TEXT,
+    "field": _TEXT,
+    "type": _TEXT,
+    "required": _FLAG,
+    "required_if": _TEXT,
+    "min": _NUMBER,
+    "max": _NUMBER,
+    "min_length": _COUNT,
+    "max_length": _COUNT,
+    "pattern": _TEXT,
+    "pattern_description": _TEXT,
+    "values": _SCALARS,
+    "aliases": _SCALARS,
+    "example": _SCALAR,
+    "decimal": _TEXT,
+    "formats": (_TEXTS[0], 'a list of strings, such as ["DD/MM/YYYY"]'),
+}
+_DATASET_KINDS: dict[str, _Kind] = {
+    "label": _TEXT,
+    "table": _TEXT,
+    "import_role": _TEXT,
+    "callback_url": _TEXT,
+    "dedup_key": _TEXTS,
+    "report_columns": _TEXTS,
+    "default_mode": _TEXT,
+    "mode_roles": (
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+        "a table of strings",
+    ),
+    "columns": (
+        lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+        "a list of tables",
+    ),
+}
+
+
+def _checked(raw: Mapping[str, Any], kinds: Mapping[str, _Kind], where: str) -> None:
+    """Refuse keys ``kinds`` does not name, and values not of their key's kind."""
+    extra = set(raw) - set(kinds)
     if extra:
         raise DatasetError(f"{where}: unknown keys {sorted(extra)}")
+    for key, value in raw.items():
+        fits, words = kinds[key]
+        if not fits(value):
+            raise DatasetError(f"{where}: {key} must be {words}")
+
+
+def _column(raw: Mapping[str, Any], where: str) -> Column:
+    _checked(raw, _COLUMN_KINDS, where)
     try:
         name = str(raw["name"])
         field_name = str(raw["field"])
@@ -405,21 +487,6 @@ def _column(raw: Mapping[str, Any], where: str) -> Column:
     )
 
 
-_DATASET_KEYS = frozenset(
-    {
-        "label",
-        "table",
-        "import_role",
-        "callback_url",
-        "dedup_key",
-        "report_columns",
-        "default_mode",
-        "mode_roles",
-        "columns",
-    }
-)
-
-
 def build_dataset(name: str, raw: Mapping[str, Any], version: int = 1) -> Dataset:
     """The dataset that the definition ``raw`` (a ``[datasets.<name>]`` table, as TOML
     or JSON gives it) declares, as ``version``; :class:`DatasetError` says what is wrong
@@ -444,9 +511,7 @@ def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
     where = f"dataset {name!r}"
     if not _IDENTIFIER.fullmatch(name):
         raise DatasetError(f"{where}: a name is lower-case letters, digits and _")
-    extra = set(raw) - _DATASET_KEYS
-    if extra:
-        raise DatasetError(f"{where}: unknown keys {sorted(extra)}")
+    _checked(raw, _DATASET_KINDS, where)
     columns = tuple(
         _column(c, f"{where} column {i + 1}") for i, c in enumerate(raw.get("columns", ()))
     )
@@ -470,6 +535,11 @@ def _dataset(name: str, raw: Mapping[str, Any]) -> Dataset:
     if optional_key:
         # A valid row must have a whole key: the key's unique index is what dedups.
         raise DatasetError(f"{where}: dedup_key columns must be required: {optional_key}")
+    local = [n for n in dedup_key if by_name[n].decimal != "dot" or by_name[n].formats]
+    if local:
+        # A key is deduplicated by its text: 1,5 and 1.5, or two spellings of a date,
+        # would be two keys of one value.
+        raise DatasetError(f"{where}: dedup_key columns are read in one form only: {local}")
     table = str(raw.get("table", name))
     if not _IDENTIFIER.fullmatch(table):
         raise DatasetError(f"{where}: table {table!r} is not a usable SQL name")
@@ -513,10 +583,20 @@ def parse_datasets(toml_text: str) -> dict[str, Dataset]:
     return {name: build_dataset(name, raw) for name, raw in declared.items()}
 
 
-def load_datasets(extra_file: Path | None = None) -> dict[str, Dataset]:
-    """The built-in datasets, then those of ``extra_file``, which may replace them."""
+def dataset_sources(extra_file: Path | None = None) -> dict[str, dict[str, Dataset]]:
+    """The datasets each file declares: ``builtin`` (the built-in ones), then ``file``
+    (``extra_file``'s, which may replace them), as ``importq migrate`` publishes them."""
     builtin = resources.files("importq.builtin").joinpath("entrances.toml")
-    datasets = parse_datasets(builtin.read_text(encoding="utf-8"))
+    sources = {"builtin": parse_datasets(builtin.read_text(encoding="utf-8"))}
     if extra_file is not None:
-        datasets.update(parse_datasets(extra_file.read_text(encoding="utf-8")))
-    return datasets
+        sources["file"] = parse_datasets(extra_file.read_text(encoding="utf-8"))
+    return sources
+
+
+def load_datasets(extra_file: Path | None = None) -> dict[str, Dataset]:
+    """The built-in datasets, then those of ``extra_file``, which may replace them: the
+    definitions the files give (the database holds the published ones)."""
+    merged: dict[str, Dataset] = {}
+    for datasets in dataset_sources(extra_file).values():
+        merged.update(datasets)
+    return merged

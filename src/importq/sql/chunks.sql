@@ -275,16 +275,17 @@ valid AS (
 -- name: update_stored
 -- The CTEs that write a changed winner's columns ({columns}, {values}) over its stored
 -- row, which lock_stored locked, and keep that row as it was in the batch's undo log
--- ({undo_log}); they run whether or not anything reads them. A dry run checks the rows
--- against importq_dry_run's constraints instead (check_updates). Template {table}; they
--- read the CTE winners.
+-- ({undo_log}: its id and the batch's version's fields {fields}, by name, since the
+-- table may have gained columns since the log was made); they run whether or not
+-- anything reads them. A dry run checks the rows against importq_dry_run's constraints
+-- instead (check_updates). Template {table}; they read the CTE winners.
 updated AS (
     UPDATE {table} t SET ({columns}) = ROW({values})
     FROM winners w
     WHERE t.target_id = w.stored_id AND w.changed_columns <> ''
 ), logged AS (
-    INSERT INTO {undo_log}
-    SELECT %(chunk_no)s, s.*
+    INSERT INTO {undo_log} ("@chunk", "@line", target_id, {fields})
+    SELECT %(chunk_no)s, s."@line", s.target_id, {stored_fields}
     FROM importq_stored s JOIN winners w ON w.line = s."@line"
     WHERE w.changed_columns <> ''
 )
@@ -547,3 +548,12 @@ FROM {results}
 WHERE outcome IN ('inserted', 'updated', 'success')
 GROUP BY chunk_no
 ORDER BY chunk_no;
+
+-- name: not_a_run_of
+-- A stored-key condition ({stored_key}) that passes over the rows any run of an upload
+-- inserted: batch {upload} or one of its reruns (a dry-run rerun's view of the target).
+-- The subquery does not depend on the row: it runs once.
+{stored_key} AND (t.imported_batch IS NULL
+                  OR t.imported_batch NOT IN (SELECT id FROM batches
+                                              WHERE id = {upload}::uuid
+                                                 OR rerun_of = {upload}::uuid))
