@@ -49,6 +49,7 @@ UPLOAD_TYPES: dict[str, tuple[str, dict[str, str]]] = {
     ".xlsx": (XLSX_TYPE, {}),
 }
 EXIT_OK, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+MAX_REQUEST_HEAD_BYTES = 64 * 1024
 
 
 @contextlib.asynccontextmanager
@@ -135,6 +136,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # Uploads still arriving when the drain ends get this long; staging rolls back
         # whatever it cuts short.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_seconds),
+        # Room for a request line whose options are all at their documented length
+        # (callbackUrl, mapping: 2,000 characters each, up to 6 bytes each encoded).
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
     DrainingServer(config).run()
     return EXIT_OK

@@ -240,3 +240,12 @@ async def test_a_failure_report_keeps_a_negative_decimal_comma_as_a_number(
     job = await imported_by_a_worker(client, services, rows, decimal="comma")
     failures = await report_records(client, job, "failures")
     assert [r["w3geo:latitude"] for r in failures] == ["-95,5", "'=1+1"]
+
+
+async def test_a_rerun_of_an_upload_storage_lost_says_so(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    first = await imported_by_a_worker(client, services, [entrance("l-1")])
+    await services.storage.delete_prefix(f"uploads/{first['batchId']}")
+    answer = await client.post(f"/api/v1/jobs/{first['batchId']}/rerun")
+    assert (answer.status_code, answer.json()["code"]) == (409, "no_upload")

@@ -33,11 +33,12 @@ from importq.services import Services
 MappingOption = Annotated[
     str | None,
     Query(
-        max_length=20000,
+        max_length=2000,
         description="How the file's header names the dataset's columns: a JSON object "
         'upload header → dataset column (such as {"Lat": "w3geo:latitude"}), or the name '
         "of one of your saved mappings (GET /api/v1/mappings). The mapping wins over the "
-        "columns' names and aliases.",
+        "columns' names and aliases. A longer mapping is saved (PUT /api/v1/mappings/"
+        "{name}) and named here.",
     ),
 ]
 DecimalOption = Annotated[

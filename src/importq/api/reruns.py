@@ -81,7 +81,10 @@ async def _kept_upload(
     try:
         await services.storage.read_into(f"uploads/{batch['id']}/upload.{batch['format']}", spool)
     except FileNotFoundError:
-        raise _expired("upload") from None
+        # Not purged: storing it failed (the failure was logged), or it is being stored.
+        raise Refusal(
+            409, "no_upload", "The batch's upload is not in storage: it cannot be run again."
+        ) from None
     spool.seek(0)
     return spool
 
@@ -110,7 +113,8 @@ async def rerun_job(
     """Run the batch's kept upload again, as a new batch (``rerunOf``) judged by version
     ``version`` of its dataset. 409: an undo (``not_rerunnable``), an import under a
     version that is not the current one (``not_current``), a version whose column types
-    the table no longer has (``outdated``), the upload purged (``expired``)."""
+    the table no longer has (``outdated``), the upload purged (``expired``) or never
+    stored (``no_upload``)."""
     batch = await readable_batch(services, user, batch_id)
     if batch["type"] != "import":
         raise Refusal(409, "not_rerunnable", "An undo has no upload to run again.")
