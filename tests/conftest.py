@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from psycopg import conninfo, sql
 
+from azurite import azurite  # noqa: F401 (a fixture, for every test module)
 from csv_spectrum import SPECTRUM, SPECTRUM_VERSION
 from helpers import Receiver, api_client
 from importq import accounts

@@ -1,4 +1,5 @@
-"""The ``importq`` command: serve, worker, migrate, users, datasets, import, cancel."""
+"""The ``importq`` command: serve, worker, migrate, doctor, users, datasets, import,
+cancel, undo."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import psycopg
 from importq import accounts
 from importq.config import DEFAULT_PUBLIC_URL, Settings
 from importq.db import EMBEDDED_DIR, database_url
+from importq.doctor import examine
 from importq.errors import Refusal
 from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.migrate import migrate
@@ -167,6 +169,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     asyncio.run(run())
     return EXIT_OK
+
+
+def _doctor(args: argparse.Namespace, settings: Settings) -> int:
+    findings = asyncio.run(examine(settings))
+    for finding in findings:
+        print(finding.line())
+    return EXIT_OK if all(f.problem is None for f in findings) else EXIT_FAILED
 
 
 def _migrate_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -592,6 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="bring the database up to date").set_defaults(
         handler=_migrate_command
     )
+    commands.add_parser(
+        "doctor",
+        help="check the configuration, the database, the queue, the clock, storage and "
+        "email, one line each; exit 1 if any is failing",
+    ).set_defaults(handler=_doctor)
 
     secret = commands.add_parser(
         "webhook-secret", help="print the key receivers check webhook signatures with"

@@ -20,13 +20,10 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email import policy
 from pathlib import Path
@@ -36,8 +33,8 @@ import httpx
 import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
-from azurite_account import ACCOUNT, ACCOUNT_KEY
-from conftest import ROOT, make_settings, new_user
+from azurite import Azurite
+from conftest import make_settings, new_user
 from helpers import (
     BASE_URL,
     api_client,
@@ -56,10 +53,7 @@ from importq.pipeline.recovery import reconcile
 from importq.services import Services
 from importq.storage.local import LocalStorage
 from importq.worker.tasks import run_worker
-from processes import free_port
 
-AZURITE_VERSION = "3.37.0"  # the version scripts/test installs
-AZURITE = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "azurite-blob"
 CSV_TYPE = "text/csv; charset=utf-8"
 
 
@@ -69,101 +63,6 @@ CSV_TYPE = "text/csv; charset=utf-8"
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Sending a large body directly with raw bytes:ResourceWarning"
 )
-
-# ------------------------------------------------------------------------ Azurite
-
-
-def _answers(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Azurite:
-    """``azurite-blob`` on a loopback port, its blobs kept in ``location`` so that a
-    restart (same port, same location) finds them again."""
-
-    def __init__(self, location: Path) -> None:
-        self.location = location
-        self.port = free_port()
-        self.log = location.parent / f"{location.name}.log"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
-
-    @property
-    def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
-            f"BlobEndpoint={self.endpoint};"
-        )
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self, timeout: float = 60) -> None:
-        assert not self.running, "Azurite is already running"
-        command = [
-            str(AZURITE),
-            "--skipApiVersionCheck",
-            "--blobHost",
-            "127.0.0.1",
-            "--blobPort",
-            str(self.port),
-            "--location",
-            str(self.location),
-            "--silent",
-        ]
-        with self.log.open("ab") as log:
-            self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while not _answers(self.port):
-            if self._process.poll() is not None:
-                raise RuntimeError(f"Azurite exited: {self.log.read_text(errors='replace')}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"Azurite did not answer on port {self.port} in {timeout} s")
-            time.sleep(0.1)
-
-    def stop(self, *, keep_blobs: bool = False) -> None:
-        """Down for good when this returns.
-
-        ``keep_blobs``: SIGTERM first, and SIGKILL only after a grace period longer than
-        Azurite's metadata autosave (5 s; it saves to a temporary file and renames it), so
-        whatever was stored before is found again by the next start on this location.
-        Otherwise SIGKILL at once: a crash, and the last seconds of metadata may be lost.
-        """
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        # Its own session: the signal reaches node and anything it started, nothing else.
-        if keep_blobs:
-            os.killpg(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=7)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    if not AZURITE.is_file():
-        if shutil.which("npm") is None:
-            pytest.skip("npm is not installed, so scripts/test could not install Azurite")
-        pytest.fail(
-            f"Azurite is not installed in {AZURITE.parents[2]}: run scripts/test, or "
-            f"npm install --prefix .cache/node azurite@{AZURITE_VERSION}"
-        )
-    server = Azurite(tmp_path_factory.mktemp("azurite") / "blobs")
-    server.start()
-    yield server
-    server.stop()
 
 
 @contextlib.asynccontextmanager

@@ -194,10 +194,9 @@ def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
-def _send_smtp(
-    url: str, message: EmailMessage, *, ca_file: Path | None = None, timeout: float = 30.0
-) -> None:
-    """Send the message over SMTP.
+def _smtp_session(url: str, *, ca_file: Path | None, timeout: float) -> smtplib.SMTP:
+    """A connection to the mail server of ``url``, greeted, over TLS where the scheme asks,
+    signed in when the URL has credentials: ready to send. The caller closes it.
 
     Credentials are only ever sent over a verified TLS connection. The URL's scheme
     chooses the transport:
@@ -206,17 +205,8 @@ def _send_smtp(
     - ``smtp://`` sends only after STARTTLS.
     - ``smtp+plain://`` has no TLS. It is for a local relay, and credentials are refused.
     """
+    host, port, scheme = smtp_address(url)
     parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in SMTP_SCHEMES:
-        raise MailError(f"unsupported SMTP URL scheme {parts.scheme!r}")
-    try:
-        port = parts.port or SMTP_SCHEMES[scheme]
-    except ValueError as error:
-        raise MailError("the SMTP URL has an invalid port") from error
-    host = parts.hostname
-    if not host:
-        raise MailError("the SMTP URL has no host")
     user = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else ""
     if scheme == "smtp+plain" and user:
@@ -230,19 +220,57 @@ def _send_smtp(
     else:
         client = smtplib.SMTP(host, port, timeout=timeout)
     try:
+        client.ehlo()
         if scheme == "smtp":
-            client.ehlo()
             if not client.has_extn("starttls"):
                 raise MailError(f"{host} does not offer STARTTLS; refusing to send")
             client.starttls(context=context)
             client.ehlo()
         if user:
             client.login(user, password)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def smtp_address(url: str) -> tuple[str, int, str]:
+    """The host, port and scheme of an SMTP URL (:class:`MailError` for one importq
+    cannot use)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in SMTP_SCHEMES:
+        raise MailError(f"unsupported SMTP URL scheme {parts.scheme!r}")
+    try:
+        port = parts.port or SMTP_SCHEMES[scheme]
+    except ValueError as error:
+        raise MailError("the SMTP URL has an invalid port") from error
+    if not parts.hostname:
+        raise MailError("the SMTP URL has no host")
+    return parts.hostname, port, scheme
+
+
+def _send_smtp(
+    url: str, message: EmailMessage, *, ca_file: Path | None = None, timeout: float = 30.0
+) -> None:
+    """Send the message over SMTP (:func:`_smtp_session`)."""
+    client = _smtp_session(url, ca_file=ca_file, timeout=timeout)
+    try:
         client.send_message(message)
     except BaseException:
         client.close()
         raise
     # The message was handed over when DATA was accepted, so a failing QUIT changes nothing.
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
+
+
+def check_smtp(url: str, *, ca_file: Path | None = None, timeout: float = 10.0) -> None:
+    """Greet the mail server, sign in as a message would be sent, and leave: raises what
+    sending would."""
+    client = _smtp_session(url, ca_file=ca_file, timeout=timeout)
     try:
         client.quit()
     except (OSError, smtplib.SMTPException):

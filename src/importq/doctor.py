@@ -1,0 +1,157 @@
+"""``importq doctor``: every part a running importq needs, checked from this machine with
+this configuration, one line each: ``database: ok``, ``email: failing — connection
+refused to 127.0.0.1:9``. The command exits 0 when every part is ok, 1 otherwise.
+
+The parts, in this order: the configuration (which database, storage and mail it
+names), the database (it answers, and is migrated), the queue (a worker whose heartbeat
+is recent), the clock (the database's and this machine's agree, which report links and
+stall detection rely on), storage (the backend's own check: for Azure Blob, a request
+with the account's key) and email (the SMTP server greets, does TLS and takes the
+sign-in, exactly as for a message, then is left; or the outbox is writable).
+Nothing is changed: no migration, no message, no file but the check's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import smtplib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import psycopg
+
+from importq.config import Settings
+from importq.db import database_url
+from importq.delivery.mailer import MailError, check_smtp, smtp_address
+from importq.migrate import pending_migrations
+from importq.services import open_storage
+from importq.sql import queries
+from importq.storage import StorageError
+
+# Each check gives up after this long: a part that does not answer is failing.
+CHECK_SECONDS = 10.0
+# How far the database's clock may be from this machine's.
+CLOCK_SKEW_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One part's state: ``problem`` None when it is ok; ``detail`` says more."""
+
+    part: str
+    problem: str | None
+    detail: str = ""
+
+    def line(self) -> str:
+        if self.problem is not None:
+            return f"{self.part}: failing — {self.problem}"
+        return f"{self.part}: ok" + (f" ({self.detail})" if self.detail else "")
+
+
+def _configuration(settings: Settings) -> Finding:
+    database = "external PostgreSQL" if settings.database_url else "embedded PostgreSQL"
+    storage = "Azure Blob" if settings.azure_storage_connection_string else "local files"
+    email = "SMTP" if settings.smtp_url else "outbox folder"
+    return Finding("configuration", None, f"{database}, {storage}, {email}")
+
+
+async def _database(conn: psycopg.AsyncConnection[object]) -> Finding:
+    pending = await pending_migrations(conn)
+    if pending:
+        return Finding("database", f"migrations not applied: {', '.join(pending)}")
+    return Finding("database", None)
+
+
+async def _queue(conn: psycopg.AsyncConnection[object], settings: Settings) -> Finding:
+    try:
+        cursor = await conn.execute(queries["live_workers"], {"seconds": settings.stalled_seconds})
+    except psycopg.errors.UndefinedTable:
+        return Finding("queue", "the queue's tables are missing: run importq migrate")
+    row = await cursor.fetchone()
+    workers = int(row[0]) if row else 0  # type: ignore[index]
+    if workers == 0:
+        return Finding(
+            "queue",
+            f"no worker has sent a heartbeat in the last {settings.stalled_seconds:g} s: "
+            "start importq serve or importq worker",
+        )
+    # A process runs a procrastinate worker per lane (importq.worker.tasks), each with
+    # a heartbeat of its own.
+    return Finding("queue", None, f"{workers} live worker lane{'s' if workers > 1 else ''}")
+
+
+async def _clock(conn: psycopg.AsyncConnection[object]) -> Finding:
+    before = time.time()
+    cursor = await conn.execute(queries["database_clock"])
+    row = await cursor.fetchone()
+    after = time.time()
+    skew = float(row[0]) - (before + after) / 2  # type: ignore[index]
+    if abs(skew) > CLOCK_SKEW_SECONDS:
+        side = "ahead of" if skew > 0 else "behind"
+        return Finding("clock", f"the database's clock is {abs(skew):.1f} s {side} this machine's")
+    return Finding("clock", None)
+
+
+async def _storage(settings: Settings) -> Finding:
+    storage = open_storage(settings)
+    try:
+        await storage.check()
+    except StorageError as error:
+        return Finding("storage", str(error))
+    finally:
+        await storage.close()
+    return Finding("storage", None)
+
+
+async def _email(settings: Settings) -> Finding:
+    if not settings.smtp_url:
+        outbox = settings.outbox_dir
+        if outbox.exists() and not os.access(outbox, os.W_OK):
+            return Finding("email", f"the outbox {outbox} is not writable")
+        return Finding("email", None, f"messages are written to {outbox}")
+    try:
+        host, port, _ = smtp_address(settings.smtp_url)
+        await asyncio.to_thread(
+            check_smtp, settings.smtp_url, ca_file=settings.smtp_ca_file, timeout=CHECK_SECONDS
+        )
+    except MailError as error:
+        return Finding("email", str(error))
+    except ConnectionRefusedError:
+        return Finding("email", f"connection refused to {host}:{port}")
+    except smtplib.SMTPAuthenticationError as error:
+        return Finding("email", f"{host}:{port} refused the sign-in ({error.smtp_code})")
+    except (OSError, smtplib.SMTPException) as error:
+        return Finding("email", f"{host}:{port}: {error!r}")
+    return Finding("email", None, f"{host}:{port}")
+
+
+async def _timed(part: str, check: Callable[[], Awaitable[Finding]]) -> Finding:
+    try:
+        async with asyncio.timeout(CHECK_SECONDS):
+            return await check()
+    except TimeoutError:
+        return Finding(part, f"no answer in {CHECK_SECONDS:g} s")
+    except psycopg.Error as error:  # a database that answers, wrongly (no schema yet)
+        return Finding(part, str(error).strip().splitlines()[0])
+
+
+async def examine(settings: Settings) -> list[Finding]:
+    """Every part's finding, in the order the module's docstring names them."""
+    findings = [_configuration(settings)]
+    try:
+        async with asyncio.timeout(CHECK_SECONDS):
+            conn = await psycopg.AsyncConnection.connect(database_url(settings), autocommit=True)
+    except (OSError, psycopg.Error, TimeoutError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        unreachable = f"cannot connect: {reason}"
+        findings += [Finding(part, unreachable) for part in ("database", "queue", "clock")]
+    else:
+        async with conn:
+            findings.append(await _timed("database", lambda: _database(conn)))
+            findings.append(await _timed("queue", lambda: _queue(conn, settings)))
+            findings.append(await _timed("clock", lambda: _clock(conn)))
+    findings.append(await _timed("storage", lambda: _storage(settings)))
+    findings.append(await _timed("email", lambda: _email(settings)))
+    return findings
