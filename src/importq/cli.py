@@ -1,5 +1,5 @@
 """The ``importq`` command: serve, worker, migrate, doctor, users, datasets, import,
-cancel, undo."""
+cancel, undo, jobs, batches."""
 
 from __future__ import annotations
 
@@ -362,6 +362,67 @@ def _refused(response: httpx.Response) -> int:
     return EXIT_REFUSED
 
 
+def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    """``importq jobs list|retry`` and ``importq batches stuck``: the admin API's failed
+    and stuck work (:mod:`importq.api.admin`), one line each."""
+    client = _api_client(args, settings)
+    if client is None:
+        return EXIT_REFUSED
+    with client:
+        if args.jobs_command == "stuck":
+            return _stuck(client, args.minutes)
+        if args.jobs_command == "retry":
+            return _retry(client, args.job_id, args.batch)
+        return _list_jobs(client, "retrying" if args.retrying else "failed", args.batch)
+
+
+def _stuck(client: httpx.Client, minutes: float) -> int:
+    response = client.get("/api/v1/admin/batches/stuck", params={"minutes": minutes})
+    if response.status_code != 200:
+        return _refused(response)
+    items = response.json()["items"]
+    for batch in items:
+        print(
+            f"{batch['batchId']}\t{batch['dataset']}\t{batch['status']}\t"
+            f"{batch['finishedChunks']}/{batch['totalChunks']} chunks\t"
+            f"{'; '.join(batch['reasons'])}"
+        )
+    if not items:
+        print(f"no batch has been unchanged for {minutes:g} minutes")
+    return EXIT_OK
+
+
+def _retry(client: httpx.Client, job_id: int | None, batch_id: str | None) -> int:
+    if batch_id:
+        response = client.post(f"/api/v1/admin/batches/{batch_id}/retry")
+    else:
+        response = client.post(f"/api/v1/admin/jobs/{job_id}/retry")
+    if response.status_code != 202:
+        return _refused(response)
+    retried = response.json()["jobs"]
+    print("run again: " + ", ".join(map(str, retried)) if retried else "nothing to run again")
+    return EXIT_OK
+
+
+def _list_jobs(client: httpx.Client, state: str, batch_id: str | None) -> int:
+    params = {"state": state, "pageSize": "100"}
+    if batch_id:
+        params["batchId"] = batch_id
+    response = client.get("/api/v1/admin/jobs", params=params)
+    if response.status_code != 200:
+        return _refused(response)
+    items = response.json()["items"]
+    for job in items:
+        chunk = f" chunk {job['chunkNo']}" if job["chunkNo"] is not None else ""
+        print(
+            f"{job['id']}\t{job['task']}\t{job['state']}\t{job['attempts']} attempts\t"
+            f"{job['batchId'] or '-'}{chunk}\t{job['lastError'] or ''}"
+        )
+    if not items:
+        print(f"no job is {state}")
+    return EXIT_OK
+
+
 def _datasets(args: argparse.Namespace, settings: Settings) -> int:
     """``importq datasets list|show|publish``, straight in the database (migrated first):
     ``list`` and ``show`` (``--version``) print the published definitions, ``show`` as
@@ -699,6 +760,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish_file.add_argument("file")
     datasets.set_defaults(handler=_datasets)
+
+    jobs = commands.add_parser("jobs", help="failed and retrying jobs (admins)")
+    job_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    listing = job_commands.add_parser(
+        "list", help="the jobs that ended failed (--retrying: wait to be tried again)"
+    )
+    listing.add_argument("--retrying", action="store_true")
+    listing.add_argument("--batch", default=None, help="one batch's jobs")
+    _service_options(listing)
+    retrying = job_commands.add_parser("retry", help="run a job, or a batch's, again now")
+    which = retrying.add_mutually_exclusive_group(required=True)
+    which.add_argument("job_id", nargs="?", type=int)
+    which.add_argument("--batch", default=None, help="every failed or retrying job of it")
+    _service_options(retrying)
+    jobs.set_defaults(handler=_jobs)
+    batches_command = commands.add_parser("batches", help="stuck batches (admins)")
+    batch_commands = batches_command.add_subparsers(dest="jobs_command", required=True)
+    stuck = batch_commands.add_parser(
+        "stuck", help="unfinished batches unchanged for --minutes (30), with why"
+    )
+    stuck.add_argument("--minutes", type=float, default=30)
+    _service_options(stuck)
+    batches_command.set_defaults(handler=_jobs)
 
     cancel = commands.add_parser("cancel", help="cancel a running import")
     cancel.add_argument("batch_id")

@@ -57,6 +57,11 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("POST", "/api/v1/notifications/{missing}/read", None, SIGNED_IN, 404),
     ("POST", "/api/v1/notifications/read-all", None, SIGNED_IN, 204),
     ("GET", "/api/v1/users", None, ADMINS, 200),
+    ("GET", "/api/v1/admin/jobs", None, ADMINS, 200),
+    ("POST", "/api/v1/admin/jobs/{missing}/retry", None, ADMINS, 404),
+    # The batch's chunk job has never failed: nothing of it is run again.
+    ("POST", "/api/v1/admin/batches/{batch}/retry", None, ADMINS, 202),
+    ("GET", "/api/v1/admin/batches/stuck", None, ADMINS, 200),
     ("POST", "/api/v1/users", {"name": "{fresh}"}, ADMINS, 201),
     ("POST", "/api/v1/users/owner/tokens", None, ADMINS, 201),
     ("GET", "/api/v1/tokens", None, SIGNED_IN, 200),
@@ -78,6 +83,8 @@ def _route(method: str, path: str) -> tuple[str, str]:
     template = path.split("?")[0]
     for concrete, placeholder in (
         ("/compare/{done}", "/compare/{other_id}"),
+        ("/admin/jobs/{missing}", "/admin/jobs/{job_id}"),
+        ("/admin/batches/{batch}", "/admin/batches/{batch_id}"),
         ("/mappings/mine", "/mappings/{name}"),
         ("/mappings/{missing}", "/mappings/{name}"),
         ("/jobs/{batch}", "/jobs/{batch_id}"),

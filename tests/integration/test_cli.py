@@ -442,3 +442,17 @@ def test_a_published_version_judges_an_import_read_with_a_mapping_and_a_decimal_
     refused = importq(env, "datasets", "publish", str(mandatory))
     assert refused.returncode == 2
     assert "column x is mandatory and stored rows have no value" in refused.stderr
+
+
+def test_failed_jobs_and_stuck_batches_are_asked_of_the_service(
+    served: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """The admin's token in the data dir: nothing failed, nothing stuck; an unknown job
+    is refused as the API refuses it. (tests/integration/test_troubles.py has the work.)"""
+    _, env = served
+    listed = importq(env, "jobs", "list", "--retrying")
+    assert (listed.returncode, listed.stdout) == (0, "no job is retrying\n")
+    stuck = importq(env, "batches", "stuck", "--minutes", "0")
+    assert (stuck.returncode, stuck.stdout) == (0, "no batch has been unchanged for 0 minutes\n")
+    unknown = importq(env, "jobs", "retry", "999999")
+    assert unknown.returncode == 2 and "There is no job 999999" in unknown.stderr

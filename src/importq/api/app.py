@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
 from importq.api import (
+    admin,
     datasets,
     files,
     health,
@@ -201,6 +202,7 @@ def create_app(
         mappings,
         notifications,
         users,
+        admin,
         files,
         health,
     )

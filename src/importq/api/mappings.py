@@ -19,8 +19,8 @@ from importq.api.imports import importable_dataset
 from importq.api.reading import Reading, check_mapping, check_names
 from importq.api.schemas import errors
 from importq.errors import Refusal
+from importq.ingest.saved_mappings import SavedMapping, delete_mapping, save_mapping, user_mappings
 from importq.job_json import Timestamp
-from importq.mappings import SavedMapping, delete_mapping, save_mapping, user_mappings
 
 router = APIRouter()
 

@@ -46,7 +46,7 @@ from importq.api.reading import (
 )
 from importq.api.schemas import errors
 from importq.ingest.off_loop import off_loop
-from importq.mappings import mapping_for_header
+from importq.ingest.saved_mappings import mapping_for_header
 from importq.rules.datasets import Dataset
 from importq.rules.row_rules import RowChecker, StagedRow
 

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 from fastapi import Query
 
 from importq.errors import Refusal
-from importq.mappings import SavedMapping, saved_mapping
+from importq.ingest.saved_mappings import SavedMapping, saved_mapping
 from importq.rules.datasets import (
     Dataset,
     DatasetError,

@@ -1,4 +1,4 @@
--- A user's saved header mappings (importq.mappings).
+-- A user's saved header mappings (importq.ingest.saved_mappings).
 
 -- name: save_mapping
 -- Save (or replace) a user's mapping under its name.
