@@ -26,10 +26,11 @@ import psycopg
 from importq import accounts
 from importq.config import DEFAULT_PUBLIC_URL, Settings
 from importq.db import EMBEDDED_DIR, database_url
-from importq.doctor import examine
 from importq.errors import Refusal
 from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.migrate import migrate
+from importq.operations.doctor import examine
+from importq.operations.logs import configure_logging, uvicorn_log_config
 from importq.pipeline.dataset_versions import DatasetCatalog, Published, publish
 from importq.rules.dataset_json import DatasetDetail, DatasetSummary
 from importq.rules.datasets import (
@@ -141,6 +142,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # Room for a request line whose options are all at their documented length
         # (callbackUrl, mapping: 2,000 characters each, up to 6 bytes each encoded).
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+        log_config=uvicorn_log_config(settings.log_format),
     )
     DrainingServer(config).run()
     return EXIT_OK
@@ -803,14 +805,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     # Everything importq writes (reports, kept uploads, the outbox, keys, the embedded
     # server's files) is for the user it runs as alone.
     os.umask(0o077)
     settings = Settings()
+    configure_logging(settings.log_format)
     _close_data_dir(settings.data_dir)
     code: int = args.handler(args, settings)
     return code

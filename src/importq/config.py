@@ -157,6 +157,9 @@ class Settings(BaseSettings):
     report_url_ttl: int = Field(default=7 * 24 * 3600, ge=60, description="Report link lifetime, s")
     retention_days: int = Field(default=30, ge=1, description="Keep staged rows and jobs this long")
 
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or json: one JSON object a line"
+    )
     smtp_url: str | None = Field(default=None, description="SMTP server; unset writes .eml files")
     mail_from: str = Field(default="importq <importq@localhost>", description="From address")
 

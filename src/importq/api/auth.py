@@ -13,6 +13,7 @@ from psycopg import AsyncConnection
 from importq.accounts import TokenRefused, User, user_for_token, user_for_token_id
 from importq.api.sessions import CSRF_HEADER, SAFE_METHODS, csrf_matches, session_of
 from importq.errors import Refusal
+from importq.operations import logs
 from importq.services import Services
 
 CONNECTION_WAIT_SECONDS = 10.0
@@ -61,8 +62,11 @@ async def current_user(
     unsafe method then needs the session's CSRF token in ``X-CSRF-Token``)."""
     token = _token(credentials)
     if token is None:
-        return await session_user(request, services, header=request.headers.get(CSRF_HEADER))
-    return await admitted_user(services, lambda conn: user_for_token(conn, token))
+        found = await session_user(request, services, header=request.headers.get(CSRF_HEADER))
+    else:
+        found = await admitted_user(services, lambda conn: user_for_token(conn, token))
+    logs.user.set(found.name)  # for the request's log lines
+    return found
 
 
 async def admitted_user(

@@ -1,16 +1,23 @@
-"""Security headers on every answer, added as the answer starts.
+"""Headers on every answer, added as the answer starts: security headers, and the
+request's id.
 
 - ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer`` everywhere:
   a report link carries its signature in its query, which no other site should see.
 - ``Cache-Control: no-store`` on the API's answers, which hold users' jobs and links.
 - ``Strict-Transport-Security`` when the service's public URL is https.
+- ``X-Request-ID``: the request's id (:class:`RequestIds`), in its log lines too.
 
-A plain ASGI middleware, so that uploads and downloads stream through it untouched.
+Plain ASGI middlewares, so that uploads and downloads stream through them untouched.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from importq.operations import logs
 
 API_PREFIX = "/api/"
 HSTS_SECONDS = 365 * 24 * 3600
@@ -42,3 +49,39 @@ class SecurityHeaders:
             await send(message)
 
         await self._app(scope, receive, with_headers)
+
+
+REQUEST_ID_HEADER = "x-request-id"
+# A request id a client may choose: a log collector's, a proxy's (UUIDs, hex, base64).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:+/=-]{1,128}")
+
+
+class RequestIds:
+    """Each request's id, for its log lines (:mod:`importq.operations.logs`) and its
+    answer's ``X-Request-ID``: the one the request sent, when it is a plain token of at
+    most 128 characters, else a new one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        sent = dict(scope.get("headers", [])).get(REQUEST_ID_HEADER.encode(), b"")
+        text = sent.decode("latin-1")
+        chosen = text if _REQUEST_ID.fullmatch(text) else uuid.uuid4().hex
+        logs.request_id.set(chosen)
+
+        async def with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if name.lower() != REQUEST_ID_HEADER.encode()
+                ]
+                headers.append((REQUEST_ID_HEADER.encode(), chosen.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self._app(scope, receive, with_id)

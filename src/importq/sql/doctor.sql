@@ -1,4 +1,4 @@
--- What importq doctor asks the database (importq.doctor).
+-- What importq doctor asks the database (importq.operations.doctor).
 
 -- name: live_workers
 -- Workers whose heartbeat is recent.

@@ -40,6 +40,7 @@ from psycopg_pool import PoolTimeout
 from importq.config import Settings
 from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
+from importq.operations import logs
 from importq.pipeline import batches
 from importq.pipeline.aggregation import aggregate as aggregate_batch
 from importq.pipeline.chunk_processing import fail_chunk, record_attempt
@@ -87,6 +88,14 @@ WORKER_RESTART_LONGEST_WAIT = 60.0
 
 
 def _services(context: JobContext) -> Services:
+    """The process's services. Every task starts here, so the job's batch and chunk
+    become what its log lines are about (:mod:`importq.operations.logs`); each job runs
+    in a task of its own, with a context of its own."""
+    if context.job is not None:
+        arguments = context.job.task_kwargs
+        batch_id, chunk_no = arguments.get("batch_id"), arguments.get("chunk_no")
+        logs.batch_id.set(None if batch_id is None else str(batch_id))
+        logs.chunk_no.set(None if chunk_no is None else int(str(chunk_no)))
     services: Services = context.additional_context["services"]
     return services
 

@@ -1,0 +1,1 @@
+"""Running importq: ``importq doctor``'s checks, and the process's logs."""
