@@ -19,10 +19,9 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel
 
 from importq.accounts import User
-from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.auth import CurrentUser, ServicesDep, require_role
 from importq.api.jobs import parse_batch_id
 from importq.api.schemas import Page, PageNumber, PageSize, errors
-from importq.errors import Refusal
 from importq.job_json import Timestamp
 from importq.pipeline.troubles import (
     JobState,
@@ -38,8 +37,7 @@ router = APIRouter()
 
 
 def _admin(user: User) -> None:
-    if not user.has_role("admin"):
-        raise Refusal(403, "forbidden", "Only admins see and retry failed work.")
+    require_role(user, "admin", "Only admins see and retry failed work.")
 
 
 class QueueJob(BaseModel):

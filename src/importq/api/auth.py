@@ -53,6 +53,12 @@ async def bearer_token(request: Request) -> str | None:
     return _token(await _BEARER(request))
 
 
+def require_role(user: User, role: str, detail: str) -> None:
+    """Refuse (``403 forbidden``, saying ``detail``) a user without ``role``."""
+    if not user.has_role(role):
+        raise Refusal(403, "forbidden", detail)
+
+
 async def current_user(
     request: Request,
     services: ServicesDep,

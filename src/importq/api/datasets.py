@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.auth import CurrentUser, ServicesDep, require_role
 from importq.api.schemas import Page, PageNumber, PageSize, errors
 from importq.errors import Refusal
 from importq.ingest.xlsx_reader import XLSX_TYPE
@@ -111,8 +111,7 @@ async def publish_version(
     /api/v1/datasets/{name}`` answers, or its ``definition``). 409 ``incompatible``: a
     change the target table cannot take, with the reason. 200 when the definition is the
     current version's."""
-    if not user.has_role("admin"):
-        raise Refusal(403, "forbidden", "Only admins publish dataset versions.")
+    require_role(user, "admin", "Only admins publish dataset versions.")
     text = await _definition_text(request)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:

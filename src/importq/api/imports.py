@@ -23,7 +23,7 @@ from typing import IO, Annotated, Any
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 
 from importq.accounts import User
-from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.auth import CurrentUser, ServicesDep, require_role
 from importq.api.reading import (
     DateFormatOption,
     DecimalOption,
@@ -129,10 +129,8 @@ async def importable_dataset(
         definition = await services.datasets.get(conn, name, version)
     if definition is None:
         raise Refusal(404, "unknown_dataset", f"There is no dataset named {name!r}.")
-    if not user.has_role(definition.import_role):
-        raise Refusal(
-            403, "forbidden", f"Importing into {name} needs the {definition.import_role} role."
-        )
+    role = definition.import_role
+    require_role(user, role, f"Importing into {name} needs the {role} role.")
     return definition
 
 
@@ -140,12 +138,9 @@ def check_mode_role(user: User, definition: Dataset, mode: str) -> None:
     """Refuse (403) a user whose role the dataset does not let import in ``mode``: to
     import so, or to undo what such an import wrote."""
     needs = definition.mode_role(mode)
-    if not user.has_role(needs):
-        raise Refusal(
-            403,
-            "forbidden",
-            f"Importing into {definition.name} in {mode} mode needs the {needs} role.",
-        )
+    require_role(
+        user, needs, f"Importing into {definition.name} in {mode} mode needs the {needs} role."
+    )
 
 
 def file_options(

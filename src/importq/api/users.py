@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from importq import accounts
 from importq.accounts import User
-from importq.api.auth import CurrentUser, ServicesDep
+from importq.api.auth import CurrentUser, ServicesDep, require_role
 from importq.api.schemas import PRINTABLE, errors
 from importq.errors import Refusal
 
@@ -101,8 +101,7 @@ class CreatedUser(BaseModel):
 
 
 def _admin(user: User) -> None:
-    if not user.has_role("admin"):
-        raise Refusal(403, "forbidden", "Only admins manage users.")
+    require_role(user, "admin", "Only admins manage users.")
 
 
 @router.get("/api/v1/users", response_model=list[UserInfo], responses=errors(403))

@@ -201,23 +201,30 @@ async def check_current(conn: Connection, dataset: Dataset, *, any_version: bool
     await conn.execute(queries["share_dataset"], {"dataset": dataset.name})
     if any_version:
         return
-    cursor = await conn.execute(queries["current_versions"])
-    current = {str(name): int(version) for name, version in await cursor.fetchall()}
-    if current.get(dataset.name) != dataset.version:
+    current = await current_version(conn, dataset.name)
+    if current != dataset.version:
         raise Refusal(
             409,
             "dataset_changed",
-            f"Dataset {dataset.name} was published anew (version {current.get(dataset.name)}) "
-            "while this upload was read; send it again.",
+            f"Dataset {dataset.name} was published anew (version {current}) while this "
+            "upload was read; send it again.",
         )
+
+
+async def current_version(conn: Connection, name: str) -> int | None:
+    """Dataset ``name``'s current version number; None when it was never published."""
+    cursor = await conn.execute(queries["current_version"], {"dataset": name})
+    row = await cursor.fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 class DatasetCatalog:
     """The published definitions, as a process reads them.
 
     Versions never change, so each is read from the database once and kept. Which
-    version is current is asked anew on every :meth:`current` (one small query): a
-    version another process published is current here at once.
+    version is current is asked anew whenever it is wanted (:meth:`current`, :meth:`get`
+    without a version; one small query): a version another process published is current
+    here at once.
     """
 
     def __init__(self) -> None:
@@ -250,9 +257,11 @@ class DatasetCatalog:
 
     async def get(self, conn: Connection, name: str, version: int | None = None) -> Dataset | None:
         """Dataset ``name`` as version ``version`` (default: the current one)."""
-        if version is not None:
-            return await self.version(conn, name, version)
-        return (await self.current(conn)).get(name)
+        if version is None:
+            version = await current_version(conn, name)
+            if version is None:
+                return None
+        return await self.version(conn, name, version)
 
     async def judging(self, conn: Connection, batch: Mapping[str, Any]) -> Dataset:
         """The definition that judges ``batch`` (a batch row, or a chunk row with the

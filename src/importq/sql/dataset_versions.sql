@@ -4,6 +4,10 @@
 -- Each dataset's current (latest) version number.
 SELECT dataset, max(version) FROM dataset_versions GROUP BY dataset ORDER BY dataset;
 
+-- name: current_version
+-- One dataset's current version number (NULL: it was never published).
+SELECT max(version) FROM dataset_versions WHERE dataset = %(dataset)s;
+
 -- name: dataset_definition
 -- One version's definition.
 SELECT definition FROM dataset_versions WHERE dataset = %(dataset)s AND version = %(version)s;
