@@ -59,12 +59,45 @@ def _with(dataset: Dataset, **changed: dict[str, Any] | None) -> dict[str, Any]:
     return definition
 
 
-async def _refusal(services: Services, definition: dict[str, Any]) -> str:
+async def _refusal(services: Services, definition: dict[str, Any], name: str = "caves") -> str:
     async with services.pool.connection() as conn:
         with pytest.raises(Refusal) as refused:
-            await publish(conn, "caves", definition)
+            await publish(conn, name, definition)
     assert refused.value.code == "incompatible", refused.value.detail
     return refused.value.detail
+
+
+async def test_publishing_migrates_a_type_only_when_every_stored_value_fits(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    caves = await published(services, _caves())
+    assert caves.version == 1
+    rows = [{"id": "a", "depth": "12"}, {"id": "b", "depth": "x"}]
+    await imported_by_a_worker(client, services, rows, dataset="caves")
+    as_int = _with(caves, depth={"type": "int"})
+    detail = await _refusal(services, as_int)
+    assert "depth cannot become bigint: a stored value does not fit" in detail
+    async with services.pool.connection() as conn:
+        await conn.execute("DELETE FROM caves WHERE id = 'b'")
+        await conn.commit()
+        done = await publish(conn, "caves", as_int)
+        assert (done.dataset.version, done.changes) == (2, ["column depth is now bigint"])
+        again = await publish(conn, "caves", as_int)
+        assert (again.created, again.dataset.version) == (False, 2)
+        cursor = await conn.execute("SELECT depth FROM caves")
+        assert await cursor.fetchall() == [(12,)]
+    detail = await _refusal(services, {**as_int, "table": "other_caves"})
+    assert "the table cannot change" in detail
+    # A new dataset never writes into another's table, nor into importq's own.
+    for table, reason in (
+        ("caves", "table caves is dataset caves's"),
+        ("users", "table 'users' of dataset 'pits' lacks columns"),
+    ):
+        assert reason in await _refusal(services, {**caves.definition, "table": table}, "pits")
+    job = await imported_by_a_worker(
+        client, services, [{"id": "c", "depth": "7.5"}], dataset="caves"
+    )
+    assert job["datasetVersion"] == 2 and job["result"]["summary"] == summary(0, 0, 1)
 
 
 async def test_a_type_change_reads_stored_values_as_an_upload_would(

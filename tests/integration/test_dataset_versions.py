@@ -19,7 +19,6 @@ from helpers import (
     download,
     entrance,
     imported,
-    published,
     read_csv_report,
     report_records,
     summary,
@@ -27,9 +26,6 @@ from helpers import (
     wait_for_batch,
     xlsx_bytes,
 )
-from importq.errors import Refusal
-from importq.pipeline.dataset_versions import publish
-from importq.rules.datasets import parse_datasets
 from importq.services import Services
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -290,59 +286,3 @@ async def test_a_rerun_and_a_comparison_after_the_purge_are_expired(
     other = await imported(client, [entrance("p-2")])
     unrelated = await client.get(f"/api/v1/jobs/{second['batchId']}/compare/{other['batchId']}")
     assert (unrelated.status_code, unrelated.json()["code"]) == (409, "not_comparable")
-
-
-CAVES = """
-[datasets.caves]
-dedup_key = ["id"]
-[[datasets.caves.columns]]
-name = "id"
-field = "id"
-required = true
-[[datasets.caves.columns]]
-name = "depth"
-field = "depth"
-"""
-
-
-async def test_publishing_migrates_a_type_only_when_every_stored_value_fits(
-    services: Services, client: httpx.AsyncClient
-) -> None:
-    caves = await published(services, parse_datasets(CAVES)["caves"])
-    assert caves.version == 1
-    await imported(client, [{"id": "a", "depth": "12"}, {"id": "b", "depth": "x"}], "caves")
-
-    def retyped(field_type: str) -> dict[str, Any]:
-        definition = dict(caves.definition)
-        definition["columns"] = [
-            definition["columns"][0],
-            {**definition["columns"][1], "type": field_type},
-        ]
-        return definition
-
-    async with services.pool.connection() as conn:
-        with pytest.raises(Refusal) as refused:
-            await publish(conn, "caves", retyped("int"))
-        assert refused.value.code == "incompatible"
-        assert "depth cannot become bigint: a stored value does not fit" in refused.value.detail
-        await conn.execute("DELETE FROM caves WHERE id = 'b'")
-        await conn.commit()
-        done = await publish(conn, "caves", retyped("int"))
-        assert (done.dataset.version, done.changes) == (2, ["column depth is now bigint"])
-        again = await publish(conn, "caves", retyped("int"))
-        assert (again.created, again.dataset.version) == (False, 2)
-        cursor = await conn.execute("SELECT depth FROM caves")
-        assert await cursor.fetchall() == [(12,)]
-        with pytest.raises(Refusal) as other_table:
-            await publish(conn, "caves", {**retyped("int"), "table": "other_caves"})
-        assert "the table cannot change" in other_table.value.detail
-        # A new dataset never writes into another's table, nor into importq's own.
-        for table, reason in (
-            ("caves", "table caves is dataset caves's"),
-            ("users", "table 'users' of dataset 'pits' lacks columns"),
-        ):
-            with pytest.raises(Refusal) as taken:
-                await publish(conn, "pits", {**caves.definition, "table": table})
-            assert taken.value.code == "incompatible" and reason in taken.value.detail
-    job = await imported(client, [{"id": "c", "depth": "7.5"}], "caves")
-    assert job["datasetVersion"] == 2 and job["result"]["summary"] == summary(0, 0, 1)
