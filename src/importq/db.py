@@ -254,15 +254,20 @@ class DatabaseOutage:
                 await self._watch
 
     async def _answers(self) -> bool:
+        # Closed in ``finally``, not by ``async with``: leaving that commits first, and a
+        # commit on a connection the server has just cut raises, leaving it open.
+        conn: AsyncConnection[Any] | None = None
         try:
             async with asyncio.timeout(OUTAGE_QUESTION_SECONDS):
                 conn = await AsyncConnection.connect(
-                    self._url, connect_timeout=int(OUTAGE_QUESTION_SECONDS)
+                    self._url, connect_timeout=int(OUTAGE_QUESTION_SECONDS), autocommit=True
                 )
-                async with conn:
-                    await conn.execute(queries["ping"])
+                await conn.execute(queries["ping"])
         except (psycopg.Error, OSError, TimeoutError):
             return False
+        finally:
+            if conn is not None:
+                await conn.close()
         return True
 
     async def _watch_until_back(self, error: BaseException | str) -> bool:
