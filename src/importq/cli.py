@@ -102,7 +102,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(_migrate(settings, publish_files=True))
     asyncio.run(_bootstrap_admin(settings))
     settings.record_serving_address(args.host, args.port)
-    app = create_app(settings, run_worker_in_process=True, worker_concurrency=args.concurrency)
+    app = create_app(
+        settings, run_worker_in_process=not args.no_worker, worker_concurrency=args.concurrency
+    )
 
     class DrainingServer(uvicorn.Server):
         """uvicorn, whose first SIGTERM or SIGINT drains the service before uvicorn's own
@@ -649,6 +651,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate, then run the API and a worker")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="serve the API only; `importq worker` processes, here or on other hosts, run the jobs",
+    )
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser("worker", help="run queue workers only")
