@@ -1,5 +1,7 @@
 """importq's own processes, started as an operator would: ``importq serve`` on a free
-loopback port, waited on until it answers, stopped or killed at the end."""
+loopback port (or any address), ``importq worker``, waited on until they answer, stopped
+or killed at the end. ``inside`` is a command prefix that runs one elsewhere, such as
+``["ip", "netns", "exec", name]``."""
 
 from __future__ import annotations
 
@@ -10,36 +12,55 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
 
 
 def start_serve(
-    env: dict[str, str], log: Path, port: int, *, public_url: bool = True
+    env: dict[str, str],
+    log: Path,
+    port: int,
+    *arguments: str,
+    public_url: bool = True,
+    host: str = "127.0.0.1",
+    inside: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
-    """``importq serve`` in a session and process group of its own, so that the whole
-    service (uvicorn, its worker, any child) can be signalled at once; output to ``log``
-    (appended, so that a restart keeps the first run's lines). ``public_url``: set
-    IMPORTQ_PUBLIC_URL to its address (else serve derives it)."""
+    """``importq serve [arguments]`` in a session and process group of its own, so that
+    the whole service (uvicorn, its worker, any child) can be signalled at once; output
+    to ``log`` (appended, so that a restart keeps the first run's lines). ``public_url``:
+    set IMPORTQ_PUBLIC_URL to its address (else serve derives it)."""
     if public_url:
-        env = {**env, "IMPORTQ_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+        env = {**env, "IMPORTQ_PUBLIC_URL": f"http://{host}:{port}"}
+    command = _importq("serve", "--host", host, "--port", str(port), *arguments)
+    return _start([*inside, *command], env, log)
+
+
+def start_worker(
+    env: dict[str, str], log: Path, *, concurrency: int = 2, inside: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """``importq worker`` in a session and process group of its own, output to ``log``."""
+    command = _importq("worker", "--concurrency", str(concurrency))
+    return _start([*inside, *command], env, log)
+
+
+def _importq(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "importq.cli", *arguments]
+
+
+def _start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:  # the process writes to its own copy of the descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "importq.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -67,12 +88,26 @@ def kill_group(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=60)
 
 
+def stop_group(process: subprocess.Popen[bytes], seconds: float = 30) -> None:
+    """SIGTERM the process, as a supervisor stops it; its whole group is killed if it
+    has not exited after ``seconds``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            kill_group(process)
+
+
 @contextlib.contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``importq serve`` on a free port; yields its URL and its healthy /health body."""
+def serving(
+    env: dict[str, str], log: Path, *arguments: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``importq serve [arguments]`` on a free port; yields its URL and its healthy
+    /health body."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = start_serve(env, log, port)
+    process = start_serve(env, log, port, *arguments)
     try:
         yield url, wait_healthy(process, url, log)
     finally:

@@ -29,6 +29,7 @@ from importq.db import EMBEDDED_DIR, database_url
 from importq.errors import Refusal
 from importq.ingest.xlsx_reader import XLSX_TYPE
 from importq.migrate import migrate
+from importq.operations import traces
 from importq.operations.doctor import examine
 from importq.operations.logs import configure_logging, uvicorn_log_config
 from importq.pipeline.dataset_versions import DatasetCatalog, Published, publish
@@ -98,6 +99,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from importq.ingest.off_loop import share_the_gil
 
     share_the_gil()
+    traces.configure_from_environment()
 
     asyncio.run(_migrate(settings, publish_files=True))
     asyncio.run(_bootstrap_admin(settings))
@@ -156,6 +158,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from importq.worker.tasks import run_worker, worker_connections, worker_lanes
 
     share_the_gil()
+    traces.configure_from_environment()
 
     async def run() -> None:
         concurrency = args.concurrency or settings.worker_concurrency

@@ -274,10 +274,16 @@ def test_serve_on_embedded_defaults_runs_and_stops_its_own_postgres(tmp_path: Pa
     data_dir = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMPORTQ_")}
     env["IMPORTQ_DATA_DIR"] = str(data_dir)
-    with serving(env, tmp_path / "serve.log") as (_, health):
+    log = tmp_path / "serve.log"
+    with serving(env, log) as (_, health):
         assert health["components"]["database"] == "ok"
         assert (data_dir / "pg" / "PG_VERSION").exists()
         assert (data_dir / "admin-token").exists()
+    # Quiet by default: initdb's and pg_ctl's output are not the operator's concern.
+    printed = log.read_text()
+    assert "embedded PostgreSQL running in" in printed
+    assert "initdb" not in printed and "server started" not in printed
+    assert "XDG_RUNTIME_DIR" not in printed
     postmaster = data_dir / "pg" / "postmaster.pid"
     deadline = time.monotonic() + 15
     while postmaster.exists() and time.monotonic() < deadline:

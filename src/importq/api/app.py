@@ -37,7 +37,7 @@ from importq.api import (
     users,
 )
 from importq.api.auth import database_unavailable
-from importq.api.headers import RequestIds, SecurityHeaders
+from importq.api.headers import RequestIds, RequestSpans, SecurityHeaders
 from importq.api.rate_limit import RateLimiter
 from importq.config import Settings
 from importq.errors import Refusal
@@ -181,6 +181,7 @@ def create_app(
     app.state.job_watch = None  # the listener of the job event streams, once one opens
     _install_error_handlers(app)
     app.add_middleware(SecurityHeaders, https=(settings.public_url or "").startswith("https://"))
+    app.add_middleware(RequestSpans)  # inside RequestIds: a span names its request
     app.add_middleware(RequestIds)
     if settings.cors_allowed:
         # Off unless origins are named: a page elsewhere (a club's web app) calling the

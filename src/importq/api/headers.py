@@ -6,6 +6,7 @@ request's id.
 - ``Cache-Control: no-store`` on the API's answers, which hold users' jobs and links.
 - ``Strict-Transport-Security`` when the service's public URL is https.
 - ``X-Request-ID``: the request's id (:class:`RequestIds`), in its log lines too.
+- ``traceparent``: the client's trace, which the request's span goes on (:class:`RequestSpans`).
 
 Plain ASGI middlewares, so that uploads and downloads stream through them untouched.
 """
@@ -15,9 +16,10 @@ from __future__ import annotations
 import re
 import uuid
 
+from opentelemetry.trace import SpanKind
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from importq.operations import logs
+from importq.operations import logs, traces
 
 API_PREFIX = "/api/"
 HSTS_SECONDS = 365 * 24 * 3600
@@ -85,3 +87,41 @@ class RequestIds:
             await send(message)
 
         await self._app(scope, receive, with_id)
+
+
+class RequestSpans:
+    """Each request in a span of its own when tracing is on (:mod:`importq.operations.
+    traces`), named by its route's template (``POST /api/v1/{dataset}/import-rows``) and
+    the child of the client's span when the request sent a ``traceparent``. An upload's
+    staging and its batch's jobs are this span's descendants."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not traces.on():
+            await self._app(scope, receive, send)
+            return
+        method: str = scope["method"]
+        headers = {
+            name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
+        }
+        with traces.span(
+            method,
+            {"http.request.method": method, "importq.request_id": logs.request_id.get() or ""},
+            parent=traces.header_parent(headers),
+            kind=SpanKind.SERVER,
+        ) as span:
+
+            async def with_status(message: Message) -> None:
+                if message["type"] == "http.response.start" and span is not None:
+                    span.set_attribute("http.response.status_code", message["status"])
+                await send(message)
+
+            try:
+                await self._app(scope, receive, with_status)
+            finally:
+                route = getattr(scope.get("route"), "path", None)
+                if span is not None and route is not None:
+                    span.update_name(f"{method} {route}")
+                    span.set_attribute("http.route", route)

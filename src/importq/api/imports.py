@@ -44,6 +44,7 @@ from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.ingest.text_encoding import encoding_names, resolve_encoding
 from importq.ingest.xlsx_reader import XLSX_TYPE, read_xlsx
 from importq.job_json import Mode
+from importq.operations import traces
 from importq.pipeline.on_error import ON_ERROR_PATTERN, OnError
 from importq.rules.datasets import Dataset
 from importq.services import Services
@@ -449,15 +450,20 @@ async def stage_and_keep(
 ) -> StagedBatch:
     """Stage ``upload`` as ``request`` asks; a new batch keeps ``source`` (closed by
     :func:`keep_upload`, after the answer, rather than by ``upload_closed``)."""
-    async with services.pool.connection() as conn:
-        staged = await stage_batch(
-            conn,
-            request,
-            within_limits(upload, options.limits),
-            sizing=services.settings.chunk_sizing,
-            defer_chunks=services.queue.defer_chunks,
-            connect=services.pool.connection,
-        )
+    named = {"importq.dataset": request.dataset.name, "importq.format": request.format}
+    with traces.span("staging", named) as span:
+        async with services.pool.connection() as conn:
+            staged = await stage_batch(
+                conn,
+                request,
+                within_limits(upload, options.limits),
+                sizing=services.settings.chunk_sizing,
+                defer_chunks=services.queue.defer_chunks,
+                connect=services.pool.connection,
+            )
+        if span is not None:
+            span.set_attributes({"importq.batch_id": str(staged.batch_id)})
+            span.set_attribute("importq.rows", staged.total_rows)
     if staged.created:
         upload_closed.pop_all()
         background.add_task(keep_upload, services, staged.batch_id, request.format, source)

