@@ -293,7 +293,8 @@ async def _refuse_bad_rows(
                 middle = len(lines) // 2
                 pending += [lines[middle:], lines[:middle]]
                 continue
-            log.info("batch %s line %s refused: %s", batch_id, lines[0], for_the_log(error))
+            # One line a refused row: its failure record says it; not for the default level.
+            log.debug("batch %s line %s refused: %s", batch_id, lines[0], for_the_log(error))
             await conn.execute(
                 queries["add_failure"],
                 {"line": lines[0], "message": refusal_message(error, dataset)},
