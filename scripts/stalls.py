@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import psycopg
 
 from bench import (
     CONTENT_TYPES,
     DATA,
     Service,
+    cpu_seconds,
     machine,
     seconds_to_completion,
     serving,
@@ -446,14 +446,7 @@ EVENTS_CPU_BAR = 0.05  # of a core, over the import's time
 
 def _service_cpu(service: Service) -> float:
     """CPU seconds the service's processes (and their children) have used so far."""
-    total = 0.0
-    for popen in service.processes:
-        process = psutil.Process(popen.pid)
-        for part in (process, *process.children(recursive=True)):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = part.cpu_times()
-                total += times.user + times.system
-    return total
+    return cpu_seconds({"service": [p.pid for p in service.processes]})["service"]
 
 
 async def _follow(base: str, token: str, status_url: str, lags: list[float]) -> int:
