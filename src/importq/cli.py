@@ -18,7 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psycopg
@@ -42,6 +42,9 @@ from importq.rules.datasets import (
     dataset_sources,
     parse_datasets,
 )
+
+if TYPE_CHECKING:
+    from importq.services import Services
 
 log = logging.getLogger("importq")
 ADMIN_TOKEN_FILE = "admin-token"
@@ -164,6 +167,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         concurrency = args.concurrency or settings.worker_concurrency
         pool_size = worker_connections(worker_lanes(settings, concurrency))
         async with open_services(settings, pool_size=pool_size, auth_pool_size=0) as services:
+            _serve_worker_metrics(args, settings, services)
             worker = asyncio.create_task(run_worker(services, concurrency=concurrency))
             # A stop is a cancel: the worker lets its jobs finish for
             # IMPORTQ_SHUTDOWN_SECONDS and gives back the rest. A second signal cuts that
@@ -176,6 +180,22 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
     asyncio.run(run())
     return EXIT_OK
+
+
+def _serve_worker_metrics(args: argparse.Namespace, settings: Settings, services: Services) -> None:
+    """Serve the worker's metrics (its events and its pool) on ``--metrics-port`` (else
+    IMPORTQ_METRICS_PORT), when one is given, until the process exits: a worker has no
+    API port of its own."""
+    from importq.operations import metrics
+
+    port = args.metrics_port or settings.metrics_port
+    if port is None:
+        return
+    pools = {"main": services.pool}
+    metrics.serve_metrics(
+        args.metrics_host, port, settings.metrics_token, lambda: metrics.exposition(pools)
+    )
+    log.info("metrics at http://%s:%s/metrics", args.metrics_host, port)
 
 
 def _doctor(args: argparse.Namespace, settings: Settings) -> int:
@@ -663,6 +683,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run queue workers only")
     worker.set_defaults(handler=_worker)
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve the worker's metrics at /metrics on this port (default: "
+        "IMPORTQ_METRICS_PORT, else none)",
+    )
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="the metrics' address")
     for runs_jobs in (serve, worker):
         runs_jobs.add_argument(
             "--concurrency",

@@ -160,6 +160,15 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         default="text", description="text, or json: one JSON object a line"
     )
+    metrics_token: str | None = Field(
+        default=None, description="Bearer token /metrics asks for; unset: /metrics is open"
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port importq worker serves its /metrics on; unset: none",
+    )
     smtp_url: str | None = Field(default=None, description="SMTP server; unset writes .eml files")
     mail_from: str = Field(default="importq <importq@localhost>", description="From address")
 

@@ -75,6 +75,8 @@ MATRIX: list[tuple[str, str, Any, str, int]] = [
     ("GET", "/health", None, EVERYONE, 200),
     ("GET", "/health/live", None, EVERYONE, 200),
     ("GET", "/health/ready", None, EVERYONE, 200),
+    # Open while IMPORTQ_METRICS_TOKEN is unset (with it: test_metrics).
+    ("GET", "/metrics", None, EVERYONE, 200),
 ]
 
 

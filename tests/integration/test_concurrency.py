@@ -479,7 +479,15 @@ async def test_reconcile_gives_a_chunk_left_without_a_job_a_new_one(
     client: httpx.AsyncClient,
     services: Services,
 ) -> None:
+    from prometheus_client import REGISTRY
+
     from importq.pipeline.recovery import reconcile
+
+    def chunk_jobs_recovered() -> float:
+        found = REGISTRY.get_sample_value(
+            "importq_reconcile_recoveries_total", {"kind": "chunk_job"}
+        )
+        return found or 0.0
 
     rows = [entrance(f"o{i}") for i in range(25)]
     batch_id, total_chunks = await _staged_batch(client, rows)
@@ -497,8 +505,11 @@ async def test_reconcile_gives_a_chunk_left_without_a_job_a_new_one(
             " AND args->>'batch_id' = %s AND (args->>'chunk_no')::int IN (0, 1)",
             (batch_id,),
         )
+    recovered = chunk_jobs_recovered()
     await reconcile(services)
+    assert chunk_jobs_recovered() - recovered == 1  # chunk 1's, as /metrics counts it
     await reconcile(services)  # a second pass finds the new job and adds none
+    assert chunk_jobs_recovered() - recovered == 1
     assert await count(services, jobs_of, batch_id, 0) == 0  # done: nothing to redo
     for chunk_no in range(1, total_chunks):
         assert await count(services, jobs_of, batch_id, chunk_no) == 1

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from accounting import (
     assert_every_row_accounted_once,
@@ -146,6 +147,15 @@ async def test_a_service_killed_mid_batch_finishes_it_after_a_restart(
         batch_id,
     )
     assert lost >= 1
+    # The restarted service counted what its reconcile retried of the dead worker's.
+    scraped = (await service.client.get("/metrics")).text
+    recovered = {
+        sample.labels["kind"]: sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+        if sample.name == "importq_reconcile_recoveries_total"
+    }
+    assert recovered["stalled_job"] >= 1
 
 
 async def test_a_batch_cancelled_across_a_crash_ends_cancelled_with_every_row(

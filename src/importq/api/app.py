@@ -30,6 +30,7 @@ from importq.api import (
     job_events,
     jobs,
     mappings,
+    metrics,
     notifications,
     openapi,
     preview,
@@ -38,6 +39,7 @@ from importq.api import (
 )
 from importq.api.auth import database_unavailable
 from importq.api.headers import RequestIds, RequestSpans, SecurityHeaders
+from importq.api.metrics import RequestDurations
 from importq.api.rate_limit import RateLimiter
 from importq.config import Settings
 from importq.errors import Refusal
@@ -179,10 +181,12 @@ def create_app(
     app.state.rate_limiter = RateLimiter(settings.rate_limit)
     app.state.storage_check = None  # the last check of storage by /health: (when, state)
     app.state.job_watch = None  # the listener of the job event streams, once one opens
+    app.state.metrics_token = settings.metrics_token  # /metrics asks for it when set
     _install_error_handlers(app)
     app.add_middleware(SecurityHeaders, https=(settings.public_url or "").startswith("https://"))
     app.add_middleware(RequestSpans)  # inside RequestIds: a span names its request
     app.add_middleware(RequestIds)
+    app.add_middleware(RequestDurations)  # around the others: the whole answer
     if settings.cors_allowed:
         # Off unless origins are named: a page elsewhere (a club's web app) calling the
         # API with a user's token.
@@ -207,6 +211,7 @@ def create_app(
         admin,
         files,
         health,
+        metrics,
     )
     for module in routers:
         app.include_router(module.router)

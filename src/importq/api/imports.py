@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from importq.ingest.text_encoding import encoding_names, resolve_encoding
 from importq.ingest.xlsx_reader import XLSX_TYPE, read_xlsx
 from importq.job_json import Mode
 from importq.operations import traces
+from importq.operations.metrics import count_staging
 from importq.pipeline.on_error import ON_ERROR_PATTERN, OnError
 from importq.rules.datasets import Dataset
 from importq.services import Services
@@ -450,6 +452,7 @@ async def stage_and_keep(
 ) -> StagedBatch:
     """Stage ``upload`` as ``request`` asks; a new batch keeps ``source`` (closed by
     :func:`keep_upload`, after the answer, rather than by ``upload_closed``)."""
+    started = time.monotonic()
     named = {"importq.dataset": request.dataset.name, "importq.format": request.format}
     with traces.span("staging", named) as span:
         async with services.pool.connection() as conn:
@@ -465,6 +468,7 @@ async def stage_and_keep(
             span.set_attributes({"importq.batch_id": str(staged.batch_id)})
             span.set_attribute("importq.rows", staged.total_rows)
     if staged.created:
+        count_staging(request.dataset.name, request.format, source, time.monotonic() - started)
         upload_closed.pop_all()
         background.add_task(keep_upload, services, staged.batch_id, request.format, source)
     return staged

@@ -32,6 +32,7 @@ from typing import Any
 
 from psycopg import AsyncConnection
 
+from importq.operations.metrics import count_delivery
 from importq.pipeline import batches
 from importq.services import Services
 from importq.sql import queries
@@ -140,6 +141,7 @@ async def deliver_once(
         )
         if final:
             await batches.record_error(conn, batch_id, f"{channel}: {failure}")
+    count_delivery(channel, "sent" if failure is None else "given_up" if final else "failed")
     if failure is None:
         return True
     log.warning(

@@ -1,1 +1,1 @@
-"""Running importq: ``importq doctor``'s checks, and the process's logs."""
+"""Running importq: ``importq doctor``'s checks, the process's logs, traces and metrics."""

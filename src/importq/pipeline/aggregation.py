@@ -36,6 +36,7 @@ from importq.delivery.mailer import message_id
 from importq.delivery.webhooks import WEBHOOK, delivery_id
 from importq.ingest.staged_table import StagedTable, results_table
 from importq.job_json import Summary
+from importq.operations.metrics import count_delivery
 from importq.pipeline import batches
 from importq.pipeline.batches import ChunkTally
 from importq.pipeline.chunk_processing import CANCELLED, write_checked_batch
@@ -276,4 +277,5 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
                 {"batch_id": batch_id, "channel": WEBHOOK, "message_id": delivery_id(batch_id)},
             )
             await services.queue.defer_webhook(conn, batch_id)
+    count_delivery("notification", "created")
     return status

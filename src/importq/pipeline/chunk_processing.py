@@ -12,6 +12,10 @@ Invariants:
   that lock, then finds the chunk done and does nothing.
 - Every row of the chunk gets exactly one outcome: success, duplicate or failure.
 - The chunk is marked done, and its tally added to the batch, in that same transaction.
+- Its rows are counted for the metrics (:mod:`importq.operations.metrics`) only once
+  that transaction has committed, by the outcomes it recorded: a dry run's or a checked
+  batch's chunk counts what it found, and the checked batch's write, which runs its
+  chunks again, is not counted again.
 
 The steps:
 
@@ -46,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -54,6 +59,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from importq.ingest.staged_table import StagedTable, results_table
+from importq.operations.metrics import count_chunk
 from importq.pipeline.batches import ChunkTally, count_finished_chunk, record_written_batch
 from importq.pipeline.dataset_versions import DatasetCatalog
 from importq.pipeline.job_queue import JobQueue
@@ -381,6 +387,7 @@ async def process_chunk(
     each of its rows becomes a failure, :data:`CANCELLED`. One that started finishes.
     Returns False when there was nothing to do.
     """
+    started = time.monotonic()
     async with conn.transaction():
         chunk = await _claim_chunk(conn, batch_id, chunk_no)
         if chunk is None:
@@ -394,6 +401,7 @@ async def process_chunk(
         statements = _statements(dataset, batch_id, chunk)
         tally = await _work(conn, statements, dataset, batch_id, chunk, slice_rows)
         await _finish(conn, queue, batch_id, chunk_no, tally)
+    count_chunk(dataset.name, tally, time.monotonic() - started)
     return True
 
 
@@ -539,8 +547,10 @@ async def fail_chunk(
             # were never imported, as for a chunk that never started.
             await cancel_chunks(conn, queue, batch_id, chunk_no)
             return True
-        statements = _statements(await datasets.judging(conn, chunk), batch_id, chunk)
+        dataset = await datasets.judging(conn, chunk)
+        statements = _statements(dataset, batch_id, chunk)
         tally = await _give_up(conn, statements, batch_id, chunk)
         failed = dataclasses.replace(tally, failed=True)
         await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)
+    count_chunk(dataset.name, tally)
     return True

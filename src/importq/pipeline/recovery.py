@@ -40,6 +40,7 @@ from procrastinate.manager import JobManager
 from psycopg import AsyncConnection
 
 from importq.ingest.staged_table import drop_staged_table
+from importq.operations.metrics import count_recoveries
 from importq.pipeline.aggregation import REPORT_SCRATCH_PREFIX
 from importq.pipeline.chunk_processing import fail_chunk, record_attempt
 from importq.services import Services
@@ -64,6 +65,8 @@ async def _retry(manager: JobManager, job: Job) -> None:
         await manager.retry_job(job)
     except Exception as error:
         log.info("job %s was not retried: %s", job.id, error)
+        return
+    count_recoveries("stalled_job")
 
 
 # The channel each message task claims its delivery on.
@@ -130,6 +133,7 @@ async def _recover_stalled_jobs(services: Services) -> None:
                     conn, services.queue, services.datasets, batch_id, chunk_no, WORKER_LOST
                 )
             await manager.finish_job(job, status=Status.FAILED, delete_job=False)
+            count_recoveries("chunk_given_up")
         else:
             # The attempt was counted, or the chunk finished before its job did. The
             # re-run does the work, or finds nothing to do, and ends the job.
@@ -137,12 +141,15 @@ async def _recover_stalled_jobs(services: Services) -> None:
 
 
 async def _redefer_missed_steps(services: Services) -> None:
+    """Defer again the steps no job is left for, and count them once they are committed."""
     async with services.pool.connection() as conn, conn.transaction():
         cursor = await conn.execute(queries["batches_waiting_for_completion"])
-        for (batch_id,) in await cursor.fetchall():
+        checks = await cursor.fetchall()
+        for (batch_id,) in checks:
             await services.queue.defer_completion_check(conn, batch_id)
         cursor = await conn.execute(queries["batches_stuck_aggregating"])
-        for (batch_id,) in await cursor.fetchall():
+        aggregations = await cursor.fetchall()
+        for (batch_id,) in aggregations:
             log.info("re-deferring the aggregation of batch %s", batch_id)
             await services.queue.defer_aggregate(conn, batch_id)
         cursor = await conn.execute(queries["chunks_without_job"])
@@ -152,6 +159,9 @@ async def _redefer_missed_steps(services: Services) -> None:
         for batch_id, chunk_nos in orphans.items():
             log.warning("re-deferring chunks %s of batch %s: no job was left", chunk_nos, batch_id)
             await services.queue.defer_chunk_jobs(conn, batch_id, chunk_nos)
+    count_recoveries("completion_check", len(checks))
+    count_recoveries("aggregation", len(aggregations))
+    count_recoveries("chunk_job", sum(len(chunk_nos) for chunk_nos in orphans.values()))
 
 
 async def _purge(services: Services) -> None:

@@ -135,9 +135,14 @@ WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
        OR created_at < (%(until)s::date + 1)::timestamp AT TIME ZONE 'UTC');
 
 -- name: batches_waiting_for_completion
--- Active batches whose every chunk is finished: their completion check was missed.
-SELECT id FROM batches
-WHERE status = 'active' AND completed_chunks + failed_chunks = total_chunks;
+-- Active batches whose every chunk is finished with no completion check waiting or
+-- running: theirs was missed.
+SELECT b.id FROM batches b
+WHERE b.status = 'active' AND b.completed_chunks + b.failed_chunks = b.total_chunks
+  AND NOT EXISTS (
+      SELECT 1 FROM procrastinate_jobs j
+      WHERE j.task_name = 'check_completion' AND j.status IN ('todo', 'doing')
+        AND j.args ->> 'batch_id' = b.id::text);
 
 -- name: batches_stuck_aggregating
 -- Batches in aggregating with no aggregate job waiting or running.

@@ -1,0 +1,97 @@
+"""``GET /metrics``: the service's metrics for Prometheus (:mod:`importq.operations.metrics`),
+and the time each request takes (:class:`RequestDurations`).
+
+``/metrics`` is open, as ``/health`` is, unless ``IMPORTQ_METRICS_TOKEN`` is set: then it
+answers only ``Authorization: Bearer <that token>`` (an API token is not one), else
+``401``. It answers while the service starts and while its database is away, with
+``importq_database_up`` 0 and without the figures the database gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from importq.api.schemas import ErrorBody
+from importq.errors import Refusal
+from importq.operations import metrics
+from importq.services import Services
+
+router = APIRouter()
+
+
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    summary="The service's metrics, in Prometheus's text format",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Every importq_… series (README: Running it in production)",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        },
+        401: {
+            "model": ErrorBody,
+            "description": "IMPORTQ_METRICS_TOKEN is set, and the request does not carry it "
+            "as `Authorization: Bearer <token>`",
+        },
+    },
+)
+async def scrape(request: Request) -> Response:
+    token: str | None = request.app.state.metrics_token
+    if token is not None and not metrics.token_matches(request.headers.get("authorization"), token):
+        raise Refusal(
+            401, "metrics_token", "Send the metrics token as 'Authorization: Bearer <token>'."
+        )
+    services: Services | None = request.app.state.services
+    pools = {}
+    rows = None
+    if services is not None:
+        pools = {"main": services.pool}
+        if services.auth_pool is not services.pool:
+            pools["auth"] = services.auth_pool
+        rows = await metrics.read_state(services.auth_pool, services.outage)
+    # In a thread: with PROMETHEUS_MULTIPROC_DIR, every process's files are read.
+    body = await asyncio.to_thread(metrics.exposition, pools, metrics.DatabaseState(rows))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class RequestDurations:
+    """Time each request, from its start to the end of its answer's body, by the template
+    of the route it matched (``/api/v1/jobs/{batch_id}``: never the path itself, whose
+    ids would make a series each), its method and its status. A request no route matched
+    counts as ``unmatched``. A plain ASGI middleware, so uploads stream through it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = 500  # unless an answer starts
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, noting_status)
+        finally:
+            metrics.observe_request(
+                _route(scope), scope["method"], status, time.monotonic() - started
+            )
+
+
+def _route(scope: Scope) -> str:
+    """The template of the route the router matched (it leaves it in the scope)."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else metrics.UNMATCHED

@@ -1,0 +1,310 @@
+"""What importq tells Prometheus: every series it exports is defined here, named
+``importq_…``.
+
+There are two kinds, read two ways:
+
+- **Events**, counted by the process where they happen, as prometheus_client counters
+  and histograms: rows by outcome and the chunk's duration once a chunk's transaction
+  has committed, an upload's staging time and bytes once its batch has, deliveries,
+  reconcile's recoveries, and HTTP requests by route. Each costs a few increments, once
+  a chunk, an upload, a message or a request, never once a row. A scrape sees the events
+  of the process that answers it. With ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
+  own variable: a folder, empty when the service starts, that the processes of one host
+  share) it sees those of every process sharing the folder.
+- **State**, read when a scrape asks: batches by dataset and status, the queue's jobs and
+  the age of its oldest waiting job, from the database in one query (``metrics_state``),
+  and the answering process's connection pools. Read from the source every time, the
+  database's figures are the same whichever process answers, and never drift from it.
+
+:func:`exposition` renders both. ``GET /metrics`` (:mod:`importq.api.metrics`) answers
+with all of it; ``importq worker --metrics-port`` (:func:`serve_metrics`) with the
+worker's events and pool, as it has no API port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import IO, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import psycopg
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+from psycopg_pool import PoolTimeout
+
+from importq.db import DatabaseOutage, Pool
+from importq.pipeline.batches import ChunkTally
+from importq.pipeline.job_queue import (
+    CHUNKS,
+    CHUNKS_EXPRESS,
+    COMPLETION,
+    MAINTENANCE,
+    MESSAGES,
+    WEBHOOKS,
+)
+from importq.sql import queries
+
+log = logging.getLogger(__name__)
+
+# Each counter's ``_created`` twin would double the series for nothing a dashboard reads.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+#: prometheus_client's variable: set, the processes sharing its folder are counted together.
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+# A scrape's question to the database gives up after this long, as /health's do.
+STATE_TIMEOUT = 5.0
+# The queues whose gauges are always there, at 0 when empty (a job on another is shown too).
+QUEUES = (CHUNKS, CHUNKS_EXPRESS, COMPLETION, MESSAGES, WEBHOOKS, MAINTENANCE)
+# The route of a request that matched none, so that unknown paths make one series.
+UNMATCHED = "unmatched"
+
+# A chunk takes milliseconds to a few seconds (20,000 rows: ~0.5 s of a core); an upload
+# up to minutes (8 GiB); a request up to an upload's length.
+_CHUNK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_STAGING_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+ROWS = Counter(
+    "importq_rows",
+    "Rows of finished chunks by outcome (as the results name it), counted when the "
+    "chunk's transaction has committed",
+    ["dataset", "outcome"],
+)
+CHUNK_SECONDS = Histogram(
+    "importq_chunk_duration_seconds",
+    "Time a chunk took, from its claim to its commit",
+    ["dataset"],
+    buckets=_CHUNK_BUCKETS,
+)
+STAGING_SECONDS = Histogram(
+    "importq_staging_duration_seconds",
+    "Time an upload took to stage (read, COPY, chunks cut, batch created), to its commit",
+    ["dataset", "format"],
+    buckets=_STAGING_BUCKETS,
+)
+STAGING_BYTES = Counter(
+    "importq_staging_bytes",
+    "Bytes of the uploads staged as new batches",
+    ["dataset", "format"],
+)
+DELIVERIES = Counter(
+    "importq_deliveries",
+    "What finished batches were owed: emails and webhooks sent, failed (to be retried) or "
+    "given up; notifications created",
+    ["channel", "outcome"],
+)
+RECOVERIES = Counter(
+    "importq_reconcile_recoveries",
+    "What reconcile set going again: a dead worker's job, a chunk given up after its "
+    "last lost attempt, a missed completion check, aggregation or chunk job",
+    ["kind"],
+)
+HTTP_SECONDS = Histogram(
+    "importq_http_request_duration_seconds",
+    "Time a request took to answer, to the end of its body, by route template",
+    ["route", "method", "status"],
+    buckets=_HTTP_BUCKETS,
+)
+
+# A chunk tally's counters, by the outcome its rows' results carry.
+_OUTCOMES = {
+    "inserted": "inserted",
+    "updated": "updated",
+    "unchanged": "unchanged",
+    "deleted": "deleted",
+    "restored": "restored",
+    "duplicates": "duplicate",
+    "failures": "failure",
+}
+
+
+def count_chunk(dataset: str, tally: ChunkTally, seconds: float | None = None) -> None:
+    """A chunk's transaction has committed: its rows by outcome (each outcome, zeros
+    included, so that a series exists from the dataset's first chunk on), and its
+    duration unless it did no work of its own (a chunk given up on)."""
+    for counter, outcome in _OUTCOMES.items():
+        ROWS.labels(dataset, outcome).inc(getattr(tally, counter))
+    if seconds is not None:
+        CHUNK_SECONDS.labels(dataset).observe(seconds)
+
+
+def count_staging(dataset: str, fmt: str, upload: IO[bytes], seconds: float) -> None:
+    """A new batch has committed: how long its upload took to stage, and its bytes."""
+    STAGING_SECONDS.labels(dataset, fmt).observe(seconds)
+    try:
+        size = os.fstat(upload.fileno()).st_size
+    except (OSError, ValueError):  # not a file (the spool always is)
+        return
+    STAGING_BYTES.labels(dataset, fmt).inc(size)
+
+
+def count_delivery(channel: str, outcome: str) -> None:
+    DELIVERIES.labels(channel, outcome).inc()
+
+
+def count_recoveries(kind: str, found: int = 1) -> None:
+    RECOVERIES.labels(kind).inc(found)
+
+
+def observe_request(route: str, method: str, status: int, seconds: float) -> None:
+    HTTP_SECONDS.labels(route, method, str(status)).observe(seconds)
+
+
+#: A row of ``metrics_state``: the series, its labels' values, the value.
+StateRow = tuple[str, str, str | None, float]
+
+
+async def read_state(pool: Pool, outage: DatabaseOutage) -> list[StateRow] | None:
+    """The database's part of a scrape, or None when it does not answer within
+    ``STATE_TIMEOUT`` (or is known to be away): then ``importq_database_up`` is 0."""
+    if outage.ongoing:
+        return None
+    try:
+        async with asyncio.timeout(STATE_TIMEOUT), pool.connection(timeout=STATE_TIMEOUT) as conn:
+            cursor = await conn.execute(queries["metrics_state"], {"queues": list(QUEUES)})
+            return [(str(s), str(a), b, float(v)) for s, a, b, v in await cursor.fetchall()]
+    except (psycopg.Error, PoolTimeout, TimeoutError) as error:
+        log.info("metrics: the database's state was not read: %s", error)
+        return None
+
+
+class DatabaseState(Collector):
+    """The database's part of a scrape: what :func:`read_state` read, or None."""
+
+    def __init__(self, rows: list[StateRow] | None) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        up = self._rows is not None
+        yield GaugeMetricFamily(
+            "importq_database_up",
+            "Whether the database answered this scrape's question (1) or not (0)",
+            value=1 if up else 0,
+        )
+        if self._rows is None:
+            return
+        batches = GaugeMetricFamily(
+            "importq_batches", "Batches by dataset and status", labels=["dataset", "status"]
+        )
+        jobs = GaugeMetricFamily(
+            "importq_queue_jobs",
+            "Jobs waiting (todo) and running (doing) by queue",
+            labels=["queue", "status"],
+        )
+        oldest = GaugeMetricFamily(
+            "importq_queue_oldest_job_age_seconds",
+            "How long the queue's oldest job due to run has waited (0: none waits)",
+            labels=["queue"],
+        )
+        for series, first, second, value in self._rows:
+            if series == "batches":
+                batches.add_metric([first, second or ""], value)
+            elif series == "queue_jobs":
+                jobs.add_metric([first, second or ""], value)
+            elif series == "oldest_job_age":
+                oldest.add_metric([first], value)
+        yield from (batches, jobs, oldest)
+
+
+class _PoolState(Collector):
+    """The answering process's pools, as psycopg_pool counts them at this moment."""
+
+    def __init__(self, pools: Mapping[str, Pool]) -> None:
+        self._pools = pools
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily(
+            "importq_db_pool_connections",
+            "The process's pooled connections: open (size), idle in the pool (available), "
+            "and the most it may open (max)",
+            labels=["pool", "state"],
+        )
+        waiting = GaugeMetricFamily(
+            "importq_db_pool_requests_waiting",
+            "Requests of the process waiting for one of the pool's connections",
+            labels=["pool"],
+        )
+        for name, pool in self._pools.items():
+            stats = pool.get_stats()
+            for state, key in (("size", "pool_size"), ("available", "pool_available")):
+                connections.add_metric([name, state], stats.get(key, 0))
+            connections.add_metric([name, "max"], pool.max_size)
+            waiting.add_metric([name], stats.get("requests_waiting", 0))
+        yield from (connections, waiting)
+
+
+class _Scrape(Collector):
+    def __init__(self, *sources: Collector) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterable[Metric]:
+        for source in self._sources:
+            yield from source.collect()
+
+
+def _events() -> Collector:
+    """This process's events, or with ``PROMETHEUS_MULTIPROC_DIR`` every process's that
+    shares the folder (each writes its own files there)."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        return MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+    return REGISTRY
+
+
+def exposition(pools: Mapping[str, Pool], *more: Collector) -> bytes:
+    """The metrics in Prometheus's text format: the events, the ``pools``' state, and
+    ``more`` (the API adds the :class:`DatabaseState`)."""
+    return generate_latest(_Scrape(_events(), _PoolState(pools), *more))
+
+
+def token_matches(authorization: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <token>``, compared in
+    constant time."""
+    scheme, _, presented = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+def serve_metrics(
+    host: str, port: int, token: str | None, render: Callable[[], bytes]
+) -> WSGIServer:
+    """Answer ``GET /metrics`` on ``host:port`` with ``render()``, in a thread of its own
+    (so that a busy event loop never delays a scrape), behind ``Bearer <token>`` when a
+    token is given. Stop it with ``shutdown()`` then ``server_close()``."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/metrics":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"Not found: the metrics are at /metrics.\n"]
+        if token is not None and not token_matches(environ.get("HTTP_AUTHORIZATION"), token):
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
+            )
+            return [b"Send the metrics token as 'Authorization: Bearer <token>'.\n"]
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+        return [render()]
+
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

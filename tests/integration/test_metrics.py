@@ -1,0 +1,209 @@
+"""``/metrics`` as Prometheus reads it: the series move by what an import did, the
+database's gauges say what it holds, a token closes it when one is set, and processes
+sharing ``PROMETHEUS_MULTIPROC_DIR`` report each other's counts, an ``importq worker``
+on a port of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import make_settings, new_user
+from helpers import Receiver, api_client, csv_text, entrance, until, wait_for_batch
+from importq.operations.metrics import QUEUES
+from importq.services import Services, open_services
+from processes import free_port, serving, start_worker, stop_group
+
+# A sample's name and its labels, sorted.
+Key = tuple[str, tuple[tuple[str, str], ...]]
+IMPORT_ROUTE = "/api/v1/{dataset}/import-rows"
+
+
+def _samples(text: str) -> dict[Key, float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _key(name: str, **labels: str) -> Key:
+    return name, tuple(sorted(labels.items()))
+
+
+async def _scrape(client: httpx.AsyncClient) -> dict[Key, float]:
+    answer = await client.get("/metrics")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("text/plain")
+    return _samples(answer.text)
+
+
+def _moved(before: Mapping[Key, float], after: Mapping[Key, float], key: Key) -> float:
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def _rows(failing: int = 3) -> list[dict[str, str]]:
+    """32 rows over several chunks: 27 to insert, 2 repeating a key, 3 with a bad
+    latitude."""
+    rows = [entrance(f"metrics-{i}") for i in range(27)]
+    rows += [entrance("metrics-3", latitude="46.5"), entrance("metrics-20", latitude="46.5")]
+    rows += [entrance(f"bad-{i}", latitude="north") for i in range(failing)]
+    return rows
+
+
+async def test_an_import_moves_every_series_by_what_it_did(
+    client: httpx.AsyncClient, worker: asyncio.Task[None], receiver: Receiver
+) -> None:
+    before = await _scrape(client)
+    body = csv_text(_rows()).encode()
+    posted = await client.post(
+        "/api/v1/entrances/import-rows",
+        params={"callbackUrl": receiver.url},
+        content=body,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert posted.status_code == 202, posted.text
+    accepted = posted.json()
+    assert accepted["totalChunks"] > 2
+    job = await wait_for_batch(client, accepted["batchId"])
+    summary = job["result"]["summary"]
+    assert (summary["inserted"], summary["duplicates"], summary["failures"]) == (27, 2, 3)
+
+    sent = {
+        _key("importq_deliveries_total", channel=channel, outcome="sent")
+        for channel in ("email", "webhook")
+    }
+    after: dict[Key, float] = {}
+
+    async def delivered() -> bool:
+        after.update(await _scrape(client))
+        return all(_moved(before, after, key) == 1 for key in sent)
+
+    await until(delivered, seconds=30)
+
+    def moved(name: str, **labels: str) -> float:
+        return _moved(before, after, _key(name, **labels))
+
+    rows = {
+        outcome: moved("importq_rows_total", dataset="entrances", outcome=outcome)
+        for outcome in ("inserted", "updated", "unchanged", "duplicate", "failure")
+    }
+    assert rows == {"inserted": 27, "updated": 0, "unchanged": 0, "duplicate": 2, "failure": 3}
+    chunks = moved("importq_chunk_duration_seconds_count", dataset="entrances")
+    assert chunks == accepted["totalChunks"]
+    assert moved("importq_chunk_duration_seconds_sum", dataset="entrances") > 0
+    staged = {"dataset": "entrances", "format": "csv"}
+    assert moved("importq_staging_bytes_total", **staged) == len(body)
+    assert moved("importq_staging_duration_seconds_count", **staged) == 1
+    assert moved("importq_deliveries_total", channel="notification", outcome="created") == 1
+    upload = {"route": IMPORT_ROUTE, "method": "POST", "status": "202"}
+    assert moved("importq_http_request_duration_seconds_count", **upload) == 1
+    read = {"route": "/api/v1/jobs/{batch_id}", "method": "GET", "status": "200"}
+    assert moved("importq_http_request_duration_seconds_count", **read) >= 1
+    routes = {
+        dict(labels).get("route") for name, labels in after if name.startswith("importq_http")
+    }
+    assert not [route for route in routes if route and accepted["batchId"] in route]
+
+    # Read from the database at the scrape: the batch, the queues, and this process's pools.
+    assert after[_key("importq_database_up")] == 1
+    assert after[_key("importq_batches", dataset="entrances", status="completed")] == 1
+    for queue in QUEUES:
+        for status in ("todo", "doing"):
+            assert _key("importq_queue_jobs", queue=queue, status=status) in after
+        assert after[_key("importq_queue_oldest_job_age_seconds", queue=queue)] >= 0
+    for pool in ("main", "auth"):
+        for state in ("size", "available", "max"):
+            assert after[_key("importq_db_pool_connections", pool=pool, state=state)] >= 0
+        assert _key("importq_db_pool_requests_waiting", pool=pool) in after
+    assert after[_key("importq_db_pool_connections", pool="main", state="max")] == 60
+
+
+async def test_a_waiting_job_shows_in_its_queue_with_its_age(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """With no worker running, the batch's chunk jobs wait on the express queue."""
+    posted = await client.post(
+        "/api/v1/entrances/import-rows", json={"data": [entrance("waiting")]}
+    )
+    assert posted.status_code == 202, posted.text
+    await asyncio.sleep(0.3)
+    after = await _scrape(client)
+    assert after[_key("importq_queue_jobs", queue="chunks-express", status="todo")] == 1
+    assert after[_key("importq_queue_jobs", queue="chunks", status="todo")] == 0
+    assert after[_key("importq_queue_oldest_job_age_seconds", queue="chunks-express")] >= 0.2
+    assert after[_key("importq_queue_oldest_job_age_seconds", queue="chunks")] == 0
+    assert after[_key("importq_batches", dataset="entrances", status="active")] == 1
+
+
+async def test_a_metrics_token_closes_metrics_to_everyone_else(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, tmp_path / "data", metrics_token="scrape-me")
+    async with open_services(settings) as services:
+        _, user_token = await new_user(services, "alice")
+        for refused in (None, "not-it", user_token):
+            async with api_client(services, refused) as client:
+                answer = await client.get("/metrics")
+            assert answer.status_code == 401, refused
+            assert answer.headers["www-authenticate"] == "Bearer"
+            assert answer.json()["code"] == "metrics_token"
+        async with api_client(services, "scrape-me") as client:
+            assert _samples((await client.get("/metrics")).text)[_key("importq_database_up")] == 1
+
+
+def test_processes_sharing_a_multiprocess_dir_count_together(
+    database_url: str, tmp_path: Path
+) -> None:
+    """``serve --no-worker`` and a worker on one host, sharing PROMETHEUS_MULTIPROC_DIR:
+    the API's /metrics counts the rows the worker's chunks did; the worker's own port
+    answers the same counts, and its pool, behind the same token."""
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    env = {
+        **os.environ,
+        "IMPORTQ_DATABASE_URL": database_url,
+        "IMPORTQ_DATA_DIR": str(tmp_path / "data"),
+        "IMPORTQ_CHUNK_SIZE": "10",
+        "IMPORTQ_METRICS_TOKEN": "scrape-me",
+        "PROMETHEUS_MULTIPROC_DIR": str(shared),
+    }
+    metrics_port = free_port()
+    scrape_headers = {"Authorization": "Bearer scrape-me"}
+    with serving(env, tmp_path / "serve.log", "--no-worker") as (url, _):
+        worker = start_worker(
+            {**env, "IMPORTQ_METRICS_PORT": str(metrics_port)}, tmp_path / "w.log"
+        )
+        try:
+            token = (tmp_path / "data" / "admin-token").read_text().strip()
+            with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as api:
+                posted = api.post("/api/v1/entrances/import-rows", json={"data": _rows()})
+                assert posted.status_code == 202, posted.text
+                batch_id = posted.json()["batchId"]
+                deadline = time.monotonic() + 60
+                while api.get(f"/api/v1/jobs/{batch_id}").json()["status"] != "completed":
+                    assert worker.poll() is None, (tmp_path / "w.log").read_text()
+                    assert time.monotonic() < deadline, "the batch did not complete"
+                    time.sleep(0.1)
+                assert api.get("/metrics").status_code == 401  # an API token is not the one
+                served = _samples(api.get("/metrics", headers=scrape_headers).text)
+            worker_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            assert httpx.get(worker_url).status_code == 401
+            of_worker = _samples(httpx.get(worker_url, headers=scrape_headers).text)
+        finally:
+            stop_group(worker)
+    inserted = _key("importq_rows_total", dataset="entrances", outcome="inserted")
+    failed = _key("importq_rows_total", dataset="entrances", outcome="failure")
+    for samples in (served, of_worker):
+        assert (samples[inserted], samples[failed]) == (27, 3)
+    assert served[_key("importq_batches", dataset="entrances", status="completed")] == 1
+    upload = {"route": IMPORT_ROUTE, "method": "POST", "status": "202"}
+    assert served[_key("importq_http_request_duration_seconds_count", **upload)] == 1
+    assert of_worker[_key("importq_db_pool_connections", pool="main", state="max")] > 0
+    assert _key("importq_database_up") not in of_worker  # the API's to tell
