@@ -1,5 +1,6 @@
 """Azurite, the Azure Blob emulator from npm, for the tests that need a real Blob service:
-a server on a loopback port, and a module-scoped fixture that starts one."""
+a server on a loopback port (or another address), and a module-scoped fixture that
+starts one."""
 
 from __future__ import annotations
 
@@ -23,25 +24,26 @@ AZURITE_VERSION = "3.37.0"  # the version scripts/test installs
 AZURITE = ROOT / ".cache" / "node" / "node_modules" / ".bin" / "azurite-blob"
 
 
-def _answers(port: int) -> bool:
+def _answers(host: str, port: int) -> bool:
     with socket.socket() as probe:
         probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+        return probe.connect_ex((host, port)) == 0
 
 
 class Azurite:
-    """``azurite-blob`` on a loopback port, its blobs kept in ``location`` so that a
-    restart (same port, same location) finds them again."""
+    """``azurite-blob`` on a free port of ``host``, its blobs kept in ``location`` so that
+    a restart (same port, same location) finds them again."""
 
-    def __init__(self, location: Path) -> None:
+    def __init__(self, location: Path, host: str = "127.0.0.1") -> None:
         self.location = location
-        self.port = free_port()
+        self.host = host
+        self.port = free_port(host)
         self.log = location.parent / f"{location.name}.log"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"http://{self.host}:{self.port}/{ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
@@ -60,7 +62,7 @@ class Azurite:
             str(AZURITE),
             "--skipApiVersionCheck",
             "--blobHost",
-            "127.0.0.1",
+            self.host,
             "--blobPort",
             str(self.port),
             "--location",
@@ -72,7 +74,7 @@ class Azurite:
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         deadline = time.monotonic() + timeout
-        while not _answers(self.port):
+        while not _answers(self.host, self.port):
             if self._process.poll() is not None:
                 raise RuntimeError(f"Azurite exited: {self.log.read_text(errors='replace')}")
             if time.monotonic() > deadline:
@@ -101,8 +103,8 @@ class Azurite:
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+def require_azurite() -> None:
+    """Skip where npm could not install Azurite; fail where it should have."""
     if not AZURITE.is_file():
         if shutil.which("npm") is None:
             pytest.skip("npm is not installed, so scripts/test could not install Azurite")
@@ -110,6 +112,11 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
             f"Azurite is not installed in {AZURITE.parents[2]}: run scripts/test, or "
             f"npm install --prefix .cache/node azurite@{AZURITE_VERSION}"
         )
+
+
+@pytest.fixture(scope="module")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    require_azurite()
     server = Azurite(tmp_path_factory.mktemp("azurite") / "blobs")
     server.start()
     yield server
