@@ -1,23 +1,37 @@
 """read_xlsx over real files: workbooks written by openpyxl, and hand-made zips for what
-openpyxl cannot write (cached formula values, float noise, entity bombs, zip bombs)."""
+openpyxl cannot write (cached formula values, float noise, entity bombs, zip bombs).
+
+Where calamine, the reader, might read a file otherwise than openpyxl, the reader these
+files were written with, a test also reads the file with openpyxl and compares."""
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import io
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
 import openpyxl  # type: ignore[import-untyped]
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from openpyxl.styles import Font  # type: ignore[import-untyped]
+from openpyxl.utils.datetime import CALENDAR_MAC_1904  # type: ignore[import-untyped]
 
 from importq.errors import Refusal
 from importq.ingest.limits import UploadLimits
 from importq.ingest.parsed_upload import ParsedUpload
-from importq.ingest.xlsx_reader import ArchiveLimits, cell_text, number_text, read_xlsx
+from importq.ingest.xlsx_reader import (
+    PROLOG_BYTES,
+    ArchiveLimits,
+    cell_text,
+    number_text,
+    read_xlsx,
+)
 from importq.rules.row_rules import StagedRow
 
 # --- fixtures -------------------------------------------------------------------------
@@ -152,18 +166,44 @@ def _text(ref: str, text: str) -> str:
     return f'<c r="{ref}" t="inlineStr"><is><t>{text}</t></is></c>'
 
 
+_SHARED_STRINGS_TYPE = (
+    '<Override PartName="/xl/sharedStrings.xml" ContentType='
+    '"application/vnd.openxmlformats-officedocument.spreadsheetml.sharedStrings+xml"/>'
+)
+_SHARED_STRINGS_RELATIONSHIP = (
+    '<Relationship Id="rId3" Target="sharedStrings.xml" Type='
+    '"http://schemas.openxmlformats.org/officeDocument/2006/relationships/sharedStrings"/>'
+)
+
+
 def _hand_made(
-    path: Path, sheet_xml: str, *, workbook_xml: str = _WORKBOOK, content_types: bool = True
+    path: Path,
+    sheet_xml: str,
+    *,
+    workbook_xml: str = _WORKBOOK,
+    content_types: bool = True,
+    shared_strings: str | bytes | None = None,
+    members: Mapping[str, str | bytes] | None = None,
 ) -> Path:
     """A minimal XLSX written member by member (no cached-value limits of openpyxl)."""
+    types, relationships = _CONTENT_TYPES, _WORKBOOK_RELS
+    if shared_strings is not None:
+        types = types.replace("</Types>", _SHARED_STRINGS_TYPE + "</Types>")
+        relationships = relationships.replace(
+            "</Relationships>", _SHARED_STRINGS_RELATIONSHIP + "</Relationships>"
+        )
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         if content_types:
-            archive.writestr("[Content_Types].xml", _CONTENT_TYPES)
+            archive.writestr("[Content_Types].xml", types)
         archive.writestr("_rels/.rels", _ROOT_RELS)
         archive.writestr("xl/workbook.xml", workbook_xml)
-        archive.writestr("xl/_rels/workbook.xml.rels", _WORKBOOK_RELS)
+        archive.writestr("xl/_rels/workbook.xml.rels", relationships)
         archive.writestr("xl/styles.xml", _STYLES)
         archive.writestr("xl/worksheets/sheet1.xml", sheet_xml)
+        if shared_strings is not None:
+            archive.writestr("xl/sharedStrings.xml", shared_strings)
+        for name, data in (members or {}).items():
+            archive.writestr(name, data)
     return path
 
 
@@ -189,6 +229,40 @@ def _refusal(run: Any, path: Path, **options: Any) -> Refusal:
     with pytest.raises(Refusal) as caught:
         list(run(path, **options).rows)
     return caught.value
+
+
+Reading = tuple[list[str], list[tuple[int, list[str | None]]]]
+
+
+def _reading(upload: ParsedUpload) -> Reading:
+    """The header, and the rows as (line, values) without the padding to the header."""
+    rows = []
+    for row in upload.rows:
+        values = list(row.values)
+        while values and values[-1] is None:
+            values.pop()
+        rows.append((row.line, values))
+    return upload.header, rows
+
+
+def _as_openpyxl_reads(path: Path) -> Reading:
+    """The first sheet as openpyxl reads it, shaped as :func:`_reading`: the oracle for
+    what calamine reads."""
+    workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    try:
+        sheet = workbook.worksheets[0]
+        sheet.reset_dimensions()
+        found = []
+        for number, cells in enumerate(sheet.iter_rows(), start=1):
+            texts = [cell_text(cell.value, getattr(cell, "number_format", None)) for cell in cells]
+            texts = [text or None for text in texts]
+            while texts and texts[-1] is None:
+                texts.pop()
+            if texts:
+                found.append((number, texts))
+    finally:
+        workbook.close()
+    return [text or "" for text in found[0][1]], found[1:]
 
 
 # --- the openpyxl workbook --------------------------------------------------------------
@@ -312,7 +386,7 @@ def test_float_noise_exponents_and_dates_in_the_xml(read: Any, tmp_path: Path) -
         + '<row r="3"><c r="A3" s="1"><v>45306</v></c><c r="B3" s="2"><v>45306</v></c></row>'
         + '<row r="4"><c r="A4" s="2"><v>45306.5</v></c><c r="B4" t="d"><v>2024-03-01</v></c></row>'
         + '<row r="5"><c r="A5" t="b"><v>1</v></c><c r="B5" t="e"><v>#DIV/0!</v></c></row>'
-        + '<row r="6"><c r="A6"><v>123456789012345678901</v></c><c r="B6"><v>-1E-3</v></c></row>'
+        + '<row r="6"><c r="A6"><v>123456789012345678</v></c><c r="B6"><v>-1E-3</v></c></row>'
     )
     upload = read(_hand_made(tmp_path / "numbers.xlsx", _sheet(rows)))
     assert [list(row.values) for row in upload.rows] == [
@@ -320,7 +394,7 @@ def test_float_noise_exponents_and_dates_in_the_xml(read: Any, tmp_path: Path) -
         ["2024-01-15", "2024-01-15T00:00:00"],
         ["2024-01-15T12:00:00", "2024-03-01"],
         ["true", "#DIV/0!"],
-        ["123456789012345678901", "-0.001"],  # an integer in the XML is kept exactly
+        ["123456789012345678", "-0.001"],  # an integer in the XML is kept exactly
     ]
 
 
@@ -403,15 +477,152 @@ def test_external_entity_in_the_workbook_part_is_refused(read: Any, tmp_path: Pa
 
 def test_a_broken_row_is_refused_while_streaming(read: Any, tmp_path: Path) -> None:
     rows = (
-        _HEADER + '<row r="2"><c r="A2"><v>1</v></c></row><row r="3"><c r="A3"><v>x</v></c></row>'
+        _HEADER
+        + '<row r="2"><c r="A2"><v>1</v></c></row>'
+        + '<row r="3"><c r="A3" t="n"><v>1.2.3</v></c></row>'
     )
     upload = read(_hand_made(tmp_path / "broken.xlsx", _sheet(rows)))
     assert upload.header == ["a", "b"]
     with pytest.raises(Refusal) as caught:
         list(upload.rows)
     assert (caught.value.status, caught.value.code) == (400, "bad_xlsx")
-    assert "cannot be read after row 2" in caught.value.detail
+    # calamine parses a row ahead of the one it yields: row 2 was never delivered
+    assert "cannot be read after row 1 (" in caught.value.detail
     assert "/" not in caught.value.detail  # no server path in the message
+
+
+def test_text_in_a_number_cell_is_read_as_text(read: Any, tmp_path: Path) -> None:
+    # openpyxl refused the whole file; calamine keeps what the cell holds.
+    rows = _HEADER + '<row r="2"><c r="A2"><v>x</v></c></row>'
+    assert list(read(_hand_made(tmp_path / "text.xlsx", _sheet(rows))).rows) == [
+        StagedRow(2, ["x", None])
+    ]
+
+
+def test_rows_out_of_order_are_refused(read: Any, tmp_path: Path) -> None:
+    rows = _HEADER + '<row r="5">' + _text("A5", "5") + '</row><row r="3">' + _text("A3", "3")
+    refusal = _refusal(read, _hand_made(tmp_path / "order.xlsx", _sheet(rows + "</row>")))
+    assert (refusal.status, refusal.code) == (400, "bad_xlsx")
+    assert "not stored in order" in refusal.detail
+
+
+# --- where calamine could read otherwise than openpyxl ----------------------------------
+
+
+def test_dates_of_a_1904_workbook(read: Any, tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    workbook.epoch = CALENDAR_MAC_1904
+    sheet = workbook.active
+    assert sheet is not None
+    sheet.append(["date", "timestamp", "midnight", "time"])
+    sheet.append(
+        [
+            dt.date(2024, 1, 15),
+            dt.datetime(2024, 1, 15, 6, 30),
+            dt.datetime(2024, 1, 15),
+            dt.time(6, 30),
+        ]
+    )
+    sheet.append([dt.date(1904, 1, 2)])
+    path = tmp_path / "mac.xlsx"
+    workbook.save(path)
+    reading = _reading(read(path))
+    assert reading[1] == [
+        (2, ["2024-01-15", "2024-01-15T06:30:00", "2024-01-15T00:00:00", "06:30:00"]),
+        (3, ["1904-01-02"]),
+    ]
+    assert reading == _as_openpyxl_reads(path)
+
+
+def test_empty_and_missing_rows_before_the_header(read: Any, tmp_path: Path) -> None:
+    rows = (
+        # rows 1 and 2 are stored but empty: an empty text, a styled cell, a formula whose
+        # cached value is empty text; row 3 is missing
+        '<row r="1"><c r="A1" t="inlineStr"><is><t></t></is></c></row>'
+        '<row r="2"><c r="B2" s="1"/><c r="C2" t="str"><f>""</f><v></v></c></row>'
+        '<row r="4">' + _text("A4", "a") + _text("B4", "b") + "</row>"
+        '<row r="5">' + _text("A5", "1") + '<c r="B5" t="inlineStr"><is><t></t></is></c></row>'
+        '<row r="6"><c r="A6" s="1"/></row>'
+        '<row r="8">' + _text("B8", "2") + "</row>"
+    )
+    path = _hand_made(tmp_path / "gaps.xlsx", _sheet(rows))
+    reading = _reading(read(path))
+    assert reading == (["a", "b"], [(5, ["1"]), (8, [None, "2"])])
+    assert reading == _as_openpyxl_reads(path)
+
+
+def test_error_cells_read_as_their_code(read: Any, tmp_path: Path) -> None:
+    codes = ["#DIV/0!", "#N/A", "#REF!", "#NAME?", "#VALUE!", "#NUM!", "#NULL!"]
+    rows = "".join(
+        f'<row r="{n}"><c r="A{n}" t="e"><f>X()</f><v>{code}</v></c>'
+        f'<c r="B{n}" t="e"><v>{code}</v></c></row>'
+        for n, code in enumerate(codes, start=2)
+    )
+    path = _hand_made(tmp_path / "errors.xlsx", _sheet(_HEADER + rows))
+    reading = _reading(read(path))
+    assert reading[1] == [(n, [code, code]) for n, code in enumerate(codes, start=2)]
+    assert reading == _as_openpyxl_reads(path)
+
+
+def test_an_error_code_calamine_does_not_know_refuses_the_sheet(read: Any, tmp_path: Path) -> None:
+    # Excel 365's newer codes (#SPILL!, #CALC!, #FIELD!...): openpyxl read them as text,
+    # calamine 0.36 refuses the cell, so the upload is refused at its row.
+    rows = _HEADER + '<row r="2"><c r="A2" t="e"><f>SEQUENCE(9)</f><v>#SPILL!</v></c></row>'
+    refusal = _refusal(read, _hand_made(tmp_path / "spill.xlsx", _sheet(rows)))
+    assert (refusal.status, refusal.code) == (400, "bad_xlsx")
+    assert "#SPILL!" in refusal.detail
+
+
+def test_shared_strings_with_rich_text_runs(read: Any, tmp_path: Path) -> None:
+    shared_strings = (
+        '<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main">'
+        "<si><t>name</t></si><si><t>reading</t></si>"
+        '<si><r><rPr><b/></rPr><t>Gouffre</t></r><r><rPr><i/></rPr><t xml:space="preserve">'
+        " Berger</t></r></si>"
+        # a phonetic guide (furigana) is not part of the text
+        '<si><t>洞窟</t><rPh sb="0" eb="2"><t>ドウクツ</t></rPh><phoneticPr fontId="0"/></si>'
+        '<si><r><t>a&amp;b</t></r><r><t xml:space="preserve">  </t></r></si>'
+        "</sst>"
+    )
+    rows = (
+        '<row r="1"><c r="A1" t="s"><v>0</v></c><c r="B1" t="s"><v>1</v></c></row>'
+        '<row r="2"><c r="A2" t="s"><v>2</v></c><c r="B2" t="s"><v>3</v></c></row>'
+        '<row r="3"><c r="A3" t="s"><v>4</v></c></row>'
+    )
+    path = _hand_made(tmp_path / "rich.xlsx", _sheet(rows), shared_strings=shared_strings)
+    reading = _reading(read(path))
+    assert reading == (
+        ["name", "reading"],
+        [(2, ["Gouffre Berger", "洞窟"]), (3, ["a&b  "])],
+    )
+    assert reading == _as_openpyxl_reads(path)
+
+
+def test_an_integer_of_more_than_18_digits_reads_as_excel_shows_it(
+    read: Any, tmp_path: Path
+) -> None:
+    # calamine reads it as a float; openpyxl kept all its digits. Excel cannot write one.
+    rows = _HEADER + '<row r="2"><c r="A2"><v>1234567890123456789</v></c></row>'
+    upload = read(_hand_made(tmp_path / "huge.xlsx", _sheet(rows)))
+    assert list(upload.rows) == [StagedRow(2, ["1234567890123460000", None])]
+
+
+def test_chartsheets_are_neither_chosen_nor_listed(read: Any, tmp_path: Path) -> None:
+    workbook = openpyxl.Workbook()
+    data = workbook.active
+    assert data is not None
+    data.title = "Data"
+    data.append(["id"])
+    data.append([1])
+    chart = openpyxl.chart.BarChart()
+    chart.add_data(openpyxl.chart.Reference(data, min_col=1, min_row=1, max_row=2))
+    workbook.create_chartsheet("Chart", 0).add_chart(chart)
+    path = tmp_path / "chart.xlsx"
+    workbook.save(path)
+    assert _reading(read(path)) == (["id"], [(2, ["1"])])
+    refusal = _refusal(read, path, sheet="Chart")
+    assert (refusal.status, refusal.code) == (400, "unknown_sheet")
+    assert refusal.extra["sheets"] == ["Data"]
 
 
 # --- not an XLSX, zip bombs -------------------------------------------------------------
@@ -485,10 +696,77 @@ def test_an_unseekable_stream_is_a_programming_error() -> None:
         read_xlsx(Pipe(b"PK"))
 
 
-def test_defusedxml_is_required(monkeypatch: pytest.MonkeyPatch, workbook_path: Path) -> None:
-    monkeypatch.setattr(openpyxl, "DEFUSEDXML", False)
-    with workbook_path.open("rb") as binary, pytest.raises(RuntimeError, match="defusedxml"):
-        read_xlsx(binary)
+# --- document type declarations, wherever they hide ------------------------------------
+
+_ENTITIES = (
+    "The workbook contains an XML document type declaration with entities, which is "
+    "refused (XLSX files never need one)."
+)
+_STRINGS = (
+    '<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main" count="1" '
+    'uniqueCount="1"><si><t>a</t></si></sst>'
+)
+_DOCTYPE = '<!DOCTYPE sst [<!ENTITY x "x">]>'
+_SHARED_HEADER = '<row r="1"><c r="A1" t="s"><v>0</v></c></row>'
+
+
+@pytest.mark.parametrize(
+    "shared_strings",
+    [
+        '<?xml version="1.0"?><!-- written by hand -->' + _DOCTYPE + _STRINGS,
+        '<?xml version="1.0"?>\n<?custom data?>\n'
+        + _DOCTYPE.replace("DOCTYPE", "doctype")
+        + _STRINGS,
+        '<?xml version="1.0"?>stray text ' + _DOCTYPE + _STRINGS,
+        codecs.BOM_UTF8 + ('<?xml version="1.0"?>' + _DOCTYPE + _STRINGS).encode(),
+        ('\ufeff<?xml version="1.0" encoding="UTF-16"?>' + _DOCTYPE + _STRINGS).encode("utf-16-le"),
+        ('<?xml version="1.0" encoding="UTF-16"?>' + _DOCTYPE + _STRINGS).encode("utf-16-be"),
+    ],
+    ids=[
+        "after-a-comment",
+        "lowercase-after-an-instruction",
+        "after-text",
+        "utf-8-bom",
+        "utf-16-bom",
+        "utf-16-no-bom",
+    ],
+)
+def test_a_document_type_in_the_shared_strings_prolog_is_refused(
+    read: Any, tmp_path: Path, shared_strings: str | bytes
+) -> None:
+    path = _hand_made(tmp_path / "dtd.xlsx", _sheet(_SHARED_HEADER), shared_strings=shared_strings)
+    refusal = _refusal(read, path)
+    assert (refusal.status, refusal.code, refusal.detail) == (400, "bad_xlsx", _ENTITIES)
+
+
+def test_a_document_type_is_refused_in_any_member_whatever_its_name(
+    read: Any, tmp_path: Path
+) -> None:
+    # Relationships, not names, tell calamine which parts to parse.
+    xxe = '<?xml version="1.0"?><!DOCTYPE r SYSTEM "file:///etc/passwd"><r/>'
+    path = _hand_made(tmp_path / "dtd.xlsx", _sheet(_HEADER), members={"xl/data.bin": xxe})
+    refusal = _refusal(read, path)
+    assert (refusal.status, refusal.code, refusal.detail) == (400, "bad_xlsx", _ENTITIES)
+
+
+def test_a_prolog_longer_than_the_check_reads_is_refused(read: Any, tmp_path: Path) -> None:
+    long = '<?xml version="1.0"?><!--' + "x" * PROLOG_BYTES + "-->" + _DOCTYPE + _STRINGS
+    path = _hand_made(tmp_path / "long.xlsx", _sheet(_SHARED_HEADER), shared_strings=long)
+    refusal = _refusal(read, path)
+    assert (refusal.status, refusal.code) == (400, "bad_xlsx")
+    assert "xl/sharedStrings.xml" in refusal.detail and "root element" in refusal.detail
+
+
+def test_comments_instructions_and_binary_parts_pass_the_check(read: Any, tmp_path: Path) -> None:
+    shared_strings = '<?xml version="1.0"?>\n<!-- <!DOCTYPE in a comment> -->\n<?pi x?>' + _STRINGS
+    picture = b"\x89PNG\r\n\x1a\n" + b"<!DOCTYPE>" * 10  # not XML: never parsed
+    path = _hand_made(
+        tmp_path / "clean.xlsx",
+        _sheet(_SHARED_HEADER),
+        shared_strings=shared_strings,
+        members={"xl/media/image1.png": picture},
+    )
+    assert read(path).header == ["a"]
 
 
 # --- value conversion -------------------------------------------------------------------
@@ -513,6 +791,15 @@ def test_defusedxml_is_required(monkeypatch: pytest.MonkeyPatch, workbook_path: 
 )
 def test_number_text(value: float, text: str) -> None:
     assert number_text(value) == text
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_number_text_is_the_rounding_to_15_digits(value: float) -> None:
+    # number_text takes a shortcut past the Decimal for most floats
+    if value.is_integer() and abs(value) < 2**53:
+        assert number_text(value) == str(int(value))
+    else:
+        assert number_text(value) == format(Decimal(format(value, ".15g")), "f")
 
 
 @pytest.mark.parametrize(

@@ -10,30 +10,47 @@ Invariants:
   member compressed more than ``ArchiveLimits.max_ratio`` to 1, as in a zip bomb.
   Python's zipfile never yields more bytes for a member than the directory declares,
   so the declared sizes are a real bound.
-* Every XML part is parsed by defusedxml. openpyxl uses it when it is installed, and
-  this module refuses to run otherwise. So a document type declaration with entities,
-  as in billion laughs or external entities, is ``400 bad_xlsx``. That holds whether
-  it is met while opening the workbook or while streaming its rows.
+* No XML part may declare a document type. Before the workbook is opened, the first
+  ``PROLOG_BYTES`` of every member are read. A member that starts as XML and has a
+  ``<!DOCTYPE`` (or any ``<!`` declaration other than a comment) before its root
+  element is ``400 bad_xlsx``, and so is one whose prolog runs past ``PROLOG_BYTES``.
+  So billion laughs and external entities are refused whichever part carries them.
+  calamine's XML parser (quick-xml) does not expand entities either; the check keeps
+  that from resting on one library.
+* The workbook is read by calamine (python-calamine-plus, in its read-only openpyxl
+  profile). Rows are decoded from the zip as they are iterated, and the sheet is never
+  held whole. calamine opens the upload's file itself, through /proc/self/fd; a file
+  object without a descriptor is copied into memory whole. A parsing error, while
+  opening or while streaming, is ``400 bad_xlsx`` naming its cause, never the
+  server's path, and the last row read (calamine parses one row ahead, so the fault
+  may be in the row after it).
 * The sheet is the first visible worksheet, or the one named by ``sheet``. The name
   must match exactly, or else match exactly one sheet's name ignoring case, as Excel
-  compares names. An unknown name is ``400 unknown_sheet``, listing the worksheets.
-* A formula cell gives its cached value (``data_only``). A formula never computed is
-  an empty cell.
+  compares names. An unknown name is ``400 unknown_sheet``, listing the worksheets
+  (chartsheets have no rows and are neither chosen nor listed).
+* A formula cell gives its cached value. A formula never computed is an empty cell.
 * ``line`` is the sheet's row number, and lines strictly increase. The header is the
   first row with a non-empty cell. Rows whose cells are all empty (``None`` or ``""``)
-  are skipped, and they keep their number. A row number beyond Excel's 1,048,576 is
+  are skipped, and they keep their number, whether the sheet stores them or not. A
+  row number beyond Excel's 1,048,576 is ``400 bad_xlsx``, found without reading past
+  that row, however far the number is. A sheet whose rows are out of order is
   ``400 bad_xlsx``.
 * Values are text as a person sees them:
 
   - A number has no exponent and no float noise. It is rounded to Excel's 15
     significant digits, and an integral value is written as an integer. An integer
-    stored as an integer is kept exactly.
-  - A boolean is ``true`` or ``false``.
+    stored as an integer of up to 18 digits is kept exactly (Excel's own numbers are
+    doubles, exact to 2**53).
+  - A boolean is ``true`` or ``false``. An error is its code, such as ``#DIV/0!``.
+    calamine knows the seven classic codes; a newer one (``#SPILL!``, ``#CALC!``…)
+    makes the sheet unreadable, ``400 bad_xlsx``.
   - A date is ``YYYY-MM-DD``, and so is a date-formatted cell at midnight. Any other
-    timestamp is ``YYYY-MM-DDTHH:MM:SS[.fff]``.
+    timestamp is ``YYYY-MM-DDTHH:MM:SS[.fff]``. Dates follow the workbook's epoch
+    (1900, or 1904 for old Mac workbooks).
   - A time is ``HH:MM:SS[.fff]``. A duration is ``HH:MM:SS[.fff]``, and its hours may
     pass 24.
-  - Text is kept as stored. An empty cell is ``None``.
+  - Text is kept as stored, rich text runs joined. An empty cell, or an empty text, is
+    ``None``.
 
 * Trailing empty cells are ignored, so a row narrower than the header is padded with
   ``None``. A row with a value beyond the header's width is kept whole, with the
@@ -46,28 +63,39 @@ Invariants:
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
-import math
+import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import openpyxl  # type: ignore[import-untyped]
-from defusedxml import DefusedXmlException  # type: ignore[import-untyped]
-from openpyxl.styles.numbers import is_datetime  # type: ignore[import-untyped]
+import python_calamine_plus
+from python_calamine_plus.styles.numbers import is_date_format
 
 from importq.errors import Refusal
 from importq.ingest.limits import UploadLimits
 from importq.ingest.parsed_upload import ParsedUpload
 from importq.rules.row_rules import StagedRow, Value
 
+if TYPE_CHECKING:
+    from python_calamine_plus._python_calamine import Workbook, Worksheet
+
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 MAX_SHEET_ROWS = 1_048_576  # Excel's last row
+# How much of each member the document type check reads. Writers put an XML
+# declaration, at most a comment, before the root element: well under 100 bytes.
+PROLOG_BYTES = 8192
 _OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # .xls, and encrypted .xlsx
 _EXACT_FLOAT_INTS = 2**53
 _UPLOAD_LIMITS = UploadLimits()
+_ENTITIES = (
+    "The workbook contains an XML document type declaration with entities, which is "
+    "refused (XLSX files never need one)."
+)
 
 
 @dataclass(frozen=True)
@@ -89,27 +117,29 @@ def read_xlsx(
     archive_limits: ArchiveLimits = ArchiveLimits(),
 ) -> ParsedUpload:
     """Parse one sheet of an XLSX workbook; see the module docstring for the rules."""
-    if not openpyxl.DEFUSEDXML:
-        raise RuntimeError(
-            "openpyxl is not parsing with defusedxml (is defusedxml installed, and "
-            "OPENPYXL_DEFUSEDXML unset?); refusing to read XLSX uploads"
-        )
     if not binary.seekable():
         raise ValueError("read_xlsx needs a seekable file")
     check_archive(binary, archive_limits)
+    _check_prologs(binary)
     binary.seek(0)
+    path = _path_of(binary)
     try:
-        workbook = openpyxl.load_workbook(binary, read_only=True, data_only=True)
+        workbook = python_calamine_plus.load_workbook(
+            binary if path is None else path,
+            compatibility="openpyxl",
+            read_only=True,
+            data_only=True,
+        )
     except MemoryError:
         raise
     except Exception as error:
-        raise _unreadable(error, "The file is not a readable XLSX workbook") from None
+        raise _unreadable(error, "The file is not a readable XLSX workbook", path) from None
     try:
         worksheet = _pick_sheet(workbook, sheet)
-        # Read-only mode trusts the sheet's declared dimension, and some writers get it
-        # wrong, so rows beyond it would be lost. Row widths come from the cells instead.
+        # Read-only mode pads rows to the sheet's declared dimension, and some writers
+        # get it wrong. Row widths come from the cells instead.
         worksheet.reset_dimensions()
-        rows = _sheet_rows(worksheet)
+        rows = _sheet_rows(worksheet, path)
         first = next(rows, None)
         if first is None:
             raise Refusal(
@@ -117,8 +147,9 @@ def read_xlsx(
                 "empty_data",
                 f"The sheet {worksheet.title!r} is empty: no header and no rows.",
             )
-        header_line, header_cells = first
-        header = [_checked(cell, header_line, limits) or "" for cell in header_cells]
+        header_line, header_texts = first
+        _check_lengths(header_texts, header_line, limits)
+        header = [text or "" for text in header_texts]
     except BaseException:
         workbook.close()
         raise
@@ -126,15 +157,16 @@ def read_xlsx(
 
     def staged() -> Iterator[StagedRow]:
         try:
-            for line, cells in rows:
-                if len(cells) > limits.max_columns:
+            for line, texts in rows:
+                if len(texts) > limits.max_columns:
                     raise limits.too_many_columns(line=line)
-                values: list[Value] = [_checked(cell, line, limits) for cell in cells]
-                if len(values) > width:
-                    yield StagedRow(line, values, f"expected {width} fields, found {len(values)}")
+                _check_lengths(texts, line, limits)
+                if len(texts) > width:
+                    yield StagedRow(line, texts, f"expected {width} fields, found {len(texts)}")
                 else:
-                    values.extend([None] * (width - len(values)))
-                    yield StagedRow(line, values, None)
+                    if len(texts) < width:
+                        texts.extend([None] * (width - len(texts)))
+                    yield StagedRow(line, texts, None)
         finally:
             workbook.close()
 
@@ -184,38 +216,110 @@ def check_archive(binary: IO[bytes], limits: ArchiveLimits = ArchiveLimits()) ->
             )
 
 
+def _check_prologs(binary: IO[bytes]) -> None:
+    """Refuse a member whose XML prolog declares a document type, or does not end within
+    ``PROLOG_BYTES``. Every member is looked at, whatever its name: the workbook's
+    relationships, not the names, say which parts are XML."""
+    binary.seek(0)
+    try:
+        with zipfile.ZipFile(binary) as archive:
+            for member in archive.infolist():
+                if member.is_dir():
+                    continue
+                with archive.open(member) as part:
+                    head = part.read(PROLOG_BYTES)
+                verdict = _prolog_verdict(head)
+                if verdict == "doctype":
+                    raise _bad(_ENTITIES)
+                if verdict == "long" and member.file_size > len(head):
+                    raise _bad(
+                        f"The workbook member {member.filename!r} has no root element in "
+                        f"its first {PROLOG_BYTES} bytes, which is refused (XLSX parts "
+                        "start with one)."
+                    )
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, RuntimeError, zlib.error) as error:
+        # RuntimeError: an encrypted member; NotImplementedError (a RuntimeError):
+        # an unsupported compression method.
+        raise _unreadable(error, "The file is not a readable XLSX workbook", None) from None
+
+
+def _prolog_verdict(head: bytes) -> str | None:
+    """``"doctype"`` when the XML document starting with ``head`` declares a document
+    type before its root element, ``"long"`` when its prolog runs to the end of
+    ``head``, else ``None`` (a clean prolog, or not XML at all)."""
+    text = _markup_text(head)
+    at = len(text) - len(text.lstrip())
+    if not text.startswith("<", at):
+        return None  # not XML: a picture, a binary part
+    while at < len(text):
+        if text.startswith("<?", at):
+            end = text.find("?>", at + 2)
+            at = -1 if end < 0 else end + 2
+        elif text.startswith("<!--", at):
+            end = text.find("-->", at + 4)
+            at = -1 if end < 0 else end + 3
+        elif text.startswith("<!", at):
+            return "doctype"
+        elif text.startswith("<", at):
+            return None  # the root element
+        else:
+            # Stray text, which a lenient parser passes over: look on from the next tag.
+            at = text.find("<", at)
+        if at < 0:
+            break
+        at = len(text) - len(text[at:].lstrip())
+    return "long"
+
+
+def _markup_text(head: bytes) -> str:
+    """The start of an XML document as text, enough to read its markup.
+
+    UTF-16 is decoded. Any other encoding an XLSX part may have is ASCII-compatible, so
+    Latin-1 keeps the markup characters where they are.
+    """
+    if head.startswith(codecs.BOM_UTF8):
+        return head[len(codecs.BOM_UTF8) :].decode("latin-1")
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return head.decode("utf-16", "replace")
+    if head.startswith(b"<\x00"):
+        return head.decode("utf-16-le", "replace")
+    if head.startswith(b"\x00<"):
+        return head.decode("utf-16-be", "replace")
+    return head.decode("latin-1")
+
+
+def _path_of(binary: IO[bytes]) -> str | None:
+    """A path that opens the file behind ``binary``, so that calamine reads the upload
+    from disk instead of a copy of all of it in memory.
+
+    A spool file has no name, but Linux names every open descriptor in /proc/self/fd,
+    and opening that name opens the same file, unlinked or not.
+    """
+    try:
+        descriptor = binary.fileno()
+    except (OSError, ValueError):
+        return None
+    path = f"/proc/self/fd/{descriptor}"
+    return path if os.path.exists(path) else None
+
+
 def _bad(detail: str) -> Refusal:
     return Refusal(400, "bad_xlsx", detail)
 
 
-def _unreadable(error: BaseException, what: str) -> Refusal:
-    """A parsing failure as a refusal, named by its root cause.
-
-    openpyxl wraps errors in messages that carry the server's file name, which the
-    client should not see.
-    """
-    root = error
-    seen = {id(root)}
-    while not isinstance(root, DefusedXmlException):
-        cause = root.__cause__ or root.__context__
-        if cause is None or id(cause) in seen:
-            break
-        seen.add(id(cause))
-        root = cause
-    if isinstance(root, DefusedXmlException):
-        return _bad(
-            "The workbook contains an XML document type declaration with entities, "
-            "which is refused (XLSX files never need one)."
-        )
-    text = " ".join(str(root).split())
+def _unreadable(error: BaseException, what: str, path: str | None) -> Refusal:
+    """A parsing failure as a refusal, named by its cause, without the server's path."""
+    text = " ".join(str(error).split())
+    if path is not None:
+        text = text.replace(path, "the upload")
     if len(text) > 200:
         text = text[:200] + "…"
-    reason = f"{type(root).__name__}: {text}" if text else type(root).__name__
+    reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return _bad(f"{what} ({reason}).")
 
 
-def _pick_sheet(workbook: Any, name: str | None) -> Any:
-    worksheets: list[Any] = list(workbook.worksheets)
+def _pick_sheet(workbook: Workbook, name: str | None) -> Worksheet:
+    worksheets = workbook.worksheets
     if not worksheets:
         raise _bad("The workbook has no worksheet.")
     if name is None:
@@ -224,10 +328,10 @@ def _pick_sheet(workbook: Any, name: str | None) -> Any:
     for ws in worksheets:
         if ws.title == name:
             return ws
-    folded = [ws for ws in worksheets if str(ws.title).casefold() == name.casefold()]
+    folded = [ws for ws in worksheets if ws.title.casefold() == name.casefold()]
     if len(folded) == 1:
         return folded[0]
-    titles = [str(ws.title) for ws in worksheets]
+    titles = [ws.title for ws in worksheets]
     raise Refusal(
         400,
         "unknown_sheet",
@@ -236,14 +340,16 @@ def _pick_sheet(workbook: Any, name: str | None) -> Any:
     )
 
 
-def _sheet_rows(worksheet: Any) -> Iterator[tuple[int, Sequence[Any]]]:
-    """The sheet's non-empty rows with their row numbers, without trailing empty cells.
+def _sheet_rows(worksheet: Worksheet, path: str | None) -> Iterator[tuple[int, list[Value]]]:
+    """The sheet's non-empty rows: the row number, and the values as text without
+    trailing empty ones.
 
-    openpyxl yields one tuple per row from row 1 on, and an empty one for each row
+    calamine yields one tuple per row from row 1 on, and an empty one for each row
     missing from the XML. So the count of tuples is the row number, and it always
-    increases.
+    increases. It stops at the row after Excel's last: a row beyond is refused there,
+    and calamine never fills the gap up to a row numbered in the billions.
     """
-    cells_by_row = iter(worksheet.iter_rows())
+    cells_by_row = iter(worksheet.iter_rows(max_row=MAX_SHEET_ROWS + 1))
     line = 0
     while True:
         try:
@@ -251,8 +357,9 @@ def _sheet_rows(worksheet: Any) -> Iterator[tuple[int, Sequence[Any]]]:
         except MemoryError:
             raise
         except Exception as error:
+            where = f" after row {line}" if line else ""
             raise _unreadable(
-                error, f"The sheet {worksheet.title!r} cannot be read after row {line}"
+                error, f"The sheet {worksheet.title!r} cannot be read{where}", path
             ) from None
         if cells is None:
             return
@@ -262,25 +369,31 @@ def _sheet_rows(worksheet: Any) -> Iterator[tuple[int, Sequence[Any]]]:
                 f"The sheet {worksheet.title!r} has a row numbered beyond {MAX_SHEET_ROWS}, "
                 "the last row a sheet may have."
             )
-        end = len(cells)
-        while end and _is_empty(cells[end - 1].value):
-            end -= 1
-        if end:
-            yield line, cells[:end]
+        # Text, most cells, needs no conversion: an empty one is None like a blank cell.
+        texts: list[Value] = [
+            (value or None) if (value := cell.value).__class__ is str else _text(value, cell)
+            for cell in cells
+        ]
+        while texts and texts[-1] is None:
+            texts.pop()
+        if texts:
+            yield line, texts
 
 
-def _is_empty(value: Any) -> bool:
-    return value is None or value == ""
+def _check_lengths(texts: list[Value], line: int, limits: UploadLimits) -> None:
+    if max(map(len, filter(None, texts)), default=0) > limits.max_cell_chars:
+        raise limits.cell_too_long(line)
 
 
-def _checked(cell: Any, line: int, limits: UploadLimits) -> str | None:
-    value = cell.value
+def _text(value: Any, cell: Any) -> str | None:
+    kind = value.__class__
+    if kind is float:
+        return number_text(value)
+    if value is None:
+        return None
     # Only a timestamp needs its format, to tell a date from midnight. The format costs
     # a style lookup, so other cells skip it.
-    text = cell_text(value, cell.number_format if isinstance(value, dt.datetime) else None)
-    if text is not None and len(text) > limits.max_cell_chars:
-        raise limits.cell_too_long(line)
-    return text
+    return cell_text(value, cell.number_format if kind is dt.datetime else None)
 
 
 def cell_text(value: Any, number_format: str | None = None) -> str | None:
@@ -296,7 +409,7 @@ def cell_text(value: Any, number_format: str | None = None) -> str | None:
     if isinstance(value, float):
         return number_text(value)
     if isinstance(value, dt.datetime):
-        if value.time() == dt.time() and is_datetime(number_format) == "date":
+        if value.time() == dt.time() and _is_date_only(number_format):
             return value.date().isoformat()
         return value.isoformat(timespec="milliseconds" if value.microsecond else "seconds")
     if isinstance(value, dt.date):
@@ -308,16 +421,30 @@ def cell_text(value: Any, number_format: str | None = None) -> str | None:
     return str(value)
 
 
+def _is_date_only(number_format: str | None) -> bool:
+    """A date format without a time of day: openpyxl's ``is_datetime(...) == "date"``."""
+    return (
+        number_format is not None
+        and is_date_format(number_format)
+        and ("d" in number_format or "y" in number_format)
+        and not ("h" in number_format or "s" in number_format)
+    )
+
+
 def number_text(value: float) -> str:
     """A float as Excel shows it with enough digits.
 
     It has at most 15 significant digits and no exponent: ``10000000``, ``0.3`` for
-    ``0.1 + 0.2``, ``0.0000001``.
+    ``0.1 + 0.2``, ``0.0000001``. Infinities and NaN, not Excel numbers, stay
+    recognisable as Python writes them.
     """
-    if not math.isfinite(value):
-        return repr(value)  # not an Excel number; kept recognisable
     if value.is_integer() and abs(value) < _EXACT_FLOAT_INTS:
         return str(int(value))
+    text = repr(value)
+    # The shortest text that reads back as the float. Without an exponent and with at
+    # most 15 digits, it is what the rounding below gives, without a Decimal's cost.
+    if len(text) <= 16 and "e" not in text:
+        return text
     return format(Decimal(format(value, ".15g")), "f")
 
 
