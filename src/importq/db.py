@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import subprocess
@@ -230,7 +231,11 @@ class DatabaseOutage:
     def noticed(self, error: BaseException | str) -> None:
         """Start a watch, unless one runs already."""
         if self._watch is None or self._watch.done():
-            self._watch = asyncio.create_task(self._watch_until_back(error))
+            # A fresh context: the watch is the process's, not the request's or job's
+            # that noticed the outage first.
+            self._watch = asyncio.create_task(
+                self._watch_until_back(error), context=contextvars.Context()
+            )
 
     async def check(self, conn: AsyncConnection[TupleRow]) -> None:
         """The pool's check of a connection before it lends it."""

@@ -1,6 +1,7 @@
 """One trace per batch: the POST, its staging, every chunk job, the completion check, the
-aggregation, the email and the webhook, each the child of what deferred it; and a job's
-log lines name the request that started its batch.
+aggregation, the email and the webhook, each the child of what deferred it, the jobs a
+cancel or reconcile defers included; and a job carries the request that started its
+batch, so its log lines name it.
 
 In the service's process with the SDK's in-memory exporter, then as an operator runs it:
 ``importq serve --no-worker`` and an ``importq worker`` exporting by OTLP to a collector
@@ -24,7 +25,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from helpers import Receiver, accepted_rows, entrance, until, wait_for_batch
+from helpers import (
+    Receiver,
+    accepted_rows,
+    entrance,
+    running_worker,
+    until,
+    wait_for_batch,
+)
 from importq.operations import traces
 from importq.services import Services
 from processes import serving, start_worker
@@ -84,8 +92,14 @@ async def test_a_batch_is_one_trace_from_its_post_to_its_webhook(
     spans = exported.get_finished_spans()
     named = _of_batch(spans, batch_id)
     [post] = [s for s in spans if s.name == "POST /api/v1/{dataset}/import-rows"]
-    assert post.context is not None and post.context.trace_id == int(CLIENT_TRACE, 16)
-    assert _parent(post) == int(CLIENT_SPAN, 16)
+    # The client's span is linked, not continued: a client chooses no trace of importq's.
+    assert post.context is not None and post.context.trace_id != int(CLIENT_TRACE, 16)
+    assert _parent(post) is None
+    [link] = post.links
+    assert (link.context.trace_id, link.context.span_id) == (
+        int(CLIENT_TRACE, 16),
+        int(CLIENT_SPAN, 16),
+    )
     assert (post.attributes or {})["http.response.status_code"] == 202
     assert {s.context.trace_id for ss in named.values() for s in ss if s.context} == {
         post.context.trace_id
@@ -109,6 +123,74 @@ async def test_a_batch_is_one_trace_from_its_post_to_its_webhook(
             (batch_id,),
         )
         assert await cursor.fetchall() == [("upload-7",)]
+
+
+async def _carried(services: Services, batch_id: str, task: str) -> set[tuple[Any, Any]]:
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT args ->> 'request_id', args ->> 'trace' FROM procrastinate_jobs "
+            "WHERE args ->> 'batch_id' = %s AND task_name = %s",
+            (batch_id, task),
+        )
+        return set(await cursor.fetchall())
+
+
+async def test_jobs_a_cancel_or_reconcile_defers_carry_the_batchs_request_and_trace(
+    client: httpx.AsyncClient, services: Services, exported: InMemorySpanExporter
+) -> None:
+    client.headers["X-Request-ID"] = "upload-8"
+    rows = [entrance(f"lost-{n}") for n in range(25)]
+    batch_id = (await accepted_rows(client, rows))["batchId"]
+    [staging] = _of_batch(exported.get_finished_spans(), batch_id)["staging"]
+    assert staging.context is not None
+    async with services.pool.connection() as conn:
+        # Two of its chunk jobs lost, as after a restore of an older backup.
+        await conn.execute(
+            "DELETE FROM procrastinate_jobs WHERE args ->> 'batch_id' = %s "
+            "AND (args ->> 'chunk_no')::int > 0",
+            (batch_id,),
+        )
+    async with running_worker(services):  # its reconcile runs every second
+        await until(lambda: _carried(services, batch_id, "check_completion"))
+        await wait_for_batch(client, batch_id)
+    [(request, trace)] = await _carried(services, batch_id, "process_chunk")
+    assert request == "upload-8" and trace is not None
+    named = _of_batch(exported.get_finished_spans(), batch_id)
+    assert {s.context.trace_id for ss in named.values() for s in ss if s.context} == {
+        staging.context.trace_id
+    }
+    assert len(named["process_chunk"]) == 3
+
+    # A cancel's deferral carries the batch's request, not the cancel's.
+    other = (await accepted_rows(client, [entrance("cancelled-1")]))["batchId"]
+    cancelled = await client.post(
+        f"/api/v1/jobs/{other}/cancel", headers={"X-Request-ID": "cancel-9"}
+    )
+    assert cancelled.status_code == 202
+    [(request, trace)] = await _carried(services, other, "check_completion")
+    [other_staging] = _of_batch(exported.get_finished_spans(), other)["staging"]
+    assert other_staging.context is not None
+    assert request == "upload-8" and trace is not None
+    assert trace.split("-")[1:3] == [
+        f"{other_staging.context.trace_id:032x}",
+        f"{other_staging.context.span_id:016x}",
+    ]
+
+
+async def test_a_job_drops_the_arguments_its_task_does_not_take(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A newer release's job, carrying more, still runs on this release's worker."""
+    batch_id = (await accepted_rows(client, [entrance("newer-1")]))["batchId"]
+    async with services.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE procrastinate_jobs SET args = args || '{\"priority_hint\": 3}' "
+            "WHERE args ->> 'batch_id' = %s",
+            (batch_id,),
+        )
+    async with running_worker(services):
+        job = await wait_for_batch(client, batch_id)
+    assert job["status"] == "completed" and job["result"]["summary"]["successes"] == 1
 
 
 @pytest.mark.usefixtures("worker")

@@ -6,7 +6,7 @@ request's id.
 - ``Cache-Control: no-store`` on the API's answers, which hold users' jobs and links.
 - ``Strict-Transport-Security`` when the service's public URL is https.
 - ``X-Request-ID``: the request's id (:class:`RequestIds`), in its log lines too.
-- ``traceparent``: the client's trace, which the request's span goes on (:class:`RequestSpans`).
+- ``traceparent``: the client's span, which the request's span links to (:class:`RequestSpans`).
 
 Plain ASGI middlewares, so that uploads and downloads stream through them untouched.
 """
@@ -91,9 +91,9 @@ class RequestIds:
 
 class RequestSpans:
     """Each request in a span of its own when tracing is on (:mod:`importq.operations.
-    traces`), named by its route's template (``POST /api/v1/{dataset}/import-rows``) and
-    the child of the client's span when the request sent a ``traceparent``. An upload's
-    staging and its batch's jobs are this span's descendants."""
+    traces`), named by its route's template (``POST /api/v1/{dataset}/import-rows``): the
+    root of a trace, linked to the client's span when the request sent a ``traceparent``.
+    An upload's staging and its batch's jobs are this span's descendants."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -109,8 +109,9 @@ class RequestSpans:
         with traces.span(
             method,
             {"http.request.method": method, "importq.request_id": logs.request_id.get() or ""},
-            parent=traces.header_parent(headers),
             kind=SpanKind.SERVER,
+            root=True,
+            links=traces.client_links(headers),
         ) as span:
 
             async def with_status(message: Message) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -77,7 +78,9 @@ class JobWatch:
     def subscribe(self, batch_id: uuid.UUID) -> Iterator[asyncio.Event]:
         """An event set whenever :meth:`latest` has a newer read of the batch."""
         if not self.closed and (self._listener is None or self._listener.done()):
-            self._listener = asyncio.create_task(self._listen())
+            # Of the process, not of the request that happens to start it: a fresh
+            # context, so its log lines name no one's request.
+            self._listener = asyncio.create_task(self._listen(), context=contextvars.Context())
         changed = asyncio.Event()
         key = str(batch_id)
         self._streams.setdefault(key, set()).add(changed)
@@ -104,7 +107,7 @@ class JobWatch:
             return
         reader = self._readers.get(key)
         if reader is None or reader.done():
-            self._readers[key] = asyncio.create_task(self._read(key))
+            self._readers[key] = asyncio.create_task(self._read(key), context=contextvars.Context())
         else:
             self._again.add(key)
 

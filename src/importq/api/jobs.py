@@ -31,6 +31,7 @@ from importq.api.schemas import (
 )
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
+from importq.operations.traces import within_batch
 from importq.pipeline import batches
 from importq.pipeline.aggregation import report_links
 from importq.pipeline.chunk_processing import cancel_chunks
@@ -157,7 +158,9 @@ async def cancel_job(batch_id: str, user: CurrentUser, services: ServicesDep) ->
         async with conn.transaction():
             cancelled = await batches.cancel_batch(conn, batch["id"])
             if cancelled:
-                await cancel_chunks(conn, services.queue, batch["id"])
+                # Its completion check goes on the batch's trace, not the cancel's.
+                with within_batch(batch["request_id"], batch["trace"]):
+                    await cancel_chunks(conn, services.queue, batch["id"])
         # After the cancel's commit: a fresh look, whatever waited on whom.
         now = await batches.get_batch(conn, batch["id"])
     assert now is not None

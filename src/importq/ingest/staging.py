@@ -49,6 +49,7 @@ from importq.ingest.staged_table import (
     drop_staged_table,
     part_name,
 )
+from importq.operations.traces import batch_origin
 from importq.pipeline.dataset_versions import check_current
 from importq.pipeline.on_error import OnError
 from importq.rules.datasets import Dataset, HeaderMatch
@@ -494,6 +495,7 @@ async def stage_batch(
                     "file_options": None
                     if request.file_options is None
                     else Jsonb(request.file_options),
+                    **batch_origin(),
                 },
             )
             await conn.execute(

@@ -19,11 +19,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry import context
+from opentelemetry import trace as opentelemetry_trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from importq.operations import logs
@@ -34,7 +36,7 @@ if TYPE_CHECKING:
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 TRACEPARENT = "traceparent"
 _propagator = TraceContextTextMapPropagator()
-_tracer: trace.Tracer | None = None
+_tracer: opentelemetry_trace.Tracer | None = None
 
 
 def configure(provider: TracerProvider | None) -> None:
@@ -72,16 +74,19 @@ def span(
     *,
     parent: Mapping[str, str] | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
+    root: bool = False,
+    links: Sequence[Link] = (),
 ) -> Iterator[Span | None]:
-    """A span named ``name`` around the block, the current span's child, or the child of
-    the remote span whose ``traceparent`` ``parent`` holds. An exception that leaves the
-    block marks the span failed. Yields ``None``, and does nothing, when tracing is off."""
+    """A span named ``name`` around the block: the current span's child, the child of the
+    remote span whose ``traceparent`` ``parent`` holds, or with ``root`` the first of a
+    trace of its own. An exception that leaves the block marks the span failed. Yields
+    ``None``, and does nothing, when tracing is off."""
     if _tracer is None:
         yield None
         return
-    context = _propagator.extract(parent) if parent else None
+    origin = Context() if root else _propagator.extract(parent) if parent else None
     with _tracer.start_as_current_span(
-        name, context=context, kind=kind, attributes=attributes
+        name, context=origin, kind=kind, attributes=attributes, links=links
     ) as current:
         yield current
 
@@ -101,6 +106,31 @@ def job_arguments() -> dict[str, str]:
     return carried
 
 
+def batch_origin() -> dict[str, str | None]:
+    """What a new batch keeps of the request staging it (``batches.request_id`` and
+    ``trace``), for the jobs deferred on its behalf outside its own (:func:`within_batch`)."""
+    carried = job_arguments()
+    return {"request_id": carried.get("request_id"), "trace": carried.get("trace")}
+
+
+@contextlib.contextmanager
+def within_batch(request_id: str | None, trace: str | None) -> Iterator[None]:
+    """Defer a batch's jobs from outside its own (a cancel, reconcile) as its own would
+    be: carrying the request id and the trace its row keeps."""
+    previous = logs.request_id.set(request_id)
+    origin = (
+        _propagator.extract({TRACEPARENT: trace})
+        if trace
+        else opentelemetry_trace.set_span_in_context(opentelemetry_trace.INVALID_SPAN)
+    )
+    token = context.attach(origin)
+    try:
+        yield
+    finally:
+        context.detach(token)
+        logs.request_id.reset(previous)
+
+
 @contextlib.contextmanager
 def job_span(
     task_name: str, attributes: Mapping[str, str | int], request_id: str | None, trace: str | None
@@ -113,7 +143,15 @@ def job_span(
         yield
 
 
-def header_parent(headers: Mapping[str, Any]) -> dict[str, str] | None:
-    """The ``traceparent`` a request sent, so that a client's trace goes on in importq."""
+def client_links(headers: Mapping[str, Any]) -> list[Link]:
+    """A link to the span a request's ``traceparent`` names, if it names one.
+
+    A client's trace is linked, never continued: on an API open to the internet, a
+    client must not choose the trace its batch's spans join, nor whether they are
+    sampled."""
     value = headers.get(TRACEPARENT)
-    return {TRACEPARENT: value} if isinstance(value, str) and value else None
+    if not isinstance(value, str) or not value:
+        return []
+    remote = opentelemetry_trace.get_current_span(_propagator.extract({TRACEPARENT: value}))
+    client = remote.get_span_context()
+    return [Link(client)] if client.is_valid else []

@@ -41,6 +41,7 @@ from psycopg import AsyncConnection
 
 from importq.ingest.staged_table import drop_staged_table
 from importq.operations.metrics import count_recoveries
+from importq.operations.traces import within_batch
 from importq.pipeline.aggregation import REPORT_SCRATCH_PREFIX
 from importq.pipeline.chunk_processing import fail_chunk, record_attempt
 from importq.services import Services
@@ -145,20 +146,25 @@ async def _redefer_missed_steps(services: Services) -> None:
     async with services.pool.connection() as conn, conn.transaction():
         cursor = await conn.execute(queries["batches_waiting_for_completion"])
         checks = await cursor.fetchall()
-        for (batch_id,) in checks:
-            await services.queue.defer_completion_check(conn, batch_id)
+        for batch_id, request_id, trace in checks:
+            with within_batch(request_id, trace):
+                await services.queue.defer_completion_check(conn, batch_id)
         cursor = await conn.execute(queries["batches_stuck_aggregating"])
         aggregations = await cursor.fetchall()
-        for (batch_id,) in aggregations:
+        for batch_id, request_id, trace in aggregations:
             log.info("re-deferring the aggregation of batch %s", batch_id)
-            await services.queue.defer_aggregate(conn, batch_id)
+            with within_batch(request_id, trace):
+                await services.queue.defer_aggregate(conn, batch_id)
         cursor = await conn.execute(queries["chunks_without_job"])
         orphans: dict[uuid.UUID, list[int]] = {}
-        for batch_id, chunk_no in await cursor.fetchall():
+        origins: dict[uuid.UUID, tuple[str | None, str | None]] = {}
+        for batch_id, chunk_no, request_id, trace in await cursor.fetchall():
             orphans.setdefault(batch_id, []).append(chunk_no)
+            origins[batch_id] = (request_id, trace)
         for batch_id, chunk_nos in orphans.items():
             log.warning("re-deferring chunks %s of batch %s: no job was left", chunk_nos, batch_id)
-            await services.queue.defer_chunk_jobs(conn, batch_id, chunk_nos)
+            with within_batch(*origins[batch_id]):
+                await services.queue.defer_chunk_jobs(conn, batch_id, chunk_nos)
     count_recoveries("completion_check", len(checks))
     count_recoveries("aggregation", len(aggregations))
     count_recoveries("chunk_job", sum(len(chunk_nos) for chunk_nos in orphans.values()))

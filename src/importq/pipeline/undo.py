@@ -39,6 +39,7 @@ from importq.ingest.staged_table import (
     results_table,
     table_name,
 )
+from importq.operations.traces import batch_origin
 from importq.pipeline.job_queue import JobQueue
 from importq.pipeline.target_evolution import type_changes
 from importq.rules.datasets import Dataset
@@ -138,6 +139,7 @@ async def start_undo(
             "total_chunks": len(written),
             "chunk_nos": list(written),
             "row_counts": list(written.values()),
+            **batch_origin(),
         }
         await conn.execute(queries["insert_undo_batch"], params)
         await conn.execute(queries["insert_undo_chunks"], params)

@@ -12,12 +12,14 @@ WHERE initiator_id = %(initiator_id)s AND idempotency_key = %(idempotency_key)s;
 INSERT INTO batches (id, dataset, format, file_name, initiator_id, locale, callback_url,
                      status, header, total_rows, total_chunks, warnings, idempotency_key,
                      request_digest, dry_run, mode, on_error, abort_percent, dataset_version,
-                     mapping, decimal_mark, date_format, rerun_of, file_options)
+                     mapping, decimal_mark, date_format, rerun_of, file_options, request_id,
+                     trace)
 VALUES (%(id)s, %(dataset)s, %(format)s, %(file_name)s, %(initiator_id)s, %(locale)s,
         %(callback_url)s, 'active', %(header)s, %(total_rows)s, %(total_chunks)s,
         %(warnings)s, %(idempotency_key)s, %(request_digest)s, %(dry_run)s, %(mode)s,
         %(on_error)s, %(abort_percent)s, %(dataset_version)s, %(mapping)s,
-        %(decimal_mark)s, %(date_format)s, %(rerun_of)s, %(file_options)s);
+        %(decimal_mark)s, %(date_format)s, %(rerun_of)s, %(file_options)s, %(request_id)s,
+        %(trace)s);
 
 -- name: count_finished_chunk
 -- Add a finished chunk's outcome to its batch (in the chunk's transaction); is it the last?
@@ -98,7 +100,8 @@ SELECT id, dataset, format, file_name, initiator_id, locale, callback_url, statu
        reports_expire_at, created_at, updated_at, completed_at, cancelled_at, dry_run,
        revision, cancelled_chunks, mode, inserted, updated, unchanged, on_error,
        abort_percent, aborted_at, written_at, deleted, restored, type, undo_of, undone_by,
-       dataset_version, mapping, decimal_mark, date_format, rerun_of, file_options, purged_at
+       dataset_version, mapping, decimal_mark, date_format, rerun_of, file_options, purged_at,
+       request_id, trace
 FROM batches
 WHERE id = %(batch_id)s;
 
@@ -137,7 +140,7 @@ WHERE (%(initiator_id)s::bigint IS NULL OR initiator_id = %(initiator_id)s)
 -- name: batches_waiting_for_completion
 -- Active batches whose every chunk is finished with no completion check waiting or
 -- running: theirs was missed.
-SELECT b.id FROM batches b
+SELECT b.id, b.request_id, b.trace FROM batches b
 WHERE b.status = 'active' AND b.completed_chunks + b.failed_chunks = b.total_chunks
   AND NOT EXISTS (
       SELECT 1 FROM procrastinate_jobs j
@@ -146,7 +149,7 @@ WHERE b.status = 'active' AND b.completed_chunks + b.failed_chunks = b.total_chu
 
 -- name: batches_stuck_aggregating
 -- Batches in aggregating with no aggregate job waiting or running.
-SELECT b.id FROM batches b
+SELECT b.id, b.request_id, b.trace FROM batches b
 WHERE b.status = 'aggregating'
   AND NOT EXISTS (
       SELECT 1 FROM procrastinate_jobs j
@@ -155,7 +158,7 @@ WHERE b.status = 'aggregating'
 
 -- name: chunks_without_job
 -- Todo chunks of active batches with no live process_chunk job: lost, or died failing them.
-SELECT c.batch_id, c.chunk_no
+SELECT c.batch_id, c.chunk_no, b.request_id, b.trace
 FROM chunks c JOIN batches b ON b.id = c.batch_id
 WHERE b.status = 'active' AND c.status = 'todo'
   AND NOT EXISTS (
@@ -219,13 +222,15 @@ FOR UPDATE;
 
 -- name: insert_undo_batch
 -- An undo, born active, of batch %(undo_of)s: its dataset (the version that judged it,
--- read as its upload was), header, file and webhook; initiated by who asked.
+-- read as its upload was), header, file and webhook; initiated by who asked, whose
+-- request and trace it carries.
 INSERT INTO batches (id, type, undo_of, dataset, format, file_name, initiator_id, locale,
                      callback_url, status, header, total_rows, total_chunks, mode,
-                     dataset_version, mapping, decimal_mark, date_format)
+                     dataset_version, mapping, decimal_mark, date_format, request_id, trace)
 SELECT %(id)s, 'undo', b.id, b.dataset, b.format, b.file_name, %(initiator_id)s, %(locale)s,
        b.callback_url, 'active', b.header, %(total_rows)s, %(total_chunks)s, b.mode,
-       b.dataset_version, b.mapping, b.decimal_mark, b.date_format
+       b.dataset_version, b.mapping, b.decimal_mark, b.date_format, %(request_id)s,
+       %(trace)s
 FROM batches b
 WHERE b.id = %(undo_of)s;
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import time
 import uuid
@@ -102,7 +103,12 @@ def _in_its_context(task_name: str, task: Task) -> Task:
     taken off, its log lines name its request, batch and chunk
     (:mod:`importq.operations.logs`), and it runs in a span of the batch's trace. Each
     job runs in an asyncio task of its own, so what it sets here is its alone. A job
-    deferred before jobs carried anything runs the same, in a trace of its own."""
+    deferred before jobs carried anything runs the same, in a trace of its own.
+
+    Arguments the task does not take are dropped, with a line in the log: a job a newer
+    release deferred, carrying something more, still runs here during a rolling upgrade
+    instead of failing on an unexpected keyword."""
+    takes = set(inspect.signature(task).parameters) - {"context"}
 
     @functools.wraps(task)
     async def run(
@@ -112,6 +118,10 @@ def _in_its_context(task_name: str, task: Task) -> Task:
         trace: str | None = None,
         **arguments: Any,
     ) -> None:
+        unknown = set(arguments) - takes
+        if unknown:
+            log.info("%s: arguments %s left out (a newer release's)", task_name, sorted(unknown))
+            arguments = {name: value for name, value in arguments.items() if name in takes}
         batch_id, chunk_no = arguments.get("batch_id"), arguments.get("chunk_no")
         logs.batch_id.set(None if batch_id is None else str(batch_id))
         logs.chunk_no.set(None if chunk_no is None else int(str(chunk_no)))
