@@ -95,12 +95,25 @@ async def _bootstrap_admin(settings: Settings) -> None:
     log.warning("created user 'admin'; its API token is in %s", path)
 
 
+def _check_metrics_folder() -> None:
+    """Refuse to start with a PROMETHEUS_MULTIPROC_DIR that cannot take the metrics: each
+    process's counts would be lost, one warning in its log."""
+    from importq.operations.metrics import multiprocess_dir_problem
+
+    problem = multiprocess_dir_problem()
+    if problem is not None:
+        raise SystemExit(
+            f"importq: {problem}: make it a folder this user may write to, or unset it"
+        )
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from importq.api.app import create_app
     from importq.ingest.off_loop import share_the_gil
 
+    _check_metrics_folder()
     share_the_gil()
     traces.configure_from_environment()
 
@@ -160,6 +173,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from importq.services import open_services
     from importq.worker.tasks import run_worker, worker_connections, worker_lanes
 
+    _check_metrics_folder()
     share_the_gil()
     traces.configure_from_environment()
 

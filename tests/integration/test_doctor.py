@@ -89,3 +89,18 @@ def test_a_stopped_mail_server_a_wrong_storage_key_and_no_worker_are_named(
     assert "AuthorizationFailure" in found["storage"] or "authenticate" in found["storage"]
     assert found["queue"].startswith("failing — no worker has sent a heartbeat")
     assert found["database"] == "ok" and found["clock"] == "ok"
+
+
+def test_a_multiprocess_dir_gets_a_line_only_when_set(env: dict[str, str], tmp_path: Path) -> None:
+    """No worker runs here: the queue fails, and the metrics line is read alone."""
+    assert not [line for line in _doctor(env).stdout.splitlines() if line.startswith("metrics")]
+    shared = tmp_path / "prometheus"
+    shared.mkdir()
+    seen = _doctor({**env, "PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    assert seen.stdout.splitlines()[-1] == f"metrics: ok (PROMETHEUS_MULTIPROC_DIR={shared})"
+    missing = tmp_path / "gone"
+    seen = _doctor({**env, "PROMETHEUS_MULTIPROC_DIR": str(missing)})
+    assert seen.stdout.splitlines()[-1] == (
+        f"metrics: failing — PROMETHEUS_MULTIPROC_DIR={missing} is not a folder"
+    )
+    assert seen.returncode == 1

@@ -6,16 +6,24 @@ on a port of its own."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_settings, new_user
 from helpers import Receiver, api_client, csv_text, entrance, until, wait_for_batch
+from importq.operations import metrics
 from importq.operations.metrics import QUEUES
 from importq.services import Services, open_services
 from processes import free_port, serving, start_worker, stop_group
@@ -207,3 +215,105 @@ def test_processes_sharing_a_multiprocess_dir_count_together(
     assert served[_key("importq_http_request_duration_seconds_count", **upload)] == 1
     assert of_worker[_key("importq_db_pool_connections", pool="main", state="max")] > 0
     assert _key("importq_database_up") not in of_worker  # the API's to tell
+
+
+class _Unwritable:
+    """A metric whose file cannot be written, as under a PROMETHEUS_MULTIPROC_DIR gone,
+    read-only or full: prometheus_client opens the file when a label set is first used."""
+
+    def labels(self, *values: str) -> NoReturn:
+        raise OSError(30, "Read-only file system", "/run/importq-metrics/counter_7.db")
+
+
+async def test_a_metric_that_cannot_be_written_fails_none_of_the_work_it_counts(
+    client: httpx.AsyncClient,
+    worker: asyncio.Task[None],
+    receiver: Receiver,
+    services: Services,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every counting call fails: the upload is still answered 202 and kept, its chunks
+    and its aggregation finish with no error, and its email and webhook are sent. The
+    log says so once as a warning, then at debug."""
+    for name in (
+        "ROWS",
+        "CHUNK_SECONDS",
+        "STAGING_SECONDS",
+        "STAGING_BYTES",
+        "DELIVERIES",
+        "RECOVERIES",
+        "HTTP_SECONDS",
+    ):
+        monkeypatch.setattr(metrics, name, _Unwritable())
+    monkeypatch.setattr(metrics, "_failures", itertools.count())
+    caplog.set_level(logging.DEBUG, logger=metrics.__name__)
+    posted = await client.post(
+        "/api/v1/entrances/import-rows",
+        params={"callbackUrl": receiver.url},
+        content=csv_text(_rows()).encode(),
+        headers={"Content-Type": "text/csv"},
+    )
+    assert posted.status_code == 202, posted.text
+    batch_id = posted.json()["batchId"]
+    job = await wait_for_batch(client, batch_id)
+    assert (job["status"], job["lastError"]) == ("completed", None)
+    assert job["result"]["summary"]["inserted"] == 27
+    assert (services.settings.files_dir / "uploads" / batch_id / "upload.csv").is_file()
+
+    async def delivered() -> bool:
+        async with services.pool.connection() as conn:
+            cursor = await conn.execute(
+                "SELECT count(sent_at) FROM deliveries WHERE batch_id = %s", [batch_id]
+            )
+            row = await cursor.fetchone()
+        return row is not None and row[0] == 2
+
+    await until(delivered, seconds=30)
+    said = [r for r in caplog.records if r.name == metrics.__name__]
+    assert [r.levelno for r in said].count(logging.WARNING) == 1
+    assert said[0].levelno == logging.WARNING and len(said) > 1
+    assert "Read-only file system" in said[0].getMessage()
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_multiprocess_dir_that_is_no_folder_stops_the_start(
+    command: str, database_url: str, tmp_path: Path
+) -> None:
+    """Refused at once, saying why, rather than started to lose every count."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for folder in (tmp_path / "missing", a_file):
+        env = {
+            **os.environ,
+            "IMPORTQ_DATABASE_URL": database_url,
+            "IMPORTQ_DATA_DIR": str(tmp_path / "data"),
+            "PROMETHEUS_MULTIPROC_DIR": str(folder),
+        }
+        ended = subprocess.run(
+            [sys.executable, "-m", "importq.cli", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert ended.returncode == 1, ended.stdout + ended.stderr
+        assert f"PROMETHEUS_MULTIPROC_DIR={folder} is not a folder" in ended.stderr
+
+
+def test_a_read_only_multiprocess_dir_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    assert metrics.multiprocess_dir_problem() is None
+
+    def read_only(**_: object) -> NoReturn:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    assert metrics.multiprocess_dir_problem() == (
+        f"PROMETHEUS_MULTIPROC_DIR={tmp_path} is not writable: Read-only file system"
+    )
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert metrics.multiprocess_dir_problem() is None

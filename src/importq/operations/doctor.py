@@ -7,7 +7,8 @@ names), the database (it answers, and is migrated), the queue (a worker whose he
 is recent), the clock (the database's and this machine's agree, which report links and
 stall detection rely on), storage (the backend's own check: for Azure Blob, a request
 with the account's key) and email (the SMTP server greets, does TLS and takes the
-sign-in, exactly as for a message, then is left; or the outbox is writable).
+sign-in, exactly as for a message, then is left; or the outbox is writable), and, only
+when ``PROMETHEUS_MULTIPROC_DIR`` is set, metrics (this user may write in its folder).
 Nothing is changed: no migration, no message, no file but the check's own.
 """
 
@@ -26,6 +27,7 @@ from importq.config import Settings
 from importq.db import database_url
 from importq.delivery.mailer import MailError, check_smtp, smtp_address
 from importq.migrate import pending_migrations
+from importq.operations.metrics import MULTIPROCESS_DIR, multiprocess_dir_problem
 from importq.services import open_storage
 from importq.sql import queries
 from importq.storage import StorageError
@@ -127,6 +129,14 @@ async def _email(settings: Settings) -> Finding:
     return Finding("email", None, f"{host}:{port}")
 
 
+def _metrics() -> Finding | None:
+    """The folder processes share their metrics in, when one is set."""
+    if not os.environ.get(MULTIPROCESS_DIR):
+        return None
+    problem = multiprocess_dir_problem()
+    return Finding("metrics", problem, f"{MULTIPROCESS_DIR}={os.environ[MULTIPROCESS_DIR]}")
+
+
 async def _timed(part: str, check: Callable[[], Awaitable[Finding]]) -> Finding:
     try:
         async with asyncio.timeout(CHECK_SECONDS):
@@ -154,4 +164,7 @@ async def examine(settings: Settings) -> list[Finding]:
             findings.append(await _timed("clock", lambda: _clock(conn)))
     findings.append(await _timed("storage", lambda: _storage(settings)))
     findings.append(await _timed("email", lambda: _email(settings)))
+    metrics = _metrics()
+    if metrics is not None:
+        findings.append(metrics)
     return findings

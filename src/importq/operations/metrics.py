@@ -24,12 +24,15 @@ worker's events and pool, as it has no API port.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
+import itertools
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import IO, Any
+from typing import IO, Any, ParamSpec
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
@@ -121,6 +124,52 @@ HTTP_SECONDS = Histogram(
     buckets=_HTTP_BUCKETS,
 )
 
+_Counting = ParamSpec("_Counting")
+# How many counting calls have failed in this process: the first is logged as a warning.
+_failures = itertools.count()
+
+
+def _never_raises(count: Callable[_Counting, None]) -> Callable[_Counting, None]:
+    """``count``, unable to raise into the work it counts: a metric that cannot be
+    written (``PROMETHEUS_MULTIPROC_DIR`` gone, read-only or full) loses the event, and
+    the work it counts goes on as if it had been counted. The process's first such
+    failure is logged as a warning, later ones at debug."""
+
+    @functools.wraps(count)
+    def guarded(*args: _Counting.args, **kwargs: _Counting.kwargs) -> None:
+        try:
+            count(*args, **kwargs)
+        except Exception as error:
+            first = next(_failures) == 0
+            log.log(
+                logging.WARNING if first else logging.DEBUG,
+                "metrics: %s failed, the event is not counted: %r%s",
+                count.__name__,
+                error,
+                " (later failures are logged at debug)" if first else "",
+            )
+
+    return guarded
+
+
+def multiprocess_dir_problem() -> str | None:
+    """Why ``PROMETHEUS_MULTIPROC_DIR``, when set, cannot take this process's metrics (it
+    is not a folder, or this user cannot create a file in it); None when it can, or is
+    unset. ``serve`` and ``worker`` refuse to start with it, and ``importq doctor`` says it."""
+    folder = os.environ.get(MULTIPROCESS_DIR)
+    if not folder:
+        return None
+    if not os.path.isdir(folder):
+        return f"{MULTIPROCESS_DIR}={folder} is not a folder"
+    try:
+        # A real file, as prometheus_client will write: a read-only mount passes os.access.
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".importq-check-"):
+            pass
+    except OSError as error:
+        return f"{MULTIPROCESS_DIR}={folder} is not writable: {error.strerror or error}"
+    return None
+
+
 # A chunk tally's counters, by the outcome its rows' results carry.
 _OUTCOMES = {
     "inserted": "inserted",
@@ -133,6 +182,7 @@ _OUTCOMES = {
 }
 
 
+@_never_raises
 def count_chunk(dataset: str, tally: ChunkTally, seconds: float | None = None) -> None:
     """A chunk's transaction has committed: its rows by outcome (each outcome, zeros
     included, so that a series exists from the dataset's first chunk on), and its
@@ -143,6 +193,7 @@ def count_chunk(dataset: str, tally: ChunkTally, seconds: float | None = None) -
         CHUNK_SECONDS.labels(dataset).observe(seconds)
 
 
+@_never_raises
 def count_staging(dataset: str, fmt: str, upload: IO[bytes], seconds: float) -> None:
     """A new batch has committed: how long its upload took to stage, and its bytes."""
     STAGING_SECONDS.labels(dataset, fmt).observe(seconds)
@@ -153,14 +204,17 @@ def count_staging(dataset: str, fmt: str, upload: IO[bytes], seconds: float) -> 
     STAGING_BYTES.labels(dataset, fmt).inc(size)
 
 
+@_never_raises
 def count_delivery(channel: str, outcome: str) -> None:
     DELIVERIES.labels(channel, outcome).inc()
 
 
+@_never_raises
 def count_recoveries(kind: str, found: int = 1) -> None:
     RECOVERIES.labels(kind).inc(found)
 
 
+@_never_raises
 def observe_request(route: str, method: str, status: int, seconds: float) -> None:
     HTTP_SECONDS.labels(route, method, str(status)).observe(seconds)
 
