@@ -440,8 +440,11 @@ def _retry(client: httpx.Client, job_id: int | None, batch_id: str | None) -> in
         response = client.post(f"/api/v1/admin/jobs/{job_id}/retry")
     if response.status_code != 202:
         return _refused(response)
-    retried = response.json()["jobs"]
+    answer = response.json()
+    retried = answer["jobs"]
     print("run again: " + ", ".join(map(str, retried)) if retried else "nothing to run again")
+    for job in answer.get("skipped", []):
+        print(f"skipped {job['id']} ({job['code']}): {job['detail']}")
     return EXIT_OK
 
 

@@ -462,3 +462,27 @@ def test_failed_jobs_and_stuck_batches_are_asked_of_the_service(
     assert (stuck.returncode, stuck.stdout) == (0, "no batch has been unchanged for 0 minutes\n")
     unknown = importq(env, "jobs", "retry", "999999")
     assert unknown.returncode == 2 and "There is no job 999999" in unknown.stderr
+
+    # A batch's failed completion check, beside one waiting (tomorrow): skipped, with why.
+    batch = str(uuid.uuid4())
+    with psycopg.connect(env["IMPORTQ_DATABASE_URL"], autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, attempts, "
+            "queueing_lock, scheduled_at) VALUES "
+            "('completion', 'check_completion', %(args)s, 'failed', 20, %(batch)s, NULL), "
+            "('completion', 'check_completion', %(args)s, 'todo', 0, %(batch)s, "
+            "now() + interval '1 day')",
+            {"args": json.dumps({"batch_id": batch}), "batch": batch},
+        )
+        failed = conn.execute(
+            "SELECT id FROM procrastinate_jobs WHERE queueing_lock = %s AND status = 'failed'",
+            [batch],
+        ).fetchone()
+    assert failed is not None
+    retried = importq(env, "jobs", "retry", "--batch", batch)
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.splitlines() == [
+        "nothing to run again",
+        f"skipped {failed[0]} (already_waiting): Job {failed[0]} is a completion check of a "
+        "batch that already has one waiting to run: that one will do.",
+    ]

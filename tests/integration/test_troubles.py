@@ -4,12 +4,17 @@ removed, then is retried at once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
+import psycopg
+import pytest
 from psycopg import sql
 
 from accounting import count
 from conftest import new_user
 from helpers import api_client, entrance, running_worker, until, wait_for_batch
+from importq.pipeline import troubles
 from importq.services import Services
 
 
@@ -68,3 +73,118 @@ async def test_a_failing_chunk_is_listed_explained_and_retried_once_fixed(
         assert (await as_admin.get("/api/v1/admin/batches/stuck", params={"minutes": 0})).json()[
             "items"
         ] == []
+
+
+async def _job(
+    services: Services,
+    batch_id: str,
+    task: str,
+    status: str,
+    attempts: int,
+    queueing_lock: str | None = None,
+) -> int:
+    """A job of the batch, as the queue would hold it."""
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "INSERT INTO procrastinate_jobs (queue_name, task_name, args, status, attempts, "
+            "queueing_lock) VALUES ('completion', %s, jsonb_build_object('batch_id', %s::text), "
+            "%s, %s, %s) RETURNING id",
+            [task, batch_id, status, attempts, queueing_lock],
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _status(services: Services, job_id: int) -> tuple[str, int]:
+    async with services.pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT status::text, attempts FROM procrastinate_jobs WHERE id = %s", [job_id]
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def _a_batch(client: httpx.AsyncClient) -> str:
+    posted = await client.post("/api/v1/entrances/import-rows", json={"data": [entrance("a")]})
+    return str(posted.json()["batchId"])
+
+
+async def test_a_batch_retry_runs_each_failed_job_once(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    admin = (await new_user(services, "root", "admin"))[1]
+    batch_id = await _a_batch(client)
+    failed = await _job(services, batch_id, "aggregate", "failed", 20)
+    async with api_client(services, admin) as as_admin:
+        retried = await as_admin.post(f"/api/v1/admin/batches/{batch_id}/retry")
+    assert retried.status_code == 202
+    assert retried.json() == {"jobs": [failed], "skipped": []}
+    assert await _status(services, failed) == ("todo", 21)  # one more attempt, not two
+
+
+async def test_a_batch_retry_skips_a_job_a_worker_took_and_retries_the_rest(
+    services: Services,
+    client: httpx.AsyncClient,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admin = (await new_user(services, "root", "admin"))[1]
+    batch_id = await _a_batch(client)
+    failed = await _job(services, batch_id, "aggregate", "failed", 20)
+    waiting = await _job(services, batch_id, "send_email", "todo", 3)
+    listed = troubles.troubled_jobs
+
+    async def listed_then_taken(
+        conn: Any, state: troubles.JobState, *args: Any, **kwargs: Any
+    ) -> Any:
+        # A worker fetches the waiting job once it is listed, before its retry.
+        jobs = await listed(conn, state, *args, **kwargs)
+        if state == "retrying":
+            async with await psycopg.AsyncConnection.connect(
+                database_url, autocommit=True
+            ) as worker:
+                await worker.execute(
+                    "UPDATE procrastinate_jobs SET status = 'doing' WHERE id = %s", [waiting]
+                )
+        return jobs
+
+    monkeypatch.setattr(troubles, "troubled_jobs", listed_then_taken)
+    async with api_client(services, admin) as as_admin:
+        retried = await as_admin.post(f"/api/v1/admin/batches/{batch_id}/retry")
+        alone = await as_admin.post(f"/api/v1/admin/jobs/{waiting}/retry")
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["jobs"] == [failed]
+    assert retried.json()["skipped"] == [
+        {
+            "id": waiting,
+            "code": "not_retryable",
+            "detail": f"Job {waiting} is doing: neither failed nor retrying.",
+        }
+    ]
+    assert await _status(services, failed) == ("todo", 21)
+    assert (alone.status_code, alone.json()["code"]) == (409, "not_retryable")
+
+
+async def test_a_completion_check_beside_a_waiting_one_is_not_retried(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    """The reconcile deferred a new check of the batch: the queue takes one a batch."""
+    admin = (await new_user(services, "root", "admin"))[1]
+    batch_id = await _a_batch(client)
+    failed = await _job(services, batch_id, "check_completion", "failed", 20, batch_id)
+    await _job(services, batch_id, "check_completion", "todo", 0, batch_id)
+    other = await _job(services, batch_id, "aggregate", "failed", 20)
+    async with api_client(services, admin) as as_admin:
+        alone = await as_admin.post(f"/api/v1/admin/jobs/{failed}/retry")
+        retried = await as_admin.post(f"/api/v1/admin/batches/{batch_id}/retry")
+    assert alone.status_code == 409
+    assert alone.json()["code"] == "already_waiting"
+    assert "already has one waiting" in alone.json()["detail"]
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["jobs"] == [other]
+    assert [(job["id"], job["code"]) for job in retried.json()["skipped"]] == [
+        (failed, "already_waiting")
+    ]
+    assert await _status(services, failed) == ("failed", 20)

@@ -4,7 +4,7 @@
   or wait to be tried again, with attempts and the last error;
 - ``POST /api/v1/admin/jobs/{id}/retry``: run one again now;
 - ``POST /api/v1/admin/batches/{id}/retry``: run again every failed or retrying job of a
-  batch;
+  batch, each on its own: those that moved on meanwhile are skipped, with why;
 - ``GET /api/v1/admin/batches/stuck?minutes=``: unfinished batches unchanged that long,
   with why.
 """
@@ -25,6 +25,7 @@ from importq.api.schemas import Page, PageNumber, PageSize, errors
 from importq.job_json import Timestamp
 from importq.pipeline.troubles import (
     JobState,
+    SkippedJob,
     StuckBatch,
     TroubledJob,
     retry_batch_jobs,
@@ -68,9 +69,23 @@ class QueueJob(BaseModel):
         )
 
 
+class Skipped(BaseModel):
+    id: int
+    #: The refusal a retry of this job alone would get: nothing_to_retry, not_retryable,
+    #: already_waiting or not_found.
+    code: str
+    detail: str
+
+    @classmethod
+    def of(cls, job: SkippedJob) -> Skipped:
+        return cls(id=job.id, code=job.code, detail=job.detail)
+
+
 class Retried(BaseModel):
     #: The jobs run again.
     jobs: list[int]
+    #: A batch's jobs not run again, with why (a job that moved on since it was listed).
+    skipped: list[Skipped] = []
 
 
 class StuckBatchInfo(BaseModel):
@@ -132,8 +147,9 @@ async def retry_one(
     services: ServicesDep,
 ) -> Retried:
     """Run a failed or retrying job again now. 409: a job in another state
-    (``not_retryable``), or a chunk job whose chunk was given up or done
-    (``nothing_to_retry``)."""
+    (``not_retryable``), a chunk job whose chunk was given up or done
+    (``nothing_to_retry``), or a completion check whose batch has one waiting already
+    (``already_waiting``)."""
     _admin(user)
     async with services.pool.connection() as conn:
         await retry_job(conn, job_id)
@@ -147,10 +163,13 @@ async def retry_one(
     responses=errors(403, 404),
 )
 async def retry_batch(batch_id: str, user: CurrentUser, services: ServicesDep) -> Retried:
-    """Run again now every failed or retrying job of the batch that has work left."""
+    """Run again now every failed or retrying job of the batch that has work left, each
+    on its own; ``skipped``: those not run again (moved on since listed, or nothing left to
+    do), with the code and reason a retry of that job alone would be refused with."""
     _admin(user)
     async with services.pool.connection() as conn:
-        return Retried(jobs=await retry_batch_jobs(conn, parse_batch_id(batch_id)))
+        retried, skipped = await retry_batch_jobs(conn, parse_batch_id(batch_id))
+    return Retried(jobs=retried, skipped=[Skipped.of(job) for job in skipped])
 
 
 @router.get("/api/v1/admin/batches/stuck", response_model=StuckBatches, responses=errors(403))
