@@ -1,11 +1,16 @@
 """``importq doctor`` as an operator runs it: a process, with the environment of a service,
-against a running ``importq serve``, a real SMTP server and Azurite."""
+against a running ``importq serve``, a real SMTP server and Azurite; and, in this process,
+a check whose thread never ends."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +18,8 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from azurite import Azurite
+from importq.config import Settings
+from importq.operations import doctor
 from processes import free_port, serving
 
 
@@ -89,6 +96,70 @@ def test_a_stopped_mail_server_a_wrong_storage_key_and_no_worker_are_named(
     assert "AuthorizationFailure" in found["storage"] or "authenticate" in found["storage"]
     assert found["queue"].startswith("failing — no worker has sent a heartbeat")
     assert found["database"] == "ok" and found["clock"] == "ok"
+
+
+async def test_a_mail_server_that_drips_its_greeting_fails_within_the_bound(
+    env: dict[str, str],
+) -> None:
+    """A tarpit (OpenBSD's spamd) sends a byte every few seconds: each read is quick, the
+    conversation never ends."""
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            for byte in b"220 slow.example ESMTP a greeting that takes a while\r\n" * 10:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(3)
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    started = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "importq.cli",
+        "doctor",
+        env={**env, "IMPORTQ_SMTP_URL": f"smtp+plain://127.0.0.1:{port}"},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        async with server, asyncio.timeout(15):
+            # Each finding is printed as soon as it is known, before the mail server's.
+            first = await process.stdout.readline()
+            assert first.startswith(b"configuration: ok"), first
+            rest = await process.stdout.read()
+            assert await process.wait() == 1
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert time.monotonic() - started < 15
+    email = rest.decode().splitlines()[-1]
+    assert email == (
+        f"email: failing — 127.0.0.1:{port} did not complete the greeting, TLS and sign-in in 9 s"
+    )
+
+
+def test_a_check_stuck_in_its_thread_does_not_hold_the_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A name lookup that never ends, say: the part gives up, and the command ends."""
+    monkeypatch.setattr(doctor, "CHECK_SECONDS", 1.0)
+    monkeypatch.setattr(doctor, "check_smtp", lambda *args, **kwargs: threading.Event().wait())
+    settings = Settings(
+        database_url="postgresql://nobody@127.0.0.1:1/none",
+        data_dir=tmp_path,
+        smtp_url="smtp+plain://mail.example:25",
+    )
+
+    async def findings() -> list[doctor.Finding]:
+        return [finding async for finding in doctor.examine(settings)]
+
+    started = time.monotonic()
+    found = asyncio.run(findings())  # waits for no thread at its end
+    assert time.monotonic() - started < 5
+    assert found[-1].line() == "email: failing — no answer in 1 s"
 
 
 def test_a_multiprocess_dir_gets_a_line_only_when_set(env: dict[str, str], tmp_path: Path) -> None:

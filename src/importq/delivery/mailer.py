@@ -12,9 +12,13 @@ is then sent over SMTP, or written to the outbox folder.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import math
 import smtplib
+import socket
 import ssl
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -194,9 +198,72 @@ def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
-def _smtp_session(url: str, *, ca_file: Path | None, timeout: float) -> smtplib.SMTP:
+class _Deadline(smtplib.SMTP):
+    """smtplib's client, whose whole conversation ends at ``deadline`` (a
+    :func:`time.monotonic` time): smtplib's ``timeout`` bounds each read, and a server that
+    answers a byte at a time never trips it. Past the deadline an operation raises
+    :class:`TimeoutError` (smtplib turns one in a read into ``SMTPServerDisconnected``)."""
+
+    def __init__(self, *args: Any, deadline: float, **kwargs: Any) -> None:
+        self.deadline = deadline
+        super().__init__(*args, **kwargs)
+
+    def time_left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the conversation with the mail server ran out of time")
+        return min(left, self.timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        # SMTP_SSL's handshake happens in here, bounded as a whole by the socket's timeout.
+        # (typeshed leaves out this private method of smtplib's.)
+        sock: socket.socket = super()._get_socket(  # type: ignore[misc]
+            host, port, self.time_left()
+        )
+        return sock
+
+    def send(self, s: Any) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(self.time_left())
+        super().send(s)
+
+    def getreply(self) -> tuple[int, bytes]:
+        # smtplib reads replies through self.file, a fresh one after STARTTLS.
+        if self.file is None and self.sock is not None:
+            self.file = io.BufferedReader(_BoundedReads(self, self.sock))
+        return super().getreply()
+
+    def starttls(self, *args: Any, **kwargs: Any) -> tuple[int, bytes]:
+        if self.sock is not None:
+            self.sock.settimeout(self.time_left())
+        return super().starttls(*args, **kwargs)
+
+
+class _DeadlineSSL(_Deadline, smtplib.SMTP_SSL):
+    """An implicit-TLS client with a deadline (:class:`_Deadline`)."""
+
+
+class _BoundedReads(io.RawIOBase):
+    """A socket's reads, each given only the time left to its client's deadline."""
+
+    def __init__(self, client: _Deadline, sock: socket.socket) -> None:
+        self._client = client
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        self._sock.settimeout(self._client.time_left())
+        return self._sock.recv_into(buffer)
+
+
+def _smtp_session(
+    url: str, *, ca_file: Path | None, timeout: float, deadline: float = math.inf
+) -> smtplib.SMTP:
     """A connection to the mail server of ``url``, greeted, over TLS where the scheme asks,
-    signed in when the URL has credentials: ready to send. The caller closes it.
+    signed in when the URL has credentials: ready to send. The caller closes it. Each read
+    waits ``timeout`` at most, and none goes on past ``deadline`` (:class:`_Deadline`).
 
     Credentials are only ever sent over a verified TLS connection. The URL's scheme
     chooses the transport:
@@ -216,9 +283,9 @@ def _smtp_session(url: str, *, ca_file: Path | None, timeout: float) -> smtplib.
     context = _tls_context(ca_file) if scheme != "smtp+plain" else None
     client: smtplib.SMTP
     if scheme == "smtps":
-        client = smtplib.SMTP_SSL(host, port, context=context, timeout=timeout)
+        client = _DeadlineSSL(host, port, context=context, timeout=timeout, deadline=deadline)
     else:
-        client = smtplib.SMTP(host, port, timeout=timeout)
+        client = _Deadline(host, port, timeout=timeout, deadline=deadline)
     try:
         client.ehlo()
         if scheme == "smtp":
@@ -268,9 +335,16 @@ def _send_smtp(
 
 
 def check_smtp(url: str, *, ca_file: Path | None = None, timeout: float = 10.0) -> None:
-    """Greet the mail server, sign in as a message would be sent, and leave: raises what
-    sending would."""
-    client = _smtp_session(url, ca_file=ca_file, timeout=timeout)
+    """Greet the mail server, sign in as a message would be sent, and leave, all within
+    ``timeout`` seconds: raises what sending would, and :class:`TimeoutError` when the
+    server has not answered in full by then."""
+    deadline = time.monotonic() + timeout
+    try:
+        client = _smtp_session(url, ca_file=ca_file, timeout=timeout, deadline=deadline)
+    except (OSError, smtplib.SMTPException) as error:
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no complete answer in {timeout:g} s") from error
+        raise
     try:
         client.quit()
     except (OSError, smtplib.SMTPException):

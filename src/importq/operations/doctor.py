@@ -1,6 +1,7 @@
 """``importq doctor``: every part a running importq needs, checked from this machine with
-this configuration, one line each: ``database: ok``, ``email: failing — connection
-refused to 127.0.0.1:9``. The command exits 0 when every part is ok, 1 otherwise.
+this configuration, one line each, printed as soon as it is known: ``database: ok``,
+``email: failing — connection refused to 127.0.0.1:9``. The command exits 0 when every
+part is ok, 1 otherwise. Each part takes 10 s at most.
 
 The parts, in this order: the configuration (which database, storage and mail it
 names), the database (it answers, and is migrated), the queue (a worker whose heartbeat
@@ -15,10 +16,12 @@ Nothing is changed: no migration, no message, no file but the check's own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import smtplib
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -34,6 +37,8 @@ from importq.storage import StorageError
 
 # Each check gives up after this long: a part that does not answer is failing.
 CHECK_SECONDS = 10.0
+# The SMTP conversation's own deadline, within the part's, so that its timeout is named.
+SMTP_SECONDS = CHECK_SECONDS - 1
 # How far the database's clock may be from this machine's.
 CLOCK_SKEW_SECONDS = 2.0
 
@@ -107,6 +112,35 @@ async def _storage(settings: Settings) -> Finding:
     return Finding("storage", None)
 
 
+async def _in_daemon_thread(call: Callable[[], None]) -> None:
+    """Run ``call`` in a thread of its own. Unlike asyncio's executor threads, which
+    ``asyncio.run`` and the interpreter wait for at exit, one that never ends (a name
+    lookup that hangs) does not keep the command from ending once its part gives up."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(error: Exception | None) -> None:
+        if done.done():  # given up on meanwhile
+            return
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        error = None
+        try:
+            call()
+        except Exception as raised:
+            error = raised
+        # RuntimeError: the loop is closed, and nobody waits for this any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=run, name="importq-doctor", daemon=True).start()
+    await done
+
+
 async def _email(settings: Settings) -> Finding:
     if not settings.smtp_url:
         outbox = settings.outbox_dir
@@ -115,11 +149,15 @@ async def _email(settings: Settings) -> Finding:
         return Finding("email", None, f"messages are written to {outbox}")
     try:
         host, port, _ = smtp_address(settings.smtp_url)
-        await asyncio.to_thread(
-            check_smtp, settings.smtp_url, ca_file=settings.smtp_ca_file, timeout=CHECK_SECONDS
-        )
+        url, ca_file = settings.smtp_url, settings.smtp_ca_file
+        await _in_daemon_thread(lambda: check_smtp(url, ca_file=ca_file, timeout=SMTP_SECONDS))
     except MailError as error:
         return Finding("email", str(error))
+    except TimeoutError:
+        return Finding(
+            "email",
+            f"{host}:{port} did not complete the greeting, TLS and sign-in in {SMTP_SECONDS:g} s",
+        )
     except ConnectionRefusedError:
         return Finding("email", f"connection refused to {host}:{port}")
     except smtplib.SMTPAuthenticationError as error:
@@ -147,24 +185,24 @@ async def _timed(part: str, check: Callable[[], Awaitable[Finding]]) -> Finding:
         return Finding(part, str(error).strip().splitlines()[0])
 
 
-async def examine(settings: Settings) -> list[Finding]:
-    """Every part's finding, in the order the module's docstring names them."""
-    findings = [_configuration(settings)]
+async def examine(settings: Settings) -> AsyncIterator[Finding]:
+    """Every part's finding as soon as it is known, in the order the module's docstring
+    names them."""
+    yield _configuration(settings)
     try:
         async with asyncio.timeout(CHECK_SECONDS):
             conn = await psycopg.AsyncConnection.connect(database_url(settings), autocommit=True)
     except (OSError, psycopg.Error, TimeoutError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        unreachable = f"cannot connect: {reason}"
-        findings += [Finding(part, unreachable) for part in ("database", "queue", "clock")]
+        for part in ("database", "queue", "clock"):
+            yield Finding(part, f"cannot connect: {reason}")
     else:
         async with conn:
-            findings.append(await _timed("database", lambda: _database(conn)))
-            findings.append(await _timed("queue", lambda: _queue(conn, settings)))
-            findings.append(await _timed("clock", lambda: _clock(conn)))
-    findings.append(await _timed("storage", lambda: _storage(settings)))
-    findings.append(await _timed("email", lambda: _email(settings)))
+            yield await _timed("database", lambda: _database(conn))
+            yield await _timed("queue", lambda: _queue(conn, settings))
+            yield await _timed("clock", lambda: _clock(conn))
+    yield await _timed("storage", lambda: _storage(settings))
+    yield await _timed("email", lambda: _email(settings))
     metrics = _metrics()
     if metrics is not None:
-        findings.append(metrics)
-    return findings
+        yield metrics
