@@ -726,7 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "doctor",
         help="check the configuration, the database, the queue, the clock, storage and "
-        "email, one line each as it is known, each in 10 s at most; exit 1 if any is failing",
+        "email, one line each as it is known, each in 10 s at most, changing nothing; "
+        "exit 1 if any is failing",
     ).set_defaults(handler=_doctor)
 
     secret = commands.add_parser(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
+from azure.storage.blob import BlobServiceClient
 
 from azurite import Azurite
 from importq.config import Settings
@@ -96,6 +97,43 @@ def test_a_stopped_mail_server_a_wrong_storage_key_and_no_worker_are_named(
     assert "AuthorizationFailure" in found["storage"] or "authenticate" in found["storage"]
     assert found["queue"].startswith("failing — no worker has sent a heartbeat")
     assert found["database"] == "ok" and found["clock"] == "ok"
+
+
+def test_an_outbox_and_a_storage_not_yet_created_are_named_and_left_uncreated(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    without_smtp = {
+        k: v for k, v in env.items() if k not in ("IMPORTQ_SMTP_URL", "IMPORTQ_SECRET_KEY")
+    }
+    seen = _doctor(without_smtp)
+    found = dict(line.split(": ", 1) for line in seen.stdout.splitlines())
+    assert (
+        found["storage"]
+        == f"ok (folder {data / 'files'} not created yet: the first file creates it)"
+    )
+    assert found["email"] == (
+        f"ok (no SMTP server configured: outbox folder {data / 'outbox'}, "
+        "created by the first message)"
+    )
+    assert not data.exists()  # no folder, no key file
+
+
+def test_a_missing_container_is_named_not_created(env: dict[str, str], azurite: Azurite) -> None:
+    seen = _doctor(
+        {
+            **env,
+            "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+            "IMPORTQ_AZURE_CONTAINER": "not-created-by-doctor",
+        }
+    )
+    found = dict(line.split(": ", 1) for line in seen.stdout.splitlines())
+    assert found["storage"] == (
+        "ok (container 'not-created-by-doctor' not created yet: the first upload creates it)"
+    )
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    with service:
+        assert not service.get_container_client("not-created-by-doctor").exists()
 
 
 async def test_a_mail_server_that_drips_its_greeting_fails_within_the_bound(

@@ -6,11 +6,14 @@ part is ok, 1 otherwise. Each part takes 10 s at most.
 The parts, in this order: the configuration (which database, storage and mail it
 names), the database (it answers, and is migrated), the queue (a worker whose heartbeat
 is recent), the clock (the database's and this machine's agree, which report links and
-stall detection rely on), storage (the backend's own check: for Azure Blob, a request
-with the account's key) and email (the SMTP server greets, does TLS and takes the
-sign-in, exactly as for a message, then is left; or the outbox is writable), and, only
+stall detection rely on), storage (for Azure Blob, the container's properties, read with
+the account's key; for local files, the folder is writable, or can be created) and email
+(the SMTP server greets, does TLS and takes the sign-in, exactly as for a message, then
+is left; or the outbox folder is writable, or can be created), and, only
 when ``PROMETHEUS_MULTIPROC_DIR`` is set, metrics (this user may write in its folder).
-Nothing is changed: no migration, no message, no file but the check's own.
+Nothing is changed: no migration, no message; no container, folder or key file is
+created. (With the embedded PostgreSQL, the doctor starts or joins its server, as every
+importq command does.)
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ from importq.migrate import pending_migrations
 from importq.operations.metrics import MULTIPROCESS_DIR, multiprocess_dir_problem
 from importq.services import open_storage
 from importq.sql import queries
-from importq.storage import StorageError
+from importq.storage import Storage, StorageError
+from importq.storage.local import LocalStorage, folder_exists
 
 # Each check gives up after this long: a part that does not answer is failing.
 CHECK_SECONDS = 10.0
@@ -101,15 +105,23 @@ async def _clock(conn: psycopg.AsyncConnection[object]) -> Finding:
     return Finding("clock", None)
 
 
+def _storage_to_probe(settings: Settings) -> Storage:
+    if settings.azure_storage_connection_string:
+        return open_storage(settings)
+    # Without its signing key, which probing does not use: reading the key would create
+    # the key file when IMPORTQ_SECRET_KEY is unset.
+    return LocalStorage(settings.files_dir, public_url=settings.base_url, signing_key=b"")
+
+
 async def _storage(settings: Settings) -> Finding:
-    storage = open_storage(settings)
+    storage = _storage_to_probe(settings)
     try:
-        await storage.check()
+        where = await storage.probe()
     except StorageError as error:
         return Finding("storage", str(error))
     finally:
         await storage.close()
-    return Finding("storage", None)
+    return Finding("storage", None, where)
 
 
 async def _in_daemon_thread(call: Callable[[], None]) -> None:
@@ -144,9 +156,13 @@ async def _in_daemon_thread(call: Callable[[], None]) -> None:
 async def _email(settings: Settings) -> Finding:
     if not settings.smtp_url:
         outbox = settings.outbox_dir
-        if outbox.exists() and not os.access(outbox, os.W_OK):
-            return Finding("email", f"the outbox {outbox} is not writable")
-        return Finding("email", None, f"messages are written to {outbox}")
+        try:
+            exists = folder_exists(outbox)
+        except StorageError as error:
+            return Finding("email", f"the outbox folder cannot be written: {error}")
+        created = "" if exists else ", created by the first message"
+        where = f"no SMTP server configured: outbox folder {outbox}{created}"
+        return Finding("email", None, where)
     try:
         host, port, _ = smtp_address(settings.smtp_url)
         url, ca_file = settings.smtp_url, settings.smtp_ca_file

@@ -59,7 +59,13 @@ class Storage(Protocol):
         """Delete everything under ``prefix``."""
 
     async def check(self) -> None:
-        """Raise StorageError when the backend is unusable (for /health)."""
+        """Raise StorageError when the backend is unusable (for /health). It may create
+        the container or folder the first upload would."""
+
+    async def probe(self) -> str:
+        """Raise StorageError when the backend is unusable, changing nothing (for
+        ``importq doctor``); else say where files go, and whether that is still to be
+        created by the first upload."""
 
     async def close(self) -> None:
         """Release connections; the storage is not used after this."""

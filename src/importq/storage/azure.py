@@ -200,5 +200,19 @@ class AzureStorage:
                 f"Azure Blob container {self._container_name!r}: {message}"
             ) from error
 
+    async def probe(self) -> str:
+        container = f"container {self._container_name!r}"
+        try:
+            await self._container.get_container_properties(
+                retry_total=0, connection_timeout=CHECK_TIMEOUT, read_timeout=CHECK_TIMEOUT
+            )
+        except ResourceNotFoundError:
+            # Azure checks the key before it looks for the container: the key is good.
+            return f"{container} not created yet: the first upload creates it"
+        except ERRORS as error:
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise StorageError(f"Azure Blob {container}: {message}") from error
+        return container
+
     async def close(self) -> None:
         await self._service.close()

@@ -64,6 +64,23 @@ def _linked(source: Source, partial: Path) -> bool:
     return True
 
 
+def folder_exists(folder: Path) -> bool:
+    """Whether ``folder`` exists, when it is a folder this process may write in or may
+    create (its nearest existing parent is); raises :class:`StorageError` saying why it is
+    neither. Nothing is created."""
+    existing = folder
+    try:
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise StorageError(f"{existing} is not a folder")
+    except OSError as error:
+        raise StorageError(str(error)) from error
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"{existing} is not writable")
+    return existing == folder
+
+
 class LocalStorage:
     def __init__(self, root: Path, *, public_url: str, signing_key: bytes) -> None:
         self.root = root
@@ -143,6 +160,11 @@ class LocalStorage:
             raise StorageError(str(error)) from error
         if not os.access(self.root, os.W_OK):
             raise StorageError(f"{self.root} is not writable")
+
+    async def probe(self) -> str:
+        if folder_exists(self.root):
+            return f"folder {self.root}"
+        return f"folder {self.root} not created yet: the first file creates it"
 
     async def close(self) -> None:
         """Nothing to release: files are opened per operation."""
