@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_settings, new_user
 from helpers import Receiver, api_client, csv_text, entrance, until, wait_for_batch
+from importq.db import DatabaseOutage, Pool
 from importq.operations import metrics
 from importq.operations.metrics import QUEUES
 from importq.services import Services, open_services
@@ -31,6 +32,12 @@ from processes import free_port, serving, start_worker, stop_group
 # A sample's name and its labels, sorted.
 Key = tuple[str, tuple[tuple[str, str], ...]]
 IMPORT_ROUTE = "/api/v1/{dataset}/import-rows"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each scrape reads the database again, unless a test keeps its answer."""
+    monkeypatch.setattr(metrics, "STATE_SECONDS", 0.0)
 
 
 def _samples(text: str) -> dict[Key, float]:
@@ -148,6 +155,49 @@ async def test_a_waiting_job_shows_in_its_queue_with_its_age(
     assert after[_key("importq_queue_oldest_job_age_seconds", queue="chunks-express")] >= 0.2
     assert after[_key("importq_queue_oldest_job_age_seconds", queue="chunks")] == 0
     assert after[_key("importq_batches", dataset="entrances", status="active")] == 1
+
+
+async def test_a_queue_s_age_counts_from_when_its_job_became_due(
+    app_client: httpx.AsyncClient, services: Services
+) -> None:
+    """A retried job is due from its scheduled_at, however long ago it was deferred; one
+    scheduled for later is not due yet, and its queue waits on nothing."""
+    async with services.pool.connection() as conn:
+        for queue, due_in in (("messages", -100), ("webhooks", 3600)):
+            await conn.execute(
+                "INSERT INTO procrastinate_jobs (queue_name, task_name, args, scheduled_at) "
+                "VALUES (%s, 'send_email', '{}', now() + make_interval(secs => %s))",
+                [queue, due_in],
+            )
+    after = await _scrape(app_client)
+    assert 100 <= after[_key("importq_queue_oldest_job_age_seconds", queue="messages")] < 110
+    assert after[_key("importq_queue_oldest_job_age_seconds", queue="webhooks")] == 0
+    assert after[_key("importq_queue_jobs", queue="webhooks", status="todo")] == 1
+
+
+async def test_scrapes_share_one_state_query_on_the_main_pool(
+    app_client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty scrapes at once: one query, on the main pool, so that they never hold the
+    connections authentication needs; the scrapes of the next STATE_SECONDS reuse it."""
+    monkeypatch.setattr(metrics, "STATE_SECONDS", 0.5)
+    read = metrics.read_state
+    pools: list[object] = []
+
+    async def slow_read(pool: Pool, outage: DatabaseOutage) -> list[metrics.StateRow] | None:
+        pools.append(pool)
+        await asyncio.sleep(0.2)  # the scrapes come while it runs
+        return await read(pool, outage)
+
+    monkeypatch.setattr(metrics, "read_state", slow_read)
+    scraped = await asyncio.gather(*(_scrape(app_client) for _ in range(20)))
+    assert all(s[_key("importq_database_up")] == 1 for s in scraped)
+    assert pools == [services.pool] and services.pool is not services.auth_pool
+    await _scrape(app_client)
+    assert len(pools) == 1
+    await asyncio.sleep(0.6)
+    await _scrape(app_client)
+    assert len(pools) == 2
 
 
 async def test_a_metrics_token_closes_metrics_to_everyone_else(

@@ -43,6 +43,7 @@ from importq.api.metrics import RequestDurations
 from importq.api.rate_limit import RateLimiter
 from importq.config import Settings
 from importq.errors import Refusal
+from importq.operations.metrics import StateReader
 from importq.rules.datasets import Dataset, load_datasets
 from importq.services import Services, open_services
 from importq.ui import pages
@@ -182,6 +183,7 @@ def create_app(
     app.state.storage_check = None  # the last check of storage by /health: (when, state)
     app.state.job_watch = None  # the listener of the job event streams, once one opens
     app.state.metrics_token = settings.metrics_token  # /metrics asks for it when set
+    app.state.metrics_state = StateReader()  # the database's part of /metrics
     _install_error_handlers(app)
     app.add_middleware(SecurityHeaders, https=(settings.public_url or "").startswith("https://"))
     app.add_middleware(RequestSpans)  # inside RequestIds: a span names its request

@@ -4,7 +4,10 @@ and the time each request takes (:class:`RequestDurations`).
 ``/metrics`` is open, as ``/health`` is, unless ``IMPORTQ_METRICS_TOKEN`` is set: then it
 answers only ``Authorization: Bearer <that token>`` (an API token is not one), else
 ``401``. It answers while the service starts and while its database is away, with
-``importq_database_up`` 0 and without the figures the database gives.
+``importq_database_up`` 0 and without the figures the database gives. Those are read on
+the main pool, by one query at a time whose answer serves 2 s of scrapes
+(:class:`~importq.operations.metrics.StateReader`): anonymous scrapes never take the
+connections that authenticate requests.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ async def scrape(request: Request) -> Response:
         pools = {"main": services.pool}
         if services.auth_pool is not services.pool:
             pools["auth"] = services.auth_pool
-        rows = await metrics.read_state(services.auth_pool, services.outage)
+        state: metrics.StateReader = request.app.state.metrics_state
+        rows = await state.read(services.pool, services.outage)
     # In a thread: with PROMETHEUS_MULTIPROC_DIR, every process's files are read.
     body = await asyncio.to_thread(metrics.exposition, pools, metrics.DatabaseState(rows))
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -12,9 +12,13 @@ There are two kinds, read two ways:
   own variable: a folder, empty when the service starts, that the processes of one host
   share) it sees those of every process sharing the folder.
 - **State**, read when a scrape asks: batches by dataset and status, the queue's jobs and
-  the age of its oldest waiting job, from the database in one query (``metrics_state``),
-  and the answering process's connection pools. Read from the source every time, the
-  database's figures are the same whichever process answers, and never drift from it.
+  the age of its job due longest, from the database in one query (``metrics_state``),
+  and the answering process's connection pools. Read from the source, the database's
+  figures are the same whichever process answers, and never drift from it. The query
+  runs once at a time per process, on the main pool, and its answer serves the scrapes
+  of the next ``STATE_SECONDS`` (:class:`StateReader`): however many scrape, anonymous
+  or not, they cost the database one query every 2 s and never hold a connection that
+  authentication needs.
 
 :func:`exposition` renders both. ``GET /metrics`` (:mod:`importq.api.metrics`) answers
 with all of it; ``importq worker --metrics-port`` (:func:`serve_metrics`) with the
@@ -24,6 +28,7 @@ worker's events and pool, as it has no API port.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import hmac
 import itertools
@@ -31,6 +36,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any, ParamSpec
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -71,6 +77,8 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 # A scrape's question to the database gives up after this long, as /health's do.
 STATE_TIMEOUT = 5.0
+# How long the database's answer serves the scrapes after it.
+STATE_SECONDS = 2.0
 # The queues whose gauges are always there, at 0 when empty (a job on another is shown too).
 QUEUES = (CHUNKS, CHUNKS_EXPRESS, COMPLETION, MESSAGES, WEBHOOKS, MAINTENANCE)
 # The route of a request that matched none, so that unknown paths make one series.
@@ -237,6 +245,30 @@ async def read_state(pool: Pool, outage: DatabaseOutage) -> list[StateRow] | Non
         return None
 
 
+class StateReader:
+    """The database's part of the scrapes of one process: one :func:`read_state` at a
+    time, shared by the scrapes that come while it runs, and its answer (even None) kept
+    for ``STATE_SECONDS`` after it ends for those that follow. A scrape that gives up
+    does not cancel the read the others wait on."""
+
+    def __init__(self) -> None:
+        self._read: asyncio.Task[list[StateRow] | None] | None = None
+        self._ended = 0.0
+
+    async def read(self, pool: Pool, outage: DatabaseOutage) -> list[StateRow] | None:
+        read = self._read
+        if read is None or (read.done() and time.monotonic() - self._ended >= STATE_SECONDS):
+            # The read is no request's: its log line names none.
+            read = self._read = asyncio.create_task(
+                read_state(pool, outage), context=contextvars.Context()
+            )
+            read.add_done_callback(self._note_end)
+        return await asyncio.shield(read)
+
+    def _note_end(self, _: asyncio.Task[list[StateRow] | None]) -> None:
+        self._ended = time.monotonic()
+
+
 class DatabaseState(Collector):
     """The database's part of a scrape: what :func:`read_state` read, or None."""
 
@@ -262,7 +294,10 @@ class DatabaseState(Collector):
         )
         oldest = GaugeMetricFamily(
             "importq_queue_oldest_job_age_seconds",
-            "How long the queue's oldest job due to run has waited (0: none waits)",
+            "How long the queue's job due longest has been due: since its scheduled_at (a "
+            "retry's or a schedule's), or, for the unscheduled job of lowest id, since its "
+            "deferral (its 'deferred' event); the older of the two; 0 when no job is due. "
+            "Read at most every 2 s",
             labels=["queue"],
         )
         for series, first, second, value in self._rows:
