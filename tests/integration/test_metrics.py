@@ -15,14 +15,24 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import make_settings, new_user
-from helpers import Receiver, api_client, csv_text, entrance, until, wait_for_batch
+from helpers import (
+    Receiver,
+    accepted_rows,
+    api_client,
+    csv_text,
+    entrance,
+    running_worker,
+    until,
+    wait_for_batch,
+)
 from importq.db import DatabaseOutage, Pool
 from importq.operations import metrics
 from importq.operations.metrics import QUEUES
@@ -106,7 +116,7 @@ async def test_an_import_moves_every_series_by_what_it_did(
         return _moved(before, after, _key(name, **labels))
 
     rows = {
-        outcome: moved("importq_rows_total", dataset="entrances", outcome=outcome)
+        outcome: moved("importq_rows_total", dataset="entrances", run="import", outcome=outcome)
         for outcome in ("inserted", "updated", "unchanged", "duplicate", "failure")
     }
     assert rows == {"inserted": 27, "updated": 0, "unchanged": 0, "duplicate": 2, "failure": 3}
@@ -138,6 +148,82 @@ async def test_an_import_moves_every_series_by_what_it_did(
             assert after[_key("importq_db_pool_connections", pool=pool, state=state)] >= 0
         assert _key("importq_db_pool_requests_waiting", pool=pool) in after
     assert after[_key("importq_db_pool_connections", pool="main", state="max")] == 60
+
+
+# A job summary's counters, by the outcome the reports name.
+_REPORTED = {
+    "inserted": "inserted",
+    "updated": "updated",
+    "unchanged": "unchanged",
+    "deleted": "deleted",
+    "restored": "restored",
+    "duplicates": "duplicate",
+    "failures": "failure",
+}
+
+
+def _rows_counted() -> dict[tuple[str, str], float]:
+    """This process's importq_rows_total of entrances, by run and outcome."""
+    return {
+        (run, outcome): REGISTRY.get_sample_value(
+            "importq_rows_total", {"dataset": "entrances", "run": run, "outcome": outcome}
+        )
+        or 0.0
+        for run in ("import", "dry_run")
+        for outcome in _REPORTED.values()
+    }
+
+
+def _counted_since(before: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
+    return {key: n - before[key] for key, n in _rows_counted().items() if n != before[key]}
+
+
+def _as_reported(job: dict[str, Any], run: str = "import") -> dict[tuple[str, str], float]:
+    summary = job["result"]["summary"]
+    return {(run, outcome): summary[name] for name, outcome in _REPORTED.items() if summary[name]}
+
+
+async def test_rows_are_counted_once_by_the_outcome_their_reports_give(
+    client: httpx.AsyncClient, services: Services
+) -> None:
+    """A dry run under its own run; a checked batch once, when written (not also as its
+    chunks checked it) or, held, as failures; a cancel's rows as failures, by the cancel."""
+    valid = [entrance(f"counted-{i}") for i in range(25)]
+
+    async def finished(
+        rows: list[dict[str, str]], **params: str
+    ) -> tuple[dict[str, Any], dict[tuple[str, str], float]]:
+        before = _rows_counted()
+        accepted = await accepted_rows(client, rows, **params)
+        async with running_worker(services):
+            job = await wait_for_batch(client, accepted["batchId"])
+            run = "dry_run" if "dryRun" in params else "import"
+
+            async def counted() -> bool:  # after the final commit, which the job shows
+                return _counted_since(before) == _as_reported(job, run)
+
+            await until(counted, seconds=10)
+        return job, _counted_since(before)
+
+    job, counted = await finished(valid, dryRun="true")
+    assert counted == _as_reported(job, "dry_run") == {("dry_run", "inserted"): 25}
+    job, counted = await finished(valid, dryRun="true", onError="atomic")
+    assert counted == _as_reported(job, "dry_run") == {("dry_run", "inserted"): 25}
+    job, counted = await finished([*valid, entrance("north", latitude="north")], onError="atomic")
+    assert job["status"] == "failed"
+    assert counted == _as_reported(job) == {("import", "failure"): 26}
+    job, counted = await finished(valid, onError="atomic")
+    assert counted == _as_reported(job) == {("import", "inserted"): 25}
+
+    before = _rows_counted()
+    accepted = await accepted_rows(client, [entrance(f"cancelled-{i}") for i in range(25)])
+    assert (await client.post(f"/api/v1/jobs/{accepted['batchId']}/cancel")).status_code == 202
+    assert _counted_since(before) == {("import", "failure"): 25}  # by the cancel itself
+    async with running_worker(services):
+        job = await wait_for_batch(client, accepted["batchId"])
+        await asyncio.sleep(0.5)  # nothing more is counted as the batch finishes
+    assert job["status"] == "cancelled"
+    assert _counted_since(before) == _as_reported(job) == {("import", "failure"): 25}
 
 
 async def test_a_waiting_job_shows_in_its_queue_with_its_age(
@@ -256,8 +342,9 @@ def test_processes_sharing_a_multiprocess_dir_count_together(
             of_worker = _samples(httpx.get(worker_url, headers=scrape_headers).text)
         finally:
             stop_group(worker)
-    inserted = _key("importq_rows_total", dataset="entrances", outcome="inserted")
-    failed = _key("importq_rows_total", dataset="entrances", outcome="failure")
+    counted = {"dataset": "entrances", "run": "import"}
+    inserted = _key("importq_rows_total", outcome="inserted", **counted)
+    failed = _key("importq_rows_total", outcome="failure", **counted)
     for samples in (served, of_worker):
         assert (samples[inserted], samples[failed]) == (27, 3)
     assert served[_key("importq_batches", dataset="entrances", status="completed")] == 1

@@ -31,6 +31,7 @@ from importq.api.schemas import (
 )
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
+from importq.operations.metrics import count_rows
 from importq.operations.traces import within_batch
 from importq.pipeline import batches
 from importq.pipeline.aggregation import report_links
@@ -154,13 +155,15 @@ async def cancel_job(batch_id: str, user: CurrentUser, services: ServicesDep) ->
     if batch["type"] == "undo":
         # Its rows are the batch undone's: a cancel would leave that batch half undone.
         raise Refusal(409, "not_cancellable", "An undo runs to its end: it cannot be cancelled.")
+    settled = None
     async with services.pool.connection() as conn:
         async with conn.transaction():
             cancelled = await batches.cancel_batch(conn, batch["id"])
             if cancelled:
                 # Its completion check goes on the batch's trace, not the cancel's.
                 with within_batch(batch["request_id"], batch["trace"]):
-                    await cancel_chunks(conn, services.queue, batch["id"])
+                    settled = await cancel_chunks(conn, services.queue, batch["id"])
+        count_rows(settled)
         # After the cancel's commit: a fresh look, whatever waited on whom.
         now = await batches.get_batch(conn, batch["id"])
     assert now is not None

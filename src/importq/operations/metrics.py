@@ -4,10 +4,12 @@
 There are two kinds, read two ways:
 
 - **Events**, counted by the process where they happen, as prometheus_client counters
-  and histograms: rows by outcome and the chunk's duration once a chunk's transaction
-  has committed, an upload's staging time and bytes once its batch has, deliveries,
-  reconcile's recoveries, and HTTP requests by route. Each costs a few increments, once
-  a chunk, an upload, a message or a request, never once a row. A scrape sees the events
+  and histograms: rows by the outcome the batch's reports give them, once each, when
+  the transaction that settled them has committed (:class:`SettledRows`: a chunk's, a
+  cancel's, or a checked batch's at its end); a chunk's duration, an upload's staging
+  time and bytes once its batch has committed, deliveries, reconcile's recoveries, and
+  HTTP requests by route. Each costs a few increments, once a chunk, a cancel, a batch,
+  an upload, a message or a request, never once a row. A scrape sees the events
   of the process that answers it. With ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's
   own variable: a folder, empty when the service starts, that the processes of one host
   share) it sees those of every process sharing the folder.
@@ -38,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import IO, Any, ParamSpec
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -92,9 +95,12 @@ _HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 
 ROWS = Counter(
     "importq_rows",
-    "Rows of finished chunks by outcome (as the results name it), counted when the "
-    "chunk's transaction has committed",
-    ["dataset", "outcome"],
+    "Rows by the outcome the batch's reports give them, each counted once, by run "
+    "(import, or dry_run: what would have happened), once the transaction that settled "
+    "them has committed: a chunk's (onError continue); a cancel's, its rows as failures; "
+    "a checked batch's (onError atomic or abort-above) all at once when it finishes, as "
+    "written, or as failures when held",
+    ["dataset", "run", "outcome"],
 )
 CHUNK_SECONDS = Histogram(
     "importq_chunk_duration_seconds",
@@ -190,15 +196,30 @@ _OUTCOMES = {
 }
 
 
+@dataclass(frozen=True)
+class SettledRows:
+    """Rows a transaction gave their final outcome, to count once it has committed."""
+
+    dataset: str
+    dry_run: bool
+    tally: ChunkTally
+
+
 @_never_raises
-def count_chunk(dataset: str, tally: ChunkTally, seconds: float | None = None) -> None:
-    """A chunk's transaction has committed: its rows by outcome (each outcome, zeros
-    included, so that a series exists from the dataset's first chunk on), and its
-    duration unless it did no work of its own (a chunk given up on)."""
+def count_rows(settled: SettledRows | None) -> None:
+    """Count rows that got their final outcome (None: none did). Each outcome is counted,
+    zeros included, so that a series exists from the dataset's first rows on."""
+    if settled is None:
+        return
+    run = "dry_run" if settled.dry_run else "import"
     for counter, outcome in _OUTCOMES.items():
-        ROWS.labels(dataset, outcome).inc(getattr(tally, counter))
-    if seconds is not None:
-        CHUNK_SECONDS.labels(dataset).observe(seconds)
+        ROWS.labels(settled.dataset, run, outcome).inc(getattr(settled.tally, counter))
+
+
+@_never_raises
+def count_chunk(dataset: str, seconds: float) -> None:
+    """A chunk that did its work has committed: how long it took."""
+    CHUNK_SECONDS.labels(dataset).observe(seconds)
 
 
 @_never_raises

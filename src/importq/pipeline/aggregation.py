@@ -17,6 +17,8 @@ The steps:
    result. Create the ``IMPORT_COMPLETE`` notification and the email delivery, and
    defer ``send_email``. When the batch has a callback URL, also create the webhook
    delivery and defer ``deliver_webhook``.
+4. Once that has committed, count a checked batch's rows for the metrics, as the reports
+   give them: its chunks counted none.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from importq.delivery.mailer import message_id
 from importq.delivery.webhooks import WEBHOOK, delivery_id
 from importq.ingest.staged_table import StagedTable, results_table
 from importq.job_json import Summary
-from importq.operations.metrics import count_delivery
+from importq.operations.metrics import SettledRows, count_delivery, count_rows
 from importq.pipeline import batches
 from importq.pipeline.batches import ChunkTally
 from importq.pipeline.chunk_processing import CANCELLED, write_checked_batch
@@ -278,4 +280,7 @@ async def aggregate(services: Services, batch_id: uuid.UUID) -> str | None:
             )
             await services.queue.defer_webhook(conn, batch_id)
     count_delivery("notification", "created")
+    if batch["on_error"] != "continue":
+        # A checked batch's rows, counted once, as written or held: its chunks counted none.
+        count_rows(SettledRows(batch["dataset"], batch["dry_run"], ChunkTally.of(batch)))
     return status

@@ -13,9 +13,11 @@ Invariants:
 - Every row of the chunk gets exactly one outcome: success, duplicate or failure.
 - The chunk is marked done, and its tally added to the batch, in that same transaction.
 - Its rows are counted for the metrics (:mod:`importq.operations.metrics`) only once
-  that transaction has committed, by the outcomes it recorded: a dry run's or a checked
-  batch's chunk counts what it found, and the checked batch's write, which runs its
-  chunks again, is not counted again.
+  that transaction has committed, by the outcomes it recorded, which are final: a dry
+  run's under its own run. A checked batch's chunks count nothing: what they found may
+  yet be written again or held, and the batch's rows are counted when it finishes
+  (:mod:`importq.pipeline.aggregation`). The rows a cancel settles are counted as
+  failures by the cancel's transaction, on the same terms.
 
 The steps:
 
@@ -59,7 +61,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from importq.ingest.staged_table import StagedTable, results_table
-from importq.operations.metrics import count_chunk
+from importq.operations.metrics import SettledRows, count_chunk, count_rows
 from importq.pipeline.batches import ChunkTally, count_finished_chunk, record_written_batch
 from importq.pipeline.dataset_versions import DatasetCatalog
 from importq.pipeline.job_queue import JobQueue
@@ -330,13 +332,22 @@ async def _finish(
     if counted.is_last:
         await queue.defer_completion_check(conn, batch_id)
     elif counted.aborted:
-        # Too many failures: the chunks that have not started are not run.
+        # Too many failures: the chunks that have not started are not run. Only a checked
+        # batch aborts, and its rows are counted when it finishes.
         await cancel_chunks(conn, queue, batch_id)
+
+
+def _settled_rows(dataset: str, batch: Mapping[str, Any], tally: ChunkTally) -> SettledRows | None:
+    """Rows of a ``batch`` (its ``on_error`` and ``dry_run``) a transaction settled, to
+    count once it commits; None for a checked batch's, counted when the batch finishes."""
+    if batch["on_error"] != "continue":
+        return None
+    return SettledRows(dataset, batch["dry_run"], tally)
 
 
 async def cancel_chunks(
     conn: AsyncConnection[Any], queue: JobQueue, batch_id: uuid.UUID, chunk_no: int | None = None
-) -> None:
+) -> SettledRows | None:
     """Settle a cancelled batch's chunks that have not started, in the caller's
     transaction, without running them: ``todo → cancelled``, every row a failure,
     :data:`CANCELLED`. The aggregation reports those rows from the staged table.
@@ -344,13 +355,21 @@ async def cancel_chunks(
     With ``chunk_no``, only that chunk, which the caller holds. Without, every chunk of
     the batch that no transaction holds: a running one finishes. When that leaves no
     chunk to run, the completion check is deferred.
+
+    Returns the rows settled, for the caller to count once its transaction has
+    committed; None when there are none, or they are a checked batch's.
     """
     cursor = await conn.execute(
         queries["cancel_chunks"], {"batch_id": batch_id, "chunk_no": chunk_no}
     )
     row = await cursor.fetchone()
-    if row is not None and row[0]:
+    if row is None:
+        return None
+    is_last, rows, dataset, on_error, dry_run = row
+    if is_last:
         await queue.defer_completion_check(conn, batch_id)
+    batch = {"on_error": on_error, "dry_run": dry_run}
+    return _settled_rows(dataset, batch, ChunkTally(failures=rows))
 
 
 async def _prepare(
@@ -395,13 +414,18 @@ async def process_chunk(
         if chunk["batch_stopped"]:
             # Not started when the batch was cancelled or aborted (its job came first, or
             # the cancel found it held by a failing attempt): its rows are reported, not run.
-            await cancel_chunks(conn, queue, batch_id, chunk_no)
-            return True
-        dataset = await datasets.judging(conn, chunk)
-        statements = _statements(dataset, batch_id, chunk)
-        tally = await _work(conn, statements, dataset, batch_id, chunk, slice_rows)
-        await _finish(conn, queue, batch_id, chunk_no, tally)
-    count_chunk(dataset.name, tally, time.monotonic() - started)
+            settled = await cancel_chunks(conn, queue, batch_id, chunk_no)
+            worked = None
+        else:
+            dataset = await datasets.judging(conn, chunk)
+            statements = _statements(dataset, batch_id, chunk)
+            tally = await _work(conn, statements, dataset, batch_id, chunk, slice_rows)
+            await _finish(conn, queue, batch_id, chunk_no, tally)
+            settled = _settled_rows(dataset.name, chunk, tally)
+            worked = dataset.name
+    if worked is not None:
+        count_chunk(worked, time.monotonic() - started)
+    count_rows(settled)
     return True
 
 
@@ -545,12 +569,13 @@ async def fail_chunk(
         if chunk["batch_stopped"]:
             # Its attempts were all undone, and the batch is cancelled meanwhile: its rows
             # were never imported, as for a chunk that never started.
-            await cancel_chunks(conn, queue, batch_id, chunk_no)
-            return True
-        dataset = await datasets.judging(conn, chunk)
-        statements = _statements(dataset, batch_id, chunk)
-        tally = await _give_up(conn, statements, batch_id, chunk)
-        failed = dataclasses.replace(tally, failed=True)
-        await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)
-    count_chunk(dataset.name, tally)
+            settled = await cancel_chunks(conn, queue, batch_id, chunk_no)
+        else:
+            dataset = await datasets.judging(conn, chunk)
+            statements = _statements(dataset, batch_id, chunk)
+            tally = await _give_up(conn, statements, batch_id, chunk)
+            failed = dataclasses.replace(tally, failed=True)
+            await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)
+            settled = _settled_rows(dataset.name, chunk, tally)
+    count_rows(settled)
     return True

@@ -423,7 +423,9 @@ SELECT set_config('work_mem', '192MB', true), set_config('parallel_tuple_cost', 
 -- todo → cancelled, for a cancelled batch's chunks that no other transaction holds (a
 -- running chunk finishes), or only for %(chunk_no)s when set (its caller holds it: its own
 -- lock is not skipped). Their rows count as failures; the aggregation reports them from
--- the staged rows. In the caller's transaction. A row back: is the batch's last chunk done?
+-- the staged rows. In the caller's transaction. A row back when some were cancelled: is
+-- the batch's last chunk done, how many rows were settled, and the batch's dataset,
+-- on_error and dry_run (for the metrics).
 WITH cancelled AS (
     UPDATE chunks c SET status = 'cancelled'
     FROM (SELECT batch_id, chunk_no FROM chunks
@@ -444,7 +446,8 @@ SET completed_chunks = completed_chunks + counted.chunks,
     updated_at = clock_timestamp()
 FROM counted
 WHERE id = %(batch_id)s AND status = 'active' AND counted.chunks > 0
-RETURNING completed_chunks + failed_chunks = total_chunks AS is_last;
+RETURNING completed_chunks + failed_chunks = total_chunks AS is_last, counted.rows, dataset,
+          on_error, dry_run;
 
 -- name: count_chunk_attempt
 -- Count a failed or lost attempt, in its own transaction.
