@@ -9,6 +9,10 @@ request's id.
 - ``traceparent``: the client's span, which the request's span links to (:class:`RequestSpans`).
 
 Plain ASGI middlewares, so that uploads and downloads stream through them untouched.
+
+A request ends with its answer (:func:`answer_ended`): the background tasks an endpoint
+adds run after it (an upload is kept in storage after its ``202``), and are no part of
+the request's time or span.
 """
 
 from __future__ import annotations
@@ -16,13 +20,18 @@ from __future__ import annotations
 import re
 import uuid
 
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from importq.operations import logs, traces
 
 API_PREFIX = "/api/"
 HSTS_SECONDS = 365 * 24 * 3600
+
+
+def answer_ended(message: Message) -> bool:
+    """Whether the app's ``message`` is the last part of its answer's body."""
+    return message["type"] == "http.response.body" and not message.get("more_body", False)
 
 
 class SecurityHeaders:
@@ -93,7 +102,8 @@ class RequestSpans:
     """Each request in a span of its own when tracing is on (:mod:`importq.operations.
     traces`), named by its route's template (``POST /api/v1/{dataset}/import-rows``): the
     root of a trace, linked to the client's span when the request sent a ``traceparent``.
-    An upload's staging and its batch's jobs are this span's descendants."""
+    An upload's staging and its batch's jobs are this span's descendants. The span ends
+    once the answer has been sent, before any background task of the endpoint runs."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -106,23 +116,36 @@ class RequestSpans:
         headers = {
             name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
         }
-        with traces.span(
-            method,
-            {"http.request.method": method, "importq.request_id": logs.request_id.get() or ""},
-            kind=SpanKind.SERVER,
-            root=True,
-            links=traces.client_links(headers),
-        ) as span:
+        span: Span | None = None
 
-            async def with_status(message: Message) -> None:
-                if message["type"] == "http.response.start" and span is not None:
-                    span.set_attribute("http.response.status_code", message["status"])
-                await send(message)
+        def end() -> None:
+            """Name the span by the route matched, and end it, once."""
+            if span is None or not span.is_recording():
+                return
+            route = getattr(scope.get("route"), "path", None)
+            if route is not None:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+            span.end()
 
-            try:
+        async def with_status(message: Message) -> None:
+            if message["type"] == "http.response.start" and span is not None:
+                span.set_attribute("http.response.status_code", message["status"])
+            await send(message)
+            if answer_ended(message):
+                end()
+
+        try:
+            # Not ended on leaving the block: an error before the answer's end marks it
+            # failed first, then the finally ends it.
+            with traces.span(
+                method,
+                {"http.request.method": method, "importq.request_id": logs.request_id.get() or ""},
+                kind=SpanKind.SERVER,
+                root=True,
+                links=traces.client_links(headers),
+                end_on_exit=False,
+            ) as span:
                 await self._app(scope, receive, with_status)
-            finally:
-                route = getattr(scope.get("route"), "path", None)
-                if span is not None and route is not None:
-                    span.update_name(f"{method} {route}")
-                    span.set_attribute("http.route", route)
+        finally:
+            end()

@@ -20,6 +20,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from importq.api.headers import answer_ended
 from importq.api.schemas import ErrorBody
 from importq.errors import Refusal
 from importq.operations import metrics
@@ -66,10 +67,12 @@ async def scrape(request: Request) -> Response:
 
 
 class RequestDurations:
-    """Time each request, from its start to the end of its answer's body, by the template
-    of the route it matched (``/api/v1/jobs/{batch_id}``: never the path itself, whose
-    ids would make a series each), its method and its status. A request no route matched
-    counts as ``unmatched``. A plain ASGI middleware, so uploads stream through it."""
+    """Time each request, from its start to the last part of its answer's body
+    (:func:`~importq.api.headers.answer_ended`: not the background tasks that run after
+    it), by the template of the route it matched (``/api/v1/jobs/{batch_id}``: never the
+    path itself, whose ids would make a series each), its method and its status. A
+    request no route matched counts as ``unmatched``. A plain ASGI middleware, so uploads
+    stream through it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -80,19 +83,28 @@ class RequestDurations:
             return
         started = time.monotonic()
         status = 500  # unless an answer starts
+        observed = False
+
+        def observe() -> None:
+            nonlocal observed
+            if not observed:
+                observed = True
+                metrics.observe_request(
+                    _route(scope), scope["method"], status, time.monotonic() - started
+                )
 
         async def noting_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
+            if answer_ended(message):
+                observe()
 
         try:
             await self._app(scope, receive, noting_status)
         finally:
-            metrics.observe_request(
-                _route(scope), scope["method"], status, time.monotonic() - started
-            )
+            observe()  # an answer cut short, or none
 
 
 def _route(scope: Scope) -> str:

@@ -133,7 +133,8 @@ RECOVERIES = Counter(
 )
 HTTP_SECONDS = Histogram(
     "importq_http_request_duration_seconds",
-    "Time a request took to answer, to the end of its body, by route template",
+    "Time a request took to answer, to the end of its body (not the background tasks "
+    "after it), by route template",
     ["route", "method", "status"],
     buckets=_HTTP_BUCKETS,
 )

@@ -76,17 +76,24 @@ def span(
     kind: SpanKind = SpanKind.INTERNAL,
     root: bool = False,
     links: Sequence[Link] = (),
+    end_on_exit: bool = True,
 ) -> Iterator[Span | None]:
     """A span named ``name`` around the block: the current span's child, the child of the
     remote span whose ``traceparent`` ``parent`` holds, or with ``root`` the first of a
-    trace of its own. An exception that leaves the block marks the span failed. Yields
-    ``None``, and does nothing, when tracing is off."""
+    trace of its own. An exception that leaves the block marks the span failed, unless it
+    has ended. Without ``end_on_exit``, the caller ends it (a request's, when its answer
+    has been sent). Yields ``None``, and does nothing, when tracing is off."""
     if _tracer is None:
         yield None
         return
     origin = Context() if root else _propagator.extract(parent) if parent else None
     with _tracer.start_as_current_span(
-        name, context=origin, kind=kind, attributes=attributes, links=links
+        name,
+        context=origin,
+        kind=kind,
+        attributes=attributes,
+        links=links,
+        end_on_exit=end_on_exit,
     ) as current:
         yield current
 

@@ -1,0 +1,79 @@
+"""A request's time and span, as the API's middlewares record them: from its start to the
+end of its answer, never the background tasks its endpoint leaves to run after it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from importq.api.headers import RequestSpans
+from importq.api.metrics import RequestDurations
+from importq.operations import traces
+
+ROUTE = "/api/v1/{dataset}/import-rows"
+# What keeping an upload in storage stands for: it runs after the 202.
+KEEPING_SECONDS = 0.5
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traces.configure(provider)
+    try:
+        yield exporter
+    finally:
+        traces.configure(None)
+
+
+async def _upload(request: Request) -> JSONResponse:
+    async def keep_upload() -> None:
+        await asyncio.sleep(KEEPING_SECONDS)
+
+    return JSONResponse({"batchId": "b"}, status_code=202, background=BackgroundTask(keep_upload))
+
+
+def _seconds_recorded(labels: dict[str, str]) -> tuple[float, float]:
+    """The request-duration histogram's count and sum for ``labels``."""
+    name = "importq_http_request_duration_seconds"
+    return (
+        REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0,
+        REGISTRY.get_sample_value(f"{name}_sum", labels) or 0.0,
+    )
+
+
+async def test_a_request_ends_with_its_answer_not_its_background_tasks(
+    exported: InMemorySpanExporter,
+) -> None:
+    app = RequestDurations(
+        RequestSpans(Starlette(routes=[Route(ROUTE, _upload, methods=["POST"])]))
+    )
+    labels = {"route": ROUTE, "method": "POST", "status": "202"}
+    count, total = _seconds_recorded(labels)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://importq.test"
+    ) as client:
+        # The in-process transport returns once the background task, too, has run.
+        answer = await client.post("/api/v1/entrances/import-rows")
+    assert answer.status_code == 202
+    after_count, after_total = _seconds_recorded(labels)
+    assert after_count == count + 1
+    assert after_total - total < KEEPING_SECONDS / 2
+    (span,) = exported.get_finished_spans()
+    assert span.name == f"POST {ROUTE}"
+    assert span.attributes is not None and span.attributes["http.route"] == ROUTE
+    assert span.start_time is not None and span.end_time is not None
+    assert (span.end_time - span.start_time) / 1e9 < KEEPING_SECONDS / 2
