@@ -71,8 +71,10 @@ class RequestDurations:
     (:func:`~importq.api.headers.answer_ended`: not the background tasks that run after
     it), by the template of the route it matched (``/api/v1/jobs/{batch_id}``: never the
     path itself, whose ids would make a series each), its method and its status. A
-    request no route matched counts as ``unmatched``. A plain ASGI middleware, so uploads
-    stream through it."""
+    request no route matched, or whose route refused its method (``405``), counts as
+    ``unmatched``, and a method the API never serves as ``other``: whatever anyone sends,
+    the series are bounded by the routes. A plain ASGI middleware, so uploads stream
+    through it."""
 
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
@@ -90,7 +92,7 @@ class RequestDurations:
             if not observed:
                 observed = True
                 metrics.observe_request(
-                    _route(scope), scope["method"], status, time.monotonic() - started
+                    _route(scope, status), _method(scope), status, time.monotonic() - started
                 )
 
         async def noting_status(message: Message) -> None:
@@ -107,7 +109,13 @@ class RequestDurations:
             observe()  # an answer cut short, or none
 
 
-def _route(scope: Scope) -> str:
-    """The template of the route the router matched (it leaves it in the scope)."""
+def _route(scope: Scope, status: int) -> str:
+    """The template of the route the router matched (it leaves it in the scope), unless
+    that route refused the method."""
     path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) else metrics.UNMATCHED
+    return path if isinstance(path, str) and status != 405 else metrics.UNMATCHED
+
+
+def _method(scope: Scope) -> str:
+    method: str = scope["method"]
+    return method if method in metrics.METHODS else metrics.OTHER_METHOD

@@ -84,8 +84,12 @@ STATE_TIMEOUT = 5.0
 STATE_SECONDS = 2.0
 # The queues whose gauges are always there, at 0 when empty (a job on another is shown too).
 QUEUES = (CHUNKS, CHUNKS_EXPRESS, COMPLETION, MESSAGES, WEBHOOKS, MAINTENANCE)
-# The route of a request that matched none, so that unknown paths make one series.
+# The route of a request that matched none, or whose route refused its method, so that
+# unknown paths and methods make one series.
 UNMATCHED = "unmatched"
+# The methods a request's series names; any other is "other", whatever a client sends.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
 
 # A chunk takes milliseconds to a few seconds (20,000 rows: ~0.5 s of a core); an upload
 # up to minutes (8 GiB); a request up to an upload's length.
