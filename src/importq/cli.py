@@ -198,18 +198,26 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serve_worker_metrics(args: argparse.Namespace, settings: Settings, services: Services) -> None:
     """Serve the worker's metrics (its events and its pool) on ``--metrics-port`` (else
-    IMPORTQ_METRICS_PORT), when one is given, until the process exits: a worker has no
-    API port of its own."""
+    IMPORTQ_METRICS_PORT) and ``--metrics-host`` (else IMPORTQ_METRICS_HOST), when a port
+    is given, until the process exits: a worker has no API port of its own. A port taken
+    (by another worker of the host, given the same) stops the worker, saying so."""
     from importq.operations import metrics
 
     port = args.metrics_port or settings.metrics_port
     if port is None:
         return
+    host = args.metrics_host or settings.metrics_host
     pools = {"main": services.pool}
-    metrics.serve_metrics(
-        args.metrics_host, port, settings.metrics_token, lambda: metrics.exposition(pools)
-    )
-    log.info("metrics at http://%s:%s/metrics", args.metrics_host, port)
+    try:
+        metrics.serve_metrics(host, port, settings.metrics_token, lambda: metrics.exposition(pools))
+    except OSError as error:
+        raise SystemExit(
+            f"importq: cannot serve the metrics on {host}:{port}: "
+            f"{error.strerror or error}. Each worker of a host needs a port of its own: "
+            "set IMPORTQ_METRICS_PORT per instance (/etc/importq/worker-<n>.env), not in "
+            "the file they share"
+        ) from None
+    log.info("metrics at http://%s:%s/metrics", host, port)
 
 
 def _doctor(args: argparse.Namespace, settings: Settings) -> int:
@@ -711,7 +719,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the worker's metrics at /metrics on this port (default: "
         "IMPORTQ_METRICS_PORT, else none)",
     )
-    worker.add_argument("--metrics-host", default="127.0.0.1", help="the metrics' address")
+    worker.add_argument(
+        "--metrics-host",
+        default=None,
+        help="the metrics' address (default: IMPORTQ_METRICS_HOST, else 127.0.0.1)",
+    )
     for runs_jobs in (serve, worker):
         runs_jobs.add_argument(
             "--concurrency",

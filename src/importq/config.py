@@ -169,6 +169,9 @@ class Settings(BaseSettings):
         le=65535,
         description="Port importq worker serves its /metrics on; unset: none",
     )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address importq worker serves its /metrics on"
+    )
     smtp_url: str | None = Field(default=None, description="SMTP server; unset writes .eml files")
     mail_from: str = Field(default="importq <importq@localhost>", description="From address")
 

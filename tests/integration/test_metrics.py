@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -454,3 +455,34 @@ def test_a_read_only_multiprocess_dir_is_named(
     )
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     assert metrics.multiprocess_dir_problem() is None
+
+
+def test_a_worker_whose_metrics_port_is_taken_stops_saying_so(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Two workers of a host given one IMPORTQ_METRICS_PORT: the second stops at once,
+    naming the address (IMPORTQ_METRICS_HOST's) and the remedy, rather than a traceback."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.2", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "IMPORTQ_DATABASE_URL": database_url,
+            "IMPORTQ_DATA_DIR": str(tmp_path / "data"),
+            "IMPORTQ_METRICS_HOST": "127.0.0.2",
+            "IMPORTQ_METRICS_PORT": str(port),
+        }
+        ended = subprocess.run(
+            [sys.executable, "-m", "importq.cli", "worker"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert ended.returncode == 1, ended.stdout + ended.stderr
+    assert f"importq: cannot serve the metrics on 127.0.0.2:{port}: Address already in use" in (
+        ended.stderr
+    )
+    assert "IMPORTQ_METRICS_PORT per instance (/etc/importq/worker-<n>.env)" in ended.stderr
