@@ -161,7 +161,8 @@ class Settings(BaseSettings):
         default="text", description="text, or json: one JSON object a line"
     )
     metrics_token: str | None = Field(
-        default=None, description="Bearer token /metrics asks for; unset: /metrics is open"
+        default=None,
+        description="Bearer token /metrics asks for; unset or empty: /metrics is open",
     )
     metrics_port: int | None = Field(
         default=None,
@@ -210,6 +211,16 @@ class Settings(BaseSettings):
     shutdown_seconds: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long running jobs may take to finish"
     )
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _no_empty_token(cls, value: str | None) -> str | None:
+        """An empty token (``IMPORTQ_METRICS_TOKEN=``) is none, rather than one that
+        ``Bearer`` followed by nothing would present. Spaces around it are not part of
+        it, as they are not of the one presented."""
+        if value is None or not value.strip():
+            return None
+        return value.strip()
 
     @field_validator("reconcile_cron")
     @classmethod

@@ -303,6 +303,25 @@ async def test_a_metrics_token_closes_metrics_to_everyone_else(
             assert _samples((await client.get("/metrics")).text)[_key("importq_database_up")] == 1
 
 
+async def test_a_metrics_token_beyond_ascii_opens_and_an_empty_one_is_none(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The header's bytes, as the client sent them, are compared with the token's UTF-8.
+    IMPORTQ_METRICS_TOKEN= set empty leaves /metrics open, as unset does, rather than
+    opening it to ``Bearer`` and nothing."""
+    token = "grüße-令牌"
+    settings = make_settings(database_url, tmp_path / "data", metrics_token=token)
+    async with open_services(settings) as services, api_client(services, None) as client:
+        sent = {b"Authorization": f"Bearer {token}".encode()}
+        assert (await client.get("/metrics", headers=sent)).status_code == 200
+        wrong = {b"Authorization": "Bearer grüße".encode()}
+        assert (await client.get("/metrics", headers=wrong)).status_code == 401
+    settings = make_settings(database_url, tmp_path / "data", metrics_token="")
+    assert settings.metrics_token is None
+    async with open_services(settings) as services, api_client(services, None) as client:
+        assert (await client.get("/metrics")).status_code == 200
+
+
 def test_processes_sharing_a_multiprocess_dir_count_together(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -124,3 +124,12 @@ def test_the_webhook_key_cannot_make_a_report_link(tmp_path: Path) -> None:
     forged = hmac.new(settings.webhook_key, message, hashlib.sha256).hexdigest()
     assert not storage.verify(path, expires, name, forged)
     assert storage.verify(path, expires, name, storage.signature(path, expires, name))
+
+
+def test_an_empty_metrics_token_is_no_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMPORTQ_METRICS_TOKEN", "")
+    assert Settings().metrics_token is None
+    monkeypatch.setenv("IMPORTQ_METRICS_TOKEN", "  ")
+    assert Settings().metrics_token is None
+    monkeypatch.setenv("IMPORTQ_METRICS_TOKEN", " scrape-me ")
+    assert Settings().metrics_token == "scrape-me"

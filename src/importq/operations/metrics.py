@@ -388,11 +388,17 @@ def exposition(pools: Mapping[str, Pool], *more: Collector) -> bytes:
 
 def token_matches(authorization: str | None, token: str) -> bool:
     """Whether an ``Authorization`` header carries ``Bearer <token>``, compared in
-    constant time."""
+    constant time. The header is as ASGI and WSGI servers give it, its bytes decoded as
+    Latin-1, so it is compared as those bytes, with the token's UTF-8 (as a client
+    sends it): a token beyond ASCII matches too."""
     scheme, _, presented = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer":
+    if scheme.lower() != "bearer" or not token:
         return False
-    return hmac.compare_digest(presented.strip().encode(), token.encode())
+    try:
+        sent = presented.strip().encode("latin-1")
+    except UnicodeEncodeError:  # not a header's bytes
+        return False
+    return hmac.compare_digest(sent, token.encode())
 
 
 class _Quiet(WSGIRequestHandler):
