@@ -181,7 +181,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         concurrency = args.concurrency or settings.worker_concurrency
         pool_size = worker_connections(worker_lanes(settings, concurrency))
         async with open_services(settings, pool_size=pool_size, auth_pool_size=0) as services:
-            _serve_worker_metrics(args, settings, services)
+            publishing = _serve_worker_metrics(args, settings, services)
             worker = asyncio.create_task(run_worker(services, concurrency=concurrency))
             # A stop is a cancel: the worker lets its jobs finish for
             # IMPORTQ_SHUTDOWN_SECONDS and gives back the rest. A second signal cuts that
@@ -191,25 +191,33 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
                 loop.add_signal_handler(stop, worker.cancel)
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+            if publishing is not None:
+                publishing.cancel()
 
     asyncio.run(run())
     return EXIT_OK
 
 
-def _serve_worker_metrics(args: argparse.Namespace, settings: Settings, services: Services) -> None:
+def _serve_worker_metrics(
+    args: argparse.Namespace, settings: Settings, services: Services
+) -> asyncio.Task[None] | None:
     """Serve the worker's metrics (its events and its pool) on ``--metrics-port`` (else
     IMPORTQ_METRICS_PORT) and ``--metrics-host`` (else IMPORTQ_METRICS_HOST), when a port
     is given, until the process exits: a worker has no API port of its own. A port taken
-    (by another worker of the host, given the same) stops the worker, saying so."""
+    (by another worker of the host, given the same) stops the worker, saying so. Returns
+    the task that publishes the pool's figures for the server's thread, to keep."""
     from importq.operations import metrics
 
     port = args.metrics_port or settings.metrics_port
     if port is None:
-        return
+        return None
     host = args.metrics_host or settings.metrics_host
-    pools = {"main": services.pool}
+    # The server's thread reads the pool's figures as this loop publishes them.
+    snapshots = metrics.PoolSnapshots({"main": services.pool})
     try:
-        metrics.serve_metrics(host, port, settings.metrics_token, lambda: metrics.exposition(pools))
+        metrics.serve_metrics(
+            host, port, settings.metrics_token, lambda: metrics.exposition(snapshots.figures)
+        )
     except OSError as error:
         raise SystemExit(
             f"importq: cannot serve the metrics on {host}:{port}: "
@@ -218,6 +226,7 @@ def _serve_worker_metrics(args: argparse.Namespace, settings: Settings, services
             "the file they share"
         ) from None
     log.info("metrics at http://%s:%s/metrics", host, port)
+    return asyncio.get_running_loop().create_task(snapshots.publish())
 
 
 def _doctor(args: argparse.Namespace, settings: Settings) -> int:

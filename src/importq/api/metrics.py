@@ -61,8 +61,10 @@ async def scrape(request: Request) -> Response:
             pools["auth"] = services.auth_pool
         state: metrics.StateReader = request.app.state.metrics_state
         rows = await state.read(services.pool, services.outage)
-    # In a thread: with PROMETHEUS_MULTIPROC_DIR, every process's files are read.
-    body = await asyncio.to_thread(metrics.exposition, pools, metrics.DatabaseState(rows))
+    # The pools' figures here, on their loop; the rest in a thread: with
+    # PROMETHEUS_MULTIPROC_DIR, every process's files are read.
+    figures = metrics.pool_figures(pools)
+    body = await asyncio.to_thread(metrics.exposition, figures, metrics.DatabaseState(rows))
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 

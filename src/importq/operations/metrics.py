@@ -336,11 +336,56 @@ class DatabaseState(Collector):
         yield from (batches, jobs, oldest)
 
 
-class _PoolState(Collector):
-    """The answering process's pools, as psycopg_pool counts them at this moment."""
+@dataclass(frozen=True)
+class PoolFigures:
+    """A pool's connections as psycopg_pool counted them at one moment."""
+
+    size: int
+    available: int
+    max: int
+    waiting: int
+
+
+def pool_figures(pools: Mapping[str, Pool]) -> dict[str, PoolFigures]:
+    """The ``pools``' figures now. On their event loop only: psycopg_pool's counters are
+    the loop's, not for another thread to read (:class:`PoolSnapshots`)."""
+    figures = {}
+    for name, pool in pools.items():
+        stats = pool.get_stats()
+        figures[name] = PoolFigures(
+            size=stats.get("pool_size", 0),
+            available=stats.get("pool_available", 0),
+            max=pool.max_size,
+            waiting=stats.get("requests_waiting", 0),
+        )
+    return figures
+
+
+#: How often a worker's event loop publishes its pool's figures for its metrics thread.
+POOL_SNAPSHOT_SECONDS = 2.0
+
+
+class PoolSnapshots:
+    """The ``pools``' figures as their event loop last published them (:meth:`publish`),
+    for a thread of its own to read: a worker's metrics server, which never waits on a
+    busy loop. The figures are a new dict each time, swapped whole."""
 
     def __init__(self, pools: Mapping[str, Pool]) -> None:
         self._pools = pools
+        self.figures = pool_figures(pools)
+
+    async def publish(self, every: float = POOL_SNAPSHOT_SECONDS) -> None:
+        """Publish the figures every ``every`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(every)
+            self.figures = pool_figures(self._pools)
+
+
+class _PoolState(Collector):
+    """The answering process's pools, as :func:`pool_figures` read them."""
+
+    def __init__(self, figures: Mapping[str, PoolFigures]) -> None:
+        self._figures = figures
 
     def collect(self) -> Iterator[Metric]:
         connections = GaugeMetricFamily(
@@ -354,12 +399,11 @@ class _PoolState(Collector):
             "Requests of the process waiting for one of the pool's connections",
             labels=["pool"],
         )
-        for name, pool in self._pools.items():
-            stats = pool.get_stats()
-            for state, key in (("size", "pool_size"), ("available", "pool_available")):
-                connections.add_metric([name, state], stats.get(key, 0))
-            connections.add_metric([name, "max"], pool.max_size)
-            waiting.add_metric([name], stats.get("requests_waiting", 0))
+        for name, figures in self._figures.items():
+            connections.add_metric([name, "size"], figures.size)
+            connections.add_metric([name, "available"], figures.available)
+            connections.add_metric([name, "max"], figures.max)
+            waiting.add_metric([name], figures.waiting)
         yield from (connections, waiting)
 
 
@@ -380,9 +424,9 @@ def _events() -> Collector:
     return REGISTRY
 
 
-def exposition(pools: Mapping[str, Pool], *more: Collector) -> bytes:
-    """The metrics in Prometheus's text format: the events, the ``pools``' state, and
-    ``more`` (the API adds the :class:`DatabaseState`)."""
+def exposition(pools: Mapping[str, PoolFigures], *more: Collector) -> bytes:
+    """The metrics in Prometheus's text format: the events, the pools' figures, and
+    ``more`` (the API adds the :class:`DatabaseState`). Safe in any thread."""
     return generate_latest(_Scrape(_events(), _PoolState(pools), *more))
 
 
