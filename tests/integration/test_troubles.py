@@ -16,6 +16,7 @@ from conftest import new_user
 from helpers import api_client, entrance, running_worker, until, wait_for_batch
 from importq.pipeline import troubles
 from importq.services import Services
+from importq.sql import queries
 
 
 async def _break_inserts(services: Services) -> None:
@@ -188,3 +189,34 @@ async def test_a_completion_check_beside_a_waiting_one_is_not_retried(
         (failed, "already_waiting")
     ]
     assert await _status(services, failed) == ("failed", 20)
+
+
+async def test_stuck_batches_read_the_queue_once_and_each_its_own_jobs(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    """One batch with a failed job, one whose jobs are gone, one waiting for a worker:
+    each is told its own, from one pass over procrastinate_jobs (a lookup per batch
+    scanned the table per batch: 6 s for 200 batches beside 600,000 jobs)."""
+    failing, lost, waiting = [await _a_batch(client) for _ in range(3)]
+    await _job(services, failing, "aggregate", "failed", 20)
+    async with services.pool.connection() as conn:
+        await conn.execute("DELETE FROM procrastinate_jobs WHERE args ->> 'batch_id' = %s", [lost])
+        found = {str(b.id): b.reasons for b in await troubles.stuck_batches(conn, 0)}
+        cursor = await conn.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) {}").format(sql.SQL(queries["stuck_batches"])),
+            {"minutes": 0},
+        )
+        row = await cursor.fetchone()
+    assert row is not None
+    assert found[failing] == ["1 of its jobs failed: retry them", "1 chunks waiting for a worker"]
+    assert found[lost] == [
+        "1 chunks waiting for a worker",
+        "no job is waiting for it: the periodic reconcile defers a missed step",
+    ]
+    assert found[waiting] == ["1 chunks waiting for a worker"]
+
+    def scans(node: dict[str, Any]) -> int:
+        own = 1 if node.get("Relation Name") == "procrastinate_jobs" else 0
+        return own + sum(scans(child) for child in node.get("Plans", []))
+
+    assert scans(row[0][0]["Plan"]) == 1

@@ -45,22 +45,39 @@ WHERE id = %(job_id)s AND status = 'todo';
 
 -- name: stuck_batches
 -- Batches still unfinished whose last change is older than %(minutes)s minutes, oldest
--- first, with what tells why: their chunks to do, the most attempts and the errors of
--- those, and their jobs waiting or failed.
-SELECT b.id, b.dataset, b.status, b.updated_at, b.total_chunks,
-       b.completed_chunks + b.failed_chunks AS finished_chunks, b.last_error,
-       count(c.chunk_no) FILTER (WHERE c.status = 'todo') AS chunks_to_do,
-       coalesce(max(c.attempts) FILTER (WHERE c.status = 'todo'), 0) AS most_attempts,
-       string_agg(DISTINCT c.error, '; ') FILTER (WHERE c.status = 'todo') AS chunk_errors,
-       (SELECT count(*) FROM procrastinate_jobs j
-        WHERE j.args ->> 'batch_id' = b.id::text AND j.status IN ('todo', 'doing'))
-           AS jobs_waiting,
-       (SELECT count(*) FROM procrastinate_jobs j
-        WHERE j.args ->> 'batch_id' = b.id::text AND j.status = 'failed') AS jobs_failed
-FROM batches b
-LEFT JOIN chunks c ON c.batch_id = b.id
-WHERE b.status IN ('pending', 'active', 'aggregating')
-  AND b.updated_at < now() - make_interval(secs => %(minutes)s * 60)
-GROUP BY b.id
-ORDER BY b.updated_at
-LIMIT 200;
+-- first (200 at most), with what tells why: their chunks to do, the most attempts and
+-- the errors of those, and their jobs waiting or failed. The queue's jobs are read once
+-- for all of them, by the batch their arguments name: failed jobs have no index, so a
+-- lookup a batch would scan the table a batch.
+WITH stuck AS (
+    SELECT id, dataset, status, updated_at, total_chunks,
+           completed_chunks + failed_chunks AS finished_chunks, last_error
+    FROM batches
+    WHERE status IN ('pending', 'active', 'aggregating')
+      AND updated_at < now() - make_interval(secs => %(minutes)s * 60)
+    ORDER BY updated_at
+    LIMIT 200
+), chunks_to_do AS (
+    SELECT c.batch_id, count(*) AS chunks_to_do, max(c.attempts) AS most_attempts,
+           string_agg(DISTINCT c.error, '; ') AS chunk_errors
+    FROM chunks c
+    JOIN stuck s ON s.id = c.batch_id
+    WHERE c.status = 'todo'
+    GROUP BY c.batch_id
+), jobs AS (
+    SELECT j.args ->> 'batch_id' AS batch_id,
+           count(*) FILTER (WHERE j.status IN ('todo', 'doing')) AS waiting,
+           count(*) FILTER (WHERE j.status = 'failed') AS failed
+    FROM procrastinate_jobs j
+    WHERE j.status IN ('todo', 'doing', 'failed')
+      AND j.args ->> 'batch_id' IN (SELECT id::text FROM stuck)
+    GROUP BY j.args ->> 'batch_id'
+)
+SELECT s.id, s.dataset, s.status, s.updated_at, s.total_chunks, s.finished_chunks,
+       s.last_error, coalesce(c.chunks_to_do, 0) AS chunks_to_do,
+       coalesce(c.most_attempts, 0) AS most_attempts, c.chunk_errors,
+       coalesce(j.waiting, 0) AS jobs_waiting, coalesce(j.failed, 0) AS jobs_failed
+FROM stuck s
+LEFT JOIN chunks_to_do c ON c.batch_id = s.id
+LEFT JOIN jobs j ON j.batch_id = s.id::text
+ORDER BY s.updated_at;
