@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import os
 import shutil
 import uuid
@@ -93,6 +94,16 @@ def database_url(server_url: str, template_db: str) -> Iterator[str]:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
+
+
+@pytest.fixture(autouse=True)
+def _csv_field_limit() -> Iterator[None]:
+    """The csv module's field cap is process-wide, and the CSV reader sets it to the
+    upload's cell limit: a test's small limit must not cut the reports a later test of
+    the same xdist worker reads."""
+    kept = csv.field_size_limit()
+    yield
+    csv.field_size_limit(kept)
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:
