@@ -21,6 +21,9 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from psycopg import conninfo, sql
 
 from azurite import azurite  # noqa: F401 (a fixture, for every test module)
@@ -30,6 +33,7 @@ from importq import accounts
 from importq.config import Settings
 from importq.db import embedded_database_url
 from importq.migrate import migrate
+from importq.operations import traces
 from importq.rules.datasets import dataset_sources
 from importq.services import Services, open_services
 from importq.worker.tasks import run_worker
@@ -104,6 +108,19 @@ def _csv_field_limit() -> Iterator[None]:
     kept = csv.field_size_limit()
     yield
     csv.field_size_limit(kept)
+
+
+@pytest.fixture
+def exported() -> Iterator[InMemorySpanExporter]:
+    """Tracing on for the test, its spans kept in memory (the SDK's exporter)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    traces.configure(provider)
+    try:
+        yield exporter
+    finally:
+        traces.configure(None)
 
 
 def make_settings(database_url: str, data_dir: Path, **overrides: Any) -> Settings:

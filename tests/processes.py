@@ -53,6 +53,21 @@ def start_worker(
     return _start([*inside, *command], env, log)
 
 
+def run_importq(
+    env: dict[str, str], *arguments: str, stdin: str | None = None, seconds: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``importq arguments`` to its end; its exit code, stdout and stderr."""
+    return subprocess.run(
+        _importq(*arguments),
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=seconds,
+        check=False,
+    )
+
+
 def _importq(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "importq.cli", *arguments]
 

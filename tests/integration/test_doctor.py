@@ -21,7 +21,7 @@ from azure.storage.blob import BlobServiceClient
 from azurite import Azurite
 from importq.config import Settings
 from importq.operations import doctor
-from processes import free_port, serving
+from processes import free_port, run_importq, serving
 
 
 class _Accepting:
@@ -50,14 +50,7 @@ def env(database_url: str, tmp_path: Path, smtp_port: int) -> dict[str, str]:
 
 
 def _doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "importq.cli", "doctor"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_importq(env, "doctor")
 
 
 def test_every_part_is_ok_beside_a_running_service(env: dict[str, str], tmp_path: Path) -> None:

@@ -10,8 +10,6 @@ import itertools
 import logging
 import os
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -38,7 +36,7 @@ from importq.db import DatabaseOutage, Pool
 from importq.operations import metrics
 from importq.operations.metrics import QUEUES
 from importq.services import Services, open_services
-from processes import free_port, serving, start_worker, stop_group
+from processes import free_port, run_importq, serving, start_worker, stop_group
 
 # A sample's name and its labels, sorted.
 Key = tuple[str, tuple[tuple[str, str], ...]]
@@ -448,14 +446,7 @@ def test_a_multiprocess_dir_that_is_no_folder_stops_the_start(
             "IMPORTQ_DATA_DIR": str(tmp_path / "data"),
             "PROMETHEUS_MULTIPROC_DIR": str(folder),
         }
-        ended = subprocess.run(
-            [sys.executable, "-m", "importq.cli", command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        ended = run_importq(env, command, seconds=60)
         assert ended.returncode == 1, ended.stdout + ended.stderr
         assert f"PROMETHEUS_MULTIPROC_DIR={folder} is not a folder" in ended.stderr
 
@@ -493,14 +484,7 @@ def test_a_worker_whose_metrics_port_is_taken_stops_saying_so(
             "IMPORTQ_METRICS_HOST": "127.0.0.2",
             "IMPORTQ_METRICS_PORT": str(port),
         }
-        ended = subprocess.run(
-            [sys.executable, "-m", "importq.cli", "worker"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        ended = run_importq(env, "worker", seconds=60)
     assert ended.returncode == 1, ended.stdout + ended.stderr
     assert f"importq: cannot serve the metrics on 127.0.0.2:{port}: Address already in use" in (
         ended.stderr

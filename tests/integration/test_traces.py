@@ -21,8 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from helpers import (
@@ -33,24 +32,11 @@ from helpers import (
     until,
     wait_for_batch,
 )
-from importq.operations import traces
 from importq.services import Services
 from processes import serving, start_worker
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
-
-
-@pytest.fixture
-def exported() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    traces.configure(provider)
-    try:
-        yield exporter
-    finally:
-        traces.configure(None)
 
 
 def _of_batch(spans: tuple[ReadableSpan, ...], batch_id: str) -> dict[str, list[ReadableSpan]]:

@@ -5,12 +5,8 @@ the request series, bounded by the routes whatever method or path a client sends
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import httpx
-import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 from starlette.applications import Starlette
@@ -21,23 +17,10 @@ from starlette.routing import Route
 
 from importq.api.headers import RequestSpans
 from importq.api.metrics import RequestDurations
-from importq.operations import traces
 
 ROUTE = "/api/v1/{dataset}/import-rows"
 # What keeping an upload in storage stands for: it runs after the 202.
 KEEPING_SECONDS = 0.5
-
-
-@pytest.fixture
-def exported() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    traces.configure(provider)
-    try:
-        yield exporter
-    finally:
-        traces.configure(None)
 
 
 async def _upload(request: Request) -> JSONResponse:
