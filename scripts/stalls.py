@@ -65,7 +65,10 @@ WEBHOOK_LOAD_SECONDS = 60.0
 
 
 def percentile(values: list[float], share: float) -> float:
-    """The nearest-rank percentile: the smallest value at least ``share`` of them reach."""
+    """The nearest-rank percentile: the smallest value at least ``share`` of them reach;
+    NaN when there are none (a batch too small to give a stream a second event)."""
+    if not values:
+        return math.nan
     ordered = sorted(values)
     return ordered[max(math.ceil(share * len(ordered)) - 1, 0)]
 
@@ -213,6 +216,8 @@ def _report(title: str, lines: list[str], command: str, server: str, write: bool
 
 
 def _verdict(value: float, bar: float) -> str:
+    if math.isnan(value):
+        return "not measured (no samples: try more --rows)"
     return "met" if value <= bar else "NOT met"
 
 
