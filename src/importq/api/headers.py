@@ -34,6 +34,13 @@ def answer_ended(message: Message) -> bool:
     return message["type"] == "http.response.body" and not message.get("more_body", False)
 
 
+def route_template(scope: Scope) -> str | None:
+    """The template of the route the router matched (``/api/v1/jobs/{batch_id}``), which
+    it leaves in the scope; None before routing, or when no route matched."""
+    path = getattr(scope.get("route"), "path", None)
+    return path if isinstance(path, str) else None
+
+
 class SecurityHeaders:
     def __init__(self, app: ASGIApp, *, https: bool) -> None:
         self._app = app
@@ -122,7 +129,7 @@ class RequestSpans:
             """Name the span by the route matched, and end it, once."""
             if span is None or not span.is_recording():
                 return
-            route = getattr(scope.get("route"), "path", None)
+            route = route_template(scope)
             if route is not None:
                 span.update_name(f"{method} {route}")
                 span.set_attribute("http.route", route)

@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from importq.api.headers import answer_ended
+from importq.api.headers import answer_ended, route_template
 from importq.api.schemas import ErrorBody
 from importq.errors import Refusal
 from importq.operations import metrics
@@ -114,8 +114,8 @@ class RequestDurations:
 def _route(scope: Scope, status: int) -> str:
     """The template of the route the router matched (it leaves it in the scope), unless
     that route refused the method."""
-    path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) and status != 405 else metrics.UNMATCHED
+    path = route_template(scope)
+    return path if path is not None and status != 405 else metrics.UNMATCHED
 
 
 def _method(scope: Scope) -> str:

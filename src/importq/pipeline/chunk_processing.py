@@ -337,12 +337,14 @@ async def _finish(
         await cancel_chunks(conn, queue, batch_id)
 
 
-def _settled_rows(dataset: str, batch: Mapping[str, Any], tally: ChunkTally) -> SettledRows | None:
-    """Rows of a ``batch`` (its ``on_error`` and ``dry_run``) a transaction settled, to
-    count once it commits; None for a checked batch's, counted when the batch finishes."""
-    if batch["on_error"] != "continue":
+def _settled_rows(
+    dataset: str, on_error: str, dry_run: bool, tally: ChunkTally
+) -> SettledRows | None:
+    """Rows of a batch a transaction settled, to count once it commits; None for a
+    checked batch's (``on_error`` other than continue), counted when the batch finishes."""
+    if on_error != "continue":
         return None
-    return SettledRows(dataset, batch["dry_run"], tally)
+    return SettledRows(dataset, dry_run, tally)
 
 
 async def cancel_chunks(
@@ -368,8 +370,7 @@ async def cancel_chunks(
     is_last, rows, dataset, on_error, dry_run = row
     if is_last:
         await queue.defer_completion_check(conn, batch_id)
-    batch = {"on_error": on_error, "dry_run": dry_run}
-    return _settled_rows(dataset, batch, ChunkTally(failures=rows))
+    return _settled_rows(dataset, on_error, dry_run, ChunkTally(failures=rows))
 
 
 async def _prepare(
@@ -421,7 +422,7 @@ async def process_chunk(
             statements = _statements(dataset, batch_id, chunk)
             tally = await _work(conn, statements, dataset, batch_id, chunk, slice_rows)
             await _finish(conn, queue, batch_id, chunk_no, tally)
-            settled = _settled_rows(dataset.name, chunk, tally)
+            settled = _settled_rows(dataset.name, chunk["on_error"], chunk["dry_run"], tally)
             worked = dataset.name
     if worked is not None:
         count_chunk(worked, time.monotonic() - started)
@@ -576,6 +577,6 @@ async def fail_chunk(
             tally = await _give_up(conn, statements, batch_id, chunk)
             failed = dataclasses.replace(tally, failed=True)
             await _finish(conn, queue, batch_id, chunk_no, failed, error=reason)
-            settled = _settled_rows(dataset.name, chunk, tally)
+            settled = _settled_rows(dataset.name, chunk["on_error"], chunk["dry_run"], tally)
     count_rows(settled)
     return True
