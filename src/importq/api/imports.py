@@ -5,7 +5,8 @@ leaves nothing behind.
 
 The body is streamed to a spool file, and the size limit is enforced while it arrives
 (:mod:`importq.api.request_body`). Parsing then streams from the spool into staging, in
-a worker thread, so the event loop stays free for other requests. The spool is kept as
+a worker thread, so the event loop stays free for other requests; a big XLSX file is
+read by a process of its own (:mod:`importq.ingest.xlsx_process`). The spool is kept as
 the upload.
 """
 
@@ -43,6 +44,7 @@ from importq.ingest.off_loop import off_loop
 from importq.ingest.parsed_upload import ParsedUpload, within_limits
 from importq.ingest.staging import BatchRequest, StagedBatch, stage_batch
 from importq.ingest.text_encoding import encoding_names, resolve_encoding
+from importq.ingest.xlsx_process import read_xlsx_in_process, worth_a_process
 from importq.ingest.xlsx_reader import XLSX_TYPE, read_xlsx
 from importq.job_json import Mode
 from importq.operations import traces
@@ -217,6 +219,23 @@ def read_file(
         encoding=options.encoding,
         limits=options.limits,
     )
+
+
+async def read_upload(
+    source: IO[bytes],
+    fmt: str,
+    default_delimiter: str | None,
+    options: FileOptions,
+    closed: contextlib.ExitStack,
+) -> ParsedUpload:
+    """Read an upload to be staged: a big XLSX file in a process of its own, which
+    ``closed`` ends (:mod:`importq.ingest.xlsx_process`), any other in a worker thread
+    (:func:`read_file`)."""
+    if fmt == "xlsx" and worth_a_process(source):
+        return await read_xlsx_in_process(
+            source, sheet=options.sheet, limits=options.limits, closed=closed
+        )
+    return await off_loop(read_file, source, fmt, default_delimiter, options)
 
 
 async def keep_upload(services: Services, batch_id: uuid.UUID, fmt: str, source: IO[bytes]) -> None:
@@ -406,7 +425,7 @@ async def import_rows(
         body = await spool_upload(request, services, upload_closed)
         fmt, default_delimiter, source = body.format, body.default_delimiter, body.source
         file_name = clean_file_name(body.sent_name) if body.sent_name else file_name
-        upload = await off_loop(read_file, source, fmt, default_delimiter, options)
+        upload = await read_upload(source, fmt, default_delimiter, options, upload_closed)
 
         callback_url = callbackUrl or definition.callback_url
         digest = None

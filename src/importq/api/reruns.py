@@ -33,7 +33,7 @@ from importq.api.imports import (
     accepted,
     check_mode_role,
     importable_dataset,
-    read_file,
+    read_upload,
     stage_and_keep,
 )
 from importq.api.jobs import readable_batch
@@ -41,7 +41,6 @@ from importq.api.reading import Reading
 from importq.api.schemas import Accepted, accepted_with_location, errors
 from importq.errors import Refusal
 from importq.i18n import parse_accept_language, resolve_locale
-from importq.ingest.off_loop import off_loop
 from importq.ingest.staging import BatchRequest
 from importq.pipeline.aggregation import REPORT_SCRATCH_PREFIX
 from importq.pipeline.compare import comparison_path, results_kept, write_moved_lines
@@ -146,7 +145,7 @@ async def rerun_job(
     options = FileOptions(services.settings.upload_limits, **(batch["file_options"] or {}))
     with contextlib.ExitStack() as upload_closed:
         source = await _kept_upload(services, batch, upload_closed)
-        upload = await off_loop(read_file, source, batch["format"], None, options)
+        upload = await read_upload(source, batch["format"], None, options, upload_closed)
         batch_request = BatchRequest(
             dataset=definition,
             initiator_id=user.id,

@@ -38,6 +38,7 @@ from functools import cached_property
 
 from psycopg import sql
 
+from importq.ingest.staged_records import record_types
 from importq.rules.datasets import Dataset
 from importq.sql import queries
 
@@ -242,7 +243,7 @@ class StagedTable:
         return sql.SQL(queries["copy_staged_rows"]).format(table=self.name, cells=self._cells())
 
     def copy_types(self) -> list[str]:
-        return ["int4", "text", "text[]", *["text"] * self.width]
+        return record_types(self.width)
 
     def copy_csv(self, delimiter: str, part: int | None = None) -> sql.Composed:
         """A COPY of a CSV file's data records into the staged table, or into one of its

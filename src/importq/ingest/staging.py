@@ -8,7 +8,9 @@ Everything happens inside that transaction, in this order:
 
 1. The batch's staged table is created (:mod:`importq.ingest.staged_table`).
 2. The rows are COPYed into it. PostgreSQL's own CSV reader parses them when the file is
-   clean enough (:mod:`importq.ingest.clean_csv`). Otherwise importq parses them.
+   clean enough (:mod:`importq.ingest.clean_csv`). Otherwise importq parses them, in a
+   worker thread, or, for a big XLSX file, in a process of its own whose COPY data is
+   passed on as it comes (:mod:`importq.ingest.xlsx_process`).
 3. The table's hash index is built, and the chunk bounds are cut by walking that index.
 4. The batch, its chunks and one ``process_chunk`` job per chunk are inserted.
 
@@ -27,7 +29,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -41,7 +43,8 @@ from importq.errors import Refusal
 from importq.ingest.chunk_bounds import ChunkBound, ChunkSizing
 from importq.ingest.clean_csv import CsvSource, NotClean
 from importq.ingest.off_loop import in_thread, off_loop
-from importq.ingest.parsed_upload import ParsedUpload, empty_upload
+from importq.ingest.parsed_upload import CopyData, ParsedUpload, empty_upload
+from importq.ingest.staged_records import staged_records, storable
 from importq.ingest.staged_table import (
     FIRST_LINE,
     LineRange,
@@ -53,7 +56,6 @@ from importq.operations.traces import batch_origin
 from importq.pipeline.dataset_versions import check_current
 from importq.pipeline.on_error import OnError
 from importq.rules.datasets import Dataset, HeaderMatch
-from importq.rules.row_rules import Value
 from importq.sql import queries
 
 log = logging.getLogger(__name__)
@@ -183,30 +185,6 @@ async def _existing(conn: AsyncConnection[Any], request: BatchRequest) -> Staged
     return StagedBatch(batch_id, total_rows, total_chunks, created=False)
 
 
-def _storable(text: str) -> str:
-    """``text`` as PostgreSQL can keep it: without NUL, a lone surrogate (which a JSON
-    body may hold) replaced."""
-    return text.replace("\x00", "").encode("utf-8", "replace").decode()
-
-
-def _unreadable(cells: Sequence[Value]) -> tuple[list[Value], str] | None:
-    """Cells that PostgreSQL cannot keep as text, cleaned, with the problem.
-
-    None when every cell is fine.
-    """
-    if any(cell and "\x00" in cell for cell in cells):
-        problem = "a value contains a NUL character"
-    else:
-        try:
-            for cell in cells:
-                if cell:
-                    cell.encode()
-            return None
-        except UnicodeEncodeError:
-            problem = "a value is not valid Unicode text"
-    return [_storable(cell) if cell else cell for cell in cells], problem
-
-
 async def _create_tables(
     conn: AsyncConnection[Any], table: StagedTable, longest: int | None = None
 ) -> None:
@@ -220,22 +198,6 @@ async def _create_tables(
         await conn.execute(statement)
 
 
-def _copy_records(upload: ParsedUpload, width: int) -> Iterator[tuple[Any, ...]]:
-    """The staged table's records of the rows importq read: the line, the row's
-    problem, the cells past ``width`` and the first ``width`` cells, padded."""
-    padding: list[Value] = [None] * width
-    for line, values, problem in upload.rows:
-        cells = list(values[:width]) if len(values) >= width else [*values, *padding][:width]
-        extra = list(values[width:]) or None
-        unreadable = _unreadable([*cells, *(extra or ())])
-        if unreadable is not None:
-            cleaned, reason = unreadable
-            cells, extra = cleaned[:width], cleaned[width:] or None
-            problem = problem or reason
-        # A problem may quote a column's name, as the upload spelled it.
-        yield (line, problem and _storable(problem), extra, *cells)
-
-
 async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: ParsedUpload) -> int:
     """Create the batch's tables, and COPY the rows importq read into the staged table.
 
@@ -245,11 +207,19 @@ async def _copy_rows(conn: AsyncConnection[Any], table: StagedTable, upload: Par
     total = 0
     async with conn.cursor().copy(table.copy_rows()) as copy:
         copy.set_types(table.copy_types())
-        async for records in in_thread(_copy_records(upload, table.width), ROWS_PER_SLICE):
+        async for records in in_thread(staged_records(upload.rows, table.width), ROWS_PER_SLICE):
             for record in records:
                 await copy.write_row(record)
             total += len(records)
     return total
+
+
+async def _copy_data(conn: AsyncConnection[Any], table: StagedTable, data: CopyData) -> int:
+    """Create the batch's tables, and COPY the records another process read and formatted
+    into the staged table. Returns how many rows there were."""
+    await _create_tables(conn, table)
+    async with conn.cursor().copy(table.copy_rows()) as copy:
+        return await data.write_to(copy)
 
 
 async def _copy_blocks(
@@ -440,7 +410,7 @@ async def stage_batch(
     that batch back. ``connect`` lends a second connection, for a big file's second half.
     """
     # The header is kept with the batch (and names unknown columns in its warnings).
-    upload = dataclasses.replace(upload, header=[_storable(name) for name in upload.header])
+    upload = dataclasses.replace(upload, header=[storable(name) for name in upload.header])
     judged_by = request.judged_by
     match = check_header(judged_by, upload.header)
     existing = await _existing(conn, request)
@@ -457,7 +427,9 @@ async def stage_batch(
             total = None
             if upload.source is not None:
                 total = await _copy_clean_csv(conn, table, upload.source, second)
-            if total is None:
+            if upload.copy_data is not None:
+                total = await _copy_data(conn, table, upload.copy_data)
+            elif total is None:
                 total = await _copy_rows(conn, table, upload)
             if total == 0:
                 raise empty_upload()
