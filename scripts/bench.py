@@ -215,10 +215,11 @@ CPU_SAMPLE_SECONDS = 0.25  # a sample scans the machine's processes: ~2 ms of a 
 
 
 class UsageSampler(threading.Thread):
-    """Samples the summed RSS of the importq processes every tenth of a second (its peak),
-    and what CPU they, PostgreSQL (the tree of ``postgres``, its postmaster) and the whole
-    machine have used so far every ``CPU_SAMPLE_SECONDS``, and when ``sample_cpu`` is
-    called. ``usage`` reads the CPU at any moment in between."""
+    """Samples the summed RSS of the importq processes and their XLSX reading processes
+    every tenth of a second (its peak), and what CPU they, PostgreSQL (the tree of
+    ``postgres``, its postmaster) and the whole machine have used so far every
+    ``CPU_SAMPLE_SECONDS``, and when ``sample_cpu`` is called. ``usage`` reads the CPU at
+    any moment in between."""
 
     def __init__(self, service: Service, postgres: int | None) -> None:
         super().__init__(daemon=True)
@@ -242,6 +243,11 @@ class UsageSampler(threading.Thread):
             for process in self.processes:
                 with contextlib.suppress(psutil.Error):
                     total += process.memory_info().rss
+                    # The XLSX reading processes importq starts (not PostgreSQL's).
+                    for child in process.children(recursive=True):
+                        with contextlib.suppress(psutil.Error):
+                            if "importq.ingest.xlsx_process" in child.cmdline():
+                                total += child.memory_info().rss
             self.peak = max(self.peak, total)
             if time.monotonic() - last_cpu >= CPU_SAMPLE_SECONDS:
                 self.sample_cpu()
