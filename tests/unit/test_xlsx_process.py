@@ -50,11 +50,12 @@ def _workbook(path: Path, rows: list[list[Any]], **sheets: list[list[Any]]) -> P
     return path
 
 
-def _many_rows(path: Path, count: int) -> Path:
-    """A workbook whose COPY data is far more than a pipe holds."""
+@pytest.fixture(scope="module")
+def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workbook of 20,000 rows, whose COPY data is far more than a pipe holds."""
     rows: list[list[Any]] = [["id", "name", "depth"]]
-    rows += [[f"e{n}", f"entrance number {n}", n * 0.5] for n in range(count)]
-    return _workbook(path, rows)
+    rows += [[f"e{n}", f"entrance number {n}", n * 0.5] for n in range(20_000)]
+    return _workbook(tmp_path_factory.mktemp("many") / "many.xlsx", rows)
 
 
 async def _in_child(path: Path, limits: UploadLimits = LIMITS, **options: Any) -> Any:
@@ -119,8 +120,8 @@ async def test_the_child_sends_what_staging_would_copy(tmp_path: Path) -> None:
     assert await _in_child(path) == _in_process(path)
 
 
-async def test_many_rows_arrive_in_blocks(tmp_path: Path) -> None:
-    path = _many_rows(tmp_path / "many.xlsx", 20_000)
+async def test_many_rows_arrive_in_blocks(many: Path) -> None:
+    path = many
     header, data, count = await _in_child(path)
     assert (header, data, count) == _in_process(path)
     assert len(data) > 2 * xlsx_process.BLOCK_BYTES and count == 20_000
@@ -165,8 +166,8 @@ async def test_a_refusal_in_the_child_is_the_readers_refusal(
 # --- the child's life --------------------------------------------------------------------
 
 
-async def test_the_child_is_killed_when_its_upload_closes(tmp_path: Path) -> None:
-    path = _many_rows(tmp_path / "many.xlsx", 20_000)
+async def test_the_child_is_killed_when_its_upload_closes(many: Path) -> None:
+    path = many
     with path.open("rb") as binary:
         with contextlib.ExitStack() as closed:
             upload = await read_xlsx_in_process(binary, sheet=None, limits=LIMITS, closed=closed)
@@ -176,8 +177,8 @@ async def test_the_child_is_killed_when_its_upload_closes(tmp_path: Path) -> Non
     await _until_gone(child.process.pid)
 
 
-async def test_a_cancelled_copy_kills_the_child(tmp_path: Path) -> None:
-    path = _many_rows(tmp_path / "many.xlsx", 20_000)
+async def test_a_cancelled_copy_kills_the_child(many: Path) -> None:
+    path = many
     started = asyncio.Event()
     children: list[xlsx_process.XlsxProcess] = []
 
@@ -199,9 +200,9 @@ async def test_a_cancelled_copy_kills_the_child(tmp_path: Path) -> None:
 
 
 async def test_a_child_that_dies_is_a_500_and_logged(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    many: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = _many_rows(tmp_path / "many.xlsx", 20_000)
+    path = many
     with contextlib.ExitStack() as closed, path.open("rb") as binary:
         upload = await read_xlsx_in_process(binary, sheet=None, limits=LIMITS, closed=closed)
         assert isinstance(upload.copy_data, xlsx_process.XlsxProcess)
@@ -213,8 +214,8 @@ async def test_a_child_that_dies_is_a_500_and_logged(
     assert "exit code -9" in caplog.text
 
 
-def test_the_child_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
-    path = _many_rows(tmp_path / "many.xlsx", 20_000)
+def test_the_child_dies_with_the_process_that_started_it(many: Path) -> None:
+    path = many
     # A parent that starts the child, prints its pid, then waits to be killed.
     parent_code = textwrap.dedent(
         f"""
