@@ -155,7 +155,7 @@ async def read_xlsx_in_process(
     closes, so the caller's exit stack bounds the child's life.
     """
     descriptor = binary.fileno()
-    options = {"sheet": sheet, "limits": dataclasses.asdict(limits)}
+    options = {"sheet": sheet, "limits": dataclasses.asdict(limits), "parent": os.getpid()}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -226,8 +226,10 @@ def main(argv: list[str]) -> int:
     """The child: read the upload open at descriptor ``argv[0]`` with the options of
     ``argv[1]`` (JSON), and write frames to stdout."""
     _die_with_parent()
-    out = sys.stdout.buffer
     options: dict[str, Any] = json.loads(argv[1])
+    if os.getppid() != options["parent"]:
+        return 1  # the parent died before the kernel was told to kill this process with it
+    out = sys.stdout.buffer
     limits = UploadLimits(**options["limits"])
     try:
         # A file of its own, so that the parent's offset in the upload never moves.
