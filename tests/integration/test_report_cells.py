@@ -13,8 +13,11 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
-from importq.pipeline.reports import FORMULA_STARTS
+from importq.pipeline.reports import FORMULA_STARTS, staged_failure_record
+from importq.pipeline.reports import report_cell as report_cell_sql
+from importq.rules.datasets import parse_datasets
 from importq.rules.row_rules import NUMBER
 from importq.services import Services
 
@@ -33,6 +36,7 @@ def report_cell(value: str | None, numeric: bool) -> str:
 def cells() -> list[str | None]:
     rnd = random.Random(20261127)
     alphabet = ['"', ",", "\n", "\r", "\t", " ", "=", "+", "-", "@", ".", "e", "1", "0", "a", "é"]
+    alphabet.append("\x01")  # what a record's test joins a row's text cells with
     found: list[str | None] = [None, "", "-1.5", " -1.5 ", "+.5e3", "-", "=1+1", "@x", "\t-2"]
     for _ in range(3_000):
         found.append("".join(rnd.choices(alphabet, k=rnd.randrange(7))))
@@ -68,3 +72,54 @@ async def test_report_cells_follow_the_rule(services: Services) -> None:
 async def test_a_valid_number_prints_as_itself(services: Services, numbers: list[str]) -> None:
     """What lets the success report skip the function for a row's validated numbers."""
     assert await _in_sql(services, list(numbers), True) == numbers
+
+
+MIXED = parse_datasets(
+    '[datasets.mixed]\ntable = "mixed_rows"\ndedup_key = ["a"]\n'
+    '[[datasets.mixed.columns]]\nname = "a"\nfield = "a"\nrequired = true\n'
+    '[[datasets.mixed.columns]]\nname = "x"\nfield = "x"\ntype = "float"\n'
+    '[[datasets.mixed.columns]]\nname = "y"\nfield = "y"\ntype = "float"\ndecimal = "comma"\n'
+    '[[datasets.mixed.columns]]\nname = "b"\nfield = "b"\n'
+)["mixed"]
+
+
+async def test_a_failure_record_is_its_cells_each_formatted(services: Services) -> None:
+    """A rejected row's record tests its text cells at once and takes a short way when
+    they are plain. Whichever way a row takes, the record must be the one that formats
+    each cell in full: over random rows of text, dot and comma numbers, and a column the
+    dataset does not know."""
+    header = ["a", "x", "y", "b", "unknown"]
+    columns = [MIXED.column(name) for name in header[:4]] + [None]
+    rnd = random.Random(20261205)
+    values = cells()
+    plain = [None, "", "Entrance 1", "a, b", "-12.5", "12,5", "fra", "ES"]
+    rows = [
+        [rnd.choice(plain if rnd.random() < 0.6 else values) for _ in header] for _ in range(2_000)
+    ]
+    full = sql.SQL(" || ',' || ").join(
+        [
+            sql.SQL("line::text"),
+            report_cell_sql(sql.Identifier("message"), None),
+            *(report_cell_sql(sql.Identifier(f"c{p}"), c) for p, c in enumerate(columns)),
+        ]
+    )
+    async with services.pool.connection() as conn, conn.transaction():
+        await conn.execute(
+            "CREATE TEMP TABLE staged (line int, message text, extra text[], "
+            "c0 text, c1 text, c2 text, c3 text, c4 text) ON COMMIT DROP"
+        )
+        async with conn.cursor().copy(
+            "COPY staged (line, message, extra, c0, c1, c2, c3, c4) FROM STDIN"
+        ) as copy:
+            for line, row in enumerate(rows, start=2):
+                extra = ["=x", "y"] if line % 7 == 0 else None
+                await copy.write_row((line, rnd.choice(values), extra, *row))
+        query = sql.SQL(
+            "SELECT {record}, {full} || CASE WHEN extra IS NULL THEN '' "
+            "ELSE importq_report_extra(extra) END || E'\\r\\n' FROM staged ORDER BY line"
+        ).format(record=staged_failure_record(MIXED, header), full=full)
+        pairs = await (await conn.execute(query)).fetchall()
+    assert len(pairs) == len(rows)
+    assert [pair for pair in pairs if pair[0] != pair[1]] == []
+    # Both ways were taken.
+    assert any('"' in row[0] or "'" in row[0] for row in pairs)

@@ -23,6 +23,7 @@ The columns:
 from __future__ import annotations
 
 import csv
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ OUTCOME_KIND = {"success": "success", "duplicate": "duplicates", "failure": "fai
 BLOCK_LINES = 4096
 # The columns of the successes report between the key and the report columns.
 SUCCESS_FIELDS = ("targetId", "outcome", "changedColumns")
+# What ReportWriter.append copies at a time.
+COPY_BYTES = 1024 * 1024
 FILE_NAMES = {
     "success": "successes.csv",
     "duplicates": "duplicates.csv",
@@ -82,6 +85,11 @@ _COMMA_NUMBER = sql.Literal(
 )
 
 
+# A plain negative number: printed as it is, as importq_report_cell would print it, with
+# no trim and no second pattern (half of all coordinates are negative).
+_PLAIN_NEGATIVE = sql.Literal("^-[0-9]+(\\.[0-9]+)?$")
+
+
 def report_cell(expression: sql.Composable, column: Column | None) -> sql.Composed:
     """A report cell of ``column``'s value ``expression``, as uploaded: RFC 4180 quoting
     and the formula guard (``importq_report_cell``), which a number is spared: one with
@@ -91,8 +99,26 @@ def report_cell(expression: sql.Composable, column: Column | None) -> sql.Compos
             "CASE WHEN {v} ~ {number} THEN CASE WHEN strpos({v}, ',') > 0 "
             "THEN '\"' || {v} || '\"' ELSE {v} END ELSE importq_report_cell({v}, false) END"
         ).format(v=expression, number=_COMMA_NUMBER)
-    numeric = column is not None and column.reports_as_number
-    return sql.SQL("importq_report_cell({}, {})").format(expression, sql.Literal(numeric))
+    if column is not None and column.reports_as_number:
+        return sql.SQL(
+            "CASE WHEN ascii({v}) = 45 AND {v} ~ {negative} THEN {v} "
+            "ELSE importq_report_cell({v}, true) END"
+        ).format(v=expression, negative=_PLAIN_NEGATIVE)
+    return sql.SQL("importq_report_cell({}, false)").format(expression)
+
+
+# A row whose text cells hold no quote, CR or LF and start as no formula does (the cells
+# joined by U+0001, which only makes a cell holding one take the long way): each text
+# cell then needs at most quotes around it, for a comma.
+_PLAIN_TEXT = sql.Literal('["\r\n]|(^|\x01)[-=+@\t]')
+
+
+def _plain_text_cell(expression: sql.Composable) -> sql.Composed:
+    """A text cell of a row that passes ``_PLAIN_TEXT``, as ``importq_report_cell`` would
+    print it."""
+    return sql.SQL(
+        "CASE WHEN strpos({v}, ',') > 0 THEN '\"' || {v} || '\"' ELSE coalesce({v}, '') END"
+    ).format(v=expression)
 
 
 def _record(fields: Sequence[sql.Composable], tail: sql.Composable) -> sql.Composed:
@@ -109,12 +135,40 @@ def _rejected_record(
     layout: ReportLayout, uploaded: Callable[[int], sql.Composable]
 ) -> sql.Composed:
     """A duplicate's or a failure's record: ``line``, ``message``, then each uploaded cell
-    (``uploaded(position)``) and ``extra``."""
-    fields = [sql.SQL("line::text"), report_cell(sql.Identifier("message"), None)] + [
-        report_cell(uploaded(position), column)
-        for position, column in enumerate(layout.rejected_columns)
-    ]
-    return _record(fields, _EXTRA_CELLS)
+    (``uploaded(position)``) and ``extra``.
+
+    Most rows are plain: their text cells are tested at once, with one pattern over
+    them joined, and then printed with a comma test each. Any other row has each cell
+    formatted in full. Both give the same record (tests/integration/test_report_cells.py):
+    a cancelled half of a million rows is made in the aggregation, by these.
+    """
+    columns = layout.rejected_columns
+    cells = [uploaded(position) for position in range(len(columns))]
+    texts = {p for p, column in enumerate(columns) if column is None or not column.type.is_numeric}
+    comma = sql.SQL(" || ',' || ")
+    uploaded_cells: sql.Composable = comma.join(
+        report_cell(cell, column) for cell, column in zip(cells, columns, strict=True)
+    )
+    if texts:
+        plain = comma.join(
+            _plain_text_cell(cell) if p in texts else report_cell(cell, column)
+            for p, (cell, column) in enumerate(zip(cells, columns, strict=True))
+        )
+        uploaded_cells = sql.SQL(
+            "CASE WHEN {joined} !~ {pattern} THEN {plain} ELSE {full} END"
+        ).format(
+            # || rather than concat(): a function takes at most 100 arguments.
+            joined=sql.SQL(" || E'\\x01' || ").join(
+                sql.SQL("coalesce({}, '')").format(cells[p]) for p in sorted(texts)
+            ),
+            pattern=_PLAIN_TEXT,
+            plain=plain,
+            full=uploaded_cells,
+        )
+    return _record(
+        [sql.SQL("line::text"), report_cell(sql.Identifier("message"), None), uploaded_cells],
+        _EXTRA_CELLS,
+    )
 
 
 def record_sql(
@@ -188,12 +242,15 @@ def formula_safe(text: str) -> str:
 class ReportWriter:
     """Writes formatted records into up to three report files in ``directory``.
 
-    A report with no rows is never created. Call :meth:`close` once, at the end.
+    A report with no rows is never created. Call :meth:`close` once, at the end. A
+    writer that ``continues`` another writes the records alone, with no BOM and no
+    header: the other takes its files in with :meth:`append`.
     """
 
-    def __init__(self, directory: Path, layout: ReportLayout) -> None:
+    def __init__(self, directory: Path, layout: ReportLayout, *, continues: bool = False) -> None:
         self._directory = directory
         self._layout = layout
+        self._continues = continues
         self._files: dict[str, TextIO] = {}
         self.counts = dict.fromkeys(KINDS, 0)
 
@@ -201,14 +258,27 @@ class ReportWriter:
         handle = self._files.get(kind)
         if handle is None:
             handle = (self._directory / FILE_NAMES[kind]).open(
-                "w", encoding="utf-8-sig", newline=""
+                "w", encoding="utf-8" if self._continues else "utf-8-sig", newline=""
             )
-            header = (
-                self._layout.success_header if kind == "success" else self._layout.rejected_header
-            )
-            csv.writer(handle, lineterminator="\r\n").writerow(map(formula_safe, header))
+            if not self._continues:
+                header = (
+                    self._layout.success_header
+                    if kind == "success"
+                    else self._layout.rejected_header
+                )
+                csv.writer(handle, lineterminator="\r\n").writerow(map(formula_safe, header))
             self._files[kind] = handle
         return handle
+
+    def append(self, files: dict[str, Path], counts: dict[str, int]) -> None:
+        """Append the closed files of a writer that continued this one (``counts``: its
+        records of each kind), after the records written so far."""
+        for kind, path in files.items():
+            handle = self._file(kind)
+            handle.flush()
+            with path.open("rb") as records:
+                shutil.copyfileobj(records, handle.buffer, COPY_BYTES)
+            self.counts[kind] += counts[kind]
 
     def add(self, blocks: Iterable[tuple[str, str, int]]) -> int:
         """Append blocks of ``(outcome, records, count)``, in line order.
