@@ -57,6 +57,14 @@ async def test_a_batch_cancelled_before_it_starts_imports_nothing(
     assert (
         again.status_code == 202 and again.json()["cancelledAt"] == cancelled.json()["cancelledAt"]
     )
+    # The cancelled chunks' jobs are gone: only the completion check waits.
+    waiting = await count(
+        services,
+        "SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND args->>'batch_id' = %s"
+        " AND task_name = 'process_chunk'",
+        batch_id,
+    )
+    assert waiting == 0
 
     async with running_worker(services):
         job = await wait_for_batch(client, batch_id, until=("cancelled",))

@@ -374,12 +374,15 @@ ORDER BY line / {block};
 -- The records the batch's chunks stored ({results}: its results table), each with its
 -- outcome (a success's: what it did to the table, which report_blocks counts as a
 -- success); {which}: the results read (a held batch's successes are held_records
--- instead). Each branch of
+-- instead). Only the lines from %(from_line)s up to %(to_line)s (NULL: the last), both
+-- at a block's start: a results row's lines are all in one block, so its first tells
+-- whether it is read, before its arrays are. Each branch of
 -- report_blocks is one subquery with no condition of its own, so that the UNION ALL is
 -- planned as one parallel append, sorted in the workers.
 SELECT * FROM (SELECT r.outcome, u.line, u.record
                FROM {results} r, unnest(r.lines, r.records) AS u(line, record)
-               WHERE {which}) AS stored
+               WHERE {which} AND r.lines[1] >= %(from_line)s
+                 AND (%(to_line)s::int IS NULL OR r.lines[1] < %(to_line)s)) AS stored
 
 -- name: cancelled_ranges
 -- The hash ranges of a batch's cancelled chunks, as one multirange (text).
@@ -391,22 +394,27 @@ WHERE batch_id = %(batch_id)s AND status = 'cancelled';
 -- The failure records of the staged rows ({staged}) of the batch's cancelled chunks
 -- (%(stopped)s: the message of a cancel or of an abort), made
 -- here ({record}: the failure record of a staged row and its message), in the parallel
--- workers. Their hash ranges come as a value: a subquery there would keep the sort out
--- of the workers.
+-- workers; the lines as result_records reads them. Their hash ranges come as a value: a
+-- subquery there would keep the sort out of the workers.
 SELECT * FROM (SELECT 'failure'::text, line, {record}
                FROM (SELECT s.*, %(stopped)s::text AS message
                      FROM {staged} s
-                     WHERE s.key_hash <@ %(cancelled_ranges)s::int8multirange) AS s) AS cancelled
+                     WHERE s.key_hash <@ %(cancelled_ranges)s::int8multirange
+                       AND s.line >= %(from_line)s
+                       AND (%(to_line)s::int IS NULL OR s.line < %(to_line)s)) AS s) AS cancelled
 
 -- name: held_records
 -- The failure records of a held batch's valid rows (a checked batch that was not written:
 -- its successes were not imported), made from their staged rows ({staged}, {record}) with
--- the message %(stopped)s; their lines are its results' ({results}) successes.
+-- the message %(stopped)s; their lines are its results' ({results}) successes, those
+-- result_records reads.
 SELECT * FROM (SELECT 'failure'::text, line, {record}
                FROM (SELECT s.*, %(stopped)s::text AS message
                      FROM {staged} s
                      JOIN (SELECT unnest(lines) AS line FROM {results}
-                           WHERE outcome NOT IN ('duplicate', 'failure')) AS held
+                           WHERE outcome NOT IN ('duplicate', 'failure')
+                             AND lines[1] >= %(from_line)s
+                             AND (%(to_line)s::int IS NULL OR lines[1] < %(to_line)s)) AS held
                        USING (line)) AS s) AS held
 
 -- name: report_plan
@@ -419,13 +427,21 @@ SELECT set_config('work_mem', '192MB', true), set_config('parallel_tuple_cost', 
        set_config('parallel_setup_cost', '0', true),
        set_config('min_parallel_table_scan_size', '0', true), set_config('jit', 'off', true);
 
+-- name: report_part_plan
+-- After report_plan, for a part of a batch's lines read beside another: no parallel
+-- workers, the parts being the query's processes.
+SELECT set_config('max_parallel_workers_per_gather', '0', true);
+
 -- name: cancel_chunks
 -- todo → cancelled, for a cancelled batch's chunks that no other transaction holds (a
 -- running chunk finishes), or only for %(chunk_no)s when set (its caller holds it: its own
 -- lock is not skipped). Their rows count as failures; the aggregation reports them from
--- the staged rows. In the caller's transaction. A row back when some were cancelled: is
--- the batch's last chunk done, how many rows were settled, and the batch's dataset,
--- on_error and dry_run (for the metrics).
+-- the staged rows. Their jobs still waiting are deleted: each would only find its chunk
+-- cancelled, and the batch's completion check and aggregation would wait behind them for
+-- a worker's slots (a job already taken finds its chunk cancelled). In the caller's
+-- transaction. A row back when some were cancelled: is the batch's last chunk done, how
+-- many rows were settled, and the batch's dataset, on_error and dry_run (for the
+-- metrics).
 WITH cancelled AS (
     UPDATE chunks c SET status = 'cancelled'
     FROM (SELECT batch_id, chunk_no FROM chunks
@@ -434,7 +450,14 @@ WITH cancelled AS (
             AND EXISTS (SELECT FROM batches WHERE id = %(batch_id)s AND status = 'active')
           FOR UPDATE OF chunks SKIP LOCKED) AS free
     WHERE c.batch_id = free.batch_id AND c.chunk_no = free.chunk_no
-    RETURNING c.row_count
+    RETURNING c.chunk_no, c.row_count
+), unqueued AS (
+    -- Waiting jobs only ('todo', which the worker's fetch skips once it has locked one).
+    DELETE FROM procrastinate_jobs j
+    USING cancelled
+    WHERE j.status = 'todo' AND j.task_name = 'process_chunk'
+      AND j.args->>'batch_id' = %(batch_id)s::text
+      AND (j.args->>'chunk_no')::int = cancelled.chunk_no
 ), counted AS (
     SELECT count(*)::int AS chunks, coalesce(sum(row_count), 0)::int AS rows FROM cancelled
 )
