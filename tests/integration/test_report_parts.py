@@ -26,7 +26,7 @@ from importq.pipeline.chunk_processing import CANCELLED, process_chunk
 from importq.pipeline.reports import BLOCK_LINES
 from importq.services import Services
 
-ROWS = 9_000  # three blocks of lines: two parts with rows in each
+ROWS = 13_000  # four blocks of lines: three parts with rows in each
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def _rows() -> list[dict[str, str]]:
     some repeating an earlier key."""
     rows = []
     for n in range(ROWS):
-        row = entrance(f"e{n % 8_500}", latitude="-91" if n % 97 == 0 else f"-{n % 89}.5")
+        row = entrance(f"e{n % 12_500}", latitude="-91" if n % 97 == 0 else f"-{n % 89}.5")
         row["rdfs:label"] = "=cmd" if n % 13 == 0 else f"Entrance {n}, with a comma"
         rows.append(row)
     return rows
@@ -57,7 +57,7 @@ def test_parts_cover_every_line_once_and_cut_at_blocks(total: int, count: int) -
 async def test_a_big_cancelled_batch_is_reported_in_parts_as_in_one(
     client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Half the chunks run, then a cancel: the aggregation reads the reports in two parts
+    """Half the chunks run, then a cancel: the aggregation reads the reports in parts
     (the successes, duplicates and failures the chunks stored, and the cancelled chunks'
     failures made from their staged rows). Written again in one part, they are the same."""
     response = await client.post(
@@ -84,7 +84,7 @@ async def test_a_big_cancelled_batch_is_reported_in_parts_as_in_one(
     monkeypatch.setattr(aggregation, "PARTS_FROM_ROWS", ROWS)
     async with running_worker(services):
         job = await wait_for_batch(client, str(batch_id), until=("cancelled",))
-    assert parts == [Lines(0, 4_096), Lines(4_096, None)]
+    assert parts == [Lines(0, 4_096), Lines(4_096, 8_192), Lines(8_192, None)]
 
     await assert_reports_account_for_every_row(client, job, total=ROWS)
     reports = await report_rows(client, job)

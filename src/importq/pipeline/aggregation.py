@@ -65,12 +65,14 @@ REPORT_CONTENT_TYPE = "text/csv; charset=utf-8"
 # purge sweeps away the ones left behind by a run that died.
 REPORT_SCRATCH_PREFIX = "importq-reports-"
 # A batch of this many rows or more has its reports read in up to REPORT_PARTS parts at
-# once, when the pool lends the connections at once (waiting LEND_SECONDS at most). Two
-# processes then make the records, sort and join them, where one query's parallel
-# workers left the sorted merge and the joining to its leader alone: 1M rows half of
-# them cancelled, 1.8-2.1 s as one query, 1.6 s in two parts (docs/benchmarks.md).
+# once, when the pool lends the connections at once (waiting LEND_SECONDS at most; a
+# worker's pool counts them for each completion slot). The parts' server processes then
+# make the records, sort and join them, where one query's parallel workers left the
+# sorted merge and the joining to its leader alone. A third part keeps both cores of a
+# small server busy while the worker reads the other two's streams (docs/benchmarks.md,
+# "Cancelling a 1,000,000-row batch half-way").
 PARTS_FROM_ROWS = 100_000
-REPORT_PARTS = 2
+REPORT_PARTS = 3
 LEND_SECONDS = 0.05
 
 
@@ -180,11 +182,11 @@ async def _lend_connections(
     services: Services, stack: contextlib.AsyncExitStack, batch: dict[str, Any]
 ) -> list[AsyncConnection[Any]]:
     """The connections the batch's reports are read on, held until ``stack`` closes: one,
-    and for a big batch those the pool lends at once, up to ``REPORT_PARTS``. A busy pool
+    and for a big batch those the pool lends at once, up to one a part. A busy pool
     lends none: waiting could hold connections that the jobs it waits for need."""
     connections = [await stack.enter_async_context(services.pool.connection())]
     if batch["total_rows"] >= PARTS_FROM_ROWS:
-        while len(connections) < REPORT_PARTS:
+        while len(connections) < len(report_parts(batch["total_rows"], REPORT_PARTS)):
             try:
                 lent = services.pool.connection(timeout=LEND_SECONDS)
                 connections.append(await stack.enter_async_context(lent))

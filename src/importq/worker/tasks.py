@@ -44,6 +44,7 @@ from importq.delivery.completion_email import send_completion_email
 from importq.delivery.webhooks import deliver_batch_webhook
 from importq.operations import logs, traces
 from importq.pipeline import batches
+from importq.pipeline.aggregation import REPORT_PARTS
 from importq.pipeline.aggregation import aggregate as aggregate_batch
 from importq.pipeline.chunk_processing import fail_chunk, record_attempt
 from importq.pipeline.chunk_processing import process_chunk as process_one_chunk
@@ -259,9 +260,10 @@ class Lane:
     name: str
     queues: tuple[str, ...]
     concurrency: int
-    #: Whether a job holds a connection while it runs. A message job holds one only to
-    #: claim and to record its delivery, for milliseconds.
-    jobs_hold_connections: bool = True
+    #: The connections a job holds at most while it runs. A message job holds one only
+    #: to claim and to record its delivery, for milliseconds: none counted. An
+    #: aggregation reads a big batch's reports in parts, one connection each.
+    connections_per_job: int = 1
 
 
 # Connections a worker needs besides its listeners and the slots of jobs that hold one:
@@ -273,17 +275,22 @@ def worker_lanes(settings: Settings, chunk_concurrency: int) -> tuple[Lane, ...]
     return (
         Lane("chunks", (CHUNKS, CHUNKS_EXPRESS), chunk_concurrency),
         Lane("express", (CHUNKS_EXPRESS,), 1),
-        Lane("completion", (COMPLETION, MAINTENANCE), settings.completion_concurrency),
-        Lane("messages", (MESSAGES,), settings.message_concurrency, jobs_hold_connections=False),
-        Lane("webhooks", (WEBHOOKS,), settings.message_concurrency, jobs_hold_connections=False),
+        Lane(
+            "completion",
+            (COMPLETION, MAINTENANCE),
+            settings.completion_concurrency,
+            connections_per_job=REPORT_PARTS,
+        ),
+        Lane("messages", (MESSAGES,), settings.message_concurrency, connections_per_job=0),
+        Lane("webhooks", (WEBHOOKS,), settings.message_concurrency, connections_per_job=0),
     )
 
 
 def worker_connections(lanes: tuple[Lane, ...]) -> int:
-    """The pool connections a worker's lanes need at once: one per slot of a lane whose
-    jobs hold one, and ``SHARED_CONNECTIONS``. (Each lane's listener opens a connection
-    of its own, outside the pool.)"""
-    held = sum(lane.concurrency for lane in lanes if lane.jobs_hold_connections)
+    """The pool connections a worker's lanes need at once: each slot's job's, and
+    ``SHARED_CONNECTIONS``. (Each lane's listener opens a connection of its own, outside
+    the pool.)"""
+    held = sum(lane.concurrency * lane.connections_per_job for lane in lanes)
     return held + SHARED_CONNECTIONS
 
 
