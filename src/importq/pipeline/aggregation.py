@@ -268,7 +268,8 @@ async def _write_reports(
             raise failed[0]
         first, *rest = writers
         for writer in rest:
-            first.append(writer.close(), writer.counts)
+            # A copy of up to gigabytes: off the event loop, which serves other jobs.
+            await asyncio.to_thread(first.append, writer.close(), writer.counts)
     except BaseException:
         for writer in writers:
             with contextlib.suppress(OSError):

@@ -107,17 +107,18 @@ def report_cell(expression: sql.Composable, column: Column | None) -> sql.Compos
     return sql.SQL("importq_report_cell({}, false)").format(expression)
 
 
-# A row whose text cells hold no quote, CR or LF and start as no formula does (the cells
-# joined by U+0001, which only makes a cell holding one take the long way): each text
-# cell then needs at most quotes around it, for a comma.
-_PLAIN_TEXT = sql.Literal('["\r\n]|(^|\x01)[-=+@\t]')
+# A row whose text cells hold no quote, CR or LF (tested on the cells joined): each text
+# cell then needs at most quotes around it, for a comma, unless it starts as a formula.
+_PLAIN_TEXT = sql.Literal('["\r\n]')
 
 
 def _plain_text_cell(expression: sql.Composable) -> sql.Composed:
     """A text cell of a row that passes ``_PLAIN_TEXT``, as ``importq_report_cell`` would
-    print it."""
+    print it: one that starts as a formula (= + - @ TAB CR) is left to the function, so
+    that such a column (phone numbers, say) costs its own cells only."""
     return sql.SQL(
-        "CASE WHEN strpos({v}, ',') > 0 THEN '\"' || {v} || '\"' ELSE coalesce({v}, '') END"
+        "CASE WHEN ascii({v}) IN (61, 43, 45, 64, 9, 13) THEN importq_report_cell({v}, false) "
+        "WHEN strpos({v}, ',') > 0 THEN '\"' || {v} || '\"' ELSE coalesce({v}, '') END"
     ).format(v=expression)
 
 
@@ -138,9 +139,10 @@ def _rejected_record(
     (``uploaded(position)``) and ``extra``.
 
     Most rows are plain: their text cells are tested at once, with one pattern over
-    them joined, and then printed with a comma test each. Any other row has each cell
-    formatted in full. Both give the same record (tests/integration/test_report_cells.py):
-    a cancelled half of a million rows is made in the aggregation, by these.
+    them joined, and then printed with a formula and a comma test each. Any other row
+    has each cell formatted in full. Both give the same record
+    (tests/integration/test_report_cells.py): a cancelled half of a million rows is made
+    in the aggregation, by these.
     """
     columns = layout.rejected_columns
     cells = [uploaded(position) for position in range(len(columns))]
