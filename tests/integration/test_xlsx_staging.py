@@ -3,8 +3,10 @@ its own, and the process's refusals reach the client as the thread's do."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from psycopg import sql
 
 from conftest import make_settings, new_user
 from helpers import HEADER, xlsx_bytes
+from importq.api import imports
 from importq.config import Settings
 from importq.ingest import xlsx_process
 from importq.ingest.chunk_bounds import ChunkSizing
@@ -129,8 +132,10 @@ async def test_both_readings_stage_the_same_rows(
     user_id = (await new_user(services, "stager"))[0]
     with path.open("rb") as binary:
         in_thread = await _staged_rows(services, read_xlsx(binary, limits=LIMITS), user_id)
-    with contextlib.ExitStack() as closed, path.open("rb") as binary:
+    async with contextlib.AsyncExitStack() as closed:
+        binary = closed.enter_context(path.open("rb"))
         upload = await read_xlsx_in_process(binary, sheet=None, limits=LIMITS, closed=closed)
+        assert upload is not None
         in_child = await _staged_rows(services, upload, user_id)
     assert in_child == in_thread and len(in_child) > 0
 
@@ -165,3 +170,43 @@ async def test_a_big_upload_read_by_a_process_completes(
     )
     assert answer.status_code == 202, answer.text
     assert answer.json()["totalRows"] == 300
+
+
+async def test_an_upload_finding_no_child_free_is_read_in_process(
+    client: httpx.AsyncClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(xlsx_process, "PROCESS_BYTES", 0)
+    monkeypatch.setattr(xlsx_process, "MAX_CHILDREN", 1)
+    # Which reading each upload got: a child's upload, or None (no child free).
+    readings: list[str] = []
+
+    async def read_xlsx_in_process_seen(*args: Any, **options: Any) -> ParsedUpload | None:
+        upload = await read_xlsx_in_process(*args, **options)
+        readings.append("in process" if upload is None else "child")
+        return upload
+
+    monkeypatch.setattr(imports, "read_xlsx_in_process", read_xlsx_in_process_seen)
+
+    async def send(prefix: str, count: int) -> httpx.Response:
+        body = xlsx_bytes({"data": [HEADER, *(_entrance(f"{prefix}{n}") for n in range(count))]})
+        return await client.post(
+            "/api/v1/entrances/import-rows", content=body, headers={"content-type": XLSX_TYPE}
+        )
+
+    # The first to be read holds the one child while the other is read.
+    answers = await asyncio.gather(send("a", 300), send("b", 200))
+    assert sorted(readings) == ["child", "in process"]
+    for answer, prefix, count in zip(answers, "ab", (300, 200), strict=True):
+        assert answer.status_code == 202, answer.text
+        assert answer.json()["totalRows"] == count
+        table = StagedTable.of(uuid.UUID(answer.json()["batchId"]), ENTRANCES, HEADER)
+        async with services.pool.connection() as conn:
+            cursor = await conn.execute(
+                sql.SQL("SELECT line, problem, c0 FROM {} ORDER BY line").format(table.name)
+            )
+            staged = await cursor.fetchall()
+        assert staged == [(n + 2, None, f"{prefix}{n}") for n in range(count)]
+    # Both ended: the child's place is free again.
+    readings.clear()
+    assert (await send("c", 10)).status_code == 202
+    assert readings == ["child"]

@@ -226,15 +226,17 @@ async def read_upload(
     fmt: str,
     default_delimiter: str | None,
     options: FileOptions,
-    closed: contextlib.ExitStack,
+    reading_ended: contextlib.AsyncExitStack,
 ) -> ParsedUpload:
     """Read an upload to be staged: a big XLSX file in a process of its own, which
-    ``closed`` ends (:mod:`importq.ingest.xlsx_process`), any other in a worker thread
-    (:func:`read_file`)."""
+    ``reading_ended`` ends (:mod:`importq.ingest.xlsx_process`), when one is free; any
+    other in a worker thread (:func:`read_file`)."""
     if fmt == "xlsx" and worth_a_process(source):
-        return await read_xlsx_in_process(
-            source, sheet=options.sheet, limits=options.limits, closed=closed
+        upload = await read_xlsx_in_process(
+            source, sheet=options.sheet, limits=options.limits, closed=reading_ended
         )
+        if upload is not None:
+            return upload
     return await off_loop(read_file, source, fmt, default_delimiter, options)
 
 
@@ -420,12 +422,14 @@ async def import_rows(
     if callbackUrl is not None and not is_callback_url(callbackUrl):
         raise Refusal(400, "bad_callback_url", f"callbackUrl must be {WHAT_IT_MAY_BE}.")
     # Whatever refuses the upload, it is closed, and a spool file is then gone. Only an
-    # upload handed over to keep_upload stays open.
-    with contextlib.ExitStack() as upload_closed:
+    # upload handed over to keep_upload stays open; a process reading it ends with the
+    # request all the same.
+    async with contextlib.AsyncExitStack() as reading_ended:
+        upload_closed = reading_ended.enter_context(contextlib.ExitStack())
         body = await spool_upload(request, services, upload_closed)
         fmt, default_delimiter, source = body.format, body.default_delimiter, body.source
         file_name = clean_file_name(body.sent_name) if body.sent_name else file_name
-        upload = await read_upload(source, fmt, default_delimiter, options, upload_closed)
+        upload = await read_upload(source, fmt, default_delimiter, options, reading_ended)
 
         callback_url = callbackUrl or definition.callback_url
         digest = None

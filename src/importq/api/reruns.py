@@ -143,9 +143,12 @@ async def rerun_job(
     Reading(mapping, None, decimal, date_format).judging(definition)
     request.app.state.rate_limiter.take(str(user.id))
     options = FileOptions(services.settings.upload_limits, **(batch["file_options"] or {}))
-    with contextlib.ExitStack() as upload_closed:
+    # The spool is handed over to keep_upload once staged; a process reading it ends with
+    # the request all the same.
+    async with contextlib.AsyncExitStack() as reading_ended:
+        upload_closed = reading_ended.enter_context(contextlib.ExitStack())
         source = await _kept_upload(services, batch, upload_closed)
-        upload = await read_upload(source, batch["format"], None, options, upload_closed)
+        upload = await read_upload(source, batch["format"], None, options, reading_ended)
         batch_request = BatchRequest(
             dataset=definition,
             initiator_id=user.id,

@@ -3,7 +3,7 @@
 Reading a sheet is Python work: calamine's cells, then importq's text of each. In the
 API's process it shares the GIL with the event loop that feeds the COPY, so the two run
 one after the other, and every other request of the process waits with them. A child
-process reads the sheet instead (``python -m importq.ingest.xlsx_process``). It builds
+process reads the sheet instead (``python -P -m importq.ingest.xlsx_process``). It builds
 the staged records (:func:`importq.ingest.staged_records.staged_records`) and formats
 them as PostgreSQL's binary COPY with psycopg's own formatter. The API's process only
 hands the bytes on to the staged table's COPY, so reading and COPY overlap.
@@ -25,8 +25,18 @@ Invariants:
 * A child that fails, or ends without its last frame, is logged and answered ``500
   xlsx_reading_failed``: nothing is staged.
 * The child lives no longer than its upload. The caller's exit stack kills it whatever
-  ends the request (an answer, a refusal, a cancel), and the kernel kills it when the
-  API's process dies (``PR_SET_PDEATHSIG``).
+  ends the request (an answer, a refusal, a cancel), reads its pipe to the end and
+  reaps it, so that no descriptor or asyncio transport of it is left for the garbage
+  collector; and the kernel kills it when the API's process dies (``PR_SET_PDEATHSIG``).
+* Nothing else ends it early: it runs in a session of its own, so a signal to the API's
+  process group (a terminal's Ctrl-C, a supervisor signalling the group) leaves it to
+  finish the upload that the API's drain lets finish.
+* At most ``MAX_CHILDREN`` children run at once in one API process, each taking a core.
+  An upload that finds them all at work is read in a worker thread of the API's
+  process, as a smaller one is (:func:`read_xlsx_in_process` returns None), rather than
+  waiting for one.
+* The child's module path is the installed one: it runs with ``-P``, so a file in the
+  working directory named like a module it imports is never imported.
 * Memory stays bounded: the pipe's back pressure stops the child while the COPY is
   behind, and the child holds at most one block of COPY data.
 """
@@ -68,6 +78,9 @@ log = logging.getLogger(__name__)
 PROCESS_BYTES = 4 << 20
 # The child sends COPY data in blocks of this many bytes: few frames, little memory.
 BLOCK_BYTES = 256 << 10
+# Children reading at once in one API process: each keeps a core busy, so more would only
+# share the cores more thinly, and each holds ~40 MB.
+MAX_CHILDREN = max(1, os.cpu_count() or 1)
 
 _FRAME = struct.Struct(">cI")
 HEADER, DATA, END, REFUSAL, FAILURE = b"H", b"D", b"E", b"R", b"F"
@@ -108,11 +121,23 @@ class XlsxProcess:
             else:
                 raise self._unexpected(kind, payload)
 
-    def kill(self) -> None:
-        """Kill the child, unless it has exited; asyncio's child watcher reaps it."""
+    async def close(self) -> None:
+        """Kill the child, unless it has exited, read its stdout to the end, and wait
+        for it.
+
+        Reading to the end matters when the caller stopped reading: asyncio has paused
+        the pipe, holding up to ``4 * BLOCK_BYTES``, and would never see its end (nor
+        would ``wait``, which waits for the pipe too). Once the pipe ends and the child
+        is reaped, asyncio closes the transport, so no descriptor of the child is left
+        open.
+        """
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.kill()
+        assert self.process.stdout is not None
+        while await self.process.stdout.read(BLOCK_BYTES):
+            pass
+        await self.process.wait()
 
     async def _frame(self) -> tuple[bytes, bytes]:
         assert self.process.stdout is not None
@@ -140,24 +165,46 @@ class XlsxProcess:
         )
 
 
+@dataclasses.dataclass
+class _Children:
+    """The children of this process reading an upload, counted from before their start
+    until they are reaped."""
+
+    running: int = 0
+
+    def release(self) -> None:
+        self.running -= 1
+
+
+_children = _Children()
+
+
 async def read_xlsx_in_process(
     binary: IO[bytes],
     *,
     sheet: str | None,
     limits: UploadLimits,
-    closed: contextlib.ExitStack,
-) -> ParsedUpload:
+    closed: contextlib.AsyncExitStack,
+) -> ParsedUpload | None:
     """Start a child that reads ``binary`` as :func:`~importq.ingest.xlsx_reader.read_xlsx`
-    would, and return the upload once its header is known.
+    would, and return the upload once its header is known; None, at once, when
+    ``MAX_CHILDREN`` children are at work already.
 
     ``binary`` must be a file a child can open (:func:`worth_a_process`). The upload's ``copy_data``
-    is the child's COPY data, and its rows are empty. ``closed`` kills the child when it
-    closes, so the caller's exit stack bounds the child's life.
+    is the child's COPY data, and its rows are empty. ``closed`` kills and reaps the child
+    when it closes (:meth:`XlsxProcess.close`), so the caller's exit stack bounds the
+    child's life, and only then gives its place to another.
     """
+    if _children.running >= MAX_CHILDREN:
+        return None
+    # Counted before the first await, so that uploads arriving together count each other.
+    _children.running += 1
+    closed.callback(_children.release)
     descriptor = binary.fileno()
     options = {"sheet": sheet, "limits": dataclasses.asdict(limits), "parent": os.getpid()}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
+        "-P",  # the working directory is not put on the child's module path
         "-m",
         __name__,
         str(descriptor),
@@ -166,9 +213,11 @@ async def read_xlsx_in_process(
         stdout=asyncio.subprocess.PIPE,
         pass_fds=(descriptor,),
         limit=2 * BLOCK_BYTES,
+        # Out of the API's process group: a Ctrl-C or a signal to the group leaves it be.
+        start_new_session=True,
     )
     child = XlsxProcess(process)
-    closed.callback(child.kill)
+    closed.push_async_callback(child.close)
     return ParsedUpload(await child.header(), iter(()), copy_data=child)
 
 
