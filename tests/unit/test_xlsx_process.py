@@ -226,27 +226,39 @@ async def test_a_child_that_dies_is_a_500_and_logged(
     assert "exit code -9" in caplog.text
 
 
-def test_the_child_dies_with_the_process_that_started_it(many: Path) -> None:
-    path = many
-    # A parent that starts the child, prints its pid, then waits to be killed.
-    parent_code = textwrap.dedent(
+def _parent_code(workbook: Path, *, then: str, before: str = "") -> str:
+    """A Python program standing for the API's process: it runs ``before``, starts the
+    child on ``workbook``, prints the child's pid, then runs ``then`` (with ``upload``,
+    and ``Copy``, a COPY that takes the data and keeps none)."""
+    return textwrap.dedent(
         f"""
-        import asyncio, contextlib, sys
+        import asyncio, contextlib, signal, sys
         from importq.ingest.limits import UploadLimits
         from importq.ingest.xlsx_process import read_xlsx_in_process
 
+        {before}
+
+        class Copy:
+            async def write(self, block):
+                pass
+
         async def main():
             async with contextlib.AsyncExitStack() as closed:
-                binary = closed.enter_context(open({str(path)!r}, "rb"))
+                binary = closed.enter_context(open({str(workbook)!r}, "rb"))
                 upload = await read_xlsx_in_process(
                     binary, sheet=None, limits=UploadLimits(), closed=closed
                 )
                 print(upload.copy_data.process.pid, flush=True)
-                await asyncio.sleep(60)
+                {{then}}
 
         asyncio.run(main())
         """
-    )
+    ).replace("{then}", textwrap.indent(then, " " * 8).lstrip())
+
+
+def test_the_child_dies_with_the_process_that_started_it(many: Path) -> None:
+    # A parent that starts the child, prints its pid, then waits to be killed.
+    parent_code = _parent_code(many, then="await asyncio.sleep(60)")
     with subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE) as parent:
         try:
             assert parent.stdout is not None
@@ -321,31 +333,12 @@ def test_a_signal_to_the_api_process_group_leaves_the_child_at_work(many: Path) 
     # A parent in a group of its own, standing for `importq serve`: it lives through a
     # SIGINT (serve drains), starts the child, prints its pid, and once told, reads all
     # the child sends and prints the row count.
-    parent_code = textwrap.dedent(
-        f"""
-        import asyncio, contextlib, signal, sys
-        from importq.ingest.limits import UploadLimits
-        from importq.ingest.xlsx_process import read_xlsx_in_process
-
+    parent_code = _parent_code(
+        many,
         # A handler, not SIG_IGN, which the child would inherit.
-        signal.signal(signal.SIGINT, lambda number, frame: None)
-
-        class Copy:
-            async def write(self, block):
-                pass
-
-        async def main():
-            async with contextlib.AsyncExitStack() as closed:
-                binary = closed.enter_context(open({str(many)!r}, "rb"))
-                upload = await read_xlsx_in_process(
-                    binary, sheet=None, limits=UploadLimits(), closed=closed
-                )
-                print(upload.copy_data.process.pid, flush=True)
-                await asyncio.to_thread(sys.stdin.readline)
-                print(await upload.copy_data.write_to(Copy()), flush=True)
-
-        asyncio.run(main())
-        """
+        before="signal.signal(signal.SIGINT, lambda number, frame: None)",
+        then="await asyncio.to_thread(sys.stdin.readline)\n"
+        "print(await upload.copy_data.write_to(Copy()), flush=True)",
     )
     with subprocess.Popen(
         [sys.executable, "-c", parent_code],
