@@ -289,6 +289,10 @@ async def test_the_service_rides_out_an_outage_of_its_postgresql(tmp_path: Path)
     finally:
         service.stop()
         await service.client.aclose()
+        # The test joined the server, and started it again itself: the service's stop
+        # leaves it running, and it would outlive the test run.
+        if (pg_dir / "postmaster.pid").exists():
+            embedded_pg_ctl(pg_dir, "stop", "-m", "fast")
     log = service.log.read_text()
     # One line when the outage began and one when it ended, however many requests and
     # jobs met it.
