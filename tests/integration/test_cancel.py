@@ -68,6 +68,11 @@ async def test_a_batch_cancelled_before_it_starts_imports_nothing(
 
     async with running_worker(services):
         job = await wait_for_batch(client, batch_id, until=("cancelled",))
+
+        async def emailed() -> bool:
+            return any(services.settings.outbox_dir.glob("*.eml"))
+
+        await until(emailed)  # sent by a job of its own, after the batch has ended
     assert job["result"]["summary"] == summary(0, 0, 60)
     assert job["result"]["reportUrls"]["success"] is None
     failures = await _failures(client, job)
