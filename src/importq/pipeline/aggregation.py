@@ -180,19 +180,18 @@ async def _settle_checked(services: Services, batch: dict[str, Any]) -> None:
 
 
 async def _lend_connections(
-    services: Services, stack: contextlib.AsyncExitStack, batch: dict[str, Any]
+    services: Services, stack: contextlib.AsyncExitStack, wanted: int
 ) -> list[AsyncConnection[Any]]:
     """The connections the batch's reports are read on, held until ``stack`` closes: one,
-    and for a big batch those the pool lends at once, up to one a part. A busy pool
-    lends none: waiting could hold connections that the jobs it waits for need."""
+    and up to ``wanted`` in all, those the pool lends at once. A busy pool lends none:
+    waiting could hold connections that the jobs it waits for need."""
     connections = [await stack.enter_async_context(services.pool.connection())]
-    if batch["total_rows"] >= PARTS_FROM_ROWS:
-        while len(connections) < len(report_parts(batch["total_rows"], REPORT_PARTS)):
-            try:
-                lent = services.pool.connection(timeout=LEND_SECONDS)
-                connections.append(await stack.enter_async_context(lent))
-            except PoolTimeout:
-                break
+    while len(connections) < wanted:
+        try:
+            lent = services.pool.connection(timeout=LEND_SECONDS)
+            connections.append(await stack.enter_async_context(lent))
+        except PoolTimeout:
+            break
     return connections
 
 
@@ -242,19 +241,17 @@ async def _write_reports(
     report is then kept.
     """
     layout = ReportLayout.for_batch(dataset, batch["header"])
+    total = batch["total_rows"]
+    wanted = len(report_parts(total, REPORT_PARTS)) if total >= PARTS_FROM_ROWS else 1
     writers: list[ReportWriter] = []
     try:
         async with contextlib.AsyncExitStack() as stack:
-            connections = await _lend_connections(services, stack, batch)
-            parts = report_parts(batch["total_rows"], len(connections))
-            for number in range(len(parts)):
-                if number == 0:
-                    writers.append(ReportWriter(directory, layout))
-                else:
-                    (directory / f"part-{number}").mkdir()
-                    writers.append(
-                        ReportWriter(directory / f"part-{number}", layout, continues=True)
-                    )
+            connections = await _lend_connections(services, stack, wanted)
+            parts = report_parts(total, len(connections))
+            writers.append(ReportWriter(directory, layout))
+            for number in range(1, len(parts)):
+                (directory / f"part-{number}").mkdir()
+                writers.append(ReportWriter(directory / f"part-{number}", layout, continues=True))
             # Each part runs to its end even when another fails: a connection goes
             # back to the pool only once its stream is closed.
             tallies = await asyncio.gather(
@@ -264,9 +261,9 @@ async def _write_reports(
                 ),
                 return_exceptions=True,
             )
-        failed = [tally for tally in tallies if isinstance(tally, BaseException)]
-        if failed:
-            raise failed[0]
+        counted = [tally for tally in tallies if not isinstance(tally, BaseException)]
+        if len(counted) < len(tallies):
+            raise next(tally for tally in tallies if isinstance(tally, BaseException))
         first, *rest = writers
         for writer in rest:
             # A copy of up to gigabytes: off the event loop, which serves other jobs.
@@ -277,9 +274,9 @@ async def _write_reports(
                 writer.close()
         raise
     written = first.close()
-    found = sum(tally[0] for tally in tallies if not isinstance(tally, BaseException))
-    lines = sum(tally[1] for tally in tallies if not isinstance(tally, BaseException))
-    if not found == lines == batch["total_rows"] == batch["processed_rows"]:
+    found = sum(records for records, _ in counted)
+    lines = sum(distinct for _, distinct in counted)
+    if not found == lines == total == batch["processed_rows"]:
         raise AccountingError(
             f"batch {batch['id']}: {found} row results for {lines} lines, "
             f"{batch['processed_rows']} processed rows, {batch['total_rows']} rows"

@@ -117,14 +117,18 @@ def _plain_text_cell(expression: sql.Composable) -> sql.Composed:
     print it: one that starts as a formula (= + - @ TAB CR) is left to the function, so
     that such a column (phone numbers, say) costs its own cells only."""
     return sql.SQL(
-        "CASE WHEN ascii({v}) IN (61, 43, 45, 64, 9, 13) THEN importq_report_cell({v}, false) "
+        "CASE WHEN ascii({v}) IN ({starts}) THEN importq_report_cell({v}, false) "
         "WHEN strpos({v}, ',') > 0 THEN '\"' || {v} || '\"' ELSE coalesce({v}, '') END"
-    ).format(v=expression)
+    ).format(v=expression, starts=sql.SQL(", ").join(sql.Literal(ord(c)) for c in FORMULA_STARTS))
+
+
+# Between a record's fields: || rather than concat_ws, as a function takes at most 100
+# arguments.
+_NEXT_FIELD = sql.SQL(" || ',' || ")
 
 
 def _record(fields: Sequence[sql.Composable], tail: sql.Composable) -> sql.Composed:
-    # || rather than concat_ws: a function takes at most 100 arguments.
-    joined = sql.SQL(" || ',' || ").join(fields)
+    joined = _NEXT_FIELD.join(fields)
     return sql.SQL("({} || {} || {})").format(joined, tail, sql.Literal("\r\n"))
 
 
@@ -147,12 +151,11 @@ def _rejected_record(
     columns = layout.rejected_columns
     cells = [uploaded(position) for position in range(len(columns))]
     texts = {p for p, column in enumerate(columns) if column is None or not column.type.is_numeric}
-    comma = sql.SQL(" || ',' || ")
-    uploaded_cells: sql.Composable = comma.join(
+    uploaded_cells: sql.Composable = _NEXT_FIELD.join(
         report_cell(cell, column) for cell, column in zip(cells, columns, strict=True)
     )
     if texts:
-        plain = comma.join(
+        plain = _NEXT_FIELD.join(
             _plain_text_cell(cell) if p in texts else report_cell(cell, column)
             for p, (cell, column) in enumerate(zip(cells, columns, strict=True))
         )
